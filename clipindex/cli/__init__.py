@@ -1,0 +1,16 @@
+"""The ``clipindex`` command: one thin click group.
+
+Each sub-command lives in its own module under ``clipindex.cli`` and only parses,
+calls one library function and prints. Errors that clipindex raises on purpose
+(:class:`clipindex.errors.ClipindexError`) become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+from clipindex.cli._app import main
+
+# Importing a command module registers its command on ``main`` (one line per module).
+# isort: off
+# isort: on
+
+__all__ = ["main"]

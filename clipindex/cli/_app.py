@@ -1,0 +1,45 @@
+"""The click group and the error handling every sub-command shares."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from clipindex import __version__
+from clipindex.errors import ClipindexError
+
+
+class _Group(click.Group):
+    """A group that prints clipindex's own errors as one line and exits with 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClipindexError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; finished shards are kept and a rerun resumes.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="clipindex")
+def main() -> None:
+    """clipindex: encode images and captions once per CLIP backbone into FAISS
+    indexes, then classify, search and benchmark from the store.
+
+    \b
+    Typical session on the bundled demo world:
+      clipindex world worlds/demo              # synthetic COCO-format data
+      clipindex build configs/datasets/demo.yaml --root worlds/demo \\
+          --backbone tiny-vit --backbone tiny-rn
+      clipindex classify --index indexes/demo --backbone tiny-vit --method prompt
+    """
+
+
+def echo_err(message: str) -> None:
+    """Print a note to stderr (stdout is kept for tables and JSON)."""
+    click.echo(message, err=True)
