@@ -1,0 +1,393 @@
+"""Where FAISS is touched: exact and approximate indexes and the numpy reference.
+
+Every index stores L2-normalised vectors under their *row ids* (the tables'
+``row_id``), and scores by inner product, which on unit vectors is cosine
+similarity. Rows of skipped inputs are never added, so a search can never return
+them. ``brute_force`` is the exact numpy computation every index is checked
+against; approximate kinds report their recall@k against it (``measure_recall``).
+
+Example
+-------
+>>> import numpy as np
+>>> from clipindex.indexes import build_index, search_index, brute_force
+>>> rng = np.random.default_rng(0)
+>>> x = rng.standard_normal((50, 8)).astype("float32")
+>>> x /= np.linalg.norm(x, axis=1, keepdims=True)
+>>> index = build_index(x, np.arange(50))
+>>> scores, ids = search_index(index, x[:2], k=3)
+>>> bool((ids == brute_force(x, x[:2], k=3)[1]).all())
+True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from clipindex.errors import IndexMismatchError, UserInputError
+
+__all__ = [
+    "INDEX_KINDS",
+    "IndexSpec",
+    "brute_force",
+    "build_index",
+    "describe_index",
+    "load_index",
+    "measure_recall",
+    "save_index",
+    "search_index",
+]
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How an index of one kind is built and searched.
+
+    ``nlist`` (IVF cells), ``nprobe`` (cells visited), ``hnsw_m`` (graph degree),
+    ``ef_search`` (HNSW beam) and ``pq_m`` (PQ sub-quantisers) are resolved from the
+    number of vectors when left at ``None``.
+    """
+
+    kind: str = "flat"
+    nlist: int | None = None
+    nprobe: int | None = None
+    hnsw_m: int = 32
+    ef_search: int = 128
+    pq_m: int | None = None
+    seed: int = 0
+
+
+def _nlist(n: int, spec: IndexSpec) -> int:
+    # FAISS wants >= 39 training points per centroid; stay within that.
+    if spec.nlist is not None:
+        return max(1, min(spec.nlist, n))
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def _pq_m(d: int, spec: IndexSpec) -> int:
+    if spec.pq_m is not None:
+        if d % spec.pq_m:
+            raise UserInputError(f"pq_m={spec.pq_m} must divide the vector dim {d}")
+        return spec.pq_m
+    for m in (16, 8, 4, 2, 1):
+        if d % m == 0 and d // m >= 2:
+            return m
+    return 1
+
+
+def _flat(d: int, n: int, spec: IndexSpec) -> faiss.Index:
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+
+
+def _ivf(d: int, n: int, spec: IndexSpec) -> faiss.Index:
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, _nlist(n, spec), faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = spec.seed
+    return index
+
+
+def _hnsw(d: int, n: int, spec: IndexSpec) -> faiss.Index:
+    inner = faiss.IndexHNSWFlat(d, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    return faiss.IndexIDMap2(inner)
+
+
+def _pq(d: int, n: int, spec: IndexSpec) -> faiss.Index:
+    # 4-bit codes keep training feasible on small collections (16 centroids each).
+    nbits = 8 if n >= 256 * 39 else 4
+    inner = faiss.IndexPQ(d, _pq_m(d, spec), nbits, faiss.METRIC_INNER_PRODUCT)
+    inner.pq.cp.seed = spec.seed
+    return faiss.IndexIDMap2(inner)
+
+
+#: Builders by kind name: ``builder(dim, n_vectors, spec) -> untrained FAISS index``.
+INDEX_KINDS: dict[str, Callable[[int, int, IndexSpec], faiss.Index]] = {
+    "flat": _flat,
+    "ivf": _ivf,
+    "hnsw": _hnsw,
+    "pq": _pq,
+}
+
+
+def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise UserInputError(f"{name} must be a 2-D array (n, dim), got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def build_index(
+    vectors: np.ndarray,
+    ids: np.ndarray | None = None,
+    kind: str = "flat",
+    **options: Any,
+) -> faiss.Index:
+    """Build a FAISS inner-product index holding ``vectors[i]`` under id ``ids[i]``.
+
+    Parameters
+    ----------
+    vectors : (n, d) array
+        L2-normalised vectors to add (only the valid rows: skipped rows are left out
+        by the caller, so they can never be returned).
+    ids : (n,) int array, optional
+        Row ids of ``vectors``; default ``0..n-1``.
+    kind : {"flat", "ivf", "hnsw", "pq"}
+        ``flat`` is exact (``IndexIDMap2`` over ``IndexFlatIP``); the others are
+        approximate and should be checked with :func:`measure_recall`.
+    **options
+        Fields of :class:`IndexSpec` (``nlist``, ``nprobe``, ``hnsw_m``, ...).
+
+    Returns
+    -------
+    faiss.Index
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> build_index(np.eye(4, dtype="float32"), np.array([3, 5, 7, 9])).ntotal
+    4
+    """
+    if kind not in INDEX_KINDS:
+        raise UserInputError(f"Unknown index kind {kind!r}. Known: {', '.join(INDEX_KINDS)}")
+    spec = IndexSpec(kind=kind, **options)
+    x = _as_matrix(vectors, "vectors")
+    n, d = x.shape
+    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    if ids.shape != (n,):
+        raise UserInputError(f"ids must have shape ({n},), got {ids.shape}")
+    index = INDEX_KINDS[kind](d, n, spec)
+    if not index.is_trained:
+        if n == 0:
+            raise UserInputError(f"cannot train a {kind!r} index on zero vectors")
+        index.train(x)
+    if n:
+        index.add_with_ids(x, ids)
+    _set_search_defaults(index, spec)
+    return index
+
+
+def _set_search_defaults(index: faiss.Index, spec: IndexSpec) -> None:
+    inner = _inner(index)
+    if isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = spec.nprobe or max(1, inner.nlist // 4)
+    elif isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = max(spec.ef_search, 1)
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        return faiss.downcast_index(index.index)
+    return index
+
+
+def describe_index(index: faiss.Index) -> dict[str, Any]:
+    """A JSON-ready description of an index (kind, FAISS class, size and knobs).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> describe_index(build_index(np.eye(4, dtype="float32")))["kind"]
+    'flat'
+    """
+    inner = _inner(index)
+    out: dict[str, Any] = {
+        "faiss_class": type(inner).__name__,
+        "metric": "inner_product",
+        "ntotal": int(index.ntotal),
+        "dim": int(index.d),
+    }
+    if isinstance(inner, faiss.IndexIVF):
+        out.update(kind="ivf", nlist=int(inner.nlist), nprobe=int(inner.nprobe))
+    elif isinstance(inner, faiss.IndexHNSW):
+        out.update(kind="hnsw", hnsw_m=int(inner.hnsw.nb_neighbors(1)),
+                   ef_search=int(inner.hnsw.efSearch))
+    elif isinstance(inner, faiss.IndexPQ):
+        out.update(kind="pq", pq_m=int(inner.pq.M), pq_nbits=int(inner.pq.nbits))
+    else:
+        out.update(kind="flat")
+    return out
+
+
+def _search_params(index: faiss.Index, rows: np.ndarray | None) -> Any:
+    if rows is None:
+        return None
+    sel = faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
+    inner = _inner(index)
+    if isinstance(inner, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=int(inner.nprobe))
+    elif isinstance(inner, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=int(inner.hnsw.efSearch))
+    elif isinstance(inner, faiss.IndexFlat):
+        params = faiss.SearchParameters(sel=sel)
+    else:
+        return None  # no selector support (e.g. IndexPQ): filtered after the search
+    params._keep_selector = sel  # the SWIG object must outlive the search
+    return params
+
+
+def search_index(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    *,
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner-product search; ``rows`` restricts results to those row ids.
+
+    Returns ``(scores, ids)``, both ``(n_queries, k)``; where fewer than ``k`` rows
+    qualify, ids are ``-1`` and scores ``-inf``.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> idx = build_index(np.eye(3, dtype="float32"))
+    >>> search_index(idx, np.eye(3, dtype="float32")[:1], 2, rows=np.array([0]))[1]
+    array([[ 0, -1]])
+    """
+    q = _as_matrix(queries, "queries")
+    if q.shape[1] != index.d:
+        raise IndexMismatchError(
+            f"query vectors have dim {q.shape[1]} but the index holds dim {index.d}; "
+            "encode the queries with the same backbone as the store"
+        )
+    if k < 1:
+        raise UserInputError(f"k must be >= 1, got {k}")
+    params = _search_params(index, rows)
+    if rows is not None and params is None:
+        scores, ids = _search_filtered(index, q, int(k), rows)
+    else:
+        scores, ids = index.search(q, int(k), params=params)
+    ids = ids.astype(np.int64)
+    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+    return scores, ids
+
+
+def _search_filtered(
+    index: faiss.Index, q: np.ndarray, k: int, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    # Index kinds without id selectors: rank everything, keep the allowed ids.
+    scores, ids = index.search(q, max(int(index.ntotal), 1))
+    keep = np.isin(ids, np.asarray(rows, dtype=np.int64)) & (ids >= 0)
+    out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+    out_i = np.full((len(q), k), -1, dtype=np.int64)
+    for j in range(len(q)):
+        s, i = scores[j][keep[j]][:k], ids[j][keep[j]][:k]
+        out_s[j, : len(s)], out_i[j, : len(i)] = s, i
+    return out_s, out_i
+
+
+def brute_force(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    valid: np.ndarray | None = None,
+    *,
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact numpy top-``k`` by inner product: the reference every index is tested against.
+
+    Row ``i`` of ``vectors`` has id ``i``. Rows where ``valid`` is False, or outside
+    ``rows`` when given, are never returned. Ties keep the lower id first.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> brute_force(np.eye(3), np.eye(3)[:1], 2, valid=np.array([False, True, True]))[1]
+    array([[1, 2]])
+    """
+    x = _as_matrix(vectors, "vectors")
+    q = _as_matrix(queries, "queries")
+    scores = (q.astype(np.float64) @ x.astype(np.float64).T)
+    allowed = np.ones(x.shape[0], dtype=bool) if valid is None else np.asarray(valid, bool).copy()
+    if rows is not None:
+        mask = np.zeros_like(allowed)
+        rows = np.asarray(rows, dtype=np.int64)
+        mask[rows[(rows >= 0) & (rows < len(mask))]] = True
+        allowed &= mask
+    scores[:, ~allowed] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(scores, order, axis=1)
+    ids = np.where(np.isfinite(top), order, -1).astype(np.int64)
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        top = np.pad(top, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return top.astype(np.float32), ids
+
+
+def measure_recall(
+    approx: faiss.Index,
+    exact: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+) -> float:
+    """Recall@k of ``approx`` against ``exact``: mean share of the exact top-k found.
+
+    Definition: for each query, |approx top-k ∩ exact top-k| / |exact top-k|
+    (ids of -1 ignored), averaged over queries.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((64, 8)).astype("float32")
+    >>> x /= np.linalg.norm(x, axis=1, keepdims=True)
+    >>> measure_recall(build_index(x, kind="hnsw"), build_index(x), x, 5)
+    1.0
+    """
+    _, a = search_index(approx, queries, k)
+    _, e = search_index(exact, queries, k)
+    hits = []
+    for ra, re in zip(a, e, strict=True):
+        truth = set(re[re >= 0].tolist())
+        if truth:
+            hits.append(len(truth & set(ra[ra >= 0].tolist())) / len(truth))
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def save_index(index: faiss.Index, path: str | os.PathLike[str]) -> Path:
+    """Write ``index`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    Example
+    -------
+    >>> import numpy as np, tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.faiss"
+    >>> load_index(save_index(build_index(np.eye(2, dtype="float32")), p)).ntotal
+    2
+    """
+    path = Path(path)
+    data = faiss.serialize_index(index)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_index(path: str | os.PathLike[str]) -> faiss.Index:
+    """Read an index written by :func:`save_index`.
+
+    Example
+    -------
+    >>> import numpy as np, tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.faiss"
+    >>> load_index(save_index(build_index(np.eye(2, dtype="float32")), p)).d
+    2
+    """
+    data = np.fromfile(Path(path), dtype=np.uint8)
+    # deserialize_index already returns the concrete class (and owns it); wrapping it
+    # again with downcast_index would let the owning proxy free the index.
+    return faiss.deserialize_index(data)
