@@ -1,0 +1,522 @@
+"""Search: results against a numpy brute force, filters, fusion, the CLI and bad input.
+
+The logic is tested on a small stand-in of ``clipindex.store.BackboneIndex`` (same
+attributes, real FAISS indexes from ``clipindex.indexes``); the end-to-end checks on
+the demo world with the tiny backbones are in ``test_search_demo_*`` below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import clipindex.search as search_mod
+from clipindex.cli import main
+from clipindex.errors import DataError, UserInputError
+from clipindex.indexes import brute_force, build_index, search_index
+from clipindex.search import (
+    RRF_K,
+    parse_where,
+    rrf_fuse,
+    search_captions,
+    search_image,
+    search_indexes,
+    search_text,
+    where_mask,
+)
+
+LABELS = ("cat", "dog", "cow", "sheep", "horse")
+DIM = 16
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+class FakeEncoder:
+    """Encodes a query image by looking its file name up in the tables (or rejects it)."""
+
+    def __init__(self, index: FakeIndex) -> None:
+        self.index = index
+        self.calls = 0
+
+    def encode_images(self, files):
+        self.calls += 1
+        names = dict(zip(self.index.images["file"], range(len(self.index.images)), strict=True))
+        out = np.zeros((len(files), DIM), dtype=np.float32)
+        skipped = []
+        for i, f in enumerate(files):
+            name = Path(f).name
+            if name in names:
+                out[i] = self.index.image_vectors[names[name]]
+            else:
+                skipped.append((i, "cannot identify image file"))
+        return out, skipped
+
+
+class FakeIndex:
+    """A stand-in with the attributes and methods of ``BackboneIndex``."""
+
+    def __init__(self, root: Path, seed: int, kind: str = "flat", n: int = 60) -> None:
+        rng = np.random.default_rng(seed)
+        centres = _unit(np.random.default_rng(99).standard_normal((len(LABELS), DIM)))
+        labels = np.array([LABELS[i % len(LABELS)] for i in range(n)])
+        self.centres = dict(zip(LABELS, centres, strict=True))
+        self.images = pd.DataFrame(
+            {
+                "row_id": np.arange(n),
+                "file": [f"img_{i:03d}.jpg" for i in range(n)],
+                "width": rng.integers(100, 640, n),
+                "height": rng.integers(100, 640, n),
+                "label": labels,
+                "split": np.where(np.arange(n) % 6 == 0, "support", "test"),
+            }
+        )
+        cap_img = np.repeat(np.arange(n), 2)
+        self.captions = pd.DataFrame(
+            {
+                "row_id": np.arange(2 * n),
+                "image_row_id": cap_img,
+                "text": [f"caption {j} of a {labels[i]}" for j, i in enumerate(cap_img)],
+                "label": labels[cap_img],
+            }
+        )
+        noise = 1.4 * rng.standard_normal((n, DIM))
+        self.image_vectors = _unit(centres[[LABELS.index(x) for x in labels]] + noise)
+        self.caption_vectors = _unit(
+            self.image_vectors[cap_img] + 0.5 * rng.standard_normal((2 * n, DIM))
+        )
+        self.image_valid = np.ones(n, dtype=bool)
+        self.image_valid[[3, 17]] = False
+        self.image_vectors[~self.image_valid] = 0.0
+        self.caption_valid = np.ones(2 * n, dtype=bool)
+        self.caption_valid[[5]] = False
+        self.caption_vectors[~self.caption_valid] = 0.0
+        self.manifest = {"backbone": f"fake{seed}", "index": {"kind": kind}}
+        self._faiss = {
+            t: build_index(v[ok], np.flatnonzero(ok), kind=kind)
+            for t, v, ok in (
+                ("images", self.image_vectors, self.image_valid),
+                ("captions", self.caption_vectors, self.caption_valid),
+            )
+        }
+        self._encoder = FakeEncoder(self)
+        self.search_calls = 0
+        self.text_calls = 0
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        for f in self.images["file"]:
+            (root / f).write_bytes(b"jpeg")
+
+    def search(self, queries, k, *, target="images", rows=None):
+        self.search_calls += 1
+        return search_index(self._faiss[target], queries, k, rows=rows)
+
+    def encoder(self):
+        return self._encoder
+
+    def text_vectors(self, texts):
+        self.text_calls += 1
+        out = []
+        for t in texts:
+            label = next((x for x in LABELS if t.endswith(x)), None)
+            if label is not None:
+                out.append(self.centres[label])
+            else:
+                seed = sum(map(ord, t))
+                out.append(_unit(np.random.default_rng(seed).standard_normal(DIM)))
+        return np.stack(out).astype(np.float32)
+
+
+@pytest.fixture()
+def fake(tmp_path):
+    return FakeIndex(tmp_path / "a", seed=1)
+
+
+@pytest.fixture()
+def fake_pair(tmp_path):
+    return FakeIndex(tmp_path / "a", seed=1), FakeIndex(tmp_path / "b", seed=2)
+
+
+QUERIES = ["a photo of a cat", "a photo of a sheep", "something else entirely"]
+
+
+def _assert_matches(frame, scores, ids, n_queries):
+    """The frame's (query, rank) grid holds exactly the brute-force ids and scores."""
+    for q in range(n_queries):
+        got = frame[frame["query_id"] == q]
+        want = ids[q][ids[q] >= 0]
+        assert got["rank"].tolist() == list(range(1, len(want) + 1))
+        assert got["row_id"].tolist() == want.tolist()
+        np.testing.assert_allclose(got["score"], scores[q][: len(want)], atol=1e-5)
+
+
+# ------------------------------------------------------------------ equals brute force
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_text_search_equals_brute_force(tmp_path, kind):
+    index = FakeIndex(tmp_path, seed=1, kind=kind)
+    frame = search_text(index, QUERIES, k=7)
+    assert index.text_calls == 1 and index.search_calls == 1  # batched
+    scores, ids = brute_force(
+        index.image_vectors, index.text_vectors(QUERIES), 7, index.image_valid
+    )
+    _assert_matches(frame, scores, ids, len(QUERIES))
+    assert frame["query"].tolist() == [q for q in QUERIES for _ in range(7)]
+    assert list(frame.columns[:8]) == [
+        "query_id",
+        "query",
+        "rank",
+        "score",
+        "row_id",
+        "file",
+        "label",
+        "caption",
+    ]
+    assert frame.attrs["notes"] == [] and frame.attrs["score_kind"] == "cosine"
+    row = frame.iloc[0]
+    assert row["file"] == f"img_{row['row_id']:03d}.jpg"
+    assert row["caption"] == index.captions.loc[2 * row["row_id"], "text"]
+
+
+def test_scores_are_exact_cosines_for_an_approximate_index(tmp_path):
+    index = FakeIndex(tmp_path, seed=3, kind="pq")  # PQ scores are far from cosines
+    frame = search_text(index, QUERIES, k=5)
+    q = index.text_vectors(QUERIES)
+    exact = np.einsum("nd,nd->n", q[frame["query_id"]], index.image_vectors[frame["row_id"]])
+    np.testing.assert_allclose(frame["score"], exact, atol=1e-6)
+    for _, group in frame.groupby("query_id"):
+        assert group["score"].is_monotonic_decreasing
+
+
+def test_skipped_rows_never_appear(fake):
+    frame = search_text(fake, QUERIES, k=100)
+    assert not set(frame["row_id"]) & {3, 17}
+    assert len(frame) == 3 * 58
+    caps = search_captions(fake, QUERIES, k=1000)
+    assert 5 not in set(caps["row_id"])
+
+
+def test_captions_target_equals_brute_force(fake):
+    frame = search_captions(fake, QUERIES[:2], k=6)
+    scores, ids = brute_force(
+        fake.caption_vectors, fake.text_vectors(QUERIES[:2]), 6, fake.caption_valid
+    )
+    _assert_matches(frame, scores, ids, 2)
+    assert {"text", "image_row_id", "file", "label"} <= set(frame.columns)
+    assert (frame["image_row_id"] == frame["row_id"] // 2).all()
+    first = frame.iloc[0]
+    assert first["text"] == fake.captions.loc[first["row_id"], "text"]
+    assert first["file"] == fake.images.loc[first["image_row_id"], "file"]
+
+
+# ------------------------------------------------------------------ where
+@pytest.mark.parametrize(
+    "where",
+    [
+        ["label=dog"],
+        ["label!=dog"],
+        ["label=cat,cow"],
+        ["width>300", "split=test"],
+        ["height<=200"],
+    ],
+)
+def test_where_equals_filtered_brute_force(fake, where):
+    frame = search_text(fake, QUERIES, k=8, where=where)
+    table = fake.images
+    keep = np.ones(len(table), bool)
+    for expr in where:  # an independent filter written with pandas' query language
+        col, op, val = next(
+            (expr.partition(o)[0], o, expr.partition(o)[2])
+            for o in ("!=", ">=", "<=", "=", ">", "<")
+            if o in expr
+        )
+        if op in ("=", "!="):
+            hit = table[col].isin(val.split(",")).to_numpy()
+            keep &= hit if op == "=" else ~hit
+        else:
+            keep &= table.eval(f"{col} {op} {val}").to_numpy()
+    rows = np.flatnonzero(keep)
+    scores, ids = brute_force(
+        fake.image_vectors, fake.text_vectors(QUERIES), 8, fake.image_valid, rows=rows
+    )
+    # and the same as ranking everything, then dropping the rows the filter removes
+    _, all_ids = brute_force(fake.image_vectors, fake.text_vectors(QUERIES), 60, fake.image_valid)
+    for q in range(len(QUERIES)):
+        filtered = [i for i in all_ids[q] if i >= 0 and keep[i]][:8]
+        assert filtered == ids[q][ids[q] >= 0].tolist()
+    _assert_matches(frame, scores, ids, len(QUERIES))
+    assert keep[frame["row_id"]].all()
+
+
+def test_where_on_captions_may_use_image_columns(fake):
+    frame = search_captions(fake, ["a photo of a dog"], k=50, where=["split=support"])
+    support = set(fake.images.index[fake.images["split"] == "support"])
+    assert set(frame["image_row_id"]) <= support
+    assert len(frame) == 2 * len(support)  # the skipped caption 5 is of image 2, a test row
+    assert "k=50 is more than" in frame.attrs["notes"][0]
+
+
+def test_parse_where_and_mask():
+    conds = parse_where(["label = cat,dog", "width>=3"])
+    assert [(c.column, c.op, c.values) for c in conds] == [
+        ("label", "=", ("cat", "dog")),
+        ("width", ">=", ("3",)),
+    ]
+    t = pd.DataFrame(
+        {"label": ["cat", "dog", "cow"], "width": [1, 3, 5], "ok": [True, False, True]}
+    )
+    assert where_mask(t, ["label!=cow", "width>=3"]).tolist() == [False, True, False]
+    assert where_mask(t, "ok=true").tolist() == [True, False, True]
+    assert where_mask(t, "width=1,5").tolist() == [True, False, True]
+    with pytest.raises(UserInputError, match="Unknown column 'colour'.*Columns: label, width, ok"):
+        where_mask(t, "colour=red")
+    with pytest.raises(UserInputError, match="numeric"):
+        where_mask(t, "width=wide")
+    with pytest.raises(UserInputError, match="needs a numeric column"):
+        where_mask(t, "label>3")
+    with pytest.raises(UserInputError, match="Cannot read --where"):
+        parse_where("label")
+
+
+def test_where_matching_nothing_is_an_error(fake):
+    with pytest.raises(DataError, match="No images match --where label=zebra"):
+        search_text(fake, "a cat", where="label=zebra")
+
+
+# ------------------------------------------------------------------ image queries
+def test_image_from_the_store_finds_itself(fake):
+    paths = [fake.root / "img_010.jpg", fake.root / "img_042.jpg"]
+    frame = search_image(fake, paths, k=3)
+    assert fake.encoder().calls == 1
+    top = frame[frame["rank"] == 1]
+    assert top["row_id"].tolist() == [10, 42]
+    np.testing.assert_allclose(top["score"], 1.0, atol=1e-5)
+    assert top["query"].tolist() == [str(p) for p in paths]
+
+
+def test_text_and_image_queries_together_keep_their_order(fake):
+    res = search_indexes(fake, texts=["a photo of a cow"], images=[fake.root / "img_007.jpg"], k=2)
+    assert (
+        res.frame["query"].tolist()
+        == ["a photo of a cow"] * 2 + [str(fake.root / "img_007.jpg")] * 2
+    )
+    assert res.frame.loc[res.frame["query_id"] == 1, "row_id"].iloc[0] == 7
+
+
+def test_image_to_text(fake):
+    frame = search_captions(fake, images=[fake.root / "img_020.jpg"], k=4)
+    scores, ids = brute_force(fake.caption_vectors, fake.image_vectors[[20]], 4, fake.caption_valid)
+    _assert_matches(frame, scores, ids, 1)
+
+
+# ------------------------------------------------------------------ fusion
+def _independent_rrf(indexes, queries, k, depth):
+    out = []
+    for qi, text in enumerate(queries):
+        fused: dict[int, float] = {}
+        for index in indexes:
+            q = index.text_vectors([text])
+            s = (index.image_vectors @ q[0]).astype(np.float64)
+            s[~index.image_valid] = -np.inf
+            order = sorted(np.flatnonzero(index.image_valid), key=lambda i: (-s[i], i))
+            for r, row in enumerate(order[:depth], start=1):
+                fused[row] = fused.get(row, 0.0) + 1.0 / (60 + r)
+        for rank, (row, score) in enumerate(
+            sorted(fused.items(), key=lambda t: (-t[1], t[0]))[:k], start=1
+        ):
+            out.append((qi, rank, row, score))
+    return out
+
+
+def test_rrf_fusion_equals_independent_computation(fake_pair):
+    fake_pair[1].image_valid[[3, 17]] = True  # skipped in one backbone only
+    fake_pair[1].image_valid[[30]] = False
+    for t in ("images",):
+        ok = fake_pair[1].image_valid
+        fake_pair[1]._faiss[t] = build_index(fake_pair[1].image_vectors[ok], np.flatnonzero(ok))
+    res = search_indexes(list(fake_pair), texts=QUERIES, k=12, depth=20)
+    assert res.score_kind == "rrf" and RRF_K == 60
+    assert any("reciprocal rank fusion" in n and "not a cosine" in n for n in res.notes)
+    want = _independent_rrf(fake_pair, QUERIES, 12, 20)
+    got = list(res.frame[["query_id", "rank", "row_id", "score"]].itertuples(index=False))
+    assert [(a, b, c) for a, b, c, _ in got] == [(a, b, c) for a, b, c, _ in want]
+    np.testing.assert_allclose([g[3] for g in got], [w[3] for w in want], rtol=1e-12)
+
+
+def test_rrf_fuse_small_example():
+    scores, ids = rrf_fuse([np.array([[3, 1, -1]]), np.array([[1, 2, 3]])], 4, rrf_k=60)
+    assert ids.tolist() == [[1, 3, 2, -1]]
+    np.testing.assert_allclose(
+        scores[0], [1 / 62 + 1 / 61, 1 / 61 + 1 / 63, 1 / 62, 0.0], rtol=1e-12
+    )
+
+
+# ------------------------------------------------------------------ bad input (library)
+def test_k_larger_than_collection_returns_everything_with_a_note(fake):
+    frame = search_text(fake, "a photo of a cat", k=1000)
+    assert len(frame) == 58 and frame["rank"].tolist() == list(range(1, 59))
+    assert frame.attrs["notes"] == [
+        "k=1000 is more than the 58 searchable images; returning all 58."
+    ]
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.5, True])
+def test_bad_k(fake, k):
+    with pytest.raises(UserInputError, match="k must be a positive whole number"):
+        search_text(fake, "a cat", k=k)
+
+
+@pytest.mark.parametrize("queries", ["", "   ", ["a cat", ""]])
+def test_empty_query(fake, queries):
+    with pytest.raises(UserInputError, match="Empty text query"):
+        search_text(fake, queries)
+
+
+def test_nothing_to_search_for(fake):
+    with pytest.raises(UserInputError, match="Nothing to search for"):
+        search_indexes(fake, texts=[], images=[])
+
+
+def test_unreadable_query_images(fake, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        search_image(fake, tmp_path / "missing.jpg")
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(DataError, match="notes.jpg.*cannot identify image file"):
+        search_image(fake, [fake.root / "img_001.jpg", bad])
+
+
+def test_fusing_different_datasets_is_an_error(tmp_path):
+    a, b = FakeIndex(tmp_path / "a", 1), FakeIndex(tmp_path / "b", 2, n=30)
+    with pytest.raises(UserInputError, match="same dataset"):
+        search_indexes([a, b], texts="a cat")
+
+
+# ------------------------------------------------------------------ CLI
+@pytest.fixture()
+def cli_fakes(monkeypatch, fake_pair):
+    opened = []
+
+    def open_fake(dataset_dir, backbone):
+        opened.append(backbone)
+        return {"fake1": fake_pair[0], "fake2": fake_pair[1]}[backbone]
+
+    monkeypatch.setattr(search_mod, "_open_index", open_fake)
+    return fake_pair, opened
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["search", *args])
+
+
+def test_cli_table(cli_fakes):
+    res = _run("a photo of a dog", "--index", "x", "--backbone", "fake1", "-k", "3")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0] == "query: a photo of a dog"
+    assert lines[1].split() == ["rank", "score", "row", "id", "file", "label", "caption"]
+    assert len(lines) == 5 and lines[2].split()[0] == "1"
+    assert res.stderr == ""
+
+
+def test_cli_json_queries_file_where(cli_fakes, tmp_path):
+    qfile = tmp_path / "q.txt"
+    qfile.write_text("a photo of a cat\n\na photo of a horse\n")
+    res = _run(
+        "--queries-file",
+        str(qfile),
+        "--index",
+        "x",
+        "--backbone",
+        "fake1",
+        "--where",
+        "label!=cat",
+        "-k",
+        "4",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)
+    assert len(hits) == 8
+    assert [h["query"] for h in hits] == ["a photo of a cat"] * 4 + ["a photo of a horse"] * 4
+    assert {"query", "rank", "score", "row_id", "file", "label"} <= set(hits[0])
+    assert all(h["label"] != "cat" for h in hits)
+    assert hits[0]["score_kind"] == "cosine"
+    want = search_text(
+        cli_fakes[0][0], ["a photo of a cat", "a photo of a horse"], 4, where="label!=cat"
+    )
+    assert [h["row_id"] for h in hits] == want["row_id"].tolist()
+
+
+def test_cli_image_to_captions_json(cli_fakes):
+    img = str(cli_fakes[0][0].root / "img_011.jpg")
+    res = _run(
+        "--image",
+        img,
+        "--to",
+        "captions",
+        "--index",
+        "x",
+        "--backbone",
+        "fake1",
+        "--json",
+        "-k",
+        "2",
+    )
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)
+    assert {"text", "image_row_id"} <= set(hits[0]) and hits[0]["query"] == img
+
+
+def test_cli_fusion_says_so(cli_fakes):
+    res = _run("a photo of a cow", "--index", "x", "--backbone", "fake1", "--backbone", "fake2")
+    assert res.exit_code == 0, res.output
+    assert "reciprocal rank fusion" in res.stdout.splitlines()[0]
+    assert "not a cosine" in res.stderr and cli_fakes[1] == ["fake1", "fake2"]
+    res = _run(
+        "a photo of a cow", "--index", "x", "--backbone", "fake1", "--backbone", "fake2", "--json"
+    )
+    assert json.loads(res.stdout)[0]["score_kind"] == "rrf"
+    assert "reciprocal rank fusion" in res.stderr
+
+
+def test_cli_k_larger_than_collection(cli_fakes):
+    res = _run("a cat", "--index", "x", "--backbone", "fake1", "-k", "500", "--json")
+    assert res.exit_code == 0
+    assert len(json.loads(res.stdout)) == 58
+    assert (
+        res.stderr.strip() == "Note: k=500 is more than the 58 searchable images; returning all 58."
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backbone", "fake1"], "Nothing to search for"),
+        (["", "--backbone", "fake1"], "Empty text query"),
+        (["a cat", "--backbone", "fake1", "-k", "0"], "k must be a positive whole number"),
+        (["a cat", "--backbone", "fake1", "-k", "-2"], "k must be a positive whole number"),
+        (["--image", "nope.jpg", "--backbone", "fake1"], "Cannot read query image 'nope.jpg'"),
+        (["a cat", "--backbone", "fake1", "--where", "colour=red"], "Unknown column 'colour'"),
+        (["--queries-file", "missing.txt", "--backbone", "fake1"], "Cannot read queries file"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(cli_fakes, args, message):
+    res = _run(*args, "--index", "x")
+    assert res.exit_code == 2
+    assert res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+
+
+def test_cli_unreadable_image_file(cli_fakes, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x00\x01")
+    res = _run("--image", str(bad), "--index", "x", "--backbone", "fake1")
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "cannot identify image file" in res.stderr
