@@ -236,13 +236,15 @@ def _check_k(k: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- ranking
-def _is_exact(index: _Index) -> bool:
-    """Whether the FAISS index of this store is exact (flat); unknown means approximate."""
+def _is_exact(index: _Index, target: str) -> bool:
+    """Whether the FAISS index of ``target`` is exact (flat); unknown means approximate."""
     manifest = index.manifest or {}
-    desc = manifest.get("index", manifest.get("index_kind", "flat"))
+    desc: Any = manifest.get("index", manifest.get("index_kind", "flat"))
     if isinstance(desc, dict):
-        desc = desc.get("kind", desc.get("type", desc.get("factory", "flat")))
-    return str(desc).lower().replace("indexflatip", "flat").startswith("flat")
+        desc = desc.get(target, desc)  # the store describes each matrix's index
+        if isinstance(desc, dict):
+            desc = desc.get("kind", manifest.get("index", {}).get("kind", "unknown"))
+    return str(desc).lower() == "flat"
 
 
 def _rank(
@@ -259,7 +261,7 @@ def _rank(
     n_invalid = int((~valid).sum()) if rows is None else int((~valid[rows]).sum())
     pool = len(valid) if rows is None else len(rows)
     fetch = k + n_invalid
-    if not _is_exact(index):
+    if not _is_exact(index, target):
         fetch = max(fetch, 4 * k, k + 50)
     fetch = min(fetch, pool)
     q = np.ascontiguousarray(queries, dtype=np.float32)

@@ -520,3 +520,11 @@ def test_cli_unreadable_image_file(cli_fakes, tmp_path):
     res = _run("--image", str(bad), "--index", "x", "--backbone", "fake1")
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "cannot identify image file" in res.stderr
+
+
+def test_index_kind_is_read_per_matrix_from_the_manifest(fake):
+    fake.manifest = {"index": {"kind": "ivf", "images": {"kind": "flat"}, "captions": {}}}
+    assert search_mod._is_exact(fake, "images")
+    assert not search_mod._is_exact(fake, "captions")
+    fake.manifest = {"index": {"kind": "flat"}}
+    assert search_mod._is_exact(fake, "captions")
