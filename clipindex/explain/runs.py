@@ -1,0 +1,322 @@
+"""Grad-CAM from a store: class vectors, one image, and the errors of a benchmark run.
+
+Class vectors come from the store (no image is re-encoded for them): the prompt vector
+``"a photo of a {c}"`` from the store's cached text vectors, or the caption prototype of
+the class's support images (mean of their normalised caption vectors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from clipindex.errors import DataError, UserInputError
+from clipindex.explain.cam import explain, image_embedding, load_image
+from clipindex.explain.pictures import gradcam_panel
+
+__all__ = [
+    "METHODS",
+    "ClassVectors",
+    "Explanation",
+    "class_vectors",
+    "explain_errors",
+    "explain_image",
+    "explain_rows",
+    "save_png",
+]
+
+PROMPT_TEMPLATE = "a photo of a {}"
+_LOGIT_SCALE = 100.0
+
+
+@dataclass(frozen=True)
+class ClassVectors:
+    """Unit class vectors (rows follow ``classes``) and how they were made."""
+
+    classes: tuple[str, ...]
+    vectors: np.ndarray = field(repr=False)
+    method: str
+
+    def vector(self, name: str) -> np.ndarray:
+        if name not in self.classes:
+            raise UserInputError(f"Unknown class {name!r}. Known: {', '.join(self.classes)}")
+        return self.vectors[self.classes.index(name)]
+
+    def probabilities(self, embedding: np.ndarray) -> np.ndarray:
+        """Softmax over ``100 * cosine``, as the prompt classifier scores."""
+        logits = _LOGIT_SCALE * (self.vectors @ embedding)
+        exp = np.exp(logits - logits.max())
+        return exp / exp.sum()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _classes(index: Any) -> tuple[str, ...]:
+    info = getattr(index, "dataset_info", None) or {}
+    if info.get("classes"):
+        return tuple(str(c) for c in info["classes"])
+    labels = index.images["label"].dropna().astype(str).unique()
+    if len(labels) == 0:
+        raise DataError("The store's images carry no labels, so there are no classes to explain.")
+    return tuple(sorted(labels))
+
+
+def _prompt_vectors(index: Any, classes: Sequence[str], *, k: int, seed: int) -> np.ndarray:
+    return np.asarray(index.text_vectors([PROMPT_TEMPLATE.format(c) for c in classes]))
+
+
+def _prototype_vectors(index: Any, classes: Sequence[str], *, k: int, seed: int) -> np.ndarray:
+    """Mean caption vector of ``k`` seeded support images per class (train split if any)."""
+    images, captions = index.images, index.captions
+    pool = images[images["split"] == "train"] if "split" in images else images
+    if pool.empty:
+        pool = images
+    rng = np.random.default_rng(seed)
+    cap_valid = np.asarray(getattr(index, "caption_valid", np.ones(len(captions), bool)))
+    rows = []
+    for c in classes:
+        ids = np.sort(pool.loc[pool["label"] == c, "row_id"].to_numpy())
+        support = rng.permutation(ids)[:k]
+        cap = captions["row_id"].to_numpy()[captions["image_row_id"].isin(support).to_numpy()]
+        cap = cap[cap_valid[cap]]
+        if len(cap) == 0:
+            raise DataError(f"Class {c!r} has no captioned support images for a prototype; "
+                            "use --method prompt.")
+        rows.append(_unit(np.asarray(index.caption_vectors)[cap]).mean(axis=0))
+    return np.stack(rows)
+
+
+#: How a class vector is made, by ``--method``.
+METHODS: dict[str, Callable[..., np.ndarray]] = {
+    "prompt": _prompt_vectors,
+    "prototype": _prototype_vectors,
+}
+
+
+def class_vectors(index: Any, method: str = "prompt", *, k: int = 10, seed: int = 42
+                  ) -> ClassVectors:
+    """The class vectors of a store for ``method`` (``prompt`` or ``prototype``).
+
+    Example
+    -------
+    >>> cv = class_vectors(open_index("indexes/demo", "tiny-rn"), "prompt")  # doctest: +SKIP
+    >>> cv.classes                                                           # doctest: +SKIP
+    ('cat', 'cow', 'dog', 'horse', 'sheep')
+    """
+    if method not in METHODS:
+        raise UserInputError(f"Unknown method {method!r}. Known: {', '.join(METHODS)}")
+    classes = _classes(index)
+    vectors = _unit(METHODS[method](index, classes, k=k, seed=seed))
+    return ClassVectors(classes, vectors, method)
+
+
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    """One Grad-CAM map with what it explains."""
+
+    image: Image.Image = field(repr=False)
+    cam: np.ndarray = field(repr=False)
+    target: str
+    predicted: str
+    prob: float
+    true: str | None = None
+
+    def caption(self) -> str:
+        true = f"true {self.true} / " if self.true is not None else ""
+        return f"{true}pred {self.predicted} {self.prob:.2f} / cam: {self.target}"
+
+
+def _open(index_or_dir: Any, backbone: str | None) -> Any:
+    if hasattr(index_or_dir, "text_vectors"):
+        return index_or_dir
+    if backbone is None:
+        raise UserInputError("Give --backbone NAME together with --index DIR.")
+    from clipindex.store import open_index
+
+    return open_index(Path(index_or_dir), backbone)
+
+
+def explain_image(
+    image: str | Path | Image.Image,
+    index: Any,
+    *,
+    backbone: str | None = None,
+    target: str | None = None,
+    method: str = "prompt",
+    layer: str | None = None,
+    true: str | None = None,
+    vectors: ClassVectors | None = None,
+) -> Explanation:
+    """Grad-CAM of one image toward a class of a store (default: its predicted class).
+
+    ``index`` is a ``BackboneIndex`` or a dataset folder (then ``backbone`` is needed).
+
+    Example
+    -------
+    >>> e = explain_image("cat.jpg", "indexes/demo", backbone="tiny-rn")  # doctest: +SKIP
+    >>> e.predicted, round(e.prob, 2)                                     # doctest: +SKIP
+    ('cat', 0.91)
+    """
+    index = _open(index, backbone)
+    vectors = vectors or class_vectors(index, method)
+    if target is not None:
+        vectors.vector(target)  # unknown class: fail before loading the model
+    encoder = index.encoder()
+    img = load_image(image)
+    probs = vectors.probabilities(image_embedding(img, encoder))
+    best = int(np.argmax(probs))
+    target = target or vectors.classes[best]
+    cam = explain(img, encoder, vectors.vector(target), layer=layer)
+    return Explanation(img, cam, target, vectors.classes[best], float(probs[best]), true)
+
+
+def _image_path(index: Any, file: str) -> Path:
+    """A file of the images table as a path (tables hold paths relative to the data root)."""
+    path = Path(file)
+    if path.is_absolute():
+        return path
+    info = getattr(index, "dataset_info", None) or {}
+    for base in (info.get("root"), getattr(index, "root", None)):
+        if base and (Path(base) / path).is_file():
+            return Path(base) / path
+    return path
+
+
+def explain_rows(
+    index: Any,
+    rows: Sequence[int],
+    *,
+    backbone: str | None = None,
+    method: str = "prompt",
+    layer: str | None = None,
+    targets: Sequence[str | None] | None = None,
+) -> list[Explanation]:
+    """Grad-CAM of rows of the store's images table (true label from the table).
+
+    Example
+    -------
+    >>> ex = explain_rows(index, [0, 5, 9])                            # doctest: +SKIP
+    >>> gradcam_panel([(e.image, e.cam, e.caption()) for e in ex])    # doctest: +SKIP
+    """
+    index = _open(index, backbone)
+    vectors = class_vectors(index, method)
+    table = index.images.set_index("row_id", drop=False)
+    out = []
+    for i, row in enumerate(rows):
+        rec = table.loc[int(row)]
+        true = None if rec.get("label") is None or rec["label"] != rec["label"] else rec["label"]
+        target = targets[i] if targets is not None else None
+        out.append(explain_image(_image_path(index, str(rec["file"])), index, target=target,
+                                 layer=layer, true=true, vectors=vectors))
+    return out
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write a PNG atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            image.save(fh, format="PNG")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _run_index_dir(results: Path) -> Path:
+    """The dataset folder of the store a benchmark run read (from its run.json)."""
+    run = results / "run.json"
+    if not run.is_file():
+        raise DataError(f"{run} not found: pass the folder `clipindex bench` wrote.")
+    info = json.loads(run.read_text(encoding="utf-8"))
+    for key in ("index_dir", "dataset_dir", "index", "index_root"):
+        if isinstance(info.get(key), str):
+            return Path(info[key])
+    raise DataError(f"{run} does not say which store the run read (no 'index_dir').")
+
+
+def _error_rows(results: Path, backbone: str, method: str | None, limit: int) -> Any:
+    import pandas as pd
+
+    path = results / "errors.csv"
+    if not path.is_file():
+        raise DataError(f"{path} not found: pass the folder `clipindex bench` wrote.")
+    frame = pd.read_csv(path)
+    missing = {"file", "true", "predicted"} - set(frame.columns)
+    if missing:
+        raise DataError(f"{path} lacks column(s) {', '.join(sorted(missing))}.")
+    if "backbone" in frame:
+        frame = frame[frame["backbone"].astype(str) == backbone]
+    if method is not None and "method" in frame:
+        frame = frame[frame["method"].astype(str) == method]
+    frame = frame[frame["true"].astype(str) != frame["predicted"].astype(str)]
+    frame = frame.drop_duplicates(subset=["file", "true", "predicted"])
+    if frame.empty:
+        what = f"backbone {backbone!r}" + (f", method {method!r}" if method else "")
+        raise DataError(f"{path} has no misclassified rows for {what}.")
+    return frame.head(limit)
+
+
+def explain_errors(
+    results: str | Path,
+    backbone: str,
+    *,
+    method: str | None = None,
+    limit: int = 8,
+    out_dir: str | Path | None = None,
+    layer: str | None = None,
+    index: Any = None,
+    progress: bool = False,
+) -> list[Path]:
+    """Grad-CAM pictures of the first ``limit`` misclassified rows of a benchmark run.
+
+    Each PNG shows the image twice: the CAM toward the true class and toward the
+    predicted one. ``method`` filters ``errors.csv`` (when it has a ``method`` column) and
+    picks the class vectors (``prompt`` unless ``prototype``). The store is the one named
+    in ``RESULTS/run.json`` unless ``index`` is given. Returns the written paths.
+
+    Example
+    -------
+    >>> explain_errors("results/demo", "tiny-rn", limit=4)   # doctest: +SKIP
+    [PosixPath('results/demo/gradcam/tiny-rn/000_val_000123.png'), ...]
+    """
+    if limit < 1:
+        raise UserInputError(f"--limit must be at least 1, got {limit}.")
+    from tqdm import tqdm
+
+    results = Path(results)
+    rows = _error_rows(results, backbone, method, limit)
+    index = _open(index if index is not None else _run_index_dir(results), backbone)
+    vectors = class_vectors(index, method if method in METHODS else "prompt")
+    out = Path(out_dir) if out_dir is not None else results / "gradcam" / backbone
+    written = []
+    records = rows.to_dict("records")
+    for i, rec in enumerate(tqdm(records, desc=f"gradcam {backbone}", disable=not progress)):
+        path = _image_path(index, str(rec["file"]))
+        true, pred = str(rec["true"]), str(rec["predicted"])
+        shown = [explain_image(path, index, target=t, layer=layer, true=true, vectors=vectors)
+                 for t in (true, pred)]
+        items = [(e.image, e.cam, f"CAM for {label} {e.target}")
+                 for e, label in zip(shown, ("true", "predicted"), strict=True)]
+        title = f"{Path(str(rec['file'])).name}: true {true}, predicted {pred}"
+        prob = next((rec[k] for k in ("prob", "probability", "confidence") if k in rec), None)
+        title += f" (p={float(prob):.2f})" if prob is not None else ""
+        written.append(save_png(gradcam_panel(items, columns=2, title=title),
+                                out / f"{i:03d}_{Path(str(rec['file'])).stem}.png"))
+    return written
