@@ -12,6 +12,7 @@ from clipindex.cli._app import main
 # Importing a command module registers its command on ``main`` (one line per module).
 # isort: off
 from clipindex.cli import search  # noqa: E402,F401
+from clipindex.cli import explain  # noqa: E402,F401
 # isort: on
 
 __all__ = ["main"]

@@ -36,6 +36,7 @@ from clipindex.explain.runs import (
     explain_image,
     explain_rows,
     save_png,
+    write_explanation,
 )
 
 __all__ = [
@@ -58,4 +59,5 @@ __all__ = [
     "overlay",
     "resolve_layer",
     "save_png",
+    "write_explanation",
 ]

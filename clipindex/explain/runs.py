@@ -20,7 +20,7 @@ from PIL import Image
 
 from clipindex.errors import DataError, UserInputError
 from clipindex.explain.cam import explain, image_embedding, load_image
-from clipindex.explain.pictures import gradcam_panel
+from clipindex.explain.pictures import gradcam_panel, overlay
 
 __all__ = [
     "METHODS",
@@ -31,6 +31,7 @@ __all__ = [
     "explain_image",
     "explain_rows",
     "save_png",
+    "write_explanation",
 ]
 
 PROMPT_TEMPLATE = "a photo of a {}"
@@ -237,6 +238,30 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_explanation(
+    image: str | Path,
+    index: Any,
+    *,
+    backbone: str | None = None,
+    target: str | None = None,
+    method: str = "prompt",
+    layer: str | None = None,
+    out: str | Path | None = None,
+) -> tuple[Explanation, Path]:
+    """:func:`explain_image`, then the overlay written as a PNG at the image's size
+    (default ``./<image stem>_gradcam.png``). Returns the explanation and the path.
+
+    Example
+    -------
+    >>> e, path = write_explanation("cat.jpg", "indexes/demo", backbone="tiny-vit")
+    ... # doctest: +SKIP
+    """
+    result = explain_image(image, index, backbone=backbone, target=target, method=method,
+                           layer=layer)
+    path = Path(out) if out is not None else Path(f"{Path(image).stem}_gradcam.png")
+    return result, save_png(overlay(result.image, result.cam), path)
 
 
 def _run_index_dir(results: Path) -> Path:
