@@ -1,0 +1,284 @@
+"""Backbone registry: which open_clip model and which weights a backbone name means.
+
+A backbone is named three ways, all accepted by :func:`resolve_backbone`:
+
+- the study's names (``RN50``, ``RN50x4``, ``RN50x16``, ``ViT-B/32``, ``ViT-B/16``,
+  ``ViT-L/14``, ``ViT-L/14@336px``), whose default pretrained tag is ``openai``;
+- any open_clip model name (``ViT-B-32``, ``ViT-L-14-336``, ``convnext_base``...), checked
+  against ``open_clip.list_models()``;
+- the tiny demo backbones of :mod:`clipindex.tiny` (``tiny-vit``, ``tiny-rn``, ...), whose
+  default weights are the folders shipped in the package.
+
+``pretrained`` is ``"default"``, an open_clip tag (``laion2b_s34b_b79k``), ``"none"``
+(random initialisation, for speed measurements), a local checkpoint file
+(``.pt``/``.pth``/``.bin``/``.safetensors``) or a self-contained ``local-dir`` folder
+(``open_clip_config.json`` + weights). Resolving never loads or downloads anything; see
+:func:`clipindex.encoders.load_encoder` for that.
+
+The store folder of a backbone (``BackboneSpec.name``) is the open_clip model name, with
+``__<tag>`` appended only for a non-default tag (``none`` counts as non-default), and
+``__<file stem>`` / ``__<folder name>`` for local checkpoints.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipindex.errors import UserInputError
+
+__all__ = [
+    "STUDY_BACKBONES",
+    "CHECKPOINT_SUFFIXES",
+    "BackboneSpec",
+    "resolve_backbone",
+    "known_backbones",
+]
+
+# study name -> open_clip model name, in the study's order (smallest to largest per family).
+STUDY_BACKBONES: dict[str, str] = {
+    "RN50": "RN50",
+    "RN50x4": "RN50x4",
+    "RN50x16": "RN50x16",
+    "ViT-B/32": "ViT-B-32",
+    "ViT-B/16": "ViT-B-16",
+    "ViT-L/14": "ViT-L-14",
+    "ViT-L/14@336px": "ViT-L-14-336",
+}
+STUDY_DEFAULT_TAG = "openai"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+LOCAL_DIR_PREFIX = "local-dir:"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A resolved backbone: what to build and where its vectors live.
+
+    Attributes
+    ----------
+    name : str
+        Store folder name: the open_clip model name (``ViT-B-32``, ``tiny-vit``) with
+        ``__<tag>`` for a non-default pretrained tag (``ViT-B-32__none``).
+    display : str
+        Name for tables and plots: the study's name where there is one (``ViT-B/32``).
+    model : str
+        The open_clip model name (``ViT-B-32``), or ``local-dir:DIR`` for a folder.
+    pretrained : str or None
+        Tag (``openai``), ``None`` for random initialisation, or the absolute path of a
+        checkpoint file or ``local-dir`` folder.
+    source : str
+        How the weights come: ``"tag"``, ``"none"``, ``"file"`` or ``"dir"``.
+    quick_gelu : bool
+        Build the model with QuickGELU (OpenAI weights were trained with it).
+    tiny : bool
+        One of the tiny demo backbones (its tokenizer always comes from its folder).
+    """
+
+    name: str
+    display: str
+    model: str
+    pretrained: str | None
+    source: str
+    quick_gelu: bool = False
+    tiny: bool = False
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The local checkpoint file or folder, or ``None`` for a tag / random init."""
+        return Path(self.pretrained) if self.source in ("file", "dir") and self.pretrained else None
+
+
+def _key(name: str) -> str:
+    """Normalise a user-typed name: ``vit-l/14@336px`` and ``ViT-L-14-336`` meet."""
+    key = name.strip().lower().replace("/", "-")
+    return re.sub(r"@(\d+)(px)?$", r"-\1", key)
+
+
+def _tiny_module() -> Any | None:
+    """The :mod:`clipindex.tiny` package if it is importable (it is optional at import)."""
+    try:
+        from clipindex import tiny
+    except ImportError:
+        return None
+    return tiny if hasattr(tiny, "TINY_BACKBONES") else None
+
+
+def _tiny_names() -> list[str]:
+    tiny = _tiny_module()
+    return list(tiny.TINY_BACKBONES) if tiny is not None else []
+
+
+def _open_clip_models() -> list[str]:
+    import open_clip
+
+    return list(open_clip.list_models())
+
+
+def known_backbones(*, include_open_clip: bool = False) -> list[str]:
+    """Names :func:`resolve_backbone` knows: the study's seven, then the tiny backbones.
+
+    Parameters
+    ----------
+    include_open_clip : bool
+        Also list every open_clip model name.
+
+    Examples
+    --------
+    >>> known_backbones()[:3]
+    ['RN50', 'RN50x4', 'RN50x16']
+    """
+    names = list(STUDY_BACKBONES) + _tiny_names()
+    if include_open_clip:
+        names += [m for m in _open_clip_models() if m not in names]
+    return names
+
+
+def _unknown(name: str) -> UserInputError:
+    known = ", ".join(known_backbones())
+    return UserInputError(
+        f"Unknown backbone {name!r}. Known: {known} "
+        "(or any open_clip model name; see open_clip.list_models())"
+    )
+
+
+def _lookup(name: str) -> tuple[str, str, str | None, bool]:
+    """Map a name to ``(open_clip model, display, default tag, is_tiny)``."""
+    key = _key(name)
+    for display, model in STUDY_BACKBONES.items():
+        if key in (_key(display), _key(model)):
+            return model, display, STUDY_DEFAULT_TAG, False
+    for tiny_name in _tiny_names():
+        if key == _key(tiny_name):
+            return tiny_name, tiny_name, None, True
+    by_key = {_key(m): m for m in _open_clip_models()}
+    if key in by_key:
+        model = by_key[key]
+        return model, model, _default_tag(model), False
+    raise _unknown(name)
+
+
+def _default_tag(model: str) -> str | None:
+    """``openai`` where open_clip has OpenAI weights for the model, else no default."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    return STUDY_DEFAULT_TAG if STUDY_DEFAULT_TAG in tags else None
+
+
+def _no_default(model: str) -> UserInputError:
+    import open_clip
+
+    tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none listed"
+    return UserInputError(
+        f"Backbone {model!r} has no default pretrained weights: pass a pretrained tag "
+        f"(known: {tags}), 'none' for random initialisation, or a local checkpoint path."
+    )
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "checkpoint"
+
+
+def _local_dir_spec(path: Path, display: str | None = None) -> BackboneSpec:
+    if not (path / "open_clip_config.json").is_file():
+        raise UserInputError(
+            f"{path} is not an open_clip folder: it has no open_clip_config.json. "
+            "Pass a checkpoint file (.pt/.bin/.safetensors) or a folder saved for "
+            "open_clip's 'local-dir:' loading."
+        )
+    path = path.resolve()
+    return BackboneSpec(
+        name=_safe(path.name), display=display or path.name, model=LOCAL_DIR_PREFIX + str(path),
+        pretrained=str(path), source="dir",
+    )
+
+
+def _tag_quick_gelu(model: str, tag: str) -> bool:
+    import open_clip
+
+    return bool((open_clip.get_pretrained_cfg(model, tag) or {}).get("quick_gelu", False))
+
+
+def resolve_backbone(name: str, pretrained: str | None = "default") -> BackboneSpec:
+    """Resolve a backbone name and a ``pretrained`` choice to a :class:`BackboneSpec`.
+
+    Parameters
+    ----------
+    name : str
+        A study name (``ViT-B/32``), an open_clip model name (``ViT-B-32``), a tiny
+        backbone (``tiny-vit``) or ``local-dir:/path/to/folder``.
+    pretrained : str or None
+        ``"default"`` (``openai`` for the study's backbones, the shipped weights for tiny
+        ones, random init otherwise), an open_clip tag, ``"none"``/``None`` (random
+        initialisation), a checkpoint file or an open_clip ``local-dir`` folder.
+
+    Raises
+    ------
+    UserInputError
+        Unknown name (the message lists the known ones), unknown tag, or a path that is
+        neither a checkpoint file nor an open_clip folder.
+
+    Examples
+    --------
+    >>> resolve_backbone("ViT-B/32").name
+    'ViT-B-32'
+    >>> resolve_backbone("ViT-B/32", "none").name
+    'ViT-B-32__none'
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UserInputError("A backbone name is required, e.g. ViT-B/32 or tiny-vit.")
+    if name.startswith(LOCAL_DIR_PREFIX):
+        return _local_dir_spec(Path(name[len(LOCAL_DIR_PREFIX):]).expanduser())
+    model, display, default_tag, is_tiny = _lookup(name)
+    choice = "none" if pretrained is None else str(pretrained).strip()
+    if choice == "default":
+        if is_tiny:
+            return _tiny_default(model)
+        if default_tag is None:
+            raise _no_default(model)
+        return BackboneSpec(model, display, model, default_tag, "tag",
+                            quick_gelu=_tag_quick_gelu(model, default_tag))
+    if choice.lower() == "none":
+        return BackboneSpec(f"{model}__none", display, model, None, "none", tiny=is_tiny)
+    return _with_explicit_weights(model, display, default_tag, choice, is_tiny)
+
+
+def _tiny_default(model: str) -> BackboneSpec:
+    tiny = _tiny_module()
+    if tiny is None:  # pragma: no cover - _lookup only returns tiny names when importable
+        raise UserInputError(f"Tiny backbone {model!r} needs clipindex.tiny, which is missing.")
+    folder = Path(tiny.checkpoint_dir(model)).resolve()
+    return BackboneSpec(model, model, LOCAL_DIR_PREFIX + str(folder), str(folder), "dir",
+                        tiny=True)
+
+
+def _with_explicit_weights(
+    model: str, display: str, default_tag: str | None, choice: str, is_tiny: bool
+) -> BackboneSpec:
+    path = Path(choice).expanduser()
+    if path.is_dir():
+        spec = _local_dir_spec(path, display)
+        return BackboneSpec(f"{model}__{spec.name}", display, spec.model, spec.pretrained,
+                            "dir", tiny=is_tiny)
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_file():
+        if not path.is_file():
+            raise UserInputError(f"Checkpoint file {choice!r} does not exist.")
+        # A file for one of the study's backbones is taken to hold OpenAI weights (the
+        # offline route the ModelLoadError message points at), so QuickGELU as for 'openai'.
+        quick = default_tag is not None and _tag_quick_gelu(model, default_tag)
+        return BackboneSpec(f"{model}__{_safe(path.stem)}", display, model,
+                            str(path.resolve()), "file", quick_gelu=quick, tiny=is_tiny)
+    import open_clip
+
+    tags = list(open_clip.list_pretrained_tags_by_model(model))
+    if choice not in tags:
+        hint = f"Known tags for {model}: {', '.join(tags)}. " if tags else ""
+        raise UserInputError(
+            f"Unknown pretrained {choice!r} for backbone {display!r}. {hint}"
+            "Use 'default', 'none', a tag, or the path of a local checkpoint file."
+        )
+    suffix = "" if choice == default_tag else f"__{choice}"
+    return BackboneSpec(f"{model}{suffix}", display, model, choice, "tag",
+                        quick_gelu=_tag_quick_gelu(model, choice))
