@@ -7,3 +7,6 @@ import os
 # Keep tests on the 2 CPU cores we have and away from any network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Fixture plugins (one module each); append yours.
+pytest_plugins = ["fixtures_store"]

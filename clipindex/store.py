@@ -1,0 +1,429 @@
+"""The per-backbone index store: ``OUT/<dataset>/<backbone>/``.
+
+Layout::
+
+    OUT/<dataset>/images.parquet, captions.parquet, dataset.json
+    OUT/<dataset>/<backbone>/shards/                      (only while building)
+    OUT/<dataset>/<backbone>/images.npy, captions.npy      row i = row id i
+    OUT/<dataset>/<backbone>/images.faiss, captions.faiss  ids = row ids
+    OUT/<dataset>/<backbone>/manifest.json                 written last, atomically
+    OUT/<dataset>/<backbone>/text_cache.npz                query texts encoded on demand
+
+A backbone folder without ``manifest.json`` is an unfinished build: nothing opens it,
+and ``build_store`` resumes it shard by shard. :func:`build_store` writes a store,
+:func:`open_index` opens one (:class:`BackboneIndex`), :func:`store_info` summarises one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipindex import _build
+from clipindex._build import (
+    FORMAT_VERSION,
+    BuildInterrupted,
+    normalise_rows,
+    read_json,
+    sha256_file,
+)
+from clipindex._build import identity as _identity
+from clipindex.errors import (
+    DataError,
+    IncompleteIndexError,
+    IndexMismatchError,
+    UserInputError,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BackboneIndex",
+    "BuildInterrupted",
+    "build_store",
+    "list_backbones",
+    "open_index",
+    "store_info",
+]
+
+log = logging.getLogger(__name__)
+
+
+def build_store(
+    dataset: Any,
+    backbones: Sequence[str] | str,
+    *,
+    out: str | os.PathLike[str] = "indexes",
+    root: str | os.PathLike[str] | None = None,
+    pretrained: str = "default",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    device: str | None = None,
+    strict: bool = False,
+    index_kind: str = "flat",
+    dtype: str = "float32",
+    shard_size: int | None = None,
+    rebuild: bool = False,
+    progress: bool = True,
+    _stop_after_shards: int | None = None,
+) -> list[Path]:
+    """Encode a dataset once per backbone into ``OUT/<dataset>/<backbone>/``.
+
+    Parameters
+    ----------
+    dataset : Dataset or path
+        A :class:`clipindex.sources.Dataset`, or a source that
+        :func:`clipindex.sources.load_dataset` reads (YAML config, class-folder tree,
+        CSV/parquet manifest; ``root`` overrides its data root).
+    backbones : name or list of names
+        Backbones resolvable by :func:`clipindex.backbones.resolve_backbone`.
+    out : path
+        The store root; the dataset goes to ``out/<dataset.name>``.
+    pretrained : str
+        ``"default"``, a pretrained tag, ``"none"`` (random init) or a checkpoint path.
+    batch_size, workers, device
+        Encoding knobs (``None``: batch 64, the encoder's defaults).
+    strict : bool
+        Make the first unreadable image fatal (:class:`DataError`) instead of skipping it.
+    index_kind : {"flat", "ivf", "hnsw", "pq"}
+        FAISS index kind; approximate kinds get recall@10 in the manifest.
+    dtype : {"float32", "float16"}
+        Storage precision of ``images.npy`` / ``captions.npy``.
+    shard_size : int
+        Rows per resumable shard, a multiple of ``batch_size`` (default ~4096).
+    rebuild : bool
+        Replace the tables of a folder that holds another version of the dataset.
+    progress : bool
+        Show progress bars on stderr.
+
+    Returns
+    -------
+    list of Path
+        The backbone folders, in the order asked; finished stores are left alone
+        ("up to date"), unfinished ones resume from their finished shards.
+
+    Example
+    -------
+    >>> paths = build_store("configs/datasets/demo.yaml", ["tiny-vit"],
+    ...                     root="worlds/demo", out="indexes")  # doctest: +SKIP
+    """
+    opts = _build.options(out, batch_size, shard_size, workers=workers, device=device,
+                          strict=strict, index_kind=index_kind, dtype=dtype,
+                          progress=progress)
+    if isinstance(dataset, (str, os.PathLike)):
+        from clipindex.sources import load_dataset
+
+        dataset = load_dataset(dataset, root=root)
+    targets = _build.resolve_targets(backbones, pretrained)  # fail before writing anything
+    _build.check_rows(dataset.images, "images")
+    _build.check_rows(dataset.captions, "captions")
+    if len(dataset.images) == 0:
+        raise DataError(f"dataset {dataset.name!r} has no images; nothing to encode")
+    fingerprint = _build.dataset_fingerprint(dataset)
+    _build.write_tables(dataset, opts.out / dataset.name, fingerprint, rebuild)
+    counter = _build.ShardCounter(_stop_after_shards)
+    return [_build.build_one(dataset, t, fingerprint, opts, counter) for t in targets]
+
+
+# ----------------------------------------------------------------------------- reading
+_TARGETS = ("images", "captions")
+
+
+class BackboneIndex:
+    """One backbone's finished store: tables, vectors, FAISS indexes and manifest.
+
+    Built by :func:`open_index`. ``image_vectors`` / ``caption_vectors`` are float32
+    (row i = row id i, zero rows for skipped images); ``image_valid`` /
+    ``caption_valid`` are False for rows a query must never return.
+
+    Example
+    -------
+    >>> idx = open_index("indexes/demo", "tiny-vit")  # doctest: +SKIP
+    >>> scores, ids = idx.search(idx.image_vectors[:1], 5)  # doctest: +SKIP
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], dataset_info: dict[str, Any],
+                 images: pd.DataFrame, captions: pd.DataFrame, vectors: dict[str, np.ndarray],
+                 faiss_indexes: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.dataset_info = dataset_info
+        self.images = images
+        self.captions = captions
+        self.image_vectors = vectors["images"]
+        self.caption_vectors = vectors["captions"]
+        self.image_valid = np.ones(len(images), dtype=bool)
+        self.image_valid[[int(s["row_id"]) for s in manifest.get("skipped", [])]] = False
+        self.caption_valid = np.ones(len(captions), dtype=bool)
+        self._indexes = faiss_indexes
+        self._encoders: dict[str | None, Any] = {}
+        self._text_cache: dict[str, np.ndarray] | None = None
+
+    @property
+    def name(self) -> str:
+        """The backbone folder name (``tiny-vit``, ``ViT-B-32__none``)."""
+        return str(self.manifest["backbone_folder"])
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension of every stored vector."""
+        return int(self.manifest["dim"])
+
+    def __repr__(self) -> str:
+        return (f"BackboneIndex({self.name!r}, images={len(self.images)}, "
+                f"captions={len(self.captions)}, dim={self.dim})")
+
+    def search(self, queries: np.ndarray, k: int, *, target: str = "images",
+               rows: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosine top-``k`` of each query among ``target`` rows (optionally ``rows``).
+
+        Returns ``(scores, ids)`` of shape ``(n_queries, k)``; ids are row ids, -1 (score
+        ``-inf``) where fewer than ``k`` rows qualify. Skipped rows never come back.
+
+        Example
+        -------
+        >>> scores, ids = idx.search(idx.text_vectors(["a photo of a cat"]), 10,
+        ...                          rows=idx.images.index[idx.images.split == "test"])
+        ... # doctest: +SKIP
+        """
+        from clipindex.indexes import search_index
+
+        if target not in _TARGETS:
+            raise UserInputError(f"target must be one of {', '.join(_TARGETS)}, got {target!r}")
+        q = np.asarray(queries, dtype=np.float32)
+        q = q[None, :] if q.ndim == 1 else q
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise IndexMismatchError(
+                f"query vectors have shape {q.shape} but {self.name} stores dim {self.dim}; "
+                "encode queries with the same backbone (index.encoder() / text_vectors())")
+        sel = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64).ravel())
+        return search_index(self._indexes[target], q, k, rows=sel)
+
+    def encoder(self, device: str | None = None) -> Any:
+        """The :class:`~clipindex.encoders.Encoder` these vectors came from (loaded once)."""
+        if device not in self._encoders:
+            self._encoders[device] = _load_matching_encoder(self.manifest, device)
+        return self._encoders[device]
+
+    def text_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised text vectors, encoded once and cached in ``text_cache.npz``.
+
+        Example
+        -------
+        >>> idx.text_vectors(["a photo of a dog"]).shape  # doctest: +SKIP
+        (1, 64)
+        """
+        texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
+        cache = self._load_text_cache()
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            vectors = normalise_rows(self.encoder().encode_texts(missing))
+            if vectors.shape != (len(missing), self.dim):
+                raise IndexMismatchError(
+                    f"the encoder returned text vectors of shape {vectors.shape}; the store "
+                    f"{self.name} expects dim {self.dim}")
+            cache.update(zip(missing, vectors, strict=True))
+            self._save_text_cache(cache)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([cache[t] for t in texts]).astype(np.float32)
+
+    def _load_text_cache(self) -> dict[str, np.ndarray]:
+        if self._text_cache is None:
+            self._text_cache = {}
+            path = self.path / "text_cache.npz"
+            if path.exists():
+                try:
+                    with np.load(path, allow_pickle=False) as data:
+                        if data["vectors"].shape[1:] == (self.dim,):
+                            self._text_cache = dict(zip(data["texts"].tolist(),
+                                                        data["vectors"], strict=True))
+                except (OSError, ValueError, KeyError):
+                    log.warning("ignoring an unreadable text cache %s", path)
+        return self._text_cache
+
+    def _save_text_cache(self, cache: dict[str, np.ndarray]) -> None:
+        from clipindex._build import atomic_write
+
+        texts = np.array(list(cache), dtype=str)
+        vectors = np.stack(list(cache.values())).astype(np.float32)
+        try:
+            atomic_write(self.path / "text_cache.npz",
+                         lambda fh: np.savez(fh, texts=texts, vectors=vectors))
+        except OSError as exc:  # a read-only store still answers queries
+            log.warning("could not write the text cache: %s", exc)
+
+
+def _load_matching_encoder(manifest: dict[str, Any], device: str | None) -> Any:
+    from clipindex import backbones, encoders
+
+    req = manifest.get("requested") or {}
+    spec = backbones.resolve_backbone(req.get("backbone", manifest["backbone"]),
+                                      pretrained=req.get("pretrained", "default"))
+    if _identity(spec)["weights"] != manifest["weights"]:
+        raise IndexMismatchError(
+            f"the weights of {spec.name} differ from those the store was built with "
+            f"({manifest['weights']}); rebuild the store with clipindex build")
+    encoder = encoders.load_encoder(spec, device=device)
+    if int(encoder.embed_dim) != int(manifest["dim"]):
+        raise IndexMismatchError(
+            f"{spec.name} encodes dim {encoder.embed_dim} but the store holds dim "
+            f"{manifest['dim']}; rebuild the store with clipindex build")
+    return encoder
+
+
+def list_backbones(dataset_dir: str | os.PathLike[str], *, unfinished: bool = False
+                   ) -> list[str]:
+    """Backbone folders of a dataset store that hold a finished build (or, with
+    ``unfinished=True``, those that do not).
+
+    Example
+    -------
+    >>> list_backbones("indexes/demo")  # doctest: +SKIP
+    ['tiny-rn', 'tiny-vit', 'tiny-vit2']
+    """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                  and (d / "manifest.json").is_file() != unfinished)
+
+
+def _dataset_meta(dataset_dir: Path) -> dict[str, Any]:
+    meta = dataset_dir / "dataset.json"
+    if not meta.is_file():
+        hint = (" (that is a backbone folder; pass its parent)"
+                if (dataset_dir / "manifest.json").exists() else "")
+        raise UserInputError(
+            f"{dataset_dir} is not a clipindex store: it has no dataset.json{hint}. Pass the "
+            "OUT/<dataset> folder that `clipindex build` wrote.")
+    return read_json(meta)
+
+
+def _backbone_dir(dataset_dir: Path, backbone: str, pretrained: str) -> Path:
+    """The folder of ``backbone``: a folder name, or a name resolve_backbone knows."""
+    direct = dataset_dir / backbone
+    if backbone and "/" not in backbone and direct.is_dir():
+        return direct
+    try:
+        from clipindex.backbones import resolve_backbone
+
+        folder = resolve_backbone(backbone, pretrained=pretrained).name
+    except UserInputError:
+        folder = None
+    if folder and (dataset_dir / folder).is_dir():
+        return dataset_dir / folder
+    built = list_backbones(dataset_dir)
+    raise IndexMismatchError(
+        f"backbone {backbone!r} is not built in {dataset_dir}. Built: "
+        f"{', '.join(built) if built else 'none'}. Build it with `clipindex build CONFIG "
+        f"--backbone {backbone} --out {dataset_dir.parent}`.")
+
+
+def _check_files(bdir: Path, manifest: dict[str, Any], verify: bool) -> None:
+    for name, rec in manifest.get("files", {}).items():
+        path = bdir / name
+        if not path.is_file():
+            raise IncompleteIndexError(f"{path} is missing; rebuild with `clipindex build`")
+        if path.stat().st_size != rec.get("bytes") or (
+                verify and sha256_file(path) != rec.get("sha256")):
+            raise IndexMismatchError(
+                f"{path} does not match its manifest (sha256 differs: the file was changed "
+                "or corrupted); delete the folder and rebuild it with `clipindex build`")
+
+
+def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
+               pretrained: str = "default", verify: bool = True) -> BackboneIndex:
+    """Open one backbone's finished store under ``dataset_dir`` (``OUT/<dataset>``).
+
+    Parameters
+    ----------
+    dataset_dir : path
+        The dataset folder written by :func:`build_store`.
+    backbone : str
+        A backbone folder name (``tiny-vit``, ``ViT-B-32__none``) or a name
+        :func:`~clipindex.backbones.resolve_backbone` knows (with ``pretrained``).
+    verify : bool
+        Check every stored file's sha256 against the manifest (sizes are always checked).
+
+    Raises
+    ------
+    IncompleteIndexError
+        The folder has no ``manifest.json`` (an interrupted or running build).
+    IndexMismatchError
+        The backbone is not built here, the dataset changed since the build, or the
+        stored files do not match the manifest.
+
+    Example
+    -------
+    >>> idx = open_index("indexes/demo", "tiny-vit")  # doctest: +SKIP
+    >>> idx.image_vectors.shape  # doctest: +SKIP
+    (1000, 64)
+    """
+    from clipindex.indexes import load_index
+
+    root = Path(dataset_dir)
+    info = _dataset_meta(root)
+    bdir = _backbone_dir(root, backbone, pretrained)
+    if not (bdir / "manifest.json").is_file():
+        raise IncompleteIndexError(
+            f"{bdir} was not finished (no manifest.json); rerun `clipindex build ... "
+            f"--backbone {backbone}` with the same --out to resume it")
+    manifest = read_json(bdir / "manifest.json")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexMismatchError(
+            f"{bdir} has store format {manifest.get('format_version')}, this clipindex reads "
+            f"{FORMAT_VERSION}; rebuild it with `clipindex build`")
+    if manifest.get("dataset_fingerprint") != info.get("fingerprint"):
+        raise IndexMismatchError(
+            f"{bdir} was built for another version of dataset {info.get('name')!r} (the "
+            "tables changed since); rebuild it with `clipindex build ... --rebuild`")
+    _check_files(bdir, manifest, verify)
+    images = pd.read_parquet(root / "images.parquet")
+    captions = pd.read_parquet(root / "captions.parquet")
+    vectors = {t: np.load(bdir / f"{t}.npy", allow_pickle=False).astype(np.float32)
+               for t in _TARGETS}
+    for t, table in (("images", images), ("captions", captions)):
+        if vectors[t].shape != (len(table), manifest["dim"]):
+            raise IndexMismatchError(
+                f"{bdir / (t + '.npy')} has shape {vectors[t].shape} but {t}.parquet has "
+                f"{len(table)} rows of dim {manifest['dim']}; rebuild with `clipindex build`")
+    faiss_indexes = {t: load_index(bdir / f"{t}.faiss") for t in _TARGETS}
+    return BackboneIndex(bdir, manifest, info, images, captions, vectors, faiss_indexes)
+
+
+def store_info(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON-ready summary of a dataset store: funnel, counts, backbones, skipped inputs.
+
+    Example
+    -------
+    >>> [b["backbone_folder"] for b in store_info("indexes/demo")["backbones"]]
+    ... # doctest: +SKIP
+    ['tiny-rn', 'tiny-vit', 'tiny-vit2']
+    """
+    root = Path(dataset_dir)
+    info = _dataset_meta(root)
+    n_images = n_captions = None
+    for name in ("images", "captions"):
+        path = root / f"{name}.parquet"
+        if path.is_file():
+            import pyarrow.parquet as pq
+
+            rows = pq.ParquetFile(path).metadata.num_rows
+            n_images, n_captions = (rows, n_captions) if name == "images" else (n_images, rows)
+    keys = ("backbone_folder", "display_name", "model_name", "pretrained", "weights", "dim",
+            "dtype", "n_images", "n_captions", "n_skipped", "params", "image_size",
+            "context_length", "device", "index", "timings", "skipped")
+    backbones = []
+    for folder in list_backbones(root):
+        manifest = read_json(root / folder / "manifest.json")
+        entry = {k: manifest.get(k) for k in keys}
+        entry["stale"] = manifest.get("dataset_fingerprint") != info.get("fingerprint")
+        backbones.append(entry)
+    return {"path": str(root), "dataset": info, "n_images": n_images, "n_captions": n_captions,
+            "backbones": backbones, "unfinished": list_backbones(root, unfinished=True)}
