@@ -128,7 +128,8 @@ def _check_positive_int(value: Any, name: str) -> int:
 
 def _check_choice(value: Any, choices: Sequence[str], name: str) -> str:
     if value not in choices:
-        raise UserInputError(f"Unknown {name} {value!r}. Known: {', '.join(choices)}")
+        known = ", ".join(str(c) for c in choices)
+        raise UserInputError(f"Unknown {name} {value!r}. Known: {known}")
     return str(value)
 
 
@@ -509,8 +510,12 @@ class MLPClassifier(_Classifier):
 
     def _build(self, d: int, n_classes: int, gen: torch.Generator) -> torch.nn.Module:
         hidden = _check_positive_int(self.hidden, "hidden")
+        # skip_init: nn.Linear's own init would draw from torch's global RNG.
+        skip = torch.nn.utils.skip_init
         model = torch.nn.Sequential(
-            torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_classes)
+            skip(torch.nn.Linear, d, hidden),
+            torch.nn.ReLU(),
+            skip(torch.nn.Linear, hidden, n_classes),
         )
         with torch.no_grad():  # PyTorch's default init, drawn from the local generator
             for layer in (model[0], model[2]):
@@ -575,13 +580,13 @@ class MLPClassifier(_Classifier):
 def _stack(probas: Sequence[np.ndarray], classes: Sequence[Any]) -> np.ndarray:
     if len(probas) == 0:
         raise UserInputError("an ensemble needs the probabilities of at least one model")
-    p = np.stack([np.asarray(a, dtype=np.float64) for a in probas])
-    if p.ndim != 3 or p.shape[2] != len(classes) or len({a.shape for a in p}) != 1:
+    shapes = [np.shape(a) for a in probas]
+    if len(set(shapes)) != 1 or len(shapes[0]) != 2 or shapes[0][1] != len(classes):
         raise UserInputError(
             f"every probability matrix must be (n, {len(classes)}) with the same n; "
-            f"got {[np.shape(a) for a in probas]}"
+            f"got {shapes}"
         )
-    return p
+    return np.stack([np.asarray(a, dtype=np.float64) for a in probas])
 
 
 def majority_vote(probas: Sequence[np.ndarray], classes: Sequence[Any]) -> np.ndarray:

@@ -137,12 +137,12 @@ def balanced_accuracy(
     >>> balanced_accuracy(["a", "a", "a", "b"], ["a", "a", "a", "a"])
     0.5
     """
-    t, _ = _pair(y_true, y_pred)
+    t, p = _pair(y_true, y_pred)
     present = [c for c in (classes if classes is not None else np.unique(t)) if np.any(t == c)]
     if not present:
         return float("nan")
-    pc = per_class(y_true, y_pred, present)
-    return float(np.mean([pc[c]["recall"] for c in present]))
+    # recall_c = rows of c predicted c / rows of c (whatever the other predictions are)
+    return float(np.mean([np.mean(p[t == c] == c) for c in present]))
 
 
 def macro_f1(y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequence[Any]) -> float:
