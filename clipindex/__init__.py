@@ -29,4 +29,27 @@ __all__ = [
     "MissingExtraError",
     "ModelLoadError",
     "UserInputError",
+    "build_store",
+    "open_index",
 ]
+
+# Public functions from heavy modules (torch, faiss) are imported on first use, so
+# ``import clipindex`` stays light. Name -> module; add entries here.
+_LAZY: dict[str, str] = {
+    "build_store": "clipindex.store",
+    "open_index": "clipindex.store",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clipindex' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
