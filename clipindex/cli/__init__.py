@@ -13,6 +13,8 @@ from clipindex.cli._app import main
 # isort: off
 from clipindex.cli import search  # noqa: E402,F401
 from clipindex.cli import explain  # noqa: E402,F401
+from clipindex.cli import build  # noqa: E402,F401
+from clipindex.cli import info  # noqa: E402,F401
 # isort: on
 
 __all__ = ["main"]

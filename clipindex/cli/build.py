@@ -1,0 +1,102 @@
+"""``clipindex build``: encode a dataset once per backbone into ``OUT/<dataset>/``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from clipindex.cli._app import main
+
+_INDEX_KINDS = ("flat", "ivf", "hnsw", "pq")
+
+
+class _EchoHandler(logging.Handler):
+    """Shows the store's progress notes (resumed shards, up to date) on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+@contextmanager
+def _store_notes(verbose: bool) -> Iterator[None]:
+    logger = logging.getLogger("clipindex.store")
+    handler = _EchoHandler(level=logging.INFO)
+    handler.addFilter(lambda r: verbose or "encoded shard" not in r.getMessage())
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def _summary(path: Path) -> str:
+    m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    speed = (m.get("timings") or {}).get("images_per_s")
+    speed_text = f"{speed:,.0f} images/s" if speed else "no images encoded (up to date)"
+    return (f"{path}: {m['n_images']} images, {m['n_captions']} captions, "
+            f"{m['n_skipped']} skipped, dim {m['dim']}, {speed_text}")
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise click.BadParameter("must be at least 1")
+    return value
+
+
+@main.command("build")
+@click.argument("config", type=click.Path(exists=True, path_type=Path))
+@click.option("--backbone", "backbones", multiple=True, required=True,
+              help="Backbone to build (repeatable): ViT-B/32, RN50, tiny-vit, ...")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="indexes",
+              show_default=True, help="Store root; the dataset goes to OUT/<dataset>.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Data root, replacing the config's root.")
+@click.option("--pretrained", default="default", show_default=True,
+              help="Pretrained tag, 'none' (random init) or a local checkpoint path.")
+@click.option("--batch-size", type=int, callback=_positive,
+              help="Images per batch (default: 256 on CPU, 1024 on CUDA).")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Decoding processes (0: decode in-process).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda if available.")
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable image.")
+@click.option("--index-kind", type=click.Choice(_INDEX_KINDS), default="flat", show_default=True,
+              help="FAISS index: exact flat, or approximate (recall@10 in the manifest).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Storage precision of the vectors.")
+@click.option("--shard-size", type=int, callback=_positive,
+              help="Rows per resumable shard (a multiple of --batch-size).")
+@click.option("--rebuild", is_flag=True,
+              help="Replace a store built from another version of the dataset.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bars on stderr.")
+@click.option("--verbose", "-v", is_flag=True, help="Log every finished shard.")
+def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Path | None,
+                  pretrained: str, batch_size: int | None, workers: int | None,
+                  device: str | None, strict: bool, index_kind: str, dtype: str,
+                  shard_size: int | None, rebuild: bool, progress: bool, verbose: bool) -> None:
+    """Encode CONFIG's images and captions once per --backbone into FAISS indexes.
+
+    CONFIG is a dataset YAML config, a folder with one sub-folder per class, or a
+    CSV/parquet manifest. An interrupted build resumes from its finished shards.
+
+    \b
+      clipindex build configs/datasets/demo.yaml --root worlds/demo \\
+          --backbone tiny-vit --backbone tiny-rn
+    """
+    from clipindex.store import build_store
+
+    with _store_notes(verbose):
+        paths = build_store(config, list(backbones), out=out, root=root, pretrained=pretrained,
+                            batch_size=batch_size, workers=workers, device=device,
+                            strict=strict, index_kind=index_kind, dtype=dtype,
+                            shard_size=shard_size, rebuild=rebuild, progress=progress)
+    for path in paths:
+        click.echo(_summary(path))

@@ -1,0 +1,69 @@
+"""``clipindex info``: what a store holds (funnel, backbones, counts, timings, skipped)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clipindex.cli._app import main
+
+
+def _funnel_lines(funnel: dict[str, Any]) -> list[str]:
+    """Scalar stages as ``name: n``; per-class stages as one table (classes x stages)."""
+    lines = [f"  {k}: {v}" for k, v in funnel.items() if not isinstance(v, dict)]
+    stages = [k for k, v in funnel.items() if isinstance(v, dict)]
+    if stages:
+        classes = sorted({c for s in stages for c in funnel[s]})
+        width = max([len("class")] + [len(c) for c in classes])
+        lines.append("  " + "class".ljust(width) + "".join(f"  {s:>14}" for s in stages))
+        for c in classes:
+            cells = "".join(f"  {str(funnel[s].get(c, '-')):>14}" for s in stages)
+            lines.append("  " + c.ljust(width) + cells)
+    return lines
+
+
+def _backbone_lines(b: dict[str, Any]) -> list[str]:
+    t = b.get("timings") or {}
+    index = b.get("index") or {}
+    recall = (index.get("images") or {}).get("recall_at_10")
+    speed = t.get("images_per_s")
+    line = (f"  {b['backbone_folder']}: {b.get('display_name')}, dim {b.get('dim')} "
+            f"{b.get('dtype')}, {b.get('n_images')} images, {b.get('n_captions')} captions, "
+            f"{b.get('n_skipped')} skipped, index {index.get('kind')}"
+            + (f" (recall@10 {recall:.3f})" if recall is not None else "")
+            + (f", {speed:,.0f} images/s" if speed else "")
+            + (f", params {b['params']:,}" if b.get("params") else "")
+            + (", STALE (dataset changed; rebuild)" if b.get("stale") else ""))
+    out = [line]
+    for s in b.get("skipped") or []:
+        out.append(f"    skipped row {s['row_id']}: {s['file']}: {s['reason']}")
+    return out
+
+
+@main.command("info")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def info_command(directory: Path, as_json: bool) -> None:
+    """Describe the store in DIRECTORY (a dataset folder OUT/<dataset>)."""
+    from clipindex.store import store_info
+
+    info = store_info(directory)
+    if as_json:
+        click.echo(json.dumps(info, default=str))
+        return
+    ds = info["dataset"]
+    lines = [f"dataset {ds.get('name')} ({ds.get('source')}) at {info['path']}",
+             f"  images: {info['n_images']}, captions: {info['n_captions']}, "
+             f"fingerprint {str(ds.get('fingerprint'))[:12]}"]
+    if ds.get("funnel"):
+        lines += ["funnel:"] + _funnel_lines(ds["funnel"])
+    lines.append("backbones:" if info["backbones"] else "backbones: none built")
+    for b in info["backbones"]:
+        lines += _backbone_lines(b)
+    if info["unfinished"]:
+        lines.append("unfinished (rerun `clipindex build` to resume): "
+                     + ", ".join(info["unfinished"]))
+    click.echo("\n".join(lines))
