@@ -335,8 +335,9 @@ def _read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _check_entries(path: Path, data: dict[str, Any], key: str, needed: tuple[str, ...]) -> None:
+    need = frozenset(needed)
     for i, entry in enumerate(data[key]):
-        if not isinstance(entry, dict) or any(k not in entry for k in needed):
+        if not (isinstance(entry, dict) and need <= entry.keys()):
             raise DataError(f"{path}: entry {i} of '{key}' lacks one of {', '.join(needed)}")
 
 
@@ -439,10 +440,12 @@ def _coco_captions(
     path = _require_file(root, cfg, "captions", origin)
     data = _read_json(path, ("annotations",))
     _check_entries(path, data, "annotations", ("image_id", "caption"))
-    by_image: dict[Any, list[str]] = {}
+    by_image: dict[Any, list[str]] = {img_id: [] for img_id in order}
     for ann in data["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(str(ann["caption"]).strip())
-    return [(r, text) for r, img_id in enumerate(order) for text in by_image.get(img_id, [])]
+        texts = by_image.get(ann["image_id"])
+        if texts is not None:
+            texts.append(str(ann["caption"]).strip())
+    return [(r, text) for r, img_id in enumerate(order) for text in by_image[img_id]]
 
 
 def _read_causes(

@@ -461,3 +461,34 @@ def test_demo_config_matches_the_generators_record(small_world: Path) -> None:
     assert support.eq(10).all() and len(support) == 5
     assert "causes" in ds.images.columns
     assert all(p.is_file() for p in ds.image_paths()[:20])
+
+
+def test_funnel_matches_a_pandas_reference(tmp_path: Path) -> None:
+    """Random COCO layout; the funnel recomputed independently with pandas."""
+    rng = np.random.default_rng(0)
+    layout = {
+        i: [(int(rng.choice(list(CATS))), [0, 0, 1 + i % 7, 2]) for _ in range(rng.integers(1, 4))]
+        for i in range(1, 401)
+    }
+    _coco_files(tmp_path, layout)
+    ds = load_dataset(_config(tmp_path, per_class=None, support_per_class=None))
+    anns = pd.DataFrame(
+        [(i, CATS[c]) for i, objs in layout.items() for c, _ in objs], columns=["img", "cat"]
+    )
+    targets = ["cat", "dog", "cow"]
+    has = anns.assign(v=1).pivot_table(index="img", columns="cat", values="v", aggfunc="max")
+    has = has.reindex(columns=list(CATS.values())).fillna(0).astype(bool)
+    n_targets = has[targets].sum(axis=1)
+    expected = {
+        "all_images": 400,
+        "with_class": {c: int(has[c].sum()) for c in targets},
+        "without_person": {c: int((has[c] & ~has["person"]).sum()) for c in targets},
+        "single_target": {
+            c: int((has[c] & ~has["person"] & (n_targets == 1)).sum()) for c in targets
+        },
+    }
+    assert {k: ds.info["funnel"][k] for k in expected} == expected
+    kept = has[has[targets].any(axis=1) & ~has["person"] & (n_targets == 1)]
+    assert sorted(ds.images["coco_id"]) == sorted(kept.index)
+    labels = ds.images.set_index("coco_id")["label"].sort_index()
+    assert labels.tolist() == kept[targets].idxmax(axis=1).sort_index().tolist()
