@@ -363,7 +363,7 @@ def explain(
     target = SimilarityTarget(class_vector)
     img = load_image(image_path_or_pil)
     with _cpu_fp32(model) as m, torch.enable_grad():
-        module = resolve_layer(m, layer or default_layer(m))
+        module = resolve_layer(m, default_layer(m) if layer is None else layer)
         x, geo = _to_input(img, m)
         x.requires_grad_(True)  # gradients flow to the layer with the weights frozen
         cam = GradCAM(_Embedder(m), [module], reshape_transform=_reshape_for(m))

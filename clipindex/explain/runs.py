@@ -78,24 +78,29 @@ def _prompt_vectors(index: Any, classes: Sequence[str], *, k: int, seed: int) ->
 
 
 def _prototype_vectors(index: Any, classes: Sequence[str], *, k: int, seed: int) -> np.ndarray:
-    """Mean caption vector of ``k`` seeded support images per class (train split if any)."""
+    """Caption prototypes of ``k`` seeded support images per class (train split if any)."""
+    from clipindex.classifiers import PrototypeClassifier
+
     images, captions = index.images, index.captions
     pool = images[images["split"] == "train"] if "split" in images else images
     if pool.empty:
         pool = images
     rng = np.random.default_rng(seed)
-    cap_valid = np.asarray(getattr(index, "caption_valid", np.ones(len(captions), bool)))
-    rows = []
-    for c in classes:
-        ids = np.sort(pool.loc[pool["label"] == c, "row_id"].to_numpy())
-        support = rng.permutation(ids)[:k]
-        cap = captions["row_id"].to_numpy()[captions["image_row_id"].isin(support).to_numpy()]
-        cap = cap[cap_valid[cap]]
-        if len(cap) == 0:
-            raise DataError(f"Class {c!r} has no captioned support images for a prototype; "
-                            "use --method prompt.")
-        rows.append(_unit(np.asarray(index.caption_vectors)[cap]).mean(axis=0))
-    return np.stack(rows)
+    support = np.concatenate([
+        rng.permutation(np.sort(pool.loc[pool["label"] == c, "row_id"].to_numpy()))[:k]
+        for c in classes
+    ])
+    valid = np.asarray(getattr(index, "caption_valid", np.ones(len(captions), bool)))
+    chosen = captions[captions["image_row_id"].isin(support).to_numpy() & valid]
+    labels = images.set_index("row_id").loc[chosen["image_row_id"], "label"].astype(str)
+    missing = sorted(set(classes) - set(labels))
+    if missing:
+        raise DataError(f"No captioned support images for {', '.join(missing)}: a prototype "
+                        "needs some; use --method prompt.")
+    clf = PrototypeClassifier().fit(
+        np.asarray(index.caption_vectors)[chosen["row_id"].to_numpy()], labels.to_numpy())
+    order = [list(clf.classes_).index(c) for c in classes]
+    return clf.prototypes_[order]
 
 
 #: How a class vector is made, by ``--method``.
