@@ -26,11 +26,10 @@ from clipindex.explain import (
     explain_errors,
     explain_rows,
     gradcam_panel,
-    image_embedding,
     overlay,
     resolve_layer,
 )
-from clipindex.explain.cam import _Geometry, _RESIZE_MODES, _to_original
+from clipindex.explain.cam import _RESIZE_MODES, _Geometry, _to_original
 
 CLASSES = ("cat", "dog", "cow")
 _TEXT_CFG = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
@@ -197,3 +196,155 @@ def test_box_mass_and_overlay_and_panel(tmp_path):
         assert reread.size == panel.size
     with pytest.raises(UserInputError):
         gradcam_panel([])
+
+
+# ----------------------------------------------------------------------------- store stand-in
+class _StandInIndex:
+    """What explain reads from a BackboneIndex: tables, caption vectors, text vectors and
+    an encoder whose ``model`` is a small random open_clip ViT."""
+
+    def __init__(self, root: Path) -> None:
+        self.model = _small_clip("vit", seed=3)
+        files, labels = [], []
+        for i in range(6):
+            name = f"img{i}.png"
+            _picture(40 + 8 * i, 36, seed=i).save(root / name)
+            files.append(name)
+            labels.append(CLASSES[i % 3])
+        self.images = pd.DataFrame({"row_id": range(6), "file": files, "label": labels,
+                                    "split": ["train"] * 3 + ["test"] * 3})
+        self.captions = pd.DataFrame({"row_id": range(12), "image_row_id": np.repeat(range(6), 2),
+                                      "text": [f"caption {i}" for i in range(12)]})
+        rng = np.random.default_rng(5)
+        self.caption_vectors = rng.standard_normal((12, 24)).astype(np.float32)
+        self.caption_valid = np.ones(12, bool)
+        self.dataset_info = {"root": str(root), "classes": list(CLASSES)}
+        self.texts: list[str] = []
+
+    def text_vectors(self, texts):
+        self.texts.extend(texts)
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(24)
+                         for t in texts]).astype(np.float32)
+
+    def encoder(self):
+        return SimpleNamespace(model=self.model)
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch):
+    import clipindex.store
+
+    index = _StandInIndex(tmp_path)
+    opened = []
+
+    def fake_open(dataset_dir, backbone, *args, **kwargs):
+        opened.append((Path(dataset_dir), backbone))
+        return index
+
+    monkeypatch.setattr(clipindex.store, "open_index", fake_open)
+    index.opened = opened
+    return index
+
+
+def test_class_vectors_prompt_and_prototype(stand_in):
+    prompt = class_vectors(stand_in, "prompt")
+    assert prompt.classes == CLASSES
+    assert stand_in.texts == [f"a photo of a {c}" for c in CLASSES]
+    assert np.allclose(np.linalg.norm(prompt.vectors, axis=1), 1.0, atol=1e-5)
+    proto = class_vectors(stand_in, "prototype")
+    # Train rows 0, 1, 2 are the only support of cat, dog, cow; captions 2i and 2i+1.
+    v = stand_in.caption_vectors / np.linalg.norm(stand_in.caption_vectors, axis=1, keepdims=True)
+    for i, c in enumerate(CLASSES):
+        want = v[2 * i] + v[2 * i + 1]
+        assert np.allclose(proto.vector(c), want / np.linalg.norm(want), atol=1e-5)
+    with pytest.raises(UserInputError, match="Unknown method"):
+        class_vectors(stand_in, "knn")
+    with pytest.raises(UserInputError, match="Unknown class 'emu'. Known: cat, dog, cow"):
+        proto.vector("emu")
+
+
+def test_explain_rows_default_to_the_predicted_class(stand_in):
+    rows = explain_rows(stand_in, [0, 4])
+    assert [r.true for r in rows] == ["cat", "dog"]
+    for r, width in zip(rows, (40, 72), strict=True):
+        assert r.cam.shape == (36, width)
+        assert r.target == r.predicted and 0.0 < r.prob <= 1.0
+        assert r.predicted in CLASSES and r.caption().startswith(f"true {r.true} / pred")
+    forced = explain_rows(stand_in, [0], targets=["cow"])[0]
+    assert forced.target == "cow"
+
+
+def _cli(*args):
+    from clipindex.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_cli_explain_image_writes_a_png_that_opens(stand_in, tmp_path):
+    out = tmp_path / "cam" / "x.png"
+    image = tmp_path / "img5.png"
+    res = _cli("explain", str(image), "--index", str(tmp_path / "store"), "--backbone", "b",
+               "--class", "dog", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(str(out)) and "cam: dog" in res.output
+    assert stand_in.opened == [(tmp_path / "store", "b")]
+    with Image.open(out) as png, Image.open(image) as original:
+        assert png.format == "PNG" and png.size == original.size
+    res = _cli("explain", str(image), "--index", str(tmp_path), "--backbone", "b",
+               "--method", "prototype", "--layer", "visual.transformer.resblocks.0",
+               "--out", str(tmp_path / "y.png"))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "y.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--class", "emu"], "Error: Unknown class 'emu'. Known: cat, dog, cow"),
+        (["--layer", "visual.nope"], "Error: Unknown layer 'visual.nope'. Valid names include"),
+        (["--method", "knn"], "Invalid value for '--method'"),
+    ],
+)
+def test_cli_explain_bad_input_is_one_line_and_exit_2(stand_in, tmp_path, args, message):
+    res = _cli("explain", str(tmp_path / "img0.png"), "--index", str(tmp_path),
+               "--backbone", "b", "--out", str(tmp_path / "z.png"), *args)
+    assert res.exit_code == 2
+    assert message in res.output
+    assert not (tmp_path / "z.png").exists()
+
+
+def test_cli_explain_usage_errors(stand_in, tmp_path):
+    assert "Give either IMAGE" in _cli("explain", "--backbone", "b").output
+    res = _cli("explain", str(tmp_path / "missing.png"), "--index", str(tmp_path),
+               "--backbone", "b")
+    assert res.exit_code == 2 and "Error: " in res.output and "missing.png" in res.output
+    res = _cli("explain", str(tmp_path / "img0.png"), "--backbone", "b")
+    assert res.exit_code == 2 and "--index" in res.output
+    res = _cli("explain", "--errors", str(tmp_path), "--backbone", "b")
+    assert res.exit_code == 2 and "errors.csv not found" in res.output
+
+
+def test_cli_explain_errors_writes_one_png_per_error(stand_in, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "run.json").write_text(json.dumps({"index_dir": str(tmp_path / "store")}))
+    pd.DataFrame({
+        "backbone": ["b", "b", "other", "b", "b"],
+        "method": ["prompt"] * 5,
+        "file": ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png"],
+        "true": ["cat", "dog", "cow", "cat", "dog"],
+        "predicted": ["dog", "cow", "cat", "dog", "cat"],
+        "prob": [0.7, 0.6, 0.9, 0.55, 0.8],
+    }).to_csv(results / "errors.csv", index=False)
+    res = _cli("explain", "--errors", str(results), "--backbone", "b", "--limit", "2",
+               "--method", "prompt")
+    assert res.exit_code == 0, res.output
+    paths = [Path(p) for p in res.stdout.split()]
+    assert [p.name for p in paths] == ["000_img0.png", "001_img1.png"]
+    assert all(p.parent == results / "gradcam" / "b" for p in paths)
+    assert stand_in.opened == [(tmp_path / "store", "b")]
+    for p in paths:
+        with Image.open(p) as png:
+            assert png.format == "PNG" and png.width > 2 * 100
+    with pytest.raises(UserInputError, match="no misclassified rows for backbone 'zzz'"):
+        explain_errors(results, "zzz")
