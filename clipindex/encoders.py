@@ -301,7 +301,13 @@ class Encoder:
         ...     store[batch.start:batch.stop] = batch.vectors
         """
         batch_size, workers = self._check_run(files, batch_size, workers, start)
-        dataset = _ImageFiles(files, start, self._pipeline)
+        paths = [os.fspath(f) for f in files]
+        # Arguments are checked now; the generator below starts at the first next().
+        return self._batches(_ImageFiles(paths, start, self._pipeline), batch_size, workers,
+                             progress)
+
+    def _batches(self, dataset: _ImageFiles, batch_size: int, workers: int,
+                 progress: bool) -> Iterator[ImageBatch]:
         if len(dataset) == 0:
             return
         loader = torch.utils.data.DataLoader(
@@ -313,7 +319,7 @@ class Encoder:
 
         bar = tqdm(total=len(dataset), unit="img", desc=f"encode {self.spec.display}",
                    file=sys.stderr, disable=not progress, dynamic_ncols=True)
-        position, n_skipped = start, 0
+        position, n_skipped = dataset.start, 0
         try:
             for pixels, reasons in loader:
                 vectors = self.encode_pixels(pixels)

@@ -233,8 +233,8 @@ def test_local_checkpoint_file_loads_the_same_model(encoder: Encoder, image_file
 
 def test_bad_arguments_are_user_errors(encoder: Encoder, image_files: list[Path]) -> None:
     for kwargs in [{"batch_size": 0}, {"workers": -1}, {"start": 99}]:
-        with pytest.raises(UserInputError):
-            list(encoder.iter_image_batches(image_files, progress=False, **kwargs))
+        with pytest.raises(UserInputError):  # checked at the call, not at the first batch
+            encoder.iter_image_batches(image_files, progress=False, **kwargs)
     with pytest.raises(UserInputError, match="sequence of paths"):
         encoder.encode_images(str(image_files[0]))
     with pytest.raises(UserInputError, match="CPU"):
