@@ -34,10 +34,8 @@ support images per class from that sample; the rest are ``test``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import re
@@ -50,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipindex import _coco
 from clipindex.config import DatasetConfig, apply_overrides, load_dataset_config
 from clipindex.errors import ConfigError, DataError
 
@@ -218,13 +217,8 @@ class _Built:
 
 
 _BASE_COLUMNS = ["row_id", "file", "width", "height", "label", "split"]
-_DTYPES = {
-    "row_id": "int64",
-    "width": "int64",
-    "height": "int64",
-    "coco_id": "int64",
-    "area_frac": "float64",
-}
+_DTYPES = {"row_id": "int64", "width": "int64", "height": "int64", "coco_id": "int64",
+           "area_frac": "float64"}  # fmt: skip
 
 
 def _assemble(cfg: DatasetConfig, root: Path, built: _Built) -> Dataset:
@@ -313,177 +307,37 @@ def _require_file(root: Path, cfg: DatasetConfig, field_name: str, origin: str) 
     return path
 
 
-# --- COCO ----------------------------------------------------------------------
-
-
-def _read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(
-            f"{path} is not valid JSON ({type(exc).__name__}): fix or replace it"
-        ) from None
-    except OSError as exc:
-        raise DataError(f"Cannot read {path}: {exc.strerror or exc}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path} is not a COCO annotation file (top level is not an object)")
-    for key in keys:
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{path} is not a COCO annotation file: no '{key}' list")
-    return data
-
-
-def _check_entries(path: Path, data: dict[str, Any], key: str, needed: tuple[str, ...]) -> None:
-    need = frozenset(needed)
-    for i, entry in enumerate(data[key]):
-        if not (isinstance(entry, dict) and need <= entry.keys()):
-            raise DataError(f"{path}: entry {i} of '{key}' lacks one of {', '.join(needed)}")
-
-
-def _coco_index(path: Path) -> Any:
-    """pycocotools' index over an already validated instances JSON (its prints silenced)."""
-    from pycocotools.coco import COCO
-
-    data = _read_json(path, ("images", "annotations", "categories"))
-    _check_entries(path, data, "images", ("id", "file_name"))
-    _check_entries(path, data, "annotations", ("id", "image_id", "category_id", "bbox"))
-    _check_entries(path, data, "categories", ("id", "name"))
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = data
-        coco.createIndex()
-    return coco
+# --- COCO (the JSON itself is read in clipindex._coco) ---------------------------
 
 
 def _load_coco(cfg: DatasetConfig, root: Path, origin: str) -> _Built:
     inst_path = _require_file(root, cfg, "instances", origin)
-    coco = _coco_index(inst_path)
-    cats = sorted(coco.dataset["categories"], key=lambda c: c["id"])
-    cat_id = {c["name"]: c["id"] for c in cats}
-    classes = list(cfg.classes) or [c["name"] for c in cats if c["name"] not in cfg.exclude]
-    for name, field_name in [(c, "classes") for c in classes] + [
-        (e, "exclude") for e in cfg.exclude
-    ]:
-        if name not in cat_id:
-            raise _unknown_class(name, field_name, f"{origin} ({inst_path.name})", cat_id)
-    target_ids = {cat_id[c] for c in classes}
-    excluded = {cat_id[e] for e in cfg.exclude}
-    cats_of = {i: {a["category_id"] for a in anns} for i, anns in coco.imgToAnns.items()}
-    funnel: dict[str, Any] = {"all_images": len(coco.imgs)}
-    with_class = {c: sorted(set(coco.catToImgs.get(cat_id[c], []))) for c in classes}
-    clean = {c: [i for i in ids if not cats_of[i] & excluded] for c, ids in with_class.items()}
-    funnel["with_class"] = {c: len(v) for c, v in with_class.items()}
-    funnel["without_person"] = {c: len(v) for c, v in clean.items()}
-    if cfg.drop_multi_target:
-        pools = {
-            c: [i for i in ids if len(cats_of[i] & target_ids) == 1] for c, ids in clean.items()
-        }
-        funnel["single_target"] = {c: len(v) for c, v in pools.items()}
-    else:
-        owner = {i: _largest_class(coco, i, target_ids) for ids in clean.values() for i in ids}
-        pools = {c: [i for i in ids if owner[i] == cat_id[c]] for c, ids in clean.items()}
-        funnel["assigned"] = {c: len(v) for c, v in pools.items()}
+    coco = _coco.load_instances(inst_path)
+    where = f"{origin} ({inst_path.name})"
+    classes, pools, funnel = _coco.class_pools(
+        coco, cfg.classes, cfg.exclude, cfg.drop_multi_target, where
+    )
     sampled, support = _select(pools, cfg, origin)
     funnel["sampled"] = {c: len(v) for c, v in sampled.items()}
-
-    causes = _read_causes(root, cfg, inst_path, origin)
+    causes_path = _require_file(root, cfg, "causes", origin) if cfg.causes else None
+    causes_path = causes_path or _coco.causes_beside(inst_path)
+    causes = _coco.read_causes(causes_path) if causes_path is not None else None
     image_dir = PurePosixPath(cfg.path("images") or ".")
     records, order = [], []
     for c, ids in sampled.items():
         for j, img_id in enumerate(ids):
-            records.append(_coco_record(coco, img_id, cat_id[c], c, image_dir))
-            records[-1]["split"] = "support" if j in support[c] else "test"
+            rec = _coco.image_record(coco, img_id, c, image_dir)
+            rec["split"] = "support" if j in support[c] else "test"
             if causes is not None:
-                records[-1]["causes"] = ",".join(causes.get(img_id, []))
+                rec["causes"] = ",".join(causes.get(img_id, []))
+            records.append(rec)
             order.append(img_id)
     columns = ["coco_id", "bbox", "area_frac"] + (["causes"] if causes is not None else [])
-    captions = _coco_captions(root, cfg, origin, order)
+    captions = []
+    if cfg.captions is not None:
+        captions = _coco.captions_for(_require_file(root, cfg, "captions", origin), order)
     split_from = "none" if cfg.support_per_class is None else "drawn"
     return _Built(classes, records, captions, funnel, split_from, columns)
-
-
-def _box_area(ann: dict[str, Any]) -> float:
-    return float(ann["bbox"][2]) * float(ann["bbox"][3])
-
-
-def _largest_class(coco: Any, img_id: int, target_ids: set[int]) -> int:
-    anns = [a for a in coco.imgToAnns[img_id] if a["category_id"] in target_ids]
-    return max(anns, key=lambda a: (_box_area(a), -a["id"]))["category_id"]
-
-
-def _coco_record(
-    coco: Any, img_id: int, class_id: int, label: str, image_dir: PurePosixPath
-) -> dict[str, Any]:
-    img = coco.imgs[img_id]
-    width, height = int(img.get("width") or 0), int(img.get("height") or 0)
-    anns = [a for a in coco.imgToAnns[img_id] if a["category_id"] == class_id]
-    best = max(anns, key=lambda a: (_box_area(a), -a["id"]))
-    bbox = [float(v) for v in best["bbox"]]
-    area = width * height
-    return {
-        "file": (image_dir / img["file_name"]).as_posix(),
-        "width": width,
-        "height": height,
-        "label": label,
-        "coco_id": int(img_id),
-        "bbox": bbox,
-        "area_frac": _box_area(best) / area if area > 0 else math.nan,
-    }
-
-
-def _coco_captions(
-    root: Path, cfg: DatasetConfig, origin: str, order: list[int]
-) -> list[tuple[int, str]]:
-    if cfg.captions is None:
-        return []
-    path = _require_file(root, cfg, "captions", origin)
-    data = _read_json(path, ("annotations",))
-    _check_entries(path, data, "annotations", ("image_id", "caption"))
-    by_image: dict[Any, list[str]] = {img_id: [] for img_id in order}
-    for ann in data["annotations"]:
-        texts = by_image.get(ann["image_id"])
-        if texts is not None:
-            texts.append(str(ann["caption"]).strip())
-    return [(r, text) for r, img_id in enumerate(order) for text in by_image[img_id]]
-
-
-def _read_causes(
-    root: Path, cfg: DatasetConfig, inst_path: Path, origin: str
-) -> dict[int, list[str]] | None:
-    """The demo world's sidecar: image id -> failure causes (None when absent)."""
-    if cfg.causes is not None:
-        path = _require_file(root, cfg, "causes", origin)
-    else:
-        path = inst_path.with_name(re.sub(r"^instances", "causes", inst_path.name))
-        if path == inst_path or not path.is_file():
-            return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"{path} is not valid JSON: fix or delete it") from None
-    return _parse_causes(data, path)
-
-
-def _parse_causes(data: Any, path: Path) -> dict[int, list[str]]:
-    if isinstance(data, dict) and ("images" in data or "causes" in data):
-        data = data.get("images", data.get("causes"))
-    if isinstance(data, list):  # [{"image_id": 1, "causes": [...]}, ...]
-        try:
-            data = {e.get("image_id", e.get("id")): e["causes"] for e in data}
-        except (AttributeError, KeyError, TypeError):
-            raise DataError(f"{path}: entries need 'image_id' and 'causes'") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping of image id to causes")
-    out: dict[int, list[str]] = {}
-    for key, value in data.items():
-        try:
-            img_id = int(key)
-        except (TypeError, ValueError):
-            raise DataError(f"{path}: {key!r} is not an image id") from None
-        items = value.split(",") if isinstance(value, str) else list(value or [])
-        out[img_id] = [str(v).strip() for v in items if str(v).strip()]
-    return out
 
 
 # --- class folders -------------------------------------------------------------
@@ -586,17 +440,9 @@ def _folder_captions(
 # --- manifests -----------------------------------------------------------------
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
-
-
-def _read_parquet(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
-
-
 _MANIFEST_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
-    ".csv": _read_csv,
-    ".parquet": _read_parquet,
+    ".csv": lambda path: pd.read_csv(path, dtype=str, keep_default_na=False),
+    ".parquet": pd.read_parquet,
 }
 
 
@@ -705,8 +551,6 @@ _BUILDERS: dict[str, Callable[[DatasetConfig, Path, str], _Built]] = {
 
 
 def _json_native(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
     raise TypeError(f"cannot serialise {type(value).__name__}")

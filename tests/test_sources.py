@@ -37,7 +37,15 @@ FUNNEL = {
     "without_person": {"cat": 13, "dog": 11, "cow": 10},
     "single_target": {"cat": 12, "dog": 10, "cow": 10},
 }
-CAUSES = {"1": ["tiny"], "40": ["context", "camouflage"], "3": []}
+# the world's sidecar format: {"images": {"<id>": {"causes": [...], ...}}}
+CAUSES = {
+    "generator_version": "test",
+    "images": {
+        "1": {"causes": ["tiny"], "kind": "single"},
+        "40": {"causes": ["off_context", "camouflage"], "kind": "single"},
+        "3": {"causes": [], "kind": "single"},
+    },
+}
 
 
 def _coco_files(root: Path, layout: dict[int, list[tuple[int, list[float]]]]) -> None:
@@ -134,7 +142,7 @@ def test_coco_rows_carry_size_file_and_box(coco_root: Path) -> None:
     assert img.loc[49, "bbox"] == [1.0, 1.0, 30.0, 40.0]
     assert img.loc[49, "area_frac"] == pytest.approx(1200 / (149 * 129))
     assert img.loc[48, "bbox"] == [0.0, 0.0, 5.0, 5.0]  # the cow's box, not the chair's
-    assert img.loc[1, "causes"] == "tiny" and img.loc[40, "causes"] == "context,camouflage"
+    assert img.loc[1, "causes"] == "tiny" and img.loc[40, "causes"] == "off_context,camouflage"
     assert img.loc[3, "causes"] == "" and img.loc[2, "causes"] == ""
     assert ds.image_paths()[0] == coco_root / "val" / "000001.jpg"
     assert ds.info["funnel"]["sampled"] == FUNNEL["single_target"]
@@ -231,6 +239,24 @@ def test_malformed_annotation_json(tmp_path: Path, content: str, pattern: str) -
     with pytest.raises(DataError, match=pattern) as err:
         load_dataset(_config(tmp_path))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        ("{bad", r"causes_val\.json is not valid JSON"),
+        ('{"images": {"x": {"causes": []}}}', r"entry 'x' is not an image id"),
+        ('{"images": {"1": {"causes": "tiny"}}}', r"entry '1' is not an image id with a list"),
+        ("[1]", r"expected \{'images'"),
+    ],
+)
+def test_malformed_causes_sidecar(
+    coco_root: Path, tmp_path: Path, content: str, pattern: str
+) -> None:
+    shutil.copytree(coco_root / "annotations", tmp_path / "annotations")
+    (tmp_path / "annotations" / "causes_val.json").write_text(content)
+    with pytest.raises(DataError, match=pattern):
+        load_dataset(_config(tmp_path))
 
 
 def test_unknown_class_lists_categories(coco_root: Path) -> None:
@@ -439,7 +465,12 @@ def test_manifest_errors(tmp_path: Path, text: str, pattern: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared ``demo_world`` when it is available, else a small world of our own."""
+    try:
+        return Path(request.getfixturevalue("demo_world"))
+    except (pytest.FixtureLookupError, pytest.skip.Exception):
+        pass  # the shared fixture also waits for the tiny backbones; we only need the world
     world = pytest.importorskip("clipindex.world", reason="clipindex.world not written yet")
     if not hasattr(world, "make_world"):
         pytest.skip("clipindex.world.make_world not written yet")
@@ -459,8 +490,15 @@ def test_demo_config_matches_the_generators_record(small_world: Path) -> None:
     assert counts == {c: per_class for c in ("cat", "dog", "cow", "sheep", "horse")}
     support = ds.images[ds.images["split"] == "support"].groupby("label").size()
     assert support.eq(10).all() and len(support) == 5
-    assert "causes" in ds.images.columns
-    assert all(p.is_file() for p in ds.image_paths()[:20])
+    sidecar = json.loads((small_world / "annotations" / "causes_val.json").read_text())["images"]
+    expected = [",".join(sidecar[str(i)]["causes"]) for i in ds.images["coco_id"]]
+    assert ds.images["causes"].tolist() == expected and any(expected)
+    words = {w for v in expected for w in v.split(",") if w}
+    assert words <= {"lookalike", "tiny", "camouflage", "off_context", "mislabeled"}
+    assert all(p.is_file() for p in ds.image_paths())
+    assert ds.info["fingerprint"] == load_dataset(
+        REPO / "configs/datasets/demo.yaml", root=small_world, per_class=per_class
+    ).info["fingerprint"]
 
 
 def test_funnel_matches_a_pandas_reference(tmp_path: Path) -> None:
