@@ -26,6 +26,7 @@ from clipindex.explain import (
     explain_errors,
     explain_rows,
     gradcam_panel,
+    image_embedding,
     overlay,
     resolve_layer,
 )
@@ -212,7 +213,7 @@ class _StandInIndex:
             files.append(name)
             labels.append(CLASSES[i % 3])
         self.images = pd.DataFrame({"row_id": range(6), "file": files, "label": labels,
-                                    "split": ["train"] * 3 + ["test"] * 3})
+                                    "split": ["support"] * 3 + ["test"] * 3})
         self.captions = pd.DataFrame({"row_id": range(12), "image_row_id": np.repeat(range(6), 2),
                                       "text": [f"caption {i}" for i in range(12)]})
         rng = np.random.default_rng(5)
@@ -252,7 +253,7 @@ def test_class_vectors_prompt_and_prototype(stand_in):
     assert stand_in.texts == [f"a photo of a {c}" for c in CLASSES]
     assert np.allclose(np.linalg.norm(prompt.vectors, axis=1), 1.0, atol=1e-5)
     proto = class_vectors(stand_in, "prototype")
-    # Train rows 0, 1, 2 are the only support of cat, dog, cow; captions 2i and 2i+1.
+    # Rows 0, 1, 2 are the only support of cat, dog, cow; captions 2i and 2i+1.
     v = stand_in.caption_vectors / np.linalg.norm(stand_in.caption_vectors, axis=1, keepdims=True)
     for i, c in enumerate(CLASSES):
         want = v[2 * i] + v[2 * i + 1]
@@ -348,3 +349,75 @@ def test_cli_explain_errors_writes_one_png_per_error(stand_in, tmp_path):
             assert png.format == "PNG" and png.width > 2 * 100
     with pytest.raises(UserInputError, match="no misclassified rows for backbone 'zzz'"):
         explain_errors(results, "zzz")
+
+
+# ----------------------------------------------------------------------------- tiny backbones
+CAM_BACKBONES = ("tiny-rn", "tiny-vit")  # the ModifiedResNet and the ViT
+HELDOUT_SEED = 11  # the tiny backbones were trained on seed 0's world
+MIN_CORRECT = 20
+MAX_CORRECT = 30
+
+
+def _tiny_reason() -> str | None:
+    try:
+        from clipindex import tiny
+        from clipindex.world import make_world  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - not built yet
+        return f"demo world / tiny backbones unavailable: {exc}"
+    for name in CAM_BACKBONES:
+        if not (tiny.checkpoint_dir(name) / "open_clip_model.safetensors").is_file():
+            return f"tiny backbone {name} has no shipped weights yet"
+    return None
+
+
+@pytest.fixture(scope="module")
+def heldout_demo(tmp_path_factory):
+    """The test rows of a small demo world the tiny backbones never saw."""
+    reason = _tiny_reason()
+    if reason:
+        pytest.skip(reason)
+    from clipindex.sources import load_dataset
+    from clipindex.world import make_world
+
+    root = tmp_path_factory.mktemp("explain-world") / "world"
+    make_world(root, seed=HELDOUT_SEED, scale="small", progress=False)
+    repo = Path(__file__).resolve().parents[1]
+    return load_dataset(repo / "configs" / "datasets" / "demo.yaml", root=root)
+
+
+def cam_in_box(dataset, backbone: str) -> dict[str, float]:
+    """Mean share of CAM mass inside the subject box vs the box's share of the image, over
+    the first correctly classified test rows (prompt zero-shot, CAM toward the true class)."""
+    from clipindex.encoders import load_encoder
+
+    encoder = load_encoder(backbone)
+    classes = list(dataset.info["classes"])
+    text = encoder.encode_texts([f"a photo of a {c}" for c in classes])
+    text = text / np.linalg.norm(text, axis=1, keepdims=True)
+    mass, share, hit, seen = [], [], [], 0
+    for rec in dataset.images[dataset.images["split"] == "test"].itertuples():
+        if len(mass) == MAX_CORRECT:
+            break
+        seen += 1
+        with Image.open(dataset.root / rec.file) as opened:
+            img = opened.convert("RGB")
+        if classes[int(np.argmax(text @ image_embedding(img, encoder)))] != rec.label:
+            continue
+        cam = explain(img, encoder, text[classes.index(rec.label)])
+        assert cam.shape == (img.height, img.width)
+        assert cam.std() > 0.0, f"{backbone}: constant CAM for {rec.file}"
+        x, y, w, h = rec.bbox
+        mass.append(box_mass(cam, rec.bbox))
+        share.append(w * h / (img.width * img.height))
+        py, px = np.unravel_index(np.argmax(cam), cam.shape)
+        hit.append(x <= px <= x + w and y <= py <= y + h)
+    return {"n": len(mass), "seen": seen, "mass_in_box": float(np.mean(mass)),
+            "box_share": float(np.mean(share)), "peak_in_box": float(np.mean(hit))}
+
+
+@pytest.mark.parametrize("backbone", CAM_BACKBONES)
+def test_tiny_backbone_cam_mass_concentrates_on_the_subject(heldout_demo, backbone):
+    figures = cam_in_box(heldout_demo, backbone)
+    print(backbone, figures)
+    assert figures["n"] >= MIN_CORRECT, figures
+    assert figures["mass_in_box"] > figures["box_share"], figures

@@ -78,13 +78,16 @@ def _prompt_vectors(index: Any, classes: Sequence[str], *, k: int, seed: int) ->
 
 
 def _prototype_vectors(index: Any, classes: Sequence[str], *, k: int, seed: int) -> np.ndarray:
-    """Caption prototypes of ``k`` seeded support images per class (train split if any)."""
+    """Caption prototypes of ``k`` seeded support images per class, drawn from the
+    ``support`` split the source chose (else ``train``, else every row)."""
     from clipindex.classifiers import PrototypeClassifier
 
     images, captions = index.images, index.captions
-    pool = images[images["split"] == "train"] if "split" in images else images
-    if pool.empty:
-        pool = images
+    pool = images
+    for split in ("support", "train"):
+        if "split" in images and (images["split"] == split).any():
+            pool = images[images["split"] == split]
+            break
     rng = np.random.default_rng(seed)
     support = np.concatenate([
         rng.permutation(np.sort(pool.loc[pool["label"] == c, "row_id"].to_numpy()))[:k]
