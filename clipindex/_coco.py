@@ -90,7 +90,7 @@ def class_pools(
         stage = "assigned"
         owner = {i: _largest(coco, i, target_ids)["category_id"] for v in clean.values() for i in v}
         pools = {c: [i for i in ids if owner[i] == cat_id[c]] for c, ids in clean.items()}
-    funnel = {"all_images": len(coco.imgs)}
+    funnel: dict[str, Any] = {"all_images": len(coco.imgs)}
     for name, table in (("with_class", with_class), ("without_person", clean), (stage, pools)):
         funnel[name] = {c: len(v) for c, v in table.items()}
     return classes, pools, funnel

@@ -371,7 +371,7 @@ def _header_size(path: Path) -> tuple[int, int]:
 
 
 def _load_folder(cfg: DatasetConfig, root: Path, origin: str) -> _Built:
-    base = root / cfg.path("images") if cfg.images else root
+    base = root / (cfg.path("images") or ".")
     if not base.is_dir():
         raise DataError(f"Image folder {base} (from {origin}) does not exist")
     given = (base / "train").is_dir() and (base / "test").is_dir()
@@ -393,7 +393,8 @@ def _load_folder(cfg: DatasetConfig, root: Path, origin: str) -> _Built:
         )
     pools = {c: found[c] for c in classes}
     sampled, support = _select(pools, cfg, origin, given_split=given)
-    records, index = [], {}
+    records: list[dict[str, Any]] = []
+    index: dict[str, int] = {}
     for c, items in sampled.items():
         for j, (_, split, path) in enumerate(items):
             width, height = _header_size(path)
@@ -525,7 +526,8 @@ def _load_manifest(cfg: DatasetConfig, root: Path, origin: str) -> _Built:
     pools = {c: [rel for rel, e in rows.items() if e["label"] == c] for c in classes}
     sampled, support = _select(pools, cfg, origin, given_split=given)
     chosen = {rel: (c, j) for c, rels in sampled.items() for j, rel in enumerate(rels)}
-    records, captions = [], []
+    records: list[dict[str, Any]] = []
+    captions: list[tuple[int, str]] = []
     for rel, entry in rows.items():  # manifest order
         if rel not in chosen:
             continue

@@ -530,3 +530,26 @@ def test_funnel_matches_a_pandas_reference(tmp_path: Path) -> None:
     assert sorted(ds.images["coco_id"]) == sorted(kept.index)
     labels = ds.images.set_index("coco_id")["label"].sort_index()
     assert labels.tolist() == kept[targets].idxmax(axis=1).sort_index().tolist()
+
+
+def test_yaml_configs_for_folder_and_manifest_sources(fields_roads: Path, tmp_path: Path) -> None:
+    folder_cfg = tmp_path / "fr.yaml"
+    folder_cfg.write_text(
+        f"name: fr\nsource: folder\nroot: {fields_roads.parent}\nimages: {fields_roads.name}\n"
+        "classes: [roads, fields]\nper_class: 20\nsupport_per_class: 4\nseed: 1\n"
+    )
+    ds = load_dataset(folder_cfg)
+    assert ds.name == "fr" and ds.classes == ["roads", "fields"]
+    assert ds.images["file"].iloc[0].startswith("fields_roads/roads/")
+    assert ds.info["counts"]["support"] == {"roads": 4, "fields": 4}
+    assert all(p.is_file() for p in ds.image_paths())
+    (tmp_path / "lists").mkdir()
+    _manifest_frame(["fields/f000.png", "roads/r000.PNG"]).to_csv(
+        tmp_path / "lists" / "m.csv", index=False
+    )
+    manifest_cfg = tmp_path / "m.yaml"
+    manifest_cfg.write_text(f"name: m\nsource: manifest\nmanifest: {tmp_path}/lists/m.csv\n")
+    ds = load_dataset(manifest_cfg, root=fields_roads)
+    assert ds.images["file"].tolist() == ["fields/f000.png", "roads/r000.PNG"]
+    assert ds.images["width"].tolist() == [8, 5] and len(ds.captions) == 3
+    assert ds.info["config"]["root"] == str(fields_roads)
