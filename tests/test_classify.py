@@ -1,0 +1,300 @@
+"""`classify` / `classify_images` / `clipindex classify` on stores.
+
+Mechanics run on a small store built with the stand-in encoders of fixtures_store
+(no weights); accuracy, abstention and the imbalanced-probe checks run on the demo
+world store with the tiny backbones (`demo_store`, skipped until they are trained).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from fixtures_store import FAKE_BACKBONES, FakeEncoder, install_fakes, make_image_dataset
+
+from clipindex.classifiers import majority_vote
+from clipindex.cli import main
+from clipindex.errors import DataError, UserInputError
+from clipindex.evaluate import METHODS, classify, classify_images, parse_classes
+
+N_PER_CLASS = 20
+
+
+def _encode_images(self, files, *, batch_size=None, workers=None, progress=True):
+    """The real Encoder's encode_images, for the stand-in encoder."""
+    parts, skipped = [], []
+    for batch in self.iter_image_batches(files, progress=progress):
+        parts.append(batch.vectors)
+        skipped.extend(batch.skipped)
+    return np.concatenate(parts), skipped
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fakes(monkeypatch)
+    monkeypatch.setattr(FakeEncoder, "encode_images", _encode_images, raising=False)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A cat/dog store (3 stand-in backbones) with one unreadable test image."""
+    from clipindex.store import build_store
+
+    tmp = tmp_path_factory.mktemp("classify-toy")
+    ds = make_image_dataset(tmp / "data", n_per_class=N_PER_CLASS)
+    broken = int(ds.images.index[ds.images["split"] == "test"][3])
+    (tmp / "data" / ds.images.loc[broken, "file"]).write_bytes(b"not a jpeg")
+    nocap = make_image_dataset(tmp / "data2", n_per_class=N_PER_CLASS, name="nocap")
+    nocap.captions = nocap.captions.iloc[:0]
+    with pytest.MonkeyPatch.context() as mp:
+        install_fakes(mp)
+        store = build_store(ds, list(FAKE_BACKBONES), out=tmp / "idx", progress=False)[0].parent
+        bare = build_store(nocap, ["fake-a"], out=tmp / "idx", progress=False)[0].parent
+    return {"store": store, "nocap": bare, "data": tmp / "data", "broken": broken,
+            "images": ds.images}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_runs_and_reports(toy: dict, fakes: None, method: str) -> None:
+    res = classify(toy["store"], "fake-a", method, k=3)
+    m, pred = res.metrics, res.predictions
+    images = toy["images"]
+    test_rows = images.index[(images["split"] == "test")].drop(toy["broken"])
+    assert pred["row_id"].tolist() == test_rows.tolist()  # skipped row left out
+    assert m["n"] == len(test_rows) and m["n_support"] == (images["split"] == "support").sum()
+    assert list(pred.columns) == ["row_id", "file", "true", "predicted", "p_cat", "p_dog",
+                                  "uncertain"]
+    np.testing.assert_allclose(pred[["p_cat", "p_dog"]].sum(axis=1), 1.0, atol=1e-6)
+    assert (pred["true"] == images.loc[pred["row_id"], "label"].to_numpy()).all()
+    assert m["accuracy"] == pytest.approx(np.mean(pred["true"] == pred["predicted"]))
+    assert m["coverage"] == 1.0 and sum(map(sum, m["confusion"])) == m["n"]
+    json.dumps(res.to_dict())  # JSON-ready
+
+
+def test_prototype_equals_numpy_on_stored_vectors(toy: dict) -> None:
+    from clipindex.store import open_index
+
+    bi = open_index(toy["store"], "fake-b")
+    res = classify(toy["store"], "fake-b", "prototype")
+    sup = bi.images.index[bi.images["split"] == "support"].to_numpy()
+    caps = bi.captions[bi.captions["image_row_id"].isin(sup)]
+    w = []
+    for c in ["cat", "dog"]:
+        v = bi.caption_vectors[caps["row_id"][caps["label"] == c]].astype(np.float64)
+        m = (v / np.linalg.norm(v, axis=1, keepdims=True)).mean(0)
+        w.append(m / np.linalg.norm(m))
+    logits = 100 * bi.image_vectors[res.predictions["row_id"]].astype(np.float64) @ np.array(w).T
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(res.predictions[["p_cat", "p_dog"]], p, atol=1e-5)
+
+
+def test_majority_and_soft_ensembles(toy: dict) -> None:
+    singles = [classify(toy["store"], b, "linear-probe").predictions for b in FAKE_BACKBONES]
+    probas = [s[["p_cat", "p_dog"]].to_numpy() for s in singles]
+    maj = classify(toy["store"], list(FAKE_BACKBONES), "linear-probe", ensemble="majority")
+    assert maj.predictions["predicted"].tolist() == majority_vote(probas, ["cat", "dog"]).tolist()
+    assert set(maj.per_backbone) == set(FAKE_BACKBONES)
+    soft = classify(toy["store"], list(FAKE_BACKBONES), "linear-probe", ensemble="soft")
+    np.testing.assert_allclose(soft.predictions[["p_cat", "p_dog"]], np.mean(probas, 0),
+                               atol=1e-9)
+    with pytest.raises(UserInputError, match="--ensemble"):
+        classify(toy["store"], list(FAKE_BACKBONES), "linear-probe")
+
+
+def test_shots_and_reject_below(toy: dict) -> None:
+    res = classify(toy["store"], "fake-c", "image-knn", shots=4, seed=1, k=3,
+                   weights="similarity", reject_below=0.9)
+    m, pred = res.metrics, res.predictions
+    assert m["n_support"] == 8 and m["n"] == 2 * N_PER_CLASS - 8 - 1
+    top = pred[["p_cat", "p_dog"]].max(axis=1)
+    assert (pred["uncertain"] == (top < 0.9)).all()
+    assert m["coverage"] == pytest.approx(1 - pred["uncertain"].mean())
+    again = classify(toy["store"], "fake-c", "image-knn", shots=4, seed=1, k=3)
+    other = classify(toy["store"], "fake-c", "image-knn", shots=4, seed=2, k=3)
+    assert again.predictions["row_id"].tolist() == pred["row_id"].tolist()
+    assert other.predictions["row_id"].tolist() != pred["row_id"].tolist()
+
+
+def test_classes_subset_and_prompt_names(toy: dict, fakes: None) -> None:
+    assert parse_classes("fields=field, roads") == (["fields", "roads"], {"fields": "field"})
+    res = classify(toy["store"], "fake-a", "prompt", classes="cat=kitten,dog",
+                   prompt="this is a photo of a {}.")
+    assert res.metrics["classes"] == ["cat", "dog"]
+    with pytest.raises(UserInputError, match="Unknown class.*'cow'.*Known: cat, dog"):
+        classify(toy["store"], "fake-a", "prompt", classes="cat,cow")
+
+
+def test_classify_images_matches_stored_rows(toy: dict, fakes: None) -> None:
+    images = toy["images"]
+    rows = [1, 2, N_PER_CLASS + 1, N_PER_CLASS + 7]
+    files = [toy["data"] / images.loc[r, "file"] for r in rows]
+    for method in ("linear-probe", "image-knn"):
+        stored = classify(toy["store"], "fake-a", method).predictions.set_index("row_id")
+        new = classify_images(toy["store"], "fake-a", method, files)
+        assert new["predicted"].tolist() == stored.loc[rows, "predicted"].tolist()
+        np.testing.assert_allclose(new[["p_cat", "p_dog"]], stored.loc[rows, ["p_cat", "p_dog"]],
+                                   atol=1e-4)
+    with pytest.raises(DataError, match="cannot classify"):
+        classify_images(toy["store"], "fake-a", "mlp", [toy["data"] / images.loc[
+            toy["broken"], "file"]])
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["classify", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_table_json_and_out(toy: dict, tmp_path: Path) -> None:
+    base = ["--index", str(toy["store"]), "--backbone", "fake-a"]
+    code, out, _ = run_cli(*base, "--method", "linear-probe", "--reject-below", "0.8")
+    assert code == 0
+    for word in ("accuracy", "balanced accuracy", "macro-F1", "coverage", "precision",
+                 "recall", "confusion matrix"):
+        assert word in out
+    code, out, err = run_cli(*base, "--backbone", "fake-b", "--method", "image-knn",
+                             "--ensemble", "soft", "--json", "--out", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    obj = json.loads(out)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "n", "classes", "per_class",
+                "confusion", "coverage"):
+        assert key in obj
+    csv = pd.read_csv(tmp_path / "p.csv")
+    assert len(csv) == obj["n"] and "p_dog" in csv.columns and "Wrote" in err
+    code, _, _ = run_cli(*base, "--method", "mlp", "--out", str(tmp_path / "p.parquet"))
+    assert code == 0 and len(pd.read_parquet(tmp_path / "p.parquet")) == obj["n"]
+
+
+def test_cli_image_json(toy: dict, fakes: None) -> None:
+    f = toy["data"] / toy["images"].loc[1, "file"]
+    code, out, err = run_cli("--index", str(toy["store"]), "--backbone", "fake-a", "--method",
+                             "linear-probe", "--image", str(f), "--json")
+    assert code == 0, err
+    assert json.loads(out)["predictions"][0]["predicted"] in ("cat", "dog")
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--method", "svm"], "Invalid value for '--method'"),
+        (["--method", "prompt", "--classes", "cat,cow"], "Unknown class(es) 'cow'"),
+        (["--method", "prompt", "--backbone", "fake-z"], "not built"),
+        (["--method", "image-knn", "--shots", str(N_PER_CLASS)], "class 'cat' has only"),
+        (["--method", "caption-knn", "--k", "0"], "k must be a positive integer"),
+        (["--method", "image-knn", "--k", "-2"], "k must be a positive integer"),
+        (["--method", "prompt", "--prompt", "a photo of a cat"], "must contain exactly one '{}'"),
+        (["--method", "prompt", "--reject-below", "2"], "threshold must be in [0, 1]"),
+        (["--method", "linear-probe", "--out", "x.txt"], ".parquet or .csv"),
+    ],
+)
+def test_cli_bad_input(toy: dict, fakes: None, extra: list[str], needle: str) -> None:
+    args = ["--index", str(toy["store"]), "--backbone", "fake-a", *extra]
+    if "fake-z" in extra:
+        args = ["--index", str(toy["store"]), *extra]
+    code, out, err = run_cli(*args)
+    assert code == 2
+    assert needle in err
+    assert [ln for ln in err.splitlines() if ln.startswith("Error")] == [
+        next(ln for ln in err.splitlines() if ln.startswith("Error"))]
+    if "svm" not in extra:  # clipindex's own errors are exactly one line
+        assert err.count("\n") == 1 and out == ""
+
+
+@pytest.mark.parametrize("method", ["prototype", "caption-knn"])
+def test_caption_method_on_store_without_captions(toy: dict, method: str) -> None:
+    code, _, err = run_cli("--index", str(toy["nocap"]), "--backbone", "fake-a",
+                           "--method", method)
+    assert code == 2 and "has no captions" in err and err.count("\n") == 1
+    assert classify(toy["nocap"], "fake-a", "linear-probe").metrics["n"] > 0
+
+
+# ----------------------------------------------------------------------------- demo world
+TINY_METHODS = list(METHODS)
+
+
+@pytest.fixture(scope="module")
+def demo_results(demo_store: Path) -> dict:
+    from clipindex import tiny
+
+    out = {}
+    for b in tiny.TINY_BACKBONES:
+        for m in TINY_METHODS:
+            out[b, m] = classify(demo_store, b, m)
+    for ens in ("majority", "soft"):
+        for m in TINY_METHODS:
+            out[ens, m] = classify(demo_store, list(tiny.TINY_BACKBONES), m, ensemble=ens)
+    return out
+
+
+@pytest.mark.slow
+def test_demo_every_method_beats_half(demo_results: dict) -> None:
+    table = {f"{b}/{m}": round(r.metrics["accuracy"], 3) for (b, m), r in demo_results.items()}
+    print(json.dumps(table, indent=1))
+    bad = {k: v for k, v in table.items() if v <= 0.5}
+    assert not bad, bad
+
+
+@pytest.mark.slow
+def test_demo_abstention(demo_store: Path) -> None:
+    from clipindex import tiny
+
+    for m in ("prompt", "prototype"):
+        res = classify(demo_store, tiny.TINY_BACKBONES[0], m, reject_below=0.9)
+        met = res.metrics
+        assert met["coverage"] < 1.0
+        assert met["accuracy_covered"] >= met["accuracy"]
+
+
+@pytest.mark.slow
+def test_demo_image_gives_stored_label(demo_store: Path) -> None:
+    from clipindex import tiny
+    from clipindex.store import open_index
+
+    b = tiny.TINY_BACKBONES[0]
+    bi = open_index(demo_store, b)
+    stored = classify(demo_store, b, "prototype").predictions.head(5)
+    root = Path(bi.dataset_info["root"])
+    code, out, err = run_cli("--index", str(demo_store), "--backbone", b, "--method",
+                             "prototype", "--json",
+                             *[a for f in stored["file"] for a in ("--image", str(root / f))])
+    assert code == 0, err
+    got = [p["predicted"] for p in json.loads(out)["predictions"]]
+    assert got == stored["predicted"].tolist()
+
+
+@pytest.mark.slow
+def test_demo_imbalanced_folder_probe(demo_store: Path, demo_world: Path,
+                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """45 vs 108 images (fields-vs-roads counts) from two world classes: train 30/93,
+    test 15/15; the class-weighted probe should beat the unweighted one on balanced
+    accuracy."""
+    from clipindex import tiny
+    from clipindex.store import build_store, open_index
+
+    bi = open_index(demo_store, tiny.TINY_BACKBONES[0])
+    root = Path(bi.dataset_info["root"])
+    images = bi.images
+    tree = tmp_path_factory.mktemp("imbalanced") / "fields_roads"
+    for label, n_train, n_test in (("cow", 30, 15), ("sheep", 93, 15)):
+        files = images["file"][images["label"] == label].tolist()[: n_train + n_test]
+        assert len(files) == n_train + n_test
+        for i, f in enumerate(files):
+            split = "train" if i < n_train else "test"
+            dest = tree / split / label / Path(f).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / f, dest)
+    store = build_store(tree, list(tiny.TINY_BACKBONES), out=tree.parent / "idx",
+                        workers=0, progress=False)[0].parent
+    rows = {}
+    for b in tiny.TINY_BACKBONES:
+        w = classify(store, b, "linear-probe").metrics
+        u = classify(store, b, "linear-probe", class_weight=None).metrics
+        rows[b] = (w["balanced_accuracy"], u["balanced_accuracy"])
+    print(json.dumps(rows))
+    assert all(w >= u for w, u in rows.values()), rows
+    assert any(w > u for w, u in rows.values()), rows
