@@ -421,3 +421,22 @@ def test_tiny_backbone_cam_mass_concentrates_on_the_subject(heldout_demo, backbo
     print(backbone, figures)
     assert figures["n"] >= MIN_CORRECT, figures
     assert figures["mass_in_box"] > figures["box_share"], figures
+
+
+def test_cli_explain_on_the_demo_store(demo_store, tmp_path):
+    """End to end: the real store, its encoder and cached prompt vectors."""
+    from clipindex.store import open_index
+
+    index = open_index(demo_store, "tiny-rn")
+    row = index.images[index.images["split"] == "test"].iloc[0]
+    image = Path(index.dataset_info["root"]) / row["file"]
+    out = tmp_path / "demo.png"
+    res = _cli("explain", str(image), "--index", str(demo_store), "--backbone", "tiny-rn",
+               "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "cam: " in res.output
+    with Image.open(out) as png, Image.open(image) as original:
+        assert png.size == original.size
+    panel = gradcam_panel([(e.image, e.cam, e.caption())
+                           for e in explain_rows(index, [int(row["row_id"])], method="prototype")])
+    assert panel.width > 0

@@ -219,7 +219,7 @@ def _to_original(cam: np.ndarray, geo: _Geometry) -> np.ndarray:
     """Map an input-sized CAM back onto the original image (zero outside the crop)."""
     w, h = geo.size
     dx, dy, dw, dh = geo.dst
-    part = Image.fromarray(cam[dy : dy + dh, dx : dx + dw].astype(np.float32), mode="F")
+    part = Image.fromarray(np.ascontiguousarray(cam[dy : dy + dh, dx : dx + dw], np.float32))
     x, y, sw, sh = geo.src
     x0, y0 = round(x), round(y)
     pw, ph = min(w - x0, max(1, round(sw))), min(h - y0, max(1, round(sh)))
