@@ -267,3 +267,23 @@ def test_cuda_fp16_matches_cpu(encoder: Encoder, image_files: list[Path]) -> Non
     got, _ = cuda.encode_images(image_files, workers=2, progress=False)
     expected, _ = encoder.encode_images(image_files, workers=0, progress=False)
     assert (np.sum(got * expected, axis=1) > 0.999).all()
+
+
+def test_local_dir_folder_loads_the_same_model(encoder: Encoder, image_files: list[Path],
+                                               tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "my-clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TEST_CONFIG}))
+    state = {k: v.detach().clone().contiguous() for k, v in encoder.model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    direct = load_encoder(f"local-dir:{folder}", device="cpu")
+    via_pretrained = load_encoder(TEST_MODEL, pretrained=str(folder), device="cpu")
+    assert direct.spec.name == "my-clip" and via_pretrained.spec.name == f"{TEST_MODEL}__my-clip"
+    assert direct.checkpoint_sha256 == via_pretrained.checkpoint_sha256
+    assert len(direct.checkpoint_sha256 or "") == 64
+    expected, _ = encoder.encode_images(image_files[:3], workers=0, progress=False)
+    for loaded in (direct, via_pretrained):
+        got, _ = loaded.encode_images(image_files[:3], workers=0, progress=False)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
