@@ -64,7 +64,9 @@ _CAPTION_WIDTH = 60
 
 
 class _Encoder(Protocol):
-    def encode_images(self, files: Sequence[Any]) -> tuple[np.ndarray, Any]: ...
+    def encode_images(
+        self, files: Sequence[Any], *, workers: int | None = ..., progress: bool = ...
+    ) -> tuple[np.ndarray, Any]: ...
 
 
 class _Index(Protocol):
@@ -398,7 +400,10 @@ def _query_vectors(index: _Index, texts: list[str], images: list[Path]) -> np.nd
     if texts:
         parts.append(np.asarray(index.text_vectors(texts), dtype=np.float32))
     if images:
-        vectors, skipped = index.encoder().encode_images([str(p) for p in images])
+        # A few query files: no DataLoader workers, no progress bar.
+        vectors, skipped = index.encoder().encode_images(
+            [str(p) for p in images], workers=0, progress=False
+        )
         reasons = _skipped_reasons(skipped)
         if reasons:
             pos, reason = sorted(reasons.items())[0]
@@ -409,8 +414,11 @@ def _query_vectors(index: _Index, texts: list[str], images: list[Path]) -> np.nd
 
 # ----------------------------------------------------------------------------- frames
 def _backbone_name(index: _Index, i: int) -> str:
+    name = getattr(index, "name", None)
+    if name:
+        return str(name)
     manifest = index.manifest or {}
-    return str(manifest.get("backbone", manifest.get("name", f"backbone{i}")))
+    return str(manifest.get("backbone", f"backbone{i}"))
 
 
 def _frame(

@@ -45,8 +45,9 @@ class FakeEncoder:
         self.index = index
         self.calls = 0
 
-    def encode_images(self, files):
+    def encode_images(self, files, *, workers=None, progress=True):
         self.calls += 1
+        assert workers == 0 and progress is False  # a few query images: no workers, no bar
         names = dict(zip(self.index.images["file"], range(len(self.index.images)), strict=True))
         out = np.zeros((len(files), DIM), dtype=np.float32)
         skipped = []
@@ -528,3 +529,118 @@ def test_index_kind_is_read_per_matrix_from_the_manifest(fake):
     assert not search_mod._is_exact(fake, "captions")
     fake.manifest = {"index": {"kind": "flat"}}
     assert search_mod._is_exact(fake, "captions")
+
+
+# ------------------------------------------------------------------ a real store
+# The store code of clipindex.store with the stand-in encoders of fixtures_store
+# (vectors from decoded pixels, no weights): search end to end through open_index.
+@pytest.fixture(scope="module")
+def toy_store(tmp_path_factory):
+    from fixtures_store import install_fakes, make_image_dataset
+
+    from clipindex.store import build_store
+
+    root = tmp_path_factory.mktemp("search-toy")
+    ds = make_image_dataset(root / "data", n_per_class=15)
+    (root / "data" / ds.images["file"][4]).write_text("not a jpeg")  # a skipped row
+    kw = {"batch_size": 8, "progress": False, "workers": 0}
+    with pytest.MonkeyPatch.context() as mp:
+        install_fakes(mp)
+        build_store(ds, ["fake-a", "fake-b"], out=root / "out", **kw)
+        build_store(ds, ["fake-a"], out=root / "approx", index_kind="ivf", dtype="float16", **kw)
+    return root / "out" / "toy", root / "approx" / "toy", ds
+
+
+@pytest.fixture()
+def fake_encoders(use_fake_encoders, monkeypatch):
+    """fixtures_store's stand-in encoder, plus ``encode_images`` (the Encoder contract)."""
+
+    def encode_images(self, files, *, batch_size=None, workers=None, progress=True):
+        parts, skipped = [], []
+        for batch in self.iter_image_batches(
+            files, batch_size=batch_size, workers=workers, progress=progress
+        ):
+            parts.append(batch.vectors)
+            skipped.extend(batch.skipped)
+        return np.concatenate(parts), skipped
+
+    monkeypatch.setattr(use_fake_encoders, "encode_images", encode_images, raising=False)
+    return use_fake_encoders
+
+
+def test_store_text_search_equals_brute_force(toy_store, fake_encoders):
+    from clipindex.store import open_index
+
+    ddir, _, ds = toy_store
+    texts = ["a photo of a cat", "a photo of a dog", "a red thing"]
+    res = search_indexes(open_index(ddir, "fake-a"), texts=texts, k=9, where="split=test")
+    idx = open_index(ddir, "fake-a")
+    assert not idx.image_valid[4] and idx.image_valid.sum() == 29
+    scores, ids = brute_force(
+        idx.image_vectors,
+        idx.text_vectors(texts),
+        9,
+        idx.image_valid,
+        rows=np.flatnonzero(ds.images["split"] == "test"),
+    )
+    _assert_matches(res.frame, scores, ids, 3)
+    assert 4 not in set(search_text(idx, texts, k=100)["row_id"])
+
+
+def test_store_images_find_themselves(toy_store, fake_encoders):
+    from clipindex.store import open_index
+
+    ddir, _, ds = toy_store
+    idx = open_index(ddir, "fake-a")
+    rows = np.flatnonzero(idx.image_valid)
+    paths = [ds.root / ds.images["file"][r] for r in rows]
+    frame = search_image(idx, paths, k=1)  # all 29 in one encode call
+    assert frame["row_id"].tolist() == rows.tolist()
+    np.testing.assert_allclose(frame["score"], 1.0, atol=1e-5)
+    with pytest.raises(DataError, match="Cannot read query image .*cat/004.jpg"):
+        search_image(idx, [paths[0], ds.root / ds.images["file"][4]])
+
+
+def test_store_approximate_float16_scores_are_exact(toy_store, fake_encoders):
+    from clipindex.store import open_index
+
+    _, adir, ds = toy_store
+    idx = open_index(adir, "fake-a")
+    assert idx.manifest["index"]["images"]["kind"] == "ivf"
+    frame = search_captions(idx, ["a photo of a cat", "a photo of a dog"], k=12)
+    scores, ids = brute_force(
+        idx.caption_vectors,
+        idx.text_vectors(["a photo of a cat", "a photo of a dog"]),
+        12,
+        idx.caption_valid,
+    )
+    _assert_matches(frame, scores, ids, 2)
+
+
+def test_store_cli_fusion_equals_independent_rrf(toy_store, fake_encoders):
+    from clipindex.store import open_index
+
+    ddir, _, _ = toy_store
+    texts = ["a photo of a cat", "a photo of a dog"]
+    qfile = ddir.parent.parent / "queries.txt"
+    qfile.write_text("\n".join(texts) + "\n")
+    res = _run(
+        "--queries-file",
+        str(qfile),
+        "--index",
+        str(ddir),
+        "--backbone",
+        "fake-a",
+        "--backbone",
+        "fake-b",
+        "-k",
+        "6",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)
+    indexes = [open_index(ddir, b) for b in ("fake-a", "fake-b")]
+    want = _independent_rrf(indexes, texts, 6, 100)
+    assert [(h["query_id"], h["rank"], h["row_id"]) for h in hits] == [w[:3] for w in want]
+    np.testing.assert_allclose([h["score"] for h in hits], [w[3] for w in want], rtol=1e-9)
+    assert "reciprocal rank fusion" in res.stderr and hits[0]["score_kind"] == "rrf"
