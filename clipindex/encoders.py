@@ -190,7 +190,8 @@ class Encoder:
     def __init__(self, spec: BackboneSpec, model: torch.nn.Module, tokenizer: Any,
                  preprocess: Any, device: torch.device, precision: str) -> None:
         self.spec = spec
-        self.model = model.eval().requires_grad_(False)
+        # typed Any: open_clip models (CLIP, CustomTextCLIP, CoCa) share encode_image/encode_text
+        self.model: Any = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.device = device
@@ -208,9 +209,9 @@ class Encoder:
             getattr(model, "context_length", None)
             or getattr(tokenizer, "context_length", None) or 77
         )
-        self.embed_dim = self._find_embed_dim()
         self._mean_t = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
         self._std_t = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        self.embed_dim = self._find_embed_dim()  # may encode one blank image: needs the above
 
     def __repr__(self) -> str:
         return (f"Encoder({self.spec.name!r}, params={self.params:,}, image_size="

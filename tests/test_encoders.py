@@ -287,3 +287,10 @@ def test_local_dir_folder_loads_the_same_model(encoder: Encoder, image_files: li
     for loaded in (direct, via_pretrained):
         got, _ = loaded.encode_images(image_files[:3], workers=0, progress=False)
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_embed_dim_falls_back_to_a_forward_pass(encoder: Encoder,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # timm-backed towers have no output_dim; the encoder then measures one blank image
+    monkeypatch.delattr(encoder.model.visual, "output_dim")
+    assert encoder._find_embed_dim() == 32
