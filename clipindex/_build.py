@@ -36,6 +36,8 @@ log = logging.getLogger("clipindex.store")
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
 _RECALL_K = 10
+#: Seed of the weights of random-init (``--pretrained none``) backbones.
+RANDOM_INIT_SEED = 0
 
 
 class BuildInterrupted(RuntimeError):
@@ -396,6 +398,7 @@ def _finish(
         "pretrained": target.spec.pretrained,
         "weights_source": target.spec.source,
         "checkpoint_sha256": _checkpoint_sha(target.identity),
+        "random_init_seed": RANDOM_INIT_SEED if target.spec.source == "none" else None,
         "requested": {"backbone": target.name, "pretrained": target.pretrained},
         "dim": dim,
         "dtype": dtype,
@@ -473,17 +476,33 @@ def _sizes(opts: BuildOptions, encoder: Any) -> tuple[int, int]:
     return batch, shard
 
 
+def load_encoder_for(spec: Any, device: str | None) -> Any:
+    """Load a backbone's encoder; random-init weights come from a fixed seed.
+
+    Seeding (inside a forked RNG, so the caller's torch RNG is untouched) makes a
+    ``--pretrained none`` store reproducible: reopening it loads the same weights, so
+    text queries land in the same space as the stored vectors.
+    """
+    from clipindex import encoders
+
+    if getattr(spec, "source", None) != "none":
+        return encoders.load_encoder(spec, device=device)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return encoders.load_encoder(spec, device=device)
+
+
 def build_one(dataset: Any, target: _Target, fingerprint: str, opts: BuildOptions,
               counter: ShardCounter) -> Path:
     """Build (or resume, or leave alone when up to date) one backbone's store."""
-    from clipindex import encoders
-
     bdir = opts.out / dataset.name / target.folder
     if _up_to_date(bdir, target, fingerprint, opts):
         log.info("%s: up to date (%s)", target.name, bdir)
         return bdir
     (bdir / "manifest.json").unlink(missing_ok=True)  # stale: rebuild, never half-open
-    encoder = encoders.load_encoder(target.spec, device=opts.device)
+    encoder = load_encoder_for(target.spec, opts.device)
     batch, shard = _sizes(opts, encoder)
     stamp = {"dataset_fingerprint": fingerprint, **target.identity,
              "dim": int(encoder.embed_dim)}

@@ -260,7 +260,7 @@ class BackboneIndex:
 
 
 def _load_matching_encoder(manifest: dict[str, Any], device: str | None) -> Any:
-    from clipindex import backbones, encoders
+    from clipindex import backbones
 
     req = manifest.get("requested") or {}
     spec = backbones.resolve_backbone(req.get("backbone", manifest["backbone"]),
@@ -269,7 +269,7 @@ def _load_matching_encoder(manifest: dict[str, Any], device: str | None) -> Any:
         raise IndexMismatchError(
             f"the weights of {spec.name} differ from those the store was built with "
             f"({manifest['weights']}); rebuild the store with clipindex build")
-    encoder = encoders.load_encoder(spec, device=device)
+    encoder = _build.load_encoder_for(spec, device)
     if int(encoder.embed_dim) != int(manifest["dim"]):
         raise IndexMismatchError(
             f"{spec.name} encodes dim {encoder.embed_dim} but the store holds dim "

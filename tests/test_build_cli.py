@@ -233,3 +233,67 @@ def test_sigkill_mid_encoding_then_resume(tmp_path, use_fake_encoders):
     assert _run("build", data, "--backbone", "fake-a", "--out", ref, *FAST).exit_code == 0
     a, b = open_index(out / "big", "fake-a"), open_index(ref / "big", "fake-a")
     np.testing.assert_allclose(a.image_vectors, b.image_vectors, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- real encoders
+REAL_MODEL = "clipindex-store-test-vit"
+# A ViT at 32 px, 2 layers, width 64 (a real open_clip model, random weights): milliseconds.
+REAL_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
+                   "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
+                 "layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def real_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import open_clip
+    import torch
+
+    torch.set_num_threads(2)
+    folder = tmp_path_factory.mktemp("model-configs")
+    (folder / f"{REAL_MODEL}.json").write_text(json.dumps(REAL_CONFIG))
+    open_clip.add_model_config(folder)
+    try:  # keep the tiny backbones' configs registered after open_clip's rescan
+        from clipindex import tiny
+
+        tiny.register_configs()
+    except (ImportError, AttributeError):
+        pass
+    return REAL_MODEL
+
+
+def test_real_encoder_none_and_checkpoint_builds(real_model, tmp_path):
+    cfg = _mini_coco(tmp_path / "coco")
+    out = tmp_path / "out"
+    args = ["--backbone", real_model, "--out", out, "--batch-size", "2", "--shard-size", "4",
+            "--workers", "0", "--no-progress", "--device", "cpu"]
+    res = _run("build", cfg, "--pretrained", "none", *args)
+    assert res.exit_code == 0, res.output
+    assert "6 images, 6 captions, 0 skipped, dim 32" in res.stdout
+    idx = open_index(out / "mini", real_model, pretrained="none")
+    assert idx.name == f"{real_model}__none" and idx.manifest["random_init_seed"] == 0
+    assert idx.manifest["image_size"] == 32 and idx.manifest["params"] > 0
+    # random-init weights are seeded: reopening encodes into the same space
+    enc = idx.encoder(device="cpu")
+    files = [Path(idx.dataset_info["root"]) / f for f in idx.images["file"]]
+    again = np.concatenate([b.vectors for b in enc.iter_image_batches(
+        [str(f) for f in files], batch_size=3, workers=0, progress=False)])
+    np.testing.assert_allclose(again, idx.image_vectors, atol=1e-5)
+    np.testing.assert_allclose(idx.text_vectors(idx.captions["text"].tolist()),
+                               idx.caption_vectors, atol=1e-5)
+    # the same weights saved as a local checkpoint build the same vectors
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in enc.model.state_dict().items()}, str(ckpt))
+    res = _run("build", cfg, "--pretrained", ckpt, *args)
+    assert res.exit_code == 0, res.output
+    local = open_index(out / "mini", real_model, pretrained=str(ckpt))
+    assert local.name == f"{real_model}__weights"
+    assert local.manifest["checkpoint_sha256"] and local.manifest["weights_source"] == "file"
+    np.testing.assert_allclose(local.image_vectors, idx.image_vectors, atol=1e-5)
+    s, i = local.search(idx.text_vectors(["picture 3"]), 3, target="captions")
+    assert i[0, 0] == 3 and s[0, 0] == pytest.approx(1.0, abs=1e-5)
