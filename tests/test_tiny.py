@@ -1,0 +1,200 @@
+"""The three tiny CLIP backbones: offline loading, vectors, held-out accuracy, warnings.
+
+The held-out figures are measured on the ``val`` split of worlds made with seeds 1 and 2
+(the checkpoints were trained on seed 0's ``train`` split). Only the ``val`` split of each
+held-out world is generated: the generator seeds every image from (seed, split, index),
+so that split is the one ``make_world(seed=s, scale="default")`` writes (checked below).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipindex import tiny
+from clipindex.errors import UserInputError
+from clipindex.tiny.evaluate import study_images, summarize, zero_shot_predictions
+
+HELD_OUT_SEEDS = (1, 2)
+
+
+@pytest.fixture(scope="session")
+def val_only_scale():
+    from clipindex.world.knobs import SCALES, Scale
+
+    return Scale("default-val-only", train_per_class=0,
+                 val_per_class=SCALES["default"].val_per_class)
+
+
+@pytest.fixture(scope="session")
+def held_out(tmp_path_factory: pytest.TempPathFactory, val_only_scale) -> dict:
+    """Per held-out seed: the study's val images and each backbone's zero-shot predictions."""
+    from clipindex.world import make_world
+
+    torch.set_num_threads(2)
+    out = {}
+    dirs = [tiny.checkpoint_dir(n) for n in tiny.TINY_BACKBONES]
+    for seed in HELD_OUT_SEEDS:
+        world = make_world(tmp_path_factory.mktemp(f"heldout{seed}") / "w", seed=seed,
+                           scale=val_only_scale, progress=False)
+        imgs = study_images(world, "val")
+        out[seed] = (imgs, zero_shot_predictions(dirs, imgs.paths, imgs.classes))
+    return out
+
+
+@pytest.fixture(scope="session")
+def pooled(held_out: dict) -> dict:
+    """Figures over the held-out seeds together (more images per cause)."""
+    imgs = [held_out[s][0] for s in HELD_OUT_SEEDS]
+    preds = {n: np.concatenate([held_out[s][1][n] for s in HELD_OUT_SEEDS])
+             for n in tiny.TINY_BACKBONES}
+    labels = np.concatenate([i.labels for i in imgs])
+    return summarize(preds, labels, [c for i in imgs for c in i.causes])
+
+
+def _load(name: str):
+    import open_clip
+
+    folder = tiny.checkpoint_dir(name)
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    return model.eval(), preprocess, open_clip.get_tokenizer(f"local-dir:{folder}")
+
+
+def test_unknown_name_lists_known():
+    with pytest.raises(UserInputError, match="Known: tiny-vit, tiny-rn, tiny-vit-s"):
+        tiny.checkpoint_dir("tiny-vt")
+
+
+@pytest.mark.parametrize("name", tiny.TINY_BACKBONES)
+def test_shipped_folder_is_small_fp16_and_current(name: str):
+    from safetensors import safe_open
+
+    folder = tiny.checkpoint_dir(name)
+    weights = folder / "open_clip_model.safetensors"
+    assert weights.stat().st_size <= 4 * 2**20
+    with safe_open(str(weights), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    record = tiny.read_record(folder)
+    for key in ("world_version", "world_seed", "training_seed", "steps", "seconds", "val"):
+        assert key in record
+    assert record["world_seed"] not in HELD_OUT_SEEDS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tiny.check_world_version(folder) is True
+
+
+@pytest.mark.parametrize("name", tiny.TINY_BACKBONES)
+def test_loads_offline_and_returns_unit_vectors(name: str, monkeypatch: pytest.MonkeyPatch):
+    import open_clip
+    from PIL import Image
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, preprocess, tokenizer = _load(name)
+    cfg = json.loads((tiny.checkpoint_dir(name) / "open_clip_config.json").read_text())
+    dim = cfg["model_cfg"]["embed_dim"]
+    rng = np.random.default_rng(0)
+    pil = [Image.fromarray(rng.integers(0, 255, (90 + 40 * i, 150, 3), dtype=np.uint8))
+           for i in range(3)]
+    texts = ["a photo of a cow", "a zebra playing a xylophone", "A DOG on the ROAD."]
+    ids = tokenizer(texts)
+    assert ids.shape == (3, cfg["model_cfg"]["text_cfg"]["context_length"])
+    assert (ids[1] == 1).sum() >= 2  # unknown words -> [UNK], no crash
+    assert int(ids.max()) == cfg["model_cfg"]["text_cfg"]["vocab_size"] - 1  # [EOT] highest
+    with torch.inference_mode():
+        img = model.encode_image(torch.stack([preprocess(p) for p in pil]), normalize=True)
+        txt = model.encode_text(ids, normalize=True)
+    for v in (img, txt):
+        assert v.shape == (3, dim)
+        np.testing.assert_allclose(v.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+    assert isinstance(tokenizer, open_clip.tokenizer.HFTokenizer)
+
+
+def test_tiny_rn_keeps_a_spatial_map_for_grad_cam():
+    model, _, _ = _load("tiny-rn")
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, tuple) else size
+    assert size >= 128
+    seen = {}
+    hook = model.visual.layer4[-1].register_forward_hook(
+        lambda m, i, o: seen.setdefault("shape", o.shape))
+    with torch.inference_mode():
+        model.encode_image(torch.zeros(1, 3, size, size))
+    hook.remove()
+    assert seen["shape"][-2:] == (size // 32, size // 32) and size // 32 >= 4
+
+
+def test_registered_configs_build_untrained_models():
+    import open_clip
+
+    assert set(tiny.register_configs()) == set(tiny.TINY_BACKBONES)
+    for name in tiny.TINY_BACKBONES:
+        model = open_clip.create_model(name, pretrained=None)
+        tok = open_clip.get_tokenizer(name)
+        with torch.inference_mode():
+            vec = model.encode_text(tok(["a photo of a sheep"]), normalize=True)
+        assert vec.shape[-1] == open_clip.get_model_config(name)["embed_dim"]
+
+
+def test_mismatched_world_version_warns(tmp_path: Path):
+    folder = tmp_path / "tiny-vit"
+    shutil.copytree(tiny.checkpoint_dir("tiny-vit"), folder)
+    record = json.loads((folder / "clipindex.json").read_text())
+    record["world_version"] = "0-old"
+    (folder / "clipindex.json").write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match="trained on demo-world generator version '0-old'"):
+        assert tiny.check_world_version(folder) is False
+
+
+def test_held_out_val_is_the_default_scale_val(val_only_scale):
+    from clipindex.world import WorldKnobs
+    from clipindex.world.knobs import SCALES
+    from clipindex.world.plan import plan_split
+
+    for seed in HELD_OUT_SEEDS:
+        assert plan_split(seed, "val", val_only_scale, WorldKnobs()) == plan_split(
+            seed, "val", SCALES["default"], WorldKnobs())
+
+
+@pytest.mark.parametrize("seed", HELD_OUT_SEEDS)
+def test_accuracy_band_and_disagreement_on_held_out_seed(held_out: dict, seed: int):
+    imgs, preds = held_out[seed]
+    assert len(imgs.paths) >= 5 * 300
+    s = summarize(preds, imgs.labels, imgs.causes)
+    for name, acc in s["accuracy"].items():
+        assert 0.60 <= acc <= 0.95, (name, acc)
+    for pair, share in s["disagreement"].items():
+        assert share >= 0.05, (pair, share)
+
+
+def test_each_cause_lowers_accuracy_for_two_backbones(pooled: dict):
+    assert set(pooled["by_cause"]) == {"lookalike", "tiny", "camouflage", "off_context",
+                                       "mislabeled"}
+    for cause, accs in pooled["by_cause"].items():
+        hurt = [n for n, a in accs.items() if a < pooled["clean"][n]]
+        assert len(hurt) >= 2, (cause, accs, pooled["clean"])
+
+
+def test_training_script_smoke(tmp_path: Path):
+    """A few steps on a small world write a loadable folder with the record filled in."""
+    from clipindex.tiny.train import train_and_save
+    from clipindex.world import GENERATOR_VERSION, make_world
+
+    world = make_world(tmp_path / "w", seed=0, scale="small", progress=False)
+    records = train_and_save(world, ["tiny-vit-s"], seed=3, out=tmp_path / "ckpt",
+                             steps={"tiny-vit-s": 3})
+    rec = json.loads((tmp_path / "ckpt" / "tiny-vit-s" / "clipindex.json").read_text())
+    assert rec == json.loads(json.dumps(records["tiny-vit-s"]))
+    assert (rec["world_version"], rec["world_seed"], rec["training_seed"], rec["steps"]) == (
+        GENERATOR_VERSION, 0, 3, 3)
+    assert 0.0 <= rec["val"]["accuracy"] <= 1.0
+    import open_clip
+
+    folder = tmp_path / "ckpt" / "tiny-vit-s"
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    assert sum(p.numel() for p in model.parameters()) == rec["params"]
