@@ -469,7 +469,9 @@ class MLPClassifier(_Classifier):
     held-out loss and the best epoch's weights are kept. With fewer than two rows to
     hold out it trains ``max_epochs`` epochs on everything. All randomness (weights,
     split, shuffling) comes from a local ``torch.Generator`` / numpy generator seeded
-    with ``seed``; global torch state (RNG, thread count) is left alone.
+    with ``seed``; torch's global RNG is never drawn from. Training runs on
+    ``num_threads`` threads (default 1: such a small head is fastest on one, and extra
+    threads only contend on a shared machine); torch's thread count is restored after.
 
     Example
     -------
@@ -483,7 +485,7 @@ class MLPClassifier(_Classifier):
 
     def __init__(self, *, hidden: int = 256, lr: float = 3e-3, batch_size: int = 32,
                  max_epochs: int = 200, patience: int = 10,
-                 validation_fraction: float = 0.2, seed: int = 0) -> None:
+                 validation_fraction: float = 0.2, seed: int = 0, num_threads: int = 1) -> None:
         self.hidden = hidden
         self.lr = lr
         self.batch_size = batch_size
@@ -491,6 +493,7 @@ class MLPClassifier(_Classifier):
         self.patience = patience
         self.validation_fraction = validation_fraction
         self.seed = seed
+        self.num_threads = num_threads
 
     def _split(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= self.validation_fraction < 1:
@@ -528,16 +531,28 @@ class MLPClassifier(_Classifier):
         """Train with early stopping on the held-out support rows."""
         if not self.lr > 0:
             raise UserInputError(f"lr must be > 0, got {self.lr!r}")
-        batch = _check_positive_int(self.batch_size, "batch_size")
-        epochs = _check_positive_int(self.max_epochs, "max_epochs")
-        patience = _check_positive_int(self.patience, "patience")
         x = _matrix(X, "image vectors")
         self.classes_, target = np.unique(_labels(y, len(x)), return_inverse=True)
         train, val = self._split(target)
         gen = torch.Generator().manual_seed(int(self.seed))
         model = self._build(x.shape[1], len(self.classes_), gen)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(_check_positive_int(self.num_threads, "num_threads"))
+        try:
+            done, best = self._train(model, torch.from_numpy(x),
+                                     torch.from_numpy(target.astype(np.int64)), train, val, gen)
+        finally:
+            torch.set_num_threads(threads)
+        self.n_epochs_, self.best_val_loss_, self.n_validation_ = done, best, len(val)
+        self.model_ = model.eval()
+        return self
+
+    def _train(self, model: torch.nn.Module, xt: torch.Tensor, yt: torch.Tensor,
+               train: np.ndarray, val: np.ndarray, gen: torch.Generator) -> tuple[int, float]:
+        batch = _check_positive_int(self.batch_size, "batch_size")
+        epochs = _check_positive_int(self.max_epochs, "max_epochs")
+        patience = _check_positive_int(self.patience, "patience")
         opt = torch.optim.Adam(model.parameters(), lr=float(self.lr))
-        xt, yt = torch.from_numpy(x), torch.from_numpy(target.astype(np.int64))
         loss_fn = torch.nn.CrossEntropyLoss()
         best, best_state, since, done = np.inf, copy.deepcopy(model.state_dict()), 0, 0
         for _ in range(epochs):
@@ -562,10 +577,7 @@ class MLPClassifier(_Classifier):
                     break
         if len(val):
             model.load_state_dict(best_state)
-        model.eval()
-        self.n_epochs_, self.best_val_loss_, self.n_validation_ = done, best, len(val)
-        self.model_ = model
-        return self
+        return done, float(best)
 
     def predict_proba(self, X: np.ndarray, **_: Any) -> np.ndarray:  # noqa: N803
         """Softmax of the head's logits, columns in ``classes_`` order."""
