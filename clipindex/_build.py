@@ -206,8 +206,8 @@ def encode_images(
         buf.append(vectors)
         bar.update(len(vectors))
         _flush_full(shards, pending, buf, skipped, counter)
-    if buf:
-        raise RuntimeError("the encoder returned fewer vectors than files")
+    if pending or buf:  # a broken encoder, never a user mistake
+        raise RuntimeError(f"the encoder did not return one vector per file ({len(todo)})")
     return len(rows)
 
 
@@ -399,7 +399,7 @@ def _finish(
         "weights_source": target.spec.source,
         "checkpoint_sha256": _checkpoint_sha(target.identity),
         "random_init_seed": RANDOM_INIT_SEED if target.spec.source == "none" else None,
-        "requested": {"backbone": target.name, "pretrained": target.pretrained},
+        "requested": _requested(target),
         "dim": dim,
         "dtype": dtype,
         "n_images": int(len(images)),
@@ -419,6 +419,13 @@ def _finish(
     write_json(bdir / "manifest.json", manifest)
     shutil.rmtree(bdir / "shards", ignore_errors=True)
     return manifest
+
+
+def _requested(target: _Target) -> dict[str, Any]:
+    """What reopening passes to resolve_backbone: local weights by absolute path."""
+    local = target.spec.source in ("file", "dir") and target.pretrained != "default"
+    return {"backbone": target.name,
+            "pretrained": target.spec.pretrained if local else target.pretrained}
 
 
 def _checkpoint_sha(identity: dict[str, Any]) -> str | None:
