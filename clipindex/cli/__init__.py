@@ -15,6 +15,8 @@ from clipindex.cli import search  # noqa: E402,F401
 from clipindex.cli import explain  # noqa: E402,F401
 from clipindex.cli import build  # noqa: E402,F401
 from clipindex.cli import info  # noqa: E402,F401
+from clipindex.cli import world  # noqa: E402,F401
+from clipindex.cli import classify  # noqa: E402,F401
 # isort: on
 
 __all__ = ["main"]
