@@ -218,12 +218,16 @@ def _target_table(index: _Index, target: str) -> pd.DataFrame:
     return joined
 
 
-def _first_captions(index: _Index) -> pd.Series:
+def _first_captions(index: _Index, image_rows: np.ndarray) -> np.ndarray:
+    """The first caption (lowest caption row id) of each of ``image_rows``; "" if none."""
     caps = index.captions
-    if len(caps) == 0 or "image_row_id" not in caps:
-        return pd.Series([""] * len(index.images), dtype=object)
-    first = caps.sort_values("row_id").drop_duplicates("image_row_id").set_index("image_row_id")
-    return first["text"].reindex(range(len(index.images))).fillna("")
+    if len(caps) == 0 or "image_row_id" not in caps or len(image_rows) == 0:
+        return np.array([""] * len(image_rows), dtype=object)
+    # Only the captions of the hits: a search must not scan-sort the whole table.
+    mine = caps[caps["image_row_id"].isin(np.unique(image_rows))]
+    first = mine.sort_values("row_id").drop_duplicates("image_row_id")
+    lookup = dict(zip(first["image_row_id"].tolist(), first["text"].tolist(), strict=True))
+    return np.array([lookup.get(int(r), "") for r in image_rows], dtype=object)
 
 
 def _check_target(target: str) -> None:
@@ -448,7 +452,7 @@ def _frame(
     label = table["label"].to_numpy()[hit] if "label" in table else [None] * len(hit)
     frame["label"] = label if len(hit) else []
     if target == "images":
-        frame["caption"] = _first_captions(index).to_numpy()[hit] if len(hit) else []
+        frame["caption"] = _first_captions(index, hit)
     else:
         frame["text"] = index.captions["text"].to_numpy()[hit] if len(hit) else []
     return frame
@@ -459,12 +463,15 @@ def _allowed_rows(
     indexes: Sequence[_Index], target: str, where: Sequence[str] | str | None
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """(rows passed to the index or None for all, the mask of rows any backbone can return)."""
-    table = _target_table(indexes[0], target)
-    mask = where_mask(table, where) if where else np.ones(len(table), dtype=bool)
+    n_rows = len(indexes[0].images if target == "images" else indexes[0].captions)
+    if where:
+        mask = where_mask(_target_table(indexes[0], target), where)
+    else:
+        mask = np.ones(n_rows, dtype=bool)
     noun = target if target == "images" else "captions"
     if where and not mask.any():
         raise DataError(f"No {noun} match --where {' and '.join(_as_list(where))}.")
-    valid = np.zeros(len(table), dtype=bool)
+    valid = np.zeros(n_rows, dtype=bool)
     for index in indexes:
         valid |= np.asarray(index.image_valid if target == "images" else index.caption_valid)
     if not (mask & valid).any():
