@@ -23,6 +23,9 @@ import pytest
 
 FAKE_DIM = 24
 FAKE_BACKBONES = ("fake-a", "fake-b", "fake-c")
+#: ``demo_store``: the study protocol on the small world, scaled down (5 classes x 40).
+DEMO_PER_CLASS = 40
+DEMO_SUPPORT = 5
 
 
 # ----------------------------------------------------------------------------- stand-ins
@@ -228,18 +231,22 @@ def demo_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_store(demo_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``OUT/<dataset>`` of the small demo world built with the three tiny backbones.
-
-    Treat it as read-only (copy it to modify it).
+    """``OUT/<dataset>`` (``demo``) of the small demo world built with the three tiny
+    backbones: demo.yaml's protocol with ``per_class=DEMO_PER_CLASS`` (200 images,
+    1000 captions) and ``support_per_class=DEMO_SUPPORT``. Treat it as read-only.
     """
     import torch
 
     from clipindex import tiny
+    from clipindex.sources import load_dataset
     from clipindex.store import build_store
 
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("demo-store")
-    repo = Path(__file__).resolve().parents[1]
-    paths = build_store(repo / "configs" / "datasets" / "demo.yaml", list(tiny.TINY_BACKBONES),
-                        root=demo_world, out=out, workers=0, progress=False)
+    config = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "demo.yaml"
+    # The small world has ~42 val images per class; the study's 200 needs scale="default".
+    dataset = load_dataset(config, root=demo_world, per_class=DEMO_PER_CLASS,
+                           support_per_class=DEMO_SUPPORT)
+    paths = build_store(dataset, list(tiny.TINY_BACKBONES), out=out, workers=0,
+                        batch_size=64, progress=False)
     return paths[0].parent

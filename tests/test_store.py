@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fixtures_store import (
+    DEMO_PER_CLASS,
     FAKE_DIM,
     FakeEncoder,
     dataset_from_files,
@@ -281,10 +282,10 @@ def test_demo_store_three_tiny_backbones(demo_store):
 
     assert list_backbones(demo_store) == sorted(tiny.TINY_BACKBONES)
     info = store_info(demo_store)
-    assert info["n_images"] == 1000 and not info["unfinished"]
+    assert info["n_images"] == 5 * DEMO_PER_CLASS and not info["unfinished"]
     for name in tiny.TINY_BACKBONES:
         idx = open_index(demo_store, name)
-        assert idx.image_vectors.shape == (1000, idx.dim)
+        assert idx.image_vectors.shape == (5 * DEMO_PER_CLASS, idx.dim)
         valid = idx.image_valid
         q = idx.image_vectors[valid][:10]
         s, i = idx.search(q, 10)
