@@ -19,6 +19,20 @@ def _short(text: object, width: int = _TEXT_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _grid(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        out = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    return [line(header)] + [line(r) for r in rows]
+
+
 def _table(result: SearchResult, target: str) -> str:
     """Plain-text tables, one per query, for stdout."""
     frame = result.frame
@@ -28,15 +42,19 @@ def _table(result: SearchResult, target: str) -> str:
     text_col = "caption" if target == "images" else "text"
     columns = ["rank", "score", "row_id"] + (["image_row_id"] if target == "captions" else [])
     columns += ["file", "label", text_col]
-    for _, group in frame.groupby("query_id", sort=True):
-        if lines:
+    header = [c.replace("_", " ").replace("image row id", "image row") for c in columns]
+    right = set(range(len(columns) - 3))  # the numeric columns come first
+    for n, (_, group) in enumerate(frame.groupby("query_id", sort=True)):
+        if n:
             lines.append("")
         lines.append(f"query: {group['query'].iloc[0]}")
-        shown = group[columns].copy()
-        shown["score"] = shown["score"].map(lambda s: f"{s:.4f}")
-        shown[text_col] = shown[text_col].map(_short)
-        shown = shown.rename(columns={"row_id": "row id", "image_row_id": "image row"})
-        lines.append(shown.to_string(index=False))
+        rows = [
+            [str(r.rank), f"{r.score:.4f}", str(r.row_id)]
+            + ([str(r.image_row_id)] if target == "captions" else [])
+            + [_short(r.file, 40), _short(r.label, 20), _short(getattr(r, text_col))]
+            for r in group.itertuples(index=False)
+        ]
+        lines.extend(_grid(header, rows, right))
     return "\n".join(lines)
 
 
