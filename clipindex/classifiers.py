@@ -47,6 +47,7 @@ from sklearn.linear_model import LogisticRegression
 
 from clipindex.errors import UserInputError
 from clipindex.indexes import build_index, search_index
+from clipindex.metrics import Vector
 from clipindex.prompts import DEFAULT_TEMPLATE, fill_templates
 
 __all__ = [
@@ -145,12 +146,17 @@ class _Classifier:
                 "predict or predict_proba."
             )
 
-    def predict_proba(self, X: np.ndarray, **kwargs: Any) -> np.ndarray:  # noqa: N803
+    def predict_proba(
+        self, X: np.ndarray, *, query_rows: Vector | None = None  # noqa: N803
+    ) -> np.ndarray:
+        """Probabilities ``(n, len(classes_))``; ``query_rows`` only matters for k-NN."""
         raise NotImplementedError
 
-    def predict(self, X: np.ndarray, **kwargs: Any) -> np.ndarray:  # noqa: N803
+    def predict(
+        self, X: np.ndarray, *, query_rows: Vector | None = None  # noqa: N803
+    ) -> np.ndarray:
         """Labels ``classes_[argmax(predict_proba(X))]`` (ties: first class in order)."""
-        proba = self.predict_proba(X, **kwargs)
+        proba = self.predict_proba(X, query_rows=query_rows)
         return self.classes_[np.argmax(proba, axis=1)]  # type: ignore[attr-defined]
 
     def get_params(self) -> dict[str, Any]:
@@ -234,7 +240,9 @@ class PromptClassifier(_Classifier):
         self.classes_ = np.asarray(classes, dtype=object)
         return self
 
-    def predict_proba(self, X: np.ndarray, **_: Any) -> np.ndarray:  # noqa: N803
+    def predict_proba(
+        self, X: np.ndarray, *, query_rows: Vector | None = None  # noqa: N803
+    ) -> np.ndarray:
         """``softmax(100 * X @ W.T)``, columns in ``classes_`` order."""
         self._check_fitted()
         x = _matrix(X, "image vectors", self.class_vectors_.shape[1])
@@ -262,7 +270,7 @@ class PrototypeClassifier(_Classifier):
         pass
 
     def fit(
-        self, caption_vectors: np.ndarray, caption_labels: Sequence[Any]
+        self, caption_vectors: np.ndarray, caption_labels: Vector
     ) -> PrototypeClassifier:
         """Average the normalised caption vectors of each class and normalise again."""
         v = normalise(_matrix(caption_vectors, "caption vectors"))
@@ -272,7 +280,9 @@ class PrototypeClassifier(_Classifier):
         self.n_captions_ = np.array([(y == c).sum() for c in self.classes_])
         return self
 
-    def predict_proba(self, X: np.ndarray, **_: Any) -> np.ndarray:  # noqa: N803
+    def predict_proba(
+        self, X: np.ndarray, *, query_rows: Vector | None = None  # noqa: N803
+    ) -> np.ndarray:
         """``softmax(100 * X @ W.T)``, columns in ``classes_`` order."""
         self._check_fitted()
         x = _matrix(X, "image vectors", self.prototypes_.shape[1])
@@ -311,7 +321,7 @@ class _KNNVoter(_Classifier):
         self.index_ = build_index(v)
 
     def predict_proba(
-        self, X: np.ndarray, *, query_rows: Sequence[int] | None = None  # noqa: N803
+        self, X: np.ndarray, *, query_rows: Vector | None = None  # noqa: N803
     ) -> np.ndarray:
         """Normalised (weighted) votes of the ``k`` nearest support rows.
 
@@ -371,9 +381,9 @@ class CaptionKNNClassifier(_KNNVoter):
     def fit(
         self,
         caption_vectors: np.ndarray,
-        caption_labels: Sequence[Any],
+        caption_labels: Vector,
         *,
-        image_rows: Sequence[int] | None = None,
+        image_rows: Vector | None = None,
     ) -> CaptionKNNClassifier:
         """Index the support captions; ``image_rows[i]`` is caption i's image row id."""
         self._fit(caption_vectors, caption_labels, image_rows)
@@ -395,7 +405,7 @@ class ImageKNNClassifier(_KNNVoter):
     """
 
     def fit(
-        self, X: np.ndarray, y: Sequence[Any], *, row_ids: Sequence[int] | None = None  # noqa: N803
+        self, X: np.ndarray, y: Vector, *, row_ids: Vector | None = None  # noqa: N803
     ) -> ImageKNNClassifier:
         """Index the support image vectors with their labels."""
         self._fit(X, y, row_ids)
@@ -433,7 +443,7 @@ class LinearProbeClassifier(_Classifier):
         self.class_weight = class_weight
         self.max_iter = max_iter
 
-    def fit(self, X: np.ndarray, y: Sequence[Any]) -> LinearProbeClassifier:  # noqa: N803
+    def fit(self, X: np.ndarray, y: Vector) -> LinearProbeClassifier:  # noqa: N803
         """Fit the logistic regression; needs at least two classes."""
         _check_choice(self.class_weight, ("auto", "balanced", None), "class_weight")  # type: ignore[arg-type]
         if not self.C > 0:
@@ -453,7 +463,9 @@ class LinearProbeClassifier(_Classifier):
         self.classes_ = self.model_.classes_
         return self
 
-    def predict_proba(self, X: np.ndarray, **_: Any) -> np.ndarray:  # noqa: N803
+    def predict_proba(
+        self, X: np.ndarray, *, query_rows: Vector | None = None  # noqa: N803
+    ) -> np.ndarray:
         """Class probabilities, columns in ``classes_`` order."""
         self._check_fitted()
         return self.model_.predict_proba(_matrix(X, "image vectors", self.model_.n_features_in_))
@@ -514,20 +526,16 @@ class MLPClassifier(_Classifier):
     def _build(self, d: int, n_classes: int, gen: torch.Generator) -> torch.nn.Module:
         hidden = _check_positive_int(self.hidden, "hidden")
         # skip_init: nn.Linear's own init would draw from torch's global RNG.
-        skip = torch.nn.utils.skip_init
-        model = torch.nn.Sequential(
-            skip(torch.nn.Linear, d, hidden),
-            torch.nn.ReLU(),
-            skip(torch.nn.Linear, hidden, n_classes),
-        )
+        first = torch.nn.utils.skip_init(torch.nn.Linear, d, hidden)
+        last = torch.nn.utils.skip_init(torch.nn.Linear, hidden, n_classes)
         with torch.no_grad():  # PyTorch's default init, drawn from the local generator
-            for layer in (model[0], model[2]):
+            for layer in (first, last):
                 bound = 1.0 / float(np.sqrt(layer.in_features))
                 layer.weight.uniform_(-bound, bound, generator=gen)
                 layer.bias.uniform_(-bound, bound, generator=gen)
-        return model
+        return torch.nn.Sequential(first, torch.nn.ReLU(), last)
 
-    def fit(self, X: np.ndarray, y: Sequence[Any]) -> MLPClassifier:  # noqa: N803
+    def fit(self, X: np.ndarray, y: Vector) -> MLPClassifier:  # noqa: N803
         """Train with early stopping on the held-out support rows."""
         if not self.lr > 0:
             raise UserInputError(f"lr must be > 0, got {self.lr!r}")
@@ -544,6 +552,7 @@ class MLPClassifier(_Classifier):
         finally:
             torch.set_num_threads(threads)
         self.n_epochs_, self.best_val_loss_, self.n_validation_ = done, best, len(val)
+        self.n_features_in_ = x.shape[1]
         self.model_ = model.eval()
         return self
 
@@ -579,17 +588,19 @@ class MLPClassifier(_Classifier):
             model.load_state_dict(best_state)
         return done, float(best)
 
-    def predict_proba(self, X: np.ndarray, **_: Any) -> np.ndarray:  # noqa: N803
+    def predict_proba(
+        self, X: np.ndarray, *, query_rows: Vector | None = None  # noqa: N803
+    ) -> np.ndarray:
         """Softmax of the head's logits, columns in ``classes_`` order."""
         self._check_fitted()
-        x = _matrix(X, "image vectors", self.model_[0].in_features)
+        x = _matrix(X, "image vectors", self.n_features_in_)
         with torch.no_grad():
             logits = self.model_(torch.from_numpy(x)).numpy()
         return softmax(logits)
 
 
 # --------------------------------------------------------------------------- ensembles
-def _stack(probas: Sequence[np.ndarray], classes: Sequence[Any]) -> np.ndarray:
+def _stack(probas: Sequence[np.ndarray], classes: Vector) -> np.ndarray:
     if len(probas) == 0:
         raise UserInputError("an ensemble needs the probabilities of at least one model")
     shapes = [np.shape(a) for a in probas]
@@ -601,7 +612,7 @@ def _stack(probas: Sequence[np.ndarray], classes: Sequence[Any]) -> np.ndarray:
     return np.stack([np.asarray(a, dtype=np.float64) for a in probas])
 
 
-def majority_vote(probas: Sequence[np.ndarray], classes: Sequence[Any]) -> np.ndarray:
+def majority_vote(probas: Sequence[np.ndarray], classes: Vector) -> np.ndarray:
     """Majority vote across models; returns one label per row.
 
     Each model votes for its top class (``argmax`` of its row; a tie inside one model
@@ -633,7 +644,7 @@ def majority_vote(probas: Sequence[np.ndarray], classes: Sequence[Any]) -> np.nd
     return np.asarray(classes, dtype=object)[best]
 
 
-def vote_shares(probas: Sequence[np.ndarray], classes: Sequence[Any]) -> np.ndarray:
+def vote_shares(probas: Sequence[np.ndarray], classes: Vector) -> np.ndarray:
     """Share of models whose top class is each class, ``(n, C)`` (rows sum to 1).
 
     Example
@@ -647,7 +658,7 @@ def vote_shares(probas: Sequence[np.ndarray], classes: Sequence[Any]) -> np.ndar
     return onehot.mean(axis=0)
 
 
-def soft_vote(probas: Sequence[np.ndarray], classes: Sequence[Any] | None = None) -> np.ndarray:
+def soft_vote(probas: Sequence[np.ndarray], classes: Vector | None = None) -> np.ndarray:
     """Soft vote ("late fusion"): the mean probability over models, ``(n, C)``.
 
     Example

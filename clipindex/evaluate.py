@@ -31,7 +31,7 @@ import pandas as pd
 
 from clipindex import classifiers as C
 from clipindex.errors import DataError, UserInputError
-from clipindex.metrics import classification_metrics
+from clipindex.metrics import Vector, classification_metrics
 from clipindex.prompts import DEFAULT_TEMPLATE, check_template, get_templates
 
 __all__ = [
@@ -100,7 +100,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- methods
-def _align(proba: np.ndarray, have: Sequence[Any], want: Sequence[str]) -> np.ndarray:
+def _align(proba: np.ndarray, have: Vector, want: Sequence[str]) -> np.ndarray:
     """Reorder probability columns from ``have`` to ``want`` (0 for missing classes)."""
     pos = {str(c): i for i, c in enumerate(have)}
     out = np.zeros((len(proba), len(want)))

@@ -42,6 +42,9 @@ import numpy as np
 
 from clipindex.errors import UserInputError
 
+# A 1-D run of labels, row ids or flags: a list, tuple or numpy array.
+Vector = Sequence[Any] | np.ndarray
+
 __all__ = [
     "accuracy",
     "balanced_accuracy",
@@ -71,7 +74,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)  # 0/0 -> 0
 
 
-def accuracy(y_true: Sequence[Any], y_pred: Sequence[Any]) -> float:
+def accuracy(y_true: Vector, y_pred: Vector) -> float:
     """Mean over rows of ``y_pred == y_true`` (NaN for no rows).
 
     Example
@@ -84,7 +87,7 @@ def accuracy(y_true: Sequence[Any], y_pred: Sequence[Any]) -> float:
 
 
 def confusion_matrix(
-    y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequence[Any]
+    y_true: Vector, y_pred: Vector, classes: Vector
 ) -> np.ndarray:
     """``C[i, j]`` = rows of true ``classes[i]`` predicted ``classes[j]`` (int64).
 
@@ -106,7 +109,7 @@ def confusion_matrix(
 
 
 def per_class(
-    y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequence[Any]
+    y_true: Vector, y_pred: Vector, classes: Vector
 ) -> dict[Any, dict[str, float]]:
     """``{c: {precision, recall, f1, support}}`` with 0/0 read as 0.
 
@@ -128,7 +131,7 @@ def per_class(
 
 
 def balanced_accuracy(
-    y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequence[Any] | None = None
+    y_true: Vector, y_pred: Vector, classes: Vector | None = None
 ) -> float:
     """Mean recall over the classes present in ``y_true``.
 
@@ -145,7 +148,7 @@ def balanced_accuracy(
     return float(np.mean([np.mean(p[t == c] == c) for c in present]))
 
 
-def macro_f1(y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequence[Any]) -> float:
+def macro_f1(y_true: Vector, y_pred: Vector, classes: Vector) -> float:
     """Mean F1 over ``classes`` (every listed class counts).
 
     Example
@@ -157,7 +160,7 @@ def macro_f1(y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequence[Any
     return float(np.mean([pc[c]["f1"] for c in classes])) if len(classes) else float("nan")
 
 
-def coverage(uncertain: Sequence[bool]) -> float:
+def coverage(uncertain: Vector) -> float:
     """Share of rows that are not marked uncertain (1.0 for no rows).
 
     Example
@@ -170,7 +173,7 @@ def coverage(uncertain: Sequence[bool]) -> float:
 
 
 def accuracy_covered(
-    y_true: Sequence[Any], y_pred: Sequence[Any], uncertain: Sequence[bool]
+    y_true: Vector, y_pred: Vector, uncertain: Vector
 ) -> float:
     """Accuracy over the rows not marked uncertain (NaN when every row is uncertain).
 
@@ -185,10 +188,10 @@ def accuracy_covered(
 
 
 def classification_metrics(
-    y_true: Sequence[Any],
-    y_pred: Sequence[Any],
-    classes: Sequence[Any],
-    uncertain: Sequence[bool] | None = None,
+    y_true: Vector,
+    y_pred: Vector,
+    classes: Vector,
+    uncertain: Vector | None = None,
 ) -> dict[str, Any]:
     """All classification metrics in one JSON-ready dict.
 
@@ -233,7 +236,7 @@ def _ranks_topk(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def recall_at_k_text_to_image(
-    scores: np.ndarray, caption_image: Sequence[int], k: int
+    scores: np.ndarray, caption_image: Vector, k: int
 ) -> float:
     """Text→image Recall@K: share of captions whose own image is in their top K images.
 
@@ -255,7 +258,7 @@ def recall_at_k_text_to_image(
 
 
 def recall_at_k_image_to_text(
-    scores: np.ndarray, caption_image: Sequence[int], k: int
+    scores: np.ndarray, caption_image: Vector, k: int
 ) -> float:
     """Image→text Recall@K: share of images with ANY of their captions in their top K.
 
@@ -281,8 +284,8 @@ def recall_at_k_image_to_text(
 def retrieval_recall(
     image_vectors: np.ndarray,
     caption_vectors: np.ndarray,
-    caption_image: Sequence[int],
-    ks: Sequence[int] = (1, 5, 10),
+    caption_image: Vector,
+    ks: Vector = (1, 5, 10),
 ) -> dict[str, float]:
     """Both directions' Recall@K from normalised vectors (cosine = inner product).
 

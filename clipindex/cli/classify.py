@@ -109,7 +109,7 @@ def classify_command(index_dir: str, backbones: tuple[str, ...], method: str,
       clipindex classify --index indexes/demo --backbone tiny-vit --method prototype \\
           --image photo.jpg
     """
-    options = dict(ensemble=ensemble, shots=shots, k=k, seed=seed, classes=classes,
+    options: dict[str, Any] = dict(ensemble=ensemble, shots=shots, k=k, seed=seed, classes=classes,
                    prompt=prompt, templates=templates, reject_below=reject_below,
                    weights=weights, class_weight=_CLASS_WEIGHTS[class_weight])
     if images:
