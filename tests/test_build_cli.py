@@ -102,6 +102,8 @@ def test_skipped_inputs_listed_and_strict_fatal(tmp_path, use_fake_encoders):
     info = json.loads(_run("info", tmp_path / "out" / "d", "--json").stdout)
     files = sorted(s["file"] for s in info["backbones"][0]["skipped"])
     assert files == ["fields/zz-trunc.jpg", "roads/zz-empty.jpg", "roads/zz-text.jpg"]
+    text = _run("info", tmp_path / "out" / "d").stdout
+    assert text.count("    skipped row ") == 3 and "roads/zz-empty.jpg: " in text
     res = _run("build", data, "--backbone", "fake-a", "--out", tmp_path / "strict", "--strict",
                *FAST)
     _one_line_error(res, "zz-", "--strict")

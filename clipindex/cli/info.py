@@ -10,6 +10,8 @@ import click
 
 from clipindex.cli._app import main
 
+_MAX_SKIPPED = 20  # skipped inputs listed per backbone in the text view
+
 
 def _funnel_lines(funnel: dict[str, Any]) -> list[str]:
     """Scalar stages as ``name: n``; per-class stages as one table (classes x stages)."""
@@ -38,8 +40,11 @@ def _backbone_lines(b: dict[str, Any]) -> list[str]:
             + (f", params {b['params']:,}" if b.get("params") else "")
             + (", STALE (dataset changed; rebuild)" if b.get("stale") else ""))
     out = [line]
-    for s in b.get("skipped") or []:
+    skipped = b.get("skipped") or []
+    for s in skipped[:_MAX_SKIPPED]:
         out.append(f"    skipped row {s['row_id']}: {s['file']}: {s['reason']}")
+    if len(skipped) > _MAX_SKIPPED:
+        out.append(f"    ... and {len(skipped) - _MAX_SKIPPED} more (all of them: --json)")
     return out
 
 
