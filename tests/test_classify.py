@@ -8,7 +8,6 @@ world store with the tiny backbones (`demo_store`, skipped until they are traine
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -267,34 +266,60 @@ def test_demo_image_gives_stored_label(demo_store: Path) -> None:
     assert got == stored["predicted"].tolist()
 
 
-@pytest.mark.slow
-def test_demo_imbalanced_folder_probe(demo_store: Path, demo_world: Path,
-                                      tmp_path_factory: pytest.TempPathFactory) -> None:
-    """45 vs 108 images (fields-vs-roads counts) from two world classes: train 30/93,
-    test 15/15; the class-weighted probe should beat the unweighted one on balanced
-    accuracy."""
-    from clipindex import tiny
-    from clipindex.store import build_store, open_index
+def imbalanced_tree(world: Path, dest: Path, minority: str = "cow",
+                    majority: str = "sheep") -> Path:
+    """A fields-vs-roads-shaped folder tree from the world: 45 ``minority`` vs 108
+    ``majority`` images. test/ holds 15 + 15 val originals; train/ holds 30 vs 93, the
+    majority's 93 being its other originals plus horizontal flips of them (the small
+    world has ~66 images of a class; the flips are new inputs of the same label).
+    """
+    from PIL import Image, ImageOps
 
-    bi = open_index(demo_store, tiny.TINY_BACKBONES[0])
-    root = Path(bi.dataset_info["root"])
-    images = bi.images
-    tree = tmp_path_factory.mktemp("imbalanced") / "fields_roads"
-    for label, n_train, n_test in (("cow", 30, 15), ("sheep", 93, 15)):
-        files = images["file"][images["label"] == label].tolist()[: n_train + n_test]
-        assert len(files) == n_train + n_test
-        for i, f in enumerate(files):
-            split = "train" if i < n_train else "test"
-            dest = tree / split / label / Path(f).name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(root / f, dest)
+    from clipindex.sources import load_dataset
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "demo.yaml"
+    files: dict[str, dict[str, list[str]]] = {minority: {}, majority: {}}
+    for split in ("val", "train"):
+        ds = load_dataset(config, root=world, split=split, per_class=None,
+                          support_per_class=None)
+        for label in files:
+            files[label][split] = ds.images["file"][ds.images["label"] == label].tolist()
+    plan = {}
+    for label, n_train in ((minority, 30), (majority, 93)):
+        test, rest = files[label]["val"][:15], files[label]["val"][15:] + files[label]["train"]
+        originals = rest[:n_train]
+        flips = originals[: n_train - len(originals)]
+        plan[label] = (test, originals, flips)
+        assert len(originals) + len(flips) == n_train and len(test) == 15
+    for label, (test, originals, flips) in plan.items():
+        for split, group, flip in (("test", test, False), ("train", originals, False),
+                                   ("train", flips, True)):
+            folder = dest / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in group:
+                name = ("flip_" if flip else "") + Path(f).name
+                with Image.open(world / f) as im:
+                    (ImageOps.mirror(im) if flip else im.copy()).save(folder / name,
+                                                                       quality=95)
+    return dest
+
+
+@pytest.mark.slow
+def test_demo_imbalanced_folder_probe(demo_world: Path,
+                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """45 vs 108 images (the fields-vs-roads counts; train 30 vs 93, test 15 vs 15): the
+    class-weighted probe should beat the unweighted one on balanced accuracy."""
+    from clipindex import tiny
+    from clipindex.store import build_store
+
+    tree = imbalanced_tree(demo_world, tmp_path_factory.mktemp("imbalanced") / "animals")
     store = build_store(tree, list(tiny.TINY_BACKBONES), out=tree.parent / "idx",
                         workers=0, progress=False)[0].parent
     rows = {}
     for b in tiny.TINY_BACKBONES:
-        w = classify(store, b, "linear-probe").metrics
-        u = classify(store, b, "linear-probe", class_weight=None).metrics
-        rows[b] = (w["balanced_accuracy"], u["balanced_accuracy"])
+        w = classify(store, b, "linear-probe")
+        u = classify(store, b, "linear-probe", class_weight=None)
+        assert w.metrics["n_support"] == 123 and w.metrics["n"] == 30
+        rows[b] = (w.metrics["balanced_accuracy"], u.metrics["balanced_accuracy"])
     print(json.dumps(rows))
-    assert all(w >= u for w, u in rows.values()), rows
-    assert any(w > u for w, u in rows.values()), rows
+    assert sum(w for w, _ in rows.values()) > sum(u for _, u in rows.values()), rows
