@@ -51,7 +51,6 @@ def _report(result: ClassifyResult) -> str:
     per["support"] = per["support"].astype(int)
     lines += ["", "per class:", per.to_string()]
     conf = pd.DataFrame(m["confusion"], index=m["classes"], columns=m["classes"])
-    conf.index.name = "true \\ predicted"
     lines += ["", "confusion matrix (rows = true, columns = predicted):", conf.to_string()]
     return "\n".join(lines)
 
