@@ -24,9 +24,7 @@ Notes a user should see (k larger than the collection, fusion) are returned in
 
 from __future__ import annotations
 
-import operator
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,14 +33,13 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import DataError, UserInputError
+from clipindex.filters import where_mask
 
 __all__ = [
     "RRF_K",
     "RRF_DEPTH",
     "TARGETS",
     "SearchResult",
-    "parse_where",
-    "where_mask",
     "rrf_fuse",
     "search_indexes",
     "search_store",
@@ -106,106 +103,6 @@ class SearchResult:
     frame: pd.DataFrame
     notes: tuple[str, ...] = field(default_factory=tuple)
     score_kind: str = "cosine"
-
-
-# ----------------------------------------------------------------------------- where
-_WHERE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|=|<|>)\s*(.*?)\s*$")
-_ORDER_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-
-
-@dataclass(frozen=True)
-class _Condition:
-    column: str
-    op: str
-    values: tuple[str, ...]
-
-
-def parse_where(expressions: Sequence[str] | str | None) -> tuple[_Condition, ...]:
-    """Parse ``--where`` expressions: ``col=v``, ``col!=v``, ``col=a,b`` (in), ``col<3`` ...
-
-    Several expressions are ANDed. ``=`` and ``!=`` take a comma-separated list of
-    values; ``<``, ``<=``, ``>``, ``>=`` take one number.
-
-    Examples
-    --------
-    >>> [(c.column, c.op, c.values) for c in parse_where(["label=cat,dog", "width>200"])]
-    [('label', '=', ('cat', 'dog')), ('width', '>', ('200',))]
-    """
-    if expressions is None:
-        return ()
-    if isinstance(expressions, str):
-        expressions = [expressions]
-    conditions = []
-    for text in expressions:
-        match = _WHERE_RE.match(text)
-        if match is None or not match.group(3):
-            raise UserInputError(
-                f"Cannot read --where {text!r}: write COLUMN=VALUE, COLUMN!=VALUE, "
-                "COLUMN=A,B or COLUMN<NUMBER (also <=, >, >=)."
-            )
-        column, op, value = match.groups()
-        values = tuple(v.strip() for v in value.split(",")) if op in ("=", "!=") else (value,)
-        conditions.append(_Condition(column, op, values))
-    return tuple(conditions)
-
-
-def _coerce(values: Sequence[str], series: pd.Series, text: str) -> list[Any]:
-    if pd.api.types.is_bool_dtype(series):
-        table = {"true": True, "1": True, "false": False, "0": False}
-        if any(v.lower() not in table for v in values):
-            raise UserInputError(f"--where {text}: column {series.name!r} takes true or false.")
-        return [table[v.lower()] for v in values]
-    if pd.api.types.is_numeric_dtype(series):
-        try:
-            return [float(v) for v in values]
-        except ValueError:
-            raise UserInputError(
-                f"--where {text}: column {series.name!r} is numeric; give a number."
-            ) from None
-    return list(values)
-
-
-def where_mask(table: pd.DataFrame, expressions: Sequence[str] | str | None) -> np.ndarray:
-    """Boolean mask of the rows of ``table`` that satisfy every ``--where`` expression.
-
-    Unknown columns raise :class:`UserInputError` listing the columns there are.
-
-    Examples
-    --------
-    >>> t = pd.DataFrame({"label": ["cat", "dog", "cow"], "width": [100, 300, 200]})
-    >>> where_mask(t, ["label!=cow", "width>=150"]).tolist()
-    [False, True, False]
-    """
-    mask = np.ones(len(table), dtype=bool)
-    for cond in parse_where(expressions):
-        text = f"{cond.column}{cond.op}{','.join(cond.values)}"
-        if cond.column not in table.columns:
-            raise UserInputError(
-                f"Unknown column {cond.column!r} in --where {text}. "
-                f"Columns: {', '.join(map(str, table.columns))}."
-            )
-        series = table[cond.column]
-        if cond.op in _ORDER_OPS:
-            if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
-                raise UserInputError(
-                    f"--where {text}: {cond.op} needs a numeric column; "
-                    f"{cond.column!r} is not numeric (use = or !=)."
-                )
-            (value,) = _coerce(cond.values, series, text)
-            hit = _ORDER_OPS[cond.op](series.to_numpy(dtype=float), value)
-        else:
-            values = _coerce(cond.values, series, text)
-            column = series if values and not isinstance(values[0], str) else series.astype(str)
-            hit = column.isin(values).to_numpy()
-            if cond.op == "!=":
-                hit = ~hit
-        mask &= np.asarray(hit, dtype=bool)
-    return mask
 
 
 # ----------------------------------------------------------------------------- views
@@ -312,7 +209,7 @@ def rrf_fuse(
     --------
     >>> s, i = rrf_fuse([np.array([[3, 1]]), np.array([[1, 2]])], 3, rrf_k=60)
     >>> i.tolist(), round(float(s[0, 0]), 5)
-    ([[1, 3, 2]], 0.0325)
+    ([[1, 3, 2]], 0.03252)
     """
     n_queries = rankings[0].shape[0]
     out_ids = np.full((n_queries, k), -1, dtype=np.int64)
@@ -352,7 +249,7 @@ def read_queries_file(path: str | Path) -> list[str]:
     --------
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "q.txt")
-    >>> _ = open(p, "w").write("a photo of a cat\\n\\n a dog \\n")
+    >>> _ = Path(p).write_text("a photo of a cat\\n\\n a dog \\n")
     >>> read_queries_file(p)
     ['a photo of a cat', 'a dog']
     """
@@ -381,21 +278,8 @@ def _check_images(paths: Sequence[str | Path] | str | Path | None) -> list[Path]
 
 
 def _skipped_reasons(skipped: Any) -> dict[int, str]:
-    """Positions of the query images the encoder skipped, with reasons (any common shape)."""
-    if skipped is None:
-        return {}
-    if isinstance(skipped, dict):
-        return {int(i): str(r) for i, r in skipped.items()}
-    reasons = {}
-    for item in skipped:
-        if isinstance(item, dict):
-            pos = item.get("index", item.get("position", item.get("row_id", item.get("i"))))
-            reasons[int(pos)] = str(item.get("reason", "could not be decoded"))
-        elif isinstance(item, (tuple, list)):
-            reasons[int(item[0])] = str(item[1]) if len(item) > 1 else "could not be decoded"
-        else:
-            reasons[int(item)] = "could not be decoded"
-    return reasons
+    """``{position: reason}`` from the encoder's ``[(index, reason)]`` list."""
+    return {int(item[0]): str(item[-1]) for item in skipped or ()}
 
 
 def _query_vectors(index: _Index, texts: list[str], images: list[Path]) -> np.ndarray:

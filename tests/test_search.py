@@ -18,16 +18,15 @@ from click.testing import CliRunner
 import clipindex.search as search_mod
 from clipindex.cli import main
 from clipindex.errors import DataError, UserInputError
+from clipindex.filters import parse_where, where_mask
 from clipindex.indexes import brute_force, build_index, search_index
 from clipindex.search import (
     RRF_K,
-    parse_where,
     rrf_fuse,
     search_captions,
     search_image,
     search_indexes,
     search_text,
-    where_mask,
 )
 
 LABELS = ("cat", "dog", "cow", "sheep", "horse")
@@ -758,3 +757,13 @@ def test_demo_installed_command_fuses_three_backbones(demo_store):
     want = _independent_rrf(indexes, ["a photo of a sheep"], 5, 100, rows=rows)
     assert [h["row_id"] for h in hits] == [w[2] for w in want]
     np.testing.assert_allclose([h["score"] for h in hits], [w[3] for w in want], rtol=1e-9)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import clipindex.filters
+
+    for module in (search_mod, clipindex.filters):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted >= 2, module.__name__

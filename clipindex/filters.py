@@ -1,0 +1,129 @@
+"""Row filters on a store's tables: the ``--where`` expressions of ``clipindex search``.
+
+``col=v``, ``col!=v``, ``col=a,b`` (in a set), ``col<n`` (also ``<=``, ``>``, ``>=``);
+several expressions are ANDed. Values are read in the column's type (numbers for
+numeric columns, ``true``/``false`` for boolean ones); an unknown column is a
+:class:`~clipindex.errors.UserInputError` that lists the columns there are.
+
+Example
+-------
+>>> import pandas as pd
+>>> t = pd.DataFrame({"label": ["cat", "dog", "cow"], "width": [100, 300, 200]})
+>>> where_mask(t, ["label=cat,dog", "width>150"]).tolist()
+[False, True, False]
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipindex.errors import UserInputError
+
+__all__ = ["Condition", "parse_where", "where_mask"]
+
+_WHERE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|=|<|>)\s*(.*?)\s*$")
+_ORDER_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One parsed expression: ``column``, ``op`` and its ``values`` (as written)."""
+
+    column: str
+    op: str
+    values: tuple[str, ...]
+
+
+def parse_where(expressions: Sequence[str] | str | None) -> tuple[Condition, ...]:
+    """Parse ``--where`` expressions: ``col=v``, ``col!=v``, ``col=a,b`` (in), ``col<3`` ...
+
+    Several expressions are ANDed. ``=`` and ``!=`` take a comma-separated list of
+    values; ``<``, ``<=``, ``>``, ``>=`` take one number.
+
+    Examples
+    --------
+    >>> [(c.column, c.op, c.values) for c in parse_where(["label=cat,dog", "width>200"])]
+    [('label', '=', ('cat', 'dog')), ('width', '>', ('200',))]
+    """
+    if expressions is None:
+        return ()
+    if isinstance(expressions, str):
+        expressions = [expressions]
+    conditions = []
+    for text in expressions:
+        match = _WHERE_RE.match(text)
+        if match is None or not match.group(3):
+            raise UserInputError(
+                f"Cannot read --where {text!r}: write COLUMN=VALUE, COLUMN!=VALUE, "
+                "COLUMN=A,B or COLUMN<NUMBER (also <=, >, >=)."
+            )
+        column, op, value = match.groups()
+        values = tuple(v.strip() for v in value.split(",")) if op in ("=", "!=") else (value,)
+        conditions.append(Condition(column, op, values))
+    return tuple(conditions)
+
+
+def _coerce(values: Sequence[str], series: pd.Series, text: str) -> list[Any]:
+    if pd.api.types.is_bool_dtype(series):
+        table = {"true": True, "1": True, "false": False, "0": False}
+        if any(v.lower() not in table for v in values):
+            raise UserInputError(f"--where {text}: column {series.name!r} takes true or false.")
+        return [table[v.lower()] for v in values]
+    if pd.api.types.is_numeric_dtype(series):
+        try:
+            return [float(v) for v in values]
+        except ValueError:
+            raise UserInputError(
+                f"--where {text}: column {series.name!r} is numeric; give a number."
+            ) from None
+    return list(values)
+
+
+def where_mask(table: pd.DataFrame, expressions: Sequence[str] | str | None) -> np.ndarray:
+    """Boolean mask of the rows of ``table`` that satisfy every ``--where`` expression.
+
+    Unknown columns raise :class:`UserInputError` listing the columns there are.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"label": ["cat", "dog", "cow"], "width": [100, 300, 200]})
+    >>> where_mask(t, ["label!=cow", "width>=150"]).tolist()
+    [False, True, False]
+    """
+    mask = np.ones(len(table), dtype=bool)
+    for cond in parse_where(expressions):
+        text = f"{cond.column}{cond.op}{','.join(cond.values)}"
+        if cond.column not in table.columns:
+            raise UserInputError(
+                f"Unknown column {cond.column!r} in --where {text}. "
+                f"Columns: {', '.join(map(str, table.columns))}."
+            )
+        series = table[cond.column]
+        if cond.op in _ORDER_OPS:
+            if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+                raise UserInputError(
+                    f"--where {text}: {cond.op} needs a numeric column; "
+                    f"{cond.column!r} is not numeric (use = or !=)."
+                )
+            (value,) = _coerce(cond.values, series, text)
+            hit = _ORDER_OPS[cond.op](series.to_numpy(dtype=float), value)
+        else:
+            values = _coerce(cond.values, series, text)
+            column = series if values and not isinstance(values[0], str) else series.astype(str)
+            hit = column.isin(values).to_numpy()
+            if cond.op == "!=":
+                hit = ~hit
+        mask &= np.asarray(hit, dtype=bool)
+    return mask
