@@ -21,11 +21,12 @@ COCO config from ``train2017`` to ``val2017``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,11 +35,13 @@ import yaml
 from clipindex.errors import ConfigError
 
 __all__ = [
+    "BenchConfig",
     "CONFIG_LOADERS",
     "DatasetConfig",
     "SOURCE_KINDS",
     "apply_overrides",
     "build_config",
+    "load_bench_config",
     "load_config",
     "load_dataset_config",
     "read_yaml_mapping",
@@ -266,9 +269,115 @@ def load_dataset_config(path: str | Path, **overrides: Any) -> DatasetConfig:
     return apply_overrides(cfg, overrides, "overrides")
 
 
+# --- bench configs (read by clipindex.bench) ------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What a benchmark runs: one dataset, backbones, methods and ensembles.
+
+    Parameters
+    ----------
+    dataset : str or DatasetConfig
+        A dataset config path (relative paths in a bench YAML are relative to that
+        YAML's folder), or the dataset config's fields inline.
+    backbones, methods : tuple of str
+        Backbone names (:func:`clipindex.backbones.resolve_backbone`) and method names
+        (:data:`clipindex.evaluate.METHODS`).
+    name : str
+        A label for the tables' titles.
+    dataset_overrides : mapping
+        Dataset config fields to replace (e.g. ``{"per_class": 40}``).
+    pretrained : str
+        Weights of every backbone (``default``, a tag, ``none``, a checkpoint path).
+    ensembles : tuple of str
+        Ensemble kinds (:data:`clipindex.evaluate.ENSEMBLES`) built over all backbones
+        for every method (needs at least two backbones).
+    shots, k, weights, seed, templates, prompt, class_weight
+        As :func:`clipindex.evaluate.classify` takes them (``shots: null`` uses the
+        stored support/test split).
+    retrieval : bool
+        Measure text↔image Recall@K over the captions.
+    recall_ks : tuple of int
+        The K of Recall@K.
+
+    Example
+    -------
+    >>> cfg = BenchConfig(dataset="configs/datasets/demo.yaml", backbones=("tiny-vit",),
+    ...                   methods=("prompt",))
+    >>> dataclasses.replace(cfg, ensembles=()).ensembles
+    ()
+    """
+
+    dataset: Any
+    backbones: tuple[str, ...]
+    methods: tuple[str, ...]
+    name: str = "bench"
+    dataset_overrides: Any = field(default_factory=dict)
+    pretrained: str = "default"
+    ensembles: tuple[str, ...] = ("majority",)
+    shots: int | None = None
+    k: int = 10
+    weights: str = "uniform"
+    seed: int = 0
+    templates: str | None = None
+    prompt: str | None = None
+    class_weight: str | None = "auto"
+    retrieval: bool = True
+    recall_ks: tuple[int, ...] = (1, 5, 10)
+
+    def __post_init__(self) -> None:
+        ds = self.dataset
+        if isinstance(ds, Mapping):
+            ds = build_config(DatasetConfig, dict(ds), "the bench config's inline dataset")
+        elif isinstance(ds, os.PathLike):
+            ds = os.fspath(ds)
+        if not isinstance(ds, (str, DatasetConfig)):
+            raise ConfigError("Field 'dataset' must be a dataset config path or a mapping of "
+                              "its fields")
+        object.__setattr__(self, "dataset", ds)
+        over = self.dataset_overrides if self.dataset_overrides is not None else {}
+        if not isinstance(over, Mapping):
+            raise ConfigError("Field 'dataset_overrides' must be a mapping, e.g. {per_class: 40}")
+        object.__setattr__(self, "dataset_overrides", dict(over))
+        for name in ("backbones", "methods"):
+            if not getattr(self, name):
+                raise ConfigError(f"Field '{name}' must list at least one name")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (an inline dataset becomes its fields)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if isinstance(self.dataset, DatasetConfig):
+            out["dataset"] = self.dataset.to_dict()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def load_bench_config(path: str | Path, **overrides: Any) -> BenchConfig:
+    """Read a bench config YAML, then apply ``overrides``.
+
+    A relative ``dataset`` path is relative to the bench YAML's own folder, so
+    ``dataset: ../datasets/demo.yaml`` works from any current directory. ``name``
+    defaults to the file's stem.
+
+    Examples
+    --------
+    >>> load_bench_config("configs/bench/demo.yaml").methods[:2]  # doctest: +SKIP
+    ('prompt', 'prototype')
+    """
+    path = Path(path)
+    mapping = read_yaml_mapping(path)
+    mapping.setdefault("name", path.stem)
+    ds = mapping.get("dataset")
+    if isinstance(ds, str) and not Path(ds).expanduser().is_absolute():
+        mapping["dataset"] = os.path.normpath(path.parent / ds)
+    cfg = build_config(BenchConfig, mapping, path)
+    return apply_overrides(cfg, overrides, "overrides")
+
+
 #: Config kinds by name; bench and other kinds add their loader here.
 CONFIG_LOADERS: dict[str, Callable[..., Any]] = {
     "dataset": load_dataset_config,
+    "bench": load_bench_config,
 }
 
 
