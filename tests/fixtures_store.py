@@ -145,6 +145,18 @@ def use_fake_encoders(monkeypatch: pytest.MonkeyPatch) -> type[FakeEncoder]:
     return FakeEncoder
 
 
+@pytest.fixture(scope="module")
+def faiss_single_thread() -> Iterator[None]:
+    """FAISS on one OpenMP thread: on a shared 2-core box, more threads spin and run
+    20-40x slower (PQ training: 0.1 s vs 4 s)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------- datasets
 @dataclass
 class FakeDataset:

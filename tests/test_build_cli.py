@@ -20,6 +20,8 @@ from clipindex.cli import main
 from clipindex.errors import IncompleteIndexError
 from clipindex.store import list_backbones, open_index
 
+pytestmark = pytest.mark.usefixtures("faiss_single_thread")
+
 FAST = ["--batch-size", "4", "--shard-size", "8", "--workers", "0", "--no-progress"]
 TESTS = Path(__file__).resolve().parent
 

@@ -17,6 +17,8 @@ from clipindex.indexes import (
     search_index,
 )
 
+pytestmark = pytest.mark.usefixtures("faiss_single_thread")
+
 
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)

@@ -34,6 +34,8 @@ from clipindex.store import (
     store_info,
 )
 
+pytestmark = pytest.mark.usefixtures("faiss_single_thread")
+
 KW = {"batch_size": 4, "shard_size": 8, "progress": False, "workers": 0}
 
 
