@@ -45,7 +45,7 @@ class BuildInterrupted(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- files
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
     """Write via ``write(fh)`` to a temp file in the same folder, fsync, rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

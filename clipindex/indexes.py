@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 
+#: faiss's bundled type stubs lack the SearchParameters* constructors it has at runtime.
+_SWIG: Any = faiss
+
+
 @dataclass(frozen=True)
 class IndexSpec:
     """How an index of one kind is built and searched.
@@ -181,7 +185,7 @@ def _set_search_defaults(index: faiss.Index, spec: IndexSpec) -> None:
         inner.hnsw.efSearch = max(spec.ef_search, 1)
 
 
-def _inner(index: faiss.Index) -> faiss.Index:
+def _inner(index: faiss.Index) -> Any:  # SWIG classes: faiss's stubs are incomplete
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIDMap):
         return faiss.downcast_index(index.index)
@@ -207,8 +211,8 @@ def describe_index(index: faiss.Index) -> dict[str, Any]:
     if isinstance(inner, faiss.IndexIVF):
         out.update(kind="ivf", nlist=int(inner.nlist), nprobe=int(inner.nprobe))
     elif isinstance(inner, faiss.IndexHNSW):
-        out.update(kind="hnsw", hnsw_m=int(inner.hnsw.nb_neighbors(1)),
-                   ef_search=int(inner.hnsw.efSearch))
+        hnsw: Any = inner.hnsw
+        out.update(kind="hnsw", hnsw_m=int(hnsw.nb_neighbors(1)), ef_search=int(hnsw.efSearch))
     elif isinstance(inner, faiss.IndexPQ):
         out.update(kind="pq", pq_m=int(inner.pq.M), pq_nbits=int(inner.pq.nbits))
     else:
@@ -221,12 +225,13 @@ def _search_params(index: faiss.Index, rows: np.ndarray | None) -> Any:
         return None
     sel = faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
     inner = _inner(index)
+    params: Any
     if isinstance(inner, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF(sel=sel, nprobe=int(inner.nprobe))
+        params = _SWIG.SearchParametersIVF(sel=sel, nprobe=int(inner.nprobe))
     elif isinstance(inner, faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW(sel=sel, efSearch=int(inner.hnsw.efSearch))
+        params = _SWIG.SearchParametersHNSW(sel=sel, efSearch=int(inner.hnsw.efSearch))
     elif isinstance(inner, faiss.IndexFlat):
-        params = faiss.SearchParameters(sel=sel)
+        params = _SWIG.SearchParameters(sel=sel)
     else:
         return None  # no selector support (e.g. IndexPQ): filtered after the search
     params._keep_selector = sel  # the SWIG object must outlive the search

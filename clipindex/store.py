@@ -118,7 +118,7 @@ def build_store(
     if isinstance(dataset, (str, os.PathLike)):
         from clipindex.sources import load_dataset
 
-        dataset = load_dataset(dataset, root=root)
+        dataset = load_dataset(Path(dataset), root=None if root is None else Path(root))
     targets = _build.resolve_targets(backbones, pretrained)  # fail before writing anything
     _build.check_rows(dataset.images, "images")
     _build.check_rows(dataset.captions, "captions")
