@@ -112,3 +112,12 @@ def test_errors():
     with pytest.raises(UserInputError, match="shape"):
         build_index(x, np.arange(3))
     assert set(INDEX_KINDS) == {"flat", "ivf", "hnsw", "pq"}
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import clipindex.indexes
+
+    result = doctest.testmod(clipindex.indexes)
+    assert result.attempted >= 8 and result.failed == 0
