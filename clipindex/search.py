@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -416,7 +416,10 @@ def search_indexes(
     >>> index = open_index("indexes/demo", "tiny-vit")             # doctest: +SKIP
     >>> search_indexes(index, texts=["a photo of a dog"], k=5).frame  # doctest: +SKIP
     """
-    indexes = [indexes] if not isinstance(indexes, (list, tuple)) else list(indexes)
+    if isinstance(indexes, (list, tuple)):
+        indexes = list(indexes)
+    else:
+        indexes = [cast(_Index, indexes)]
     if not indexes:
         raise UserInputError("Give at least one backbone to search.")
     k = _check_k(k)

@@ -29,6 +29,8 @@ from clipindex.search import (
     search_text,
 )
 
+pytestmark = pytest.mark.usefixtures("faiss_single_thread")
+
 LABELS = ("cat", "dog", "cow", "sheep", "horse")
 DIM = 16
 
