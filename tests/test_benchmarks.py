@@ -1,0 +1,135 @@
+"""Smoke tests of the speed benchmarks in ``benchmarks/`` (not timed tests).
+
+Each script runs in ``--quick`` mode on micro open_clip configs (registered with
+``--model-config``) and must write its own section of a RESULTS.md with one
+``ratio: N.Nx <what> over <what>`` line per comparison, leaving the other sections alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+RATIO = re.compile(r"^ratio: \d+\.\dx \S.* over \S.*$")
+MICRO = {
+    # Micro architectures: seconds to build and run, same code paths as real backbones.
+    "bench-micro-vit": {"embed_dim": 32, "vision_cfg": {
+        "image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16}},
+    "bench-micro-rn": {"embed_dim": 32, "vision_cfg": {
+        "image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16}},
+}
+_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+
+
+def _module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_env(tmp_path_factory: pytest.TempPathFactory, small_world: Path) -> dict[str, Path]:
+    """A workdir holding the session's small world, micro model configs, a RESULTS.md."""
+    root = tmp_path_factory.mktemp("bench")
+    (root / "work").mkdir()
+    (root / "work" / "world-small-0").symlink_to(small_world, target_is_directory=True)
+    configs = root / "configs"
+    configs.mkdir()
+    for name, cfg in MICRO.items():
+        (configs / f"{name}.json").write_text(json.dumps({**cfg, "text_cfg": _TEXT}))
+    return {"work": root / "work", "configs": configs, "results": root / "RESULTS.md"}
+
+
+def _args(env: dict[str, Path]) -> list[str]:
+    return ["--quick", "--results", str(env["results"]), "--workdir", str(env["work"]),
+            "--model-config", str(env["configs"])]
+
+
+def _section(text: str, name: str) -> list[str]:
+    match = re.search(rf"<!-- {name}:start -->\n(.*?)\n<!-- {name}:end -->", text, re.DOTALL)
+    assert match, f"section {name} missing"
+    return match.group(1).splitlines()
+
+
+def _ratios(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("ratio:")]
+
+
+def test_replace_section_rewrites_only_its_own_block() -> None:
+    common = _module("_common")
+    text = common.replace_section("# head\n", "a", "A1")
+    text = common.replace_section(text, "b", "B1")
+    text = common.replace_section(text, "a", "A2\nmore")
+    assert text.count("<!-- a:start -->") == 1 and "A1" not in text
+    assert "A2\nmore" in text and "B1" in text and text.startswith("# head")
+    assert text.index("<!-- a:start -->") < text.index("<!-- b:start -->")
+
+
+def test_ratio_line_form() -> None:
+    common = _module("_common")
+    assert common.ratio_line(12.345, "a over b") == "ratio: 12.3x a over b"
+    assert RATIO.match(common.ratio_line(0.04, "a over b"))
+
+
+def test_numpy_top_k_matches_the_reference() -> None:
+    import numpy as np
+
+    from clipindex.indexes import brute_force
+
+    search = _module("bench_search")
+    x = search.unit_vectors(300, 16, seed=0)
+    q = search.unit_vectors(70, 16, seed=1)
+    scores, ids = search.numpy_top_k(x, q, 5, chunk=32)
+    ref_scores, ref_ids = brute_force(x, q, 5)
+    assert (ids == ref_ids).all()
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert search.recall_at_k(ids, ref_ids) == 1.0
+    assert search.recall_at_k(np.full_like(ids, -1), ref_ids) == 0.0
+
+
+def test_each_script_writes_its_section(bench_env: dict[str, Path]) -> None:
+    # Installed-command style: bench_search as a real subprocess; the model-heavy ones
+    # in-process to share the session's imports.
+    done = subprocess.run([sys.executable, str(BENCH / "bench_search.py"), *_args(bench_env)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _ratios(done.stdout.splitlines())
+    encode = _module("bench_encode")
+    assert encode.main([*_args(bench_env), "--backbones", "bench-micro-vit,bench-micro-rn"]) == 0
+    study = _module("bench_study")
+    assert study.main([*_args(bench_env), "--backbones", "bench-micro-vit,bench-micro-rn",
+                       "--pretrained", "none"]) == 0
+
+    text = bench_env["results"].read_text()
+    assert text.startswith("# Speed benchmark results")
+    expected = {"bench_search": 6, "bench_encode_cpu": 2, "bench_study": 2}
+    for name, count in expected.items():
+        lines = _section(text, name)
+        assert any(line.startswith("- machine: ") for line in lines)
+        assert any(line.startswith("- versions: ") and "faiss" in line for line in lines)
+        ratios = _ratios(lines)
+        assert len(ratios) == count, ratios
+        assert all(RATIO.match(r) for r in ratios), ratios
+    assert "not measured here" in "\n".join(_section(text, "bench_encode_cpu"))
+    # The study's two sides did the same work: identical predictions everywhere.
+    study_lines = _section(text, "bench_study")
+    rows = [line for line in study_lines if line.startswith("| ") and "/" in line
+            or line.startswith("| ensemble")]
+    assert len(rows) == 5 and all(line.rstrip().endswith("| 100.0% |") for line in rows)
+    # The encode paths agree (same model, same files): cosine near 1.
+    enc_rows = [line for line in _section(text, "bench_encode_cpu")
+                if line.startswith("| bench-micro")]
+    assert len(enc_rows) == 2
+    for line in enc_rows:
+        mean_cos = float(line.rstrip(" |").split("|")[-1].split("/")[0])
+        assert mean_cos > 0.99
