@@ -1,0 +1,54 @@
+"""``clipindex bench CONFIG --out RESULTS``: the study's tables from a store."""
+
+from __future__ import annotations
+
+import click
+
+from clipindex.bench import PROTOCOLS, BenchResult, run_bench
+from clipindex.cli._app import main
+
+
+def where(res: BenchResult) -> str:
+    """Where the outputs are, for stdout after the tables."""
+    run = res.run
+    lines = [f"results in {res.out}: tables.md, tables.csv, retrieval.csv, errors.md, "
+             "errors.csv, confusion_*.png, records/, predictions/, run.json",
+             f"stores in {run['dataset_dir']} ("
+             + ", ".join(f"{b['backbone']} {b['store']}" for b in run["backbones"]) + ")"]
+    if run.get("reused_records"):
+        lines.append(f"reused {len(run['reused_records'])} existing record(s) (--skip-existing)")
+    return "\n".join(lines)
+
+
+@main.command("bench")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Results folder (RESULTS).")
+@click.option("--root", default=None, type=click.Path(file_okay=False),
+              help="Data root replacing the dataset config's root.")
+@click.option("--index-root", default=None, type=click.Path(file_okay=False),
+              help="Store root; missing or stale stores are built there. "
+                   "[default: RESULTS/indexes]")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="same-rows",
+              show_default=True,
+              help="same-rows: every method on the test rows; study: zero-shot on all "
+                   "sampled images, the other methods on the test rows.")
+@click.option("--skip-existing", is_flag=True,
+              help="Reuse records/ and predictions/ in RESULTS whose settings match.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader workers when a store is built.")
+@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+def bench(config: str, out: str, root: str | None, index_root: str | None, protocol: str,
+          skip_existing: bool, workers: int | None, progress: bool) -> None:
+    """Run the benchmark CONFIG (configs/bench/*.yaml) and write its tables to RESULTS.
+
+    \b
+    Every (backbone, method) is evaluated from stored vectors; missing stores are
+    built first (encode once). Writes records/, predictions/, tables.csv, tables.md,
+    retrieval.csv, confusion_zero_shot.png, confusion_few_shot.png, errors.csv,
+    errors.md and run.json.
+    """
+    res = run_bench(config, out, root=root, index_root=index_root, protocol=protocol,
+                    skip_existing=skip_existing, workers=workers, progress=progress)
+    click.echo(res.markdown)
+    click.echo(where(res))

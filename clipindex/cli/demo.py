@@ -1,0 +1,48 @@
+"""``clipindex demo``: world, tiny backbones' stores and the demo bench in one command."""
+
+from __future__ import annotations
+
+import click
+
+from clipindex.cli._app import main
+from clipindex.cli.bench import where
+from clipindex.demo import DEMO_PER_CLASS, run_demo
+
+
+@main.command("demo")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False),
+              help="Folder for indexes/ and results/ (and world/). [default: demo-out]")
+@click.option("--world", "world", default=None, type=click.Path(file_okay=False),
+              help="The demo world (made if missing). [default: worlds/demo, or OUT/world "
+                   "when --out is given]")
+@click.option("--scale", type=click.Choice(sorted(DEMO_PER_CLASS)), default="default",
+              show_default=True,
+              help="default: 200 images per class (1,000, the study's size); small: a "
+                   "small world for quick checks.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="World seed (when the world is made).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader workers for encoding.")
+@click.option("--skip-existing", is_flag=True,
+              help="Reuse records/ and predictions/ of an earlier demo run.")
+@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+def demo(out: str | None, world: str | None, scale: str, seed: int, workers: int | None,
+         skip_existing: bool, progress: bool) -> None:
+    """Run the whole study offline on the demo world with the three tiny backbones.
+
+    \b
+    Makes the world if it is missing, builds the tiny backbones' stores (encode once),
+    runs every method with majority and soft ensembles, then prints the tables and
+    where the files are.
+    """
+    if world is None and out is None:
+        world = "worlds/demo"
+    res = run_demo(out or "demo-out", world=world, scale=scale, seed=seed, workers=workers,
+                   skip_existing=skip_existing, progress=progress)
+    click.echo(res.bench.markdown)
+    made = "made" if res.made_world else "reused"
+    click.echo(f"world {res.world} ({made}, scale {res.world_scale})")
+    click.echo(where(res.bench))
+    if res.report is not None:
+        click.echo(f"report: {res.report}")
+    click.echo(f"demo finished in {res.seconds:.0f} s")
