@@ -17,6 +17,8 @@ from clipindex.cli import build  # noqa: E402,F401
 from clipindex.cli import info  # noqa: E402,F401
 from clipindex.cli import world  # noqa: E402,F401
 from clipindex.cli import classify  # noqa: E402,F401
+from clipindex.cli import bench  # noqa: E402,F401
+from clipindex.cli import demo  # noqa: E402,F401
 # isort: on
 
 __all__ = ["main"]
