@@ -328,14 +328,15 @@ def test_cli_explain_usage_errors(stand_in, tmp_path):
 def test_cli_explain_errors_writes_one_png_per_error(stand_in, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    (results / "run.json").write_text(json.dumps({"index_dir": str(tmp_path / "store")}))
+    (results / "run.json").write_text(json.dumps({"dataset_dir": str(tmp_path / "store"),
+                                                  "data_root": str(tmp_path)}))
     pd.DataFrame({
         "backbone": ["b", "b", "other", "b", "b"],
         "method": ["prompt"] * 5,
         "file": ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png"],
         "true": ["cat", "dog", "cow", "cat", "dog"],
         "predicted": ["dog", "cow", "cat", "dog", "cat"],
-        "prob": [0.7, 0.6, 0.9, 0.55, 0.8],
+        "p_predicted": [0.7, 0.6, 0.9, 0.55, 0.8],
     }).to_csv(results / "errors.csv", index=False)
     res = _cli("explain", "--errors", str(results), "--backbone", "b", "--limit", "2",
                "--method", "prompt")

@@ -190,13 +190,13 @@ def explain_image(
     return Explanation(img, cam, target, vectors.classes[best], float(probs[best]), true)
 
 
-def _image_path(index: Any, file: str) -> Path:
+def _image_path(index: Any, file: str, data_root: str | None = None) -> Path:
     """A file of the images table as a path (tables hold paths relative to the data root)."""
     path = Path(file)
     if path.is_absolute():
         return path
     info = getattr(index, "dataset_info", None) or {}
-    for base in (info.get("root"), getattr(index, "root", None)):
+    for base in (data_root, info.get("root"), getattr(index, "root", None)):
         if base and (Path(base) / path).is_file():
             return Path(base) / path
     return path
@@ -272,16 +272,21 @@ def write_explanation(
     return result, save_png(overlay(result.image, result.cam), path)
 
 
-def _run_index_dir(results: Path) -> Path:
-    """The dataset folder of the store a benchmark run read (from its run.json)."""
+def _read_run(results: Path) -> dict[str, Any]:
     run = results / "run.json"
     if not run.is_file():
         raise DataError(f"{run} not found: pass the folder `clipindex bench` wrote.")
-    info = json.loads(run.read_text(encoding="utf-8"))
-    for key in ("index_dir", "dataset_dir", "index", "index_root"):
+    return json.loads(run.read_text(encoding="utf-8"))
+
+
+def _run_index_dir(results: Path) -> Path:
+    """The dataset folder of the store a benchmark run read (``dataset_dir`` of run.json)."""
+    info = _read_run(results)
+    for key in ("dataset_dir", "index_dir"):
         if isinstance(info.get(key), str):
             return Path(info[key])
-    raise DataError(f"{run} does not say which store the run read (no 'index_dir').")
+    raise DataError(f"{results / 'run.json'} does not say which store the run read "
+                    "(no 'dataset_dir'); pass --index DIR.")
 
 
 def _error_rows(results: Path, backbone: str, method: str | None, limit: int) -> Any:
@@ -340,15 +345,16 @@ def explain_errors(
     out = Path(out_dir) if out_dir is not None else results / "gradcam" / backbone
     written = []
     records = rows.to_dict("records")
+    data_root = (_read_run(results) if (results / "run.json").is_file() else {}).get("data_root")
     for i, rec in enumerate(tqdm(records, desc=f"gradcam {backbone}", disable=not progress)):
-        path = _image_path(index, str(rec["file"]))
+        path = _image_path(index, str(rec["file"]), data_root)
         true, pred = str(rec["true"]), str(rec["predicted"])
         shown = [explain_image(path, index, target=t, layer=layer, true=true, vectors=vectors)
                  for t in (true, pred)]
         items = [(e.image, e.cam, f"CAM for {label} {e.target}")
                  for e, label in zip(shown, ("true", "predicted"), strict=True)]
         title = f"{Path(str(rec['file'])).name}: true {true}, predicted {pred}"
-        prob = next((rec[k] for k in ("prob", "probability", "confidence") if k in rec), None)
+        prob = next((rec[k] for k in ("p_predicted", "prob") if k in rec), None)
         title += f" (p={float(prob):.2f})" if prob is not None else ""
         written.append(save_png(gradcam_panel(items, columns=2, title=title),
                                 out / f"{i:03d}_{Path(str(rec['file'])).stem}.png"))
