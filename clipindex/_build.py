@@ -507,6 +507,7 @@ def build_one(dataset: Any, target: _Target, fingerprint: str, opts: BuildOption
     bdir = opts.out / dataset.name / target.folder
     if _up_to_date(bdir, target, fingerprint, opts):
         log.info("%s: up to date (%s)", target.name, bdir)
+        shutil.rmtree(bdir / "shards", ignore_errors=True)  # killed right after the manifest
         return bdir
     (bdir / "manifest.json").unlink(missing_ok=True)  # stale: rebuild, never half-open
     encoder = load_encoder_for(target.spec, opts.device)
