@@ -66,7 +66,7 @@ from clipindex.config import (
     load_bench_config,
     load_dataset_config,
 )
-from clipindex.errors import ConfigError, UserInputError
+from clipindex.errors import ConfigError, DataError, UserInputError
 
 __all__ = [
     "PROTOCOLS",
@@ -76,6 +76,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "TIMING_COLUMNS",
     "BenchConfig",
+    "BenchPlan",
     "BenchResult",
     "load_bench_config",
     "validate_bench",
@@ -92,12 +93,13 @@ ENSEMBLE_PREFIX = "ensemble-"
 def _as_config(config: BenchConfig | str | os.PathLike[str]) -> BenchConfig:
     if isinstance(config, BenchConfig):
         return config
-    return load_bench_config(config)
+    return load_bench_config(Path(config))
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """A validated config: resolved backbone specs and the dataset config to load."""
+class BenchPlan:
+    """A validated config (:func:`validate_bench`): the protocol, the resolved backbone
+    specs and the dataset config to load."""
 
     cfg: BenchConfig
     protocol: str
@@ -114,12 +116,13 @@ def _check_names(names: Sequence[str], known: Sequence[str], what: str) -> None:
 
 
 def _check_int(value: Any, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or int(value) < 1):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                              or value < 1):
         raise ConfigError(f"Field '{name}' must be a positive integer, got {value!r}")
 
 
 def validate_bench(config: BenchConfig | str | os.PathLike[str], *,
-                   protocol: str = "same-rows") -> _Plan:
+                   protocol: str = "same-rows") -> BenchPlan:
     """Check every name and value of a bench config before any work; return the plan.
 
     Raises :class:`~clipindex.errors.UserInputError` (one line) for an unknown backbone,
@@ -162,7 +165,7 @@ def validate_bench(config: BenchConfig | str | os.PathLike[str], *,
         ds = apply_overrides(cfg.dataset, cfg.dataset_overrides, "dataset_overrides")
     else:
         ds = load_dataset_config(cfg.dataset, **cfg.dataset_overrides)
-    return _Plan(cfg, protocol, specs, ds)
+    return BenchPlan(cfg, protocol, specs, ds)
 
 
 # --------------------------------------------------------------------------- results
@@ -183,7 +186,7 @@ class BenchResult:
 
 
 # --------------------------------------------------------------------------- stores
-def _load_data(plan: _Plan, root: Any, out: Path) -> Any:
+def _load_data(plan: BenchPlan, root: Any, out: Path) -> tuple[Any, Path]:
     """Load the dataset the config names (an inline config is saved under RESULTS)."""
     from clipindex.sources import load_dataset
 
@@ -198,7 +201,23 @@ def _load_data(plan: _Plan, root: Any, out: Path) -> Any:
     return load_dataset(path, root=root, **cfg.dataset_overrides), path
 
 
-def _ensure_stores(plan: _Plan, dataset: Any, index_root: Path, *, workers: int | None,
+def _check_data(plan: BenchPlan, dataset: Any) -> None:
+    """What the methods need from the data, checked before anything is encoded."""
+    from clipindex.evaluate import CAPTION_METHODS
+
+    methods = plan.cfg.methods
+    need_captions = [m for m in methods if m in CAPTION_METHODS]
+    if need_captions and len(dataset.captions) == 0:
+        raise DataError(f"dataset {dataset.name!r} has no captions, so method(s) "
+                        f"{', '.join(need_captions)} cannot run: remove them from 'methods'")
+    fitted = [m for m in methods if m != ZERO_SHOT]
+    if fitted and plan.cfg.shots is None and not (dataset.images["split"] == "support").any():
+        raise DataError(f"dataset {dataset.name!r} has no support rows for {', '.join(fitted)}: "
+                        "set 'support_per_class' in the dataset config or 'shots' in the bench "
+                        "config")
+
+
+def _ensure_stores(plan: BenchPlan, dataset: Any, index_root: Path, *, workers: int | None,
                    batch_size: int | None, device: str | None, progress: bool
                    ) -> tuple[Path, dict[str, str]]:
     """Build what is missing or stale (another dataset fingerprint); reuse the rest."""
@@ -241,7 +260,7 @@ def _backbone_facts(ddir: Path, folder: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- evaluation
-def _settings(plan: _Plan, method: str, facts: dict[str, Any], fingerprint: str
+def _settings(plan: BenchPlan, method: str, facts: dict[str, Any], fingerprint: str
               ) -> dict[str, Any]:
     """What determines a record's metrics (``--skip-existing`` reuses only on a match)."""
     c = plan.cfg
@@ -296,7 +315,7 @@ def _prediction_table(rows: np.ndarray, files: Any, true: np.ndarray, pred: np.n
     return pd.DataFrame(cols)
 
 
-def _evaluate(plan: _Plan, ddir: Path, folder: str, method: str) -> tuple[dict, pd.DataFrame,
+def _evaluate(plan: BenchPlan, ddir: Path, folder: str, method: str) -> tuple[dict, pd.DataFrame,
                                                                            float]:
     from clipindex.evaluate import classify
 
@@ -402,7 +421,7 @@ class _Outcome:
     reused: list[str] = field(default_factory=list)
 
 
-def _evaluate_all(plan: _Plan, ddir: Path, out: Path, fingerprint: str, *,
+def _evaluate_all(plan: BenchPlan, ddir: Path, out: Path, fingerprint: str, *,
                   skip_existing: bool, progress: bool) -> _Outcome:
     from tqdm.auto import tqdm
 
@@ -507,6 +526,7 @@ def run_bench(
     out = Path(out)
     iroot = Path(index_root) if index_root is not None else out / "indexes"
     dataset, ds_path = _load_data(plan, root, out)
+    _check_data(plan, dataset)
     ddir, state = _ensure_stores(plan, dataset, iroot, workers=workers,
                                  batch_size=batch_size, device=device, progress=progress)
     fingerprint = str(json.loads((ddir / "dataset.json").read_text("utf-8"))["fingerprint"])

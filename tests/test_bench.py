@@ -367,3 +367,18 @@ def test_demo_with_the_tiny_backbones(small_world: Path, tmp_path: Path) -> None
     # trained tiny backbones are far above chance (0.2) on the demo world
     assert tables.loc[("ensemble-majority", "prototype"), "accuracy"] > 0.5
     assert "demo finished in" in res.output
+
+
+def test_data_the_methods_need_is_checked_before_encoding(small_world: Path, tmp_path: Path,
+                                                          use_fake_encoders) -> None:
+    cfg = demo_config(small_world, scale="small", backbones=FAKE_BACKBONES)
+    cfg = dataclasses.replace(cfg, dataset_overrides={"support_per_class": 0})
+    with pytest.raises(UserInputError, match="no support rows for prototype"):
+        run_bench(cfg, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "indexes").exists()
+    assert use_fake_encoders.encoded_images == 0
+    # zero-shot alone needs no support rows
+    zs = dataclasses.replace(cfg, methods=("prompt",), ensembles=(), backbones=("fake-a",),
+                             retrieval=False)
+    res = run_bench(zs, tmp_path / "zs", progress=False)
+    assert res.tables["n"].tolist() == [210]
