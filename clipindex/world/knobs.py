@@ -128,11 +128,11 @@ class WorldKnobs:
 
     # -- always-on variation (applies to every image) --
     #: bounding-box area of an ordinary subject, as a fraction of the image area
-    subject_area: tuple[float, float] = (0.05, 0.35)
+    subject_area: tuple[float, float] = (0.08, 0.45)
     #: every ordinary animal drifts by up to this much toward its look-alike class
-    base_drift: float = 0.2
+    base_drift: float = 0.1
     #: relative std of body proportions around the class prototype
-    shape_jitter: float = 0.12
+    shape_jitter: float = 0.1
     #: std (0-255) of an animal's colour around its named colour
     colour_jitter: float = 14.0
     #: std (0-255) of per-pixel noise added to every image

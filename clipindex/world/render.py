@@ -76,10 +76,11 @@ def _place(
 ) -> tuple[float, float]:
     """Pick the bbox left x and the foot y of a body of bw x bh pixels."""
     lo = max(horizon + 0.03 * (h - horizon), bh + 2)
-    foot = h - 2 if lo > h - 2 else rng.uniform(lo, h - 2)
+    # photographers centre their subjects: positions lean toward the middle (beta(2, 2))
+    foot = h - 2 if lo > h - 2 else lo + (h - 2 - lo) * rng.beta(2, 2)
     if near is not None:
         foot = float(np.clip(near + rng.uniform(-0.05, 0.05) * h, min(lo, h - 2), h - 2))
-    x0 = rng.uniform(2, max(2.0, w - bw - 2))
+    x0 = 2 + max(0.0, w - bw - 4) * rng.beta(2, 2)
     return x0, foot
 
 
