@@ -382,3 +382,16 @@ def test_data_the_methods_need_is_checked_before_encoding(small_world: Path, tmp
                              retrieval=False)
     res = run_bench(zs, tmp_path / "zs", progress=False)
     assert res.tables["n"].tolist() == [210]
+
+
+def test_demo_without_tiny_weights_fails_before_making_the_world(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipindex import tiny
+
+    monkeypatch.setattr(tiny, "checkpoint_dir", lambda name: tmp_path / "empty" / name)
+    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "out"), "--scale",
+                                    "small", "--no-progress"])
+    assert res.exit_code == 2
+    assert res.output.startswith("Error: tiny backbone 'tiny-vit' has no weights")
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
