@@ -360,3 +360,22 @@ def test_installed_command_one_line_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("Error: ")
+
+
+def test_captions_keep_each_animal_with_its_own_pose_and_colour() -> None:
+    from clipindex.world.captions import make_captions
+    from clipindex.world.plan import AnimalSpec, ImagePlan
+
+    dog = AnimalSpec("dog", "golden", None, "sitting", 0.0)
+    horse = AnimalSpec("horse", "black", None, "standing", 0.0)
+    plan = ImagePlan(1, 0, "val", "multi", 640, 480, "field", (dog, horse), "dog", (), (), None,
+                     None, 0.2)  # fmt: skip
+    texts = [t for seed in range(40) for t in make_captions(plan, np.random.default_rng(seed))]
+    assert not [t for t in texts if re.search(r"(horse|stallion|mare|pony) sitting", t.lower())]
+    assert not [t for t in texts if re.search(r"(golden|dog|puppy|pup|doggy) standing", t.lower())]
+    assert any("sitting" in t for t in texts)
+    herds = [p for p in plan_split(0, "val", SCALES["small"], WorldKnobs()) if len(p.animals) > 1]
+    assert any(p.kind == "single" for p in herds)
+    for p in herds:
+        if p.kind == "single":  # "three black cows": a herd shares its colouring
+            assert len({(a.colour, a.spots) for a in p.animals}) == 1

@@ -172,12 +172,13 @@ def _person(rng: np.random.Generator, plan: ImagePlan) -> str:
 
 
 def _multi(rng: np.random.Generator, plan: ImagePlan) -> str:
-    s1, _ = _subject(rng, plan.animals[:1], False, False)
-    s2, _ = _subject(rng, plan.animals[1:2], False, False)
+    first, second = plan.animals[0], plan.animals[1]
     if rng.random() < 0.5:
-        s1, s2 = s2, s1
+        first, second = second, first
+    s1, _ = _subject(rng, (first,), False, False)
+    s2, _ = _subject(rng, (second,), False, False)
     c = _c(rng, _PLACES[plan.context])
-    v = _c(rng, _VERBS[plan.animals[0].pose])
+    v = _c(rng, _VERBS[first.pose])  # the verb belongs to the animal named first
     forms = (
         f"{s1} and {s2} {c}",
         f"{s1} {v} next to {s2} {c}",

@@ -8,7 +8,7 @@ content of one image never depends on how the others were drawn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -193,6 +193,8 @@ def _plan_one(
     if kind == "single":
         n = 1 if rng.random() >= knobs.herd_rate else int(rng.integers(2, 4))
         animals = [_animal(rng, cls, drift()) for _ in range(n)]
+        # a herd shares its colouring, so "three black cows" is true of all three
+        animals = [replace(a, colour=animals[0].colour, spots=animals[0].spots) for a in animals]
     elif kind in ("person", "multi"):
         animals = [_animal(rng, cls, drift())]
     if kind == "multi":
