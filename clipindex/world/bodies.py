@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ImageDraw
 
+from clipindex.world.knobs import LOOKALIKE
+
 __all__ = ["Painter", "body_params", "draw_animal", "draw_person", "draw_object", "extent"]
 
 RGB = tuple[int, int, int]
@@ -176,8 +178,6 @@ def body_params(cls: str, drift: float, jitter: float, rng: np.random.Generator)
     Continuous parameters interpolate; features (horns, wool, ...) are present with the
     blended probability.
     """
-    from clipindex.world.knobs import LOOKALIKE
-
     table = _QUAD if cls in _QUAD else _PET
     other = LOOKALIKE[cls]
     own, oth = table[cls], table.get(other, table[cls])
@@ -195,8 +195,13 @@ def body_params(cls: str, drift: float, jitter: float, rng: np.random.Generator)
     return out
 
 
+def _rgb(values: np.ndarray | tuple[float, ...] | list[float]) -> RGB:
+    r, g, b = (int(v) for v in values)
+    return (r, g, b)
+
+
 def _shade(c: np.ndarray, f: float) -> RGB:
-    return tuple(int(v) for v in np.clip(c * f, 0, 255))  # type: ignore[return-value]
+    return _rgb(np.clip(c * f, 0, 255))
 
 
 @dataclass
@@ -283,7 +288,7 @@ def _quad_head(pt: Painter, q: dict, c: np.ndarray, pose: str, detail: bool) -> 
     neck_ang = -55.0 if pose == "grazing" else q["neck_ang"]
     dx, dy = _dir(neck_ang)
     end = (base[0] + q["neck_len"] * dx, base[1] + q["neck_len"] * dy)
-    pt.limb([base, end], q["neck_w"], tuple(int(v) for v in c))
+    pt.limb([base, end], q["neck_w"], _rgb(c))
     if q["mane"]:
         off = q["neck_w"] * 0.45
         pt.limb(
@@ -490,8 +495,8 @@ def ground_offset(q: dict, pose: str) -> float:
 def draw_person(pt: Painter, rng: np.random.Generator, riding: bool) -> None:
     """A person 1 unit tall, feet at the origin (or seated at the origin when riding)."""
     skin = [(236, 200, 170), (198, 150, 110), (140, 96, 66), (92, 62, 44)][int(rng.integers(4))]
-    shirt = tuple(int(v) for v in rng.integers(20, 236, 3))
-    trousers = tuple(int(v) for v in rng.integers(20, 140, 3))
+    shirt = _rgb(rng.integers(20, 236, 3))
+    trousers = _rgb(rng.integers(20, 140, 3))
     hip = 0.0 if riding else -0.48
     if riding:
         pt.limb([(0, 0), (0.12, 0.12), (0.08, 0.36)], 0.075, trousers)
@@ -500,9 +505,9 @@ def draw_person(pt: Painter, rng: np.random.Generator, riding: bool) -> None:
             pt.limb([(dx, hip), (dx * 1.3, -0.03)], 0.075, trousers)
             pt.limb([(dx * 1.3, -0.02), (dx * 1.3 + 0.05, -0.01)], 0.05, (40, 34, 30))
     top = hip - 0.34
-    pt.poly([(-0.1, top), (0.1, top), (0.085, hip), (-0.085, hip)], shirt)  # type: ignore[arg-type]
+    pt.poly([(-0.1, top), (0.1, top), (0.085, hip), (-0.085, hip)], shirt)
     for dx in (-0.11, 0.11):
-        pt.limb([(dx, top + 0.02), (dx * 1.4 + 0.05, top + 0.3)], 0.055, shirt)  # type: ignore[arg-type]
+        pt.limb([(dx, top + 0.02), (dx * 1.4 + 0.05, top + 0.3)], 0.055, shirt)
     pt.limb([(0, top), (0, top - 0.04)], 0.05, skin)
     pt.ellipse(0, top - 0.1, 0.065, 0.075, skin)
     hair = [(30, 24, 20), (90, 60, 30), (200, 170, 100), (120, 120, 118)][int(rng.integers(4))]
@@ -512,7 +517,7 @@ def draw_person(pt: Painter, rng: np.random.Generator, riding: bool) -> None:
 def draw_object(pt: Painter, name: str, rng: np.random.Generator) -> None:
     """A distractor object, 1 unit wide, standing on the origin."""
     if name == "car":
-        body = tuple(int(v) for v in rng.integers(20, 236, 3))
+        body = _rgb(rng.integers(20, 236, 3))
         pt.poly(
             [
                 (-0.5, -0.1),
@@ -525,7 +530,7 @@ def draw_object(pt: Painter, name: str, rng: np.random.Generator) -> None:
                 (-0.5, -0.3),
             ],
             body,
-        )  # type: ignore[arg-type]
+        )
         pt.poly(
             [(-0.19, -0.34), (0.17, -0.34), (0.12, -0.49), (-0.16, -0.49)], (150, 180, 200), False
         )
@@ -533,26 +538,22 @@ def draw_object(pt: Painter, name: str, rng: np.random.Generator) -> None:
             pt.ellipse(x, -0.1, 0.1, 0.1, (24, 24, 26))
             pt.ellipse(x, -0.1, 0.045, 0.045, (170, 170, 170), silhouette=False)
     elif name == "bench":
-        wood = tuple(
-            int(v) for v in np.clip(np.array([140, 96, 56]) + rng.normal(0, 20, 3), 0, 255)
-        )
+        wood = _rgb(np.clip(np.array([140, 96, 56]) + rng.normal(0, 20, 3), 0, 255))
         for x in (-0.42, 0.42):
             pt.limb([(x, 0), (x, -0.6)], 0.04, (50, 50, 54))
-        pt.poly([(-0.5, -0.3), (0.5, -0.3), (0.5, -0.36), (-0.5, -0.36)], wood)  # type: ignore[arg-type]
+        pt.poly([(-0.5, -0.3), (0.5, -0.3), (0.5, -0.36), (-0.5, -0.36)], wood)
         for y in (-0.46, -0.56):
-            pt.poly([(-0.5, y), (0.5, y), (0.5, y - 0.05), (-0.5, y - 0.05)], wood)  # type: ignore[arg-type]
+            pt.poly([(-0.5, y), (0.5, y), (0.5, y - 0.05), (-0.5, y - 0.05)], wood)
     elif name == "chair":
-        col = tuple(int(v) for v in rng.integers(30, 220, 3))
+        col = _rgb(rng.integers(30, 220, 3))
         for x in (-0.4, 0.4):
-            pt.limb([(x, 0), (x, -0.95)], 0.08, col)  # type: ignore[arg-type]
-        pt.poly([(-0.5, -0.9), (0.5, -0.9), (0.5, -1.0), (-0.5, -1.0)], col)  # type: ignore[arg-type]
-        pt.limb([(-0.4, -1.0), (-0.4, -1.95)], 0.1, col)  # type: ignore[arg-type]
-        pt.poly([(-0.45, -1.9), (0.1, -1.9), (0.1, -1.6), (-0.45, -1.6)], col)  # type: ignore[arg-type]
+            pt.limb([(x, 0), (x, -0.95)], 0.08, col)
+        pt.poly([(-0.5, -0.9), (0.5, -0.9), (0.5, -1.0), (-0.5, -1.0)], col)
+        pt.limb([(-0.4, -1.0), (-0.4, -1.95)], 0.1, col)
+        pt.poly([(-0.45, -1.9), (0.1, -1.9), (0.1, -1.6), (-0.45, -1.6)], col)
     else:  # potted plant
         pt.poly([(-0.3, 0), (0.3, 0), (0.38, -0.6), (-0.38, -0.6)], (176, 96, 60))
-        leaf = tuple(
-            int(v) for v in np.clip(np.array([60, 120, 50]) + rng.normal(0, 15, 3), 0, 255)
-        )
+        leaf = _rgb(np.clip(np.array([60, 120, 50]) + rng.normal(0, 15, 3), 0, 255))
         for a in np.linspace(-70, 70, 7):
             dx, dy = math.sin(math.radians(a)), -math.cos(math.radians(a))
-            pt.ellipse(dx * 0.35, -0.65 + dy * 0.45, 0.4, 0.1, leaf, ang=90 - a)  # type: ignore[arg-type]
+            pt.ellipse(dx * 0.35, -0.65 + dy * 0.45, 0.4, 0.1, leaf, ang=90 - a)

@@ -153,6 +153,7 @@ def _person(rng: np.random.Generator, plan: ImagePlan) -> str:
     p = _PEOPLE[_PERSON_WORD[plan.person or "person"]] if rng.random() < 0.6 else _c(rng, _PEOPLE)
     s, _ = _subject(rng, plan.animals[:1], False, False)
     c = _c(rng, _PLACES[plan.context])
+    forms: tuple[str, ...]
     if plan.person_action == "riding":
         forms = (
             f"{p} riding {s} {c}",

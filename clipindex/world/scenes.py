@@ -21,7 +21,7 @@ def smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.nd
     """Low-frequency noise (std about 1) of shape (h, w): random cells, bilinear upsampled."""
     gh, gw = max(2, int(h / cell) + 2), max(2, int(w / cell) + 2)
     low = rng.standard_normal((gh, gw)).astype(np.float32)
-    return np.asarray(Image.fromarray(low, mode="F").resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(low, mode="F").resize((w, h), Image.Resampling.BILINEAR))
 
 
 def _vgrad(h: int, w: int, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
@@ -64,7 +64,7 @@ def _rows(h: int, *cuts: int) -> list[int]:
 
 def _to_image(arr: np.ndarray, w: int, h: int) -> Image.Image:
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    return img.resize((w, h), Image.BILINEAR) if img.size != (w, h) else img
+    return img.resize((w, h), Image.Resampling.BILINEAR) if img.size != (w, h) else img
 
 
 def _field(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, int]:
