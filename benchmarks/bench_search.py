@@ -178,11 +178,18 @@ def report_approx(rows: list[dict[str, Any]], refs: dict[int, dict[str, Any]],
              f"queries (s) | recall@{K} vs exact |", "|---|---|---|---|---|---|---|"]
     ratios = []
     skip = {"faiss_class", "metric", "ntotal", "dim", "kind"}
+    for n, ref in refs.items():
+        lines.append(f"| flat (exact) | {_fmt_n(n)} | | | {ref['latency'] * 1e3:.2f} | "
+                     f"{ref['batch']:.2f} | 1.000 |")
     for r in rows:
         ref, size = refs[r["n"]], _fmt_n(r["n"])
         knobs = ", ".join(f"{k}={v}" for k, v in r["describe"].items() if k not in skip)
         lines.append(f"| {r['kind']} | {size} | {knobs} | {r['build_s']:.1f} | "
                      f"{r['latency'] * 1e3:.2f} | {r['batch']:.2f} | {r['recall']:.3f} |")
+        ratios.append(common.ratio_line(
+            ref["latency"] / r["latency"],
+            f"{r['kind']} ({knobs}) over flat, 1-query latency at {size} "
+            f"(recall@{K} {r['recall']:.3f})"))
         ratios.append(common.ratio_line(
             ref["batch"] / r["batch"],
             f"{r['kind']} ({knobs}) over flat, {n_queries:,}-query throughput at {size} "

@@ -140,10 +140,10 @@ def _reorder(proba: np.ndarray, have: Any, want: list[str]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- report
-def report(cached: dict[str, Any], study: dict[str, Any], n_test: int,
+def report(cached: dict[str, Any], study: dict[str, Any], dataset: Any,
            backbones: list[str]) -> tuple[list[str], list[str]]:
     """Markdown lines (per-experiment accuracy of both sides) and the ratio lines."""
-    true = cached["true"]
+    true, n_test = cached["true"], len(cached["rows"])
     lines = ["| experiment | accuracy (cached) | accuracy (study's way) | same predictions |",
              "|---|---|---|---|"]
     for key, pred in cached["preds"].items():
@@ -152,7 +152,8 @@ def report(cached: dict[str, Any], study: dict[str, Any], n_test: int,
                      f"{np.mean(pred == other):.1%} |")
     ct, st = cached["timings"], study["timings"]
     lines += ["", f"- cached: {ct['total']:.1f} s in all = build {ct['build']:.1f} s (encode "
-              f"{n_test}+ images and their captions once per backbone) + "
+              f"all {len(dataset.images)} images and {len(dataset.captions)} captions once "
+              "per backbone, write the store) + "
               f"{ct['experiments']:.1f} s for all {2 * len(backbones) + 1} experiments",
               f"- study's way: {st['total']:.1f} s ({2 * len(backbones)} passes of {n_test} "
               "test images one at a time)"]
@@ -179,11 +180,35 @@ def _parse(argv: list[str] | None) -> Any:
     parser.add_argument("--per-class", type=int, default=200,
                         help="images per class (demo.yaml; 0 = all)")
     parser.add_argument("--workers", type=int, default=2, help="build's decoding workers")
+    parser.add_argument("--tiny-architectures", action="store_true",
+                        help="stand-ins while the tiny weights are not shipped: the tiny "
+                             "backbones' architectures (clipindex.tiny.configs) with open_clip's "
+                             "default tokenizer, random init (implies --pretrained none)")
     parser.add_argument("--seed", type=int, default=0, help="demo world seed")
     args = parser.parse_args(argv)
     if args.quick:
         args.scale, args.per_class = "small", 14
+    if args.tiny_architectures:
+        names = [b.strip() for b in args.backbones.split(",") if b.strip()]
+        args.model_config.append(tiny_architecture_configs(Path(args.workdir), names))
+        args.backbones = ",".join(f"{name}-arch" for name in names)
+        args.pretrained = "none"
     return args
+
+
+def tiny_architecture_configs(workdir: Path, names: list[str]) -> Path:
+    """Write open_clip configs ``<name>-arch`` of the tiny architectures; their folder."""
+    import json
+
+    from clipindex.tiny.configs import model_cfg
+
+    folder = workdir / "tiny-architectures"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        cfg = model_cfg(name, vocab_size=49408)  # open_clip's default BPE vocabulary
+        cfg["text_cfg"].pop("hf_tokenizer_name", None)
+        (folder / f"{name}-arch.json").write_text(json.dumps(cfg, indent=1))
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +231,7 @@ def _main(argv: list[str] | None = None) -> int:
     common.log(f"study: cached indexes ({len(dataset.images)} images)")
     cached = cached_study(dataset, backbones, args)
     study = study_way(dataset, backbones, cached["rows"], cached["seeds"], args)
-    lines, ratios = report(cached, study, len(cached["rows"]), backbones)
+    lines, ratios = report(cached, study, dataset, backbones)
     print("\n".join(lines + [""] + ratios))
     if not args.no_write:
         head = [f"- command: `{common.command_line()}`", *common.machine_lines(info),

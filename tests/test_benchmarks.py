@@ -106,13 +106,12 @@ def test_each_script_writes_its_section(bench_env: dict[str, Path]) -> None:
     assert _ratios(done.stdout.splitlines())
     encode = _module("bench_encode")
     assert encode.main([*_args(bench_env), "--backbones", "bench-micro-vit,bench-micro-rn"]) == 0
-    study = _module("bench_study")
-    assert study.main([*_args(bench_env), "--backbones", "bench-micro-vit,bench-micro-rn",
-                       "--pretrained", "none"]) == 0
+    study = _module("bench_study")  # the tiny architectures, random init, default tokenizer
+    assert study.main([*_args(bench_env), "--tiny-architectures"]) == 0
 
     text = bench_env["results"].read_text()
     assert text.startswith("# Speed benchmark results")
-    expected = {"bench_search": 6, "bench_encode_cpu": 2, "bench_study": 2}
+    expected = {"bench_search": 8, "bench_encode_cpu": 2, "bench_study": 2}
     for name, count in expected.items():
         lines = _section(text, name)
         assert any(line.startswith("- machine: ") for line in lines)
@@ -125,7 +124,7 @@ def test_each_script_writes_its_section(bench_env: dict[str, Path]) -> None:
     study_lines = _section(text, "bench_study")
     rows = [line for line in study_lines if line.startswith("| ") and "/" in line
             or line.startswith("| ensemble")]
-    assert len(rows) == 5 and all(line.rstrip().endswith("| 100.0% |") for line in rows)
+    assert len(rows) == 7 and all(line.rstrip().endswith("| 100.0% |") for line in rows)
     # The encode paths agree (same model, same files): cosine near 1.
     enc_rows = [line for line in _section(text, "bench_encode_cpu")
                 if line.startswith("| bench-micro")]
