@@ -241,6 +241,11 @@ def _main(argv: list[str] | None = None) -> int:
                 f"support), {len(dataset.captions)} captions; backbones "
                 f"{', '.join(backbones)} (`--pretrained {args.pretrained}`); experiments: "
                 "zero-shot and few-shot prototype per backbone + few-shot majority vote",
+                *(["- **stand-ins**: the tiny backbones' architectures with random weights "
+                   "and open_clip's default tokenizer (`--tiny-architectures`), because "
+                   "the trained tiny weights were not shipped yet: the timings are "
+                   "representative, the accuracies are chance"] if args.tiny_architectures
+                  else []),
                 ""]
         common.write_section(SECTION, "The demo study: cached indexes vs re-encoding",
                              head + lines, ratios, args.results)

@@ -132,3 +132,18 @@ def test_each_script_writes_its_section(bench_env: dict[str, Path]) -> None:
     for line in enc_rows:
         mean_cos = float(line.rstrip(" |").split("|")[-1].split("/")[0])
         assert mean_cos > 0.99
+
+
+def test_encode_cuda_mode_structure() -> None:
+    # No GPU here: check the GPU mode's settings and that its backbones resolve (no load).
+    from clipindex.backbones import resolve_backbone
+
+    encode = _module("bench_encode")
+    args = encode._parse(["--device", "cuda"])
+    assert (args.kind, args.images, args.baseline_images, args.scale) == (
+        "cuda", 5000, 1000, "default")
+    names = args.backbones.split(",")
+    assert names == ["ViT-B-32", "ViT-L-14-336"]
+    assert [resolve_backbone(n, "none").display for n in names] == ["ViT-B/32", "ViT-L/14@336px"]
+    cpu = encode._parse([])
+    assert (cpu.kind, cpu.images, cpu.workers, cpu.backbones) == ("cpu", 300, 2, "ViT-B-32,RN50")
