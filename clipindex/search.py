@@ -264,15 +264,22 @@ def read_queries_file(path: str | Path) -> list[str]:
 
 
 def _check_images(paths: Sequence[str | Path] | str | Path | None) -> list[Path]:
+    """The query image paths, each decoded once first so a bad one fails before any model
+    is loaded (with the decoder's short reason)."""
+    from clipindex.decode import DecodeError, load_rgb
+
     if paths is None:
         return []
     if isinstance(paths, (str, Path)):
         paths = [paths]
     checked = []
     for path in map(Path, paths):
-        if not path.is_file():
-            what = "is a folder" if path.is_dir() else "does not exist"
-            raise DataError(f"Cannot read query image {str(path)!r}: it {what}.")
+        if path.is_dir():
+            raise DataError(f"Cannot read query image {str(path)!r}: it is a folder.")
+        try:
+            load_rgb(path)
+        except DecodeError as exc:
+            raise DataError(f"Cannot read query image {str(path)!r}: {exc.reason}.") from None
         checked.append(path)
     return checked
 
@@ -295,7 +302,7 @@ def _query_vectors(index: _Index, texts: list[str], images: list[Path]) -> np.nd
         reasons = _skipped_reasons(skipped)
         if reasons:
             pos, reason = sorted(reasons.items())[0]
-            raise DataError(f"Cannot read query image {str(images[pos])!r}: {reason}")
+            raise DataError(f"Cannot read query image {str(images[pos])!r}: {reason}.")
         parts.append(np.asarray(vectors, dtype=np.float32))
     return np.concatenate(parts, axis=0)
 

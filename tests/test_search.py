@@ -39,6 +39,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
+def _write_jpeg(path: Path, seed: int = 0) -> None:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
 class FakeEncoder:
     """Encodes a query image by looking its file name up in the tables (or rejects it)."""
 
@@ -57,7 +64,7 @@ class FakeEncoder:
             if name in names:
                 out[i] = self.index.image_vectors[names[name]]
             else:
-                skipped.append((i, "cannot identify image file"))
+                skipped.append((i, "unsupported image"))
         return out, skipped
 
 
@@ -113,7 +120,7 @@ class FakeIndex:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         for f in self.images["file"]:
-            (root / f).write_bytes(b"jpeg")
+            _write_jpeg(root / f)
 
     def search(self, queries, k, *, target="images", rows=None):
         self.search_calls += 1
@@ -387,12 +394,18 @@ def test_nothing_to_search_for(fake):
 
 
 def test_unreadable_query_images(fake, tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="missing.jpg': missing file"):
         search_image(fake, tmp_path / "missing.jpg")
+    with pytest.raises(DataError, match="it is a folder"):
+        search_image(fake, tmp_path)
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     with pytest.raises(DataError, match="notes.jpg.*cannot identify image file"):
         search_image(fake, [fake.root / "img_001.jpg", bad])
+    assert fake.encoder().calls == 0  # bad files fail before any model is used
+    _write_jpeg(tmp_path / "other.jpg")  # decodable, but the encoder skips it
+    with pytest.raises(DataError, match="other.jpg': unsupported image"):
+        search_image(fake, [fake.root / "img_001.jpg", tmp_path / "other.jpg"])
 
 
 def test_fusing_different_datasets_is_an_error(tmp_path):
