@@ -107,6 +107,16 @@ def test_default_layer_keeps_a_real_grid_for_small_resnets():
     assert default_layer(_small_clip("vit")) == "visual.transformer.resblocks[-1].ln_1"
 
 
+def test_preferred_layer_of_a_backbone_wins_when_explaining_an_encoder():
+    model = _small_clip("vit")
+    assert default_layer(model, "tiny-vit__none") == "visual.transformer.resblocks[-2]"
+    assert default_layer(model, "ViT-B-32") == "visual.transformer.resblocks[-1].ln_1"
+    img, v = _picture(40, 40), _direction(model, seed=2)
+    encoder = SimpleNamespace(model=model, spec=SimpleNamespace(name="tiny-vit"))
+    assert np.array_equal(explain(img, encoder, v),
+                          explain(img, model, v, layer="visual.transformer.resblocks[-2]"))
+
+
 def test_resolve_layer_accepts_dotted_and_indexed_names():
     model = _small_clip("rn")
     assert resolve_layer(model, "visual.layer4[-1]") is model.visual.layer4[-1]

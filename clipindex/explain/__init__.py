@@ -19,6 +19,7 @@ from __future__ import annotations
 from clipindex.explain.cam import (
     DEFAULT_LAYERS,
     MIN_CAM_GRID,
+    PREFERRED_LAYERS,
     SimilarityTarget,
     default_layer,
     explain,
@@ -43,6 +44,7 @@ __all__ = [
     "DEFAULT_LAYERS",
     "METHODS",
     "MIN_CAM_GRID",
+    "PREFERRED_LAYERS",
     "ClassVectors",
     "Explanation",
     "SimilarityTarget",
