@@ -1,0 +1,26 @@
+"""``clipindex report``: the self-contained HTML dashboard of a results folder."""
+
+from __future__ import annotations
+
+import click
+
+from clipindex.cli._app import main
+from clipindex.report import PROJECTIONS, write_report
+
+
+@main.command("report")
+@click.argument("results", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
+              help="Where to write the HTML file. [default: RESULTS/report.html]")
+@click.option("--projection", type=click.Choice(sorted(PROJECTIONS)), default="pca",
+              show_default=True, help="2-D projection of the image vectors.")
+def report(results: str, out: str | None, projection: str) -> None:
+    """Write ONE self-contained HTML report of a benchmark RESULTS folder.
+
+    \b
+    Every picture is embedded; the file opens from file:// with no network.
+    Sections: overview, eda, pipeline, results, retrieval, confusion, errors,
+    gradcam, projection. A missing part (no retrieval table, no store, no
+    Grad-CAM capable backbone) is named in its section instead of failing.
+    """
+    click.echo(write_report(results, out, projection=projection))

@@ -1,0 +1,193 @@
+"""What the report reads from a results folder, each part loaded once and allowed to be
+missing: :class:`Missing` says which file is absent, and the section shows it.
+
+A bench results folder (``clipindex bench`` / ``clipindex demo``) holds ``run.json``,
+``tables.csv``, ``records/``, ``predictions/``, ``retrieval.csv``, ``errors.csv`` and the
+confusion PNGs; ``run.json`` names the store (``dataset_dir``: ``dataset.json``,
+``images.parquet``, ``captions.parquet``, one folder per backbone) and the images
+(``data_root``).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from clipindex.errors import UserInputError
+
+__all__ = ["Missing", "ResultsData", "ENSEMBLE_PREFIX", "KNOWN_FILES"]
+
+ENSEMBLE_PREFIX = "ensemble-"
+#: Files whose presence says "this is a bench results folder".
+KNOWN_FILES = ("run.json", "tables.csv", "records", "retrieval.csv", "errors.csv",
+               "confusion_zero_shot.png", "confusion_few_shot.png")
+
+
+class Missing(Exception):  # noqa: N818 - a signal inside the report, never raised to users
+    """A part the section needs is absent: ``what`` names it, ``detail`` says how to get it."""
+
+    def __init__(self, what: str, detail: str = "") -> None:
+        super().__init__(what)
+        self.what = what
+        self.detail = detail
+
+
+class ResultsData:
+    """Lazy access to a results folder and the store its ``run.json`` names."""
+
+    def __init__(self, results: str | Path) -> None:
+        self.results = Path(results)
+        if not self.results.is_dir():
+            raise UserInputError(f"{self.results} is not a folder: pass the RESULTS folder "
+                                 "that `clipindex bench` or `clipindex demo` wrote.")
+        if not any((self.results / f).exists() for f in KNOWN_FILES):
+            raise UserInputError(
+                f"{self.results} holds none of {', '.join(KNOWN_FILES)}: pass the RESULTS "
+                "folder that `clipindex bench` or `clipindex demo` wrote.")
+
+    # ------------------------------------------------------------------ results folder
+    def path(self, name: str, detail: str = "") -> Path:
+        """``RESULTS/name``, or :class:`Missing` when it does not exist."""
+        p = self.results / name
+        if not p.exists():
+            raise Missing(f"{name} is not in {self.results}", detail)
+        return p
+
+    @cached_property
+    def run(self) -> dict[str, Any]:
+        """``run.json`` ({} when absent or unreadable)."""
+        p = self.results / "run.json"
+        try:
+            return dict(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return {}
+
+    @cached_property
+    def records(self) -> dict[str, dict[str, Any]]:
+        """``records/<backbone>__<method>.json`` by key (run.json's order when known)."""
+        folder = self.results / "records"
+        out: dict[str, dict[str, Any]] = {}
+        for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                out[p.stem] = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def table(self, name: str, detail: str = "") -> pd.DataFrame:
+        """A CSV of the results folder (an empty file gives an empty frame)."""
+        p = self.path(name, detail)
+        try:
+            return pd.read_csv(p)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
+
+    def predictions(self, backbone: str, method: str) -> pd.DataFrame:
+        """``predictions/<backbone>__<method>.parquet``."""
+        return pd.read_parquet(self.path(f"predictions/{backbone}__{method}.parquet"))
+
+    @cached_property
+    def methods(self) -> list[str]:
+        """Methods of the run, in its order."""
+        found = list(dict.fromkeys(r.get("method") for r in self.records.values()))
+        listed = [m for m in self.run.get("methods") or [] if m in found]
+        return listed + [m for m in found if m not in listed and m]
+
+    @cached_property
+    def backbones(self) -> list[dict[str, Any]]:
+        """Single backbones (run.json facts, else from the records), no ensembles."""
+        facts = [dict(b) for b in self.run.get("backbones") or [] if b.get("backbone")]
+        if facts:
+            return facts
+        seen: dict[str, dict[str, Any]] = {}
+        for r in self.records.values():
+            if not r.get("members") and r.get("backbone"):
+                seen.setdefault(r["backbone"], {"backbone": r["backbone"],
+                                                "display": r.get("display", r["backbone"])})
+        return list(seen.values())
+
+    def display(self, backbone: str) -> str:
+        """The study's name of a backbone folder (``tiny-vit``, ``ViT-B/32``)."""
+        for b in self.backbones:
+            if b["backbone"] == backbone:
+                return str(b.get("display") or backbone)
+        for r in self.records.values():
+            if r.get("backbone") == backbone:
+                return str(r.get("display") or backbone)
+        return backbone
+
+    # ------------------------------------------------------------------ the store
+    @cached_property
+    def dataset_dir(self) -> Path:
+        """The store's dataset folder named by run.json, or :class:`Missing`."""
+        name = self.run.get("dataset_dir")
+        if not name:
+            raise Missing("run.json (it names the store the run read)",
+                          "Rerun `clipindex bench` to write it.")
+        ddir = Path(name)
+        if not (ddir / "dataset.json").is_file():
+            raise Missing(f"the store {ddir} (its dataset.json)",
+                          "Rebuild it with `clipindex bench` or `clipindex build`.")
+        return ddir
+
+    @cached_property
+    def dataset_info(self) -> dict[str, Any]:
+        return dict(json.loads((self.dataset_dir / "dataset.json").read_text("utf-8")))
+
+    def store_table(self, name: str) -> pd.DataFrame:
+        p = self.dataset_dir / f"{name}.parquet"
+        if not p.is_file():
+            raise Missing(f"{p}", "Rebuild the store with `clipindex bench`.")
+        return pd.read_parquet(p)
+
+    @cached_property
+    def images(self) -> pd.DataFrame:
+        return self.store_table("images")
+
+    @cached_property
+    def captions(self) -> pd.DataFrame:
+        return self.store_table("captions")
+
+    @cached_property
+    def classes(self) -> list[str]:
+        """Classes of the run (dataset.json, else the records, else the config)."""
+        try:
+            found = self.dataset_info.get("classes")
+        except Missing:
+            found = None
+        if found:
+            return [str(c) for c in found]
+        for r in self.records.values():
+            if r.get("classes"):
+                return [str(c) for c in r["classes"]]
+        ds = (self.run.get("config") or {}).get("dataset")
+        return [str(c) for c in ds.get("classes") or []] if isinstance(ds, dict) else []
+
+    def image_file(self, file: str) -> Path | None:
+        """An images-table path resolved against the data root (None if not on disk)."""
+        path = Path(file)
+        if path.is_absolute():
+            return path if path.is_file() else None
+        roots = [self.run.get("data_root")]
+        try:
+            roots.append(self.dataset_info.get("root"))
+        except Missing:
+            pass
+        for root in roots:
+            if root and (Path(root) / path).is_file():
+                return Path(root) / path
+        return None
+
+    def open_index(self, backbone: str) -> Any:
+        """``open_index`` on the run's store; :class:`Missing` when that backbone is absent."""
+        from clipindex.errors import ClipindexError
+        from clipindex.store import open_index
+
+        try:
+            return open_index(self.dataset_dir, backbone)
+        except ClipindexError as exc:
+            raise Missing(f"the index of {backbone} in {self.dataset_dir}", str(exc)) from exc
