@@ -390,7 +390,7 @@ def errors_markdown(frame: pd.DataFrame, methods: Sequence[str], ctx: Context) -
     for m in methods:
         wrong = single[(single["method"] == m) & single["error"]]
         pairs = Counter(zip(wrong["true"], wrong["predicted"], strict=True)).most_common(8)
-        lines += [f"### {METHOD_TITLES.get(m, m)} (`{m}`), single backbones together", ""]
+        lines += [f"### `{m}`: {METHOD_TITLES.get(m, m)}; single backbones together", ""]
         lines += [f"- {t} → {p}: {n}" for (t, p), n in pairs] or ["- no errors"]
         lines.append("")
     lines += ["## Errors per model (wrong / evaluated)", ""]
