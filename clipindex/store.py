@@ -308,7 +308,7 @@ def _dataset_meta(dataset_dir: Path) -> dict[str, Any]:
 def _backbone_dir(dataset_dir: Path, backbone: str, pretrained: str) -> Path:
     """The folder of ``backbone``: a folder name, or a name resolve_backbone knows."""
     direct = dataset_dir / backbone
-    if backbone and "/" not in backbone and direct.is_dir():
+    if pretrained == "default" and backbone and "/" not in backbone and direct.is_dir():
         return direct
     try:
         from clipindex.backbones import resolve_backbone

@@ -243,6 +243,9 @@ def test_pretrained_none_and_checkpoint_get_own_folders(toy, tmp_path, use_fake_
     build_store(toy, ["fake-a"], out=out, pretrained=str(ckpt), **KW)
     assert FakeEncoder.encoded_images == 22
     assert open_index(out / "toy", "fake-a", pretrained=str(ckpt)).path == paths[0]
+    build_store(toy, ["fake-a"], out=out, **KW)  # the default weights beside them
+    assert open_index(out / "toy", "fake-a", pretrained="none").name == "fake-a__none"
+    assert open_index(out / "toy", "fake-a").name == "fake-a"
 
 
 def test_text_vectors_are_cached_in_the_store(toy, tmp_path, use_fake_encoders, monkeypatch):
