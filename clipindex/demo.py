@@ -6,7 +6,8 @@ stores (encode once) and runs the demo bench (:func:`demo_config`, the same sett
 
     OUT/world/      the world (unless --world names another folder)
     OUT/indexes/    the stores
-    OUT/results/    tables.md, tables.csv, records/, predictions/, PNGs, errors, run.json
+    OUT/results/    tables.md, tables.csv, records/, predictions/, PNGs, errors, run.json,
+                    report.html (clipindex.report)
 
 Scale: ``default`` is the study's size, 200 images per class from the world's ``val``
 split (1,000 images, 50 support + 950 test); ``small`` takes every ``val`` image of a
@@ -150,8 +151,8 @@ def run_demo(
         cfg = demo_config(world_dir, scale=world_scale, backbones=backbones)
     bench = run_bench(cfg, out / "results", index_root=out / "indexes", workers=workers,
                       skip_existing=skip_existing, progress=progress)
-    # Report hook: the HTML report issue adds `report = write_report(bench.out)` here
-    # (clipindex.report) and passes it to DemoResult(report=...); the CLI prints it.
-    report = None
+    from clipindex.report import write_report
+
+    report = write_report(bench.out)  # RESULTS/report.html; the CLI prints its path
     return DemoResult(bench=bench, world=world_dir, made_world=made, world_scale=world_scale,
                       seconds=time.perf_counter() - t0, report=report)

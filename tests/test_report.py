@@ -267,6 +267,21 @@ def test_cli_default_out_and_errors(bench_results: Path, tmp_path: Path) -> None
     assert none.exit_code == 2 and "holds none of" in none.output
 
 
+def test_demo_ends_by_writing_the_report(bench_results: Path, small_world: Path,
+                                         tmp_path: Path) -> None:
+    from clipindex.demo import run_demo
+
+    shutil.copytree(bench_results.parent / "indexes", tmp_path / "indexes")  # reuse stores
+    with pytest.MonkeyPatch.context() as mp:
+        _install(mp, cam=False)
+        res = run_demo(tmp_path, world=small_world, scale="small", backbones=FAKE_BACKBONES,
+                       workers=0, progress=False)
+    assert res.report == tmp_path / "results" / "report.html"
+    text = res.report.read_text(encoding="utf-8")
+    assert all(f'id="{sid}"' in text for sid in SECTION_IDS)
+    assert "caption-knn" in text and "linear-probe" in text  # every demo method
+
+
 # ----------------------------------------------------------------------------- browser
 _CHECK = """<script>
 window.__errs = [];
@@ -316,7 +331,8 @@ def check_in_browser(page: Path, tmp: Path) -> dict[str, Any]:
     probe = tmp / f"{page.stem}.check.html"
     probe.write_text(text.replace("<head>", "<head>" + _CHECK.replace(
         "IDS", json.dumps(SECTION_IDS)), 1), encoding="utf-8")
-    done = _chromium(["--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+    done = _chromium(["--window-size=1280,900", "--virtual-time-budget=10000", "--dump-dom",
+                      probe.as_uri()],
                      tmp / "profile")
     assert done.returncode == 0, done.stderr[-2000:]
     found = re.search(r'<pre id="check">(.*?)</pre>', done.stdout, re.S)

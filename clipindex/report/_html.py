@@ -65,7 +65,8 @@ figcaption { font-size:13px; color:var(--muted); margin-top:4px; }
 .grid2 { display:grid; grid-template-columns:repeat(auto-fit, minmax(360px, 1fr));
   gap:14px 22px; }
 .gallery { display:grid; grid-template-columns:repeat(auto-fill, minmax(170px, 1fr));
-  gap:14px; margin:10px 0 16px; }
+  gap:14px; margin:10px 0 16px; align-items:start; }
+.gallery .thumb > img { height:150px; object-fit:contain; background:#f0f2f5; }
 .thumb { border:1px solid var(--line); border-radius:8px; padding:6px; background:#fff;
   font-size:12.5px; }
 .thumb img { width:100%; height:auto; border-radius:4px; display:block; }
@@ -75,7 +76,7 @@ figcaption { font-size:13px; color:var(--muted); margin-top:4px; }
 .thumb .cap .m { color:var(--muted); }
 .pair { display:grid; grid-template-columns:1fr 1fr; gap:4px; }
 .camrow { display:grid; grid-template-columns:repeat(auto-fill, minmax(250px, 1fr));
-  gap:14px; margin:8px 0 14px; }
+  gap:14px; margin:8px 0 14px; align-items:start; }
 .missing { background:var(--warn); border-left:4px solid var(--accent2); padding:10px 14px;
   border-radius:6px; margin:8px 0; font-size:14px; }
 .missing b { color:#8a3d0f; }
