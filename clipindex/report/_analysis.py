@@ -107,7 +107,8 @@ def _gallery(data: ResultsData, single: pd.DataFrame, method: str, limit: int) -
     part = part.sort_values("p_predicted", ascending=False, kind="stable")
     # Round-robin over the backbones, most confident errors first, each image once.
     queues = [g for _, g in part.groupby("backbone", sort=False)]
-    picked, seen = [], set()
+    picked: list[pd.Series] = []
+    seen: set[str] = set()
     for i in range(max((len(q) for q in queues), default=0)):
         for q in queues:
             if i < len(q) and len(picked) < limit and q.iloc[i]["file"] not in seen:

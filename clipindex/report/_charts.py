@@ -79,9 +79,9 @@ def size_scatter(width: np.ndarray, height: np.ndarray, labels: Sequence[str],
     fig = _figure(5.2, 4.0)
     ax = fig.subplots()
     colours = class_colours(classes)
-    labels = np.asarray(labels).astype(str)
+    names = np.asarray(labels).astype(str)
     for c in classes:
-        sel = labels == c
+        sel = names == c
         if sel.any():
             ax.scatter(width[sel], height[sel], s=12, alpha=0.6, color=colours[c], label=c,
                        edgecolors="none")

@@ -11,6 +11,7 @@ confusion PNGs; ``run.json`` names the store (``dataset_dir``: ``dataset.json``,
 from __future__ import annotations
 
 import json
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ class Missing(Exception):  # noqa: N818 - a signal inside the report, never rais
 class ResultsData:
     """Lazy access to a results folder and the store its ``run.json`` names."""
 
-    def __init__(self, results: str | Path) -> None:
+    def __init__(self, results: str | os.PathLike[str]) -> None:
         self.results = Path(results)
         if not self.results.is_dir():
             raise UserInputError(f"{self.results} is not a folder: pass the RESULTS folder "

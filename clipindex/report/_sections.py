@@ -71,9 +71,9 @@ def thumbnail(path: Path | None, size: int = 200) -> bytes | None:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            return pil_png(im)
+            rgb = im.convert("RGB")
+        rgb.thumbnail((size, size))
+        return pil_png(rgb)
     except OSError:
         return None
 
