@@ -189,6 +189,8 @@ def _cam_rows(preds: pd.DataFrame, n: int, seed: int) -> list[tuple[str, pd.Seri
 
 def _cam_card(data: ResultsData, index: Any, vectors: Any, kind: str, r: pd.Series,
               bbox: dict[int, Any]) -> tuple[str, tuple[float, float] | None]:
+    from PIL import ImageDraw
+
     from clipindex.explain import box_mass, explain_image, overlay
 
     path = data.image_file(str(r["file"]))
@@ -198,14 +200,18 @@ def _cam_card(data: ResultsData, index: Any, vectors: Any, kind: str, r: pd.Seri
                       true=str(r["true"]))
     size = (200, 200)
     orig, cam = e.image.copy(), overlay(e.image, e.cam)
-    orig.thumbnail(size)
-    cam.thumbnail(size)
     masses, extra = None, ""
     box = bbox.get(int(r["row_id"]))
     if box is not None and len(box) == 4:
         share = float(box[2]) * float(box[3]) / float(e.image.width * e.image.height)
         masses = (box_mass(e.cam, tuple(box)), share)
-        extra = f"<br><span class=m>CAM mass in the box {masses[0]:.2f} (box {share:.2f})</span>"
+        extra = (f"<br><span class=m>CAM mass in the white box {masses[0]:.2f} "
+                 f"(box {share:.2f} of the image)</span>")
+        x, y, w, h = (float(v) for v in box)
+        ImageDraw.Draw(cam).rectangle((x, y, x + w, y + h), outline="white",
+                                      width=max(2, round(max(cam.size) / 100)))
+    orig.thumbnail(size)
+    cam.thumbnail(size)
     cls = "p" if kind == "error" else "t"
     return (f'<div class="thumb"><div class="pair">{img_tag(pil_png(orig), "original")}'
             f'{img_tag(pil_png(cam), "Grad-CAM")}</div><div class="cap">{kind}: true '
