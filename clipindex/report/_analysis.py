@@ -120,7 +120,8 @@ def _gallery(data: ResultsData, single: pd.DataFrame, method: str, limit: int) -
         pic = img_tag(png, f"error {r['file']}") if png else \
             '<div class="noimg">image file not found</div>'
         cause = r.get("causes")
-        cause = "" if cause is None or cause != cause or not str(cause) else f" · {cause}"
+        cause = ("" if cause is None or cause != cause or not str(cause)
+                 else " · " + str(cause).replace(",", ", "))
         cards.append(
             f'<div class="thumb">{pic}<div class="cap">true <span class="t">'
             f'{esc(r["true"])}</span> &rarr; <span class="p">{esc(r["predicted"])}</span> '
