@@ -204,6 +204,34 @@ class BackboneIndex:
         sel = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64).ravel())
         return search_index(self._indexes[target], q, k, rows=sel)
 
+    def search_text(self, queries: Sequence[str] | str, k: int = 10, *,
+                    target: str = "images", where: Sequence[str] | str | None = None
+                    ) -> pd.DataFrame:
+        """Text→image (``target="captions"``: text→text) search; see
+        :func:`clipindex.search.search_text`.
+
+        Example
+        -------
+        >>> open_index("indexes/demo", "tiny-vit").search_text(["a dog"], 5)  # doctest: +SKIP
+        """
+        from clipindex.search import search_text
+
+        return search_text(self, queries, k, target=target, where=where)
+
+    def search_image(self, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+                     k: int = 10, *, target: str = "images",
+                     where: Sequence[str] | str | None = None) -> pd.DataFrame:
+        """Image→image (``target="captions"``: image→text) search; see
+        :func:`clipindex.search.search_image`.
+
+        Example
+        -------
+        >>> open_index("indexes/demo", "tiny-vit").search_image(["q.jpg"], 5)  # doctest: +SKIP
+        """
+        from clipindex.search import search_image
+
+        return search_image(self, paths, k, target=target, where=where)  # type: ignore[arg-type]
+
     def encoder(self, device: str | None = None) -> Any:
         """The :class:`~clipindex.encoders.Encoder` these vectors came from (loaded once)."""
         if device not in self._encoders:
