@@ -419,8 +419,8 @@ class LinearProbeClassifier(_Classifier):
     Parameters
     ----------
     C : float
-        Inverse regularisation strength (unit-norm inputs need a larger C than 1 for
-        confident probabilities).
+        Inverse regularisation strength (scikit-learn's default 1.0; with few support
+        rows per class, strong regularisation generalises better than a large C).
     class_weight : {"auto", "balanced", None}
         ``auto`` resolves to ``"balanced"`` when the support classes have different
         counts and to ``None`` when they are equal (``class_weight_`` records which).
@@ -437,7 +437,7 @@ class LinearProbeClassifier(_Classifier):
 
     _fitted_attr = "model_"
 
-    def __init__(self, *, C: float = 10.0, class_weight: str | None = "auto",  # noqa: N803
+    def __init__(self, *, C: float = 1.0, class_weight: str | None = "auto",  # noqa: N803
                  max_iter: int = 2000) -> None:
         self.C = C
         self.class_weight = class_weight
