@@ -49,7 +49,7 @@ def explain_command(
                                    layer=layer, index=index_dir, progress=True):
             click.echo(str(path))
         return
-    if index_dir is None:
+    if image is None or index_dir is None:
         raise click.BadParameter("IMAGE needs the store: --index DIR.", param_hint="--index")
     result, path = write_explanation(image, index_dir, backbone=backbone, target=target,
                                      method=method or "prompt", layer=layer, out=out)

@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from clipindex.errors import DataError, UserInputError
+from clipindex.errors import UserInputError
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -102,7 +102,7 @@ PREFERRED_LAYERS: dict[str, str] = {
 }
 
 
-def default_layer(model: torch.nn.Module, backbone: str | None = None) -> str:
+def default_layer(model: Any, backbone: str | None = None) -> str:
     """The default Grad-CAM layer of an open_clip model: the backbone's entry in
     :data:`PREFERRED_LAYERS` if it has one, else by visual tower (:data:`DEFAULT_LAYERS`).
 
@@ -122,7 +122,7 @@ def default_layer(model: torch.nn.Module, backbone: str | None = None) -> str:
     return DEFAULT_LAYERS[kind](model.visual)
 
 
-def _layer_names(model: torch.nn.Module, limit: int = 12) -> list[str]:
+def _layer_names(model: Any, limit: int = 12) -> list[str]:
     """A few valid layer names: the visual tower's modules two or three levels deep."""
     names = [f"visual.{n}" for n, _ in model.visual.named_modules() if n and n.count(".") <= 2]
     stages = [n for n in names if n.count(".") <= 1]
@@ -227,7 +227,7 @@ def _to_input(image: Image.Image, model: torch.nn.Module) -> tuple[torch.Tensor,
     tw, th = cfg["size"]
     geo = _RESIZE_MODES[cfg["resize_mode"]](image.width, image.height, tw, th)
     x, y, w, h = geo.src
-    crop = image.resize(geo.dst[2:], Image.BICUBIC, box=(x, y, x + w, y + h))
+    crop = image.resize(geo.dst[2:], Image.Resampling.BICUBIC, box=(x, y, x + w, y + h))
     canvas = Image.new("RGB", (tw, th), (cfg["fill"],) * 3)
     canvas.paste(crop, geo.dst[:2])
     arr = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1)
@@ -245,7 +245,7 @@ def _to_original(cam: np.ndarray, geo: _Geometry) -> np.ndarray:
     x0, y0 = round(x), round(y)
     pw, ph = min(w - x0, max(1, round(sw))), min(h - y0, max(1, round(sh)))
     out = np.zeros((h, w), dtype=np.float32)
-    out[y0 : y0 + ph, x0 : x0 + pw] = np.asarray(part.resize((pw, ph), Image.BILINEAR))
+    out[y0 : y0 + ph, x0 : x0 + pw] = np.asarray(part.resize((pw, ph), Image.Resampling.BILINEAR))
     return np.clip(out, 0.0, 1.0)
 
 
@@ -253,7 +253,7 @@ def _to_original(cam: np.ndarray, geo: _Geometry) -> np.ndarray:
 class _Embedder(torch.nn.Module):
     """The image tower as a module whose output is the L2-normalised embedding."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
@@ -317,23 +317,13 @@ def _cpu_fp32(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 def load_image(image: str | Path | Image.Image) -> Image.Image:
-    """An RGB PIL image from a path or a PIL image (DataError if unreadable)."""
+    """An RGB PIL image from a path (decoded by :func:`clipindex.decode.load_rgb`, EXIF
+    applied; ``DataError`` if unreadable) or a PIL image."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    try:
-        from clipindex.decode import load_rgb  # the robust decoder, once it exists
-    except ImportError:
-        load_rgb = None
-    path = Path(image)
-    if not path.is_file():
-        raise DataError(f"Image {str(path)!r} not found; pass an existing image file.")
-    try:
-        if load_rgb is not None:
-            return load_rgb(path)
-        with Image.open(path) as img:
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise DataError(f"Cannot read image {str(path)!r}: {exc}") from exc
+    from clipindex.decode import load_rgb
+
+    return load_rgb(Path(image))
 
 
 def image_embedding(image: str | Path | Image.Image, encoder_or_model: Any) -> np.ndarray:
