@@ -29,15 +29,35 @@ __all__ = [
     "MissingExtraError",
     "ModelLoadError",
     "UserInputError",
+    "make_world",
+    "load_dataset",
     "build_store",
     "open_index",
+    "classify",
+    "classify_images",
+    "search_text",
+    "search_image",
+    "run_bench",
+    "run_demo",
+    "write_report",
+    "explain_image",
 ]
 
 # Public functions from heavy modules (torch, faiss) are imported on first use, so
 # ``import clipindex`` stays light. Name -> module; add entries here.
 _LAZY: dict[str, str] = {
+    "make_world": "clipindex.world",
+    "load_dataset": "clipindex.sources",
     "build_store": "clipindex.store",
     "open_index": "clipindex.store",
+    "classify": "clipindex.evaluate",
+    "classify_images": "clipindex.evaluate",
+    "search_text": "clipindex.search",
+    "search_image": "clipindex.search",
+    "run_bench": "clipindex.bench",
+    "run_demo": "clipindex.demo",
+    "write_report": "clipindex.report",
+    "explain_image": "clipindex.explain",
 }
 
 
