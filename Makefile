@@ -7,11 +7,10 @@ BIN := $(VENV)/bin
 #   make venv TORCH_SPEC="torch torchvision"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test lint clean
+.PHONY: venv browser demo test lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
@@ -21,7 +20,14 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/clipindex demo --out demo-out
 
-test: venv
+# The report's browser tests use Debian's chromium (installed when we are root; without it
+# those tests are skipped with a reason).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: browser tests will be skipped (sudo apt-get install chromium)"; fi; }
+
+test: venv browser
 	$(BIN)/python -m pytest -q
 
 lint: venv
