@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 #: Bump whenever the files written for a seed change (code or knob defaults).
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 
 #: Real COCO category ids and supercategories (instances_*.json, 2017 release).
 CATEGORIES: tuple[dict[str, Any], ...] = (
@@ -122,13 +122,13 @@ class WorldKnobs:
     #: std (0-255 scale) of a camouflaged subject's colour around the background colour
     camouflage_noise: float = 14.0
     #: probability that an animal is shown in one of its class's home contexts
-    home_context_rate: float = 0.85
+    home_context_rate: float = 0.9
     #: share of single-class images whose annotation names another target class
     mislabel_rate: float = 0.03
 
     # -- always-on variation (applies to every image) --
     #: bounding-box area of an ordinary subject, as a fraction of the image area
-    subject_area: tuple[float, float] = (0.08, 0.45)
+    subject_area: tuple[float, float] = (0.12, 0.5)
     #: every ordinary animal drifts by up to this much toward its look-alike class
     base_drift: float = 0.1
     #: relative std of body proportions around the class prototype
