@@ -11,15 +11,13 @@ a shard only when its stamp, bounds and sha256 all match.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipindex._io import atomic_write
 from clipindex.errors import DataError, UserInputError
 
 log = logging.getLogger("clipindex.store")
@@ -45,20 +44,6 @@ class BuildInterrupted(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- files
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
-    """Write via ``write(fh)`` to a temp file in the same folder, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, obj: Any) -> None:
     data = (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode()
     atomic_write(path, lambda fh: fh.write(data))

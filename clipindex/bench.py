@@ -46,12 +46,12 @@ import numpy as np
 import pandas as pd
 
 from clipindex import bench_outputs as outputs
+from clipindex._io import atomic_write_bytes
 from clipindex.bench_outputs import (
     METRIC_DIGITS,
     TABLE_COLUMNS,
     TIME_DIGITS,
     TIMING_COLUMNS,
-    atomic_write_bytes,
     clean_json,
     retrieval_table,
     round_or_none,

@@ -22,8 +22,6 @@ Example
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from clipindex._io import atomic_write_bytes
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -70,22 +70,6 @@ METHOD_TITLES = {
 
 
 # --------------------------------------------------------------------------- files
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_json(path: Path, obj: Any) -> Path:
     """Write a JSON file atomically (sorted keys, NaN as null)."""
     text = json.dumps(clean_json(obj), indent=2, sort_keys=True, allow_nan=False)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from clipindex._io import atomic_write_bytes
 from clipindex.errors import IndexMismatchError, UserInputError
 
 __all__ = [
@@ -369,17 +369,7 @@ def save_index(index: faiss.Index, path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path)
     data = faiss.serialize_index(index)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, data.tobytes())
 
 
 def load_index(path: str | os.PathLike[str]) -> faiss.Index:

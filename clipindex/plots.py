@@ -16,13 +16,14 @@ PosixPath('confusion.png')
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from clipindex._io import atomic_write
 
 __all__ = ["ConfusionPanel", "confusion_grid", "ENSEMBLE_CMAPS"]
 
@@ -99,14 +100,4 @@ def confusion_grid(panels: Sequence[ConfusionPanel], path: str | os.PathLike[str
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=110))

@@ -276,7 +276,7 @@ class BackboneIndex:
         return self._text_cache
 
     def _save_text_cache(self, cache: dict[str, np.ndarray]) -> None:
-        from clipindex._build import atomic_write
+        from clipindex._io import atomic_write
 
         texts = np.array(list(cache), dtype=str)
         vectors = np.stack(list(cache.values())).astype(np.float32)

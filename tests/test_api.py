@@ -49,3 +49,18 @@ def test_errors_are_value_errors_where_the_user_is_at_fault() -> None:
     assert issubclass(clipindex.UserInputError, ValueError)
     assert issubclass(clipindex.DataError, clipindex.UserInputError)
     assert issubclass(clipindex.MissingExtraError, ImportError)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    from clipindex._io import atomic_write_bytes
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "report.html", b"<html></html>")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
