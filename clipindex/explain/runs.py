@@ -8,8 +8,6 @@ the class's support images (mean of their normalised caption vectors).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,20 +230,10 @@ def explain_rows(
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write a PNG atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a PNG atomically (:func:`clipindex._io.atomic_write`)."""
+    from clipindex._io import atomic_write
+
+    return atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 
 
 def write_explanation(
