@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 #: Bump whenever the files written for a seed change (code or knob defaults).
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 
 #: Real COCO category ids and supercategories (instances_*.json, 2017 release).
 CATEGORIES: tuple[dict[str, Any], ...] = (
@@ -106,7 +106,7 @@ class WorldKnobs:
     #: share of single-class images that show 2-3 animals of that class (a herd)
     herd_rate: float = 0.2
     #: probability that an animal image also shows a distractor object in the scene
-    scene_distractor_rate: float = 0.35
+    scene_distractor_rate: float = 0.15
 
     # -- failure causes --
     #: share of images whose animal is drawn drifting toward its look-alike class
@@ -130,17 +130,17 @@ class WorldKnobs:
     #: bounding-box area of an ordinary subject, as a fraction of the image area
     subject_area: tuple[float, float] = (0.12, 0.5)
     #: every ordinary animal drifts by up to this much toward its look-alike class
-    base_drift: float = 0.1
+    base_drift: float = 0.0
     #: relative std of body proportions around the class prototype
-    shape_jitter: float = 0.1
+    shape_jitter: float = 0.06
     #: std (0-255) of an animal's colour around its named colour
     colour_jitter: float = 14.0
     #: std (0-255) of per-pixel noise added to every image
-    pixel_noise: float = 7.0
+    pixel_noise: float = 5.0
     #: maximum Gaussian blur radius in pixels (drawn uniformly per image)
-    blur_max: float = 1.0
+    blur_max: float = 0.6
     #: number of clutter blobs (rocks, bushes, toys) scattered in the background
-    clutter: tuple[int, int] = (0, 8)
+    clutter: tuple[int, int] = (0, 4)
 
     # -- image geometry and encoding --
     #: long side range in pixels (COCO's are mostly 640)
