@@ -4,10 +4,10 @@ The text tower's ``vocab_size`` is filled in at training time from the compact v
 (see :mod:`clipindex.tiny.tokenizer`); everything else here is the architecture. The three
 differ on purpose so that their errors differ and a majority vote means something:
 
-- ``tiny-vit``: VisionTransformer, 64 px, patch 8 (8×8 tokens), width 96, 3 layers;
+- ``tiny-vit``: VisionTransformer, 96 px, patch 12 (8×8 tokens), width 64, 3 layers;
 - ``tiny-rn``: ModifiedResNet, 128 px, layers [1, 1, 1, 1], width 8, so ``layer4`` keeps a
   4×4 map for Grad-CAM;
-- ``tiny-vit-s``: a smaller VisionTransformer at 32 px, patch 4, width 64, 2 layers, with a
+- ``tiny-vit-s``: a smaller VisionTransformer at 48 px, patch 6, width 48, 2 layers, with a
   48-d embedding.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 __all__ = ["ARCHITECTURES", "CONTEXT_LENGTH", "model_cfg"]
 
-# Captions of the demo world are ~10 words; 32 leaves room for the longer ImageNet prompts.
-CONTEXT_LENGTH = 32
+# Captions of the demo world are <= 22 tokens; 24 leaves room for the longer ImageNet prompts.
+CONTEXT_LENGTH = 24
 
 _TEXT = {"context_length": CONTEXT_LENGTH, "width": 64, "heads": 4, "layers": 2}
 
@@ -27,7 +27,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "tiny-vit": {
         "embed_dim": 64,
         "vision_cfg": {
-            "image_size": 64, "patch_size": 8, "width": 96, "layers": 3, "head_width": 32,
+            "image_size": 96, "patch_size": 12, "width": 64, "layers": 3, "head_width": 32,
         },
         "text_cfg": _TEXT,
     },
@@ -39,7 +39,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "tiny-vit-s": {
         "embed_dim": 48,
         "vision_cfg": {
-            "image_size": 32, "patch_size": 4, "width": 64, "layers": 2, "head_width": 32,
+            "image_size": 48, "patch_size": 6, "width": 48, "layers": 2, "head_width": 24,
         },
         "text_cfg": {**_TEXT, "width": 48, "heads": 3},
     },

@@ -34,15 +34,18 @@ from clipindex.tiny.configs import ARCHITECTURES, CONTEXT_LENGTH, model_cfg
 from clipindex.tiny.evaluate import STUDY_TEMPLATE, _read_json, evaluate_world
 from clipindex.tiny.tokenizer import build_tokenizer, save_tokenizer, words_of
 
-__all__ = ["TrainConfig", "DEFAULT_STEPS", "TrainData", "load_train_data", "train_backbone",
-           "save_backbone", "train_and_save"]
+__all__ = ["TrainConfig", "DEFAULT_STEPS", "DEFAULT_LR", "TrainData", "load_train_data",
+           "train_backbone", "save_backbone", "train_and_save", "record_figures",
+           "install_backbone", "write_registry_config"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 # Fixed step counts (not wall-clock budgets) keep training deterministic; each takes
 # ~1-3 minutes on 2 CPU threads.
-DEFAULT_STEPS: dict[str, int] = {"tiny-vit": 300, "tiny-rn": 200, "tiny-vit-s": 400}
+DEFAULT_STEPS: dict[str, int] = {"tiny-vit": 600, "tiny-rn": 600, "tiny-vit-s": 800}
+# ViTs trained from scratch on ~4k images did better at a lower learning rate.
+DEFAULT_LR: dict[str, float] = {"tiny-vit": 1e-3, "tiny-rn": 3e-3, "tiny-vit-s": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class TrainConfig:
     name: str
     seed: int = 0
     steps: int = 300
-    batch_size: int = 256
+    batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 0.1
     warmup: int = 20
@@ -172,7 +175,10 @@ def train_backbone(data: TrainData, cfg: TrainConfig) -> tuple[torch.nn.Module, 
     n, order, pos, losses = len(data.images), torch.empty(0, dtype=torch.int64), 0, []
     t0, c0 = time.perf_counter(), time.process_time()
     model.train()
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
+        if step % 50 == 0 and step:
+            click.echo(f"{cfg.name}: step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.3f} "
+                       f"{time.perf_counter() - t0:.0f} s", err=True)
         if pos + cfg.batch_size > len(order):
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + cfg.batch_size]
@@ -208,6 +214,17 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _swap_in(tmp: Path, final: Path) -> Path:
+    """Replace folder ``final`` by the finished folder ``tmp`` (same parent): two renames."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def save_backbone(model: torch.nn.Module, name: str, tokenizer: Any, record: dict,
                   out: str | Path) -> Path:
     """Write ``out/<name>/`` (config, fp16 safetensors, tokenizer, record), swapped in whole."""
@@ -227,15 +244,32 @@ def save_backbone(model: torch.nn.Module, name: str, tokenizer: Any, record: dic
     _write_json(tmp / "open_clip_config.json", config)
     save_tokenizer(tokenizer, tmp)
     _write_json(tmp / RECORD_FILE, record)
-    final, old = out / name, out / f".{name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    final = _swap_in(tmp, out / name)
     if out.resolve() == PACKAGE_DIR:  # keep open_clip's registry copy in step
-        CONFIGS_DIR.mkdir(exist_ok=True)
-        _write_json(CONFIGS_DIR / f"{name}.json", mcfg)
+        write_registry_config(final)
+    return final
+
+
+def write_registry_config(folder: str | Path) -> Path:
+    """Write ``tiny/configs/<name>.json`` (what ``register_configs`` adds) from a folder."""
+    folder = Path(folder)
+    config = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
+    CONFIGS_DIR.mkdir(exist_ok=True)
+    path = CONFIGS_DIR / f"{folder.name}.json"
+    _write_json(path, config["model_cfg"])
+    return path
+
+
+def install_backbone(folder: str | Path) -> Path:
+    """Copy a trained folder (e.g. from ``--out``) into the package, with its registry config."""
+    folder = Path(folder)
+    if folder.name not in TINY_BACKBONES:
+        raise DataError(f"{folder}: the folder name must be one of {', '.join(TINY_BACKBONES)}")
+    tmp = Path(tempfile.mkdtemp(dir=PACKAGE_DIR, prefix=f".{folder.name}."))
+    shutil.copytree(folder, tmp, dirs_exist_ok=True)
+    os.chmod(tmp, 0o755)
+    final = _swap_in(tmp, PACKAGE_DIR / folder.name)
+    write_registry_config(final)
     return final
 
 
@@ -254,7 +288,7 @@ def _figures(summary: dict, name: str, world_seed: Any) -> dict:
 
 def train_and_save(world_dir: str | Path, names: Sequence[str], *, seed: int = 0,
                    out: str | Path = PACKAGE_DIR, steps: dict[str, int] | None = None,
-                   eval_worlds: Sequence[str | Path] = ()) -> dict[str, dict]:
+                   eval_worlds: Sequence[str | Path] = (), threads: int = 2) -> dict[str, dict]:
     """Train ``names`` on ``world_dir``'s train split, save them, and record val figures.
 
     Returns ``{name: record}`` (the content of each folder's ``clipindex.json``).
@@ -265,32 +299,51 @@ def train_and_save(world_dir: str | Path, names: Sequence[str], *, seed: int = 0
     """
     size = math.ceil(max(ARCHITECTURES[n]["vision_cfg"]["image_size"] for n in names) * 1.25)
     data = load_train_data(world_dir, size=size)
-    records, folders = {}, []
+    folders = []
     for name in names:
-        cfg = TrainConfig(name=name, seed=seed, steps=(steps or DEFAULT_STEPS)[name])
+        cfg = TrainConfig(name=name, seed=seed, steps=(steps or DEFAULT_STEPS)[name],
+                          lr=DEFAULT_LR[name], threads=threads)
         model, stats = train_backbone(data, cfg)
         click.echo(f"{name}: {stats}", err=True)
-        records[name] = {
+        record = {
             "backbone": name, "world_version": data.world.get("generator_version"),
             "world_seed": data.world.get("seed"), "training_seed": seed,
             "train_images": len(data.images), "vocab_size": data.tokenizer.get_vocab_size(),
             **stats, "train_config": asdict(cfg),
         }
-        folders.append(save_backbone(model, name, data.tokenizer, records[name], out))
-    worlds = [Path(world_dir), *map(Path, eval_worlds)]
-    for i, world in enumerate(worlds):
+        folders.append(save_backbone(model, name, data.tokenizer, record, out))
+        if len(names) > 1:  # early feedback before the joint evaluation below
+            acc = evaluate_world(world_dir, folders[-1:], split="val")["accuracy"][name]
+            click.echo(f"{name}: val accuracy {acc:.4f}", err=True)
+    return record_figures(folders, world_dir, eval_worlds)
+
+
+def record_figures(folders: Sequence[str | Path], world_dir: str | Path,
+                   eval_worlds: Sequence[str | Path] = ()) -> dict[str, dict]:
+    """Evaluate backbone folders together and write the figures into their records.
+
+    ``val`` holds the figures on the training world's ``val`` split (never trained on);
+    ``held_out_val`` one entry per world in ``eval_worlds``. Disagreement is measured
+    between the folders given. Returns ``{name: record}``.
+    """
+    folders = [Path(f) for f in folders]
+    records = {f.name: json.loads((f / RECORD_FILE).read_text(encoding="utf-8"))
+               for f in folders}
+    for name in records:
+        records[name].pop("held_out_val", None)
+    for i, world in enumerate([Path(world_dir), *map(Path, eval_worlds)]):
         summary = evaluate_world(world, folders, split="val")
         wseed = (_read_json(world / "world.json").get("seed")
                  if (world / "world.json").exists() else None)
-        for name in names:
+        for name in records:
             fig = _figures(summary, name, wseed)
             if i == 0:
                 records[name]["val"] = fig
             else:
                 records[name].setdefault("held_out_val", []).append(fig)
         click.echo(f"val of {world}: {json.dumps(summary, indent=1)}", err=True)
-    for name, folder in zip(names, folders, strict=True):
-        _write_json(folder / RECORD_FILE, records[name])
+    for folder in folders:
+        _write_json(folder / RECORD_FILE, records[folder.name])
     return records
 
 
@@ -309,15 +362,17 @@ def train_and_save(world_dir: str | Path, names: Sequence[str], *, seed: int = 0
 @click.option("--eval-world", "eval_worlds", multiple=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Extra world(s) whose val split is evaluated after training.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="torch CPU threads (1 is faster on an oversubscribed machine).")
 def main(world_dir: Path, names: tuple[str, ...], train_all: bool, seed: int, out: Path,
-         steps: int | None, eval_worlds: tuple[Path, ...]) -> None:
+         steps: int | None, eval_worlds: tuple[Path, ...], threads: int) -> None:
     """Train tiny CLIP backbones on a demo world and save them as open_clip folders."""
     chosen = list(TINY_BACKBONES) if train_all else list(dict.fromkeys(names))
     if not chosen:
         raise click.UsageError("Give --name NAME (repeatable) or --all.")
     step_map = {n: steps for n in chosen} if steps else None
     records = train_and_save(world_dir, chosen, seed=seed, out=out, steps=step_map,
-                             eval_worlds=eval_worlds)
+                             eval_worlds=eval_worlds, threads=threads)
     for name, rec in records.items():
         click.echo(f"{name}: {rec['seconds']} s, val accuracy {rec['val']['accuracy']}")
 
