@@ -94,9 +94,9 @@ def _square_size(size: Any) -> int:
 #: on a few thousand images) global attention has mixed every token with the whole scene,
 #: class-correlated background included, by the last block, so a CAM there is nearly
 #: uniform; an earlier block's tokens are still local. Share of CAM mass in the subject
-#: box, held-out small worlds, two training runs (box share 0.15-0.20): tiny-vit last
-#: ``ln_1`` 0.15-0.31 vs ``resblocks[0].ln_1`` 0.32-0.39; tiny-vit-s last ``ln_1``
-#: 0.26-0.31 vs ``resblocks[0]`` 0.26-0.37.
+#: box, held-out small worlds, three training runs (box share 0.15-0.21): tiny-vit last
+#: ``ln_1`` 0.15-0.34 vs ``resblocks[0].ln_1`` 0.30-0.39 (map peak in the box 0.21-0.43
+#: vs 0.41-0.56); tiny-vit-s last ``ln_1`` 0.26-0.33 vs ``resblocks[0]`` 0.26-0.37.
 PREFERRED_LAYERS: dict[str, str] = {
     "tiny-vit": "visual.transformer.resblocks[0].ln_1",
     "tiny-vit-s": "visual.transformer.resblocks[0]",
