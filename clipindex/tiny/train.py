@@ -241,6 +241,7 @@ def save_backbone(model: torch.nn.Module, name: str, tokenizer: Any, record: dic
     os.chmod(tmp, 0o755)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "open_clip_model.safetensors"))
+    os.chmod(tmp / "open_clip_model.safetensors", 0o644)
     _write_json(tmp / "open_clip_config.json", config)
     save_tokenizer(tokenizer, tmp)
     _write_json(tmp / RECORD_FILE, record)
