@@ -121,8 +121,11 @@ def test_tiny_rn_keeps_a_spatial_map_for_grad_cam():
     size = size[0] if isinstance(size, tuple) else size
     assert size >= 128
     seen = {}
-    hook = model.visual.layer4[-1].register_forward_hook(
-        lambda m, i, o: seen.setdefault("shape", o.shape))
+
+    def keep_shape(module, inputs, output) -> None:  # returning a value would replace output
+        seen["shape"] = tuple(output.shape)
+
+    hook = model.visual.layer4[-1].register_forward_hook(keep_shape)
     with torch.inference_mode():
         model.encode_image(torch.zeros(1, 3, size, size))
     hook.remove()
