@@ -164,9 +164,9 @@ def test_held_out_val_is_the_default_scale_val(val_only_scale):
             seed, "val", SCALES["default"], WorldKnobs())
 
 
-# Measured at GENERATOR_VERSION 4 on seeds 1/2: tiny-vit ~0.48, tiny-vit-s ~0.55, tiny-rn
-# ~0.55, i.e. below the band. Strict: once retrained into the band this xfail turns into a
-# failure, so the marker cannot outlive the problem.
+# Measured at GENERATOR_VERSION 4 on seeds 1/2: tiny-rn 0.614/0.621 (in the band), tiny-vit
+# 0.467/0.462 and tiny-vit-s 0.546/0.554 (below it). Strict: once retrained into the band
+# this xfail turns into a failure, so the marker cannot outlive the problem.
 @pytest.mark.xfail(strict=True, reason="tiny backbones still below 0.60 on held-out seeds "
                    "(issue 2 item 4 unfinished: see clipindex.json val figures)")
 @pytest.mark.parametrize("seed", HELD_OUT_SEEDS)
