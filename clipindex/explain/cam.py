@@ -10,8 +10,8 @@ Layers are chosen per visual tower type (a registry, :data:`DEFAULT_LAYERS`):
 
 * ``ModifiedResNet`` -> ``visual.layer4[-1]``, the last residual block, as the study did
   for RN50x16. A CAM can only be as sharp as that block's grid (image size / 32); when it
-  is smaller than :data:`MIN_CAM_GRID` cells a side (the tiny demo ResNet at 128 px has a
-  4x4 ``layer4``), the deepest earlier stage with a large enough grid is used instead.
+  is smaller than :data:`MIN_CAM_GRID` cells a side (a 64 px ResNet has a 2x2 ``layer4``),
+  the deepest earlier stage with a large enough grid is used instead.
 * ``VisionTransformer`` -> ``visual.transformer.resblocks[-1].ln_1``: the last block's
   output only reaches the pooled embedding through the class token, so its patch tokens
   get no gradient; the input of its attention does. A reshape transform drops the class
@@ -90,16 +90,18 @@ def _square_size(size: Any) -> int:
 
 
 #: Layers measured to localise better than the architecture default, by backbone name
-#: (store folder name without any ``__<tag>``). In the tiny demo ViTs (2-3 blocks trained
-#: on a few thousand images) global attention has mixed every token with the whole scene,
-#: class-correlated background included, by the last block, so a CAM there is nearly
-#: uniform; an earlier block's tokens are still local. Share of CAM mass in the subject
-#: box, held-out small worlds, three training runs (box share 0.15-0.21): tiny-vit last
-#: ``ln_1`` 0.15-0.34 vs ``resblocks[0].ln_1`` 0.30-0.39 (map peak in the box 0.21-0.43
-#: vs 0.41-0.56); tiny-vit-s last ``ln_1`` 0.26-0.33 vs ``resblocks[0]`` 0.26-0.37.
+#: (store folder name without any ``__<tag>``), for the shipped tiny demo weights. In
+#: these 2-3-block ViTs global attention has mixed every token with the whole scene,
+#: class-correlated background included, by the last block; the first block's attention
+#: input is still local. In tiny-rn (width 8) ``layer3``'s 8x8 map was empty (no positive
+#: evidence) for ~1 in 4 images, ``layer2``'s 16x16 map for none. Share of CAM mass in the
+#: subject box, 80 correctly classified images of a held-out small world (box share
+#: 0.20-0.21), default vs preferred: tiny-rn 0.31 (``layer3``) vs 0.42; tiny-vit 0.32 vs
+#: 0.40; tiny-vit-s 0.29 vs 0.34 (earlier training runs: same ordering, smaller margins).
 PREFERRED_LAYERS: dict[str, str] = {
+    "tiny-rn": "visual.layer2[-1]",
     "tiny-vit": "visual.transformer.resblocks[0].ln_1",
-    "tiny-vit-s": "visual.transformer.resblocks[0]",
+    "tiny-vit-s": "visual.transformer.resblocks[0].ln_1",
 }
 
 
