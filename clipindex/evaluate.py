@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from clipindex import classifiers as C
+from clipindex._io import atomic_write
 from clipindex.errors import DataError, UserInputError
 from clipindex.metrics import Vector, classification_metrics
 from clipindex.prompts import DEFAULT_TEMPLATE, check_template, get_templates
@@ -534,22 +535,9 @@ def write_predictions(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path
     >>> write_predictions(res.predictions, "preds.parquet")  # doctest: +SKIP
     PosixPath('preds.parquet')
     """
-    import tempfile
-
     out = Path(path)
     writer = PREDICTION_WRITERS.get(out.suffix.lower())
     if writer is None:
         raise UserInputError(
             f"cannot write predictions to {out}: use a .parquet or .csv file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(frame, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write(out, lambda fh: writer(frame, fh))

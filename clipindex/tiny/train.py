@@ -28,6 +28,7 @@ import click
 import numpy as np
 import torch
 
+from clipindex._io import write_json_atomic
 from clipindex.errors import DataError
 from clipindex.tiny import CONFIGS_DIR, RECORD_FILE, TINY_BACKBONES
 from clipindex.tiny.configs import ARCHITECTURES, CONTEXT_LENGTH, model_cfg
@@ -203,15 +204,8 @@ def train_backbone(data: TrainData, cfg: TrainConfig) -> tuple[torch.nn.Module, 
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically: temp file in the same folder, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints ship inside the package
-    os.replace(tmp, path)
+    """Write JSON atomically (sorted keys, trailing newline)."""
+    write_json_atomic(path, obj)
 
 
 def _swap_in(tmp: Path, final: Path) -> Path:

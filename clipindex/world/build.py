@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from clipindex._io import atomic_write_bytes
 from clipindex.errors import UserInputError
 from clipindex.world.captions import make_captions
 from clipindex.world.knobs import (
@@ -46,13 +47,9 @@ _INFO = {
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic, deterministic JSON write (sorted keys, temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Atomic, deterministic JSON write (sorted keys, compact, ASCII)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def funnel(images: list[dict], annotations: list[dict], categories: list[dict]) -> dict[str, Any]:
