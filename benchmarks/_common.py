@@ -118,6 +118,12 @@ def ratio_line(ratio: float, what: str) -> str:
     return f"ratio: {ratio:.1f}x {what}"
 
 
+def run_with_threads(main: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
+    """Run a script's ``main(argv)`` with its ``--threads`` applied to torch, BLAS and FAISS."""
+    with cpu_threads(base_parser("").parse_known_args(argv)[0].threads):
+        return main(argv)
+
+
 @contextmanager
 def cpu_threads(n: int) -> Iterator[None]:
     """Limit torch, BLAS (threadpoolctl) and FAISS to ``n`` threads; restore them after.

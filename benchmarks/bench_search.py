@@ -199,12 +199,7 @@ def report_approx(rows: list[dict[str, Any]], refs: dict[int, dict[str, Any]],
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (``argv``: command-line arguments) and update RESULTS.md."""
-    with common.cpu_threads(_threads(argv)):
-        return _main(argv)
-
-
-def _threads(argv: list[str] | None) -> int:
-    return common.base_parser("").parse_known_args(argv)[0].threads
+    return common.run_with_threads(_main, argv)
 
 
 def _main(argv: list[str] | None = None) -> int:
