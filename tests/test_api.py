@@ -64,3 +64,22 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path) -> None:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_usage_errors_are_one_line_with_exit_2(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from clipindex.cli import main
+
+    cases = [
+        ["build", str(tmp_path / "missing.yaml"), "--backbone", "tiny-rn"],
+        ["classify", "--index", str(tmp_path), "--backbone", "tiny-rn"],
+        ["classify", "--index", str(tmp_path), "--backbone", "tiny-rn", "--method", "foo"],
+        ["no-such-command"],
+    ]
+    for args in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error: "), (args, result.output)
+        assert "--help" in lines[0] and "Traceback" not in result.output

@@ -20,6 +20,12 @@ class _Group(click.Group):
         except ClipindexError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
+        except click.UsageError as exc:
+            # click would print three lines (usage, hint, error); keep it to one.
+            where = exc.ctx.command_path if exc.ctx is not None else "clipindex"
+            message = " ".join(exc.format_message().split())
+            click.echo(f"Error: {message} (see `{where} --help`)", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("Interrupted; finished shards are kept and a rerun resumes.", err=True)
             sys.exit(130)
