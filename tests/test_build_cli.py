@@ -15,6 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from fixtures_store import FakeEncoder, write_images
+from test_encoders import TEST_CONFIG
 
 from clipindex.cli import main
 from clipindex.errors import IncompleteIndexError
@@ -241,14 +242,8 @@ def test_sigkill_mid_encoding_then_resume(tmp_path, use_fake_encoders):
 
 # ----------------------------------------------------------------------------- real encoders
 REAL_MODEL = "clipindex-store-test-vit"
-# A ViT at 32 px, 2 layers, width 64 (a real open_clip model, random weights): milliseconds.
-REAL_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
-                   "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
-                 "layers": 2},
-}
+# The encoder tests' tiny real open_clip ViT (32 px, random weights): milliseconds.
+REAL_CONFIG = TEST_CONFIG
 
 
 @pytest.fixture(scope="module")
