@@ -224,20 +224,6 @@ def test_caption_method_on_store_without_captions(toy: dict, method: str) -> Non
 # every method is evaluated on the same test rows. (demo_store's stored split has 5.)
 DEMO_SHOTS = 10
 DEMO_COLUMNS = (*TINY_BACKBONES, "majority", "soft")
-# Cells the shipped tiny backbones (generator v4) leave at or under 0.5 (figures on the
-# 150 test rows): tiny-vit is below its own zero-shot band (0.47 held out, see
-# clipindex/tiny/tiny-vit/clipindex.json). Strict: they fail loudly once they pass.
-KNOWN_AT_OR_UNDER_HALF = {
-    ("tiny-vit", "prompt"): "tiny-vit zero-shot 0.467 (backbone below its band)",
-    ("tiny-vit", "mlp"): "tiny-vit mlp 0.480 (weakest backbone, 40 training rows)",
-}
-
-
-def _cell(who: str, method: str) -> object:
-    reason = KNOWN_AT_OR_UNDER_HALF.get((who, method))
-    if reason is None:
-        return pytest.param(who, method)
-    return pytest.param(who, method, marks=pytest.mark.xfail(strict=True, reason=reason))
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +241,7 @@ def demo_results(demo_store: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("who,method", [_cell(w, m) for w in DEMO_COLUMNS for m in METHODS])
+@pytest.mark.parametrize("who,method", [(w, m) for w in DEMO_COLUMNS for m in METHODS])
 def test_demo_method_beats_half(demo_results: dict, who: str, method: str) -> None:
     res = demo_results[who, method]
     assert res.metrics["n"] == 5 * (DEMO_PER_CLASS - DEMO_SHOTS)

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 #: Bump whenever the files written for a seed change (code or knob defaults).
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 
 #: Real COCO category ids and supercategories (instances_*.json, 2017 release).
 CATEGORIES: tuple[dict[str, Any], ...] = (
