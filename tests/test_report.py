@@ -143,7 +143,8 @@ def test_report_has_every_section_and_nothing_missing(report: tuple[Path, dict])
     assert [s.sid for s in SECTIONS if s.sid in SECTION_IDS] == SECTION_IDS
     assert "Missing:" not in text and "could not be drawn" not in text
     # the content the sections promise
-    for needle in ("with a target class", "one target class only", "Top 20 words",
+    for needle in ("with a target class", "one target class only", "sum over classes",
+                   "counts once for each", "Top 20 words",
                    "Zero-shot: one text prompt per class", "Few-shot: caption prototypes",
                    "Ensemble (majority vote)", "Text→image R@1", "Error rate by cause",
                    "lookalike", "ResNet: FAKE-A", "ViT: FAKE-B", "PCA of the stored"):

@@ -129,8 +129,10 @@ def _funnel(info: Mapping[str, Any], classes: Sequence[str]) -> str:
         rows.insert(0, ["all images of the source", *([""] * len(classes)),
                         int(funnel["all_images"])])
     return (figure(charts.funnel_chart(stages, classes),
-                   "Images per class at each filter stage (dataset.json's funnel).")
-            + table(["stage", *classes, "total"], rows,
+                   "Images per class at each filter stage (dataset.json's funnel). Until the "
+                   "single-class filter, an image showing several target classes counts once "
+                   "for each, so a row's sum can exceed the number of distinct images.")
+            + table(["stage", *classes, "sum over classes"], rows,
                     numeric=[False] + [True] * (len(classes) + 1)))
 
 
