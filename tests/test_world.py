@@ -332,6 +332,35 @@ def test_cli_refuses_a_non_empty_directory_unless_forced(
     assert again.exit_code == 0 and not list(target.glob(".world-staging*"))
 
 
+def test_a_killed_run_leaves_nothing_that_blocks_the_next(tmp_path: Path) -> None:
+    """SIGKILL mid-generation leaves no world.json; the next run (no --force) removes the
+    dead run's staging folder instead of calling the folder non-empty."""
+    import signal
+    import time
+
+    target = tmp_path / "world"
+    code = ("from clipindex.world import make_world; "
+            f"make_world({str(target)!r}, seed=0, scale='small', progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while not list(target.glob(".world-staging-*/*/*.jpg")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(target.glob(".world-staging-*")) and not (target / "world.json").exists()
+    make_world(target, seed=0, scale=MINI, progress=False)
+    assert (target / "world.json").exists() and not list(target.glob(".world-staging-*"))
+
+
+def test_a_live_runs_staging_folder_is_left_alone(tmp_path: Path) -> None:
+    target = tmp_path / "world"
+    live = target / ".world-staging-1"  # pid 1 always exists
+    live.mkdir(parents=True)
+    with pytest.raises(UserInputError, match="not empty"):
+        make_world(target, seed=0, scale=MINI, progress=False)
+    assert live.is_dir()
+
+
 def test_cli_unwritable_path_and_unknown_scale(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

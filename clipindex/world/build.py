@@ -76,6 +76,26 @@ def funnel(images: list[dict], annotations: list[dict], categories: list[dict]) 
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or not a pid we can check: leave it alone
+    return True
+
+
+def _remove_stale_stages(out_dir: Path) -> None:
+    """Delete staging folders left by a killed run (their process no longer exists)."""
+    if not out_dir.is_dir():
+        return
+    for stage in out_dir.glob(".world-staging-*"):
+        pid = stage.name.rsplit("-", 1)[-1]
+        if stage.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
 def _check_target(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserInputError(f"{out_dir} exists and is not a directory; choose another path.")
@@ -280,6 +300,7 @@ def make_world(
     sc = resolve_scale(scale)
     knobs = knobs if knobs is not None else WorldKnobs()
     out = Path(out_dir)
+    _remove_stale_stages(out)
     _check_target(out, force)
     stage = out / f".world-staging-{os.getpid()}"
     if stage.exists():
