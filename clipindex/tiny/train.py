@@ -36,9 +36,8 @@ from clipindex.tiny.evaluate import STUDY_TEMPLATE, _read_json, evaluate_world
 from clipindex.tiny.tokenizer import build_tokenizer, save_tokenizer, words_of
 
 __all__ = ["TrainConfig", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_CROP", "TrainData",
-           "load_train_data",
-           "train_backbone", "save_backbone", "train_and_save", "record_figures",
-           "install_backbone", "write_registry_config"]
+           "load_train_data", "train_backbone", "save_backbone", "train_and_save",
+           "record_figures", "install_backbone", "write_registry_config"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MEAN = (0.48145466, 0.4578275, 0.40821073)
