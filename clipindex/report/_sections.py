@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipindex.bench_outputs import FEW_SHOT, ZERO_SHOT
 from clipindex.report import _charts as charts
 from clipindex.report._data import ENSEMBLE_PREFIX, Missing, ResultsData
 from clipindex.report._html import Markup, esc, figure, img_tag, notice, table
@@ -23,7 +24,7 @@ from clipindex.report._html import Markup, esc, figure, img_tag, notice, table
 __all__ = ["overview", "eda", "pipeline", "results", "retrieval", "confusion", "num",
            "thumbnail", "STOP_WORDS", "top_words"]
 
-ZERO_SHOT, FEW_SHOT = "prompt", "prototype"
+# The report's own (longer) section titles; the method names are bench's.
 METHOD_TITLES = {
     "prompt": "Zero-shot: one text prompt per class",
     "prototype": "Few-shot: caption prototypes of the support images",
