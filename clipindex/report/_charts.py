@@ -125,21 +125,29 @@ def words_chart(pairs: Sequence[tuple[str, int]]) -> bytes:
     return _png(fig)
 
 
+def _grouped_bars(ax: Any, values: Mapping[str, Mapping[str, float]], groups: Sequence[str],
+                  methods: Sequence[str], *, horizontal: bool) -> np.ndarray:
+    """One bar per method within each group (``values[group][method]``, NaN if absent),
+    coloured by method; returns the group positions."""
+    from matplotlib import colormaps
+
+    pos = np.arange(len(groups))
+    size = 0.8 / max(1, len(methods))
+    cmap = colormaps["tab10"]
+    draw = ax.barh if horizontal else ax.bar
+    for i, m in enumerate(methods):
+        vals = [values[g].get(m, np.nan) for g in groups]
+        draw(pos + (i - (len(methods) - 1) / 2) * size, vals, size, label=m, color=cmap(i % 10))
+    return pos
+
+
 def accuracy_chart(acc: Mapping[str, Mapping[str, float]], methods: Sequence[str],
                    ensembles: Sequence[str] = ()) -> bytes:
     """Grouped bars: accuracy of each model (``model -> method -> accuracy``) by method."""
-    from matplotlib import colormaps
-
     models = list(acc)
     fig = _figure(max(6.0, 1.0 + 0.9 * len(models)), 3.6)
     ax = fig.subplots()
-    x = np.arange(len(models))
-    width = 0.8 / max(1, len(methods))
-    cmap = colormaps["tab10"]
-    for i, m in enumerate(methods):
-        vals = [acc[b].get(m, np.nan) for b in models]
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, vals, width, label=m,
-               color=cmap(i % 10))
+    x = _grouped_bars(ax, acc, models, methods, horizontal=False)
     ax.set_xticks(x, labels=[m.replace(" (", "\n(") for m in models], fontsize=9)
     for tick, name in zip(ax.get_xticklabels(), models, strict=True):
         if name in ensembles:
@@ -155,18 +163,10 @@ def accuracy_chart(acc: Mapping[str, Mapping[str, float]], methods: Sequence[str
 
 def cause_chart(rates: Mapping[str, Mapping[str, float]], methods: Sequence[str]) -> bytes:
     """Grouped horizontal bars: error rate by cause (``cause -> method -> rate``)."""
-    from matplotlib import colormaps
-
     causes = list(rates)[::-1]
     fig = _figure(6.4, 0.8 + 0.42 * len(causes) * max(1, len(methods)) ** 0.5)
     ax = fig.subplots()
-    y = np.arange(len(causes))
-    height = 0.8 / max(1, len(methods))
-    cmap = colormaps["tab10"]
-    for i, m in enumerate(methods):
-        vals = [rates[c].get(m, np.nan) for c in causes]
-        ax.barh(y + (i - (len(methods) - 1) / 2) * height, vals, height, label=m,
-                color=cmap(i % 10))
+    y = _grouped_bars(ax, rates, causes, methods, horizontal=True)
     ax.set_yticks(y, labels=causes)
     ax.set_xlim(0, 1.0)
     ax.set_xlabel("error rate (single backbones pooled)")
