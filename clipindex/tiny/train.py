@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -34,8 +35,11 @@ from clipindex.tiny import CONFIGS_DIR, RECORD_FILE, TINY_BACKBONES
 from clipindex.tiny.configs import ARCHITECTURES, CONTEXT_LENGTH, model_cfg
 from clipindex.tiny.evaluate import STUDY_TEMPLATE, _read_json, evaluate_world
 from clipindex.tiny.tokenizer import build_tokenizer, save_tokenizer, words_of
+from clipindex.world.captions import CLASS_WORDS
+from clipindex.world.knobs import TARGET_CLASSES
 
 __all__ = ["TrainConfig", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_CROP", "TrainData",
+           "DEFAULT_SAME_ANIMAL", "named_animal", "same_animal_loss",
            "load_train_data", "train_backbone", "save_backbone", "train_and_save",
            "record_figures", "install_backbone", "write_registry_config"]
 
@@ -45,12 +49,17 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 # Fixed step counts (not wall-clock budgets) keep training deterministic; each takes
 # under 5 minutes on 2 CPU threads. The ViTs underfit: more steps was the one change
 # that helped them (a higher lr, a larger logit-scale init or average pooling hurt).
-DEFAULT_STEPS: dict[str, int] = {"tiny-vit": 1800, "tiny-rn": 600, "tiny-vit-s": 2400}
+DEFAULT_STEPS: dict[str, int] = {"tiny-vit": 1800, "tiny-rn": 600, "tiny-vit-s": 3200}
 # ViTs trained from scratch on ~4k images did better at a lower learning rate.
 DEFAULT_LR: dict[str, float] = {"tiny-vit": 1e-3, "tiny-rn": 3e-3, "tiny-vit-s": 1e-3}
 # ...and with milder crops (random-resized-crop area share).
 DEFAULT_CROP: dict[str, tuple[float, float]] = {
     "tiny-vit": (0.8, 1.0), "tiny-rn": (0.4, 1.0), "tiny-vit-s": (0.8, 1.0)}
+# Weight of the same-animal term next to ClipLoss (see same_animal_loss). With ClipLoss
+# alone the image towers learnt colour and background more than the animal, and the top 10
+# for "a photo of a dog" filled with look-alikes; weights 1 and 3 both fixed that for
+# tiny-rn and lifted every backbone's zero-shot accuracy by 0.02-0.07 on seed-0 val.
+DEFAULT_SAME_ANIMAL: dict[str, float] = {"tiny-vit": 3.0, "tiny-rn": 3.0, "tiny-vit-s": 3.0}
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class TrainConfig:
     warmup: int = 20
     crop_scale: tuple[float, float] = (0.4, 1.0)
     threads: int = 2
+    same_animal_weight: float = 0.0  # weight of :func:`same_animal_loss` next to ClipLoss
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,9 @@ class TrainData:
     tokens: torch.Tensor  # [N, 5, CONTEXT_LENGTH] int64
     tokenizer: Any  # tokenizers.Tokenizer
     world: dict[str, Any] = field(default_factory=dict)  # world.json (version, seed, ...)
+    # [N] int64: the one target class the image's captions name (index into
+    # TARGET_CLASSES), -1 when they name none or several. Read from caption text only.
+    animals: torch.Tensor | None = None
 
 
 def vocab_texts(category_names: Sequence[str], captions: Sequence[str]) -> list[str]:
@@ -85,6 +98,43 @@ def vocab_texts(category_names: Sequence[str], captions: Sequence[str]) -> list[
     prompts = [STUDY_TEMPLATE.format(c) for c in category_names]
     prompts += [t(c) for t in OPENAI_IMAGENET_TEMPLATES for c in category_names]
     return [*captions, *prompts, *category_names]
+
+
+def named_animal(captions: Sequence[str]) -> int:
+    """Index in ``TARGET_CLASSES`` of the one animal ``captions`` name, else -1.
+
+    Words come from the world's caption grammar (``kitten`` names a cat, ``calves`` cows).
+
+    Examples
+    --------
+    >>> named_animal(["A puppy on a road.", "two dogs near some buildings"])
+    1
+    >>> named_animal(["a cat and a dog"]), named_animal(["an empty room"])
+    (-1, -1)
+    """
+    words = set(re.findall(r"[a-z]+", " ".join(captions).lower()))
+    hits = [k for k, c in enumerate(TARGET_CLASSES) if words & CLASS_WORDS[c]]
+    return hits[0] if len(hits) == 1 else -1
+
+
+def same_animal_loss(image_f: torch.Tensor, text_f: torch.Tensor, scale: torch.Tensor,
+                     animals: torch.Tensor) -> torch.Tensor:
+    """Contrastive loss in which captions naming the same animal are all positives.
+
+    ``ClipLoss`` treats the other 20-odd dog captions of a batch as negatives of a dog
+    image, so tiny models learn colour and background (what tells one caption from
+    another) more than the animal. Here each image's target is spread evenly over every
+    caption in the batch that names its animal (its own caption always included; rows
+    with ``animals == -1`` keep only their own), and likewise from text to image: the
+    multi-positive cross-entropy of UniCL / SupCon, symmetric like ``ClipLoss``.
+    """
+    logits = scale * image_f @ text_f.T
+    same = (animals[:, None] == animals[None, :]) & (animals[:, None] >= 0)
+    same |= torch.eye(len(animals), dtype=torch.bool)
+    target = same.float() / same.sum(1, keepdim=True)
+    to_text = -(target * logits.log_softmax(1)).sum(1).mean()
+    to_image = -(target * logits.T.log_softmax(1)).sum(1).mean()
+    return (to_text + to_image) / 2
 
 
 def _decode_square(path: Path, size: int) -> np.ndarray:
@@ -120,8 +170,9 @@ def load_train_data(world_dir: str | Path, *, size: int) -> TrainData:
     ids = torch.tensor([e.ids for e in tok.encode_batch(flat)], dtype=torch.int64)
     pixels = np.stack([_decode_square(world / "train" / i["file_name"], size) for i in images])
     info = _read_json(world / "world.json") if (world / "world.json").exists() else {}
+    animals = torch.tensor([named_animal(ts) for ts in texts], dtype=torch.int64)
     return TrainData(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(),
-                     ids.view(len(images), per, -1), tok, info)
+                     ids.view(len(images), per, -1), tok, info, animals)
 
 
 def _base(images: torch.Tensor, res: int) -> torch.Tensor:
@@ -192,6 +243,9 @@ def train_backbone(data: TrainData, cfg: TrainConfig) -> tuple[torch.nn.Module, 
         images = _augment(base[idx], res, cfg.crop_scale, gen)
         img_f, txt_f, scale = model(images, data.tokens[idx, pick])
         loss = loss_fn(img_f, txt_f, scale)
+        if cfg.same_animal_weight:
+            loss = loss + cfg.same_animal_weight * same_animal_loss(
+                img_f, txt_f, scale, data.animals[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -302,7 +356,7 @@ def train_and_save(world_dir: str | Path, names: Sequence[str], *, seed: int = 0
     for name in names:
         cfg = TrainConfig(name=name, seed=seed, steps=(steps or DEFAULT_STEPS)[name],
                           lr=DEFAULT_LR[name], crop_scale=DEFAULT_CROP[name],
-                          threads=threads)
+                          threads=threads, same_animal_weight=DEFAULT_SAME_ANIMAL[name])
         model, stats = train_backbone(data, cfg)
         click.echo(f"{name}: {stats}", err=True)
         record = {

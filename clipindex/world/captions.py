@@ -9,7 +9,7 @@ import numpy as np
 
 from clipindex.world.plan import AnimalSpec, ImagePlan
 
-__all__ = ["make_captions", "CAPTIONS_PER_IMAGE"]
+__all__ = ["make_captions", "CAPTIONS_PER_IMAGE", "CLASS_WORDS"]
 
 CAPTIONS_PER_IMAGE = 5
 
@@ -29,6 +29,9 @@ _PLURALS = {
     "sheep": ("sheep", "sheep", "lambs", "sheep"),
     "cow": ("cows", "cows", "cattle", "calves"),
 }
+#: Every word a caption may use to name each target class (singular and plural).
+CLASS_WORDS: dict[str, frozenset[str]] = {
+    c: frozenset(_NOUNS[c]) | frozenset(_PLURALS[c]) for c in _NOUNS}
 _GROUPS = {"sheep": "a flock of", "cow": "a herd of", "horse": "a group of"}
 _COUNTS = {2: ("two", "a couple of", "two"), 3: ("three", "a few", "three")}
 _VERBS = {
