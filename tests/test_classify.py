@@ -252,11 +252,20 @@ def test_demo_method_beats_half(demo_results: dict, who: str, method: str) -> No
 def test_demo_abstention(demo_store: Path) -> None:
     from clipindex import tiny
 
-    for m in ("prompt", "prototype"):
-        res = classify(demo_store, tiny.TINY_BACKBONES[0], m, reject_below=0.9)
-        met = res.metrics
-        assert met["coverage"] < 1.0
-        assert met["accuracy_covered"] >= met["accuracy"]
+    # The tiny backbones' probabilities are peaked: at 0.9 only ~11 of these 175 test rows
+    # are flagged, too few to compare. (On the demo's 950 test rows at 0.9, covered vs
+    # flagged accuracy was 0.71-0.79 vs 0.27-0.47 for every backbone and both methods.)
+    for b in tiny.TINY_BACKBONES:
+        for m in ("prompt", "prototype"):
+            res = classify(demo_store, b, m, reject_below=0.99)
+            met, pred = res.metrics, res.predictions
+            assert 0.0 < met["coverage"] < 1.0
+            assert met["coverage"] == pytest.approx(1.0 - pred["uncertain"].mean())
+            right = pred["true"] == pred["predicted"]
+            covered = right[~pred["uncertain"]].mean()
+            assert met["accuracy_covered"] == pytest.approx(covered)
+            # The rows it flags as uncertain are the doubtful ones: less often right.
+            assert covered > right[pred["uncertain"]].mean(), (b, m, met)
 
 
 @pytest.mark.slow
@@ -277,11 +286,11 @@ def test_demo_image_gives_stored_label(demo_store: Path) -> None:
 
 
 def imbalanced_tree(world: Path, dest: Path, minority: str = "cow",
-                    majority: str = "sheep") -> Path:
-    """A fields-vs-roads-shaped folder tree from the world: 45 ``minority`` vs 108
-    ``majority`` images. test/ holds 15 + 15 val originals; train/ holds 30 vs 93, the
-    majority's 93 being its other originals plus horizontal flips of them (the small
-    world has ~66 images of a class; the flips are new inputs of the same label).
+                    majority: str = "sheep", n_test: int = 15) -> Path:
+    """A fields-vs-roads-shaped folder tree from the world: train/ holds 30 ``minority``
+    vs 93 ``majority`` images (the fields-vs-roads counts less their test share), test/
+    ``n_test`` + ``n_test`` val originals. Where a class has too few other originals,
+    horizontal flips of them fill train/ (new inputs of the same label).
     """
     from PIL import Image, ImageOps
 
@@ -290,17 +299,20 @@ def imbalanced_tree(world: Path, dest: Path, minority: str = "cow",
     config = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "demo.yaml"
     files: dict[str, dict[str, list[str]]] = {minority: {}, majority: {}}
     for split in ("val", "train"):
+        ann = world / "annotations" / f"instances_{split}.json"
+        if not ann.exists() or not json.loads(ann.read_text())["images"]:
+            continue  # a val-only world
         ds = load_dataset(config, root=world, split=split, per_class=None,
                           support_per_class=None)
         for label in files:
             files[label][split] = ds.images["file"][ds.images["label"] == label].tolist()
     plan = {}
     for label, n_train in ((minority, 30), (majority, 93)):
-        test, rest = files[label]["val"][:15], files[label]["val"][15:] + files[label]["train"]
-        originals = rest[:n_train]
+        test = files[label]["val"][:n_test]
+        originals = (files[label]["val"][n_test:] + files[label].get("train", []))[:n_train]
         flips = originals[: n_train - len(originals)]
         plan[label] = (test, originals, flips)
-        assert len(originals) + len(flips) == n_train and len(test) == 15
+        assert len(originals) + len(flips) == n_train and len(test) == n_test
     for label, (test, originals, flips) in plan.items():
         for split, group, flip in (("test", test, False), ("train", originals, False),
                                    ("train", flips, True)):
@@ -315,21 +327,29 @@ def imbalanced_tree(world: Path, dest: Path, minority: str = "cow",
 
 
 @pytest.mark.slow
-def test_demo_imbalanced_folder_probe(demo_world: Path,
+def test_demo_imbalanced_folder_probe(val_only_worlds: dict,
                                       tmp_path_factory: pytest.TempPathFactory) -> None:
-    """45 vs 108 images (the fields-vs-roads counts; train 30 vs 93, test 15 vs 15): the
-    class-weighted probe should beat the unweighted one on balanced accuracy."""
+    """30 vs 93 training images (the fields-vs-roads imbalance), tested on 150 + 150
+    images of a world never trained on: the class-weighted probe beats the unweighted
+    one on balanced accuracy for every backbone, by recalling more of the minority class.
+    (Measured 2026-11-24 on seeds 1 / 2: weighted 0.77-0.87, unweighted 0.75-0.83; cow
+    recall 0.69-0.94 vs 0.51-0.73. On a 15 + 15 test set one image is 0.033 and the
+    comparison was a coin toss.)"""
     from clipindex import tiny
     from clipindex.store import build_store
 
-    tree = imbalanced_tree(demo_world, tmp_path_factory.mktemp("imbalanced") / "animals")
+    tree = imbalanced_tree(val_only_worlds[1], tmp_path_factory.mktemp("imbalanced")
+                           / "animals", n_test=150)
     store = build_store(tree, list(tiny.TINY_BACKBONES), out=tree.parent / "idx",
                         workers=0, progress=False)[0].parent
     rows = {}
     for b in tiny.TINY_BACKBONES:
         w = classify(store, b, "linear-probe")
         u = classify(store, b, "linear-probe", class_weight=None)
-        assert w.metrics["n_support"] == 123 and w.metrics["n"] == 30
-        rows[b] = (w.metrics["balanced_accuracy"], u.metrics["balanced_accuracy"])
+        assert w.metrics["n_support"] == 123 and w.metrics["n"] == 300
+        rows[b] = (w.metrics["balanced_accuracy"], u.metrics["balanced_accuracy"],
+                   w.metrics["per_class"]["cow"]["recall"],
+                   u.metrics["per_class"]["cow"]["recall"])
     print(json.dumps(rows))
-    assert sum(w for w, _ in rows.values()) > sum(u for _, u in rows.values()), rows
+    for b, (w_bal, u_bal, w_cow, u_cow) in rows.items():
+        assert w_bal > u_bal and w_cow > u_cow, (b, rows[b])
