@@ -229,16 +229,13 @@ def _demo_available() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def demo_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo world (seed 0), generated once per session."""
+def demo_world(small_world: Path) -> Path:
+    """The small demo world (seed 0; ``fixtures_world.small_world``), skipped with the
+    reason while the tiny backbones' weights are missing."""
     reason = _demo_available()
     if reason:
         pytest.skip(reason)
-    from clipindex.world import make_world
-
-    out = tmp_path_factory.mktemp("demo-world") / "world"
-    make_world(out, seed=0, scale="small", progress=False)
-    return out
+    return small_world
 
 
 @pytest.fixture(scope="session")
