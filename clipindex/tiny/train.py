@@ -213,7 +213,8 @@ def _augment(batch: torch.Tensor, res: int, scale: tuple[float, float],
 
 
 def train_backbone(data: TrainData, cfg: TrainConfig) -> tuple[torch.nn.Module, dict]:
-    """Train backbone ``cfg.name`` with open_clip's ``ClipLoss`` and AdamW; return it + stats."""
+    """Train backbone ``cfg.name`` with AdamW on open_clip's ``ClipLoss`` plus
+    ``cfg.same_animal_weight`` × :func:`same_animal_loss`; return it + stats."""
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIP
 
