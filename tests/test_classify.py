@@ -286,43 +286,27 @@ def test_demo_image_gives_stored_label(demo_store: Path) -> None:
 
 
 def imbalanced_tree(world: Path, dest: Path, minority: str = "cow",
-                    majority: str = "sheep", n_test: int = 15) -> Path:
-    """A fields-vs-roads-shaped folder tree from the world: train/ holds 30 ``minority``
-    vs 93 ``majority`` images (the fields-vs-roads counts less their test share), test/
-    ``n_test`` + ``n_test`` val originals. Where a class has too few other originals,
-    horizontal flips of them fill train/ (new inputs of the same label).
+                    majority: str = "sheep", n_test: int = 150) -> Path:
+    """A fields-vs-roads-shaped folder tree from the world's val split: train/ holds 30
+    ``minority`` vs 93 ``majority`` images (the fields-vs-roads counts less their test
+    share), test/ ``n_test`` + ``n_test`` others.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     from clipindex.sources import load_dataset
 
     config = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "demo.yaml"
-    files: dict[str, dict[str, list[str]]] = {minority: {}, majority: {}}
-    for split in ("val", "train"):
-        ann = world / "annotations" / f"instances_{split}.json"
-        if not ann.exists() or not json.loads(ann.read_text())["images"]:
-            continue  # a val-only world
-        ds = load_dataset(config, root=world, split=split, per_class=None,
-                          support_per_class=None)
-        for label in files:
-            files[label][split] = ds.images["file"][ds.images["label"] == label].tolist()
-    plan = {}
+    images = load_dataset(config, root=world, per_class=None, support_per_class=None).images
     for label, n_train in ((minority, 30), (majority, 93)):
-        test = files[label]["val"][:n_test]
-        originals = (files[label]["val"][n_test:] + files[label].get("train", []))[:n_train]
-        flips = originals[: n_train - len(originals)]
-        plan[label] = (test, originals, flips)
-        assert len(originals) + len(flips) == n_train and len(test) == n_test
-    for label, (test, originals, flips) in plan.items():
-        for split, group, flip in (("test", test, False), ("train", originals, False),
-                                   ("train", flips, True)):
+        files = images["file"][images["label"] == label].tolist()
+        assert len(files) >= n_test + n_train, (label, len(files))
+        for split, group in (("test", files[:n_test]),
+                             ("train", files[n_test:n_test + n_train])):
             folder = dest / split / label
             folder.mkdir(parents=True, exist_ok=True)
             for f in group:
-                name = ("flip_" if flip else "") + Path(f).name
                 with Image.open(world / f) as im:
-                    (ImageOps.mirror(im) if flip else im.copy()).save(folder / name,
-                                                                       quality=95)
+                    im.save(folder / Path(f).name, quality=95)
     return dest
 
 
@@ -339,7 +323,7 @@ def test_demo_imbalanced_folder_probe(val_only_worlds: dict,
     from clipindex.store import build_store
 
     tree = imbalanced_tree(val_only_worlds[1], tmp_path_factory.mktemp("imbalanced")
-                           / "animals", n_test=150)
+                           / "animals")
     store = build_store(tree, list(tiny.TINY_BACKBONES), out=tree.parent / "idx",
                         workers=0, progress=False)[0].parent
     rows = {}

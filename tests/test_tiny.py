@@ -221,18 +221,16 @@ def test_same_animal_loss_counts_every_caption_of_the_animal_as_positive():
         grouped, mixed, scale, animals)
 
 
-def test_training_reads_the_animal_from_captions_not_labels(tmp_path: Path):
+def test_training_reads_the_animal_from_captions_not_labels(small_world: Path):
     """Each train image's animal comes from its caption words (synonyms and plurals
     included); captions naming no animal, or several, give -1."""
     from clipindex.tiny.train import load_train_data, named_animal
-    from clipindex.world import make_world
     from clipindex.world.knobs import TARGET_CLASSES
 
     assert named_animal(["Two kitties indoors.", "a house cat"]) == TARGET_CLASSES.index("cat")
     assert named_animal(["A herd of cattle", "calves"]) == TARGET_CLASSES.index("cow")
     assert named_animal(["a dog and a cat"]) == named_animal(["a red car"]) == -1
-    world = make_world(tmp_path / "w", seed=0, scale="small", progress=False)
-    data = load_train_data(world, size=32)
+    data = load_train_data(small_world, size=32)
     assert data.animals.shape == (len(data.images),)
     counts = torch.bincount(data.animals + 1, minlength=len(TARGET_CLASSES) + 1)
     assert (counts[1:] > 0).all() and counts[0] > 0, counts
