@@ -259,6 +259,17 @@ def test_default_scale_keeps_300_val_images_per_class() -> None:
     assert 2000 <= len(train) <= 6000
 
 
+def test_training_scale_is_default_with_a_4x_train_split() -> None:
+    """The tiny backbones train on scale "training": its val split is the demo's."""
+    knobs = WorldKnobs()
+    for seed in (0, 1):
+        assert plan_split(seed, "val", SCALES["training"], knobs) == plan_split(
+            seed, "val", SCALES["default"], knobs)
+    train = Counter(p.label for p in plan_split(0, "train", SCALES["training"], knobs)
+                    if p.kind == "single")
+    assert set(train) == set(NAMES) and min(train.values()) >= 4 * 600, train
+
+
 def test_same_seed_gives_identical_files(small_world: Path, tmp_path: Path) -> None:
     again = make_world(tmp_path / "elsewhere" / "copy", seed=0, scale="small", progress=False)
     first, second = _tree_digest(small_world), _tree_digest(again)
