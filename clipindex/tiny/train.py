@@ -39,8 +39,7 @@ from clipindex.world.captions import CLASS_WORDS
 from clipindex.world.knobs import TARGET_CLASSES
 
 __all__ = ["TrainConfig", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_CROP", "TrainData",
-           "DEFAULT_SAME_ANIMAL", "DEFAULT_MAX_TRAIN_IMAGES", "named_animal", "train_subset",
-           "same_animal_loss",
+           "DEFAULT_SAME_ANIMAL", "named_animal", "same_animal_loss",
            "load_train_data", "train_backbone", "save_backbone", "train_and_save",
            "record_figures", "install_backbone", "write_registry_config"]
 
@@ -61,13 +60,6 @@ DEFAULT_CROP: dict[str, tuple[float, float]] = {
 # for "a photo of a dog" filled with look-alikes; weights 1 and 3 both fixed that for
 # tiny-rn and lifted every backbone's zero-shot accuracy by 0.02-0.07 on seed-0 val.
 DEFAULT_SAME_ANIMAL: dict[str, float] = {"tiny-vit": 3.0, "tiny-rn": 3.0, "tiny-vit-s": 3.0}
-# At most this many train images (a seeded subset) per backbone; None: the whole split.
-# The backbones are trained on a world of scale "training" (16,940 train images). The ViTs
-# overfit the ~4.2k of a "default" world (~54 epochs in their step budget; train accuracy
-# .76 vs val .69) and do better on all 16.9k; tiny-rn, whose 600 steps see each of ~4.2k
-# images ~18 times, did worse on all of them (seed-0 val .725 vs .747), so it keeps ~4.2k.
-DEFAULT_MAX_TRAIN_IMAGES: dict[str, int | None] = {
-    "tiny-vit": None, "tiny-rn": 4250, "tiny-vit-s": None}
 
 
 @dataclass(frozen=True)
@@ -84,7 +76,6 @@ class TrainConfig:
     crop_scale: tuple[float, float] = (0.4, 1.0)
     threads: int = 2
     same_animal_weight: float = 0.0  # weight of :func:`same_animal_loss` next to ClipLoss
-    max_train_images: int | None = None  # learn from a seeded subset (:func:`train_subset`)
 
 
 @dataclass(frozen=True)
@@ -144,25 +135,6 @@ def same_animal_loss(image_f: torch.Tensor, text_f: torch.Tensor, scale: torch.T
     to_text = -(target * logits.log_softmax(1)).sum(1).mean()
     to_image = -(target * logits.T.log_softmax(1)).sum(1).mean()
     return (to_text + to_image) / 2
-
-
-def train_subset(n: int, max_images: int | None, seed: int) -> torch.Tensor:
-    """Sorted indices of the train images a run learns from: all ``n``, or a seeded
-    subset of ``max_images`` when there are more.
-
-    Examples
-    --------
-    >>> train_subset(8, 4, seed=0).tolist() == train_subset(8, 4, seed=0).tolist()
-    True
-    >>> len(train_subset(8, 4, seed=0)), train_subset(3, 4, seed=0).tolist()
-    (4, [0, 1, 2])
-    """
-    if max_images is not None and max_images < 1:
-        raise ValueError(f"max_train_images must be at least 1, got {max_images}")
-    if max_images is None or n <= max_images:
-        return torch.arange(n)
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=gen)[:max_images].sort().values
 
 
 def _decode_square(path: Path, size: int) -> np.ndarray:
@@ -252,15 +224,12 @@ def train_backbone(data: TrainData, cfg: TrainConfig) -> tuple[torch.nn.Module, 
     mcfg["text_cfg"].pop("hf_tokenizer_name")
     model = CLIP(**mcfg)
     res = mcfg["vision_cfg"]["image_size"]
-    keep = train_subset(len(data.images), cfg.max_train_images, cfg.seed)
-    base = _base(data.images[keep], res)
-    tokens = data.tokens[keep]
-    animals = data.animals[keep] if data.animals is not None else None
+    base = _base(data.images, res)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / cfg.warmup)
                                               * 0.5 * (1 + math.cos(math.pi * k / cfg.steps)))
     loss_fn, gen = ClipLoss(), torch.Generator().manual_seed(cfg.seed)
-    n, order, pos, losses = len(keep), torch.empty(0, dtype=torch.int64), 0, []
+    n, order, pos, losses = len(data.images), torch.empty(0, dtype=torch.int64), 0, []
     t0, c0 = time.perf_counter(), time.process_time()
     model.train()
     for step in range(cfg.steps):
@@ -271,13 +240,13 @@ def train_backbone(data: TrainData, cfg: TrainConfig) -> tuple[torch.nn.Module, 
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        pick = torch.randint(0, tokens.shape[1], (len(idx),), generator=gen)
+        pick = torch.randint(0, data.tokens.shape[1], (len(idx),), generator=gen)
         images = _augment(base[idx], res, cfg.crop_scale, gen)
-        img_f, txt_f, scale = model(images, tokens[idx, pick])
+        img_f, txt_f, scale = model(images, data.tokens[idx, pick])
         loss = loss_fn(img_f, txt_f, scale)
         if cfg.same_animal_weight:
             loss = loss + cfg.same_animal_weight * same_animal_loss(
-                img_f, txt_f, scale, animals[idx])
+                img_f, txt_f, scale, data.animals[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -286,7 +255,7 @@ def train_backbone(data: TrainData, cfg: TrainConfig) -> tuple[torch.nn.Module, 
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.item())
     model.eval()
-    stats = {"steps": cfg.steps, "train_images": n, "seconds": round(time.perf_counter() - t0, 1),
+    stats = {"steps": cfg.steps, "seconds": round(time.perf_counter() - t0, 1),
              "cpu_seconds": round(time.process_time() - c0, 1),
              "final_loss": round(float(np.mean(losses[-20:])), 4),
              "params": sum(p.numel() for p in model.parameters())}
@@ -388,15 +357,13 @@ def train_and_save(world_dir: str | Path, names: Sequence[str], *, seed: int = 0
     for name in names:
         cfg = TrainConfig(name=name, seed=seed, steps=(steps or DEFAULT_STEPS)[name],
                           lr=DEFAULT_LR[name], crop_scale=DEFAULT_CROP[name],
-                          threads=threads, same_animal_weight=DEFAULT_SAME_ANIMAL[name],
-                          max_train_images=DEFAULT_MAX_TRAIN_IMAGES[name])
+                          threads=threads, same_animal_weight=DEFAULT_SAME_ANIMAL[name])
         model, stats = train_backbone(data, cfg)
         click.echo(f"{name}: {stats}", err=True)
         record = {
             "backbone": name, "world_version": data.world.get("generator_version"),
-            "world_seed": data.world.get("seed"), "world_scale": data.world.get("scale"),
-            "training_seed": seed, "train_split_images": len(data.images),
-            "vocab_size": data.tokenizer.get_vocab_size(),
+            "world_seed": data.world.get("seed"), "training_seed": seed,
+            "train_images": len(data.images), "vocab_size": data.tokenizer.get_vocab_size(),
             **stats, "train_config": asdict(cfg),
         }
         folders.append(save_backbone(model, name, data.tokenizer, record, out))
