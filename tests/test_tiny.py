@@ -190,6 +190,7 @@ def test_training_script_smoke(tmp_path: Path):
     assert rec == json.loads(json.dumps(records["tiny-vit-s"]))
     assert (rec["world_version"], rec["world_seed"], rec["training_seed"], rec["steps"]) == (
         GENERATOR_VERSION, 0, 3, 3)
+    assert rec["world_scale"] == "small"
     assert 0.0 <= rec["val"]["accuracy"] <= 1.0
     import open_clip
 

@@ -362,7 +362,8 @@ def train_and_save(world_dir: str | Path, names: Sequence[str], *, seed: int = 0
         click.echo(f"{name}: {stats}", err=True)
         record = {
             "backbone": name, "world_version": data.world.get("generator_version"),
-            "world_seed": data.world.get("seed"), "training_seed": seed,
+            "world_seed": data.world.get("seed"), "world_scale": data.world.get("scale"),
+            "training_seed": seed,
             "train_images": len(data.images), "vocab_size": data.tokenizer.get_vocab_size(),
             **stats, "train_config": asdict(cfg),
         }
