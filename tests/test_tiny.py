@@ -239,16 +239,11 @@ def test_training_reads_the_animal_from_captions_not_labels(small_world: Path):
 
 def test_shipped_backbones_record_their_training_data():
     """The ViTs learnt from the seed-0 world of scale "training" (16,940 train images),
-    tiny-rn from the "default" one (4,235); both share the val split the demo indexes."""
-    from clipindex.world import WorldKnobs
-    from clipindex.world.knobs import SCALES
-    from clipindex.world.plan import plan_split
-
+    tiny-rn from the "default" one (4,235); both share the val split the demo indexes
+    (``test_world.test_training_scale_is_default_with_a_4x_train_split``)."""
     expect = {"tiny-vit": ("training", 16940), "tiny-rn": ("default", 4235),
               "tiny-vit-s": ("training", 16940)}
     for name in tiny.TINY_BACKBONES:
         rec = tiny.read_record(tiny.checkpoint_dir(name))
         assert (rec["world_seed"], rec["world_scale"], rec["train_images"]) == (
             0, *expect[name]), name
-    assert plan_split(0, "val", SCALES["training"], WorldKnobs()) == plan_split(
-        0, "val", SCALES["default"], WorldKnobs())
