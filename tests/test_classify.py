@@ -254,7 +254,7 @@ def test_demo_abstention(demo_store: Path) -> None:
 
     # The tiny backbones' probabilities are peaked: at 0.9 only ~11 of these 175 test rows
     # are flagged, too few to compare. (On the demo's 950 test rows at 0.9, covered vs
-    # flagged accuracy was 0.71-0.79 vs 0.27-0.47 for every backbone and both methods.)
+    # flagged accuracy was 0.74-0.79 vs 0.27-0.40 for every backbone and both methods.)
     for b in tiny.TINY_BACKBONES:
         for m in ("prompt", "prototype"):
             res = classify(demo_store, b, m, reject_below=0.99)
@@ -316,8 +316,8 @@ def test_demo_imbalanced_folder_probe(val_only_worlds: dict,
     """30 vs 93 training images (the fields-vs-roads imbalance), tested on 150 + 150
     images of a world never trained on: the class-weighted probe beats the unweighted
     one on balanced accuracy for every backbone, by recalling more of the minority class.
-    (Measured 2026-11-24 on seeds 1 / 2: weighted 0.77-0.87, unweighted 0.75-0.83; cow
-    recall 0.69-0.94 vs 0.51-0.73. On a 15 + 15 test set one image is 0.033 and the
+    (Measured 2026-11-24 on seeds 1 / 2: weighted 0.79-0.87, unweighted 0.75-0.83; cow
+    recall 0.69-0.94 vs 0.53-0.73. On a 15 + 15 test set one image is 0.033 and the
     comparison was a coin toss.)"""
     from clipindex import tiny
     from clipindex.store import build_store

@@ -260,7 +260,7 @@ def test_default_scale_keeps_300_val_images_per_class() -> None:
 
 
 def test_training_scale_is_default_with_a_4x_train_split() -> None:
-    """The tiny backbones train on scale "training": its val split is the demo's."""
+    """The tiny ViTs train on scale "training": its val split is the demo's."""
     knobs = WorldKnobs()
     for seed in (0, 1):
         assert plan_split(seed, "val", SCALES["training"], knobs) == plan_split(

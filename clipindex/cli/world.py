@@ -37,7 +37,7 @@ class _OneLineErrors(click.Command):
     default="default",
     show_default=True,
     help="'small' for tests (seconds), 'default' for demos, 'training': default's val "
-    "split with a 4x train split (what the tiny backbones were trained on).",
+    "split with a 4x train split (what the tiny ViTs were trained on).",
 )
 @click.option("--force", is_flag=True, help="Overwrite the world files of a non-empty DIR.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
