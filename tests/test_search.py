@@ -675,23 +675,31 @@ def _demo_file(demo_world: Path, rel: str) -> Path:
     raise FileNotFoundError(rel)
 
 
-# The demo's own store: ``clipindex demo`` indexes the val split of the default-scale
-# world (seed 0) with demo.yaml's protocol, 200 images a class. Seeds 1 and 2 are worlds
-# the tiny backbones never saw, indexed the same way.
+# The demo's own sample: ``clipindex demo`` indexes 200 images a class (demo.yaml, seed 42)
+# of the val split of the default-scale world, seed 0. Seeds 1 and 2 are worlds the tiny
+# backbones never saw, sampled the same way. Each world's whole val split (about 350 a
+# class) is indexed once; the demo's sample is a ``--where coco_id=...`` filter on it, and
+# the sampled figures draw further random 200-a-class samples from it.
 TOP10_WORLD_SEEDS = (0, 1, 2)
 FUSED = "fused"
+N_SAMPLES = 100
 
 
 @pytest.fixture(scope="module")
-def study_size_top10(val_only_worlds: dict, tmp_path_factory) -> dict:
-    """(world seed, backbone or "fused", class) -> how many of the top 10 for
-    "a photo of a {class}" show it, on stores built like the demo's (demo.yaml: 200
-    images a class, seed 42); "fused" is the three backbones' reciprocal rank fusion."""
+def top10_figures(val_only_worlds: dict, tmp_path_factory) -> dict:
+    """Two tables of "a photo of a {class}" searches:
+
+    ``exact``: (world seed, backbone or "fused", class) -> how many of the top 10 show
+    the class, searched with ``search_indexes`` over the demo protocol's own sample;
+    ``passes``: (world seed, backbone or "fused") -> the share of ``N_SAMPLES`` seeded
+    random 200-a-class samples of the whole val split in which every class has 8+ of 10.
+    "fused" is the three backbones' reciprocal rank fusion (``rrf_fuse``, depth 100).
+    """
     import torch
     from fixtures_store import _demo_available
 
     from clipindex import tiny
-    from clipindex.search import search_indexes
+    from clipindex.search import RRF_DEPTH, rrf_fuse
     from clipindex.sources import load_dataset
     from clipindex.store import build_store, open_index
 
@@ -700,52 +708,106 @@ def study_size_top10(val_only_worlds: dict, tmp_path_factory) -> dict:
     torch.set_num_threads(2)
     config = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "demo.yaml"
     prompts = [f"a photo of a {c}" for c in DEMO_CLASSES]
-    out = {}
+    exact, passes = {}, {}
     for seed in TOP10_WORLD_SEEDS:
-        dataset = load_dataset(config, root=val_only_worlds[seed])
-        assert dataset.images["label"].value_counts().to_dict() == dict.fromkeys(
-            DEMO_CLASSES, 200)
-        store = build_store(dataset, list(tiny.TINY_BACKBONES), workers=0, batch_size=128,
-                            out=tmp_path_factory.mktemp(f"s{seed}"), progress=False)[0].parent
+        root = val_only_worlds[seed]
+        demo = load_dataset(config, root=root).images
+        assert demo["label"].value_counts().to_dict() == dict.fromkeys(DEMO_CLASSES, 200)
+        whole = load_dataset(config, root=root, per_class=None, support_per_class=None)
+        store = build_store(
+            whole,
+            list(tiny.TINY_BACKBONES),
+            workers=0,
+            batch_size=128,
+            out=tmp_path_factory.mktemp(f"s{seed}"),
+            progress=False,
+        )[0].parent
         indexes = {b: open_index(store, b) for b in tiny.TINY_BACKBONES}
-        for name, chosen in [*((b, [i]) for b, i in indexes.items()),
-                             (FUSED, list(indexes.values()))]:
-            frame = search_indexes(chosen, texts=prompts, k=10).frame
+        in_demo = "coco_id=" + ",".join(map(str, demo["coco_id"]))
+        labels = indexes[tiny.TINY_BACKBONES[0]].images["label"].to_numpy()
+        assert sorted(
+            labels[np.isin(indexes[tiny.TINY_BACKBONES[0]].images["coco_id"], demo["coco_id"])]
+        ) == sorted(demo["label"])
+        for name, chosen in [
+            *((b, [i]) for b, i in indexes.items()),
+            (FUSED, list(indexes.values())),
+        ]:
+            frame = search_indexes(chosen, texts=prompts, k=10, where=in_demo).frame
             for q, cls in enumerate(DEMO_CLASSES):
                 hits = frame[frame["query_id"] == q]
                 assert len(hits) == 10
-                out[seed, name, cls] = int((hits["label"] == cls).sum())
-    return out
+                exact[seed, name, cls] = int((hits["label"] == cls).sum())
+
+        # Random samples: rank each sample's rows by the stored cosines (what a search
+        # of a store holding just that sample returns), fuse with the library's RRF.
+        scores = {b: i.image_vectors[:] @ i.text_vectors(prompts).T for b, i in indexes.items()}
+        rng = np.random.default_rng(seed)
+        ok = dict.fromkeys([*indexes, FUSED], 0)
+        for _ in range(N_SAMPLES):
+            rows = np.concatenate(
+                [rng.choice(np.flatnonzero(labels == c), 200, replace=False) for c in DEMO_CLASSES]
+            )
+            rankings = []
+            for b, s in scores.items():
+                rankings.append(rows[np.argsort(-s[rows].T, axis=1, kind="stable")[:, :RRF_DEPTH]])
+                ok[b] += _all_eight(rankings[-1][:, :10], labels)
+            ok[FUSED] += _all_eight(rrf_fuse(rankings, 10)[1], labels)
+        for name, n in ok.items():
+            passes[seed, name] = n / N_SAMPLES
+    return {"exact": exact, "passes": passes}
 
 
-def _top10_misses(top10: dict, names) -> tuple[dict, str]:
-    chosen = {key: n for key, n in top10.items() if key[1] in names}
+def _all_eight(top: np.ndarray, labels: np.ndarray) -> bool:
+    """Every query row q (class DEMO_CLASSES[q]) has 8+ of its class among ``top[q]``."""
+    return all((labels[top[q]] == c).sum() >= 8 for q, c in enumerate(DEMO_CLASSES))
+
+
+def _top10_misses(top10: dict, keep) -> tuple[dict, str]:
+    chosen = {key: n for key, n in top10.items() if keep(key[0], key[1])}
     table = ", ".join(f"seed {s} {b}/{c}: {n}" for (s, b, c), n in sorted(chosen.items()))
     return {key: n for key, n in chosen.items() if n < 8}, table
 
 
-# Measured 2026-11-24 (cat, dog, horse, sheep, cow; worlds 0 / 1 / 2): tiny-rn
-# 9 10 10 10 9 / 8 9 9 9 9 / 9 9 10 10 9, tiny-vit 10 10 9 9 8 / 10 9 9 10 8 /
-# 10 10 10 10 10, fused 10 9 9 10 10 / 10 10 9 10 9 / 9 10 9 10 10.
-MEETS_TOP10 = ("tiny-rn", "tiny-vit", FUSED)
+# Issue 6's bar, on the demo world: each tiny backbone alone and the three fused put
+# 8-10 of the class in the top 10, for every class. Measured 2026-11-24 (cat, dog, horse,
+# sheep, cow): tiny-rn 9 10 10 10 9, tiny-vit 10 10 9 9 8, tiny-vit-s 10 9 10 9 8,
+# fused 10 9 9 10 10.
+def test_demo_prompt_finds_its_class_in_the_top_10(top10_figures):
+    missed, table = _top10_misses(top10_figures["exact"], lambda seed, name: seed == 0)
+    assert not missed, f"fewer than 8 of 10 for {missed}; all: {table}"
 
 
-def test_demo_prompt_finds_its_class_in_the_top_10(study_size_top10):
-    """Issue 6's bar, met by tiny-rn, tiny-vit and the three backbones fused: every
-    class 8-10 of 10 on all three worlds."""
-    missed, table = _top10_misses(study_size_top10, MEETS_TOP10)
+# The same sample drawn from two worlds the backbones never saw. Measured 2026-11-24
+# (worlds 1 / 2): tiny-rn 8 9 9 9 9 / 9 9 10 10 9, tiny-vit 10 9 9 10 8 / 10 10 10 10 10,
+# tiny-vit-s 10 10 10 10 8 / 7 10 9 6 9, fused 10 10 9 10 9 / 9 10 9 10 10.
+def test_held_out_worlds_prompt_top_10(top10_figures):
+    missed, table = _top10_misses(
+        top10_figures["exact"], lambda seed, name: seed != 0 and (seed, name) != (2, "tiny-vit-s")
+    )
     assert not missed, f"fewer than 8 of 10 for {missed}; all: {table}"
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 6 unfinished for tiny-vit-s alone: on the demo-size stores of worlds "
-    "0/1/2 (cat, dog, horse, sheep, cow) it holds 10 9 10 9 8 / 10 10 10 10 8 / "
-    "7 10 9 6 9 of the class in the top 10 (measured 2026-11-24)",
+    reason="tiny-vit-s alone on world 2's demo-size sample: cat 7, sheep 6 of 10 "
+    "(three dogs among its cats; measured 2026-11-24)",
 )
-def test_demo_prompt_finds_its_class_in_the_top_10_tiny_vit_s(study_size_top10):
-    missed, table = _top10_misses(study_size_top10, ("tiny-vit-s",))
+def test_held_out_world_2_prompt_top_10_tiny_vit_s(top10_figures):
+    missed, table = _top10_misses(
+        top10_figures["exact"], lambda seed, name: (seed, name) == (2, "tiny-vit-s")
+    )
     assert not missed, f"fewer than 8 of 10 for {missed}; all: {table}"
+
+
+# How often the bar holds over 100 random 200-a-class samples of each world's whole val
+# split. Measured 2026-11-24 (worlds 0 / 1 / 2): tiny-rn 1.00 / .92 / 1.00, tiny-vit
+# .85 / .85 / 1.00, tiny-vit-s .77 / .97 / .57, fused .99 / 1.00 / 1.00. A single tiny
+# backbone passes most samples; fusing the three passes nearly all.
+def test_prompt_top_10_over_random_samples(top10_figures):
+    passes = top10_figures["passes"]
+    table = ", ".join(f"seed {s} {b}: {p:.2f}" for (s, b), p in sorted(passes.items()))
+    assert all(p >= 0.95 for (s, b), p in passes.items() if b == FUSED), table
+    assert all(p >= 0.5 for p in passes.values()), table
 
 
 def test_demo_search_equals_brute_force(demo_store):
