@@ -125,9 +125,10 @@ def build_store(
     if len(dataset.images) == 0:
         raise DataError(f"dataset {dataset.name!r} has no images; nothing to encode")
     fingerprint = _build.dataset_fingerprint(dataset)
-    _build.write_tables(dataset, opts.out / dataset.name, fingerprint, rebuild)
-    counter = _build.ShardCounter(_stop_after_shards)
-    return [_build.build_one(dataset, t, fingerprint, opts, counter) for t in targets]
+    with _build.build_lock(opts.out / dataset.name):  # one build per dataset folder
+        _build.write_tables(dataset, opts.out / dataset.name, fingerprint, rebuild)
+        counter = _build.ShardCounter(_stop_after_shards)
+        return [_build.build_one(dataset, t, fingerprint, opts, counter) for t in targets]
 
 
 # ----------------------------------------------------------------------------- reading

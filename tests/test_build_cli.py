@@ -219,10 +219,14 @@ def test_sigkill_mid_encoding_then_resume(tmp_path, use_fake_encoders):
             assert proc.poll() is None, "the build finished before it could be killed"
             assert time.monotonic() < deadline, "no shard was finished in time"
             time.sleep(0.05)
+        # A second build of the same folder while the first is writing: refused at once.
+        res = _run(*args)
+        _one_line_error(res, f"another clipindex build (pid {proc.pid}) is writing")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    # ... and its lock dies with it: the resume below needs no clean-up.
     done = len(list(shards.glob("images-*.json")))
     assert 1 <= done < 5
     assert not (out / "big" / "fake-a" / "manifest.json").exists()

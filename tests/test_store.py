@@ -228,6 +228,24 @@ def test_changed_dataset_is_refused_or_rebuilt(toy, tmp_path, use_fake_encoders)
     assert stale == {"fake-a": False, "fake-b": True}
 
 
+def test_concurrent_build_of_one_folder_is_refused(toy, tmp_path, use_fake_encoders):
+    import os
+
+    from clipindex._build import LOCK_NAME, build_lock
+    from clipindex.errors import UserInputError
+
+    out = tmp_path / "out"
+    held_by_me = f"another clipindex build \\(pid {os.getpid()}\\)"
+    with build_lock(out / "toy"):
+        with pytest.raises(UserInputError, match=held_by_me):
+            build_store(toy, ["fake-a"], out=out, **KW)
+        # nothing written besides the lock file
+        assert sorted(p.name for p in (out / "toy").iterdir()) == [LOCK_NAME]
+    build_store(toy, ["fake-a"], out=out, **KW)  # released on exit
+    assert open_index(out / "toy", "fake-a").manifest["n_images"] == 22
+    assert list_backbones(out / "toy") == ["fake-a"]
+
+
 def test_pretrained_none_and_checkpoint_get_own_folders(toy, tmp_path, use_fake_encoders):
     ckpt = tmp_path / "my-weights.pt"
     ckpt.write_bytes(b"weights v1")
