@@ -402,20 +402,9 @@ def _finish(
     captions, _ = cap.assemble(dim)
     valid = np.ones(len(images), dtype=bool)
     valid[[s["row_id"] for s in skipped]] = False
-    for name, matrix in (("images.npy", images), ("captions.npy", captions)):
-        write_npy(bdir / name, matrix.astype(dtype))
-    # Index what a reader will load: the stored (possibly float16) values.
-    stored_i = np.load(bdir / "images.npy").astype(np.float32)
-    stored_c = np.load(bdir / "captions.npy").astype(np.float32)
-    index_desc = {
-        "kind": index_kind,
-        "images": _build_faiss(stored_i, valid, index_kind, bdir / "images.faiss"),
-        "captions": _build_faiss(stored_c, np.ones(len(stored_c), bool), index_kind,
-                                 bdir / "captions.faiss"),
-    }
+    index_desc = _write_outputs(bdir, images, captions, valid, dtype, index_kind)
     from clipindex import __version__
 
-    files = ("images.npy", "captions.npy", "images.faiss", "captions.faiss")
     manifest = {
         "format_version": FORMAT_VERSION,
         "clipindex_version": __version__,
@@ -435,8 +424,7 @@ def _finish(
         "n_skipped": len(skipped),
         "dataset_fingerprint": fingerprint,
         "index": index_desc,
-        "files": {f: {"sha256": sha256_file(bdir / f), "bytes": (bdir / f).stat().st_size}
-                  for f in files},
+        "files": _file_records(bdir),
         "timings": timings,
         "params": _int_or_none(getattr(encoder, "params", None)),
         "image_size": _jsonable(getattr(encoder, "image_size", None)),
@@ -446,6 +434,102 @@ def _finish(
     }
     write_json(bdir / "manifest.json", manifest)
     shutil.rmtree(bdir / "shards", ignore_errors=True)
+    return manifest
+
+
+_OUTPUT_FILES = ("images.npy", "captions.npy", "images.faiss", "captions.faiss")
+
+
+def _write_outputs(folder: Path, images: np.ndarray, captions: np.ndarray,
+                   valid: np.ndarray, dtype: str, index_kind: str) -> dict[str, Any]:
+    """Write the two matrices in ``dtype`` and their FAISS indexes; return the index
+    description for the manifest."""
+    for name, matrix in (("images.npy", images), ("captions.npy", captions)):
+        write_npy(folder / name, matrix.astype(dtype))
+    # Index what a reader will load: the stored (possibly float16) values.
+    stored_i = np.load(folder / "images.npy").astype(np.float32)
+    stored_c = np.load(folder / "captions.npy").astype(np.float32)
+    return {
+        "kind": index_kind,
+        "images": _build_faiss(stored_i, valid, index_kind, folder / "images.faiss"),
+        "captions": _build_faiss(stored_c, np.ones(len(stored_c), bool), index_kind,
+                                 folder / "captions.faiss"),
+    }
+
+
+def _file_records(folder: Path) -> dict[str, dict[str, Any]]:
+    return {f: {"sha256": sha256_file(folder / f), "bytes": (folder / f).stat().st_size}
+            for f in _OUTPUT_FILES}
+
+
+# ----------------------------------------------------------------------------- re-index
+_REINDEX_DIR = ".reindex"
+
+
+def _reusable(bdir: Path, target: _Target, fingerprint: str, opts: BuildOptions
+              ) -> dict[str, Any] | None:
+    """The finished manifest of ``bdir`` when its stored vectors can serve a build that
+    asks only for another ``dtype`` or index kind; None when encoding is needed.
+
+    The vectors must be of the same dataset and weights and pass their sha256. A
+    float16 store cannot become float32 without re-encoding (the dropped bits are gone).
+    """
+    try:
+        m = read_json(bdir / "manifest.json")
+    except (OSError, ValueError):
+        return None
+    same = (m.get("format_version") == FORMAT_VERSION
+            and m.get("dataset_fingerprint") == fingerprint
+            and all(m.get(k) == v for k, v in target.identity.items()))
+    if not same:
+        return None
+    if m.get("dtype") == "float16" and opts.dtype == "float32":
+        log.info("%s: stored vectors are float16; re-encoding for float32", target.name)
+        return None
+    files = m.get("files") or {}
+    for name in ("images.npy", "captions.npy"):
+        path = bdir / name
+        if not path.is_file() or sha256_file(path) != (files.get(name) or {}).get("sha256"):
+            return None
+    return m
+
+
+def reindex(bdir: Path, target: _Target, old: dict[str, Any], opts: BuildOptions
+            ) -> dict[str, Any]:
+    """Rewrite a finished store in another dtype / index kind from its stored vectors.
+
+    The new files are made in ``bdir/.reindex`` while the old store stays whole and
+    openable; only then is the old manifest removed, the files moved in and the new
+    manifest written (last, atomically). Nothing is encoded.
+    """
+    t0 = time.perf_counter()
+    tmp = bdir / _REINDEX_DIR
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    images = np.load(bdir / "images.npy").astype(np.float32)
+    captions = np.load(bdir / "captions.npy").astype(np.float32)
+    valid = np.ones(len(images), dtype=bool)
+    valid[[int(s["row_id"]) for s in old.get("skipped", [])]] = False
+    index_desc = _write_outputs(tmp, images, captions, valid, opts.dtype, opts.index_kind)
+    from clipindex import __version__
+
+    manifest = {
+        **old,
+        "clipindex_version": __version__,
+        "dtype": opts.dtype,
+        "index": index_desc,
+        "files": _file_records(tmp),
+        "reindexed": {
+            "from_dtype": old.get("dtype"),
+            "from_index_kind": (old.get("index") or {}).get("kind"),
+            "seconds": round(time.perf_counter() - t0, 4),
+        },
+    }
+    (bdir / "manifest.json").unlink()
+    for name in _OUTPUT_FILES:
+        os.replace(tmp / name, bdir / name)
+    write_json(bdir / "manifest.json", manifest)
+    shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
@@ -535,7 +619,16 @@ def build_one(dataset: Any, target: _Target, fingerprint: str, opts: BuildOption
     bdir = opts.out / dataset.name / target.folder
     if _up_to_date(bdir, target, fingerprint, opts):
         log.info("%s: up to date (%s)", target.name, bdir)
-        shutil.rmtree(bdir / "shards", ignore_errors=True)  # killed right after the manifest
+        for leftover in ("shards", _REINDEX_DIR):  # killed right after the manifest
+            shutil.rmtree(bdir / leftover, ignore_errors=True)
+        return bdir
+    shutil.rmtree(bdir / _REINDEX_DIR, ignore_errors=True)  # an interrupted re-index
+    old = _reusable(bdir, target, fingerprint, opts)
+    if old is not None:
+        reindex(bdir, target, old, opts)
+        log.info("%s: re-indexed %s from its stored vectors (%s %s -> %s %s), nothing "
+                 "encoded", target.name, bdir, old.get("dtype"),
+                 (old.get("index") or {}).get("kind"), opts.dtype, opts.index_kind)
         return bdir
     (bdir / "manifest.json").unlink(missing_ok=True)  # stale: rebuild, never half-open
     encoder = load_encoder_for(target.spec, opts.device)

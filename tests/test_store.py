@@ -106,6 +106,75 @@ def test_float16_storage(toy, tmp_path, use_fake_encoders):
     np.testing.assert_allclose(s, rs, atol=1e-5)
 
 
+def test_new_index_kind_or_dtype_reuses_the_stored_vectors(tmp_path, use_fake_encoders,
+                                                           caplog):
+    ds = make_image_dataset(tmp_path / "data", n_per_class=45)
+    out = tmp_path / "out"
+    build_store(ds, ["fake-a"], out=out, **KW)
+    first = open_index(out / "toy", "fake-a")
+    flat_vectors, flat_captions = first.image_vectors.copy(), first.caption_vectors.copy()
+
+    FakeEncoder.encoded_images = 0
+    with caplog.at_level(logging.INFO, logger="clipindex.store"):
+        build_store(ds, ["fake-a"], out=out, index_kind="hnsw", **KW)
+    assert FakeEncoder.encoded_images == 0
+    assert "re-indexed" in caplog.text and "nothing encoded" in caplog.text
+    idx = open_index(out / "toy", "fake-a")
+    assert idx.manifest["index"]["kind"] == "hnsw"
+    assert idx.manifest["reindexed"]["from_index_kind"] == "flat"
+    assert idx.manifest["timings"] == first.manifest["timings"]  # the encode it came from
+    np.testing.assert_array_equal(idx.image_vectors, flat_vectors)
+    np.testing.assert_array_equal(idx.caption_vectors, flat_captions)
+    assert 0.5 <= idx.manifest["index"]["images"]["recall_at_10"] <= 1.0
+    assert not (idx.path / ".reindex").exists()
+
+    # float32 -> float16 is a conversion of what is stored ...
+    build_store(ds, ["fake-a"], out=out, index_kind="hnsw", dtype="float16", **KW)
+    assert FakeEncoder.encoded_images == 0
+    idx = open_index(out / "toy", "fake-a")
+    assert np.load(idx.path / "images.npy").dtype == np.float16
+    np.testing.assert_array_equal(idx.image_vectors,
+                                  flat_vectors.astype(np.float16).astype(np.float32))
+    # ... float16 -> float32 needs the dropped bits back: it re-encodes.
+    build_store(ds, ["fake-a"], out=out, **KW)
+    assert FakeEncoder.encoded_images == len(ds.images)
+    idx = open_index(out / "toy", "fake-a")
+    assert "reindexed" not in idx.manifest
+    np.testing.assert_allclose(idx.image_vectors, flat_vectors, atol=1e-6)
+
+
+def test_interrupted_reindex_leaves_the_old_store_whole(toy, tmp_path, use_fake_encoders,
+                                                       monkeypatch):
+    import clipindex._build as build_mod
+
+    out = tmp_path / "out"
+    build_store(toy, ["fake-a"], out=out, **KW)
+    real = build_mod._build_faiss
+    calls = []
+
+    def dies_on_the_captions(vectors, valid, kind, path):
+        calls.append(path.name)
+        if path.name == "captions.faiss":
+            raise KeyboardInterrupt  # Ctrl-C halfway through the new files
+        return real(vectors, valid, kind, path)
+
+    monkeypatch.setattr(build_mod, "_build_faiss", dies_on_the_captions)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(toy, ["fake-a"], out=out, index_kind="hnsw", **KW)
+    assert calls == ["images.faiss", "captions.faiss"]
+    idx = open_index(out / "toy", "fake-a")  # still the finished flat store
+    assert idx.manifest["index"]["kind"] == "flat"
+    np.testing.assert_allclose(idx.image_vectors, _expected(toy), atol=1e-6)
+    assert (idx.path / ".reindex").is_dir()
+
+    monkeypatch.setattr(build_mod, "_build_faiss", real)
+    FakeEncoder.encoded_images = 0
+    build_store(toy, ["fake-a"], out=out, index_kind="hnsw", **KW)
+    assert FakeEncoder.encoded_images == 0
+    assert open_index(out / "toy", "fake-a").manifest["index"]["kind"] == "hnsw"
+    assert not (idx.path / ".reindex").exists()
+
+
 def test_interrupted_build_resumes_without_reencoding(toy, tmp_path, use_fake_encoders,
                                                       caplog):
     out = tmp_path / "out"
