@@ -69,6 +69,28 @@ def test_build_prints_a_line_per_backbone_and_info_reads_it(folder, tmp_path,
     assert "funnel:" in text.stdout and "fake-b: FAKE-B, dim 24" in text.stdout
 
 
+def test_notes_print_once_even_with_a_root_handler(folder, tmp_path, use_fake_encoders):
+    """open_clip's module-level ``logging.info`` gives the root logger a stderr handler;
+    the build's notes must still print once, through the CLI's own handler."""
+    import logging
+
+    seen: list[logging.LogRecord] = []
+    root_handler = logging.Handler()
+    root_handler.emit = seen.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(root_handler)
+    try:
+        out = tmp_path / "out"
+        assert _run("build", folder, "--backbone", "fake-a", "--out", out, *FAST).exit_code == 0
+        res = _run("build", folder, "--backbone", "fake-a", "--out", out, "--index-kind",
+                   "hnsw", *FAST)
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count("re-indexed") == 1 and "nothing encoded" in res.stderr
+    assert [r.getMessage() for r in seen if r.name.startswith("clipindex")] == []
+    assert logging.getLogger("clipindex.store").propagate
+
+
 def test_installed_command_runs_end_to_end(folder, tmp_path, use_fake_encoders):
     _run("build", folder, "--backbone", "fake-a", "--out", tmp_path / "out", *FAST)
     exe = Path(sys.executable).parent / "clipindex"

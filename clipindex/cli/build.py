@@ -27,14 +27,18 @@ def _store_notes(verbose: bool) -> Iterator[None]:
     logger = logging.getLogger("clipindex.store")
     handler = _EchoHandler(level=logging.INFO)
     handler.addFilter(lambda r: verbose or "encoded shard" not in r.getMessage())
-    old_level = logger.level
+    old_level, old_propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    # Our handler prints each note once: open_clip's module-level ``logging.info`` calls
+    # give the root logger a stderr handler (``basicConfig``) that would print them again.
+    logger.propagate = False
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+        logger.propagate = old_propagate
 
 
 def _summary(path: Path) -> str:
@@ -86,6 +90,8 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
 
     CONFIG is a dataset YAML config, a folder with one sub-folder per class, or a
     CSV/parquet manifest. An interrupted build resumes from its finished shards.
+    Asking a finished store for another --index-kind, or float32 -> float16, rewrites
+    it from its stored vectors without encoding anything.
 
     \b
       clipindex build configs/datasets/demo.yaml --root worlds/demo \\
