@@ -478,10 +478,7 @@ def _reusable(bdir: Path, target: _Target, fingerprint: str, opts: BuildOptions
         m = read_json(bdir / "manifest.json")
     except (OSError, ValueError):
         return None
-    same = (m.get("format_version") == FORMAT_VERSION
-            and m.get("dataset_fingerprint") == fingerprint
-            and all(m.get(k) == v for k, v in target.identity.items()))
-    if not same:
+    if not _same_source(m, target, fingerprint):
         return None
     if m.get("dtype") == "float16" and opts.dtype == "float32":
         log.info("%s: stored vectors are float16; re-encoding for float32", target.name)
@@ -577,12 +574,17 @@ def _up_to_date(bdir: Path, target: _Target, fingerprint: str, opts: BuildOption
         m = read_json(path)
     except (OSError, ValueError):
         return False
-    same = (m.get("format_version") == FORMAT_VERSION
-            and m.get("dataset_fingerprint") == fingerprint
-            and all(m.get(k) == v for k, v in target.identity.items())
+    same = (_same_source(m, target, fingerprint)
             and m.get("dtype") == opts.dtype
             and (m.get("index") or {}).get("kind") == opts.index_kind)
     return same and all((bdir / f).exists() for f in m.get("files", {}))
+
+
+def _same_source(m: dict[str, Any], target: _Target, fingerprint: str) -> bool:
+    """Whether manifest ``m`` holds vectors of this dataset by these weights."""
+    return (m.get("format_version") == FORMAT_VERSION
+            and m.get("dataset_fingerprint") == fingerprint
+            and all(m.get(k) == v for k, v in target.identity.items()))
 
 
 def _sizes(opts: BuildOptions, encoder: Any) -> tuple[int, int]:
