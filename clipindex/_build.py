@@ -440,12 +440,13 @@ def _finish(
 _OUTPUT_FILES = ("images.npy", "captions.npy", "images.faiss", "captions.faiss")
 
 
-def _write_outputs(folder: Path, images: np.ndarray, captions: np.ndarray,
+def _write_outputs(folder: Path, images: np.ndarray | None, captions: np.ndarray | None,
                    valid: np.ndarray, dtype: str, index_kind: str) -> dict[str, Any]:
-    """Write the two matrices in ``dtype`` and their FAISS indexes; return the index
-    description for the manifest."""
+    """Write the two matrices in ``dtype`` (``None``: already in ``folder``) and their
+    FAISS indexes; return the index description for the manifest."""
     for name, matrix in (("images.npy", images), ("captions.npy", captions)):
-        write_npy(folder / name, matrix.astype(dtype))
+        if matrix is not None:
+            write_npy(folder / name, matrix.astype(dtype))
     # Index what a reader will load: the stored (possibly float16) values.
     stored_i = np.load(folder / "images.npy").astype(np.float32)
     stored_c = np.load(folder / "captions.npy").astype(np.float32)
@@ -503,11 +504,19 @@ def reindex(bdir: Path, target: _Target, old: dict[str, Any], opts: BuildOptions
     tmp = bdir / _REINDEX_DIR
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    images = np.load(bdir / "images.npy").astype(np.float32)
-    captions = np.load(bdir / "captions.npy").astype(np.float32)
-    valid = np.ones(len(images), dtype=bool)
+    matrices: list[np.ndarray | None] = []
+    for name in ("images.npy", "captions.npy"):
+        if old.get("dtype") == opts.dtype:  # same values: link, do not rewrite them
+            try:
+                os.link(bdir / name, tmp / name)
+            except OSError:
+                shutil.copyfile(bdir / name, tmp / name)
+            matrices.append(None)
+        else:
+            matrices.append(np.load(bdir / name))
+    valid = np.ones(int(old["n_images"]), dtype=bool)
     valid[[int(s["row_id"]) for s in old.get("skipped", [])]] = False
-    index_desc = _write_outputs(tmp, images, captions, valid, opts.dtype, opts.index_kind)
+    index_desc = _write_outputs(tmp, *matrices, valid, opts.dtype, opts.index_kind)
     from clipindex import __version__
 
     manifest = {
