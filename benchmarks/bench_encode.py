@@ -83,7 +83,7 @@ def _sync(encoder: Any) -> None:
 
 def bench_backbone(name: str, args: Any, files: list[Path], first: str) -> dict[str, Any]:
     """Time both paths on one backbone, alternating (starting with ``first``)."""
-    from clipindex.encoders import load_encoder
+    from clipindex.encode.encoder import load_encoder
 
     common.log(f"encode: loading {name} ({args.pretrained})")
     encoder = load_encoder(name, pretrained=args.pretrained, device=args.device)

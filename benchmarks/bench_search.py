@@ -1,4 +1,4 @@
-"""Store search (FAISS through clipindex.indexes) vs numpy brute force, same run.
+"""Store search (FAISS through clipindex.store.indexes) vs numpy brute force, same run.
 
 Random L2-normalised 512-d float32 vectors at 10k, 100k and 1M rows. For each size:
 
@@ -6,7 +6,7 @@ Random L2-normalised 512-d float32 vectors at 10k, 100k and 1M rows. For each si
   query of the same batch);
 - throughput of 1,000 queries in one call;
 
-where "store" is ``clipindex.indexes.search_index`` on the exact flat index that
+where "store" is ``clipindex.store.indexes.search_index`` on the exact flat index that
 ``build_store`` writes (``IndexIDMap2(IndexFlatIP)``), the same call
 ``BackboneIndex.search`` makes, and "numpy" is ``X @ q`` + ``np.argpartition``.
 Approximate kinds (IVF, HNSW) are timed against the flat index of the same size and
@@ -96,7 +96,7 @@ def _throughput(fns: dict[str, Any], queries: np.ndarray) -> tuple[dict[str, flo
 
 def bench_exact(n: int, queries: np.ndarray, repeats: int, seed: int) -> dict[str, Any]:
     """Flat store index vs numpy at ``n`` rows; returns figures and the exact top-k."""
-    from clipindex.indexes import build_index, search_index
+    from clipindex.store.indexes import build_index, search_index
 
     common.log(f"search: {n:,} vectors")
     x = unit_vectors(n, DIM, seed)
@@ -118,7 +118,7 @@ def bench_approx(kind: str, x: np.ndarray, exact: np.ndarray, queries: np.ndarra
     throughput and recall@10 against the exact top-10."""
     import faiss
 
-    from clipindex.indexes import build_index, describe_index, search_index
+    from clipindex.store.indexes import build_index, describe_index, search_index
 
     common.log(f"search: {kind} over {len(x):,} vectors {options}")
     with common.stopwatch() as t:
@@ -137,7 +137,7 @@ def bench_approx(kind: str, x: np.ndarray, exact: np.ndarray, queries: np.ndarra
 
 
 def _flat_reference(x: np.ndarray, queries: np.ndarray, repeats: int) -> dict[str, Any]:
-    from clipindex.indexes import build_index, search_index
+    from clipindex.store.indexes import build_index, search_index
 
     index = build_index(x, np.arange(len(x), dtype=np.int64))
     fns = {"flat": lambda q: search_index(index, q, K)}
@@ -244,7 +244,7 @@ def _main(argv: list[str] | None = None) -> int:
         head = [f"- command: `{common.command_line()}`",
                 *common.machine_lines(info),
                 f"- random unit {DIM}-d float32 vectors, top-{K}, inner product; store = "
-                "`clipindex.indexes.search_index` on the flat index `build_store` writes; "
+                "`clipindex.store.indexes.search_index` on the flat index `build_store` writes; "
                 "numpy = `X @ q` + `np.argpartition` (queries 64 at a time); 1-query "
                 f"figures are medians of {args.repeats} alternating runs",
                 "- approximate kinds: IVF over the largest size, HNSW (default knobs) over "

@@ -6,7 +6,7 @@ predictions, on the demo world selected by ``configs/datasets/demo.yaml``.
 
 - contender, clipindex's way: ``build_store`` encodes every image and caption once per
   backbone (batched, DataLoader workers), then every experiment is a
-  ``clipindex.evaluate.classify`` call that only reads the store (and encodes the five
+  ``clipindex.classifiers.runner.classify`` call that only reads the store (and encodes the five
   prompts);
 - baseline, the study's way: for every experiment and backbone, every test image is
   opened, preprocessed and encoded one at a time (open_clip ``preprocess`` +
@@ -50,7 +50,7 @@ def load_demo(world: Path, per_class: int | None) -> Any:
 # ----------------------------------------------------------------------------- contender
 def cached_study(dataset: Any, backbones: list[str], args: Any) -> dict[str, Any]:
     """Encode once into a fresh store, then run every experiment from it."""
-    from clipindex.evaluate import classify
+    from clipindex.classifiers.runner import classify
     from clipindex.store import build_store
 
     out = Path(args.workdir) / "study-store"
@@ -99,7 +99,7 @@ def _load(name: str, pretrained: str, seed: int | None) -> Any:
     """The encoder the store was built with (random-init weights from the same seed)."""
     import torch
 
-    from clipindex.encoders import load_encoder
+    from clipindex.encode.encoder import load_encoder
 
     if seed is None:
         return load_encoder(name, pretrained=pretrained, device="cpu")

@@ -282,8 +282,8 @@ class BenchConfig:
         A dataset config path (relative paths in a bench YAML are relative to that
         YAML's folder), or the dataset config's fields inline.
     backbones, methods : tuple of str
-        Backbone names (:func:`clipindex.backbones.resolve_backbone`) and method names
-        (:data:`clipindex.evaluate.METHODS`).
+        Backbone names (:func:`clipindex.encode.backbones.resolve_backbone`) and method names
+        (:data:`clipindex.classifiers.runner.METHODS`).
     name : str
         A label for the tables' titles.
     dataset_overrides : mapping
@@ -291,10 +291,10 @@ class BenchConfig:
     pretrained : str
         Weights of every backbone (``default``, a tag, ``none``, a checkpoint path).
     ensembles : tuple of str
-        Ensemble kinds (:data:`clipindex.evaluate.ENSEMBLES`) built over all backbones
+        Ensemble kinds (:data:`clipindex.classifiers.runner.ENSEMBLES`) built over all backbones
         for every method (needs at least two backbones).
     shots, k, weights, seed, templates, prompt, class_weight
-        As :func:`clipindex.evaluate.classify` takes them (``shots: null`` uses the
+        As :func:`clipindex.classifiers.runner.classify` takes them (``shots: null`` uses the
         stored support/test split).
     retrieval : bool
         Measure text↔image Recall@K over the captions.

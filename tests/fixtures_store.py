@@ -31,7 +31,7 @@ DEMO_SUPPORT = 5
 # ----------------------------------------------------------------------------- stand-ins
 @dataclass(frozen=True)
 class FakeSpec:
-    """Mirrors :class:`clipindex.backbones.BackboneSpec` (the fields the store reads)."""
+    """Mirrors :class:`clipindex.encode.backbones.BackboneSpec` (the fields the store reads)."""
 
     name: str
     display: str
@@ -132,7 +132,7 @@ def fake_load_encoder(spec: Any, *, pretrained: Any = "default", device: Any = N
 
 def install_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Route clipindex's backbone registry and encoder loading to the stand-ins."""
-    from clipindex import backbones, encoders
+    from clipindex.encode import backbones, encoders
 
     monkeypatch.setattr(backbones, "resolve_backbone", fake_resolve)
     monkeypatch.setattr(encoders, "load_encoder", fake_load_encoder)

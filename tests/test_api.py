@@ -38,8 +38,9 @@ def test_import_is_light_and_side_effect_free() -> None:
 
 
 def test_library_never_imports_the_cli() -> None:
-    code = ("import sys, clipindex, clipindex.store, clipindex.evaluate, clipindex.search, "
-            "clipindex.bench; print(any(m.startswith('clipindex.cli') for m in sys.modules))")
+    code = ("import sys, clipindex, clipindex.store, clipindex.classifiers.runner, "
+            "clipindex.search, clipindex.bench; "
+            " print(any(m.startswith('clipindex.cli') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
@@ -55,7 +56,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path) -> None:
     import os
     import stat
 
-    from clipindex._io import atomic_write_bytes
+    from clipindex.files import atomic_write_bytes
 
     mask = os.umask(0o022)
     try:

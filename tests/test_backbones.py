@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipindex.backbones import STUDY_BACKBONES, BackboneSpec, known_backbones, resolve_backbone
-from clipindex.encoders import load_encoder
+from clipindex.encode.backbones import (
+    STUDY_BACKBONES,
+    BackboneSpec,
+    known_backbones,
+    resolve_backbone,
+)
+from clipindex.encode.encoder import load_encoder
 from clipindex.errors import ModelLoadError, UserInputError
 
 

@@ -28,7 +28,7 @@ from clipindex.bench import (
     run_bench,
     validate_bench,
 )
-from clipindex.bench_outputs import retrieval_table
+from clipindex.bench.outputs import retrieval_table
 from clipindex.classifiers import majority_vote, soft_vote
 from clipindex.cli import main
 from clipindex.config import load_dataset_config

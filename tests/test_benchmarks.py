@@ -84,7 +84,7 @@ def test_ratio_line_form() -> None:
 def test_numpy_top_k_matches_the_reference() -> None:
     import numpy as np
 
-    from clipindex.indexes import brute_force
+    from clipindex.store.indexes import brute_force
 
     search = _module("bench_search")
     x = search.unit_vectors(300, 16, seed=0)
@@ -136,7 +136,7 @@ def test_each_script_writes_its_section(bench_env: dict[str, Path]) -> None:
 
 def test_encode_cuda_mode_structure() -> None:
     # No GPU here: check the GPU mode's settings and that its backbones resolve (no load).
-    from clipindex.backbones import resolve_backbone
+    from clipindex.encode.backbones import resolve_backbone
 
     encode = _module("bench_encode")
     args = encode._parse(["--device", "cuda"])

@@ -19,9 +19,9 @@ from clipindex.classifiers import (
     soft_vote,
     vote_shares,
 )
+from clipindex.classifiers.templates import IMAGENET_TEMPLATES, get_templates
 from clipindex.errors import UserInputError
 from clipindex.metrics import balanced_accuracy
-from clipindex.prompts import IMAGENET_TEMPLATES, get_templates
 
 
 def unit(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:

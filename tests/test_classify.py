@@ -23,9 +23,9 @@ from fixtures_store import (
 )
 
 from clipindex.classifiers import majority_vote
+from clipindex.classifiers.runner import METHODS, classify, classify_images, parse_classes
 from clipindex.cli import main
 from clipindex.errors import DataError, UserInputError
-from clipindex.evaluate import METHODS, classify, classify_images, parse_classes
 from clipindex.tiny import TINY_BACKBONES
 
 N_PER_CLASS = 20

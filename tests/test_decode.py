@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipindex.decode import DecodeError, failure_reason, load_rgb, to_rgb
+from clipindex.encode.decode import DecodeError, failure_reason, load_rgb, to_rgb
 from clipindex.errors import DataError
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipindex.backbones import resolve_backbone
-from clipindex.encoders import (
+from clipindex.encode.backbones import resolve_backbone
+from clipindex.encode.encoder import (
     Encoder,
     ImageBatch,
     load_encoder,

@@ -400,7 +400,7 @@ def heldout_demo(tmp_path_factory):
 def cam_in_box(dataset, backbone: str) -> dict[str, float]:
     """Mean share of CAM mass inside the subject box vs the box's share of the image, over
     the first correctly classified test rows (prompt zero-shot, CAM toward the true class)."""
-    from clipindex.encoders import load_encoder
+    from clipindex.encode.encoder import load_encoder
 
     encoder = load_encoder(backbone)
     classes = list(dataset.info["classes"])

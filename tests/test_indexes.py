@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clipindex.errors import IndexMismatchError, UserInputError
-from clipindex.indexes import (
+from clipindex.store.indexes import (
     INDEX_KINDS,
     brute_force,
     build_index,
@@ -117,7 +117,7 @@ def test_errors():
 def test_docstring_examples_run():
     import doctest
 
-    import clipindex.indexes
+    import clipindex.store.indexes
 
-    result = doctest.testmod(clipindex.indexes)
+    result = doctest.testmod(clipindex.store.indexes)
     assert result.attempted >= 8 and result.failed == 0

@@ -74,7 +74,7 @@ def _load(spec: Any, *, pretrained: Any = "default", device: Any = None, **_: An
 
 
 def _install(mp: pytest.MonkeyPatch, *, cam: bool = True) -> None:
-    from clipindex import encoders
+    from clipindex.encode import encoder as encoders
 
     install_fakes(mp)
     if cam:

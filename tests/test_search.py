@@ -1,7 +1,7 @@
 """Search: results against a numpy brute force, filters, fusion, the CLI and bad input.
 
 The logic is tested on a small stand-in of ``clipindex.store.BackboneIndex`` (same
-attributes, real FAISS indexes from ``clipindex.indexes``); the end-to-end checks on
+attributes, real FAISS indexes from ``clipindex.store.indexes``); the end-to-end checks on
 the demo world with the tiny backbones are in ``test_search_demo_*`` below.
 """
 
@@ -15,11 +15,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-import clipindex.search as search_mod
+import clipindex.search.query as search_mod
 from clipindex.cli import main
 from clipindex.errors import DataError, UserInputError
-from clipindex.filters import parse_where, where_mask
-from clipindex.indexes import brute_force, build_index, search_index
 from clipindex.search import (
     RRF_K,
     rrf_fuse,
@@ -28,6 +26,8 @@ from clipindex.search import (
     search_indexes,
     search_text,
 )
+from clipindex.search.filters import parse_where, where_mask
+from clipindex.store.indexes import brute_force, build_index, search_index
 
 pytestmark = pytest.mark.usefixtures("faiss_single_thread")
 
@@ -889,8 +889,8 @@ def test_demo_installed_command_fuses_three_backbones(demo_store):
 def test_docstring_examples_run():
     import doctest
 
-    import clipindex.filters
+    import clipindex.search.filters
 
-    for module in (search_mod, clipindex.filters):
+    for module in (search_mod, clipindex.search.filters):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted >= 2, module.__name__

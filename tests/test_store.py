@@ -25,7 +25,6 @@ from fixtures_store import (
 )
 
 from clipindex.errors import DataError, IncompleteIndexError, IndexMismatchError
-from clipindex.indexes import brute_force
 from clipindex.store import (
     BuildInterrupted,
     build_store,
@@ -33,6 +32,7 @@ from clipindex.store import (
     open_index,
     store_info,
 )
+from clipindex.store.indexes import brute_force
 
 pytestmark = pytest.mark.usefixtures("faiss_single_thread")
 
@@ -145,7 +145,7 @@ def test_new_index_kind_or_dtype_reuses_the_stored_vectors(tmp_path, use_fake_en
 
 def test_interrupted_reindex_leaves_the_old_store_whole(toy, tmp_path, use_fake_encoders,
                                                        monkeypatch):
-    import clipindex._build as build_mod
+    import clipindex.store.build as build_mod
 
     out = tmp_path / "out"
     build_store(toy, ["fake-a"], out=out, **KW)
@@ -300,8 +300,8 @@ def test_changed_dataset_is_refused_or_rebuilt(toy, tmp_path, use_fake_encoders)
 def test_concurrent_build_of_one_folder_is_refused(toy, tmp_path, use_fake_encoders):
     import os
 
-    from clipindex._build import LOCK_NAME, build_lock
     from clipindex.errors import UserInputError
+    from clipindex.store.build import LOCK_NAME, build_lock
 
     out = tmp_path / "out"
     held_by_me = f"another clipindex build \\(pid {os.getpid()}\\)"

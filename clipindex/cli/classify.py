@@ -10,8 +10,7 @@ import click
 import pandas as pd
 
 from clipindex.classifiers import KNN_WEIGHTS
-from clipindex.cli._app import echo_err, main
-from clipindex.evaluate import (
+from clipindex.classifiers.runner import (
     ENSEMBLES,
     METHODS,
     ClassifyResult,
@@ -19,7 +18,8 @@ from clipindex.evaluate import (
     classify_images,
     write_predictions,
 )
-from clipindex.prompts import TEMPLATE_SETS
+from clipindex.classifiers.templates import TEMPLATE_SETS
+from clipindex.cli._app import echo_err, main
 
 _CLASS_WEIGHTS = {"auto": "auto", "balanced": "balanced", "none": None}
 

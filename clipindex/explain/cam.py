@@ -320,11 +320,11 @@ def _cpu_fp32(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 def load_image(image: str | Path | Image.Image) -> Image.Image:
-    """An RGB PIL image from a path (decoded by :func:`clipindex.decode.load_rgb`, EXIF
+    """An RGB PIL image from a path (decoded by :func:`clipindex.encode.decode.load_rgb`, EXIF
     applied; ``DataError`` if unreadable) or a PIL image."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    from clipindex.decode import load_rgb
+    from clipindex.encode.decode import load_rgb
 
     return load_rgb(Path(image))
 

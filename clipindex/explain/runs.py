@@ -230,8 +230,8 @@ def explain_rows(
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write a PNG atomically (:func:`clipindex._io.atomic_write`)."""
-    from clipindex._io import atomic_write
+    """Write a PNG atomically (:func:`clipindex.files.atomic_write`)."""
+    from clipindex.files import atomic_write
 
     return atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 

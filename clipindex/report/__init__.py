@@ -146,7 +146,7 @@ def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | 
     >>> write_report("demo-out/results", projection="tsne")  # doctest: +SKIP
     PosixPath('demo-out/results/report.html')
     """
-    from clipindex._io import atomic_write_bytes
+    from clipindex.files import atomic_write_bytes
 
     html, _ = build_report(results, projection=projection, options=options)
     path = Path(out) if out is not None else Path(results) / "report.html"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex.bench_outputs import FEW_SHOT, ZERO_SHOT
+from clipindex.bench.outputs import FEW_SHOT, ZERO_SHOT
 from clipindex.report import _charts as charts
 from clipindex.report._data import ENSEMBLE_PREFIX, Missing, ResultsData
 from clipindex.report._html import Markup, esc, figure, img_tag, notice, table

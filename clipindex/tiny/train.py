@@ -33,8 +33,8 @@ import click
 import numpy as np
 import torch
 
-from clipindex._io import write_json_atomic
 from clipindex.errors import DataError
+from clipindex.files import write_json_atomic
 from clipindex.tiny import CONFIGS_DIR, RECORD_FILE, TINY_BACKBONES
 from clipindex.tiny.configs import ARCHITECTURES, CONTEXT_LENGTH, model_cfg
 from clipindex.tiny.evaluate import STUDY_TEMPLATE, _read_json, evaluate_world

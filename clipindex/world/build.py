@@ -16,8 +16,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from clipindex._io import atomic_write_bytes
 from clipindex.errors import UserInputError
+from clipindex.files import atomic_write_bytes
 from clipindex.world.captions import make_captions
 from clipindex.world.knobs import (
     CATEGORIES,

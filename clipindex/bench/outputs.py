@@ -14,7 +14,7 @@ Every file is written atomically (temp file in the same folder, fsync, rename).
 
 Example
 -------
->>> from clipindex.bench_outputs import tables_frame
+>>> from clipindex.bench.outputs import tables_frame
 >>> tables_frame({}).columns.tolist()[:3]
 ['backbone', 'method', 'accuracy']
 """
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex._io import atomic_write_bytes
+from clipindex.files import atomic_write_bytes
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -424,7 +424,7 @@ CONFUSION_FILES = {ZERO_SHOT: "confusion_zero_shot.png", FEW_SHOT: "confusion_fe
 
 def write_confusions(records: Mapping[str, Mapping[str, Any]], out: Path) -> dict[str, Path]:
     """The study's confusion grids for zero-shot and few-shot (backbones, then ensembles)."""
-    from clipindex.plots import ConfusionPanel, confusion_grid
+    from clipindex.bench.plots import ConfusionPanel, confusion_grid
 
     files = {}
     for method, name in CONFUSION_FILES.items():

@@ -9,7 +9,7 @@ against; approximate kinds report their recall@k against it (``measure_recall``)
 Example
 -------
 >>> import numpy as np
->>> from clipindex.indexes import build_index, search_index, brute_force
+>>> from clipindex.store.indexes import build_index, search_index, brute_force
 >>> rng = np.random.default_rng(0)
 >>> x = rng.standard_normal((50, 8)).astype("float32")
 >>> x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -31,8 +31,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from clipindex._io import atomic_write_bytes
 from clipindex.errors import IndexMismatchError, UserInputError
+from clipindex.files import atomic_write_bytes
 
 __all__ = [
     "INDEX_KINDS",

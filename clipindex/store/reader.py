@@ -25,21 +25,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex import _build
-from clipindex._build import (
-    FORMAT_VERSION,
-    BuildInterrupted,
-    normalise_rows,
-    read_json,
-    sha256_file,
-)
-from clipindex._build import identity as _identity
 from clipindex.errors import (
     DataError,
     IncompleteIndexError,
     IndexMismatchError,
     UserInputError,
 )
+from clipindex.store import build as _build
+from clipindex.store.build import (
+    FORMAT_VERSION,
+    BuildInterrupted,
+    normalise_rows,
+    read_json,
+    sha256_file,
+)
+from clipindex.store.build import identity as _identity
 
 __all__ = [
     "FORMAT_VERSION",
@@ -81,7 +81,7 @@ def build_store(
         :func:`clipindex.sources.load_dataset` reads (YAML config, class-folder tree,
         CSV/parquet manifest; ``root`` overrides its data root).
     backbones : name or list of names
-        Backbones resolvable by :func:`clipindex.backbones.resolve_backbone`.
+        Backbones resolvable by :func:`clipindex.encode.backbones.resolve_backbone`.
     out : path
         The store root; the dataset goes to ``out/<dataset.name>``.
     pretrained : str
@@ -192,7 +192,7 @@ class BackboneIndex:
         ...                          rows=idx.images.index[idx.images.split == "test"])
         ... # doctest: +SKIP
         """
-        from clipindex.indexes import search_index
+        from clipindex.store.indexes import search_index
 
         if target not in _TARGETS:
             raise UserInputError(f"target must be one of {', '.join(_TARGETS)}, got {target!r}")
@@ -234,7 +234,7 @@ class BackboneIndex:
         return search_image(self, paths, k, target=target, where=where)  # type: ignore[arg-type]
 
     def encoder(self, device: str | None = None) -> Any:
-        """The :class:`~clipindex.encoders.Encoder` these vectors came from (loaded once)."""
+        """The :class:`~clipindex.encode.encoder.Encoder` these vectors came from (loaded once)."""
         if device not in self._encoders:
             self._encoders[device] = _load_matching_encoder(self.manifest, device)
         return self._encoders[device]
@@ -277,7 +277,7 @@ class BackboneIndex:
         return self._text_cache
 
     def _save_text_cache(self, cache: dict[str, np.ndarray]) -> None:
-        from clipindex._io import atomic_write
+        from clipindex.files import atomic_write
 
         texts = np.array(list(cache), dtype=str)
         vectors = np.stack(list(cache.values())).astype(np.float32)
@@ -289,7 +289,7 @@ class BackboneIndex:
 
 
 def _load_matching_encoder(manifest: dict[str, Any], device: str | None) -> Any:
-    from clipindex import backbones
+    from clipindex.encode import backbones
 
     req = manifest.get("requested") or {}
     spec = backbones.resolve_backbone(req.get("backbone", manifest["backbone"]),
@@ -340,7 +340,7 @@ def _backbone_dir(dataset_dir: Path, backbone: str, pretrained: str) -> Path:
     if pretrained == "default" and backbone and "/" not in backbone and direct.is_dir():
         return direct
     try:
-        from clipindex.backbones import resolve_backbone
+        from clipindex.encode.backbones import resolve_backbone
 
         folder = resolve_backbone(backbone, pretrained=pretrained).name
     except UserInputError:
@@ -376,7 +376,7 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
         The dataset folder written by :func:`build_store`.
     backbone : str
         A backbone folder name (``tiny-vit``, ``ViT-B-32__none``) or a name
-        :func:`~clipindex.backbones.resolve_backbone` knows (with ``pretrained``).
+        :func:`~clipindex.encode.backbones.resolve_backbone` knows (with ``pretrained``).
     verify : bool
         Check every stored file's sha256 against the manifest (sizes are always checked).
 
@@ -394,7 +394,7 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     >>> idx.image_vectors.shape  # doctest: +SKIP
     (1000, 64)
     """
-    from clipindex.indexes import load_index
+    from clipindex.store.indexes import load_index
 
     root = Path(dataset_dir)
     info = _dataset_meta(root)

@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex import _coco
 from clipindex.config import DatasetConfig, apply_overrides, load_dataset_config
 from clipindex.errors import ConfigError, DataError
+from clipindex.sources import coco as _coco
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -307,7 +307,7 @@ def _require_file(root: Path, cfg: DatasetConfig, field_name: str, origin: str) 
     return path
 
 
-# --- COCO (the JSON itself is read in clipindex._coco) ---------------------------
+# --- COCO (the JSON itself is read in clipindex.sources.coco) ---------------------------
 
 
 def _load_coco(cfg: DatasetConfig, root: Path, origin: str) -> _Built:

@@ -7,7 +7,7 @@ vote), counts written in every cell and the panel's accuracy in its title.
 Example
 -------
 >>> import numpy as np
->>> from clipindex.plots import ConfusionPanel, confusion_grid
+>>> from clipindex.bench.plots import ConfusionPanel, confusion_grid
 >>> panel = ConfusionPanel("tiny-vit", np.array([[9, 1], [2, 8]]), ["cat", "dog"])
 >>> confusion_grid([panel], "confusion.png", title="zero-shot")  # doctest: +SKIP
 PosixPath('confusion.png')
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from clipindex._io import atomic_write
+from clipindex.files import atomic_write
 
 __all__ = ["ConfusionPanel", "confusion_grid", "ENSEMBLE_CMAPS"]
 

@@ -1,7 +1,7 @@
 """Batched encoding of images and texts with an open_clip backbone.
 
 Images go through a torch ``DataLoader`` whose worker processes decode
-(:func:`clipindex.decode.load_rgb`) and resize/center-crop them to the model's input
+(:func:`clipindex.encode.decode.load_rgb`) and resize/center-crop them to the model's input
 size with the very PIL transforms of open_clip's own ``preprocess``; they send **uint8**
 crops (4× less to copy between processes than float), and the main process turns them
 into normalised floats on the device and encodes whole batches. Decoding of the next
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipindex.backbones import BackboneSpec, resolve_backbone
-from clipindex.decode import failure_reason, load_rgb, to_rgb
+from clipindex.encode.backbones import BackboneSpec, resolve_backbone
+from clipindex.encode.decode import failure_reason, load_rgb, to_rgb
 from clipindex.errors import ModelLoadError, UserInputError
 
 __all__ = [
@@ -372,7 +372,7 @@ class Encoder:
 
     def encode_pil(self, images: Sequence[Image.Image], *,
                    batch_size: int | None = None) -> np.ndarray:
-        """Encode in-memory PIL images (any mode; see :func:`clipindex.decode.to_rgb`).
+        """Encode in-memory PIL images (any mode; see :func:`clipindex.encode.decode.to_rgb`).
 
         Examples
         --------
@@ -472,7 +472,7 @@ def load_encoder(
     Parameters
     ----------
     spec_or_name : BackboneSpec or str
-        A resolved spec, or a name for :func:`clipindex.backbones.resolve_backbone`.
+        A resolved spec, or a name for :func:`clipindex.encode.backbones.resolve_backbone`.
     pretrained : str or None
         Used with a name only: ``"default"``, a tag, ``"none"`` or a checkpoint path.
     device : str, optional

@@ -13,7 +13,7 @@ A backbone is named three ways, all accepted by :func:`resolve_backbone`:
 (random initialisation, for speed measurements), a local checkpoint file
 (``.pt``/``.pth``/``.bin``/``.safetensors``) or a self-contained ``local-dir`` folder
 (``open_clip_config.json`` + weights). Resolving never loads or downloads anything; see
-:func:`clipindex.encoders.load_encoder` for that.
+:func:`clipindex.encode.encoder.load_encoder` for that.
 
 The store folder of a backbone (``BackboneSpec.name``) is the open_clip model name, with
 ``__<tag>`` appended only for a non-default tag (``none`` counts as non-default), and

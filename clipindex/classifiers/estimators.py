@@ -45,10 +45,10 @@ import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 
+from clipindex.classifiers.templates import DEFAULT_TEMPLATE, fill_templates
 from clipindex.errors import UserInputError
-from clipindex.indexes import build_index, search_index
 from clipindex.metrics import Vector
-from clipindex.prompts import DEFAULT_TEMPLATE, fill_templates
+from clipindex.store.indexes import build_index, search_index
 
 __all__ = [
     "PromptClassifier",

@@ -3,19 +3,19 @@
 :func:`run_bench` takes a bench config (a dataset, backbones, methods, ensembles),
 validates all of it, builds any missing or stale store under ``index_root`` (encode once
 per backbone), evaluates every (backbone, method) from the stored vectors with
-:func:`clipindex.evaluate.classify`, combines the backbones' predictions into ensemble
+:func:`clipindex.classifiers.runner.classify`, combines the backbones' predictions into ensemble
 rows, measures retrieval Recall@K over the captions and writes::
 
     RESULTS/records/<backbone>__<method>.json         metrics, per-class recall, params, timings
     RESULTS/predictions/<backbone>__<method>.parquet  as `clipindex classify --out`
-    RESULTS/tables.csv, tables.md, retrieval.csv      (see clipindex.bench_outputs)
+    RESULTS/tables.csv, tables.md, retrieval.csv      (see clipindex.bench.outputs)
     RESULTS/confusion_zero_shot.png, confusion_few_shot.png
     RESULTS/errors.csv, errors.md
     RESULTS/run.json                                  what a report needs to find everything
 
 Ensemble rows are named ``ensemble-<kind>`` (``ensemble-majority``, ``ensemble-soft``)
 and are computed from the single-backbone predictions with
-:data:`clipindex.evaluate.ENSEMBLES`, so anyone can recompute them from ``predictions/``.
+:data:`clipindex.classifiers.runner.ENSEMBLES`, so anyone can recompute them from ``predictions/``.
 
 Protocols:
 
@@ -45,9 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex import bench_outputs as outputs
-from clipindex._io import atomic_write_bytes
-from clipindex.bench_outputs import (
+from clipindex.bench import outputs
+from clipindex.bench.outputs import (
     METRIC_DIGITS,
     TABLE_COLUMNS,
     TIME_DIGITS,
@@ -67,6 +66,7 @@ from clipindex.config import (
     load_dataset_config,
 )
 from clipindex.errors import ConfigError, DataError, UserInputError
+from clipindex.files import atomic_write_bytes
 
 __all__ = [
     "PROTOCOLS",
@@ -133,10 +133,10 @@ def validate_bench(config: BenchConfig | str | os.PathLike[str], *,
     >>> validate_bench("configs/bench/demo.yaml").protocol  # doctest: +SKIP
     'same-rows'
     """
-    from clipindex import backbones as bb
     from clipindex.classifiers import KNN_WEIGHTS
-    from clipindex.evaluate import ENSEMBLES, METHODS
-    from clipindex.prompts import check_template, get_templates
+    from clipindex.classifiers.runner import ENSEMBLES, METHODS
+    from clipindex.classifiers.templates import check_template, get_templates
+    from clipindex.encode import backbones as bb
 
     cfg = _as_config(config)
     if protocol not in PROTOCOLS:
@@ -203,7 +203,7 @@ def _load_data(plan: BenchPlan, root: Any, out: Path) -> tuple[Any, Path]:
 
 def _check_data(plan: BenchPlan, dataset: Any) -> None:
     """What the methods need from the data, checked before anything is encoded."""
-    from clipindex.evaluate import CAPTION_METHODS
+    from clipindex.classifiers.runner import CAPTION_METHODS
 
     methods = plan.cfg.methods
     need_captions = [m for m in methods if m in CAPTION_METHODS]
@@ -243,7 +243,7 @@ def _manifest_stamp(bdir: Path) -> tuple[int, int] | None:
 
 
 def _backbone_facts(ddir: Path, folder: str) -> dict[str, Any]:
-    from clipindex._build import read_json
+    from clipindex.store.build import read_json
 
     m = read_json(ddir / folder / "manifest.json")
     t = m.get("timings") or {}
@@ -277,9 +277,9 @@ def _all_rows_zero_shot(ddir: Path, folder: str, cfg: BenchConfig) -> tuple[dict
     ``evaluate.classify`` only tests on the ``test`` rows; this evaluates the same
     ``prompt`` predictor (``evaluate.METHODS['prompt']``) on support + test rows.
     """
-    from clipindex.evaluate import METHODS, MethodOptions
+    from clipindex.classifiers.runner import METHODS, MethodOptions
+    from clipindex.classifiers.templates import check_template, get_templates
     from clipindex.metrics import classification_metrics
-    from clipindex.prompts import check_template, get_templates
     from clipindex.store import open_index
 
     bi = open_index(ddir, folder)
@@ -317,7 +317,7 @@ def _prediction_table(rows: np.ndarray, files: Any, true: np.ndarray, pred: np.n
 
 def _evaluate(plan: BenchPlan, ddir: Path, folder: str, method: str) -> tuple[dict, pd.DataFrame,
                                                                            float]:
-    from clipindex.evaluate import classify
+    from clipindex.classifiers.runner import classify
 
     cfg = plan.cfg
     t0 = time.perf_counter()
@@ -369,7 +369,7 @@ def _ensemble(kind: str, method: str, tables: Sequence[pd.DataFrame],
               facts: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]],
               settings: Mapping[str, Any]) -> tuple[dict, pd.DataFrame]:
     """Combine the single-backbone predictions on their common rows with ENSEMBLES[kind]."""
-    from clipindex.evaluate import ENSEMBLES
+    from clipindex.classifiers.runner import ENSEMBLES
     from clipindex.metrics import classification_metrics
 
     classes = list(records[0]["classes"])
@@ -454,7 +454,7 @@ def _evaluate_all(plan: BenchPlan, ddir: Path, out: Path, fingerprint: str, *,
 
 
 def _write_outcome(res: _Outcome, out: Path) -> dict[str, Path]:
-    from clipindex.evaluate import write_predictions
+    from clipindex.classifiers.runner import write_predictions
 
     files: dict[str, Path] = {}
     for key, rec in res.records.items():

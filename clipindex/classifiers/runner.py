@@ -12,7 +12,7 @@ other row is a test row.
 
 Example
 -------
->>> from clipindex.evaluate import classify
+>>> from clipindex.classifiers.runner import classify
 >>> res = classify("indexes/demo", ["tiny-vit"], "prototype")  # doctest: +SKIP
 >>> round(res.metrics["accuracy"], 3), res.predictions.columns[:4].tolist()  # doctest: +SKIP
 (0.83, ['row_id', 'file', 'true', 'predicted'])
@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 
 from clipindex import classifiers as C
-from clipindex._io import atomic_write
+from clipindex.classifiers.templates import DEFAULT_TEMPLATE, check_template, get_templates
 from clipindex.errors import DataError, UserInputError
+from clipindex.files import atomic_write
 from clipindex.metrics import Vector, classification_metrics
-from clipindex.prompts import DEFAULT_TEMPLATE, check_template, get_templates
 
 __all__ = [
     "METHODS",

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import DataError, UserInputError
-from clipindex.filters import where_mask
+from clipindex.search.filters import where_mask
 
 __all__ = [
     "RRF_K",
@@ -266,7 +266,7 @@ def read_queries_file(path: str | Path) -> list[str]:
 def _check_images(paths: Sequence[str | Path] | str | Path | None) -> list[Path]:
     """The query image paths, each decoded once first so a bad one fails before any model
     is loaded (with the decoder's short reason)."""
-    from clipindex.decode import DecodeError, load_rgb
+    from clipindex.encode.decode import DecodeError, load_rgb
 
     if paths is None:
         return []

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex._io import atomic_write
 from clipindex.errors import DataError, UserInputError
+from clipindex.files import atomic_write
 
 log = logging.getLogger("clipindex.store")
 
@@ -353,7 +353,7 @@ def identity(spec: Any) -> dict[str, Any]:
 
 
 def resolve_targets(names: Sequence[str], pretrained: str) -> list[_Target]:
-    from clipindex import backbones
+    from clipindex.encode import backbones
 
     if isinstance(names, str):
         names = [names]
@@ -371,7 +371,7 @@ def resolve_targets(names: Sequence[str], pretrained: str) -> list[_Target]:
 def _build_faiss(
     vectors: np.ndarray, valid: np.ndarray, kind: str, path: Path
 ) -> dict[str, Any]:
-    from clipindex import indexes
+    from clipindex.store import indexes
 
     ids = np.flatnonzero(valid)
     use = kind if len(ids) else "flat"
@@ -613,7 +613,7 @@ def load_encoder_for(spec: Any, device: str | None) -> Any:
     ``--pretrained none`` store reproducible: reopening it loads the same weights, so
     text queries land in the same space as the stored vectors.
     """
-    from clipindex import encoders
+    from clipindex.encode import encoder as encoders
 
     if getattr(spec, "source", None) != "none":
         return encoders.load_encoder(spec, device=device)
@@ -697,7 +697,7 @@ def _encode_all(dataset: Any, target: _Target, encoder: Any, img: Shards, cap: S
 def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
             ) -> BuildOptions:
     """Validate the build knobs before anything is read or written."""
-    from clipindex.indexes import INDEX_KINDS
+    from clipindex.store.indexes import INDEX_KINDS
 
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if value is not None and int(value) < 1:

@@ -10,7 +10,7 @@ A template is a ``str.format`` pattern with exactly one ``{}`` where the class n
 
 Example
 -------
->>> from clipindex.prompts import get_templates, fill_templates
+>>> from clipindex.classifiers.templates import get_templates, fill_templates
 >>> fill_templates(get_templates("default"), ["cat", "dog"])
 [['a photo of a cat'], ['a photo of a dog']]
 """
