@@ -1,4 +1,10 @@
-"""Atomic file writes: the one place clipindex writes a file a reader may open.
+"""Atomic file writes, and the project's one JSON writer and reader.
+
+Every file clipindex writes for a reader to open goes through :func:`atomic_write`; every
+JSON file goes through :func:`write_json_atomic` (callers choose key order, a ``default``
+for non-JSON values and whether NaN is allowed, so each file keeps its own bytes) and is
+read back with :func:`read_json`. This module sits at the bottom of the package (it
+imports nothing of clipindex), so every layer can use it.
 
 A write goes to a temporary file in the target's folder, is fsynced, then renamed over
 the target, so a reader sees the old file or the new one, never half of one. The result
@@ -15,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "write_json_atomic"]
+__all__ = ["atomic_write", "atomic_write_bytes", "read_json", "write_json_atomic"]
 
 
 def _umask() -> int:
@@ -56,7 +62,27 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, sort_keys: bool = True,
-                      default: Callable[[Any], Any] | None = None) -> Path:
-    """Write ``obj`` as indented JSON (trailing newline) atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=default)
+                      default: Callable[[Any], Any] | None = None,
+                      allow_nan: bool = True) -> Path:
+    """Write ``obj`` as JSON indented by 2 with a trailing newline (UTF-8) atomically.
+
+    ``sort_keys``, ``default`` and ``allow_nan`` are :func:`json.dumps`'s (the store
+    keeps insertion order, benchmark records sort keys and refuse NaN).
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.json"
+    >>> write_json_atomic(p, {"b": 1, "a": [2]}).read_text()
+    '{\\n  "a": [\\n    2\\n  ],\\n  "b": 1\\n}\\n'
+    """
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=default,
+                      allow_nan=allow_nan)
     return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON value of the UTF-8 file ``path`` (``OSError`` / ``ValueError`` when the
+    file is missing or not JSON)."""
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)

@@ -145,11 +145,11 @@ def test_new_index_kind_or_dtype_reuses_the_stored_vectors(tmp_path, use_fake_en
 
 def test_interrupted_reindex_leaves_the_old_store_whole(toy, tmp_path, use_fake_encoders,
                                                        monkeypatch):
-    import clipindex.store.build as build_mod
+    import clipindex.store.outputs as outputs_mod
 
     out = tmp_path / "out"
     build_store(toy, ["fake-a"], out=out, **KW)
-    real = build_mod._build_faiss
+    real = outputs_mod.build_faiss
     calls = []
 
     def dies_on_the_captions(vectors, valid, kind, path):
@@ -158,7 +158,7 @@ def test_interrupted_reindex_leaves_the_old_store_whole(toy, tmp_path, use_fake_
             raise KeyboardInterrupt  # Ctrl-C halfway through the new files
         return real(vectors, valid, kind, path)
 
-    monkeypatch.setattr(build_mod, "_build_faiss", dies_on_the_captions)
+    monkeypatch.setattr(outputs_mod, "build_faiss", dies_on_the_captions)
     with pytest.raises(KeyboardInterrupt):
         build_store(toy, ["fake-a"], out=out, index_kind="hnsw", **KW)
     assert calls == ["images.faiss", "captions.faiss"]
@@ -167,7 +167,7 @@ def test_interrupted_reindex_leaves_the_old_store_whole(toy, tmp_path, use_fake_
     np.testing.assert_allclose(idx.image_vectors, _expected(toy), atol=1e-6)
     assert (idx.path / ".reindex").is_dir()
 
-    monkeypatch.setattr(build_mod, "_build_faiss", real)
+    monkeypatch.setattr(outputs_mod, "build_faiss", real)
     FakeEncoder.encoded_images = 0
     build_store(toy, ["fake-a"], out=out, index_kind="hnsw", **KW)
     assert FakeEncoder.encoded_images == 0
@@ -301,7 +301,7 @@ def test_concurrent_build_of_one_folder_is_refused(toy, tmp_path, use_fake_encod
     import os
 
     from clipindex.errors import UserInputError
-    from clipindex.store.build import LOCK_NAME, build_lock
+    from clipindex.store.lock import LOCK_NAME, build_lock
 
     out = tmp_path / "out"
     held_by_me = f"another clipindex build \\(pid {os.getpid()}\\)"

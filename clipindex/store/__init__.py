@@ -1,21 +1,20 @@
 """The store: ``OUT/<dataset>/`` tables and one folder of vectors + FAISS per backbone.
 
-Owns: building (``build.py``), reading (``reader.py``: :class:`BackboneIndex`,
-:func:`open_index`) and FAISS (``indexes.py``, the only module of the package that
-imports ``faiss``).
+Owns: what the files are and the one manifest reader/writer (``manifest.py``: format
+version, identity, sha256, JSON/npy/parquet IO), the build lock (``lock.py``),
+resumable shards and the encode loops (``shards.py``), the finished matrices and FAISS
+files (``outputs.py``), building (``build.py``: :func:`build_store`), re-indexing from
+stored vectors (``reindex.py``), reading (``reader.py``: :class:`BackboneIndex`,
+:func:`open_index`, :func:`list_backbones`, :func:`store_info`) and FAISS
+(``indexes.py``, the only module of the package that imports ``faiss``).
 May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.sources``,
 ``clipindex.encode``. Never classifiers, search, bench, report or the CLI.
 """
 
-from clipindex.store.reader import (
-    FORMAT_VERSION,
-    BackboneIndex,
-    BuildInterrupted,
-    build_store,
-    list_backbones,
-    open_index,
-    store_info,
-)
+from clipindex.store.build import build_store
+from clipindex.store.manifest import FORMAT_VERSION
+from clipindex.store.reader import BackboneIndex, list_backbones, open_index, store_info
+from clipindex.store.shards import BuildInterrupted
 
 __all__ = [
     "FORMAT_VERSION",

@@ -1,4 +1,5 @@
-"""The per-backbone index store: ``OUT/<dataset>/<backbone>/``.
+"""Reading a store: :func:`open_index` (a :class:`BackboneIndex`), :func:`list_backbones`
+and :func:`store_info`.
 
 Layout::
 
@@ -10,8 +11,10 @@ Layout::
     OUT/<dataset>/<backbone>/text_cache.npz                query texts encoded on demand
 
 A backbone folder without ``manifest.json`` is an unfinished build: nothing opens it,
-and ``build_store`` resumes it shard by shard. :func:`build_store` writes a store,
-:func:`open_index` opens one (:class:`BackboneIndex`), :func:`store_info` summarises one.
+and :func:`clipindex.store.build_store` resumes it shard by shard. Every manifest is
+read through :func:`clipindex.store.manifest.read_manifest`: a newer store format is
+refused ("upgrade clipindex"), every older one still opens. Searching by text or image
+is :mod:`clipindex.search`'s (``search_text(index, ...)``); the store never imports it.
 """
 
 from __future__ import annotations
@@ -26,109 +29,23 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import (
-    DataError,
     IncompleteIndexError,
     IndexMismatchError,
     UserInputError,
 )
-from clipindex.store import build as _build
-from clipindex.store.build import (
-    FORMAT_VERSION,
-    BuildInterrupted,
+from clipindex.store.manifest import (
+    MANIFEST,
+    identity,
+    load_encoder_for,
     normalise_rows,
     read_json,
+    read_manifest,
     sha256_file,
 )
-from clipindex.store.build import identity as _identity
 
-__all__ = [
-    "FORMAT_VERSION",
-    "BackboneIndex",
-    "BuildInterrupted",
-    "build_store",
-    "list_backbones",
-    "open_index",
-    "store_info",
-]
+__all__ = ["BackboneIndex", "list_backbones", "open_index", "store_info"]
 
 log = logging.getLogger(__name__)
-
-
-def build_store(
-    dataset: Any,
-    backbones: Sequence[str] | str,
-    *,
-    out: str | os.PathLike[str] = "indexes",
-    root: str | os.PathLike[str] | None = None,
-    pretrained: str = "default",
-    batch_size: int | None = None,
-    workers: int | None = None,
-    device: str | None = None,
-    strict: bool = False,
-    index_kind: str = "flat",
-    dtype: str = "float32",
-    shard_size: int | None = None,
-    rebuild: bool = False,
-    progress: bool = True,
-    _stop_after_shards: int | None = None,
-) -> list[Path]:
-    """Encode a dataset once per backbone into ``OUT/<dataset>/<backbone>/``.
-
-    Parameters
-    ----------
-    dataset : Dataset or path
-        A :class:`clipindex.sources.Dataset`, or a source that
-        :func:`clipindex.sources.load_dataset` reads (YAML config, class-folder tree,
-        CSV/parquet manifest; ``root`` overrides its data root).
-    backbones : name or list of names
-        Backbones resolvable by :func:`clipindex.encode.backbones.resolve_backbone`.
-    out : path
-        The store root; the dataset goes to ``out/<dataset.name>``.
-    pretrained : str
-        ``"default"``, a pretrained tag, ``"none"`` (random init) or a checkpoint path.
-    batch_size, workers, device
-        Encoding knobs (``None``: batch 64, the encoder's defaults).
-    strict : bool
-        Make the first unreadable image fatal (:class:`DataError`) instead of skipping it.
-    index_kind : {"flat", "ivf", "hnsw", "pq"}
-        FAISS index kind; approximate kinds get recall@10 in the manifest.
-    dtype : {"float32", "float16"}
-        Storage precision of ``images.npy`` / ``captions.npy``.
-    shard_size : int
-        Rows per resumable shard, a multiple of ``batch_size`` (default ~4096).
-    rebuild : bool
-        Replace the tables of a folder that holds another version of the dataset.
-    progress : bool
-        Show progress bars on stderr.
-
-    Returns
-    -------
-    list of Path
-        The backbone folders, in the order asked; finished stores are left alone
-        ("up to date"), unfinished ones resume from their finished shards.
-
-    Example
-    -------
-    >>> paths = build_store("configs/datasets/demo.yaml", ["tiny-vit"],
-    ...                     root="worlds/demo", out="indexes")  # doctest: +SKIP
-    """
-    opts = _build.options(out, batch_size, shard_size, workers=workers, device=device,
-                          strict=strict, index_kind=index_kind, dtype=dtype,
-                          progress=progress)
-    if isinstance(dataset, (str, os.PathLike)):
-        from clipindex.sources import load_dataset
-
-        dataset = load_dataset(Path(dataset), root=None if root is None else Path(root))
-    targets = _build.resolve_targets(backbones, pretrained)  # fail before writing anything
-    _build.check_rows(dataset.images, "images")
-    _build.check_rows(dataset.captions, "captions")
-    if len(dataset.images) == 0:
-        raise DataError(f"dataset {dataset.name!r} has no images; nothing to encode")
-    fingerprint = _build.dataset_fingerprint(dataset)
-    with _build.build_lock(opts.out / dataset.name):  # one build per dataset folder
-        _build.write_tables(dataset, opts.out / dataset.name, fingerprint, rebuild)
-        counter = _build.ShardCounter(_stop_after_shards)
-        return [_build.build_one(dataset, t, fingerprint, opts, counter) for t in targets]
 
 
 # ----------------------------------------------------------------------------- reading
@@ -205,34 +122,6 @@ class BackboneIndex:
         sel = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64).ravel())
         return search_index(self._indexes[target], q, k, rows=sel)
 
-    def search_text(self, queries: Sequence[str] | str, k: int = 10, *,
-                    target: str = "images", where: Sequence[str] | str | None = None
-                    ) -> pd.DataFrame:
-        """Text→image (``target="captions"``: text→text) search; see
-        :func:`clipindex.search.search_text`.
-
-        Example
-        -------
-        >>> open_index("indexes/demo", "tiny-vit").search_text(["a dog"], 5)  # doctest: +SKIP
-        """
-        from clipindex.search import search_text
-
-        return search_text(self, queries, k, target=target, where=where)
-
-    def search_image(self, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
-                     k: int = 10, *, target: str = "images",
-                     where: Sequence[str] | str | None = None) -> pd.DataFrame:
-        """Image→image (``target="captions"``: image→text) search; see
-        :func:`clipindex.search.search_image`.
-
-        Example
-        -------
-        >>> open_index("indexes/demo", "tiny-vit").search_image(["q.jpg"], 5)  # doctest: +SKIP
-        """
-        from clipindex.search import search_image
-
-        return search_image(self, paths, k, target=target, where=where)  # type: ignore[arg-type]
-
     def encoder(self, device: str | None = None) -> Any:
         """The :class:`~clipindex.encode.encoder.Encoder` these vectors came from (loaded once)."""
         if device not in self._encoders:
@@ -294,11 +183,11 @@ def _load_matching_encoder(manifest: dict[str, Any], device: str | None) -> Any:
     req = manifest.get("requested") or {}
     spec = backbones.resolve_backbone(req.get("backbone", manifest["backbone"]),
                                       pretrained=req.get("pretrained", "default"))
-    if _identity(spec)["weights"] != manifest["weights"]:
+    if identity(spec)["weights"] != manifest["weights"]:
         raise IndexMismatchError(
             f"the weights of {spec.name} differ from those the store was built with "
             f"({manifest['weights']}); rebuild the store with clipindex build")
-    encoder = _build.load_encoder_for(spec, device)
+    encoder = load_encoder_for(spec, device)
     if int(encoder.embed_dim) != int(manifest["dim"]):
         raise IndexMismatchError(
             f"{spec.name} encodes dim {encoder.embed_dim} but the store holds dim "
@@ -320,14 +209,14 @@ def list_backbones(dataset_dir: str | os.PathLike[str], *, unfinished: bool = Fa
     if not root.is_dir():
         return []
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                  and (d / "manifest.json").is_file() != unfinished)
+                  and (d / MANIFEST).is_file() != unfinished)
 
 
 def _dataset_meta(dataset_dir: Path) -> dict[str, Any]:
     meta = dataset_dir / "dataset.json"
     if not meta.is_file():
         hint = (" (that is a backbone folder; pass its parent)"
-                if (dataset_dir / "manifest.json").exists() else "")
+                if (dataset_dir / MANIFEST).exists() else "")
         raise UserInputError(
             f"{dataset_dir} is not a clipindex store: it has no dataset.json{hint}. Pass the "
             "OUT/<dataset> folder that `clipindex build` wrote.")
@@ -399,15 +288,11 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     root = Path(dataset_dir)
     info = _dataset_meta(root)
     bdir = _backbone_dir(root, backbone, pretrained)
-    if not (bdir / "manifest.json").is_file():
+    if not (bdir / MANIFEST).is_file():
         raise IncompleteIndexError(
             f"{bdir} was not finished (no manifest.json); rerun `clipindex build ... "
             f"--backbone {backbone}` with the same --out to resume it")
-    manifest = read_json(bdir / "manifest.json")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexMismatchError(
-            f"{bdir} has store format {manifest.get('format_version')}, this clipindex reads "
-            f"{FORMAT_VERSION}; rebuild it with `clipindex build`")
+    manifest = read_manifest(bdir)  # refuses a newer format, upgrades an older one
     if manifest.get("dataset_fingerprint") != info.get("fingerprint"):
         raise IndexMismatchError(
             f"{bdir} was built for another version of dataset {info.get('name')!r} (the "
@@ -450,7 +335,7 @@ def store_info(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "context_length", "device", "index", "timings", "skipped")
     backbones = []
     for folder in list_backbones(root):
-        manifest = read_json(root / folder / "manifest.json")
+        manifest = read_manifest(root / folder)
         entry = {k: manifest.get(k) for k in keys}
         entry["stale"] = manifest.get("dataset_fingerprint") != info.get("fingerprint")
         backbones.append(entry)

@@ -1,0 +1,278 @@
+"""What a store's files are, shared by building and reading: the format version, the
+JSON / npy / parquet IO, file hashes, a backbone's identity and the manifest itself.
+
+Store format 1 (``FORMAT_VERSION``; CHANGELOG.md records every version)::
+
+    OUT/<dataset>/images.parquet, captions.parquet, dataset.json
+    OUT/<dataset>/<backbone>/images.npy, captions.npy, images.faiss, captions.faiss
+    OUT/<dataset>/<backbone>/manifest.json      written last, atomically
+
+A reader goes through :func:`read_manifest`, which refuses a manifest of a newer format
+("upgrade clipindex") and brings every older format it knows (``READERS``) to the
+current shape, so a store built by an older clipindex keeps opening.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipindex.errors import IndexMismatchError, UserInputError
+from clipindex.files import atomic_write, read_json, write_json_atomic
+
+__all__ = [
+    "DTYPES",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "OUTPUT_FILES",
+    "RANDOM_INIT_SEED",
+    "READERS",
+    "Target",
+    "build_manifest",
+    "file_records",
+    "identity",
+    "json_default",
+    "load_encoder_for",
+    "normalise_rows",
+    "read_json",
+    "read_manifest",
+    "resolve_targets",
+    "same_source",
+    "sha256_file",
+    "upgrade_manifest",
+    "write_json",
+    "write_npy",
+    "write_parquet",
+]
+
+#: Bumped whenever the on-disk layout or manifest fields change; a reader keeps a path
+#: (``READERS``) for every older version and refuses newer ones.
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DTYPES = ("float32", "float16")
+#: The files of a finished backbone folder that its manifest hashes.
+OUTPUT_FILES = ("images.npy", "captions.npy", "images.faiss", "captions.faiss")
+#: Seed of the weights of random-init (``--pretrained none``) backbones.
+RANDOM_INIT_SEED = 0
+
+
+# ----------------------------------------------------------------------------- files
+def json_default(obj: Any) -> Any:
+    """JSON for the values a store's records hold besides plain JSON (numpy, paths)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (Path, os.PathLike)):
+        return os.fspath(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """A store JSON file (manifest, shard record, ``dataset.json``): insertion order,
+    indent 2, trailing newline, atomic (:func:`clipindex.files.write_json_atomic`)."""
+    return write_json_atomic(path, obj, sort_keys=False, default=json_default)
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write(path, lambda fh: frame.to_parquet(fh, index=False))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 rows of unit length, as every stored vector is (zero rows, the
+    skipped inputs, stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(norms > 0, x / np.where(norms > 0, norms, 1), 0).astype(np.float32)
+
+
+def file_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's ``files``: sha256 and size of every output file of ``folder``."""
+    return {f: {"sha256": sha256_file(folder / f), "bytes": (folder / f).stat().st_size}
+            for f in OUTPUT_FILES}
+
+
+# ----------------------------------------------------------------------------- versions
+def _read_v1(manifest: dict[str, Any]) -> dict[str, Any]:
+    return manifest  # the current shape
+
+
+#: One reader per format version this clipindex opens: it returns the manifest in the
+#: current shape. A new version adds its reader here and keeps the old ones.
+READERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _read_v1}
+
+
+def upgrade_manifest(manifest: dict[str, Any], where: Path | str) -> dict[str, Any]:
+    """``manifest`` in the current shape, or :class:`IndexMismatchError` for a format
+    this clipindex cannot read (newer: upgrade clipindex; unknown: rebuild)."""
+    version = manifest.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise IndexMismatchError(
+            f"{where} was written by a newer clipindex (store format {version}; this "
+            f"clipindex {_version()} reads formats up to {FORMAT_VERSION}); upgrade "
+            "clipindex to open it")
+    reader = READERS.get(version) if isinstance(version, int) else None
+    if reader is None:
+        raise IndexMismatchError(
+            f"{where} has store format {version!r}, which this clipindex cannot read "
+            f"(known: {', '.join(map(str, sorted(READERS)))}); rebuild it with "
+            "`clipindex build`")
+    return reader(manifest)
+
+
+def read_manifest(bdir: Path) -> dict[str, Any]:
+    """The manifest of a finished backbone folder, checked and upgraded."""
+    return upgrade_manifest(read_json(bdir / MANIFEST), bdir)
+
+
+def _version() -> str:
+    from clipindex import __version__
+
+    return __version__
+
+
+# ----------------------------------------------------------------------------- identity
+@dataclass(frozen=True)
+class Target:
+    """Everything a build needs to know about one backbone before encoding."""
+
+    name: str  # as the user typed it (reopening resolves it again)
+    folder: str
+    identity: dict[str, Any]
+    spec: Any
+    pretrained: str
+
+    def requested(self) -> dict[str, Any]:
+        """What reopening passes to resolve_backbone: local weights by absolute path."""
+        local = self.spec.source in ("file", "dir") and self.pretrained != "default"
+        return {"backbone": self.name,
+                "pretrained": self.spec.pretrained if local else self.pretrained}
+
+
+def _weights_sha256(path: Path) -> str:
+    """sha256 of a checkpoint file, or of every file (name + bytes) in a checkpoint folder."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(sha256_file(f).encode())
+    return digest.hexdigest()
+
+
+def identity(spec: Any) -> dict[str, Any]:
+    """What a stored vector depends on: the backbone and its exact weights.
+
+    Local weights are identified by content (sha256), not path, so a store survives
+    the checkpoint (or the package with the tiny backbones) moving elsewhere.
+    """
+    ckpt = spec.checkpoint_path
+    sha = _weights_sha256(ckpt) if ckpt is not None else None
+    weights = f"sha256:{sha}" if sha else (spec.pretrained or "none")
+    return {"backbone": spec.name, "weights": weights}
+
+
+def resolve_targets(names: Sequence[str] | str, pretrained: str) -> list[Target]:
+    from clipindex.encode import backbones
+
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise UserInputError("Name at least one backbone (--backbone NAME)")
+    targets = []
+    for name in names:
+        spec = backbones.resolve_backbone(name, pretrained=pretrained)
+        targets.append(Target(name=name, folder=spec.name, identity=identity(spec),
+                              spec=spec, pretrained=pretrained))
+    return targets
+
+
+def load_encoder_for(spec: Any, device: str | None) -> Any:
+    """Load a backbone's encoder; random-init weights come from a fixed seed.
+
+    Seeding (inside a forked RNG, so the caller's torch RNG is untouched) makes a
+    ``--pretrained none`` store reproducible: reopening it loads the same weights, so
+    text queries land in the same space as the stored vectors.
+    """
+    from clipindex.encode import encoder as encoders
+
+    if getattr(spec, "source", None) != "none":
+        return encoders.load_encoder(spec, device=device)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return encoders.load_encoder(spec, device=device)
+
+
+def same_source(m: dict[str, Any], target: Target, fingerprint: str) -> bool:
+    """Whether manifest ``m`` holds vectors of this dataset by these weights (and of
+    this format: a store of an older format is rebuilt, never extended)."""
+    return (m.get("format_version") == FORMAT_VERSION
+            and m.get("dataset_fingerprint") == fingerprint
+            and all(m.get(k) == v for k, v in target.identity.items()))
+
+
+# ----------------------------------------------------------------------------- manifest
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [int(v) for v in value]
+    return _int_or_none(value)
+
+
+def build_manifest(target: Target, encoder: Any, *, fingerprint: str, dtype: str,
+                   counts: tuple[int, int], index: dict[str, Any],
+                   files: dict[str, Any], timings: dict[str, Any], device: str | None,
+                   skipped: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest of a freshly encoded backbone folder (keys in their stored order)."""
+    weights = str(target.identity["weights"])
+    return {
+        "format_version": FORMAT_VERSION,
+        "clipindex_version": _version(),
+        "backbone_folder": target.folder,
+        **target.identity,
+        "display_name": target.spec.display,
+        "model_name": target.spec.model,
+        "pretrained": target.spec.pretrained,
+        "weights_source": target.spec.source,
+        "checkpoint_sha256": weights.split(":", 1)[1] if weights.startswith("sha256:") else None,
+        "random_init_seed": RANDOM_INIT_SEED if target.spec.source == "none" else None,
+        "requested": target.requested(),
+        "dim": int(encoder.embed_dim),
+        "dtype": dtype,
+        "n_images": int(counts[0]),
+        "n_captions": int(counts[1]),
+        "n_skipped": len(skipped),
+        "dataset_fingerprint": fingerprint,
+        "index": index,
+        "files": files,
+        "timings": timings,
+        "params": _int_or_none(getattr(encoder, "params", None)),
+        "image_size": _jsonable(getattr(encoder, "image_size", None)),
+        "context_length": _int_or_none(getattr(encoder, "context_length", None)),
+        "device": str(getattr(encoder, "device", device) or "cpu"),
+        "skipped": sorted(skipped, key=lambda s: s["row_id"]),
+    }
