@@ -68,6 +68,11 @@ def test_fewer_than_k_pads_with_minus_one(data):
     np.testing.assert_array_equal(ids, ref_i)
 
 
+#: Recall@10 measured on ``data`` (1200 uniform unit vectors in 32-d, the hardest case
+#: for IVF/PQ cells): ivf 0.68, hnsw 1.0, pq 0.62. A random top-10 has recall ~0.01.
+RECALL_FLOOR = {"ivf": 0.6, "hnsw": 0.95, "pq": 0.5}
+
+
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "pq"])
 def test_approximate_kinds_recall_and_rows(data, kind, tmp_path):
     x, valid, q = data
@@ -75,9 +80,13 @@ def test_approximate_kinds_recall_and_rows(data, kind, tmp_path):
     approx = build_index(x[ids], ids, kind=kind)
     assert describe_index(approx)["kind"] == kind
     recall = measure_recall(approx, _flat(x, valid), q, 10)
-    assert 0.0 < recall <= 1.0
-    if kind != "pq":
-        assert recall >= 0.6
+    # the same number from numpy brute force, and a floor measured on this data
+    _, got = search_index(approx, q, 10)
+    _, truth = brute_force(x, q, 10, valid)
+    by_hand = np.mean([len(set(g) & set(t)) / len(t)
+                       for g, t in zip(got, truth, strict=True)])
+    assert recall == pytest.approx(by_hand, abs=1e-9)
+    assert recall >= RECALL_FLOOR[kind], recall
     # returned scores are true inner products (PQ: approximate codes)
     s, i = search_index(approx, q, 10)
     assert not np.isin(i, np.flatnonzero(~valid)).any()
