@@ -27,6 +27,7 @@ from clipindex.search import (
     search_text,
 )
 from clipindex.search.filters import parse_where, where_mask
+from clipindex.search.ranking import is_exact
 from clipindex.store.indexes import brute_force, build_index, search_index
 
 pytestmark = pytest.mark.usefixtures("faiss_single_thread")
@@ -541,10 +542,10 @@ def test_cli_unreadable_image_file(cli_fakes, tmp_path):
 
 def test_index_kind_is_read_per_matrix_from_the_manifest(fake):
     fake.manifest = {"index": {"kind": "ivf", "images": {"kind": "flat"}, "captions": {}}}
-    assert search_mod._is_exact(fake, "images")
-    assert not search_mod._is_exact(fake, "captions")
+    assert is_exact(fake, "images")
+    assert not is_exact(fake, "captions")
     fake.manifest = {"index": {"kind": "flat"}}
-    assert search_mod._is_exact(fake, "captions")
+    assert is_exact(fake, "captions")
 
 
 # ------------------------------------------------------------------ a real store
@@ -663,8 +664,7 @@ def test_store_cli_fusion_equals_independent_rrf(toy_store, fake_encoders):
 
 
 # ------------------------------------------------------------------ the demo world
-# The small demo world built with the three trained tiny backbones (``demo_store``;
-# skipped, with the reason, until their weights ship in clipindex/tiny/).
+# The small demo world built with the three shipped tiny backbones (``demo_store``).
 DEMO_CLASSES = ("cat", "dog", "cow", "sheep", "horse")
 
 
@@ -696,15 +696,12 @@ def top10_figures(val_only_worlds: dict, tmp_path_factory) -> dict:
     "fused" is the three backbones' reciprocal rank fusion (``rrf_fuse``, depth 100).
     """
     import torch
-    from fixtures_store import _demo_available
 
     from clipindex import tiny
     from clipindex.search import RRF_DEPTH, rrf_fuse
     from clipindex.sources import load_dataset
     from clipindex.store import build_store, open_index
 
-    if reason := _demo_available():
-        pytest.skip(reason)
     torch.set_num_threads(2)
     config = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "demo.yaml"
     prompts = [f"a photo of a {c}" for c in DEMO_CLASSES]

@@ -1,21 +1,28 @@
 """Encode: the backbone registry, image decoding and batched CLIP encoding.
 
-Owns: ``backbones.py`` (study names, open_clip names and tags, local checkpoints, the
-tiny demo backbones as one more registered source), ``decode.py`` (robust decoding with
-a reason for every rejected file), ``encoder.py`` (:class:`Encoder`, :func:`load_encoder`,
-batched encoding with decode workers).
-May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.tiny`` (weights and
-configs only). Never ``clipindex.world`` nor anything above it in the pipeline.
+Owns: ``backbones.py`` (study names, open_clip names and tags, local checkpoints, and the
+registry of local backbone sources, whose built-in entries are the tiny demo backbones),
+``decode.py`` (robust decoding with a reason for every rejected file), ``encoder.py``
+(:class:`Encoder`, :func:`load_encoder`, batched encoding with decode workers) and
+``queries.py`` (:func:`encode_query_images`: the one route by which search and classify
+turn query image files into vectors, each file decoded once).
+May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.tiny`` (its registry:
+names, shipped folders, model configs). Never ``clipindex.world`` nor anything above it
+in the pipeline.
 """
 
 from clipindex.encode.backbones import (
     CHECKPOINT_SUFFIXES,
     STUDY_BACKBONES,
     BackboneSpec,
+    RegisteredBackbone,
     known_backbones,
+    register_backbone,
+    registered_backbone,
+    registered_backbones,
     resolve_backbone,
 )
-from clipindex.encode.decode import DecodeError, failure_reason, load_rgb, to_rgb
+from clipindex.encode.decode import DecodeError, failure_reason, identify, load_rgb, to_rgb
 from clipindex.encode.encoder import (
     DEFAULT_BATCH_SIZE,
     Encoder,
@@ -25,15 +32,21 @@ from clipindex.encode.encoder import (
     resolve_device,
     resolve_precision,
 )
+from clipindex.encode.queries import QueryImageError, check_query_images, encode_query_images
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "STUDY_BACKBONES",
     "BackboneSpec",
+    "RegisteredBackbone",
     "known_backbones",
+    "register_backbone",
+    "registered_backbone",
+    "registered_backbones",
     "resolve_backbone",
     "DecodeError",
     "failure_reason",
+    "identify",
     "load_rgb",
     "to_rgb",
     "DEFAULT_BATCH_SIZE",
@@ -43,4 +56,7 @@ __all__ = [
     "load_encoder",
     "resolve_device",
     "resolve_precision",
+    "QueryImageError",
+    "check_query_images",
+    "encode_query_images",
 ]

@@ -6,8 +6,10 @@ A backbone is named three ways, all accepted by :func:`resolve_backbone`:
   ``ViT-L/14``, ``ViT-L/14@336px``), whose default pretrained tag is ``openai``;
 - any open_clip model name (``ViT-B-32``, ``ViT-L-14-336``, ``convnext_base``...), checked
   against ``open_clip.list_models()``;
-- the tiny demo backbones of :mod:`clipindex.tiny` (``tiny-vit``, ``tiny-rn``, ...), whose
-  default weights are the folders shipped in the package.
+- the registered local backbones (:func:`register_backbone`): backbones whose default
+  weights ship as an open_clip ``local-dir`` folder, like open_clip's own pretrained
+  registry but on disk. The tiny demo backbones of :mod:`clipindex.tiny` (``tiny-vit``,
+  ``tiny-rn``, ...) are the built-in entries; nothing else special-cases them.
 
 ``pretrained`` is ``"default"``, an open_clip tag (``laion2b_s34b_b79k``), ``"none"``
 (random initialisation, for speed measurements), a local checkpoint file
@@ -22,11 +24,11 @@ The store folder of a backbone (``BackboneSpec.name``) is the open_clip model na
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 from clipindex.errors import UserInputError
 
 __all__ = [
@@ -35,6 +37,10 @@ __all__ = [
     "BackboneSpec",
     "resolve_backbone",
     "known_backbones",
+    "RegisteredBackbone",
+    "register_backbone",
+    "registered_backbone",
+    "registered_backbones",
 ]
 
 # study name -> open_clip model name, in the study's order (smallest to largest per family).
@@ -73,7 +79,8 @@ class BackboneSpec:
     quick_gelu : bool
         Build the model with QuickGELU (OpenAI weights were trained with it).
     tiny : bool
-        One of the tiny demo backbones (its tokenizer always comes from its folder).
+        A registered local backbone (:func:`registered_backbone`; the tiny demo
+        backbones): its tokenizer always comes from its shipped folder.
     """
 
     name: str
@@ -96,18 +103,80 @@ def _key(name: str) -> str:
     return re.sub(r"@(\d+)(px)?$", r"-\1", key)
 
 
-def _tiny_module() -> Any | None:
-    """The :mod:`clipindex.tiny` package if it is importable (it is optional at import)."""
-    try:
-        from clipindex import tiny
-    except ImportError:
-        return None
-    return tiny if hasattr(tiny, "TINY_BACKBONES") else None
+# ----------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class RegisteredBackbone:
+    """A backbone whose default weights ship as a local open_clip folder.
+
+    Like an entry of open_clip's pretrained registry, but on disk: ``folder()`` is the
+    ``local-dir`` folder of the default weights (``open_clip_config.json``, weights,
+    tokenizer files), whose tokenizer is used whatever weights are loaded; ``setup()``
+    runs before a model is built (e.g. registering the model config with open_clip so
+    ``--pretrained none`` builds it by name).
+    """
+
+    name: str
+    folder: Callable[[], Path]
+    setup: Callable[[], object] | None = None
+
+    def prepare(self) -> Path:
+        """Run ``setup`` and return the folder (resolved)."""
+        if self.setup is not None:
+            self.setup()
+        return Path(self.folder()).resolve()
 
 
-def _tiny_names() -> list[str]:
-    tiny = _tiny_module()
-    return list(tiny.TINY_BACKBONES) if tiny is not None else []
+_REGISTRY: dict[str, RegisteredBackbone] = {}
+_BUILTINS: list[bool] = []  # filled once the built-in sources are registered
+
+
+def register_backbone(entry: RegisteredBackbone, *, replace: bool = False) -> None:
+    """Add a backbone source to the registry :func:`resolve_backbone` consults.
+
+    Raises
+    ------
+    UserInputError
+        The name is taken (by the study's names or another entry) and not ``replace``.
+    """
+    taken = {_key(n) for n in (*STUDY_BACKBONES, *STUDY_BACKBONES.values())}
+    if not replace and (_key(entry.name) in taken or entry.name in _registry()):
+        raise UserInputError(f"Backbone {entry.name!r} is registered already.")
+    _REGISTRY[entry.name] = entry
+
+
+def _registry() -> dict[str, RegisteredBackbone]:
+    if not _BUILTINS:
+        _BUILTINS.append(True)
+        _register_builtins()
+    return _REGISTRY
+
+
+def _register_builtins() -> None:
+    """The shipped sources: the tiny demo backbones of :mod:`clipindex.tiny`."""
+    from clipindex import tiny
+
+    for name in tiny.TINY_BACKBONES:
+        _REGISTRY.setdefault(name, RegisteredBackbone(
+            name, functools.partial(tiny.checkpoint_dir, name), tiny.register_configs))
+
+
+def registered_backbone(name: str) -> RegisteredBackbone | None:
+    """The registry entry of ``name`` (exact or normalised spelling), or None.
+
+    Examples
+    --------
+    >>> registered_backbone("tiny-vit").name
+    'tiny-vit'
+    """
+    registry = _registry()
+    if name in registry:
+        return registry[name]
+    return next((e for n, e in registry.items() if _key(n) == _key(name)), None)
+
+
+def registered_backbones() -> list[str]:
+    """Names of the registered local backbones, in registration order."""
+    return list(_registry())
 
 
 def _open_clip_models() -> list[str]:
@@ -129,7 +198,7 @@ def known_backbones(*, include_open_clip: bool = False) -> list[str]:
     >>> known_backbones()[:3]
     ['RN50', 'RN50x4', 'RN50x16']
     """
-    names = list(STUDY_BACKBONES) + _tiny_names()
+    names = list(STUDY_BACKBONES) + registered_backbones()
     if include_open_clip:
         names += [m for m in _open_clip_models() if m not in names]
     return names
@@ -149,9 +218,9 @@ def _lookup(name: str) -> tuple[str, str, str | None, bool]:
     for display, model in STUDY_BACKBONES.items():
         if key in (_key(display), _key(model)):
             return model, display, STUDY_DEFAULT_TAG, False
-    for tiny_name in _tiny_names():
-        if key == _key(tiny_name):
-            return tiny_name, tiny_name, None, True
+    entry = registered_backbone(name)
+    if entry is not None:
+        return entry.name, entry.name, None, True
     by_key = {_key(m): m for m in _open_clip_models()}
     if key in by_key:
         model = by_key[key]
@@ -235,7 +304,7 @@ def resolve_backbone(name: str, pretrained: str | None = "default") -> BackboneS
     choice = "none" if pretrained is None else str(pretrained).strip()
     if choice == "default":
         if is_tiny:
-            return _tiny_default(model)
+            return _registered_default(model)
         if default_tag is None:
             raise _no_default(model)
         return BackboneSpec(model, display, model, default_tag, "tag",
@@ -245,11 +314,11 @@ def resolve_backbone(name: str, pretrained: str | None = "default") -> BackboneS
     return _with_explicit_weights(model, display, default_tag, choice, is_tiny)
 
 
-def _tiny_default(model: str) -> BackboneSpec:
-    tiny = _tiny_module()
-    if tiny is None:  # pragma: no cover - _lookup only returns tiny names when importable
-        raise UserInputError(f"Tiny backbone {model!r} needs clipindex.tiny, which is missing.")
-    folder = Path(tiny.checkpoint_dir(model)).resolve()
+def _registered_default(model: str) -> BackboneSpec:
+    """The spec of a registered backbone's shipped weights (its ``local-dir`` folder)."""
+    entry = registered_backbone(model)
+    assert entry is not None  # _lookup only marks registered names
+    folder = Path(entry.folder()).resolve()
     return BackboneSpec(model, model, LOCAL_DIR_PREFIX + str(folder), str(folder), "dir",
                         tiny=True)
 

@@ -37,7 +37,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipindex.errors import DataError
 
-__all__ = ["DecodeError", "load_rgb", "to_rgb", "failure_reason"]
+__all__ = ["DecodeError", "load_rgb", "to_rgb", "failure_reason", "identify"]
 
 _WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
@@ -184,3 +184,29 @@ def load_rgb(path: str | os.PathLike[str], *, target_size: int | None = None) ->
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a skipped file
         raise DecodeError(failure_reason(exc), path) from exc
+
+
+def identify(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be an image, from its header only (no pixel is decoded); None if
+    PIL recognises it.
+
+    A cheap early check (the query images of a search, before any model loads): a file
+    that passes can still fail to decode later (a truncated body), with that reason.
+
+    Examples
+    --------
+    >>> identify("no/such/file.jpg")
+    'missing file'
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return "not a file"
+        if path.is_file() and path.stat().st_size == 0:
+            return "empty file"
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            with Image.open(path):
+                return None
+    except Exception as exc:  # noqa: BLE001 - any failure is a reason
+        return failure_reason(exc)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipindex.encode.backbones import BackboneSpec, resolve_backbone
+from clipindex.encode.backbones import BackboneSpec, registered_backbone, resolve_backbone
 from clipindex.encode.decode import failure_reason, load_rgb, to_rgb
 from clipindex.errors import ModelLoadError, UserInputError
 
@@ -441,22 +441,19 @@ def _create(spec: BackboneSpec, device: torch.device) -> tuple[torch.nn.Module, 
     """Build model, eval preprocess and tokenizer; any failure is a ModelLoadError."""
     import open_clip
 
-    tiny_dir: Path | None = None
-    if spec.tiny:
-        from clipindex import tiny
-
-        tiny.register_configs()
-        # The compact tokenizer lives in the shipped folder, whatever weights are loaded.
-        tiny_dir = Path(tiny.checkpoint_dir(spec.display))
-        if spec.source == "dir" and spec.checkpoint_path == tiny_dir.resolve():
-            tiny.check_world_version(tiny_dir)  # warns if trained on another world version
+    tokenizer_dir: Path | None = None
+    entry = registered_backbone(spec.display) if spec.tiny else None
+    if entry is not None:
+        # A registered local backbone: its tokenizer lives in the shipped folder, whatever
+        # weights are loaded; setup registers its model config (``--pretrained none``).
+        tokenizer_dir = entry.prepare()
     pretrained = spec.pretrained if spec.source in ("tag", "file") else None
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             spec.model, pretrained=pretrained, device=device, precision="fp32",
             force_quick_gelu=spec.quick_gelu,
         )
-        tokenizer_name = f"local-dir:{tiny_dir}" if tiny_dir is not None else spec.model
+        tokenizer_name = f"local-dir:{tokenizer_dir}" if tokenizer_dir is not None else spec.model
         tokenizer = open_clip.get_tokenizer(tokenizer_name)
     except Exception as exc:  # noqa: BLE001 - open_clip raises many kinds; one clear error
         raise _model_error(spec, exc) from exc

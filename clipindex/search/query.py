@@ -27,13 +27,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import DataError, UserInputError
-from clipindex.search.filters import where_mask
+from clipindex.errors import UserInputError
+from clipindex.search.frames import backbone_name, hits_frame
+from clipindex.search.fusion import RRF_DEPTH, RRF_K, rrf_fuse
+from clipindex.search.ranking import SearchableIndex, allowed_rows, check_aligned, rank
 
 __all__ = [
     "RRF_K",
@@ -49,41 +51,10 @@ __all__ = [
     "read_queries_file",
 ]
 
-RRF_K = 60
-"""The constant of reciprocal rank fusion: a row at rank r scores 1 / (RRF_K + r)."""
-
-RRF_DEPTH = 100
-"""Each backbone contributes its top ``max(k, RRF_DEPTH)`` rows to a fusion."""
-
 TARGETS = ("images", "captions")
 
-_CAPTION_WIDTH = 60
-
-
-class _Encoder(Protocol):
-    def encode_images(
-        self, files: Sequence[Any], *, workers: int | None = ..., progress: bool = ...
-    ) -> tuple[np.ndarray, Any]: ...
-
-
-class _Index(Protocol):
-    """What search needs from :class:`clipindex.store.BackboneIndex`."""
-
-    images: pd.DataFrame
-    captions: pd.DataFrame
-    image_vectors: np.ndarray
-    caption_vectors: np.ndarray
-    image_valid: np.ndarray
-    caption_valid: np.ndarray
-    manifest: dict
-
-    def search(
-        self, queries: np.ndarray, k: int, *, target: str = ..., rows: Any = ...
-    ) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def encoder(self) -> _Encoder: ...
-
-    def text_vectors(self, texts: Sequence[str]) -> np.ndarray: ...
+_Index = SearchableIndex
+ImagePaths = Sequence[str | Path] | str | Path | None
 
 
 @dataclass(frozen=True)
@@ -103,127 +74,6 @@ class SearchResult:
     frame: pd.DataFrame
     notes: tuple[str, ...] = field(default_factory=tuple)
     score_kind: str = "cosine"
-
-
-# ----------------------------------------------------------------------------- views
-def _target_table(index: _Index, target: str) -> pd.DataFrame:
-    """The table ``--where`` filters: images, or captions joined with their image's columns."""
-    if target == "images":
-        return index.images
-    extra = [c for c in index.images.columns if c not in index.captions.columns]
-    joined = index.captions.join(index.images[extra], on="image_row_id")
-    return joined
-
-
-def _first_captions(index: _Index, image_rows: np.ndarray) -> np.ndarray:
-    """The first caption (lowest caption row id) of each of ``image_rows``; "" if none."""
-    caps = index.captions
-    if len(caps) == 0 or "image_row_id" not in caps or len(image_rows) == 0:
-        return np.array([""] * len(image_rows), dtype=object)
-    # Only the captions of the hits: a search must not scan-sort the whole table.
-    mine = caps[caps["image_row_id"].isin(np.unique(image_rows))]
-    first = mine.sort_values("row_id").drop_duplicates("image_row_id")
-    lookup = dict(zip(first["image_row_id"].tolist(), first["text"].tolist(), strict=True))
-    return np.array([lookup.get(int(r), "") for r in image_rows], dtype=object)
-
-
-def _check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise UserInputError(f"Unknown target {target!r}. Choose one of: {', '.join(TARGETS)}.")
-
-
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise UserInputError(f"k must be a positive whole number, got {k!r}.")
-    return int(k)
-
-
-# ----------------------------------------------------------------------------- ranking
-def _is_exact(index: _Index, target: str) -> bool:
-    """Whether the FAISS index of ``target`` is exact (flat); unknown means approximate."""
-    manifest = index.manifest or {}
-    desc: Any = manifest.get("index", manifest.get("index_kind", "flat"))
-    if isinstance(desc, dict):
-        desc = desc.get(target, desc)  # the store describes each matrix's index
-        if isinstance(desc, dict):
-            desc = desc.get("kind", manifest.get("index", {}).get("kind", "unknown"))
-    return str(desc).lower() == "flat"
-
-
-def _rank(
-    index: _Index, queries: np.ndarray, k: int, target: str, rows: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` (scores, ids) of every query among the allowed valid rows.
-
-    ``rows`` are the allowed row ids (``None``: all). ``k`` must not exceed their
-    number. Candidates come from ``index.search``; their scores are recomputed
-    from the stored vectors, so they are exact cosines whatever the index kind.
-    """
-    vectors = index.image_vectors if target == "images" else index.caption_vectors
-    valid = np.asarray(index.image_valid if target == "images" else index.caption_valid, bool)
-    n_invalid = int((~valid).sum()) if rows is None else int((~valid[rows]).sum())
-    pool = len(valid) if rows is None else len(rows)
-    fetch = k + n_invalid
-    if not _is_exact(index, target):
-        fetch = max(fetch, 4 * k, k + 50)
-    fetch = min(fetch, pool)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    _, ids = index.search(q, fetch, target=target, rows=rows)
-    ids = np.asarray(ids, dtype=np.int64)
-    good = ids >= 0
-    good[good] = valid[ids[good]]
-    if rows is not None:
-        allowed = np.zeros(len(valid), dtype=bool)
-        allowed[rows] = True
-        good[good] = allowed[ids[good]]
-    safe = np.where(good, ids, 0)
-    scores = np.einsum("qd,qkd->qk", q, np.asarray(vectors[safe], dtype=np.float32))
-    scores = np.where(good, scores, -np.inf)
-    # Highest score first; ties by row id so results are deterministic.
-    order = np.lexsort((np.where(good, ids, np.iinfo(np.int64).max), -scores), axis=1)
-    ids = np.take_along_axis(np.where(good, ids, -1), order, axis=1)[:, :k]
-    scores = np.take_along_axis(scores, order, axis=1)[:, :k]
-    return scores.astype(np.float32), ids
-
-
-def rrf_fuse(
-    rankings: Sequence[np.ndarray], k: int, *, rrf_k: int = RRF_K
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reciprocal rank fusion of several rankings of the same rows, per query.
-
-    Parameters
-    ----------
-    rankings : sequence of int arrays, each (n_queries, depth)
-        Row ids best first; -1 marks an empty slot.
-    k : int
-        How many fused rows to keep per query.
-    rrf_k : int
-        The fusion constant: a row at rank r (from 1) adds ``1 / (rrf_k + r)``.
-
-    Returns
-    -------
-    scores, ids : (n_queries, k) arrays; ids -1 (score 0) where fewer rows exist.
-        Ties are broken by row id.
-
-    Examples
-    --------
-    >>> s, i = rrf_fuse([np.array([[3, 1]]), np.array([[1, 2]])], 3, rrf_k=60)
-    >>> i.tolist(), round(float(s[0, 0]), 5)
-    ([[1, 3, 2]], 0.03252)
-    """
-    n_queries = rankings[0].shape[0]
-    out_ids = np.full((n_queries, k), -1, dtype=np.int64)
-    out_scores = np.zeros((n_queries, k), dtype=np.float64)
-    for q in range(n_queries):
-        fused: dict[int, float] = {}
-        for ranking in rankings:
-            for r, row in enumerate(ranking[q], start=1):
-                if row >= 0:
-                    fused[int(row)] = fused.get(int(row), 0.0) + 1.0 / (rrf_k + r)
-        best = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
-        for j, (row, score) in enumerate(best):
-            out_ids[q, j], out_scores[q, j] = row, score
-    return out_scores, out_ids
 
 
 # ----------------------------------------------------------------------------- queries
@@ -263,30 +113,23 @@ def read_queries_file(path: str | Path) -> list[str]:
     return queries
 
 
-def _check_images(paths: Sequence[str | Path] | str | Path | None) -> list[Path]:
-    """The query image paths, each decoded once first so a bad one fails before any model
-    is loaded (with the decoder's short reason)."""
-    from clipindex.encode.decode import DecodeError, load_rgb
-
-    if paths is None:
-        return []
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    checked = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            raise DataError(f"Cannot read query image {str(path)!r}: it is a folder.")
-        try:
-            load_rgb(path)
-        except DecodeError as exc:
-            raise DataError(f"Cannot read query image {str(path)!r}: {exc.reason}.") from None
-        checked.append(path)
-    return checked
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise UserInputError(f"Unknown target {target!r}. Choose one of: {', '.join(TARGETS)}.")
 
 
-def _skipped_reasons(skipped: Any) -> dict[int, str]:
-    """``{position: reason}`` from the encoder's ``[(index, reason)]`` list."""
-    return {int(item[0]): str(item[-1]) for item in skipped or ()}
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise UserInputError(f"k must be a positive whole number, got {k!r}.")
+    return int(k)
+
+
+def _check_images(paths: ImagePaths) -> list[Path]:
+    """The query image paths, checked from their headers (no decoding here: that is
+    :mod:`clipindex.encode`'s) so a bad one fails before any model is loaded."""
+    from clipindex.encode import check_query_images
+
+    return check_query_images(paths)
 
 
 def _query_vectors(index: _Index, texts: list[str], images: list[Path]) -> np.ndarray:
@@ -295,101 +138,34 @@ def _query_vectors(index: _Index, texts: list[str], images: list[Path]) -> np.nd
     if texts:
         parts.append(np.asarray(index.text_vectors(texts), dtype=np.float32))
     if images:
-        # A few query files: no DataLoader workers, no progress bar.
-        vectors, skipped = index.encoder().encode_images(
-            [str(p) for p in images], workers=0, progress=False
-        )
-        reasons = _skipped_reasons(skipped)
-        if reasons:
-            pos, reason = sorted(reasons.items())[0]
-            raise DataError(f"Cannot read query image {str(images[pos])!r}: {reason}.")
-        parts.append(np.asarray(vectors, dtype=np.float32))
+        from clipindex.encode import encode_query_images
+
+        parts.append(encode_query_images(index.encoder(), images))
     return np.concatenate(parts, axis=0)
 
 
-# ----------------------------------------------------------------------------- frames
-def _backbone_name(index: _Index, i: int) -> str:
-    name = getattr(index, "name", None)
-    if name:
-        return str(name)
-    manifest = index.manifest or {}
-    return str(manifest.get("backbone", f"backbone{i}"))
+def _queries(texts: Sequence[str] | str | None, images: ImagePaths) -> tuple[list[str], list[Path]]:
+    texts_, images_ = _clean_texts(texts), _check_images(images)
+    if not texts_ and not images_:
+        raise UserInputError(
+            "Nothing to search for: give a text query, --image PATH or --queries-file FILE."
+        )
+    return texts_, images_
 
 
-def _frame(
-    index: _Index, target: str, labels: list[str], scores: np.ndarray, ids: np.ndarray
-) -> pd.DataFrame:
-    """The hits as a DataFrame, grouped per query (row-major over the (query, rank) grid)."""
-    qi, slot = np.nonzero(ids >= 0)
-    hit = ids[qi, slot]
-    images = index.images
-    frame = pd.DataFrame(
-        {
-            "query_id": qi.astype(np.int64),
-            "query": [labels[i] for i in qi],
-            "rank": (slot + 1).astype(np.int64),
-            "score": scores[qi, slot].astype(np.float64),
-            "row_id": hit.astype(np.int64),
-        }
-    )
-    if target == "images":
-        image_rows = hit
-    else:
-        caps = index.captions
-        image_rows = caps["image_row_id"].to_numpy()[hit].astype(np.int64)
-        frame["image_row_id"] = image_rows
-    frame["file"] = images["file"].to_numpy()[image_rows] if len(hit) else []
-    table = images if target == "images" else index.captions
-    label = table["label"].to_numpy()[hit] if "label" in table else [None] * len(hit)
-    frame["label"] = label if len(hit) else []
-    if target == "images":
-        frame["caption"] = _first_captions(index, hit)
-    else:
-        frame["text"] = index.captions["text"].to_numpy()[hit] if len(hit) else []
-    return frame
-
-
-# ----------------------------------------------------------------------------- search
-def _allowed_rows(
-    indexes: Sequence[_Index], target: str, where: Sequence[str] | str | None
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """(rows passed to the index or None for all, the mask of rows any backbone can return)."""
-    n_rows = len(indexes[0].images if target == "images" else indexes[0].captions)
-    if where:
-        mask = where_mask(_target_table(indexes[0], target), where)
-    else:
-        mask = np.ones(n_rows, dtype=bool)
-    noun = target if target == "images" else "captions"
-    if where and not mask.any():
-        raise DataError(f"No {noun} match --where {' and '.join(_as_list(where))}.")
-    valid = np.zeros(n_rows, dtype=bool)
-    for index in indexes:
-        valid |= np.asarray(index.image_valid if target == "images" else index.caption_valid)
-    if not (mask & valid).any():
-        raise DataError(f"No searchable {noun}: every selected row was skipped by the build.")
-    rows = np.flatnonzero(mask).astype(np.int64) if where else None
-    return rows, mask & valid
-
-
-def _as_list(value: Sequence[str] | str) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _check_aligned(indexes: Sequence[_Index]) -> None:
-    n_images, n_captions = len(indexes[0].images), len(indexes[0].captions)
-    for index in indexes[1:]:
-        if len(index.images) != n_images or len(index.captions) != n_captions:
-            raise UserInputError(
-                "Backbones to fuse must belong to the same dataset folder "
-                "(their image and caption tables differ)."
-            )
+def _k_note(k: int, n_avail: int, target: str, where: Sequence[str] | str | None) -> list[str]:
+    if k <= n_avail:
+        return []
+    noun = "images" if target == "images" else "captions"
+    scope = " matching --where" if where else ""
+    return [f"k={k} is more than the {n_avail} searchable {noun}{scope}; returning all {n_avail}."]
 
 
 def search_indexes(
     indexes: _Index | Sequence[_Index],
     *,
     texts: Sequence[str] | str | None = None,
-    images: Sequence[str | Path] | str | Path | None = None,
+    images: ImagePaths = None,
     k: int = 10,
     target: str = "images",
     where: Sequence[str] | str | None = None,
@@ -423,47 +199,34 @@ def search_indexes(
     >>> index = open_index("indexes/demo", "tiny-vit")             # doctest: +SKIP
     >>> search_indexes(index, texts=["a photo of a dog"], k=5).frame  # doctest: +SKIP
     """
-    if isinstance(indexes, (list, tuple)):
-        indexes = list(indexes)
-    else:
-        indexes = [cast(_Index, indexes)]
+    indexes = list(indexes) if isinstance(indexes, (list, tuple)) else [cast(_Index, indexes)]
     if not indexes:
         raise UserInputError("Give at least one backbone to search.")
     k = _check_k(k)
     _check_target(target)
-    texts_, images_ = _clean_texts(texts), _check_images(images)
-    if not texts_ and not images_:
-        raise UserInputError(
-            "Nothing to search for: give a text query, --image PATH or --queries-file FILE."
-        )
-    _check_aligned(indexes)
-    rows, available = _allowed_rows(indexes, target, where)
+    texts_, images_ = _queries(texts, images)
+    check_aligned(indexes)
+    rows, available = allowed_rows(indexes, target, where)
     labels = texts_ + [str(p) for p in images_]
-    noun = "images" if target == "images" else "captions"
     n_avail = int(available.sum())
-    notes = []
-    if k > n_avail:
-        scope = " matching --where" if where else ""
-        notes.append(
-            f"k={k} is more than the {n_avail} searchable {noun}{scope}; returning all {n_avail}."
-        )
+    notes = _k_note(k, n_avail, target, where)
     rankings = []
     for index in indexes:
         valid = np.asarray(index.image_valid if target == "images" else index.caption_valid)
         pool = int((valid & available).sum())
         want = min(k if len(indexes) == 1 else max(k, depth), pool)
-        rankings.append(_rank(index, _query_vectors(index, texts_, images_), want, target, rows))
+        rankings.append(rank(index, _query_vectors(index, texts_, images_), want, target, rows))
     if len(indexes) == 1:
         scores, ids = rankings[0]
-        return SearchResult(_frame(indexes[0], target, labels, scores, ids), tuple(notes))
-    names = [_backbone_name(index, i) for i, index in enumerate(indexes)]
+        return SearchResult(hits_frame(indexes[0], target, labels, scores, ids), tuple(notes))
+    names = [backbone_name(index, i) for i, index in enumerate(indexes)]
     scores, ids = rrf_fuse([r[1] for r in rankings], min(k, n_avail))
     notes.append(
         f"Fused {len(indexes)} backbones ({', '.join(names)}) by reciprocal rank "
         f"fusion (k={RRF_K}, top {max(k, depth)} per backbone): score is the RRF "
         "score sum(1/(60+rank)), not a cosine."
     )
-    frame = _frame(indexes[0], target, labels, scores, ids)
+    frame = hits_frame(indexes[0], target, labels, scores, ids)
     return SearchResult(frame, tuple(notes), score_kind="rrf")
 
 

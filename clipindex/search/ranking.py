@@ -1,0 +1,138 @@
+"""Exact ranking of a store's rows: candidates from FAISS, scores from the stored vectors.
+
+Scores are exact cosine similarities: the candidates ``index.search`` returns are
+rescored from the stored vectors (and, for an approximate index, over-fetched first), so
+a score never depends on the index kind. Rows a build skipped never appear; ties go to
+the lower row id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from clipindex.errors import DataError, UserInputError
+from clipindex.search.filters import where_mask
+
+__all__ = ["SearchableIndex", "allowed_rows", "check_aligned", "is_exact", "rank",
+           "target_table"]
+
+
+class _Encoder(Protocol):
+    def encode_images(
+        self, files: Sequence[Any], *, workers: int | None = ..., progress: bool = ...
+    ) -> tuple[np.ndarray, Any]: ...
+
+
+class SearchableIndex(Protocol):
+    """What search needs from :class:`clipindex.store.BackboneIndex`."""
+
+    images: pd.DataFrame
+    captions: pd.DataFrame
+    image_vectors: np.ndarray
+    caption_vectors: np.ndarray
+    image_valid: np.ndarray
+    caption_valid: np.ndarray
+    manifest: dict
+
+    def search(
+        self, queries: np.ndarray, k: int, *, target: str = ..., rows: Any = ...
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def encoder(self) -> _Encoder: ...
+
+    def text_vectors(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def target_table(index: SearchableIndex, target: str) -> pd.DataFrame:
+    """The table ``--where`` filters: images, or captions joined with their image's columns."""
+    if target == "images":
+        return index.images
+    extra = [c for c in index.images.columns if c not in index.captions.columns]
+    joined = index.captions.join(index.images[extra], on="image_row_id")
+    return joined
+
+
+def is_exact(index: SearchableIndex, target: str) -> bool:
+    """Whether the FAISS index of ``target`` is exact (flat); unknown means approximate."""
+    manifest = index.manifest or {}
+    desc: Any = manifest.get("index", manifest.get("index_kind", "flat"))
+    if isinstance(desc, dict):
+        desc = desc.get(target, desc)  # the store describes each matrix's index
+        if isinstance(desc, dict):
+            desc = desc.get("kind", manifest.get("index", {}).get("kind", "unknown"))
+    return str(desc).lower() == "flat"
+
+
+def rank(
+    index: SearchableIndex, queries: np.ndarray, k: int, target: str, rows: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` (scores, ids) of every query among the allowed valid rows.
+
+    ``rows`` are the allowed row ids (``None``: all). ``k`` must not exceed their
+    number. Candidates come from ``index.search``; their scores are recomputed
+    from the stored vectors, so they are exact cosines whatever the index kind.
+    """
+    vectors = index.image_vectors if target == "images" else index.caption_vectors
+    valid = np.asarray(index.image_valid if target == "images" else index.caption_valid, bool)
+    n_invalid = int((~valid).sum()) if rows is None else int((~valid[rows]).sum())
+    pool = len(valid) if rows is None else len(rows)
+    fetch = k + n_invalid
+    if not is_exact(index, target):
+        fetch = max(fetch, 4 * k, k + 50)
+    fetch = min(fetch, pool)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    _, ids = index.search(q, fetch, target=target, rows=rows)
+    ids = np.asarray(ids, dtype=np.int64)
+    good = ids >= 0
+    good[good] = valid[ids[good]]
+    if rows is not None:
+        allowed = np.zeros(len(valid), dtype=bool)
+        allowed[rows] = True
+        good[good] = allowed[ids[good]]
+    safe = np.where(good, ids, 0)
+    scores = np.einsum("qd,qkd->qk", q, np.asarray(vectors[safe], dtype=np.float32))
+    scores = np.where(good, scores, -np.inf)
+    # Highest score first; ties by row id so results are deterministic.
+    order = np.lexsort((np.where(good, ids, np.iinfo(np.int64).max), -scores), axis=1)
+    ids = np.take_along_axis(np.where(good, ids, -1), order, axis=1)[:, :k]
+    scores = np.take_along_axis(scores, order, axis=1)[:, :k]
+    return scores.astype(np.float32), ids
+
+
+def allowed_rows(
+    indexes: Sequence[SearchableIndex], target: str, where: Sequence[str] | str | None
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(rows passed to the index or None for all, the mask of rows any backbone can return)."""
+    n_rows = len(indexes[0].images if target == "images" else indexes[0].captions)
+    if where:
+        mask = where_mask(target_table(indexes[0], target), where)
+    else:
+        mask = np.ones(n_rows, dtype=bool)
+    noun = target if target == "images" else "captions"
+    if where and not mask.any():
+        raise DataError(f"No {noun} match --where {' and '.join(_as_list(where))}.")
+    valid = np.zeros(n_rows, dtype=bool)
+    for index in indexes:
+        valid |= np.asarray(index.image_valid if target == "images" else index.caption_valid)
+    if not (mask & valid).any():
+        raise DataError(f"No searchable {noun}: every selected row was skipped by the build.")
+    rows = np.flatnonzero(mask).astype(np.int64) if where else None
+    return rows, mask & valid
+
+
+def _as_list(value: Sequence[str] | str) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def check_aligned(indexes: Sequence[SearchableIndex]) -> None:
+    n_images, n_captions = len(indexes[0].images), len(indexes[0].captions)
+    for index in indexes[1:]:
+        if len(index.images) != n_images or len(index.captions) != n_captions:
+            raise UserInputError(
+                "Backbones to fuse must belong to the same dataset folder "
+                "(their image and caption tables differ)."
+            )
