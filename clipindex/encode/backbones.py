@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
 from clipindex.errors import UserInputError
 
 __all__ = [
