@@ -49,7 +49,7 @@ __all__ = [
 
 C = TypeVar("C")
 
-#: Source kinds a dataset config may name (``sources.py`` has one builder per kind).
+#: Source kinds a dataset config may name (``clipindex.sources`` has one builder per kind).
 SOURCE_KINDS: tuple[str, ...] = ("coco", "folder", "manifest")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

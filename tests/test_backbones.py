@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,19 +143,22 @@ def test_real_vit_l_14_336_random_init_shape() -> None:
 
 
 def test_tiny_backbones_resolve_to_their_shipped_folders() -> None:
-    tiny = pytest.importorskip("clipindex.tiny")
+    from clipindex import tiny
+    from clipindex.encode import registered_backbone, registered_backbones
+
+    assert registered_backbones()[: len(tiny.TINY_BACKBONES)] == list(tiny.TINY_BACKBONES)
     for name in tiny.TINY_BACKBONES:
         spec = resolve_backbone(name)
         assert (spec.name, spec.display, spec.source, spec.tiny) == (name, name, "dir", True)
         assert spec.checkpoint_path == Path(tiny.checkpoint_dir(name)).resolve()
         assert resolve_backbone(name, "none").name == f"{name}__none"
+        assert registered_backbone(name.upper()).folder() == tiny.checkpoint_dir(name)
 
 
-def test_tiny_backbones_load_when_trained() -> None:
-    tiny = pytest.importorskip("clipindex.tiny")
+def test_tiny_backbones_load() -> None:
+    from clipindex import tiny
+
     name = tiny.TINY_BACKBONES[0]
-    if not (Path(tiny.checkpoint_dir(name)) / "open_clip_model.safetensors").is_file():
-        pytest.skip(f"{name} has not been trained yet (no shipped safetensors)")
     encoder = load_encoder(name, device="cpu")
     assert encoder.spec.name == name and encoder.checkpoint_sha256 is not None
     assert len(encoder.checkpoint_sha256) == 64
@@ -162,3 +166,31 @@ def test_tiny_backbones_load_when_trained() -> None:
     random_init = load_encoder(name, pretrained="none", device="cpu")
     assert random_init.embed_dim == encoder.embed_dim
     assert random_init.params == encoder.params
+
+
+def test_a_registered_backbone_is_resolved_and_loaded_like_a_tiny_one(tmp_path: Path) -> None:
+    """The registry is the one entry point: a copy of a shipped folder registered under
+    another name resolves to it and loads with its tokenizer, no special case needed."""
+    import shutil
+
+    from clipindex import tiny
+    from clipindex.encode import RegisteredBackbone, register_backbone
+    from clipindex.encode import backbones as registry
+
+    folder = tmp_path / "my-tiny"
+    shutil.copytree(tiny.checkpoint_dir("tiny-vit-s"), folder)
+    calls = []
+    entry = RegisteredBackbone("my-tiny", lambda: folder, lambda: calls.append(1))
+    try:
+        register_backbone(entry)
+        with pytest.raises(UserInputError, match="registered already"):
+            register_backbone(entry)
+        spec = resolve_backbone("my-tiny")
+        assert (spec.source, spec.checkpoint_path, spec.tiny) == ("dir", folder.resolve(), True)
+        enc = load_encoder(spec, device="cpu")
+        ref = load_encoder("tiny-vit-s", device="cpu")
+        assert calls == [1]
+        np.testing.assert_array_equal(enc.encode_texts(["a photo of a cow"]),
+                                      ref.encode_texts(["a photo of a cow"]))
+    finally:
+        registry._REGISTRY.pop("my-tiny", None)

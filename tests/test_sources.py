@@ -464,19 +464,7 @@ def test_manifest_errors(tmp_path: Path, text: str, pattern: str) -> None:
 # --- the demo world ------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def small_world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared ``demo_world`` when it is available, else a small world of our own."""
-    try:
-        return Path(request.getfixturevalue("demo_world"))
-    except (pytest.FixtureLookupError, pytest.skip.Exception):
-        pass  # the shared fixture also waits for the tiny backbones; we only need the world
-    world = pytest.importorskip("clipindex.world", reason="clipindex.world not written yet")
-    if not hasattr(world, "make_world"):
-        pytest.skip("clipindex.world.make_world not written yet")
-    out = tmp_path_factory.mktemp("world") / "demo"
-    world.make_world(out, seed=0, scale="small", progress=False)
-    return out
+# ``small_world`` (tests/conftest.py): a small demo world, made once per session.
 
 
 def test_demo_config_matches_the_generators_record(small_world: Path) -> None:

@@ -1,8 +1,10 @@
-"""COCO annotation files, for :mod:`clipindex.sources`: the one place COCO JSON is read.
+"""The COCO source: the one place COCO JSON is read, and the builder of COCO datasets.
 
 Validated reading (a malformed file is a one-line :class:`DataError` naming it),
-pycocotools' index with its prints silenced, the per-class funnel, the subject box
-of an image, captions and the demo world's failure-cause sidecar.
+pycocotools' index with its prints silenced, the subject box of an image, captions and
+the demo world's failure-cause sidecar; :func:`load_coco` applies the study's filters
+(:mod:`clipindex.sources.filters`) and draws the sample. Row order: by class in config
+order, then by COCO image id.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from clipindex.config import DatasetConfig
 from clipindex.errors import DataError
+from clipindex.sources.filters import box_area, class_pools, largest_annotation, select
+from clipindex.sources.records import Built, require_file
 
-__all__ = ["captions_for", "causes_beside", "class_pools", "image_record", "load_instances"]
+__all__ = ["captions_for", "causes_beside", "image_record", "load_coco", "load_instances",
+           "read_causes", "read_json"]
 
 
 def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -61,61 +67,17 @@ def load_instances(path: Path) -> Any:
     return coco
 
 
-def class_pools(
-    coco: Any, classes: Sequence[str], exclude: Sequence[str], drop_multi_target: bool, where: str
-) -> tuple[list[str], dict[str, list[int]], dict[str, Any]]:
-    """Candidate image ids per class (sorted) and the funnel counts that led to them.
-
-    ``classes`` empty means every category not excluded, in category-id order. With
-    ``drop_multi_target`` False an image with several target classes goes to the class
-    of its largest box (funnel stage ``assigned`` instead of ``single_target``).
-    """
-    cats = sorted(coco.dataset["categories"], key=lambda c: c["id"])
-    cat_id = {c["name"]: c["id"] for c in cats}
-    classes = list(classes) or [c["name"] for c in cats if c["name"] not in exclude]
-    for name, field in [(c, "classes") for c in classes] + [(e, "exclude") for e in exclude]:
-        if name not in cat_id:
-            raise DataError(
-                f"Unknown class '{name}' in '{field}' of {where}. Available: {', '.join(cat_id)}"
-            )
-    target_ids = {cat_id[c] for c in classes}
-    excluded = {cat_id[e] for e in exclude}
-    cats_of = {i: {a["category_id"] for a in anns} for i, anns in coco.imgToAnns.items()}
-    with_class = {c: sorted(set(coco.catToImgs.get(cat_id[c], []))) for c in classes}
-    clean = {c: [i for i in ids if not cats_of[i] & excluded] for c, ids in with_class.items()}
-    if drop_multi_target:
-        stage = "single_target"
-        pools = {c: [i for i in v if len(cats_of[i] & target_ids) == 1] for c, v in clean.items()}
-    else:
-        stage = "assigned"
-        owner = {i: _largest(coco, i, target_ids)["category_id"] for v in clean.values() for i in v}
-        pools = {c: [i for i in ids if owner[i] == cat_id[c]] for c, ids in clean.items()}
-    funnel: dict[str, Any] = {"all_images": len(coco.imgs)}
-    for name, table in (("with_class", with_class), ("without_person", clean), (stage, pools)):
-        funnel[name] = {c: len(v) for c, v in table.items()}
-    return classes, pools, funnel
-
-
-def _box_area(ann: dict[str, Any]) -> float:
-    return float(ann["bbox"][2]) * float(ann["bbox"][3])
-
-
-def _largest(coco: Any, img_id: int, category_ids: set[int]) -> dict[str, Any]:
-    anns = [a for a in coco.imgToAnns[img_id] if a["category_id"] in category_ids]
-    return max(anns, key=lambda a: (_box_area(a), -a["id"]))  # ties: the first annotation
-
-
 def image_record(coco: Any, img_id: int, label: str, image_dir: PurePosixPath) -> dict[str, Any]:
     """Row fields of one image: file, size, label, COCO id, subject box and its area share."""
     img = coco.imgs[img_id]
     width, height = int(img.get("width") or 0), int(img.get("height") or 0)
     class_id = next(c["id"] for c in coco.dataset["categories"] if c["name"] == label)
-    best = _largest(coco, img_id, {class_id})
+    best = largest_annotation(coco, img_id, {class_id})
     area = width * height
     return {
         "file": (image_dir / img["file_name"]).as_posix(), "width": width, "height": height,
         "label": label, "coco_id": int(img_id), "bbox": [float(v) for v in best["bbox"]],
-        "area_frac": _box_area(best) / area if area > 0 else math.nan,
+        "area_frac": box_area(best) / area if area > 0 else math.nan,
     }  # fmt: skip
 
 
@@ -159,3 +121,34 @@ def read_causes(path: Path) -> dict[int, list[str]]:
             raise DataError(f"{path}: entry {key!r} is not an image id with a list of causes")
         out[int(key)] = [str(v) for v in value]
     return out
+
+
+def load_coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
+    """The images (with subject box, area share, causes) and captions of a COCO config."""
+    inst_path = require_file(root, cfg, "instances", origin)
+    coco = load_instances(inst_path)
+    where = f"{origin} ({inst_path.name})"
+    classes, pools, funnel = class_pools(
+        coco, cfg.classes, cfg.exclude, cfg.drop_multi_target, where
+    )
+    sampled, support = select(pools, cfg, origin)
+    funnel["sampled"] = {c: len(v) for c, v in sampled.items()}
+    causes_path = require_file(root, cfg, "causes", origin) if cfg.causes else None
+    causes_path = causes_path or causes_beside(inst_path)
+    causes = read_causes(causes_path) if causes_path is not None else None
+    image_dir = PurePosixPath(cfg.path("images") or ".")
+    records, order = [], []
+    for c, ids in sampled.items():
+        for j, img_id in enumerate(ids):
+            rec = image_record(coco, img_id, c, image_dir)
+            rec["split"] = "support" if j in support[c] else "test"
+            if causes is not None:
+                rec["causes"] = ",".join(causes.get(img_id, []))
+            records.append(rec)
+            order.append(img_id)
+    columns = ["coco_id", "bbox", "area_frac"] + (["causes"] if causes is not None else [])
+    captions = []
+    if cfg.captions is not None:
+        captions = captions_for(require_file(root, cfg, "captions", origin), order)
+    split_from = "none" if cfg.support_per_class is None else "drawn"
+    return Built(classes, records, captions, funnel, split_from, columns)

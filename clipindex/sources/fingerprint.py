@@ -1,0 +1,78 @@
+"""The one dataset fingerprint: what stores record to know their dataset has not changed.
+
+:func:`fingerprint` is the sha256 of a canonical serialisation of both tables' content
+(columns and rows, JSON with numpy values made native). Paths in the tables are relative
+to the data root, so the same data under another root has the same fingerprint.
+``load_dataset`` records it in ``Dataset.info["fingerprint"]`` (``dataset.json``) and a
+store's manifest records it as ``dataset_fingerprint``; its output must never change
+for the same tables, or every existing store would read as stale.
+
+:func:`dataset_fingerprint` is what a store build asks of any dataset: the tables' own
+fingerprint, recomputed (so tables edited after loading are not mistaken for the loaded
+ones), with a warning when it differs from the value the dataset records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["dataset_fingerprint", "fingerprint"]
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(images: pd.DataFrame, captions: pd.DataFrame) -> str:
+    """sha256 of a canonical serialisation of both tables' content.
+
+    Paths in the tables are relative to the data root, so the same data under
+    another root has the same fingerprint.
+
+    Examples
+    --------
+    >>> fingerprint(ds.images, ds.captions)[:12]  # doctest: +SKIP
+    '3f9a0c6e1b2d'
+    """
+    h = hashlib.sha256(b"clipindex-tables-v1")
+    for name, table in (("images", images), ("captions", captions)):
+        payload = {
+            "table": name,
+            "columns": [str(c) for c in table.columns],
+            "rows": table.to_dict(orient="split")["data"],
+        }
+        text = json.dumps(payload, separators=(",", ":"), default=_json_native, allow_nan=True)
+        h.update(text.encode("utf-8"))
+    return h.hexdigest()
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """:func:`fingerprint` of a dataset's ``images`` and ``captions`` tables.
+
+    ``dataset`` is a :class:`~clipindex.sources.Dataset` or anything with the two tables
+    (``info`` optional). For a dataset from ``load_dataset`` this is the value it
+    recorded in ``info["fingerprint"]``; when the tables changed since (the recorded
+    value differs), a warning is logged and the tables' own value is returned.
+
+    Examples
+    --------
+    >>> dataset_fingerprint(ds) == ds.info["fingerprint"]  # doctest: +SKIP
+    True
+    """
+    value = fingerprint(dataset.images, dataset.captions)
+    recorded = (getattr(dataset, "info", None) or {}).get("fingerprint")
+    if recorded and recorded != value:
+        log.warning("%s: the tables changed since the dataset was loaded (fingerprint %s, "
+                    "recorded %s); using the tables' own", getattr(dataset, "name", "dataset"),
+                    value[:12], str(recorded)[:12])
+    return value
+
+
+def _json_native(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
