@@ -81,16 +81,17 @@ class Dataset:
 
 
 def load_dataset(
-    source: str | Path, *, root: str | Path | None = None, **overrides: Any
+    source: str | Path | DatasetConfig, *, root: str | Path | None = None, **overrides: Any
 ) -> Dataset:
     """Load a dataset from a YAML config, a class-folder tree or a manifest.
 
     Parameters
     ----------
-    source : str or Path
-        A ``.yaml`` dataset config, a folder of class sub-folders (optionally under
-        ``train/`` and ``test/``), or a ``.csv``/``.parquet`` manifest with columns
-        ``path``, ``label`` and optionally ``split`` and ``caption``.
+    source : str, Path or DatasetConfig
+        A ``.yaml`` dataset config (or the :class:`~clipindex.config.DatasetConfig`
+        itself), a folder of class sub-folders (optionally under ``train/`` and
+        ``test/``), or a ``.csv``/``.parquet`` manifest with columns ``path``,
+        ``label`` and optionally ``split`` and ``caption``.
     root : str or Path, optional
         Data root replacing the config's ``root`` (manifests: the base of their
         paths, default the manifest's folder).
@@ -104,7 +105,10 @@ def load_dataset(
     >>> ds = load_dataset("configs/datasets/coco-animals.yaml", root="~/data/coco",
     ...                   seed=0)  # doctest: +SKIP
     """
-    cfg, data_root, origin = _resolve(Path(source).expanduser(), root, overrides)
+    if isinstance(source, DatasetConfig):
+        cfg, data_root, origin = _from_config(source, root, overrides)
+    else:
+        cfg, data_root, origin = _resolve(Path(source).expanduser(), root, overrides)
     built = _BUILDERS[cfg.source](cfg, data_root, origin)
     return assemble(cfg, data_root, built)
 
@@ -150,6 +154,20 @@ def _resolve(
     if not data_root.is_dir():
         raise DataError(f"Data root {data_root} is not a folder: set 'root' in {origin} or --root")
     return cfg, data_root, origin
+
+
+def _from_config(
+    cfg: DatasetConfig, root: str | Path | None, overrides: dict[str, Any]
+) -> tuple[DatasetConfig, Path, str]:
+    origin = f"dataset config {cfg.name!r}"
+    cfg = apply_overrides(cfg, overrides)
+    chosen = root if root is not None else cfg.root
+    if chosen is None:
+        raise ConfigError(f"The {origin} sets no 'root': give the data root (--root DATA_DIR)")
+    data_root = Path(chosen).expanduser().absolute()
+    if not data_root.is_dir():
+        raise DataError(f"Data root {data_root} is not a folder: set 'root' in the {origin}")
+    return dataclasses.replace(cfg, root=str(chosen)), data_root, origin
 
 
 def _safe_name(name: str) -> str:

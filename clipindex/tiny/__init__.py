@@ -18,7 +18,7 @@ Examples
 >>> import open_clip
 >>> from clipindex import tiny
 >>> folder = tiny.checkpoint_dir("tiny-vit")
->>> tiny.check_world_version(folder)  # warns if trained on another world generator
+>>> tiny.check_world_version(folder, "5")  # warns if trained on another world generator
 >>> model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
 >>> tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
 """
@@ -38,6 +38,7 @@ __all__ = [
     "register_configs",
     "check_world_version",
     "read_record",
+    "world_version_of",
 ]
 
 TINY_BACKBONES: tuple[str, ...] = ("tiny-vit", "tiny-rn", "tiny-vit-s")
@@ -107,27 +108,40 @@ def read_record(folder: str | Path) -> dict[str, Any]:
         raise ModelLoadError(f"{path} is not valid JSON ({exc}); retrain the backbone") from exc
 
 
-def check_world_version(folder: str | Path) -> bool:
+def check_world_version(folder: str | Path, generator_version: str | None) -> bool:
     """Warn (``UserWarning``) if ``folder`` was trained on another world generator version.
 
-    Returns True when the versions match.
+    ``generator_version`` is the version of the world at hand: a world folder's
+    ``world.json["generator_version"]`` (:func:`world_version_of`) or
+    ``clipindex.world.GENERATOR_VERSION``. The check belongs where a demo world is used
+    with the backbones (training, evaluation, the demo), never on the model-loading
+    path: loading a backbone must not import the world generator. Returns True when
+    the versions match (``None``, an unknown version, counts as another one).
 
     Examples
     --------
-    >>> check_world_version(checkpoint_dir("tiny-vit"))
+    >>> from clipindex.world import GENERATOR_VERSION  # doctest: +SKIP
+    >>> check_world_version(checkpoint_dir("tiny-vit"), GENERATOR_VERSION)  # doctest: +SKIP
     True
     """
-    from clipindex.world import GENERATOR_VERSION
-
     trained_on = read_record(folder).get("world_version")
-    if trained_on == GENERATOR_VERSION:
+    if trained_on is not None and trained_on == generator_version:
         return True
     warnings.warn(
         f"Tiny backbone {Path(folder).name!r} was trained on demo-world generator version "
-        f"{trained_on!r}, but this clipindex generates version {GENERATOR_VERSION!r}; its "
-        "accuracy on a freshly generated world may differ. Retrain it with "
+        f"{trained_on!r}, but this world was made by generator version "
+        f"{generator_version!r}; its accuracy on it may differ. Retrain it with "
         "`python -m clipindex.tiny.train --world DIR --all`.",
         UserWarning,
         stacklevel=2,
     )
     return False
+
+
+def world_version_of(world_dir: str | Path) -> str | None:
+    """The generator version a demo world folder records (``world.json``), else None."""
+    path = Path(world_dir) / "world.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("generator_version")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None

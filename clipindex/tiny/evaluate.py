@@ -1,16 +1,24 @@
-"""Batched zero-shot evaluation of tiny backbone folders on the demo world.
+"""Zero-shot figures of tiny backbone folders on a demo world, by the product's own route.
 
-Pure functions: :func:`zero_shot_predictions` takes image paths, class names and model
-folders and returns predicted class indices per folder (each image is decoded once for
-all folders); :func:`summarize` turns predictions, labels and cause tags into the figures
-the tiny backbones are held to (accuracy, pairwise disagreement, accuracy per failure
-cause vs clean images). :func:`study_images` applies the study's filters to a world split.
+No parallel pipeline: the study images of a world split are a :class:`~clipindex.sources.
+Dataset` (:func:`study_dataset`: the study's filters of :mod:`clipindex.sources`, all
+rows ``test``, no captions), encoded into a store (:func:`clipindex.store.build_store`)
+and classified by the product's ``prompt`` method (:class:`~clipindex.classifiers.
+PromptClassifier` through :func:`clipindex.classifiers.runner.classify`, template "a
+photo of a {}"): the same figures ``clipindex demo`` reports.
+:func:`summarize` turns predictions, labels and cause tags into the figures the tiny
+backbones are held to (accuracy, pairwise disagreement, accuracy per failure cause vs
+clean images).
+
+Sits above store and classifiers (``tiny.evaluate``'s floor in docs/architecture.md);
+the product path never imports it.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
+import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from clipindex.config import DatasetConfig
 from clipindex.errors import DataError
+from clipindex.sources import Dataset, load_dataset
 
 __all__ = [
     "TARGET_CLASSES",
     "STUDY_TEMPLATE",
-    "StudyImages",
-    "study_images",
+    "StudyPredictions",
+    "study_dataset",
     "zero_shot_predictions",
     "summarize",
     "evaluate_world",
@@ -35,120 +45,85 @@ STUDY_TEMPLATE = "a photo of a {}"
 
 
 @dataclass(frozen=True)
-class StudyImages:
-    """The images of one world split that pass the study's filters."""
+class StudyPredictions:
+    """Zero-shot predictions of each backbone folder on a world split's study images."""
 
-    paths: tuple[Path, ...]
-    labels: np.ndarray  # index into ``classes`` (the instances label, wrong or not)
     classes: tuple[str, ...]
-    causes: tuple[tuple[str, ...], ...]  # failure causes the generator applied
+    labels: np.ndarray  # index into ``classes`` (the instances label, wrong or not)
+    causes: tuple[tuple[str, ...], ...]  # failure causes the generator applied (sorted)
+    predictions: dict[str, np.ndarray]  # folder name -> predicted class index per image
+    files: tuple[str, ...]  # relative to the world folder, in the rows' order
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataError(f"{path} is missing: is this a demo world folder?") from exc
-
-
-def _causes_by_id(sidecar: Any) -> dict[int, tuple[str, ...]]:
-    """Read the world's causes sidecar: ``{"images": {id: {"causes": [...], ...}}}``."""
-    if isinstance(sidecar, dict) and isinstance(sidecar.get("images"), dict):
-        sidecar = sidecar["images"]
-    if not isinstance(sidecar, dict):
-        raise DataError("causes sidecar: expected {'images': {image id: {'causes': [...]}}}")
-    return {int(k): tuple(v["causes"] if isinstance(v, dict) else v)
-            for k, v in sidecar.items()}
-
-
-def study_images(
-    world_dir: str | Path, split: str = "val", classes: Sequence[str] = TARGET_CLASSES
-) -> StudyImages:
-    """Return ``split``'s images with no ``person`` and exactly one target class.
+def study_dataset(world_dir: str | Path, split: str = "val",
+                  classes: Sequence[str] = TARGET_CLASSES) -> Dataset:
+    """The images of ``split`` with no ``person`` and exactly one target class, all rows
+    ``test`` (no sample, no support draw), with the world's ``causes`` column.
 
     Examples
     --------
-    >>> imgs = study_images("demo_world", "val")  # doctest: +SKIP
-    >>> len(imgs.paths) == len(imgs.labels)  # doctest: +SKIP
-    True
+    >>> ds = study_dataset("demo_world", "val")  # doctest: +SKIP
+    >>> set(ds.images["split"])  # doctest: +SKIP
+    {'test'}
     """
     world = Path(world_dir)
-    inst = _read_json(world / "annotations" / f"instances_{split}.json")
-    causes = _causes_by_id(_read_json(world / "annotations" / f"causes_{split}.json"))
-    cat_name = {c["id"]: c["name"] for c in inst["categories"]}
-    names_by_image: dict[int, set[str]] = {}
-    for ann in inst["annotations"]:
-        names_by_image.setdefault(ann["image_id"], set()).add(cat_name[ann["category_id"]])
-    index = {c: i for i, c in enumerate(classes)}
-    paths, labels, tags = [], [], []
-    for img in sorted(inst["images"], key=lambda r: r["id"]):
-        names = names_by_image.get(img["id"], set())
-        targets = names & index.keys()
-        if "person" in names or len(targets) != 1:
-            continue
-        paths.append(world / split / img["file_name"])
-        labels.append(index[targets.pop()])
-        tags.append(tuple(sorted(causes.get(img["id"], ()))))
-    labels_arr = np.asarray(labels, dtype=np.int64)
-    return StudyImages(tuple(paths), labels_arr, tuple(classes), tuple(tags))
+    if not (world / "annotations" / f"instances_{split}.json").is_file():
+        raise DataError(f"{world} has no annotations/instances_{split}.json: is it a demo world?")
+    cfg = DatasetConfig(
+        name=f"study-{split}", source="coco", root=str(world), split=split,
+        instances="annotations/instances_{split}.json", images="{split}",
+        classes=tuple(classes), exclude=("person",), drop_multi_target=True,
+        per_class=None, support_per_class=None,
+    )
+    return load_dataset(cfg)
 
 
-def _load(folder: Path):  # noqa: ANN202
-    import open_clip
-    import torch
+def _check_versions(world_dir: Path, folders: Sequence[Path]) -> None:
+    """Warn for each shipped-format folder trained on another generator than the world's."""
+    from clipindex import tiny
 
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
-    model.eval()
-    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-    return model, preprocess, tokenizer, torch
-
-
-def _decode(path: Path, size: int):  # noqa: ANN202
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size
-        return im.convert("RGB")
+    version = tiny.world_version_of(world_dir)
+    for folder in folders:
+        if (folder / tiny.RECORD_FILE).is_file():
+            tiny.check_world_version(folder, version)
 
 
 def zero_shot_predictions(
-    model_dirs: Sequence[str | Path],
-    image_paths: Sequence[str | Path],
-    classnames: Sequence[str],
-    *,
-    template: str = STUDY_TEMPLATE,
-    batch_size: int = 256,
-) -> dict[str, np.ndarray]:
-    """Predict a class index per image with each model folder's zero-shot classifier.
+    world_dir: str | Path, model_dirs: Sequence[str | Path], *, split: str = "val",
+    out: str | Path | None = None, workers: int = 0,
+) -> StudyPredictions:
+    """Build a store of the study images with every model folder and classify them with
+    the product's ``prompt`` method, one backbone at a time.
 
-    Class weights are the normalised text vectors of ``template.format(c)``; an image's
-    prediction is the class of highest cosine similarity. Each image is decoded once and
-    preprocessed by every model's own open_clip transform. Returns ``{folder name: preds}``.
-
-    Examples
-    --------
-    >>> preds = zero_shot_predictions([checkpoint_dir("tiny-vit")], paths, TARGET_CLASSES)
-    ... # doctest: +SKIP
+    ``out`` keeps the store (default: a temporary folder, removed afterwards). Folders
+    are loaded as open_clip ``local-dir:`` folders (weights and tokenizer their own).
     """
-    if not model_dirs:
+    from clipindex.classifiers.runner import classify
+    from clipindex.store import build_store
+
+    folders = [Path(d).resolve() for d in model_dirs]
+    if not folders:
         raise DataError("No model folders given")
-    loaded = {Path(d).name: _load(Path(d)) for d in model_dirs}
-    torch = next(iter(loaded.values()))[3]
-    texts = [template.format(c) for c in classnames]
-    weights, preds = {}, {name: [] for name in loaded}
-    with torch.inference_mode():
-        for name, (model, _, tok, _) in loaded.items():
-            w = model.encode_text(tok(texts))
-            weights[name] = w / w.norm(dim=-1, keepdim=True)
-        draft = max(m.visual.image_size[0] if isinstance(m.visual.image_size, tuple)
-                    else m.visual.image_size for m, *_ in loaded.values())
-        for start in range(0, len(image_paths), batch_size):
-            images = [_decode(Path(p), draft) for p in image_paths[start:start + batch_size]]
-            for name, (model, preprocess, _, _) in loaded.items():
-                x = model.encode_image(torch.stack([preprocess(im) for im in images]))
-                x = x / x.norm(dim=-1, keepdim=True)
-                preds[name].append((x @ weights[name].T).argmax(dim=-1).numpy())
-    return {n: np.concatenate(p) if p else np.zeros(0, np.int64) for n, p in preds.items()}
+    _check_versions(Path(world_dir), folders)
+    dataset = study_dataset(world_dir, split)
+    with tempfile.TemporaryDirectory(prefix="clipindex-tiny-eval-") as tmp:
+        root = Path(out) if out is not None else Path(tmp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. torch's thread notices
+            built = build_store(dataset, [f"local-dir:{f}" for f in folders], out=root,
+                                workers=workers, progress=False)
+        index = {c: i for i, c in enumerate(TARGET_CLASSES)}
+        rows = dataset.images["row_id"].to_numpy()
+        predictions = {}
+        for folder in built:
+            table = classify(folder.parent, folder.name, "prompt", prompt=STUDY_TEMPLATE)
+            table = table.predictions.set_index("row_id").reindex(rows)
+            predictions[folder.name] = np.array([index[c] for c in table["predicted"]])
+    labels = np.array([index[c] for c in dataset.images["label"]], dtype=np.int64)
+    tags = dataset.images["causes"] if "causes" in dataset.images else [""] * len(labels)
+    causes = tuple(tuple(sorted(filter(None, str(c).split(",")))) for c in tags)
+    return StudyPredictions(TARGET_CLASSES, labels, causes, predictions,
+                            tuple(dataset.images["file"]))
 
 
 def summarize(
@@ -198,8 +173,7 @@ def evaluate_world(
     world_dir: str | Path, model_dirs: Sequence[str | Path], *, split: str = "val"
 ) -> dict[str, Any]:
     """Zero-shot figures of ``model_dirs`` on the study images of a world split."""
-    imgs = study_images(world_dir, split)
-    if not imgs.paths:
+    result = zero_shot_predictions(world_dir, model_dirs, split=split)
+    if not len(result.labels):
         raise DataError(f"No study images in {world_dir} split {split!r}")
-    preds = zero_shot_predictions(model_dirs, imgs.paths, imgs.classes)
-    return summarize(preds, imgs.labels, imgs.causes)
+    return summarize(result.predictions, result.labels, result.causes)

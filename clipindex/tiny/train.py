@@ -10,8 +10,10 @@ on the ~4.2k of ``default`` they overfit), tiny-rn from the ``default`` one (it 
 on more images in its 600 steps); both worlds share the ``val`` split.
 
 Only ``train`` images and captions are read for learning; the ``val`` split of the same
-world is used afterwards to report the figures recorded in ``clipindex.json`` (plus any
-``--eval-world`` folders, e.g. worlds made with seeds not used for training). Every random
+world is used afterwards to report the figures recorded in ``clipindex.json``, measured
+by the product itself (:mod:`clipindex.tiny.evaluate`: a store of the study images and
+the ``prompt`` classifier on it), plus any ``--eval-world`` folders (e.g. worlds made
+with seeds not used for training). Every random
 step is seeded: weights (``torch.manual_seed``), data order, caption choice and crops.
 """
 
@@ -37,7 +39,7 @@ from clipindex.errors import DataError
 from clipindex.files import write_json_atomic
 from clipindex.tiny import CONFIGS_DIR, RECORD_FILE, TINY_BACKBONES
 from clipindex.tiny.configs import ARCHITECTURES, CONTEXT_LENGTH, model_cfg
-from clipindex.tiny.evaluate import STUDY_TEMPLATE, _read_json, evaluate_world
+from clipindex.tiny.evaluate import STUDY_TEMPLATE, evaluate_world
 from clipindex.tiny.tokenizer import build_tokenizer, save_tokenizer, words_of
 from clipindex.world.captions import CLASS_WORDS
 from clipindex.world.knobs import TARGET_CLASSES
@@ -94,6 +96,13 @@ class TrainData:
     # [N] int64: the one target class the image's captions name (index into
     # TARGET_CLASSES), -1 when they name none or several. Read from caption text only.
     animals: torch.Tensor | None = None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataError(f"{path} is missing: is this a demo world folder?") from exc
 
 
 def vocab_texts(category_names: Sequence[str], captions: Sequence[str]) -> list[str]:
