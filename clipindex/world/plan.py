@@ -172,12 +172,10 @@ def _single_causes(rng: np.random.Generator, knobs: WorldKnobs) -> list[str]:
     return [name for name, rate in rates if rng.random() < rate]
 
 
-def _plan_one(
-    seed: int, split: str, index: int, kind: str, cls: str, knobs: WorldKnobs
-) -> ImagePlan:
-    rng = image_rng(seed, split, index, 0)
-    width, height = _size(rng, knobs)
-    causes = _single_causes(rng, knobs) if kind == "single" else []
+def _plan_animals(
+    rng: np.random.Generator, kind: str, cls: str, causes: list[str], knobs: WorldKnobs
+) -> list[AnimalSpec]:
+    """The animals of one image (a herd for some singles, a second class for multis)."""
 
     def drift() -> float:
         if "lookalike" in causes:
@@ -195,13 +193,13 @@ def _plan_one(
     if kind == "multi":
         other = str(rng.choice([c for c in TARGET_CLASSES if c != cls]))
         animals.append(_animal(rng, other, drift()))
-    if kind == "distractor":
-        context = str(rng.choice(CONTEXTS))
-    else:
-        context = _context(rng, cls, "off_context" not in causes)
-    label = cls if animals else None
-    if "mislabeled" in causes:
-        label = str(rng.choice([c for c in TARGET_CLASSES if c != cls]))
+    return animals
+
+
+def _plan_objects(
+    rng: np.random.Generator, kind: str, context: str, knobs: WorldKnobs
+) -> list[str]:
+    """The distractor objects of one image (the subject of a distractor image)."""
     objects: list[str] = []
     if kind == "distractor":
         pool = _SCENE_OBJECTS[context] + tuple(
@@ -212,6 +210,25 @@ def _plan_one(
             objects.append(str(rng.choice(_SCENE_OBJECTS[context])))
     elif rng.random() < knobs.scene_distractor_rate:
         objects = [str(rng.choice(_SCENE_OBJECTS[context]))]
+    return objects
+
+
+def _plan_one(
+    seed: int, split: str, index: int, kind: str, cls: str, knobs: WorldKnobs
+) -> ImagePlan:
+    rng = image_rng(seed, split, index, 0)
+    width, height = _size(rng, knobs)
+    causes = _single_causes(rng, knobs) if kind == "single" else []
+
+    animals = _plan_animals(rng, kind, cls, causes, knobs)
+    if kind == "distractor":
+        context = str(rng.choice(CONTEXTS))
+    else:
+        context = _context(rng, cls, "off_context" not in causes)
+    label = cls if animals else None
+    if "mislabeled" in causes:
+        label = str(rng.choice([c for c in TARGET_CLASSES if c != cls]))
+    objects = _plan_objects(rng, kind, context, knobs)
     person = str(rng.choice(_PERSON_WORDS)) if kind == "person" else None
     action = None
     if person is not None:

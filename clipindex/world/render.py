@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
@@ -119,43 +120,51 @@ def _animal_items(
         reach = _REACH["quad" if "neck_len" in q else a.pose]
         ox = x0 - reach[0] * s if mirror > 0 else x0 + reach[1] * s
         oy = foot - ground_offset(q, a.pose) * s
-        if camo:
-            y0, y1 = int(max(0, foot - eh * s)), int(max(foot, foot - eh * s + 1))
-            region = bg[y0:y1, int(x0) : int(x0 + ew * s) + 1]
-            base = region.reshape(-1, 3).mean(0) if region.size else bg.reshape(-1, 3).mean(0)
-            colour = np.clip(base + rng.normal(0, knobs.camouflage_noise, 3), 0, 255)
-            spots, outline = None, None
-        else:
-            colour = np.clip(
-                np.array(COLOURS[a.colour]) + rng.normal(0, knobs.colour_jitter, 3), 0, 255
-            )
-            spots = None if a.spots is None else np.array(COLOURS[a.spots], np.float32)
-            outline = tuple(int(v) for v in colour * 0.55)
-        colour = colour.astype(np.float32)
-        sub_seed = int(rng.integers(2**31))
-
-        def paint(
-            d,
-            m,
-            *,
-            _a=a,
-            _q=q,
-            _s=s,
-            _ox=ox,
-            _oy=oy,
-            _mi=mirror,
-            _c=colour,
-            _sp=spots,
-            _ol=outline,
-            _seed=sub_seed,
-        ) -> None:
-            pt = Painter(d, m, _ox, _oy, _s, _mi, _ol)  # type: ignore[arg-type]
-            draw_animal(pt, _a.cls, _q, _c, _sp, _a.pose, np.random.default_rng(_seed), _s >= 40)
-
+        box = (x0, foot, ew * s, eh * s)
+        colour, spots, outline = _animal_colour(a, camo, knobs, rng, bg, box)
+        paint = _animal_painter(a.cls, a.pose, q, s, (ox, oy, mirror), (colour, spots, outline),
+                                int(rng.integers(2**31)))
         items.append(_Item(a.cls, foot, paint))
         if i == 0 and plan.person_action == "riding":
             items.append(_rider(rng, q, ox, oy, s, mirror, ppm, foot))
     return items, ppm, boxes
+
+
+def _animal_colour(
+    a: Any, camo: bool, knobs: WorldKnobs, rng: np.random.Generator, bg: np.ndarray,
+    box: tuple[float, float, float, float],
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...] | None]:
+    """(fill colour, spot colour, outline) of one animal; camouflage takes the colour of
+    the background under its box ``(x0, foot, width, height)`` and drops spots/outline."""
+    x0, foot, bw, bh = box
+    if camo:
+        y0, y1 = int(max(0, foot - bh)), int(max(foot, foot - bh + 1))
+        region = bg[y0:y1, int(x0) : int(x0 + bw) + 1]
+        base = region.reshape(-1, 3).mean(0) if region.size else bg.reshape(-1, 3).mean(0)
+        colour = np.clip(base + rng.normal(0, knobs.camouflage_noise, 3), 0, 255)
+        spots, outline = None, None
+    else:
+        colour = np.clip(
+            np.array(COLOURS[a.colour]) + rng.normal(0, knobs.colour_jitter, 3), 0, 255
+        )
+        spots = None if a.spots is None else np.array(COLOURS[a.spots], np.float32)
+        outline = tuple(int(v) for v in colour * 0.55)
+    return colour.astype(np.float32), spots, outline
+
+
+def _animal_painter(
+    cls: str, pose: str, q: dict, s: float, origin: tuple[float, float, float],
+    colours: tuple[np.ndarray, np.ndarray | None, tuple[int, ...] | None], seed: int,
+) -> Any:
+    """The deferred drawing of one animal (painted in depth order later)."""
+    ox, oy, mirror = origin
+    colour, spots, outline = colours
+
+    def paint(d: Any, m: Any) -> None:
+        pt = Painter(d, m, ox, oy, s, mirror, outline)  # type: ignore[arg-type]
+        draw_animal(pt, cls, q, colour, spots, pose, np.random.default_rng(seed), s >= 40)
+
+    return paint
 
 
 def _rider(
