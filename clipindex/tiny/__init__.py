@@ -13,6 +13,13 @@ offline::
 names, so ``open_clip.create_model("tiny-vit")`` (random weights, ``--pretrained none``)
 and ``open_clip.get_tokenizer("tiny-vit")`` work like any built-in model.
 
+Owns: the backbones' registry (names, shipped folders, open_clip model configs, the
+training record); :mod:`clipindex.encode.backbones` registers them as ordinary local
+backbones. May import: ``clipindex.errors`` only. Never ``clipindex.world``: the world
+generator version a check compares with is passed in (``check_world_version``), so
+loading a backbone imports no world module. ``tiny.train`` and ``tiny.evaluate`` sit
+above the store and the classifiers (they train on / evaluate with a demo world).
+
 Examples
 --------
 >>> import open_clip
