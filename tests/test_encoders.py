@@ -294,3 +294,34 @@ def test_embed_dim_falls_back_to_a_forward_pass(encoder: Encoder,
     # timm-backed towers have no output_dim; the encoder then measures one blank image
     monkeypatch.delattr(encoder.model.visual, "output_dim")
     assert encoder._find_embed_dim() == 32
+
+
+def test_query_images_encode_as_the_store_does_and_fail_with_the_file(
+        encoder: Encoder, image_files: list[Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``encode_query_images`` gives the vectors ``encode_images`` gives (one decode per
+    file); a bad file fails by name, from its header before any pixel is decoded."""
+    from clipindex.encode import QueryImageError, check_query_images, encode_query_images
+    from clipindex.encode import queries as queries_mod
+
+    expected, _ = encoder.encode_images(image_files[:3], workers=0, progress=False)
+    np.testing.assert_array_equal(encode_query_images(encoder, image_files[:3]), expected)
+    assert encode_query_images(encoder, image_files[0]).shape == (1, encoder.embed_dim)
+    assert check_query_images(None) == []
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(image_files[0].read_bytes()[:400])
+    for path, reason in ((notes, "cannot identify image file"), (tmp_path / "no.jpg",
+                         "missing file"), (tmp_path / "empty.png", "empty file"),
+                         (tmp_path, "it is a folder")):
+        with pytest.raises(QueryImageError, match=f"{path.name}': {reason}") as err:
+            check_query_images([image_files[0], path])
+        assert (err.value.path, err.value.reason) == (str(path), reason)
+    calls = []
+    real = queries_mod.identify
+    monkeypatch.setattr(queries_mod, "identify", lambda p: calls.append(p) or real(p))
+    with pytest.raises(QueryImageError, match="cut.jpg': truncated image file"):
+        encode_query_images(encoder, [image_files[0], cut])  # decoded in encode_images
+    assert calls == [image_files[0], cut]
