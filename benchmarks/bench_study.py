@@ -123,7 +123,7 @@ def study_way(dataset: Any, backbones: list[str], test_rows: np.ndarray,
         for name in backbones:
             encoder = _load(name, args.pretrained, seeds[name])
             common.log(f"study: {name} zero-shot, {len(files)} images one at a time")
-            zero = C.PromptClassifier().fit(classes, encode_text=encoder.encode_texts)
+            zero = C.PromptClassifier(classes, encode_text=encoder.encode_texts).fit()
             preds[f"zero-shot/{name}"] = zero.predict(study_loop(encoder, files)).astype(str)
             common.log(f"study: {name} few-shot, {len(files)} images one at a time")
             proto = C.PrototypeClassifier().fit(encoder.encode_texts(texts), text_labels)

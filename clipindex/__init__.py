@@ -6,6 +6,8 @@ stored vectors; nothing re-encodes an image.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 from clipindex.errors import (  # noqa: E402
@@ -19,8 +21,45 @@ from clipindex.errors import (  # noqa: E402
     UserInputError,
 )
 
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from clipindex.bench import run_bench
+    from clipindex.classifiers import (
+        CaptionKNNClassifier,
+        ImageKNNClassifier,
+        LinearProbeClassifier,
+        MajorityVoteClassifier,
+        MLPClassifier,
+        PromptClassifier,
+        PrototypeClassifier,
+        SoftVoteClassifier,
+        majority_vote,
+        reject_below,
+        soft_vote,
+    )
+    from clipindex.classifiers.runner import classify, classify_images
+    from clipindex.demo import run_demo
+    from clipindex.encode import Encoder, load_encoder, resolve_backbone
+    from clipindex.errors import NotFittedError
+    from clipindex.explain import explain_image
+    from clipindex.metrics import (
+        accuracy,
+        balanced_accuracy,
+        classification_metrics,
+        confusion_matrix,
+        macro_f1,
+        recall_at_k_image_to_text,
+        recall_at_k_text_to_image,
+    )
+    from clipindex.report import write_report
+    from clipindex.search import search_captions, search_image, search_text
+    from clipindex.sources import Dataset, load_dataset
+    from clipindex.store import BackboneIndex, build_store, open_index, store_info
+    from clipindex.world import make_world
+
+# The public API, pinned (tests/test_api.py): the pipeline's stages in order.
 __all__ = [
     "__version__",
+    # errors
     "ClipindexError",
     "ConfigError",
     "DataError",
@@ -28,32 +67,80 @@ __all__ = [
     "IndexMismatchError",
     "MissingExtraError",
     "ModelLoadError",
+    "NotFittedError",
     "UserInputError",
-    "make_world",
+    # sources
+    "Dataset",
     "load_dataset",
+    "make_world",
+    # encode
+    "Encoder",
+    "load_encoder",
+    "resolve_backbone",
+    # store
+    "BackboneIndex",
     "build_store",
     "open_index",
+    "store_info",
+    # classifiers (scikit-learn estimators on stored vectors)
+    "PromptClassifier",
+    "PrototypeClassifier",
+    "CaptionKNNClassifier",
+    "ImageKNNClassifier",
+    "LinearProbeClassifier",
+    "MLPClassifier",
+    "MajorityVoteClassifier",
+    "SoftVoteClassifier",
+    "majority_vote",
+    "soft_vote",
+    "reject_below",
     "classify",
     "classify_images",
+    # metrics
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "confusion_matrix",
+    "classification_metrics",
+    "recall_at_k_text_to_image",
+    "recall_at_k_image_to_text",
+    # search, bench, report, explain
     "search_text",
     "search_image",
+    "search_captions",
     "run_bench",
     "run_demo",
     "write_report",
     "explain_image",
 ]
 
-# Public functions from heavy modules (torch, faiss) are imported on first use, so
-# ``import clipindex`` stays light. Name -> module; add entries here.
+# Everything but the errors comes from modules that import torch, faiss or sklearn, so it
+# is imported on first use and ``import clipindex`` stays light. Name -> module.
 _LAZY: dict[str, str] = {
-    "make_world": "clipindex.world",
+    "NotFittedError": "clipindex.errors",
+    "Dataset": "clipindex.sources",
     "load_dataset": "clipindex.sources",
+    "make_world": "clipindex.world",
+    "Encoder": "clipindex.encode",
+    "load_encoder": "clipindex.encode",
+    "resolve_backbone": "clipindex.encode",
+    "BackboneIndex": "clipindex.store",
     "build_store": "clipindex.store",
     "open_index": "clipindex.store",
+    "store_info": "clipindex.store",
+    **{name: "clipindex.classifiers" for name in (
+        "PromptClassifier", "PrototypeClassifier", "CaptionKNNClassifier",
+        "ImageKNNClassifier", "LinearProbeClassifier", "MLPClassifier",
+        "MajorityVoteClassifier", "SoftVoteClassifier", "majority_vote", "soft_vote",
+        "reject_below")},
     "classify": "clipindex.classifiers.runner",
     "classify_images": "clipindex.classifiers.runner",
+    **{name: "clipindex.metrics" for name in (
+        "accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix",
+        "classification_metrics", "recall_at_k_text_to_image", "recall_at_k_image_to_text")},
     "search_text": "clipindex.search",
     "search_image": "clipindex.search",
+    "search_captions": "clipindex.search",
     "run_bench": "clipindex.bench",
     "run_demo": "clipindex.demo",
     "write_report": "clipindex.report",

@@ -11,7 +11,12 @@ message and exit code 2, never a traceback::
     │   └── IndexMismatchError        a store opened with another backbone / dim / dataset
     ├── IncompleteIndexError          a store folder without a finished manifest
     ├── ModelLoadError                weights could not be loaded (offline, bad checkpoint)
+    ├── NotFittedError (sklearn's NotFittedError) a classifier used before ``fit``
     └── MissingExtraError (ImportError) an optional dependency is missing; says what to install
+
+``NotFittedError`` is also :class:`sklearn.exceptions.NotFittedError` (so scikit-learn's
+own checks recognise it); it is made on first use, so importing this module never loads
+scikit-learn.
 
 Messages say what to do, e.g. ``Unknown backbone 'ViT-B/31'. Known: RN50, ...``.
 """
@@ -27,6 +32,7 @@ __all__ = [
     "IncompleteIndexError",
     "ModelLoadError",
     "MissingExtraError",
+    "NotFittedError",  # noqa: F822  (made on first access, see __getattr__)
 ]
 
 
@@ -60,3 +66,21 @@ class ModelLoadError(ClipindexError):
 
 class MissingExtraError(ClipindexError, ImportError):
     """An optional dependency is missing; the message names the pip line that fixes it."""
+
+
+def _not_fitted_error() -> type:
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    class NotFittedError(ClipindexError, SklearnNotFittedError):
+        """A classifier was used (``predict``, ``predict_proba``) before ``fit``."""
+
+    NotFittedError.__qualname__ = "NotFittedError"
+    NotFittedError.__module__ = __name__
+    return NotFittedError
+
+
+def __getattr__(name: str) -> type:
+    """``NotFittedError`` is built on first access (it subclasses scikit-learn's)."""
+    if name == "NotFittedError":
+        return globals().setdefault(name, _not_fitted_error())  # one class, even if raced
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -132,7 +132,8 @@ def fake_load_encoder(spec: Any, *, pretrained: Any = "default", device: Any = N
 
 def install_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Route clipindex's backbone registry and encoder loading to the stand-ins."""
-    from clipindex.encode import backbones, encoders
+    from clipindex.encode import backbones
+    from clipindex.encode import encoder as encoders
 
     monkeypatch.setattr(backbones, "resolve_backbone", fake_resolve)
     monkeypatch.setattr(encoders, "load_encoder", fake_load_encoder)
@@ -216,25 +217,11 @@ def make_image_dataset(root: Path, n_per_class: int = 10, name: str = "toy",
 
 
 # ----------------------------------------------------------------------------- demo store
-def _demo_available() -> str | None:
-    try:
-        from clipindex import tiny
-        from clipindex.world import make_world  # noqa: F401
-        for name in tiny.TINY_BACKBONES:
-            if not (Path(tiny.checkpoint_dir(name)) / "open_clip_model.safetensors").exists():
-                return f"tiny backbone {name} has no shipped weights yet"
-    except Exception as exc:  # noqa: BLE001 - anything missing means "not built yet"
-        return f"demo world / tiny backbones unavailable: {exc}"
-    return None
-
-
 @pytest.fixture(scope="session")
 def demo_world(small_world: Path) -> Path:
-    """The small demo world (seed 0; ``fixtures_world.small_world``), skipped with the
-    reason while the tiny backbones' weights are missing."""
-    reason = _demo_available()
-    if reason:
-        pytest.skip(reason)
+    """The small demo world (seed 0; ``fixtures_world.small_world``) that the shipped tiny
+    backbones were trained on. No skip: the weights ship with the package, so a broken
+    import or a missing file fails the tests that need them."""
     return small_world
 
 

@@ -5,16 +5,29 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import clipindex
 
 EXPECTED = {
     "__version__",
     "ClipindexError", "ConfigError", "DataError", "IncompleteIndexError",
-    "IndexMismatchError", "MissingExtraError", "ModelLoadError", "UserInputError",
-    "make_world", "load_dataset", "build_store", "open_index", "classify",
-    "classify_images", "search_text", "search_image", "run_bench", "run_demo",
-    "write_report", "explain_image",
+    "IndexMismatchError", "MissingExtraError", "ModelLoadError", "NotFittedError",
+    "UserInputError",
+    "Dataset", "load_dataset", "make_world",
+    "Encoder", "load_encoder", "resolve_backbone",
+    "BackboneIndex", "build_store", "open_index", "store_info",
+    "PromptClassifier", "PrototypeClassifier", "CaptionKNNClassifier", "ImageKNNClassifier",
+    "LinearProbeClassifier", "MLPClassifier", "MajorityVoteClassifier", "SoftVoteClassifier",
+    "majority_vote", "soft_vote", "reject_below", "classify", "classify_images",
+    "accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix", "classification_metrics",
+    "recall_at_k_text_to_image", "recall_at_k_image_to_text",
+    "search_text", "search_image", "search_captions", "run_bench", "run_demo", "write_report",
+    "explain_image",
 }
+CLASSIFIERS = ("PromptClassifier", "PrototypeClassifier", "CaptionKNNClassifier",
+               "ImageKNNClassifier", "LinearProbeClassifier", "MLPClassifier",
+               "MajorityVoteClassifier", "SoftVoteClassifier")
 
 
 def test_public_api_is_pinned() -> None:
@@ -26,6 +39,62 @@ def test_every_export_resolves_to_a_callable_or_class() -> None:
         value = getattr(clipindex, name)
         if name != "__version__":
             assert callable(value), name
+
+
+def test_exported_classifiers_are_sklearn_estimators_cloned_with_no_arguments() -> None:
+    from sklearn.base import BaseEstimator, ClassifierMixin, clone
+
+    for name in CLASSIFIERS:
+        cls = getattr(clipindex, name)
+        assert issubclass(cls, BaseEstimator) and issubclass(cls, ClassifierMixin), name
+        twin = clone(cls())
+        assert type(twin) is cls and twin.get_params() == cls().get_params(), name
+
+
+def test_not_fitted_is_both_sklearns_error_and_ours() -> None:
+    import numpy as np
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    assert issubclass(clipindex.NotFittedError, clipindex.ClipindexError)
+    assert issubclass(clipindex.NotFittedError, SklearnNotFittedError)
+    for name in CLASSIFIERS:
+        with pytest.raises(clipindex.NotFittedError):
+            getattr(clipindex, name)().predict(np.ones((2, 4), dtype="float32"))
+
+
+def _annotation_uses_any(annotation: object) -> bool:
+    import re
+
+    # JSON documents (manifests, records) are ``dict[str, Any]``: their values have no
+    # narrower type. Anything else that says Any could say more.
+    text = str(annotation).replace("dict[str, Any]", "JSONDict")
+    return bool(re.search(r"\bAny\b", text))
+
+
+def test_public_signatures_are_typed_without_any() -> None:
+    """Every parameter and return of an exported function (and class ``__init__``) is
+    annotated, and with a concrete type where one exists: ``Any`` is allowed only inside
+    ``dict[str, Any]`` (a JSON document) and for ``**overrides`` passed to a config."""
+    import inspect
+
+    untyped = []
+    for name in sorted(clipindex.__all__):
+        value = getattr(clipindex, name)
+        if name == "__version__" or (inspect.isclass(value) and issubclass(value,
+                                                                       BaseException)):
+            continue
+        func = value.__init__ if inspect.isclass(value) else value
+        sig = inspect.signature(func)
+        for pname, param in sig.parameters.items():
+            if pname == "self" or param.kind is param.VAR_KEYWORD:
+                continue
+            if param.annotation is inspect.Parameter.empty or _annotation_uses_any(
+                    param.annotation):
+                untyped.append(f"{name}({pname}: {param.annotation})")
+        if not inspect.isclass(value) and (sig.return_annotation is inspect.Signature.empty
+                                           or _annotation_uses_any(sig.return_annotation)):
+            untyped.append(f"{name} -> {sig.return_annotation}")
+    assert not untyped, "\n".join(untyped)
 
 
 def test_import_is_light_and_side_effect_free() -> None:

@@ -353,11 +353,6 @@ def test_shipped_bench_configs_load_and_match_the_demo() -> None:
 
 def test_demo_with_the_tiny_backbones(small_world: Path, tmp_path: Path) -> None:
     """`clipindex demo` end to end with the shipped tiny backbones (real models)."""
-    from fixtures_store import _demo_available
-
-    reason = _demo_available()
-    if reason:
-        pytest.skip(reason)
     res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--world",
                                     str(small_world), "--scale", "small", "--workers", "0",
                                     "--no-progress"])

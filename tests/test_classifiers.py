@@ -1,26 +1,34 @@
-"""Classifiers vs short independent numpy computations of DESIGN.md's definitions."""
+"""Classifiers vs short independent numpy computations of DESIGN.md's definitions, and
+as scikit-learn estimators (clone, cross_val_score, Pipeline, GridSearchCV)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import sklearn.exceptions
 import torch
-from sklearn.exceptions import NotFittedError
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from clipindex.classifiers import (
     CaptionKNNClassifier,
     ImageKNNClassifier,
     LinearProbeClassifier,
+    MajorityVoteClassifier,
     MLPClassifier,
     PromptClassifier,
     PrototypeClassifier,
+    SoftVoteClassifier,
     majority_vote,
+    normalise,
     reject_below,
     soft_vote,
     vote_shares,
 )
 from clipindex.classifiers.templates import IMAGENET_TEMPLATES, get_templates
-from clipindex.errors import UserInputError
+from clipindex.errors import ClipindexError, NotFittedError, UserInputError
 from clipindex.metrics import balanced_accuracy
 
 
@@ -63,7 +71,7 @@ def test_templates_sets() -> None:
 def test_prompt_matches_numpy(templates: tuple[str, ...]) -> None:
     rng = np.random.default_rng(0)
     x, enc, classes = unit(rng, 20), FakeText(), ["cat", "dog", "cow"]
-    clf = PromptClassifier(templates=templates).fit(classes, encode_text=enc)
+    clf = PromptClassifier(classes, encode_text=enc, templates=templates).fit()
     w = []
     for c in classes:
         t = np.stack([enc.table[tpl.format(c)] for tpl in templates]).astype(np.float64)
@@ -79,14 +87,34 @@ def test_prompt_matches_numpy(templates: tuple[str, ...]) -> None:
 def test_prompt_overrides_and_bad_template() -> None:
     enc = FakeText()
     clf = PromptClassifier(
-        templates=["this is a photo of a {}."], class_names={"n01": "field"},
-        prompts={"road": ["a road", "a street"]},
-    ).fit(["n01", "road"], encode_text=enc)
+        ["n01", "road"], encode_text=enc, templates=["this is a photo of a {}."],
+        class_names={"n01": "field"}, prompts={"road": ["a road", "a street"]},
+    ).fit()
     assert clf.prompts_ == [["this is a photo of a field."], ["a road", "a street"]]
     with pytest.raises(UserInputError, match=r"\{\}"):
-        PromptClassifier(templates=["a photo"]).fit(["a"], encode_text=enc)
+        PromptClassifier(["a"], encode_text=enc, templates=["a photo"]).fit()
     with pytest.raises(UserInputError, match="distinct"):
-        PromptClassifier().fit(["a", "a"], encode_text=enc)
+        PromptClassifier(["a", "a"], encode_text=enc).fit()
+    with pytest.raises(UserInputError, match="encode_text"):
+        PromptClassifier(["a", "b"]).fit()
+    with pytest.raises(UserInputError, match="not among classes"):
+        PromptClassifier(["a", "b"], encode_text=enc).fit(None, ["a", "c"])
+
+
+def test_prompt_from_class_vectors_or_labels() -> None:
+    enc, rng = FakeText(), np.random.default_rng(10)
+    x = unit(rng, 9)
+    by_text = PromptClassifier(["dog", "cat"], encode_text=enc).fit()
+    given = PromptClassifier(["dog", "cat"], class_vectors=by_text.class_vectors_ * 5).fit(x)
+    np.testing.assert_allclose(given.predict_proba(x), by_text.predict_proba(x), atol=1e-6)
+    assert given.prompts_ is None and given.classes_.tolist() == ["dog", "cat"]
+    # without classes, the labels of fit give them (sorted), as scikit-learn does
+    from_y = PromptClassifier(encode_text=enc).fit(x, ["dog", "cat", "dog"] * 3)
+    assert from_y.classes_.tolist() == ["cat", "dog"]
+    np.testing.assert_allclose(from_y.predict_proba(x), by_text.predict_proba(x)[:, ::-1],
+                               atol=1e-6)
+    with pytest.raises(UserInputError, match="dim 16"):
+        given.fit(x[:, :8])
 
 
 def test_prototype_matches_numpy() -> None:
@@ -182,12 +210,17 @@ def test_knn_bad_hyperparameters() -> None:
         (ImageKNNClassifier(), "xy"),
         (LinearProbeClassifier(), "xy"),
         (MLPClassifier(), "xy"),
+        (MajorityVoteClassifier(), "xy"),
+        (SoftVoteClassifier(), "xy"),
     ],
 )
 def test_unfitted_raises(clf, fit_args) -> None:
-    with pytest.raises(NotFittedError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted") as caught:
         clf.predict(np.zeros((1, 4), dtype=np.float32))
-    with pytest.raises(NotFittedError):
+    # one error, in both trees: scikit-learn's and clipindex's (the CLI's one-line errors)
+    assert isinstance(caught.value, sklearn.exceptions.NotFittedError)
+    assert isinstance(caught.value, ClipindexError)
+    with pytest.raises(sklearn.exceptions.NotFittedError):
         clf.predict_proba(np.zeros((1, 4), dtype=np.float32))
 
 
@@ -234,9 +267,11 @@ def test_mlp_seeded_learns_and_leaves_torch_globals() -> None:
     assert torch.get_num_threads() == threads
     assert torch.equal(torch.random.get_rng_state(), state)
     np.testing.assert_array_equal(a.predict_proba(x), b.predict_proba(x))
-    assert a.n_validation_ == 24 and 1 <= a.n_epochs_ <= 200
+    # early stopping stopped it well before max_epochs, at a held-out loss below chance's
+    assert a.n_validation_ == 24 and a.n_epochs_ < 200 and a.best_val_loss_ < np.log(2) / 2
     assert a.model_[0].out_features == 256
-    xt, yt = imbalanced(8, 60, 60)
+    xt, yt = imbalanced(9, 60, 60)  # held out: another seed's noise than training's
+    assert not np.isin(xt, x).any()
     assert np.mean(a.predict(xt) == yt) > 0.8
     with pytest.raises(UserInputError, match="lr"):
         MLPClassifier(lr=0).fit(x, y)
@@ -275,3 +310,104 @@ def test_soft_vote_and_reject_below() -> None:
         reject_below(p1, 1.5)
     with pytest.raises(UserInputError, match="same n"):
         soft_vote([p1, p1[:1]], ["a", "b"])
+
+
+# ----------------------------------------------------------------------------- scikit-learn
+ALL_CLASSES = [PromptClassifier, PrototypeClassifier, CaptionKNNClassifier, ImageKNNClassifier,
+               LinearProbeClassifier, MLPClassifier, MajorityVoteClassifier, SoftVoteClassifier]
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES, ids=lambda c: c.__name__)
+def test_clone_with_no_arguments_and_params_round_trip(cls) -> None:
+    from sklearn.base import BaseEstimator, ClassifierMixin, is_classifier
+
+    est = cls()
+    assert isinstance(est, BaseEstimator) and isinstance(est, ClassifierMixin)
+    assert is_classifier(est)
+    twin = clone(est)
+    assert type(twin) is cls and twin is not est
+    assert twin.get_params() == est.get_params()
+    for name, value in est.get_params().items():  # every argument stored under its name
+        assert getattr(est, name) is value
+
+
+def test_set_params_and_clone_keep_the_values() -> None:
+    knn = ImageKNNClassifier().set_params(k=3, weights="similarity")
+    assert clone(knn).get_params() == {"k": 3, "weights": "similarity"}
+    mlp = clone(MLPClassifier(seed=7, hidden=32))
+    assert (mlp.seed, mlp.hidden, mlp.lr) == (7, 32, 3e-3)
+    assert repr(LinearProbeClassifier(C=0.5)) == "LinearProbeClassifier(C=0.5)"
+
+
+def _probas(y: np.ndarray, classes: list[str], seed: int, models: int = 3) -> np.ndarray:
+    """``models`` noisy classifiers' probabilities side by side, (n, models * C)."""
+    rng = np.random.default_rng(seed)
+    onehot = (y[:, None] == np.asarray(classes)[None, :]).astype(float)
+    return np.hstack([np_softmax(2.0 * onehot + rng.standard_normal(onehot.shape))
+                      for _ in range(models)])
+
+
+def _estimators(x: np.ndarray, y: np.ndarray) -> dict:
+    mu = np.stack([x[y == c].mean(0) for c in ("field", "road")])
+    return {
+        "prompt-vectors": PromptClassifier(["field", "road"], class_vectors=mu),
+        "prompt-text": PromptClassifier(encode_text=FakeText()),
+        "prototype": PrototypeClassifier(),
+        "caption-knn": CaptionKNNClassifier(k=5),
+        "image-knn": ImageKNNClassifier(k=5, weights="similarity"),
+        "linear-probe": LinearProbeClassifier(),
+        "mlp": MLPClassifier(max_epochs=40, hidden=32),
+    }
+
+
+@pytest.mark.parametrize("name", ["prompt-vectors", "prompt-text", "prototype", "caption-knn",
+                                  "image-knn", "linear-probe", "mlp"])
+def test_cross_val_score_equals_a_manual_fold_loop(name: str) -> None:
+    x, y = imbalanced(11, 60, 60)
+    est = _estimators(x, y)[name]
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
+    scores = cross_val_score(est, x, y, cv=folds)
+    manual = []
+    for train, test in folds.split(x, y):
+        fitted = clone(est).fit(x[train], y[train])
+        manual.append(np.mean(fitted.predict(x[test]) == y[test]))
+    np.testing.assert_allclose(scores, manual)
+    assert not hasattr(est, "classes_")  # cross_val_score fitted clones, not est
+    if name != "prompt-text":  # random text vectors know nothing of the classes
+        assert scores.mean() > 0.8, (name, scores)
+
+
+@pytest.mark.parametrize("cls,vote", [(MajorityVoteClassifier, majority_vote),
+                                      (SoftVoteClassifier, None)])
+def test_vote_estimators_cross_validate(cls, vote) -> None:
+    classes = ["a", "b", "c"]
+    y = np.array(classes * 30)
+    X = _probas(y, classes, seed=12)  # noqa: N806
+    blocks = [X[:, m * 3:(m + 1) * 3] for m in range(3)]
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=1)
+    scores = cross_val_score(cls(), X, y, cv=folds)
+    expect = (vote(blocks, classes) if vote is not None
+              else np.asarray(classes)[soft_vote(blocks, classes).argmax(1)])
+    np.testing.assert_allclose(scores, [np.mean(expect[t] == y[t]) for _, t in
+                                        folds.split(X, y)])
+    assert 0.6 < scores.mean() < 1.0  # the vote is right more often than not, not always
+    fitted = cls(classes).fit(X)
+    assert fitted.n_models_ == 3
+    np.testing.assert_allclose(
+        fitted.predict_proba(X),
+        vote_shares(blocks, classes) if vote is not None else soft_vote(blocks, classes))
+    with pytest.raises(UserInputError, match=r"M \* 3"):
+        cls(classes).fit(X[:, :4])
+
+
+def test_pipeline_and_grid_search() -> None:
+    x, y = imbalanced(13, 60, 60)
+    raw = x * np.random.default_rng(14).uniform(0.2, 5.0, (len(x), 1)).astype(np.float32)
+    pipe = make_pipeline(FunctionTransformer(normalise), ImageKNNClassifier(k=5))
+    scores = cross_val_score(pipe, raw, y, cv=3)
+    np.testing.assert_allclose(scores, cross_val_score(ImageKNNClassifier(k=5), x, y, cv=3),
+                               atol=1e-12)
+    grid = GridSearchCV(pipe, {"imageknnclassifier__k": [1, 9]}, cv=3).fit(raw, y)
+    assert grid.best_estimator_[-1].k == grid.best_params_["imageknnclassifier__k"]
+    xt, yt = imbalanced(15, 60, 60)
+    assert grid.score(xt, yt) > 0.8

@@ -151,6 +151,24 @@ def test_classify_images_matches_stored_rows(toy: dict, fakes: None) -> None:
             toy["broken"], "file"]])
 
 
+def test_rows_all_predicts_every_usable_row(toy: dict, fakes: None) -> None:
+    images = toy["images"]
+    usable = images.index.drop(toy["broken"])
+    zero = classify(toy["store"], "fake-a", "prompt", rows="all")
+    assert zero.predictions["row_id"].tolist() == usable.tolist()
+    assert zero.metrics["n"] == len(usable) and zero.metrics["n_support"] == 0
+    # on the test rows it is exactly the default run
+    test = classify(toy["store"], "fake-a", "prompt").predictions.set_index("row_id")
+    pd.testing.assert_frame_equal(zero.predictions.set_index("row_id").loc[test.index], test)
+    fitted = classify(toy["store"], "fake-b", "prototype", rows="all", shots=3)
+    assert fitted.metrics["n"] == len(usable) and fitted.metrics["n_support"] == 6
+    with pytest.raises(UserInputError, match="Unknown rows 'train'. Known: test, all"):
+        classify(toy["store"], "fake-a", "prompt", rows="train")
+    with pytest.raises(UserInputError, match="unknown option"):
+        classify_images(toy["store"], "fake-a", "prompt", [toy["data"] / images.loc[1, "file"]],
+                        rows="all")
+
+
 def run_cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(main, ["classify", *args])
     return result.exit_code, result.stdout, result.stderr
@@ -181,7 +199,10 @@ def test_cli_image_json(toy: dict, fakes: None) -> None:
     code, out, err = run_cli("--index", str(toy["store"]), "--backbone", "fake-a", "--method",
                              "linear-probe", "--image", str(f), "--json")
     assert code == 0, err
-    assert json.loads(out)["predictions"][0]["predicted"] in ("cat", "dog")
+    stored = classify(toy["store"], "fake-a", "linear-probe").predictions.set_index("row_id")
+    got = json.loads(out)["predictions"]
+    assert len(got) == 1 and got[0]["predicted"] == stored.loc[1, "predicted"]
+    assert got[0]["p_dog"] == pytest.approx(stored.loc[1, "p_dog"], abs=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -369,24 +369,9 @@ MIN_CORRECT = 20
 MAX_CORRECT = 24
 
 
-def _tiny_reason() -> str | None:
-    try:
-        from clipindex import tiny
-        from clipindex.world import make_world  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - not built yet
-        return f"demo world / tiny backbones unavailable: {exc}"
-    for name in CAM_BACKBONES:
-        if not (tiny.checkpoint_dir(name) / "open_clip_model.safetensors").is_file():
-            return f"tiny backbone {name} has no shipped weights yet"
-    return None
-
-
 @pytest.fixture(scope="module")
 def heldout_demo(tmp_path_factory):
     """The test rows of a small demo world the tiny backbones never saw."""
-    reason = _tiny_reason()
-    if reason:
-        pytest.skip(reason)
     from clipindex.sources import load_dataset
     from clipindex.world import make_world
 

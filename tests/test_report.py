@@ -15,6 +15,7 @@ import dataclasses
 import html as htmlmod
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -351,7 +352,7 @@ def screenshot(page: Path, out: Path, tmp: Path, height: int) -> Path:
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason=NO_CHROMIUM)
 def test_report_loads_in_headless_chromium(report: tuple[Path, dict], tmp_path: Path) -> None:
     from PIL import Image
 
@@ -372,7 +373,7 @@ def test_report_loads_in_headless_chromium(report: tuple[Path, dict], tmp_path: 
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason=NO_CHROMIUM)
 def test_partial_report_loads_in_headless_chromium(bench_results: Path,
                                                    tmp_path: Path) -> None:
     res = _copy_results(bench_results, tmp_path / "results")

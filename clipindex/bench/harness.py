@@ -3,7 +3,8 @@
 :func:`run_bench` takes a bench config (a dataset, backbones, methods, ensembles),
 validates all of it, builds any missing or stale store under ``index_root`` (encode once
 per backbone), evaluates every (backbone, method) from the stored vectors with
-:func:`clipindex.classifiers.runner.classify`, combines the backbones' predictions into ensemble
+:func:`clipindex.classifiers.runner.classify` (the study's zero-shot with ``rows="all"``),
+combines the backbones' predictions into ensemble
 rows, measures retrieval Recall@K over the captions and writes::
 
     RESULTS/records/<backbone>__<method>.json         metrics, per-class recall, params, timings
@@ -243,7 +244,7 @@ def _manifest_stamp(bdir: Path) -> tuple[int, int] | None:
 
 
 def _backbone_facts(ddir: Path, folder: str) -> dict[str, Any]:
-    from clipindex.store.build import read_json
+    from clipindex.store.manifest import read_json
 
     m = read_json(ddir / folder / "manifest.json")
     t = m.get("timings") or {}
@@ -260,59 +261,20 @@ def _backbone_facts(ddir: Path, folder: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- evaluation
+def _rows(plan: BenchPlan, method: str) -> str:
+    """The rows ``classify`` predicts: the study protocol's zero-shot takes all of them."""
+    return "all" if plan.protocol == "study" and method == ZERO_SHOT else "test"
+
+
 def _settings(plan: BenchPlan, method: str, facts: dict[str, Any], fingerprint: str
               ) -> dict[str, Any]:
     """What determines a record's metrics (``--skip-existing`` reuses only on a match)."""
     c = plan.cfg
-    rows = "all" if plan.protocol == "study" and method == ZERO_SHOT else "test"
     return {"method": method, "backbone": facts["backbone"], "weights": facts["weights"],
-            "dataset_fingerprint": fingerprint, "protocol": plan.protocol, "rows": rows,
+            "dataset_fingerprint": fingerprint, "protocol": plan.protocol,
+            "rows": _rows(plan, method),
             "shots": c.shots, "k": c.k, "knn_weights": c.weights, "seed": c.seed,
             "templates": c.templates, "prompt": c.prompt, "class_weight": c.class_weight}
-
-
-def _all_rows_zero_shot(ddir: Path, folder: str, cfg: BenchConfig) -> tuple[dict, pd.DataFrame]:
-    """Zero-shot on every usable row (the study protocol), with classify's columns.
-
-    ``evaluate.classify`` only tests on the ``test`` rows; this evaluates the same
-    ``prompt`` predictor (``evaluate.METHODS['prompt']``) on support + test rows.
-    """
-    from clipindex.classifiers.runner import METHODS, MethodOptions
-    from clipindex.classifiers.templates import check_template, get_templates
-    from clipindex.metrics import classification_metrics
-    from clipindex.store import open_index
-
-    bi = open_index(ddir, folder)
-    labels = bi.images["label"].astype(str).to_numpy()
-    classes = [str(c) for c in bi.dataset_info.get("classes") or []]
-    classes += sorted(set(labels) - set(classes))  # as classify orders them
-    usable = np.asarray(bi.image_valid, bool) & np.isin(labels, classes)
-    rows = bi.images["row_id"].to_numpy(np.int64)[usable]
-    tpl = ((check_template(cfg.prompt),) if cfg.prompt is not None
-           else get_templates(cfg.templates or "default"))
-    opts = MethodOptions(k=cfg.k, weights=cfg.weights, seed=cfg.seed, templates=tpl,
-                         class_weight=cfg.class_weight)
-    empty = np.zeros(0, np.int64)
-    predict = METHODS[ZERO_SHOT](bi, empty, np.zeros(0, str), classes, opts)
-    proba = predict(bi.image_vectors[rows], rows)
-    pred = np.asarray(classes)[proba.argmax(axis=1)]
-    true = labels[rows]
-    metrics = classification_metrics(true, pred, classes)
-    metrics.update(method=ZERO_SHOT, backbones=[bi.name], n_support=0)
-    return metrics, _prediction_table(rows, bi.images["file"].to_numpy()[rows], true, pred,
-                                      proba, classes)
-
-
-def _prediction_table(rows: np.ndarray, files: Any, true: np.ndarray, pred: np.ndarray,
-                      proba: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
-    """The columns of ``clipindex classify --out``."""
-    cols: dict[str, Any] = {"row_id": np.asarray(rows, np.int64), "file": list(files),
-                            "true": np.asarray(true).astype(str),
-                            "predicted": np.asarray(pred).astype(str)}
-    for j, c in enumerate(classes):
-        cols[f"p_{c}"] = np.asarray(proba[:, j], np.float64)
-    cols["uncertain"] = np.zeros(len(rows), dtype=bool)
-    return pd.DataFrame(cols)
 
 
 def _evaluate(plan: BenchPlan, ddir: Path, folder: str, method: str) -> tuple[dict, pd.DataFrame,
@@ -321,14 +283,10 @@ def _evaluate(plan: BenchPlan, ddir: Path, folder: str, method: str) -> tuple[di
 
     cfg = plan.cfg
     t0 = time.perf_counter()
-    if plan.protocol == "study" and method == ZERO_SHOT:
-        metrics, table = _all_rows_zero_shot(ddir, folder, cfg)
-    else:
-        res = classify(ddir, folder, method, shots=cfg.shots, k=cfg.k, seed=cfg.seed,
-                       prompt=cfg.prompt, templates=cfg.templates, weights=cfg.weights,
-                       class_weight=cfg.class_weight)
-        metrics, table = res.metrics, res.predictions
-    return metrics, table, (time.perf_counter() - t0) * 1000.0
+    res = classify(ddir, folder, method, shots=cfg.shots, k=cfg.k, seed=cfg.seed,
+                   prompt=cfg.prompt, templates=cfg.templates, weights=cfg.weights,
+                   class_weight=cfg.class_weight, rows=_rows(plan, method))
+    return res.metrics, res.predictions, (time.perf_counter() - t0) * 1000.0
 
 
 def _record(metrics: Mapping[str, Any], facts: Mapping[str, Any], settings: Mapping[str, Any],
@@ -369,6 +327,7 @@ def _ensemble(kind: str, method: str, tables: Sequence[pd.DataFrame],
               facts: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]],
               settings: Mapping[str, Any]) -> tuple[dict, pd.DataFrame]:
     """Combine the single-backbone predictions on their common rows with ENSEMBLES[kind]."""
+    from clipindex.classifiers import prediction_table
     from clipindex.classifiers.runner import ENSEMBLES
     from clipindex.metrics import classification_metrics
 
@@ -397,8 +356,8 @@ def _ensemble(kind: str, method: str, tables: Sequence[pd.DataFrame],
     if summed["encode_s"] and n_img:
         summed["images_per_s"] = round(n_img / summed["encode_s"], 1)
     ms = sum(float(r["classify_ms"] or 0.0) for r in records) + vote_ms
-    table = _prediction_table(common.to_numpy(), first["file"].to_numpy(), true, pred, proba,
-                              classes)
+    table = prediction_table(common.to_numpy(), first["file"].to_numpy(), true, pred, proba,
+                             classes)
     rec = _record(metrics, summed, {**settings, "backbone": name, "ensemble": kind},
                   ms, members=[f["backbone"] for f in facts])
     return rec, table

@@ -21,7 +21,6 @@ Example
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex.files import atomic_write_bytes
+from clipindex.files import atomic_write_bytes, write_json_atomic
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -72,8 +71,7 @@ METHOD_TITLES = {
 # --------------------------------------------------------------------------- files
 def write_json(path: Path, obj: Any) -> Path:
     """Write a JSON file atomically (sorted keys, NaN as null)."""
-    text = json.dumps(clean_json(obj), indent=2, sort_keys=True, allow_nan=False)
-    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+    return write_json_atomic(path, clean_json(obj), sort_keys=True, allow_nan=False)
 
 
 def clean_json(obj: Any) -> Any:

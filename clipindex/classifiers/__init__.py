@@ -1,28 +1,33 @@
 """Classifiers: queries against stored vectors, in scikit-learn's shape.
 
-Owns: the estimators (prompt, prototype, caption/image k-NN, linear probe, MLP), the
-ensembles and abstention, the prompt template sets, and the runner that evaluates a
-method on a store (support/test split, shots, ensembles) into one predictions table.
+Owns: the estimators (``prompt``, ``prototype``, caption/image ``knn``, the trained
+``heads``: linear probe and MLP), the ``ensemble`` votes and abstention, the shared
+``base`` (checks, ``normalise``/``softmax``, the base class), the prompt ``templates``,
+the ``rows`` a run uses, the one ``predictions`` table, and the ``runner`` that
+evaluates a method on a store (support/test split, shots, ensembles).
 May import: ``clipindex.errors``, ``clipindex.metrics``, ``clipindex.files``,
 ``clipindex.store``. Never decoding (``clipindex.encode.decode``), search, bench,
 report or the CLI.
+
+Every classifier class is a :class:`sklearn.base.BaseEstimator` with
+:class:`~sklearn.base.ClassifierMixin`: ``clone(Cls())`` works, and so do
+``cross_val_score`` and ``Pipeline`` on stored vectors.
 """
 
-from clipindex.classifiers.estimators import (
-    KNN_WEIGHTS,
-    CaptionKNNClassifier,
-    ImageKNNClassifier,
-    LinearProbeClassifier,
-    MLPClassifier,
-    PromptClassifier,
-    PrototypeClassifier,
+from clipindex.classifiers.base import VectorClassifier, normalise, softmax
+from clipindex.classifiers.ensemble import (
+    MajorityVoteClassifier,
+    SoftVoteClassifier,
     majority_vote,
-    normalise,
     reject_below,
     soft_vote,
-    softmax,
     vote_shares,
 )
+from clipindex.classifiers.heads import LinearProbeClassifier, MLPClassifier
+from clipindex.classifiers.knn import KNN_WEIGHTS, CaptionKNNClassifier, ImageKNNClassifier
+from clipindex.classifiers.predictions import prediction_table, write_predictions
+from clipindex.classifiers.prompt import PromptClassifier
+from clipindex.classifiers.prototype import PrototypeClassifier
 
 __all__ = [
     "KNN_WEIGHTS",
@@ -30,12 +35,17 @@ __all__ = [
     "ImageKNNClassifier",
     "LinearProbeClassifier",
     "MLPClassifier",
+    "MajorityVoteClassifier",
     "PromptClassifier",
     "PrototypeClassifier",
+    "SoftVoteClassifier",
+    "VectorClassifier",
     "majority_vote",
     "normalise",
+    "prediction_table",
     "reject_below",
     "soft_vote",
     "softmax",
     "vote_shares",
+    "write_predictions",
 ]

@@ -4,11 +4,12 @@ Everything here reads stored vectors (:func:`clipindex.store.open_index`); only 
 texts are encoded (and cached in the store), and :func:`classify_images` encodes just
 the new files it is given.
 
-Rows: images whose vector is valid in every backbone asked for (skipped images are
-neither support nor test) and whose label is one of the classes. Support rows are the
-stored ``split == "support"`` rows and test rows the ``split == "test"`` ones; with
-``shots=K``, K rows per class are drawn (seeded) from all those rows instead and every
-other row is a test row.
+Rows (:mod:`clipindex.classifiers.rows`): images whose vector is valid in every backbone
+asked for (skipped images are neither support nor test) and whose label is one of the
+classes. Support rows are the stored ``split == "support"`` rows and test rows the
+``split == "test"`` ones; with ``shots=K``, K rows per class are drawn (seeded) from all
+those rows instead and every other row is a test row. ``rows="all"`` predicts every
+usable row instead of the test rows (the study protocol's zero-shot).
 
 Example
 -------
@@ -22,17 +23,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from clipindex import classifiers as C
+from clipindex.classifiers import ensemble as E
+from clipindex.classifiers.base import normalise
+from clipindex.classifiers.heads import LinearProbeClassifier, MLPClassifier
+from clipindex.classifiers.knn import KNN_WEIGHTS, CaptionKNNClassifier, ImageKNNClassifier
+from clipindex.classifiers.predictions import (
+    PREDICTION_WRITERS,
+    prediction_table,
+    write_predictions,
+)
+from clipindex.classifiers.prompt import PromptClassifier
+from clipindex.classifiers.prototype import PrototypeClassifier
+from clipindex.classifiers.rows import ROWS, parse_classes, pick_classes, split_rows
 from clipindex.classifiers.templates import DEFAULT_TEMPLATE, check_template, get_templates
 from clipindex.errors import DataError, UserInputError
-from clipindex.files import atomic_write
 from clipindex.metrics import Vector, classification_metrics
 
 __all__ = [
@@ -41,6 +52,8 @@ __all__ = [
     "ENSEMBLES",
     "MethodOptions",
     "ClassifyResult",
+    "PREDICTION_WRITERS",
+    "ROWS",
     "classify",
     "classify_images",
     "parse_classes",
@@ -135,43 +148,43 @@ def _support_captions(bi: Any, rows: np.ndarray, labels: np.ndarray) -> tuple[np
 
 def _prompt(bi: Any, rows: np.ndarray, labels: np.ndarray, classes: list[str],
             o: MethodOptions) -> Predictor:
-    clf = C.PromptClassifier(templates=o.templates, class_names=dict(o.class_names))
-    clf.fit(classes, encode_text=bi.text_vectors)
+    clf = PromptClassifier(classes, encode_text=bi.text_vectors, templates=o.templates,
+                           class_names=dict(o.class_names)).fit()
     return lambda x, q: _align(clf.predict_proba(x), clf.classes_, classes)
 
 
 def _prototype(bi: Any, rows: np.ndarray, labels: np.ndarray, classes: list[str],
                o: MethodOptions) -> Predictor:
     vecs, cap_labels, _ = _support_captions(bi, rows, labels)
-    clf = C.PrototypeClassifier().fit(vecs, cap_labels)
+    clf = PrototypeClassifier().fit(vecs, cap_labels)
     return lambda x, q: _align(clf.predict_proba(x), clf.classes_, classes)
 
 
 def _caption_knn(bi: Any, rows: np.ndarray, labels: np.ndarray, classes: list[str],
                  o: MethodOptions) -> Predictor:
     vecs, cap_labels, owners = _support_captions(bi, rows, labels)
-    clf = C.CaptionKNNClassifier(k=o.k, weights=o.weights).fit(vecs, cap_labels,
-                                                                image_rows=owners)
+    clf = CaptionKNNClassifier(k=o.k, weights=o.weights).fit(vecs, cap_labels,
+                                                              image_rows=owners)
     return lambda x, q: _align(clf.predict_proba(x, query_rows=q), clf.classes_, classes)
 
 
 def _image_knn(bi: Any, rows: np.ndarray, labels: np.ndarray, classes: list[str],
                o: MethodOptions) -> Predictor:
-    clf = C.ImageKNNClassifier(k=o.k, weights=o.weights)
+    clf = ImageKNNClassifier(k=o.k, weights=o.weights)
     clf.fit(bi.image_vectors[rows], labels, row_ids=rows)
     return lambda x, q: _align(clf.predict_proba(x, query_rows=q), clf.classes_, classes)
 
 
 def _linear_probe(bi: Any, rows: np.ndarray, labels: np.ndarray, classes: list[str],
                   o: MethodOptions) -> Predictor:
-    clf = C.LinearProbeClassifier(class_weight=o.class_weight)
+    clf = LinearProbeClassifier(class_weight=o.class_weight)
     clf.fit(bi.image_vectors[rows], labels)
     return lambda x, q: _align(clf.predict_proba(x), clf.classes_, classes)
 
 
 def _mlp(bi: Any, rows: np.ndarray, labels: np.ndarray, classes: list[str],
          o: MethodOptions) -> Predictor:
-    clf = C.MLPClassifier(seed=o.seed).fit(bi.image_vectors[rows], labels)
+    clf = MLPClassifier(seed=o.seed).fit(bi.image_vectors[rows], labels)
     return lambda x, q: _align(clf.predict_proba(x), clf.classes_, classes)
 
 
@@ -187,11 +200,11 @@ METHODS: dict[str, Callable[..., Predictor]] = {
 
 def _majority(probas: list[np.ndarray], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     # Probability columns of a majority vote are the backbones' vote shares.
-    return C.majority_vote(probas, classes).astype(str), C.vote_shares(probas, classes)
+    return E.majority_vote(probas, classes).astype(str), E.vote_shares(probas, classes)
 
 
 def _soft(probas: list[np.ndarray], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    p = C.soft_vote(probas, classes)
+    p = E.soft_vote(probas, classes)
     return np.asarray(classes)[p.argmax(axis=1)], p
 
 
@@ -201,94 +214,38 @@ ENSEMBLES: dict[str, Callable[[list[np.ndarray], list[str]], tuple[np.ndarray, n
 }
 
 
-# --------------------------------------------------------------------------- rows
-def parse_classes(spec: str | Sequence[str] | None) -> tuple[list[str] | None, dict[str, str]]:
-    """``"cat,dog"`` or ``"fields=field,roads=road"`` -> (labels, {label: prompt name}).
-
-    Example
-    -------
-    >>> parse_classes("fields=field,roads")
-    (['fields', 'roads'], {'fields': 'field'})
-    """
-    if spec is None:
-        return None, {}
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    labels, names = [], {}
-    for item in (s.strip() for s in items):
-        label, _, name = item.partition("=")
-        if not label.strip():
-            raise UserInputError(f"empty class in {spec!r}; give e.g. 'cat,dog'")
-        labels.append(label.strip())
-        if name.strip():
-            names[label.strip()] = name.strip()
-    if len(set(labels)) != len(labels):
-        raise UserInputError(f"a class is listed twice in {spec!r}")
-    return labels, names
-
-
-def _store_classes(bi: Any) -> list[str]:
-    known = [str(c) for c in bi.dataset_info.get("classes") or []]
-    seen = set(known)
-    known += sorted({str(v) for v in bi.images["label"]} - seen)
-    return known
-
-
-def _pick_classes(bi: Any, wanted: list[str] | None) -> list[str]:
-    known = _store_classes(bi)
-    if wanted is None:
-        return known
-    unknown = [c for c in wanted if c not in known]
-    if unknown:
-        raise UserInputError(
-            f"Unknown class(es) {', '.join(map(repr, unknown))}. Known: {', '.join(known)}")
-    if len(wanted) < 2:
-        raise UserInputError("give at least two classes to classify between")
-    return wanted
-
-
-def _draw_shots(labels: np.ndarray, rows: np.ndarray, classes: list[str], shots: int,
-                seed: int) -> np.ndarray:
-    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
-        raise UserInputError(f"--shots must be a positive integer, got {shots!r}")
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in classes:
-        pool = np.sort(rows[labels == c])
-        if shots >= len(pool):
-            raise UserInputError(
-                f"--shots {shots} is too many: class {c!r} has only {len(pool)} usable "
-                f"images (at least one must stay for testing); use --shots {max(len(pool) - 1, 1)}"
-                " or fewer")
-        picked.append(rng.choice(pool, size=shots, replace=False))
-    return np.sort(np.concatenate(picked))
-
-
-def _split_rows(bi_list: list[Any], classes: list[str], shots: int | None,
-                seed: int) -> tuple[np.ndarray, np.ndarray]:
-    images = bi_list[0].images
-    valid = np.logical_and.reduce([np.asarray(b.image_valid, bool) for b in bi_list])
-    labels = images["label"].astype(str).to_numpy()
-    usable = valid & np.isin(labels, classes)
-    rows = images["row_id"].to_numpy(np.int64)[usable]
-    if shots is not None:
-        support = _draw_shots(labels[usable], rows, classes, shots, seed)
-        return support, np.setdiff1d(rows, support)
-    split = images["split"].astype(str).to_numpy()[usable]
-    return rows[split == "support"], rows[split == "test"]
-
-
 # --------------------------------------------------------------------------- API
-def _options(k: int, weights: str, seed: int, prompt: str | None, templates: str | None,
-             names: Mapping[str, str], class_weight: str | None) -> MethodOptions:
+@dataclass(frozen=True)
+class _Request:
+    """The keyword options of :func:`classify` (``classify_images`` takes all but ``rows``)."""
+
+    ensemble: str | None = None
+    shots: int | None = None
+    k: int = 10
+    seed: int = 0
+    classes: str | Sequence[str] | None = None
+    prompt: str | None = None
+    templates: str | None = None
+    reject_below: float | None = None
+    weights: str = "uniform"
+    class_weight: str | None = "auto"
+    rows: str = "test"
+
+
+def _options(req: _Request, names: Mapping[str, str]) -> MethodOptions:
+    k = req.k
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise UserInputError(f"k must be a positive integer, got {k!r}")
-    if weights not in C.KNN_WEIGHTS:
-        raise UserInputError(f"Unknown weights {weights!r}. Known: {', '.join(C.KNN_WEIGHTS)}")
-    if prompt is not None and templates is not None:
+    if req.weights not in KNN_WEIGHTS:
+        raise UserInputError(
+            f"Unknown weights {req.weights!r}. Known: {', '.join(KNN_WEIGHTS)}")
+    if req.prompt is not None and req.templates is not None:
         raise UserInputError("give either a prompt or a template set, not both")
-    tpl = (check_template(prompt),) if prompt is not None else get_templates(templates or "default")
-    return MethodOptions(k=int(k), weights=weights, seed=int(seed), templates=tpl,
-                         class_names=tuple(sorted(names.items())), class_weight=class_weight)
+    tpl = ((check_template(req.prompt),) if req.prompt is not None
+           else get_templates(req.templates or "default"))
+    return MethodOptions(k=int(k), weights=req.weights, seed=int(req.seed), templates=tpl,
+                         class_names=tuple(sorted(names.items())),
+                         class_weight=req.class_weight)
 
 
 def _open(index_dir: str | os.PathLike[str], backbones: Sequence[str] | str) -> list[Any]:
@@ -306,28 +263,31 @@ def _open(index_dir: str | os.PathLike[str], backbones: Sequence[str] | str) -> 
 class _Run:
     bis: list[Any]
     method: str
-    ensemble: str | None
+    req: _Request
     classes: list[str]
     support: np.ndarray
-    test: np.ndarray
+    test: np.ndarray  # the rows to predict (``rows="all"``: every usable row)
     options: MethodOptions
-    threshold: float | None
 
 
-def _prepare(index_dir: Any, backbones: Any, method: str, ensemble: str | None,
-             shots: int | None, k: int, seed: int, classes: Any, prompt: str | None,
-             templates: str | None, reject_below: float | None, weights: str,
-             class_weight: str | None) -> _Run:
+def _check_request(method: str, req: _Request) -> None:
     if method not in METHODS:
         raise UserInputError(f"Unknown method {method!r}. Known: {', '.join(METHODS)}")
-    if ensemble is not None and ensemble not in ENSEMBLES:
-        raise UserInputError(f"Unknown ensemble {ensemble!r}. Known: {', '.join(ENSEMBLES)}")
-    if reject_below is not None:
-        C.reject_below(np.zeros((0, 2)), reject_below)  # validates the threshold
-    wanted, names = parse_classes(classes)
-    opts = _options(k, weights, seed, prompt, templates, names, class_weight)
+    if req.ensemble is not None and req.ensemble not in ENSEMBLES:
+        raise UserInputError(
+            f"Unknown ensemble {req.ensemble!r}. Known: {', '.join(ENSEMBLES)}")
+    if req.rows not in ROWS:
+        raise UserInputError(f"Unknown rows {req.rows!r}. Known: {', '.join(ROWS)}")
+    if req.reject_below is not None:
+        E.reject_below(np.zeros((0, 2)), req.reject_below)  # validates the threshold
+
+
+def _prepare(index_dir: Any, backbones: Any, method: str, req: _Request) -> _Run:
+    _check_request(method, req)
+    wanted, names = parse_classes(req.classes)
+    opts = _options(req, names)
     bis = _open(index_dir, backbones)
-    if len(bis) > 1 and ensemble is None:
+    if len(bis) > 1 and req.ensemble is None:
         raise UserInputError(
             f"{len(bis)} backbones given: choose how to combine them with --ensemble "
             f"{' or '.join(ENSEMBLES)}")
@@ -335,8 +295,11 @@ def _prepare(index_dir: Any, backbones: Any, method: str, ensemble: str | None,
         raise DataError(
             f"the store {Path(index_dir)} has no captions, so --method {method} cannot run; "
             "use prompt, image-knn, linear-probe or mlp")
-    cls = _pick_classes(bis[0], wanted)
-    support, test = _split_rows(bis, cls, shots, seed)
+    cls = pick_classes(bis[0], wanted)
+    if method == "prompt" and req.rows == "all":  # zero-shot on every row: no support
+        support, test = split_rows(bis, cls, None, req.seed, "all")
+        return _Run(bis, method, req, cls, support[:0], test, opts)
+    support, test = split_rows(bis, cls, req.shots, req.seed, req.rows)
     if method != "prompt":
         have = set(bis[0].images["label"].astype(str).to_numpy()[support])
         lacking = [c for c in cls if c not in have]
@@ -344,7 +307,7 @@ def _prepare(index_dir: Any, backbones: Any, method: str, ensemble: str | None,
             raise DataError(
                 f"no support rows for class(es) {', '.join(lacking)}; the store has no "
                 "split == 'support' rows for them: use --shots K to draw K per class")
-    return _Run(bis, method, ensemble, cls, support, test, opts, reject_below)
+    return _Run(bis, method, req, cls, support, test, opts)
 
 
 def _predictors(run: _Run) -> list[Predictor]:
@@ -358,22 +321,37 @@ def _combine(run: _Run, probas: list[np.ndarray]) -> tuple[np.ndarray, np.ndarra
         p = probas[0]
         pred = np.asarray(run.classes)[p.argmax(axis=1)]
     else:
-        pred, p = ENSEMBLES[run.ensemble or "majority"](probas, run.classes)
-    uncertain = (C.reject_below(p, run.threshold) if run.threshold is not None
+        pred, p = ENSEMBLES[run.req.ensemble or "majority"](probas, run.classes)
+    threshold = run.req.reject_below
+    uncertain = (E.reject_below(p, threshold) if threshold is not None
                  else np.zeros(len(p), dtype=bool))
     return pred, p, uncertain
 
 
-def _table(ids: Any, files: Sequence[str], true: Any, pred: np.ndarray, proba: np.ndarray,
-           uncertain: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    cols: dict[str, Any] = {"row_id": ids, "file": list(files)}
-    if true is not None:
-        cols["true"] = true
-    cols["predicted"] = pred.astype(str)
-    for j, c in enumerate(classes):
-        cols[f"p_{c}"] = proba[:, j].astype(np.float64)
-    cols["uncertain"] = uncertain.astype(bool)
-    return pd.DataFrame(cols)
+def _settings(run: _Run) -> dict[str, Any]:
+    """The run's settings, recorded beside the metrics."""
+    req, o, knn = run.req, run.options, run.method in ("caption-knn", "image-knn")
+    return dict(
+        method=run.method, backbones=[bi.name for bi in run.bis],
+        ensemble=req.ensemble if len(run.bis) > 1 else None,
+        n_support=int(len(run.support)), shots=req.shots, seed=req.seed,
+        reject_below=req.reject_below, k=o.k if knn else None,
+        weights=o.weights if knn else None,
+        templates=len(o.templates) if run.method == "prompt" else None,
+    )
+
+
+def _per_backbone(run: _Run, true: np.ndarray, probas: list[np.ndarray]
+                  ) -> dict[str, dict[str, float]]:
+    """Each backbone's own metrics before the vote (empty for one backbone)."""
+    out = {}
+    if len(run.bis) > 1:
+        for bi, p in zip(run.bis, probas, strict=True):
+            one = classification_metrics(true, np.asarray(run.classes)[p.argmax(1)],
+                                         run.classes)
+            out[bi.name] = {key: one[key] for key in
+                            ("accuracy", "balanced_accuracy", "macro_f1")}
+    return out
 
 
 def classify(
@@ -391,6 +369,7 @@ def classify(
     reject_below: float | None = None,
     weights: str = "uniform",
     class_weight: str | None = "auto",
+    rows: str = "test",
 ) -> ClassifyResult:
     """Fit ``method`` on the support rows of a store and evaluate it on the test rows.
 
@@ -417,6 +396,10 @@ def classify(
         Mark rows whose top probability is below this as uncertain.
     class_weight : {"auto", "balanced", None}
         Linear probe only; ``auto`` balances when the support classes differ in size.
+    rows : {"test", "all"}
+        Predict the test rows, or every usable row (support rows included; the study
+        protocol's zero-shot). With ``"all"``, ``prompt`` fits on no row
+        (``n_support`` 0) and a fitted method also predicts its own support rows.
 
     Returns
     -------
@@ -429,8 +412,10 @@ def classify(
     >>> res.metrics["coverage"] <= 1.0  # doctest: +SKIP
     True
     """
-    run = _prepare(index_dir, backbones, method, ensemble, shots, k, seed, classes, prompt,
-                   templates, reject_below, weights, class_weight)
+    req = _Request(ensemble=ensemble, shots=shots, k=k, seed=seed, classes=classes,
+                   prompt=prompt, templates=templates, reject_below=reject_below,
+                   weights=weights, class_weight=class_weight, rows=rows)
+    run = _prepare(index_dir, backbones, method, req)
     if len(run.test) == 0:
         raise DataError(
             "no test rows: the store has no split == 'test' rows for these classes; use "
@@ -441,24 +426,11 @@ def classify(
               for p, bi in zip(_predictors(run), run.bis, strict=True)]
     pred, proba, uncertain = _combine(run, probas)
     metrics = classification_metrics(true, pred, run.classes, uncertain)
-    metrics.update(
-        method=method, backbones=[bi.name for bi in run.bis], ensemble=run.ensemble
-        if len(run.bis) > 1 else None, n_support=int(len(run.support)), shots=shots,
-        seed=seed, reject_below=reject_below,
-        k=run.options.k if method in ("caption-knn", "image-knn") else None,
-        weights=run.options.weights if method in ("caption-knn", "image-knn") else None,
-        templates=len(run.options.templates) if method == "prompt" else None,
-    )
-    per_backbone = {}
-    if len(run.bis) > 1:
-        for bi, p in zip(run.bis, probas, strict=True):
-            one = classification_metrics(true, np.asarray(run.classes)[p.argmax(1)],
-                                         run.classes)
-            per_backbone[bi.name] = {key: one[key] for key in
-                                     ("accuracy", "balanced_accuracy", "macro_f1")}
-    table = _table(run.test, images["file"].to_numpy()[run.test], true, pred, proba,
-                   uncertain, run.classes)
-    return ClassifyResult(metrics=metrics, predictions=table, per_backbone=per_backbone)
+    metrics.update(_settings(run))
+    table = prediction_table(run.test, images["file"].to_numpy()[run.test], true, pred, proba,
+                             run.classes, uncertain=uncertain)
+    return ClassifyResult(metrics=metrics, predictions=table,
+                          per_backbone=_per_backbone(run, true, probas))
 
 
 def _encode_files(bi: Any, paths: Sequence[Path]) -> np.ndarray:
@@ -467,7 +439,11 @@ def _encode_files(bi: Any, paths: Sequence[Path]) -> np.ndarray:
     if skipped:
         i, reason = skipped[0]
         raise DataError(f"cannot classify {paths[i]}: {reason}")
-    return C.normalise(vectors)
+    return normalise(vectors)
+
+
+#: The keyword options :func:`classify_images` takes (those of :func:`classify` but rows).
+IMAGE_OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(_Request) if f.name != "rows")
 
 
 def classify_images(
@@ -480,8 +456,8 @@ def classify_images(
     """Classify new image files with ``method`` fitted on the store's support rows.
 
     Only ``paths`` are encoded (with each backbone's own encoder); takes the keyword
-    options of :func:`classify`. Returns ``row_id`` (-1), ``file``, ``predicted``,
-    ``p_<class>`` and ``uncertain`` per file, in the order given.
+    options of :func:`classify` (all but ``rows``). Returns ``row_id`` (-1), ``file``,
+    ``predicted``, ``p_<class>`` and ``uncertain`` per file, in the order given.
 
     Example
     -------
@@ -495,49 +471,13 @@ def classify_images(
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise UserInputError(f"image file(s) not found: {', '.join(missing)}")
-    keys = ("ensemble", "shots", "k", "seed", "classes", "prompt", "templates",
-            "reject_below", "weights", "class_weight")
-    unknown = set(options) - set(keys)
+    unknown = set(options) - set(IMAGE_OPTIONS)
     if unknown:
-        raise UserInputError(f"unknown option(s) {sorted(unknown)}; known: {', '.join(keys)}")
-    defaults = dict(ensemble=None, shots=None, k=10, seed=0, classes=None, prompt=None,
-                    templates=None, reject_below=None, weights="uniform", class_weight="auto")
-    o = {**defaults, **options}
-    run = _prepare(index_dir, backbones, method, o["ensemble"], o["shots"], o["k"], o["seed"],
-                   o["classes"], o["prompt"], o["templates"], o["reject_below"], o["weights"],
-                   o["class_weight"])
+        raise UserInputError(
+            f"unknown option(s) {sorted(unknown)}; known: {', '.join(IMAGE_OPTIONS)}")
+    run = _prepare(index_dir, backbones, method, _Request(**options))
     probas = [p(_encode_files(bi, files), None)
               for p, bi in zip(_predictors(run), run.bis, strict=True)]
     pred, proba, uncertain = _combine(run, probas)
-    return _table(np.full(len(files), -1, dtype=np.int64), [str(p) for p in files], None,
-                  pred, proba, uncertain, run.classes)
-
-
-def _write_parquet(frame: pd.DataFrame, fh: Any) -> None:
-    frame.to_parquet(fh, index=False)
-
-
-def _write_csv(frame: pd.DataFrame, fh: Any) -> None:
-    fh.write(frame.to_csv(index=False).encode("utf-8"))
-
-
-PREDICTION_WRITERS: dict[str, Callable[[pd.DataFrame, Any], None]] = {
-    ".parquet": _write_parquet,
-    ".csv": _write_csv,
-}
-
-
-def write_predictions(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write a predictions table atomically, as parquet or CSV by the file's extension.
-
-    Example
-    -------
-    >>> write_predictions(res.predictions, "preds.parquet")  # doctest: +SKIP
-    PosixPath('preds.parquet')
-    """
-    out = Path(path)
-    writer = PREDICTION_WRITERS.get(out.suffix.lower())
-    if writer is None:
-        raise UserInputError(
-            f"cannot write predictions to {out}: use a .parquet or .csv file name")
-    return atomic_write(out, lambda fh: writer(frame, fh))
+    return prediction_table(np.full(len(files), -1, dtype=np.int64), [str(p) for p in files],
+                            None, pred, proba, run.classes, uncertain=uncertain)

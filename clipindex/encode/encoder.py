@@ -187,8 +187,10 @@ class Encoder:
     ``embed_dim``, ``context_length``, ``mean``/``std`` and ``checkpoint_sha256``.
     """
 
-    def __init__(self, spec: BackboneSpec, model: torch.nn.Module, tokenizer: Any,
-                 preprocess: Any, device: torch.device, precision: str) -> None:
+    def __init__(self, spec: BackboneSpec, model: torch.nn.Module,
+                 tokenizer: Callable[..., torch.Tensor],
+                 preprocess: Callable[..., torch.Tensor], device: torch.device,
+                 precision: str) -> None:
         self.spec = spec
         # typed Any: open_clip models (CLIP, CustomTextCLIP, CoCa) share encode_image/encode_text
         self.model: Any = model.eval().requires_grad_(False)

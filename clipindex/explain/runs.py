@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -19,6 +19,9 @@ from PIL import Image
 from clipindex.errors import DataError, UserInputError
 from clipindex.explain.cam import explain, image_embedding, load_image
 from clipindex.explain.pictures import gradcam_panel, overlay
+
+if TYPE_CHECKING:
+    from clipindex.store import BackboneIndex
 
 __all__ = [
     "METHODS",
@@ -156,7 +159,7 @@ def _open(index_or_dir: Any, backbone: str | None) -> Any:
 
 def explain_image(
     image: str | Path | Image.Image,
-    index: Any,
+    index: BackboneIndex | str | Path,
     *,
     backbone: str | None = None,
     target: str | None = None,

@@ -66,17 +66,15 @@ def thumbnail(path: Path | None, size: int = 200) -> bytes | None:
     """A PNG thumbnail of an image file (None when it cannot be read)."""
     if path is None:
         return None
-    from PIL import Image
-
+    from clipindex.encode import DecodeError, load_rgb
     from clipindex.report._html import pil_png
 
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-        rgb.thumbnail((size, size))
-        return pil_png(rgb)
-    except OSError:
+    try:  # decoded as the encoder decodes it (EXIF rotation, modes, bomb guard)
+        rgb = load_rgb(path)
+    except (DecodeError, OSError):
         return None
+    rgb.thumbnail((size, size))
+    return pil_png(rgb)
 
 
 def top_words(texts: Sequence[str], n: int = 20) -> list[tuple[str, int]]:

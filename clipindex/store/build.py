@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,9 @@ from clipindex.store.manifest import (
 from clipindex.store.outputs import write_outputs
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+
+if TYPE_CHECKING:
+    from clipindex.sources import Dataset
 
 __all__ = [
     "BuildOptions",
@@ -268,7 +271,7 @@ def _prepare(dataset: Any, backbones: Sequence[str] | str, pretrained: str,
 
 
 def build_store(
-    dataset: Any,
+    dataset: Dataset | str | os.PathLike[str],
     backbones: Sequence[str] | str,
     *,
     out: str | os.PathLike[str] = "indexes",

@@ -1,0 +1,128 @@
+"""What every classifier shares: input checks, ``normalise``/``softmax`` and the base class.
+
+Every classifier is a scikit-learn estimator (:class:`sklearn.base.ClassifierMixin` +
+:class:`sklearn.base.BaseEstimator`), so ``get_params``/``set_params``, ``clone``,
+``cross_val_score`` and ``Pipeline`` work on stored vectors:
+
+- ``__init__`` only stores its arguments, each under its own name and unchanged, and
+  every argument has a default (``clone(Cls())`` works);
+- ``fit(X, y)`` validates, learns and returns ``self``; learned state ends in ``_``
+  (``classes_``, ``prototypes_``, ...);
+- ``predict_proba(X)`` columns follow ``classes_``; ``predict(X)`` returns
+  ``classes_[argmax(predict_proba(X))]`` (a tie goes to the first class in order);
+- using an unfitted model raises :class:`clipindex.errors.NotFittedError`, which is
+  also scikit-learn's :class:`~sklearn.exceptions.NotFittedError`.
+
+Example
+-------
+>>> import numpy as np
+>>> normalise(np.array([[3.0, 4.0]])).round(2).tolist()
+[[0.6, 0.8]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from clipindex import errors
+from clipindex.errors import UserInputError
+
+__all__ = ["LOGIT_SCALE", "VectorClassifier", "normalise", "softmax"]
+
+#: CLIP's logit scale: ``proba = softmax(LOGIT_SCALE * cosine)`` for prompts and prototypes.
+LOGIT_SCALE = 100.0
+
+
+def normalise(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    """L2-normalise along ``axis`` (float32); all-zero vectors stay zero.
+
+    Example
+    -------
+    >>> normalise(np.array([[3.0, 4.0]])).tolist()
+    [[0.6000000238418579, 0.800000011920929]]
+    """
+    a = np.asarray(a, dtype=np.float64)
+    norm = np.linalg.norm(a, axis=axis, keepdims=True)
+    return (a / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, computed stably in float64.
+
+    Example
+    -------
+    >>> softmax(np.zeros((1, 2))).tolist()
+    [[0.5, 0.5]]
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _matrix(x: Any, name: str, dim: int | None = None) -> np.ndarray:
+    """``x`` as a finite, C-contiguous float32 ``(n, dim)`` array (or a one-line error)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise UserInputError(f"{name} must be a 2-D array (n, dim), got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise UserInputError(
+            f"{name} have dim {x.shape[1]} but the classifier was fitted on dim {dim}; "
+            "use vectors of the same backbone"
+        )
+    if not np.isfinite(x).all():
+        raise UserInputError(f"{name} contain NaN or infinite values")
+    return np.ascontiguousarray(x)
+
+
+def _labels(y: Any, n: int, name: str = "labels") -> np.ndarray:
+    """``y`` as a 1-D array with one label per vector (at least one)."""
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n:
+        raise UserInputError(f"{name} must be 1-D with one entry per vector ({n}), got {y.shape}")
+    if n == 0:
+        raise UserInputError("cannot fit on zero support vectors; give at least one per class")
+    return y
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise UserInputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_choice(value: Any, choices: Sequence[Any], name: str) -> Any:
+    if value not in choices:
+        known = ", ".join(str(c) for c in choices)
+        raise UserInputError(f"Unknown {name} {value!r}. Known: {known}")
+    return value
+
+
+class VectorClassifier(ClassifierMixin, BaseEstimator):
+    """Base of the classifiers: the fitted check and ``predict`` from ``predict_proba``.
+
+    Subclasses set ``_fitted_attr`` (the attribute ``fit`` sets last) and implement
+    ``fit(X, y)`` and ``predict_proba(X)``. ``score(X, y)`` is scikit-learn's accuracy.
+    """
+
+    _fitted_attr = "classes_"
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, self._fitted_attr):
+            raise errors.NotFittedError(
+                f"This {type(self).__name__} is not fitted yet; call fit(...) before "
+                "predict or predict_proba."
+            )
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        """Probabilities ``(n, len(classes_))``, columns in ``classes_`` order."""
+        raise NotImplementedError
+
+    def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        """Labels ``classes_[argmax(predict_proba(X))]`` (ties: first class in order)."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]  # type: ignore[attr-defined]

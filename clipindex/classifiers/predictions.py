@@ -1,0 +1,80 @@
+"""The one predictions table (``clipindex classify --out``, the bench's ``predictions/``).
+
+Columns: ``row_id`` (int64; -1 for new files), ``file``, ``true`` (when known),
+``predicted``, one ``p_<class>`` (float64) per class in the run's class order, and
+``uncertain`` (bool; all False without abstention). :func:`write_predictions` writes it
+as parquet or CSV.
+
+Example
+-------
+>>> import numpy as np
+>>> t = prediction_table([3], ["a.jpg"], ["cat"], np.array(["dog"]),
+...                      np.array([[0.4, 0.6]]), ["cat", "dog"])
+>>> t.columns.tolist()
+['row_id', 'file', 'true', 'predicted', 'p_cat', 'p_dog', 'uncertain']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipindex.errors import UserInputError
+from clipindex.files import atomic_write
+from clipindex.metrics import Vector
+
+__all__ = ["PREDICTION_WRITERS", "prediction_table", "write_predictions"]
+
+
+def prediction_table(row_ids: Vector, files: Sequence[str] | Vector, true: Vector | None,
+                     predicted: Vector, proba: np.ndarray, classes: Sequence[str], *,
+                     uncertain: Vector | None = None) -> pd.DataFrame:
+    """One row per prediction; ``true=None`` leaves the ``true`` column out (new files).
+
+    ``proba`` columns follow ``classes``; ``uncertain`` defaults to all False.
+    """
+    ids = np.asarray(row_ids, dtype=np.int64)
+    cols: dict[str, Any] = {"row_id": ids, "file": list(files)}
+    if true is not None:
+        cols["true"] = np.asarray(true).astype(str)
+    cols["predicted"] = np.asarray(predicted).astype(str)
+    for j, c in enumerate(classes):
+        cols[f"p_{c}"] = np.asarray(proba[:, j], dtype=np.float64)
+    cols["uncertain"] = (np.zeros(len(ids), dtype=bool) if uncertain is None
+                         else np.asarray(uncertain).astype(bool))
+    return pd.DataFrame(cols)
+
+
+def _write_parquet(frame: pd.DataFrame, fh: Any) -> None:
+    frame.to_parquet(fh, index=False)
+
+
+def _write_csv(frame: pd.DataFrame, fh: Any) -> None:
+    fh.write(frame.to_csv(index=False).encode("utf-8"))
+
+
+PREDICTION_WRITERS: dict[str, Callable[[pd.DataFrame, Any], None]] = {
+    ".parquet": _write_parquet,
+    ".csv": _write_csv,
+}
+
+
+def write_predictions(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a predictions table atomically, as parquet or CSV by the file's extension.
+
+    Example
+    -------
+    >>> write_predictions(res.predictions, "preds.parquet")  # doctest: +SKIP
+    PosixPath('preds.parquet')
+    """
+    out = Path(path)
+    writer = PREDICTION_WRITERS.get(out.suffix.lower())
+    if writer is None:
+        raise UserInputError(
+            f"cannot write predictions to {out}: use a .parquet or .csv file name")
+    return atomic_write(out, lambda fh: writer(frame, fh))

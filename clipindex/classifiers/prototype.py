@@ -1,0 +1,58 @@
+"""The study's few-shot caption prototypes (:class:`PrototypeClassifier`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipindex.classifiers.base import (
+    LOGIT_SCALE,
+    VectorClassifier,
+    _labels,
+    _matrix,
+    normalise,
+    softmax,
+)
+from clipindex.metrics import Vector
+
+__all__ = ["PrototypeClassifier"]
+
+
+class PrototypeClassifier(VectorClassifier):
+    """The study's few-shot caption prototypes.
+
+    ``w_c = normalise(mean of the normalised vectors X of class c)``;
+    ``proba = softmax(100 * X @ W.T)``.
+
+    The ``X`` of ``fit`` is not that of ``predict``: the study fits on the support
+    images' *caption* vectors, each labelled (``y``) with its image's class, and
+    predicts *image* vectors (one CLIP space, so both are comparable). Fitted on image
+    vectors instead, it is a nearest-class-mean classifier on images.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> clf = PrototypeClassifier().fit(np.eye(2), ["a", "b"])
+    >>> clf.prototypes_.tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+    """
+
+    _fitted_attr = "prototypes_"
+
+    def __init__(self) -> None:
+        pass
+
+    def fit(self, X: np.ndarray, y: Vector) -> PrototypeClassifier:  # noqa: N803
+        """Average the normalised vectors ``X`` (captions) of each class; normalise again."""
+        v = normalise(_matrix(X, "caption vectors"))
+        labels = _labels(y, len(v), "caption labels")
+        self.classes_ = np.unique(labels)
+        self.prototypes_ = normalise(
+            np.stack([v[labels == c].mean(axis=0) for c in self.classes_]))
+        self.n_captions_ = np.array([(labels == c).sum() for c in self.classes_])
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        """``softmax(100 * X @ W.T)``, columns in ``classes_`` order."""
+        self._check_fitted()
+        x = _matrix(X, "image vectors", self.prototypes_.shape[1])
+        return softmax(LOGIT_SCALE * (x.astype(np.float64) @ self.prototypes_.T))

@@ -1,0 +1,113 @@
+"""Which rows of a store a run uses: the classes, the support rows and the rows to predict.
+
+Usable rows: images whose vector is valid in every backbone asked for (skipped images
+are neither support nor predicted) and whose label is one of the classes. Support rows
+are the stored ``split == "support"`` rows; with ``shots=K``, K rows per class are drawn
+(seeded) from all usable rows instead. Predicted rows (``rows``): ``"test"``, the stored
+``split == "test"`` rows (with ``shots``: every usable row not drawn); ``"all"``, every
+usable row (the study protocol's zero-shot; a fitted method then also predicts its own
+support rows).
+
+Example
+-------
+>>> parse_classes("cat,dog=puppy")
+(['cat', 'dog'], {'dog': 'puppy'})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from clipindex.errors import UserInputError
+
+__all__ = ["ROWS", "parse_classes", "store_classes", "pick_classes", "draw_shots",
+           "split_rows"]
+
+#: What ``classify(rows=...)`` predicts: the test rows, or every usable row.
+ROWS = ("test", "all")
+
+
+def parse_classes(spec: str | Sequence[str] | None) -> tuple[list[str] | None, dict[str, str]]:
+    """``"cat,dog"`` or ``"fields=field,roads=road"`` -> (labels, {label: prompt name}).
+
+    Example
+    -------
+    >>> parse_classes("fields=field,roads")
+    (['fields', 'roads'], {'fields': 'field'})
+    """
+    if spec is None:
+        return None, {}
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    labels, names = [], {}
+    for item in (s.strip() for s in items):
+        label, _, name = item.partition("=")
+        if not label.strip():
+            raise UserInputError(f"empty class in {spec!r}; give e.g. 'cat,dog'")
+        labels.append(label.strip())
+        if name.strip():
+            names[label.strip()] = name.strip()
+    if len(set(labels)) != len(labels):
+        raise UserInputError(f"a class is listed twice in {spec!r}")
+    return labels, names
+
+
+def store_classes(bi: Any) -> list[str]:
+    """The store's classes: ``dataset.json``'s order, then any other label, sorted."""
+    known = [str(c) for c in bi.dataset_info.get("classes") or []]
+    seen = set(known)
+    known += sorted({str(v) for v in bi.images["label"]} - seen)
+    return known
+
+
+def pick_classes(bi: Any, wanted: list[str] | None) -> list[str]:
+    """``wanted`` (checked against the store's classes), or all of them."""
+    known = store_classes(bi)
+    if wanted is None:
+        return known
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise UserInputError(
+            f"Unknown class(es) {', '.join(map(repr, unknown))}. Known: {', '.join(known)}")
+    if len(wanted) < 2:
+        raise UserInputError("give at least two classes to classify between")
+    return wanted
+
+
+def draw_shots(labels: np.ndarray, rows: np.ndarray, classes: list[str], shots: int,
+               seed: int) -> np.ndarray:
+    """``shots`` rows per class drawn with ``seed`` (sorted), at least one left over."""
+    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
+        raise UserInputError(f"--shots must be a positive integer, got {shots!r}")
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in classes:
+        pool = np.sort(rows[labels == c])
+        if shots >= len(pool):
+            raise UserInputError(
+                f"--shots {shots} is too many: class {c!r} has only {len(pool)} usable "
+                f"images (at least one must stay for testing); use --shots {max(len(pool) - 1, 1)}"
+                " or fewer")
+        picked.append(rng.choice(pool, size=shots, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def split_rows(bi_list: list[Any], classes: list[str], shots: int | None, seed: int,
+               rows: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """(support row ids, predicted row ids); see the module docstring for ``rows``."""
+    if rows not in ROWS:
+        raise UserInputError(f"Unknown rows {rows!r}. Known: {', '.join(ROWS)}")
+    images = bi_list[0].images
+    valid = np.logical_and.reduce([np.asarray(b.image_valid, bool) for b in bi_list])
+    labels = images["label"].astype(str).to_numpy()
+    usable = valid & np.isin(labels, classes)
+    ids = images["row_id"].to_numpy(np.int64)[usable]
+    if shots is not None:
+        support = draw_shots(labels[usable], ids, classes, shots, seed)
+        test = np.setdiff1d(ids, support)
+    else:
+        split = images["split"].astype(str).to_numpy()[usable]
+        support, test = ids[split == "support"], ids[split == "test"]
+    return support, (ids if rows == "all" else test)
