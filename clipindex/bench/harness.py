@@ -16,7 +16,8 @@ rows, measures retrieval Recall@K over the captions and writes::
 
 Ensemble rows are named ``ensemble-<kind>`` (``ensemble-majority``, ``ensemble-soft``)
 and are computed from the single-backbone predictions with
-:data:`clipindex.classifiers.runner.ENSEMBLES`, so anyone can recompute them from ``predictions/``.
+:func:`clipindex.classifiers.ensemble_table`, so anyone can recompute them from
+``predictions/``.
 
 Protocols:
 
@@ -69,20 +70,9 @@ from clipindex.config import (
 from clipindex.errors import ConfigError, DataError, UserInputError
 from clipindex.files import atomic_write_bytes
 
-__all__ = [
-    "PROTOCOLS",
-    "ZERO_SHOT",
-    "FEW_SHOT",
-    "ENSEMBLE_PREFIX",
-    "TABLE_COLUMNS",
-    "TIMING_COLUMNS",
-    "BenchConfig",
-    "BenchPlan",
-    "BenchResult",
-    "load_bench_config",
-    "validate_bench",
-    "run_bench",
-]
+__all__ = ["PROTOCOLS", "ZERO_SHOT", "FEW_SHOT", "ENSEMBLE_PREFIX", "TABLE_COLUMNS",
+           "TIMING_COLUMNS", "BenchConfig", "BenchPlan", "BenchResult", "load_bench_config",
+           "validate_bench", "run_bench"]
 
 PROTOCOLS: tuple[str, ...] = ("same-rows", "study")
 ZERO_SHOT = outputs.ZERO_SHOT
@@ -327,22 +317,15 @@ def _ensemble(kind: str, method: str, tables: Sequence[pd.DataFrame],
               facts: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]],
               settings: Mapping[str, Any]) -> tuple[dict, pd.DataFrame]:
     """Combine the single-backbone predictions on their common rows with ENSEMBLES[kind]."""
-    from clipindex.classifiers import prediction_table
-    from clipindex.classifiers.runner import ENSEMBLES
+    from clipindex.classifiers import ensemble_table
     from clipindex.metrics import classification_metrics
 
     classes = list(records[0]["classes"])
-    pcols = [f"p_{c}" for c in classes]
-    common = tables[0]["row_id"]
-    for t in tables[1:]:
-        common = common[common.isin(t["row_id"])]
-    aligned = [t.set_index("row_id").loc[common.to_numpy()] for t in tables]
     t0 = time.perf_counter()
-    pred, proba = ENSEMBLES[kind]([a[pcols].to_numpy(np.float64) for a in aligned], classes)
+    table = ensemble_table(kind, tables, classes)
     vote_ms = (time.perf_counter() - t0) * 1000.0
-    first = aligned[0]
-    true = first["true"].astype(str).to_numpy()
-    metrics = classification_metrics(true, np.asarray(pred).astype(str), classes)
+    metrics = classification_metrics(table["true"].to_numpy(), table["predicted"].to_numpy(),
+                                     classes)
     metrics["n_support"] = records[0].get("n_support")
     name = f"{ENSEMBLE_PREFIX}{kind}"
     summed = {
@@ -356,8 +339,6 @@ def _ensemble(kind: str, method: str, tables: Sequence[pd.DataFrame],
     if summed["encode_s"] and n_img:
         summed["images_per_s"] = round(n_img / summed["encode_s"], 1)
     ms = sum(float(r["classify_ms"] or 0.0) for r in records) + vote_ms
-    table = prediction_table(common.to_numpy(), first["file"].to_numpy(), true, pred, proba,
-                             classes)
     rec = _record(metrics, summed, {**settings, "backbone": name, "ensemble": kind},
                   ms, members=[f["backbone"] for f in facts])
     return rec, table
@@ -421,19 +402,6 @@ def _write_outcome(res: _Outcome, out: Path) -> dict[str, Path]:
         files[f"predictions/{key}.parquet"] = write_predictions(
             res.tables[key], out / "predictions" / f"{key}.parquet")
     return files
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for dist in ("clipindex", "torch", "open_clip_torch", "faiss-cpu", "numpy", "pandas",
-                 "scikit-learn"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
 
 
 def run_bench(
@@ -512,7 +480,7 @@ def run_bench(
         "dataset_dir": str(ddir.absolute()), "protocol": plan.protocol,
         "backbones": [{**_backbone_facts(ddir, f), "store": state.get(f)} for f in folders],
         "methods": list(plan.cfg.methods), "ensembles": list(plan.cfg.ensembles),
-        "reused_records": res.reused, "versions": _versions(),
+        "reused_records": res.reused, "versions": outputs.package_versions(),
         "elapsed_s": round(time.perf_counter() - t_start, 2),
     }
     files["run.json"] = out / "run.json"

@@ -434,3 +434,18 @@ def write_confusions(records: Mapping[str, Mapping[str, Any]], out: Path) -> dic
                                  ensemble=bool(r.get("members"))) for r in recs]
         files[name] = confusion_grid(panels, out / name, title=METHOD_TITLES[method])
     return files
+
+
+def package_versions() -> dict[str, str | None]:
+    """The versions of Python and the packages a run's numbers depend on (``run.json``)."""
+    import sys
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for dist in ("clipindex", "torch", "open_clip_torch", "faiss-cpu", "numpy", "pandas",
+                 "scikit-learn"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
