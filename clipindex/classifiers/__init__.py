@@ -25,7 +25,7 @@ from clipindex.classifiers.ensemble import (
 )
 from clipindex.classifiers.heads import LinearProbeClassifier, MLPClassifier
 from clipindex.classifiers.knn import KNN_WEIGHTS, CaptionKNNClassifier, ImageKNNClassifier
-from clipindex.classifiers.predictions import prediction_table, write_predictions
+from clipindex.classifiers.predictions import ensemble_table, prediction_table, write_predictions
 from clipindex.classifiers.prompt import PromptClassifier
 from clipindex.classifiers.prototype import PrototypeClassifier
 
@@ -40,6 +40,7 @@ __all__ = [
     "PrototypeClassifier",
     "SoftVoteClassifier",
     "VectorClassifier",
+    "ensemble_table",
     "majority_vote",
     "normalise",
     "prediction_table",

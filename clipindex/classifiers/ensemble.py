@@ -9,7 +9,7 @@ is the models' probabilities side by side, ``np.hstack([p_1, ..., p_M])``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from clipindex.errors import UserInputError
 from clipindex.metrics import Vector
 
 __all__ = [
+    "ENSEMBLES",
     "majority_vote",
     "soft_vote",
     "vote_shares",
@@ -115,6 +116,25 @@ def reject_below(proba: np.ndarray, threshold: float) -> np.ndarray:
     if p.ndim != 2:
         raise UserInputError(f"probabilities must be a 2-D array (n, C), got shape {p.shape}")
     return p.max(axis=1) < float(threshold)
+
+
+def _majority(probas: list[np.ndarray], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Majority vote; its probability columns are the backbones' vote shares."""
+    return majority_vote(probas, classes).astype(str), vote_shares(probas, classes)
+
+
+def _soft(probas: list[np.ndarray], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Soft vote: the mean probability, and its top class (ties: first in order)."""
+    p = soft_vote(probas, classes)
+    return np.asarray(classes)[p.argmax(axis=1)], p
+
+
+#: How ``classify(ensemble=...)`` and the bench combine backbones: (probas, classes) ->
+#: (predicted labels, probability columns).
+ENSEMBLES: dict[str, Callable[[list[np.ndarray], list[str]], tuple[np.ndarray, np.ndarray]]] = {
+    "majority": _majority,
+    "soft": _soft,
+}
 
 
 # --------------------------------------------------------------------------- estimators

@@ -3,7 +3,7 @@
 Columns: ``row_id`` (int64; -1 for new files), ``file``, ``true`` (when known),
 ``predicted``, one ``p_<class>`` (float64) per class in the run's class order, and
 ``uncertain`` (bool; all False without abstention). :func:`write_predictions` writes it
-as parquet or CSV.
+as parquet or CSV; :func:`ensemble_table` votes over single-backbone tables.
 
 Example
 -------
@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipindex.classifiers.ensemble import ENSEMBLES
 from clipindex.errors import UserInputError
 from clipindex.files import atomic_write
 from clipindex.metrics import Vector
 
-__all__ = ["PREDICTION_WRITERS", "prediction_table", "write_predictions"]
+__all__ = ["PREDICTION_WRITERS", "ensemble_table", "prediction_table", "write_predictions"]
 
 
 def prediction_table(row_ids: Vector, files: Sequence[str] | Vector, true: Vector | None,
@@ -48,6 +49,28 @@ def prediction_table(row_ids: Vector, files: Sequence[str] | Vector, true: Vecto
     cols["uncertain"] = (np.zeros(len(ids), dtype=bool) if uncertain is None
                          else np.asarray(uncertain).astype(bool))
     return pd.DataFrame(cols)
+
+
+def ensemble_table(kind: str, tables: Sequence[pd.DataFrame], classes: Sequence[str]
+                   ) -> pd.DataFrame:
+    """The ``ENSEMBLES[kind]`` vote over single-backbone predictions tables, as one table.
+
+    Rows: those every table holds, in the first table's order; ``file`` and ``true``
+    come from the first table; probabilities are read from the ``p_<class>`` columns.
+    Anyone can so recompute a bench's ensemble rows from its ``predictions/``.
+    """
+    if kind not in ENSEMBLES:
+        raise UserInputError(f"Unknown ensemble {kind!r}. Known: {', '.join(ENSEMBLES)}")
+    pcols = [f"p_{c}" for c in classes]
+    common = tables[0]["row_id"]
+    for t in tables[1:]:
+        common = common[common.isin(t["row_id"])]
+    aligned = [t.set_index("row_id").loc[common.to_numpy()] for t in tables]
+    pred, proba = ENSEMBLES[kind]([a[pcols].to_numpy(np.float64) for a in aligned],
+                                  list(classes))
+    first = aligned[0]
+    return prediction_table(common.to_numpy(), first["file"].to_numpy(),
+                            first["true"].astype(str).to_numpy(), pred, proba, classes)
 
 
 def _write_parquet(frame: pd.DataFrame, fh: Any) -> None:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from clipindex.classifiers import ensemble as E
 from clipindex.classifiers.base import normalise
+from clipindex.classifiers.ensemble import ENSEMBLES
 from clipindex.classifiers.heads import LinearProbeClassifier, MLPClassifier
 from clipindex.classifiers.knn import KNN_WEIGHTS, CaptionKNNClassifier, ImageKNNClassifier
 from clipindex.classifiers.predictions import (
@@ -195,22 +196,6 @@ METHODS: dict[str, Callable[..., Predictor]] = {
     "image-knn": _image_knn,
     "linear-probe": _linear_probe,
     "mlp": _mlp,
-}
-
-
-def _majority(probas: list[np.ndarray], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    # Probability columns of a majority vote are the backbones' vote shares.
-    return E.majority_vote(probas, classes).astype(str), E.vote_shares(probas, classes)
-
-
-def _soft(probas: list[np.ndarray], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    p = E.soft_vote(probas, classes)
-    return np.asarray(classes)[p.argmax(axis=1)], p
-
-
-ENSEMBLES: dict[str, Callable[[list[np.ndarray], list[str]], tuple[np.ndarray, np.ndarray]]] = {
-    "majority": _majority,
-    "soft": _soft,
 }
 
 
