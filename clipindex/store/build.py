@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import DataError, UserInputError
-from clipindex.sources import fingerprint as table_fingerprint
+from clipindex.sources import dataset_fingerprint
 from clipindex.store.lock import build_lock
 from clipindex.store.manifest import (
     DTYPES,
@@ -51,7 +51,6 @@ __all__ = [
     "build_one",
     "build_store",
     "check_rows",
-    "dataset_fingerprint",
     "options",
     "write_tables",
 ]
@@ -93,19 +92,6 @@ def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
 
 
 # ----------------------------------------------------------------------------- dataset
-def dataset_fingerprint(dataset: Any) -> str:
-    """The dataset's fingerprint: :func:`clipindex.sources.fingerprint` of its tables
-    (the value ``load_dataset`` records in ``info``; recomputed, so tables changed after
-    loading are not mistaken for the loaded ones)."""
-    value = table_fingerprint(dataset.images, dataset.captions)
-    recorded = (getattr(dataset, "info", None) or {}).get("fingerprint")
-    if recorded and recorded != value:
-        log.warning("%s: the tables changed since the dataset was loaded (fingerprint %s, "
-                    "recorded %s); the store records the tables' own", dataset.name,
-                    value[:12], str(recorded)[:12])
-    return value
-
-
 def check_rows(frame: pd.DataFrame, what: str) -> None:
     if not np.array_equal(frame["row_id"].to_numpy(), np.arange(len(frame))):
         raise DataError(f"{what} row_id must run 0..n-1 in order; the source produced others")
