@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 #   make venv TORCH_SPEC="torch torchvision"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv browser demo test lint clean
+.PHONY: venv browser demo test test-fast lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,11 @@ browser:
 
 test: venv browser
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (held-out worlds, top-10 bars, benchmark scripts);
+# CI runs them all through `make test`.
+test-fast: venv
+	$(BIN)/python -m pytest -q -m 'not slow'
 
 lint: venv
 	$(BIN)/ruff check clipindex tests benchmarks

@@ -97,6 +97,7 @@ def test_numpy_top_k_matches_the_reference() -> None:
     assert search.recall_at_k(np.full_like(ids, -1), ref_ids) == 0.0
 
 
+@pytest.mark.slow
 def test_each_script_writes_its_section(bench_env: dict[str, Path]) -> None:
     # Installed-command style: bench_search as a real subprocess; the model-heavy ones
     # in-process to share the session's imports.

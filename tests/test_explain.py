@@ -414,6 +414,7 @@ def cam_in_box(dataset, backbone: str) -> dict[str, float]:
             "box_share": float(np.mean(share)), "peak_in_box": float(np.mean(hit))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", CAM_BACKBONES)
 def test_tiny_backbone_cam_mass_concentrates_on_the_subject(heldout_demo, backbone):
     figures = cam_in_box(heldout_demo, backbone)

@@ -769,6 +769,7 @@ def _top10_misses(top10: dict, keep) -> tuple[dict, str]:
 # 8-10 of the class in the top 10, for every class. Measured 2026-11-24 (cat, dog, horse,
 # sheep, cow): tiny-rn 9 10 10 10 9, tiny-vit 10 10 9 9 8, tiny-vit-s 10 9 10 9 8,
 # fused 10 9 9 10 10.
+@pytest.mark.slow
 def test_demo_prompt_finds_its_class_in_the_top_10(top10_figures):
     missed, table = _top10_misses(top10_figures["exact"], lambda seed, name: seed == 0)
     assert not missed, f"fewer than 8 of 10 for {missed}; all: {table}"
@@ -777,6 +778,7 @@ def test_demo_prompt_finds_its_class_in_the_top_10(top10_figures):
 # The same sample drawn from two worlds the backbones never saw. Measured 2026-11-24
 # (worlds 1 / 2): tiny-rn 8 9 9 9 9 / 9 9 10 10 9, tiny-vit 10 9 9 10 8 / 10 10 10 10 10,
 # tiny-vit-s 10 10 10 10 8 / 7 10 9 6 9, fused 10 10 9 10 9 / 9 10 9 10 10.
+@pytest.mark.slow
 def test_held_out_worlds_prompt_top_10(top10_figures):
     missed, table = _top10_misses(
         top10_figures["exact"], lambda seed, name: seed != 0 and (seed, name) != (2, "tiny-vit-s")
@@ -789,6 +791,7 @@ def test_held_out_worlds_prompt_top_10(top10_figures):
     reason="tiny-vit-s alone on world 2's demo-size sample: cat 7, sheep 6 of 10 "
     "(three dogs among its cats; measured 2026-11-24)",
 )
+@pytest.mark.slow
 def test_held_out_world_2_prompt_top_10_tiny_vit_s(top10_figures):
     missed, table = _top10_misses(
         top10_figures["exact"], lambda seed, name: (seed, name) == (2, "tiny-vit-s")
@@ -800,6 +803,7 @@ def test_held_out_world_2_prompt_top_10_tiny_vit_s(top10_figures):
 # split. Measured 2026-11-24 (worlds 0 / 1 / 2): tiny-rn 1.00 / .92 / 1.00, tiny-vit
 # .85 / .85 / 1.00, tiny-vit-s .77 / .97 / .57, fused .99 / 1.00 / 1.00. A single tiny
 # backbone passes most samples; fusing the three passes nearly all.
+@pytest.mark.slow
 def test_prompt_top_10_over_random_samples(top10_figures):
     passes = top10_figures["passes"]
     table = ", ".join(f"seed {s} {b}: {p:.2f}" for (s, b), p in sorted(passes.items()))

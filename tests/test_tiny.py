@@ -156,6 +156,7 @@ def test_held_out_val_is_the_default_scale_val(val_only_scale):
 
 # Measured at GENERATOR_VERSION 5 on seeds 1/2: tiny-rn 0.757/0.753, tiny-vit 0.710/0.705,
 # tiny-vit-s 0.709/0.716 (each backbone's clipindex.json holds the figures).
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", HELD_OUT_SEEDS)
 def test_accuracy_band_on_held_out_seed(held_out: dict, seed: int, val_only_worlds: dict):
     run = held_out[seed]
@@ -168,6 +169,7 @@ def test_accuracy_band_on_held_out_seed(held_out: dict, seed: int, val_only_worl
         assert floor <= acc <= 0.95, (name, acc, floor)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", HELD_OUT_SEEDS)
 def test_backbones_disagree_on_held_out_seed(held_out: dict, seed: int):
     run = held_out[seed]
@@ -193,6 +195,7 @@ def test_evaluation_equals_a_direct_zero_shot_recomputation(small_world: Path):
     assert set(np.unique(run.labels)) == set(range(len(run.classes)))
 
 
+@pytest.mark.slow
 def test_each_cause_lowers_accuracy_for_two_backbones(pooled: dict):
     assert set(pooled["by_cause"]) == {"lookalike", "tiny", "camouflage", "off_context",
                                        "mislabeled"}
