@@ -37,7 +37,13 @@ from PIL import Image
 from clipindex.encode.backbones import BackboneSpec, resolve_backbone
 from clipindex.encode.create import create_model
 from clipindex.encode.decode import to_rgb
-from clipindex.encode.pixels import ImageFiles, PixelPipeline, collate, device_crops, split_preprocess
+from clipindex.encode.pixels import (
+    ImageFiles,
+    PixelPipeline,
+    collate,
+    device_crops,
+    split_preprocess,
+)
 from clipindex.encode.text import encode_tokens
 from clipindex.encode.tuning import EncodeSettings, choose_settings, model_gflops, torch_threads
 from clipindex.errors import UserInputError

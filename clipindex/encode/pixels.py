@@ -134,7 +134,7 @@ def device_crops(items: list[tuple[str, torch.Tensor, str]], paths: Sequence[str
     jpeg = [i for i, (kind, _, _) in enumerate(items) if kind == "jpeg"]
     if jpeg:
         for i, crop in zip(jpeg, _decode_jpegs([items[i][1] for i in jpeg], pipeline,
-                                               device)):
+                                               device), strict=True):
             if crop is None:
                 crop, reasons[i] = pipeline.from_file(paths[i])
             crops[i] = crop

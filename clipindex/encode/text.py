@@ -12,7 +12,7 @@ CLIP one (HF towers, class-token or bidirectional towers) take open_clip's own
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -71,7 +71,11 @@ def encode_tokens(model: Any, tokens: torch.Tensor, batch_size: int, device: tor
     parts: list[np.ndarray] = []
     for begin in range(0, len(tokens), batch_size):
         chunk = tokens[order[begin:begin + batch_size]].to(device)
-        parts.append(run(lambda c=chunk: _trimmed(model, c) if trim else model.encode_text(c)))
+
+        def forward(c: torch.Tensor = chunk) -> torch.Tensor:
+            return _trimmed(model, c) if trim else model.encode_text(c)
+
+        parts.append(run(forward))
     vectors = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
     out = np.empty_like(vectors)
     out[order.numpy()] = vectors

@@ -63,7 +63,7 @@ CUDA_BATCH_GFLOPS = float(2**17)
 #: Decode routes: PIL in the workers, or file bytes from the workers + nvJPEG on the device.
 DECODES = ("pil", "nvjpeg")
 _TEXT_BATCH = {"cpu": 256, "cuda": 1024}
-_GFLOPS_CACHE: dict[tuple[str, tuple[int, int]], float] = {}
+_GFLOPS_CACHE: dict[tuple[str, tuple[int, ...]], float] = {}
 
 
 def usable_cores() -> int:
