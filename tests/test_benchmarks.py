@@ -112,7 +112,7 @@ def test_each_script_writes_its_section(bench_env: dict[str, Path]) -> None:
 
     text = bench_env["results"].read_text()
     assert text.startswith("# Speed benchmark results")
-    expected = {"bench_search": 8, "bench_encode_cpu": 2, "bench_study": 2}
+    expected = {"bench_search": 8, "bench_encode_cpu": 6, "bench_study": 2}
     for name, count in expected.items():
         lines = _section(text, name)
         assert any(line.startswith("- machine: ") for line in lines)
@@ -120,19 +120,24 @@ def test_each_script_writes_its_section(bench_env: dict[str, Path]) -> None:
         ratios = _ratios(lines)
         assert len(ratios) == count, ratios
         assert all(RATIO.match(r) for r in ratios), ratios
-    assert "not measured here" in "\n".join(_section(text, "bench_encode_cpu"))
+    encode_text = "\n".join(_section(text, "bench_encode_cpu"))
+    assert encode_text.count("not measured: no GPU available") == 2  # the two GPU rows
+    for backbone in ("bench-micro-vit", "bench-micro-rn"):  # the issue-21 line form
+        assert re.search(rf"^ratio: \d+\.\dx {backbone} cpu build \(defaults\) over the "
+                         r"study's loop, images/s$", encode_text, re.MULTILINE)
     # The study's two sides did the same work: identical predictions everywhere.
     study_lines = _section(text, "bench_study")
     rows = [line for line in study_lines if line.startswith("| ") and "/" in line
             or line.startswith("| ensemble")]
     assert len(rows) == 7 and all(line.rstrip().endswith("| 100.0% |") for line in rows)
-    # The encode paths agree (same model, same files): cosine near 1.
+    # The encode paths agree (same model, same files): cosine near 1 to the loop, and the
+    # build's vectors equal model-only's on the same crops.
     enc_rows = [line for line in _section(text, "bench_encode_cpu")
                 if line.startswith("| bench-micro")]
     assert len(enc_rows) == 2
     for line in enc_rows:
-        mean_cos = float(line.rstrip(" |").split("|")[-1].split("/")[0])
-        assert mean_cos > 0.99
+        cells = [c.strip() for c in line.strip(" |").split("|")]
+        assert float(cells[-2]) > 0.99 and float(cells[-1]) >= 1 - 1e-5
 
 
 def test_encode_cuda_mode_structure() -> None:
@@ -142,9 +147,13 @@ def test_encode_cuda_mode_structure() -> None:
     encode = _module("bench_encode")
     args = encode._parse(["--device", "cuda"])
     assert (args.kind, args.images, args.baseline_images, args.scale) == (
-        "cuda", 5000, 1000, "default")
+        "cuda", 12000, 1000, "default")
     names = args.backbones.split(",")
     assert names == ["ViT-B-32", "ViT-L-14-336"]
     assert [resolve_backbone(n, "none").display for n in names] == ["ViT-B/32", "ViT-L/14@336px"]
     cpu = encode._parse([])
-    assert (cpu.kind, cpu.images, cpu.workers, cpu.backbones) == ("cpu", 300, 2, "ViT-B-32,RN50")
+    assert (cpu.kind, cpu.images, cpu.threads) == ("cpu", None, 1)
+    assert encode._plan(cpu) == [("ViT-B-32", 300), ("RN50", 300), ("ViT-B-16", 100),
+                                 ("RN50x4", 100)]
+    assert [resolve_backbone(n, "none").display for n, _ in encode._plan(cpu)] == [
+        "ViT-B/32", "RN50", "ViT-B/16", "RN50x4"]

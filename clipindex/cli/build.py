@@ -66,9 +66,18 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 @click.option("--pretrained", default="default", show_default=True,
               help="Pretrained tag, 'none' (random init) or a local checkpoint path.")
 @click.option("--batch-size", type=int, callback=_positive,
-              help="Images per batch (default: 256 on CPU, 1024 on CUDA).")
+              help="Images per batch (default: chosen from the model's GFLOPs and the "
+                   "device; on CUDA halved on out-of-memory).")
+@click.option("--text-batch-size", type=int, callback=_positive,
+              help="Captions per batch (default: 256 on CPU, 1024 on CUDA).")
 @click.option("--workers", type=click.IntRange(min=0),
-              help="Decoding processes (0: decode in-process).")
+              help="Decoding processes (0: decode in-process; default: chosen from the "
+                   "cores and the model's cost).")
+@click.option("--threads", type=int, callback=_positive,
+              help="torch threads while encoding (default: the cores the workers leave).")
+@click.option("--decode", type=click.Choice(["pil", "nvjpeg"]),
+              help="Decode JPEGs with PIL in the workers, or with nvJPEG on the device "
+                   "(default: nvjpeg on CUDA, pil on CPU).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda if available.")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image.")
 @click.option("--index-kind", type=click.Choice(_INDEX_KINDS), default="flat", show_default=True,
@@ -83,7 +92,8 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="Progress bars on stderr.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every finished shard.")
 def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Path | None,
-                  pretrained: str, batch_size: int | None, workers: int | None,
+                  pretrained: str, batch_size: int | None, text_batch_size: int | None,
+                  workers: int | None, threads: int | None, decode: str | None,
                   device: str | None, strict: bool, index_kind: str, dtype: str,
                   shard_size: int | None, rebuild: bool, progress: bool, verbose: bool) -> None:
     """Encode CONFIG's images and captions once per --backbone into FAISS indexes.
@@ -91,7 +101,9 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
     CONFIG is a dataset YAML config, a folder with one sub-folder per class, or a
     CSV/parquet manifest. An interrupted build resumes from its finished shards.
     Asking a finished store for another --index-kind, or float32 -> float16, rewrites
-    it from its stored vectors without encoding anything.
+    it from its stored vectors without encoding anything. Batch sizes, decode workers
+    and torch threads are chosen per backbone from the cores, the model's GFLOPs and the
+    device (one line says what was chosen); every one can be given.
 
     \b
       clipindex build configs/datasets/demo.yaml --root worlds/demo \\
@@ -102,6 +114,7 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
     with _store_notes(verbose):
         paths = build_store(config, list(backbones), out=out, root=root, pretrained=pretrained,
                             batch_size=batch_size, workers=workers, device=device,
+                            threads=threads, text_batch_size=text_batch_size, decode=decode,
                             strict=strict, index_kind=index_kind, dtype=dtype,
                             shard_size=shard_size, rebuild=rebuild, progress=progress)
     for path in paths:

@@ -110,6 +110,12 @@ def _records(result: SearchResult) -> str:
     help="Filter rows before ranking: col=v, col!=v, col=a,b, col<n. Repeatable (AND).",
 )
 @click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    help="Where to search: cpu (the FAISS index, default) or cuda (faiss-gpu when "
+    "installed, else exact torch matmul + top-k).",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
@@ -124,6 +130,7 @@ def search_command(
     queries_file: str | None,
     target: str,
     where: tuple[str, ...],
+    device: str | None,
     as_json: bool,
 ) -> None:
     """Search a store by text QUERY, by --image, or by a --queries-file.
@@ -144,6 +151,7 @@ def search_command(
         k=k,
         target=target,
         where=list(where),
+        device=device,
     )
     for note in result.notes:
         echo_err(f"Note: {note}")

@@ -3,7 +3,11 @@
 Owns: ``backbones.py`` (study names, open_clip names and tags, local checkpoints, and the
 registry of local backbone sources, whose built-in entries are the tiny demo backbones),
 ``decode.py`` (robust decoding with a reason for every rejected file), ``encoder.py``
-(:class:`Encoder`, :func:`load_encoder`, batched encoding with decode workers) and
+(:class:`Encoder`, :func:`load_encoder`, batched encoding with decode workers),
+``pixels.py`` (the PIL and nvJPEG decode routes to uint8 crops), ``text.py``
+(length-sorted, trimmed caption batches), ``tuning.py`` (threads, workers and batch
+sizes chosen from the cores, the model's GFLOPs and the device), ``create.py`` (model
+creation without initialising weights a checkpoint overwrites) and
 ``queries.py`` (:func:`encode_query_images`: the one route by which search and classify
 turn query image files into vectors, each file decoded once).
 May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.tiny`` (its registry:
@@ -33,6 +37,7 @@ from clipindex.encode.encoder import (
     resolve_precision,
 )
 from clipindex.encode.queries import QueryImageError, check_query_images, encode_query_images
+from clipindex.encode.tuning import DECODES, EncodeSettings, choose_settings, usable_cores
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -59,4 +64,8 @@ __all__ = [
     "QueryImageError",
     "check_query_images",
     "encode_query_images",
+    "DECODES",
+    "EncodeSettings",
+    "choose_settings",
+    "usable_cores",
 ]

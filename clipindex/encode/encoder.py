@@ -1,16 +1,23 @@
 """Batched encoding of images and texts with an open_clip backbone.
 
-Images go through a torch ``DataLoader`` whose worker processes decode
-(:func:`clipindex.encode.decode.load_rgb`) and resize/center-crop them to the model's input
-size with the very PIL transforms of open_clip's own ``preprocess``; they send **uint8**
-crops (4× less to copy between processes than float), and the main process turns them
-into normalised floats on the device and encodes whole batches. Decoding of the next
-batches overlaps encoding of the current one (DESIGN "Speed"). A file that fails to
+Images go through a torch ``DataLoader`` whose worker processes decode and
+resize/center-crop them (:mod:`clipindex.encode.pixels`: PIL in the workers sending
+**uint8** crops, or file bytes decoded by nvJPEG on the device); the main process turns
+them into normalised floats on the device and encodes whole batches. Decoding of the
+next batches overlaps encoding of the current one (DESIGN "Speed"). A file that fails to
 decode becomes a zero row plus ``(index, reason)`` in ``skipped``; it never stops a run.
 
+Threads, workers, batch sizes, the decode route and ``channels_last`` (ResNets) are
+chosen from the core count, the model's GFLOPs and the device
+(:meth:`Encoder.settings`, :mod:`clipindex.encode.tuning`); every one can be given.
+With an automatic batch size on CUDA, a batch that runs out of memory is split in
+halves and the smaller size kept. Captions are encoded in length-sorted batches cut to
+their longest caption (:mod:`clipindex.encode.text`).
+
 Device and precision are resolved in one place (:func:`resolve_device`,
-:func:`resolve_precision`): CUDA when available, fp16 autocast there (bf16 on request),
-fp32 on CPU. Model weights stay fp32; only the matrix work runs in reduced precision.
+:func:`resolve_precision`): CUDA when available, fp16 there (bf16 on request: weights
+converted with open_clip's ``convert_weights_to_lp``, layer norms kept fp32, autocast),
+fp32 on CPU.
 """
 
 from __future__ import annotations
@@ -21,16 +28,25 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from clipindex.encode.backbones import BackboneSpec, registered_backbone, resolve_backbone
-from clipindex.encode.decode import failure_reason, load_rgb, to_rgb
-from clipindex.errors import ModelLoadError, UserInputError
+from clipindex.encode.backbones import BackboneSpec, resolve_backbone
+from clipindex.encode.create import create_model
+from clipindex.encode.decode import to_rgb
+from clipindex.encode.pixels import (
+    ImageFiles,
+    PixelPipeline,
+    collate,
+    device_crops,
+    split_preprocess,
+)
+from clipindex.encode.text import encode_tokens
+from clipindex.encode.tuning import EncodeSettings, choose_settings, model_gflops, torch_threads
+from clipindex.errors import UserInputError
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -42,6 +58,7 @@ __all__ = [
     "default_workers",
 ]
 
+#: The batch sizes before issue 21 (kept for callers); builds now use :meth:`Encoder.settings`.
 DEFAULT_BATCH_SIZE = {"cpu": 256, "cuda": 1024}
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -85,7 +102,8 @@ def resolve_precision(device: torch.device, precision: str | None = None) -> str
 
 
 def default_workers() -> int:
-    """Decoding worker processes when none are asked for: ``min(4, cpu count)``."""
+    """Decoding worker processes for a model whose cost is unknown: ``min(4, cpu count)``
+    (an :class:`Encoder` chooses its own, :meth:`Encoder.settings`)."""
     return min(4, os.cpu_count() or 1)
 
 
@@ -113,78 +131,15 @@ class ImageBatch:
         return self.start + len(self.vectors)
 
 
-class _PixelPipeline:
-    """Picklable PIL-side preprocessing: open_clip's resize/crop steps, then uint8 CHW."""
-
-    def __init__(self, pil_steps: Callable[[Image.Image], Image.Image],
-                 input_size: tuple[int, int]) -> None:
-        self.pil_steps = pil_steps
-        self.input_size = input_size  # (height, width)
-
-    @property
-    def draft_size(self) -> int:
-        return max(self.input_size)
-
-    def empty(self) -> torch.Tensor:
-        return torch.zeros((3, *self.input_size), dtype=torch.uint8)
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        out = self.pil_steps(img)
-        array = np.asarray(out.convert("RGB") if out.mode != "RGB" else out, dtype=np.uint8)
-        if array.shape[:2] != self.input_size:
-            raise ValueError(f"preprocessing gave {array.shape[:2]}, expected {self.input_size}")
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-
-
-class _ImageFiles(torch.utils.data.Dataset):
-    """``files[start:]`` as ``(uint8 CHW tensor, reason)``; reason ``""`` when decoded."""
-
-    def __init__(self, files: Sequence[str | os.PathLike[str]], start: int,
-                 pipeline: _PixelPipeline) -> None:
-        self.files = files
-        self.start = start
-        self.pipeline = pipeline
-
-    def __len__(self) -> int:
-        return len(self.files) - self.start
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        try:
-            img = load_rgb(self.files[self.start + i], target_size=self.pipeline.draft_size)
-            return self.pipeline(img), ""
-        except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
-            return self.pipeline.empty(), failure_reason(exc)
-
-
-def _collate(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
-    return torch.stack([pixels for pixels, _ in items]), [reason for _, reason in items]
-
-
-def _split_preprocess(preprocess: Any) -> tuple[Callable, tuple[float, ...], tuple[float, ...]]:
-    """Split open_clip's eval transform into (PIL steps, mean, std).
-
-    Everything before ``ToTensor`` runs in the workers; ``ToTensor`` + ``Normalize`` are
-    re-done on the device so that workers ship uint8.
-    """
-    from torchvision import transforms as T
-
-    steps = list(getattr(preprocess, "transforms", []))
-    names = [type(step).__name__ for step in steps]
-    tensor_at = next((i for i, n in enumerate(names) if n in ("ToTensor", "MaybeToTensor")), None)
-    if tensor_at is None or names[tensor_at + 1:] != ["Normalize"]:
-        raise ModelLoadError(f"Unexpected open_clip preprocessing {names}: cannot split it.")
-    normalize = steps[-1]
-    return (T.Compose(steps[:tensor_at]), tuple(map(float, normalize.mean)),
-            tuple(map(float, normalize.std)))
-
-
 class Encoder:
     """An open_clip model ready to encode images and texts in large batches.
 
     Built by :func:`load_encoder`. Attributes: ``spec`` (:class:`BackboneSpec`),
     ``device``, ``precision``, ``params`` (parameter count), ``image_size`` (input side,
     the larger one for non-square inputs), ``input_size`` ``(height, width)``,
-    ``embed_dim``, ``context_length``, ``mean``/``std`` and ``checkpoint_sha256``.
+    ``embed_dim``, ``context_length``, ``mean``/``std``, ``checkpoint_sha256``,
+    ``gflops`` (per image), ``channels_last`` (ResNet towers) and ``batch_limit`` (the
+    largest batch that fit in memory so far, or None).
     """
 
     def __init__(self, spec: BackboneSpec, model: torch.nn.Module,
@@ -198,19 +153,25 @@ class Encoder:
         self.preprocess = preprocess
         self.device = device
         self.precision = precision
-        pil_steps, self.mean, self.std = _split_preprocess(preprocess)
+        pil_steps, self.mean, self.std = split_preprocess(preprocess)
         size = getattr(model.visual, "image_size", None) or 224
         self.input_size: tuple[int, int] = (
             (int(size[0]), int(size[1])) if isinstance(size, (tuple, list))
             else (int(size), int(size))
         )
         self.image_size = max(self.input_size)
-        self._pipeline = _PixelPipeline(pil_steps, self.input_size)
+        self._pipeline = PixelPipeline(pil_steps, self.input_size)
         self.params = int(sum(p.numel() for p in model.parameters()))
         self.context_length = int(
             getattr(model, "context_length", None)
             or getattr(tokenizer, "context_length", None) or 77
         )
+        self.channels_last = type(model.visual).__name__ == "ModifiedResNet"
+        if self.channels_last:
+            self.model.visual.to(memory_format=torch.channels_last)
+        if precision != "fp32":
+            _low_precision_weights(self.model, _PRECISIONS[precision])
+        self.batch_limit: int | None = None
         self._mean_t = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
         self._std_t = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
         self.embed_dim = self._find_embed_dim()  # may encode one blank image: needs the above
@@ -226,10 +187,25 @@ class Encoder:
             return dim
         return int(self.encode_pixels(self._pipeline.empty()[None]).shape[1])
 
+    @cached_property
+    def gflops(self) -> float:
+        """GFLOPs of one image through the image tower (counted on ``meta``, no compute)."""
+        return model_gflops(self.model.visual, self.input_size, key=self.spec.model)
+
+    def settings(self, **overrides: Any) -> EncodeSettings:
+        """Threads, workers, batch sizes, decode route chosen for this model and machine.
+
+        Keyword overrides (``threads``, ``workers``, ``batch_size``, ``text_batch_size``,
+        ``decode``) replace the chosen values when not ``None``
+        (:func:`clipindex.encode.tuning.choose_settings`).
+        """
+        return choose_settings(self.gflops, self.device, resnet=self.channels_last,
+                               **overrides)
+
     @property
     def default_batch_size(self) -> int:
-        """256 on CPU, 1024 on CUDA."""
-        return DEFAULT_BATCH_SIZE["cuda" if self.device.type == "cuda" else "cpu"]
+        """The chosen image batch size (:meth:`settings`)."""
+        return self.settings().batch_size
 
     @cached_property
     def checkpoint_sha256(self) -> str | None:
@@ -250,7 +226,7 @@ class Encoder:
         return digest.hexdigest()
 
     def _autocast(self) -> Any:
-        enabled = self.device.type == "cuda" and self.precision != "fp32"
+        enabled = self.precision != "fp32"
         return torch.autocast(device_type=self.device.type, dtype=_PRECISIONS[self.precision],
                               enabled=enabled)
 
@@ -258,7 +234,9 @@ class Encoder:
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Encode a ``(b, 3, H, W)`` uint8 batch (already resized/cropped) to unit vectors.
 
-        Normalisation (``/255``, mean, std) happens here, on the device.
+        Normalisation (``/255``, mean, std) and the float conversion happen here, on the
+        device. With ``batch_limit`` set (after an out-of-memory), the batch is encoded
+        in pieces of at most that size.
 
         Examples
         --------
@@ -266,15 +244,40 @@ class Encoder:
         >>> enc.encode_pixels(pixels).shape  # doctest: +SKIP
         (2, 512)
         """
+        step = self.batch_limit or len(pixels) or 1
+        return np.concatenate([self._encode_chunk(pixels[i:i + step])
+                               for i in range(0, max(1, len(pixels)), step)])
+
+    def _encode_chunk(self, pixels: torch.Tensor) -> np.ndarray:
         x = pixels.to(self.device, non_blocking=True).float().div_(255)
         x = x.sub_(self._mean_t).div_(self._std_t)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             features = self.model.encode_image(x)
         return _unit_rows(features)
 
+    def encode_with_backoff(self, pixels: torch.Tensor) -> np.ndarray:
+        """:meth:`encode_pixels`, halving the batch on out-of-memory until it fits.
+
+        The size that fit is kept in ``batch_limit`` for the next batches; an
+        out-of-memory error on a single image is raised as it came.
+        """
+        while True:
+            try:
+                return self.encode_pixels(pixels)
+            except torch.OutOfMemoryError:
+                size = self.batch_limit or len(pixels)
+                if size <= 1:
+                    raise
+                self.batch_limit = size // 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
     def iter_image_batches(
         self, files: Sequence[str | os.PathLike[str]], *, batch_size: int | None = None,
         workers: int | None = None, progress: bool = True, start: int = 0,
+        threads: int | None = None, decode: str | None = None,
     ) -> Iterator[ImageBatch]:
         """Encode ``files[start:]`` batch by batch, decoding in worker processes.
 
@@ -283,14 +286,19 @@ class Encoder:
         files : sequence of paths
             All files; indices in the batches refer to this sequence.
         batch_size : int, optional
-            Images per batch (default 256 on CPU, 1024 on CUDA). Batches cover
-            ``[start, start + batch_size)``, ``[start + batch_size, ...)``, ...
+            Images per batch (default: chosen, :meth:`settings`). Batches cover
+            ``[start, start + batch_size)``, ``[start + batch_size, ...)``, ...; with the
+            automatic size on CUDA a batch that runs out of memory is encoded in halves.
         workers : int, optional
-            Decoding processes (default ``min(4, cpu count)``); 0 decodes in-process.
+            Decoding processes (default: chosen); 0 decodes in-process.
         progress : bool
             Show a tqdm bar (images/s) on stderr.
         start : int
             First index to encode (resuming an interrupted build).
+        threads : int, optional
+            torch threads while encoding (default: chosen), restored afterwards.
+        decode : {"pil", "nvjpeg"}, optional
+            Decode route (default: nvjpeg on CUDA, pil on CPU; :mod:`clipindex.encode.pixels`).
 
         Yields
         ------
@@ -303,60 +311,62 @@ class Encoder:
         >>> for batch in enc.iter_image_batches(files, workers=0):  # doctest: +SKIP
         ...     store[batch.start:batch.stop] = batch.vectors
         """
-        batch_size, workers = self._check_run(files, batch_size, workers, start)
+        chosen = self._check_run(files, start, batch_size=batch_size, workers=workers,
+                                 threads=threads, decode=decode)
         paths = [os.fspath(f) for f in files]
+        dataset = ImageFiles(paths, start, self._pipeline, raw_jpeg=chosen.decode == "nvjpeg")
         # Arguments are checked now; the generator below starts at the first next().
-        return self._batches(_ImageFiles(paths, start, self._pipeline), batch_size, workers,
-                             progress)
+        return self._batches(dataset, chosen, progress)
 
-    def _batches(self, dataset: _ImageFiles, batch_size: int, workers: int,
+    def _batches(self, dataset: ImageFiles, chosen: EncodeSettings,
                  progress: bool) -> Iterator[ImageBatch]:
         if len(dataset) == 0:
             return
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-            collate_fn=_collate, pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
+            dataset, batch_size=chosen.batch_size, shuffle=False, num_workers=chosen.workers,
+            collate_fn=collate, persistent_workers=False,
         )
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(dataset), unit="img", desc=f"encode {self.spec.display}",
                    file=sys.stderr, disable=not progress, dynamic_ncols=True)
         position, n_skipped = dataset.start, 0
+        pin = self.device.type == "cuda"
+        encode = self.encode_with_backoff if chosen.auto_batch else self.encode_pixels
         try:
-            for pixels, reasons in loader:
-                vectors = self.encode_pixels(pixels)
-                skipped = [(position + i, r) for i, r in enumerate(reasons) if r]
-                for index, _ in skipped:
-                    vectors[index - position] = 0.0
-                n_skipped += len(skipped)
-                yield ImageBatch(position, vectors, skipped)
-                position += len(reasons)
-                bar.update(len(reasons))
-                if n_skipped:
-                    bar.set_postfix(skipped=n_skipped, refresh=False)
+            with torch_threads(chosen.threads):
+                for items in loader:
+                    paths = [dataset.path(position - dataset.start + i)
+                             for i in range(len(items))]
+                    pixels, reasons = device_crops(items, paths, self._pipeline, self.device,
+                                                   pin=pin)
+                    vectors = encode(pixels)
+                    skipped = [(position + i, r) for i, r in enumerate(reasons) if r]
+                    for index, _ in skipped:
+                        vectors[index - position] = 0.0
+                    n_skipped += len(skipped)
+                    yield ImageBatch(position, vectors, skipped)
+                    position += len(reasons)
+                    bar.update(len(reasons))
+                    if n_skipped:
+                        bar.set_postfix(skipped=n_skipped, refresh=False)
         finally:
             bar.close()
 
-    def _check_run(self, files: Sequence[Any], batch_size: int | None, workers: int | None,
-                   start: int) -> tuple[int, int]:
+    def _check_run(self, files: Sequence[Any], start: int, **knobs: Any) -> EncodeSettings:
         if isinstance(files, (str, os.PathLike)):
             raise UserInputError("files must be a sequence of paths, not a single path.")
-        batch_size = self.default_batch_size if batch_size is None else int(batch_size)
-        workers = default_workers() if workers is None else int(workers)
-        if batch_size < 1:
-            raise UserInputError(f"batch size must be at least 1, got {batch_size}.")
-        if workers < 0:
-            raise UserInputError(f"workers must be 0 or more, got {workers}.")
         if not 0 <= start <= len(files):
             raise UserInputError(f"start must be within 0..{len(files)}, got {start}.")
-        return batch_size, workers
+        return self.settings(**knobs)
 
     def encode_images(
         self, files: Sequence[str | os.PathLike[str]], *, batch_size: int | None = None,
-        workers: int | None = None, progress: bool = True,
+        workers: int | None = None, progress: bool = True, **knobs: Any,
     ) -> tuple[np.ndarray, list[tuple[int, str]]]:
         """Encode all ``files``: ``(vectors (n, d) float32, skipped [(index, reason)])``.
+
+        ``knobs``: ``threads``, ``decode`` (as :meth:`iter_image_batches`).
 
         Examples
         --------
@@ -365,7 +375,7 @@ class Encoder:
         parts: list[np.ndarray] = []
         skipped: list[tuple[int, str]] = []
         for batch in self.iter_image_batches(files, batch_size=batch_size, workers=workers,
-                                             progress=progress):
+                                             progress=progress, **knobs):
             parts.append(batch.vectors)
             skipped.extend(batch.skipped)
         if not parts:
@@ -391,8 +401,13 @@ class Encoder:
         return np.concatenate(parts)
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 1024) -> np.ndarray:
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None,
+                     threads: int | None = None) -> np.ndarray:
         """Encode texts (truncated to the model's context length) to unit vectors.
+
+        In length-sorted batches of ``batch_size`` (default: the chosen text batch
+        size), each cut to its longest text (:mod:`clipindex.encode.text`); rows come
+        back in the order given.
 
         Examples
         --------
@@ -404,62 +419,33 @@ class Encoder:
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise UserInputError("every text to encode must be a string.")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise UserInputError(f"batch size must be at least 1, got {batch_size}.")
-        parts = [np.zeros((0, self.embed_dim), dtype=np.float32)]
-        for begin in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(texts[begin:begin + batch_size],
-                                    context_length=self.context_length)
+        if not texts:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        size = batch_size or choose_settings(0.0, self.device).text_batch_size
+        tokens = self.tokenizer(texts, context_length=self.context_length)
+
+        def run(fn: Callable[[], torch.Tensor]) -> np.ndarray:
             with self._autocast():
-                features = self.model.encode_text(tokens.to(self.device))
-            parts.append(_unit_rows(features))
-        return np.concatenate(parts)
+                return _unit_rows(fn())
+
+        with torch_threads(threads):
+            return encode_tokens(self.model, tokens, size, self.device, run)
+
+
+def _low_precision_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """fp16/bf16 weights for the matrix layers (open_clip's own conversion; layer norms
+    stay fp32 and run fp32 under autocast)."""
+    import open_clip
+
+    open_clip.convert_weights_to_lp(model, dtype=dtype)
 
 
 def _unit_rows(features: torch.Tensor) -> np.ndarray:
     features = features.float()
     features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return features.cpu().numpy().astype(np.float32, copy=False)
-
-
-def _model_error(spec: BackboneSpec, exc: BaseException) -> ModelLoadError:
-    cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    if spec.source == "tag":
-        import open_clip
-
-        hub = (open_clip.get_pretrained_cfg(spec.model, spec.pretrained or "") or {}).get(
-            "hf_hub", "").strip("/")
-        where = f" (e.g. from huggingface.co/{hub})" if hub else ""
-        return ModelLoadError(
-            f"Could not load pretrained weights {spec.pretrained!r} for {spec.display} "
-            f"({cause}). Offline? Download the checkpoint elsewhere{where} and pass "
-            "--pretrained /path/to/open_clip_pytorch_model.bin"
-        )
-    what = f"checkpoint {spec.pretrained}" if spec.pretrained else "random-init model"
-    return ModelLoadError(f"Could not load {what} for {spec.display}: {cause}")
-
-
-def _create(spec: BackboneSpec, device: torch.device) -> tuple[torch.nn.Module, Any, Any]:
-    """Build model, eval preprocess and tokenizer; any failure is a ModelLoadError."""
-    import open_clip
-
-    tokenizer_dir: Path | None = None
-    entry = registered_backbone(spec.display) if spec.tiny else None
-    if entry is not None:
-        # A registered local backbone: its tokenizer lives in the shipped folder, whatever
-        # weights are loaded; setup registers its model config (``--pretrained none``).
-        tokenizer_dir = entry.prepare()
-    pretrained = spec.pretrained if spec.source in ("tag", "file") else None
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.model, pretrained=pretrained, device=device, precision="fp32",
-            force_quick_gelu=spec.quick_gelu,
-        )
-        tokenizer_name = f"local-dir:{tokenizer_dir}" if tokenizer_dir is not None else spec.model
-        tokenizer = open_clip.get_tokenizer(tokenizer_name)
-    except Exception as exc:  # noqa: BLE001 - open_clip raises many kinds; one clear error
-        raise _model_error(spec, exc) from exc
-    return model, preprocess, tokenizer
 
 
 def load_encoder(
@@ -495,6 +481,6 @@ def load_encoder(
             else resolve_backbone(spec_or_name, pretrained))
     resolved = resolve_device(device)
     chosen = resolve_precision(resolved, precision)
-    model, preprocess, tokenizer = _create(spec, resolved)
+    model, preprocess, tokenizer = create_model(spec, resolved)
     return Encoder(spec, model, tokenizer, preprocess, resolved, chosen)
 

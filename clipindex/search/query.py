@@ -170,6 +170,7 @@ def search_indexes(
     target: str = "images",
     where: Sequence[str] | str | None = None,
     depth: int = RRF_DEPTH,
+    device: str | None = None,
 ) -> SearchResult:
     """Search one backbone, or fuse several by reciprocal rank fusion.
 
@@ -188,6 +189,9 @@ def search_indexes(
         they may also name the image table's columns.
     depth : int
         With several backbones, each contributes its top ``max(k, depth)`` rows.
+    device : str, optional
+        ``cuda`` searches the stored vectors on the GPU (faiss-gpu or torch); default
+        the FAISS index on CPU.
 
     Returns
     -------
@@ -215,7 +219,8 @@ def search_indexes(
         valid = np.asarray(index.image_valid if target == "images" else index.caption_valid)
         pool = int((valid & available).sum())
         want = min(k if len(indexes) == 1 else max(k, depth), pool)
-        rankings.append(rank(index, _query_vectors(index, texts_, images_), want, target, rows))
+        rankings.append(rank(index, _query_vectors(index, texts_, images_), want, target, rows,
+                             device=device))
     if len(indexes) == 1:
         scores, ids = rankings[0]
         return SearchResult(hits_frame(indexes[0], target, labels, scores, ids), tuple(notes))
@@ -311,6 +316,7 @@ def search_store(
     k: int = 10,
     target: str = "images",
     where: Sequence[str] | str | None = None,
+    device: str | None = None,
 ) -> SearchResult:
     """Open ``dataset_dir`` for every backbone and search it (what ``clipindex search`` runs).
 
@@ -334,4 +340,5 @@ def search_store(
     if not names:
         raise UserInputError("Give at least one --backbone.")
     indexes = [_open_index(dataset_dir, name) for name in names]
-    return search_indexes(indexes, texts=all_texts, images=images, k=k, target=target, where=where)
+    return search_indexes(indexes, texts=all_texts, images=images, k=k, target=target, where=where,
+                          device=device)

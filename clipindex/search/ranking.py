@@ -68,13 +68,15 @@ def is_exact(index: SearchableIndex, target: str) -> bool:
 
 
 def rank(
-    index: SearchableIndex, queries: np.ndarray, k: int, target: str, rows: np.ndarray | None
+    index: SearchableIndex, queries: np.ndarray, k: int, target: str, rows: np.ndarray | None,
+    device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` (scores, ids) of every query among the allowed valid rows.
 
     ``rows`` are the allowed row ids (``None``: all). ``k`` must not exceed their
     number. Candidates come from ``index.search``; their scores are recomputed
     from the stored vectors, so they are exact cosines whatever the index kind.
+    ``device`` (``cuda``) searches on the GPU (``BackboneIndex.search(device=)``).
     """
     vectors = index.image_vectors if target == "images" else index.caption_vectors
     valid = np.asarray(index.image_valid if target == "images" else index.caption_valid, bool)
@@ -85,7 +87,8 @@ def rank(
         fetch = max(fetch, 4 * k, k + 50)
     fetch = min(fetch, pool)
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    _, ids = index.search(q, fetch, target=target, rows=rows)
+    on = {"device": device} if device is not None else {}
+    _, ids = index.search(q, fetch, target=target, rows=rows, **on)
     ids = np.asarray(ids, dtype=np.int64)
     good = ids >= 0
     good[good] = valid[ids[good]]

@@ -64,6 +64,9 @@ class BuildOptions:
     batch_size: int | None
     shard_size: int | None
     workers: int | None
+    threads: int | None
+    text_batch_size: int | None
+    decode: str | None
     device: str | None
     strict: bool
     index_kind: str
@@ -74,9 +77,11 @@ class BuildOptions:
 def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
             ) -> BuildOptions:
     """Validate the build knobs before anything is read or written."""
+    from clipindex.encode import DECODES
     from clipindex.store.indexes import INDEX_KINDS
 
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size),
+                        ("threads", kw["threads"]), ("text_batch_size", kw["text_batch_size"])):
         if value is not None and int(value) < 1:
             raise UserInputError(f"{name} must be >= 1, got {value}")
     if batch_size and shard_size and int(shard_size) % int(batch_size):
@@ -85,6 +90,8 @@ def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
     if kw["index_kind"] not in INDEX_KINDS:
         raise UserInputError(
             f"Unknown index kind {kw['index_kind']!r}. Known: {', '.join(INDEX_KINDS)}")
+    if kw["decode"] is not None and kw["decode"] not in DECODES:
+        raise UserInputError(f"decode must be one of {', '.join(DECODES)}, got {kw['decode']!r}")
     if kw["dtype"] not in DTYPES:
         raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {kw['dtype']!r}")
     return BuildOptions(out=Path(out), batch_size=batch_size and int(batch_size),
@@ -135,9 +142,23 @@ def _up_to_date(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions
     return same and all((bdir / f).exists() for f in m.get("files", {}))
 
 
-def _sizes(opts: BuildOptions, encoder: Any) -> tuple[int, int]:
-    """Batch size (the encoder's default when not given) and a shard size aligned to it."""
-    batch = opts.batch_size or int(encoder.default_batch_size)
+def _settings(opts: BuildOptions, encoder: Any) -> dict[str, Any]:
+    """The encoding knobs: the encoder's choice (:meth:`Encoder.settings`, from the
+    cores, the model's GFLOPs and the device) with what the caller gave on top."""
+    given = {"batch_size": opts.batch_size, "workers": opts.workers,
+             "threads": opts.threads, "text_batch_size": opts.text_batch_size,
+             "decode": opts.decode}
+    choose = getattr(encoder, "settings", None)
+    if choose is None:  # an encoder without a chooser: its default batch, the rest given
+        return {**given, "batch_size": opts.batch_size or int(encoder.default_batch_size)}
+    chosen = choose(**given)
+    log.info("%s", chosen.note(encoder.spec.display))
+    return chosen.as_dict()
+
+
+def _sizes(opts: BuildOptions, settings: dict[str, Any]) -> tuple[int, int]:
+    """Batch size (chosen when not given) and a shard size aligned to it."""
+    batch = int(settings["batch_size"])
     shard = opts.shard_size or batch * max(1, 4096 // batch)
     if shard % batch:
         raise UserInputError(
@@ -172,7 +193,8 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
         return bdir
     (bdir / MANIFEST).unlink(missing_ok=True)  # stale: rebuild, never half-open
     encoder = load_encoder_for(target.spec, opts.device)
-    batch, shard = _sizes(opts, encoder)
+    settings = _settings(opts, encoder)
+    batch, shard = _sizes(opts, settings)
     stamp = {"dataset_fingerprint": fingerprint, **target.identity,
              "dim": int(encoder.embed_dim)}
     sdir = bdir / "shards"
@@ -185,9 +207,9 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     if reused:
         log.info("%s: reusing %d finished shard(s) (%d image, %d caption)",
                  target.name, reused, len(img.done), len(cap.done))
-    timings = _encode_all(dataset, target, encoder, img, cap, opts, batch, counter)
+    timings = _encode_all(dataset, target, encoder, img, cap, opts, settings, counter)
     timings.update(shards_reused=reused, batch_size=batch, shard_size=shard,
-                   workers=opts.workers)
+                   workers=settings.get("workers"), settings=settings)
     manifest = _finish(bdir, target, encoder, img, cap, fingerprint=fingerprint,
                        opts=opts, timings=timings)
     log.info("%s: built %s (%d images, %d captions, %d skipped)", target.name, bdir,
@@ -196,7 +218,8 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
 
 
 def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Shards,
-                opts: BuildOptions, batch: int, counter: ShardCounter) -> dict[str, Any]:
+                opts: BuildOptions, settings: dict[str, Any], counter: ShardCounter
+                ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     rel = dataset.images["file"].astype(str).tolist()
@@ -204,15 +227,18 @@ def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Sh
     with tqdm(total=img.n, initial=img.done_rows, desc=f"{target.name} images", unit="img",
               disable=not opts.progress, file=sys.stderr) as bar:
         t0 = time.perf_counter()
-        n_img = encode_images(encoder, img, files, rel, batch_size=batch,
-                              workers=opts.workers, strict=opts.strict, counter=counter,
-                              bar=bar)
+        knobs = {k: settings.get(k) for k in ("threads", "decode") if settings.get(k)}
+        n_img = encode_images(encoder, img, files, rel, batch_size=int(settings["batch_size"]),
+                              workers=settings.get("workers"), strict=opts.strict,
+                              counter=counter, bar=bar, **knobs)
         t_img = time.perf_counter() - t0
     with tqdm(total=cap.n, desc=f"{target.name} captions", unit="txt",
               disable=not opts.progress, file=sys.stderr) as bar:
         t0 = time.perf_counter()
         texts = dataset.captions["text"].astype(str).tolist()
-        n_cap = encode_captions(encoder, cap, texts, counter, bar)
+        n_cap = encode_captions(encoder, cap, texts, counter, bar,
+                                batch_size=settings.get("text_batch_size"),
+                                threads=settings.get("threads"))
         t_cap = time.perf_counter() - t0
     return {
         "image_encode_seconds": round(t_img, 4), "images_encoded": n_img,
@@ -266,6 +292,9 @@ def build_store(
     batch_size: int | None = None,
     workers: int | None = None,
     device: str | None = None,
+    threads: int | None = None,
+    text_batch_size: int | None = None,
+    decode: str | None = None,
     strict: bool = False,
     index_kind: str = "flat",
     dtype: str = "float32",
@@ -280,8 +309,11 @@ def build_store(
     :func:`clipindex.sources.load_dataset` reads (YAML config, class-folder tree,
     CSV/parquet manifest; ``root`` overrides its data root). ``backbones`` are names
     :func:`clipindex.encode.resolve_backbone` knows, with ``pretrained`` (``"default"``,
-    a tag, ``"none"`` or a checkpoint path). ``batch_size``, ``workers`` and ``device``
-    are encoding knobs (``None``: the encoder's defaults); ``strict`` makes the first
+    a tag, ``"none"`` or a checkpoint path). ``batch_size``, ``workers``, ``threads``
+    (torch threads while encoding), ``text_batch_size``, ``decode`` (``"pil"`` or
+    ``"nvjpeg"``) and ``device`` are encoding knobs (``None``: chosen per backbone from
+    the cores, the model's GFLOPs and the device, :meth:`Encoder.settings`, and logged
+    in one line; the manifest's ``timings.settings`` records them); ``strict`` makes the first
     unreadable image a :class:`DataError` instead of a skipped row; ``index_kind`` is
     ``"flat"``, ``"ivf"``, ``"hnsw"`` or ``"pq"`` (approximate kinds record recall@10);
     ``dtype`` (``"float32"``/``"float16"``) is the stored precision; ``shard_size`` the
@@ -296,7 +328,8 @@ def build_store(
     >>> paths = build_store("configs/datasets/demo.yaml", ["tiny-vit"],
     ...                     root="worlds/demo", out="indexes")  # doctest: +SKIP
     """
-    opts = options(out, batch_size, shard_size, workers=workers, device=device,
+    opts = options(out, batch_size, shard_size, workers=workers, threads=threads,
+                   text_batch_size=text_batch_size, decode=decode, device=device,
                    strict=strict, index_kind=index_kind, dtype=dtype, progress=progress)
     dataset, targets = _prepare(dataset, backbones, pretrained, root)
     fingerprint = dataset_fingerprint(dataset)

@@ -79,6 +79,7 @@ class BackboneIndex:
         self.image_valid[[int(s["row_id"]) for s in manifest.get("skipped", [])]] = False
         self.caption_valid = np.ones(len(captions), dtype=bool)
         self._indexes = faiss_indexes
+        self._device_copies: dict[tuple[str, str, str], Any] = {}
         self._encoders: dict[str | None, Any] = {}
         self._text_cache: dict[str, np.ndarray] | None = None
 
@@ -97,11 +98,16 @@ class BackboneIndex:
                 f"captions={len(self.captions)}, dim={self.dim})")
 
     def search(self, queries: np.ndarray, k: int, *, target: str = "images",
-               rows: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               rows: Sequence[int] | np.ndarray | None = None,
+               device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosine top-``k`` of each query among ``target`` rows (optionally ``rows``).
 
         Returns ``(scores, ids)`` of shape ``(n_queries, k)``; ids are row ids, -1 (score
         ``-inf``) where fewer than ``k`` rows qualify. Skipped rows never come back.
+        ``device`` ``None``/``"cpu"`` searches the FAISS index; ``"cuda"`` (or
+        ``"torch"`` to run the same code on CPU) searches the stored vectors on that
+        device: faiss-gpu for a flat index when installed, else torch matmul + top-k
+        (:func:`clipindex.store.indexes.torch_search`).
 
         Example
         -------
@@ -120,7 +126,32 @@ class BackboneIndex:
                 f"query vectors have shape {q.shape} but {self.name} stores dim {self.dim}; "
                 "encode queries with the same backbone (index.encoder() / text_vectors())")
         sel = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64).ravel())
-        return search_index(self._indexes[target], q, k, rows=sel)
+        if device is None or str(device) == "cpu":
+            return search_index(self._indexes[target], q, k, rows=sel)
+        return self._device_search(q, k, target, sel, str(device))
+
+    def _device_search(self, q: np.ndarray, k: int, target: str, rows: np.ndarray | None,
+                       device: str) -> tuple[np.ndarray, np.ndarray]:
+        from clipindex.encode import resolve_device
+        from clipindex.store.indexes import search_index, to_faiss_gpu, torch_search
+
+        where = "cpu" if device == "torch" else str(resolve_device(device))
+        copies = self._device_copies
+        if where != "cpu" and rows is None:  # faiss-gpu has no id selectors: rows go to torch
+            if (target, "faiss", where) not in copies:
+                copies[(target, "faiss", where)] = to_faiss_gpu(self._indexes[target])
+            gpu = copies[(target, "faiss", where)]
+            if gpu is not None:
+                return search_index(gpu, q, k)
+        if (target, "torch", where) not in copies:
+            import torch
+
+            vectors = self.image_vectors if target == "images" else self.caption_vectors
+            copies[(target, "torch", where)] = torch.from_numpy(
+                np.ascontiguousarray(vectors)).to(where)
+        valid = self.image_valid if target == "images" else self.caption_valid
+        return torch_search(copies[(target, "torch", where)], q, k, valid, rows=rows,
+                            device=where)
 
     def encoder(self, device: str | None = None) -> Any:
         """The :class:`~clipindex.encode.encoder.Encoder` these vectors came from (loaded once)."""

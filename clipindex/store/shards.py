@@ -127,6 +127,7 @@ def batch_skips(batch: Any) -> list[tuple[int, str]]:
 def encode_images(
     encoder: Any, shards: Shards, files: Sequence[Any], rel: Sequence[str], *,
     batch_size: int, workers: int | None, strict: bool, counter: ShardCounter, bar: Any,
+    **knobs: Any,
 ) -> int:
     """Encode every unfinished image shard; returns the number of rows encoded."""
     pending = [i for i in range(shards.count) if i not in shards.done]
@@ -134,7 +135,7 @@ def encode_images(
         return 0
     rows = np.concatenate([np.arange(*shards.bounds(i)) for i in pending])
     todo = [files[r] for r in rows]
-    kwargs: dict[str, Any] = {"batch_size": batch_size, "progress": False}
+    kwargs: dict[str, Any] = {"batch_size": batch_size, "progress": False, **knobs}
     if workers is not None:
         kwargs["workers"] = workers
     buf: list[np.ndarray] = []
@@ -176,15 +177,20 @@ def flush_full(
 
 
 def encode_captions(
-    encoder: Any, shards: Shards, texts: Sequence[str], counter: ShardCounter, bar: Any
+    encoder: Any, shards: Shards, texts: Sequence[str], counter: ShardCounter, bar: Any,
+    **knobs: Any,
 ) -> int:
-    """Encode every unfinished caption shard; returns the number of rows encoded."""
+    """Encode every unfinished caption shard; returns the number of rows encoded.
+
+    ``knobs`` (``batch_size``, ``threads``) go to ``encoder.encode_texts`` when set."""
+    kwargs = {k: v for k, v in knobs.items() if v is not None}
     n = 0
     for i in range(shards.count):
         if i in shards.done:
             continue
         start, stop = shards.bounds(i)
-        vectors = np.asarray(encoder.encode_texts(list(texts[start:stop])), dtype=np.float32)
+        vectors = np.asarray(encoder.encode_texts(list(texts[start:stop]), **kwargs),
+                             dtype=np.float32)
         shards.save(i, normalise_rows(vectors), [])
         n += stop - start
         bar.update(stop - start)

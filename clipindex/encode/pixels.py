@@ -1,0 +1,193 @@
+"""From image files to uint8 crops: the two decode routes of the encoder.
+
+- ``pil`` (default on CPU): DataLoader workers decode with
+  :func:`clipindex.encode.decode.load_rgb` (PIL, JPEG draft mode) and resize/center-crop
+  with the very PIL steps of open_clip's ``preprocess``; they send **uint8** CHW crops
+  (4× less to copy between processes than float). Normalisation and the float
+  conversion happen on the device (:meth:`Encoder.encode_pixels`).
+- ``nvjpeg`` (default on CUDA): workers only read the files; JPEG bytes are decoded in
+  one batched ``torchvision.io.decode_jpeg(..., device=...)`` call on the encoder's
+  device (nvJPEG on a GPU; the same call runs on CPU, which is how CI tests it), then
+  resized (bicubic, antialiased) and center-cropped there. A file that is not a JPEG, or
+  that the batched decoder rejects, goes through the PIL route in the worker or in the
+  main process, so both routes skip the same files with the same reasons.
+
+A file that fails to decode becomes a zero crop plus its reason; it never stops a run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipindex.encode.decode import failure_reason, load_rgb
+from clipindex.errors import ModelLoadError
+
+__all__ = ["ImageFiles", "PixelPipeline", "collate", "device_crops", "split_preprocess"]
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class PixelPipeline:
+    """Picklable PIL-side preprocessing: open_clip's resize/crop steps, then uint8 CHW.
+
+    ``resize_side`` is the shorter-side size of open_clip's ``Resize`` when the steps are
+    the plain ``Resize(int)`` + ``CenterCrop`` pair (what the nvJPEG route re-does on the
+    device); ``None`` for anything else, which then always takes the PIL route.
+    """
+
+    def __init__(self, pil_steps: Callable[[Image.Image], Image.Image],
+                 input_size: tuple[int, int]) -> None:
+        self.pil_steps = pil_steps
+        self.input_size = input_size  # (height, width)
+        self.resize_side = _plain_resize(pil_steps)
+
+    @property
+    def draft_size(self) -> int:
+        return max(self.input_size)
+
+    def empty(self) -> torch.Tensor:
+        return torch.zeros((3, *self.input_size), dtype=torch.uint8)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        out = self.pil_steps(img)
+        array = np.asarray(out.convert("RGB") if out.mode != "RGB" else out, dtype=np.uint8)
+        if array.shape[:2] != self.input_size:
+            raise ValueError(f"preprocessing gave {array.shape[:2]}, expected {self.input_size}")
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+    def from_file(self, path: str) -> tuple[torch.Tensor, str]:
+        """PIL route for one file: ``(uint8 crop, "")`` or ``(zeros, reason)``."""
+        try:
+            return self(load_rgb(path, target_size=self.draft_size)), ""
+        except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
+            return self.empty(), failure_reason(exc)
+
+
+def _plain_resize(pil_steps: Any) -> int | None:
+    steps = list(getattr(pil_steps, "transforms", []))
+    names = [type(s).__name__ for s in steps]
+    if names[:2] != ["Resize", "CenterCrop"] or any(
+            n not in ("Resize", "CenterCrop", "MaybeConvertMode") for n in names):
+        return None
+    size = steps[0].size
+    size = size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
+    interpolation = str(getattr(steps[0], "interpolation", "")).lower()
+    return int(size) if isinstance(size, int) and "bicubic" in interpolation else None
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """``files[start:]`` as ``(kind, tensor, reason)`` items for :func:`collate`.
+
+    ``kind`` is ``"pixels"`` (a uint8 CHW crop; zeros when ``reason`` is set) or, with
+    ``raw_jpeg``, ``"jpeg"`` (the file's bytes as a uint8 tensor, decoded later on the
+    device).
+    """
+
+    def __init__(self, files: Sequence[str | os.PathLike[str]], start: int,
+                 pipeline: PixelPipeline, raw_jpeg: bool = False) -> None:
+        self.files = [os.fspath(f) for f in files]
+        self.start = start
+        self.pipeline = pipeline
+        self.raw_jpeg = raw_jpeg and pipeline.resize_side is not None
+
+    def __len__(self) -> int:
+        return len(self.files) - self.start
+
+    def path(self, i: int) -> str:
+        return self.files[self.start + i]
+
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor, str]:
+        path = self.path(i)
+        if self.raw_jpeg:
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                if data.startswith(_JPEG_MAGIC):
+                    return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8), ""
+            except OSError:
+                pass  # the PIL route gives the reason
+        return ("pixels", *self.pipeline.from_file(path))
+
+
+def collate(items: list[tuple[str, torch.Tensor, str]]) -> list[tuple[str, torch.Tensor, str]]:
+    """Batches stay lists: crops and JPEG bytes are stacked by :func:`device_crops`."""
+    return items
+
+
+def device_crops(items: list[tuple[str, torch.Tensor, str]], paths: Sequence[str],
+                 pipeline: PixelPipeline, device: torch.device,
+                 pin: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """``(b, 3, H, W)`` uint8 crops on ``device`` and one reason per item (``""``: ok).
+
+    JPEG bytes are decoded together on the device; an item the batched decoder rejects
+    is decoded alone, and if that fails too, by PIL from ``paths[i]``.
+    """
+    crops: list[torch.Tensor | None] = [t if kind == "pixels" else None
+                                        for kind, t, _ in items]
+    reasons = [reason for _, _, reason in items]
+    jpeg = [i for i, (kind, _, _) in enumerate(items) if kind == "jpeg"]
+    if jpeg:
+        for i, crop in zip(jpeg, _decode_jpegs([items[i][1] for i in jpeg], pipeline,
+                                               device), strict=True):
+            if crop is None:
+                crop, reasons[i] = pipeline.from_file(paths[i])
+            crops[i] = crop
+    host = [i for i, c in enumerate(crops) if c is not None and c.device.type == "cpu"]
+    if host:
+        block = torch.stack([crops[i] for i in host])  # type: ignore[misc]
+        block = (block.pin_memory() if pin else block).to(device, non_blocking=True)
+        for j, i in enumerate(host):
+            crops[i] = block[j]
+    stacked = torch.stack(crops)  # type: ignore[arg-type]
+    return stacked, reasons
+
+
+def _decode_jpegs(data: list[torch.Tensor], pipeline: PixelPipeline,
+                  device: torch.device) -> list[torch.Tensor | None]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    kwargs = {"mode": ImageReadMode.RGB, "device": device, "apply_exif_orientation": True}
+    try:
+        images = list(decode_jpeg(data, **kwargs))
+    except Exception:  # noqa: BLE001 - one bad file fails the batch: decode one by one
+        images = []
+        for one in data:
+            try:
+                images.append(decode_jpeg(one, **kwargs))
+            except Exception:  # noqa: BLE001 - the PIL route gives the reason
+                images.append(None)
+    return [None if img is None else _resize_crop(img, pipeline) for img in images]
+
+
+def _resize_crop(img: torch.Tensor, pipeline: PixelPipeline) -> torch.Tensor:
+    """open_clip's ``Resize(side, bicubic)`` + ``CenterCrop`` on a uint8 CHW tensor."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    side = int(pipeline.resize_side or max(pipeline.input_size))
+    resized = F.resize(img, [side], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return F.center_crop(resized, list(pipeline.input_size)).contiguous()
+
+
+def split_preprocess(preprocess: Any) -> tuple[Callable, tuple[float, ...], tuple[float, ...]]:
+    """Split open_clip's eval transform into (PIL steps, mean, std).
+
+    Everything before ``ToTensor`` runs in the workers; ``ToTensor`` + ``Normalize`` are
+    re-done on the device so that workers ship uint8.
+    """
+    from torchvision import transforms as T
+
+    steps = list(getattr(preprocess, "transforms", []))
+    names = [type(step).__name__ for step in steps]
+    tensor_at = next((i for i, n in enumerate(names) if n in ("ToTensor", "MaybeToTensor")), None)
+    if tensor_at is None or names[tensor_at + 1:] != ["Normalize"]:
+        raise ModelLoadError(f"Unexpected open_clip preprocessing {names}: cannot split it.")
+    normalize = steps[-1]
+    return (T.Compose(steps[:tensor_at]), tuple(map(float, normalize.mean)),
+            tuple(map(float, normalize.std)))
