@@ -28,20 +28,27 @@ from clipindex.sources import dataset_fingerprint
 from clipindex.store.lock import build_lock
 from clipindex.store.manifest import (
     DTYPES,
+    FORMAT_VERSION,
     MANIFEST,
+    READERS,
+    TEXT_CACHE,
     Target,
     build_manifest,
     file_records,
     load_encoder_for,
     read_json,
+    read_manifest,
     resolve_targets,
     same_source,
+    table_records,
     write_json,
+    write_manifest,
     write_parquet,
 )
 from clipindex.store.outputs import write_outputs
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.verify import check_backbone
 
 if TYPE_CHECKING:
     from clipindex.sources import Dataset
@@ -97,26 +104,53 @@ def check_rows(frame: pd.DataFrame, what: str) -> None:
         raise DataError(f"{what} row_id must run 0..n-1 in order; the source produced others")
 
 
+def _tables_intact(dataset_dir: Path, info: dict[str, Any]) -> bool:
+    """Whether the tables on disk are the ones ``dataset.json`` records (format 1,
+    without table hashes: whether they still match its fingerprint)."""
+    from clipindex.store.verify import read_tables, table_damage
+
+    if "tables" in info:
+        return not table_damage(dataset_dir, info)
+    try:
+        read_tables(dataset_dir, info)
+    except UserInputError:
+        return False
+    return True
+
+
 def write_tables(dataset: Any, dataset_dir: Path, fingerprint: str, rebuild: bool) -> None:
-    """Write the dataset-level tables, refusing to mix two datasets in one folder."""
+    """Write the dataset-level tables (and their sha256 in ``dataset.json``), refusing to
+    mix two datasets in one folder. Damaged tables of the same dataset are rewritten."""
     meta = dataset_dir / "dataset.json"
     if meta.exists():
-        old = read_json(meta).get("fingerprint")
+        try:
+            recorded = read_json(meta)
+        except (OSError, ValueError):
+            recorded = None
+        recorded = recorded if isinstance(recorded, dict) else {}
+        old = recorded.get("fingerprint")
         if old == fingerprint:
-            return
-        if not rebuild:
+            if _tables_intact(dataset_dir, recorded):
+                return
+            log.info("%s: the tables in %s are damaged; rewriting them", dataset.name,
+                     dataset_dir)
+        elif old is None:
+            log.info("%s: %s is unreadable; rewriting it", dataset.name, meta)
+        elif not rebuild:
             raise DataError(
                 f"{dataset_dir} already holds another version of dataset "
                 f"{dataset.name!r} (fingerprint {old} != {fingerprint}); pass --rebuild "
                 "(rebuild=True) to replace it, or choose another --out"
             )
-        log.info("%s: dataset changed; rewriting the tables (rebuild)", dataset.name)
+        else:
+            log.info("%s: dataset changed; rewriting the tables (rebuild)", dataset.name)
     dataset_dir.mkdir(parents=True, exist_ok=True)
     write_parquet(dataset_dir / "images.parquet", dataset.images)
     write_parquet(dataset_dir / "captions.parquet", dataset.captions)
     info = dict(getattr(dataset, "info", None) or {})
     info.setdefault("name", dataset.name)
     info["fingerprint"] = fingerprint
+    info["tables"] = table_records(dataset_dir)
     write_json(meta, info)
 
 
@@ -126,13 +160,15 @@ def _up_to_date(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions
     if not path.exists():
         return False
     try:
-        m = read_json(path)
-    except (OSError, ValueError):
+        m = read_manifest(bdir)
+    except UserInputError:  # damaged: rebuilt (or re-indexed from intact vectors)
         return False
-    same = (same_source(m, target, fingerprint)
+    # A store of an older format that holds these vectors stays as it is (it opens).
+    current = {**m, "format_version": FORMAT_VERSION} if m["format_version"] in READERS else m
+    same = (same_source(current, target, fingerprint)
             and m.get("dtype") == opts.dtype
             and (m.get("index") or {}).get("kind") == opts.index_kind)
-    return same and all((bdir / f).exists() for f in m.get("files", {}))
+    return same and not check_backbone(bdir, m, verify=False)
 
 
 def _sizes(opts: BuildOptions, encoder: Any) -> tuple[int, int]:
@@ -171,6 +207,7 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     if _kept(bdir, target, fingerprint, opts):
         return bdir
     (bdir / MANIFEST).unlink(missing_ok=True)  # stale: rebuild, never half-open
+    (bdir / TEXT_CACHE).unlink(missing_ok=True)  # derived from the old weights
     encoder = load_encoder_for(target.spec, opts.device)
     batch, shard = _sizes(opts, encoder)
     stamp = {"dataset_fingerprint": fingerprint, **target.identity,
@@ -234,7 +271,7 @@ def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, 
         target, encoder, fingerprint=fingerprint, dtype=opts.dtype,
         counts=(len(images), len(captions)), index=index, files=file_records(bdir),
         timings=timings, device=opts.device, skipped=skipped)
-    write_json(bdir / MANIFEST, manifest)
+    manifest = write_manifest(bdir, manifest)
     shutil.rmtree(bdir / "shards", ignore_errors=True)
     return manifest
 

@@ -24,7 +24,7 @@ from clipindex.store.manifest import (
     read_json,
     same_source,
     sha256_file,
-    write_json,
+    write_manifest,
 )
 from clipindex.store.outputs import write_outputs
 
@@ -109,6 +109,6 @@ def reindex(bdir: Path, old: dict[str, Any], *, dtype: str, index_kind: str
     (bdir / MANIFEST).unlink()
     for name in OUTPUT_FILES:
         os.replace(tmp / name, bdir / name)
-    write_json(bdir / MANIFEST, manifest)
+    manifest = write_manifest(bdir, manifest)
     shutil.rmtree(tmp, ignore_errors=True)
     return manifest
