@@ -30,6 +30,7 @@ from PIL import Image
 
 from clipindex.encode.backbones import BackboneSpec, registered_backbone, resolve_backbone
 from clipindex.encode.decode import failure_reason, load_rgb, to_rgb
+from clipindex.encode.hub import hub_guard, quiet_hub
 from clipindex.errors import ModelLoadError, UserInputError
 
 __all__ = [
@@ -423,7 +424,7 @@ def _unit_rows(features: torch.Tensor) -> np.ndarray:
 
 
 def _model_error(spec: BackboneSpec, exc: BaseException) -> ModelLoadError:
-    cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    cause = " ".join(str(exc).split()) or type(exc).__name__  # the whole message, one line
     if spec.source == "tag":
         import open_clip
 
@@ -450,11 +451,14 @@ def _create(spec: BackboneSpec, device: torch.device) -> tuple[torch.nn.Module, 
         # weights are loaded; setup registers its model config (``--pretrained none``).
         tokenizer_dir = entry.prepare()
     pretrained = spec.pretrained if spec.source in ("tag", "file") else None
+    if spec.source == "tag" and pretrained:
+        hub_guard(spec.model, pretrained, spec.display)  # offline: fail now, not in a minute
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.model, pretrained=pretrained, device=device, precision="fp32",
-            force_quick_gelu=spec.quick_gelu,
-        )
+        with quiet_hub():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.model, pretrained=pretrained, device=device, precision="fp32",
+                force_quick_gelu=spec.quick_gelu,
+            )
         tokenizer_name = f"local-dir:{tokenizer_dir}" if tokenizer_dir is not None else spec.model
         tokenizer = open_clip.get_tokenizer(tokenizer_name)
     except Exception as exc:  # noqa: BLE001 - open_clip raises many kinds; one clear error
