@@ -278,13 +278,16 @@ def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, 
 
 # ----------------------------------------------------------------------------- entry point
 def _prepare(dataset: Any, backbones: Sequence[str] | str, pretrained: str,
-             root: str | os.PathLike[str] | None) -> tuple[Any, list[Target]]:
+             root: str | os.PathLike[str] | None, allow_outside_root: bool = False
+             ) -> tuple[Any, list[Target]]:
     """Load the dataset (when given a source) and resolve every backbone; check the
     tables. Everything that can fail on the user's input fails here, before writing."""
     if isinstance(dataset, (str, os.PathLike)):
         from clipindex.sources import load_dataset
 
-        dataset = load_dataset(Path(dataset), root=None if root is None else Path(root))
+        extra = {"allow_outside_root": True} if allow_outside_root else {}
+        dataset = load_dataset(Path(dataset), root=None if root is None else Path(root),
+                               **extra)
     targets = resolve_targets(backbones, pretrained)
     check_rows(dataset.images, "images")
     check_rows(dataset.captions, "captions")
@@ -309,6 +312,7 @@ def build_store(
     shard_size: int | None = None,
     rebuild: bool = False,
     progress: bool = True,
+    allow_outside_root: bool = False,
     _stop_after_shards: int | None = None,
 ) -> list[Path]:
     """Encode a dataset once per backbone into ``OUT/<dataset>/<backbone>/``.
@@ -323,7 +327,9 @@ def build_store(
     ``"flat"``, ``"ivf"``, ``"hnsw"`` or ``"pq"`` (approximate kinds record recall@10);
     ``dtype`` (``"float32"``/``"float16"``) is the stored precision; ``shard_size`` the
     rows per resumable shard (a multiple of ``batch_size``, default ~4096); ``rebuild``
-    replaces the tables of a folder holding another version of the dataset.
+    replaces the tables of a folder holding another version of the dataset;
+    ``allow_outside_root`` accepts image paths outside the data root (a source given by
+    path; recorded in ``dataset.json``).
 
     Returns the backbone folders in the order asked: finished stores are left alone
     ("up to date"), unfinished ones resume from their finished shards.
@@ -335,7 +341,7 @@ def build_store(
     """
     opts = options(out, batch_size, shard_size, workers=workers, device=device,
                    strict=strict, index_kind=index_kind, dtype=dtype, progress=progress)
-    dataset, targets = _prepare(dataset, backbones, pretrained, root)
+    dataset, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)
     fingerprint = dataset_fingerprint(dataset)
     with build_lock(opts.out / dataset.name):  # one build per dataset folder
         write_tables(dataset, opts.out / dataset.name, fingerprint, rebuild)

@@ -17,6 +17,7 @@ least recently used entries are dropped.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -75,7 +76,8 @@ class TextCache:
         return entries
 
     def _read(self) -> tuple[dict[str, np.ndarray] | None, str]:
-        with np.load(self.path, allow_pickle=False) as data:
+        raw_file = io.BytesIO(self.path.read_bytes())  # numpy leaks the handle of a bad zip
+        with np.load(raw_file, allow_pickle=False) as data:
             if "key" not in data.files or "checksum" not in data.files:
                 return None, "written by an older clipindex (no identity key)"
             key = str(data["key"][()])
