@@ -36,6 +36,7 @@ from clipindex.errors import (
 )
 from clipindex.store.manifest import (
     MANIFEST,
+    OUTPUT_FILES,
     TEXT_CACHE,
     load_encoder_for,
     normalise_rows,
@@ -266,6 +267,8 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     info = read_dataset_info(root)
     bdir = _backbone_dir(root, backbone, pretrained)
     if not (bdir / MANIFEST).is_file():
+        if _orphaned(bdir):
+            raise _orphan_damage(bdir).error()
         raise IncompleteIndexError(
             f"{bdir} was not finished (no manifest.json); rerun `clipindex build ... "
             f"--backbone {backbone}` with the same --out to resume it")
@@ -286,6 +289,18 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
                          f"rows of dim {manifest['dim']}").error()
     faiss_indexes = {t: _load_faiss(bdir / f"{t}.faiss") for t in _TARGETS}
     return BackboneIndex(bdir, manifest, info, images, captions, vectors, faiss_indexes)
+
+
+def _orphaned(bdir: Path) -> bool:
+    """A folder without a manifest that holds a finished build's files and no shards:
+    its manifest was lost (a build writes the manifest before it removes its shards)."""
+    return (not (bdir / MANIFEST).exists() and not (bdir / "shards").exists()
+            and any((bdir / f).exists() for f in OUTPUT_FILES))
+
+
+def _orphan_damage(bdir: Path) -> Damage:
+    return Damage(bdir / MANIFEST, "is missing, but the folder holds a finished build's "
+                  "files")
 
 
 def _load_matrix(path: Path) -> np.ndarray:
@@ -369,6 +384,8 @@ def store_info(dataset_dir: str | os.PathLike[str], *, verify: bool = False) -> 
     n_images, n_captions = _table_rows(root, bool(tables))
     backbones = [_backbone_entry(root / f, info, verify) for f in list_backbones(root)]
     damaged = tables + [m for b in backbones for m in b["damaged"]]
+    damaged += [_orphan_damage(root / f).message()
+                for f in list_backbones(root, unfinished=True) if _orphaned(root / f)]
     return {"path": str(root), "dataset": info, "n_images": n_images, "n_captions": n_captions,
             "backbones": backbones, "unfinished": list_backbones(root, unfinished=True),
             "verified": bool(verify), "tables_verified": "tables" in info or bool(verify),
