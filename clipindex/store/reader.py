@@ -210,10 +210,17 @@ def list_backbones(dataset_dir: str | os.PathLike[str], *, unfinished: bool = Fa
                   and (d / MANIFEST).is_file() != unfinished)
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
 def _backbone_dir(dataset_dir: Path, backbone: str, pretrained: str) -> Path:
     """The folder of ``backbone``: a folder name, or a name resolve_backbone knows."""
     direct = dataset_dir / backbone
-    if pretrained == "default" and backbone and "/" not in backbone and direct.is_dir():
+    if pretrained == "default" and backbone and "/" not in backbone and _is_dir(direct):
         return direct
     try:
         from clipindex.encode.backbones import resolve_backbone
@@ -221,13 +228,14 @@ def _backbone_dir(dataset_dir: Path, backbone: str, pretrained: str) -> Path:
         folder = resolve_backbone(backbone, pretrained=pretrained).name
     except UserInputError:
         folder = None
-    if folder and (dataset_dir / folder).is_dir():
+    if folder and _is_dir(dataset_dir / folder):
         return dataset_dir / folder
     built = list_backbones(dataset_dir)
+    shown = backbone if len(backbone) <= 80 else backbone[:79] + "…"
     raise IndexMismatchError(
-        f"backbone {backbone!r} is not built in {dataset_dir}. Built: "
+        f"backbone {shown!r} is not built in {dataset_dir}. Built: "
         f"{', '.join(built) if built else 'none'}. Build it with `clipindex build CONFIG "
-        f"--backbone {backbone} --out {dataset_dir.parent}`.")
+        f"--backbone {shown} --out {dataset_dir.parent}`.")
 
 
 def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
