@@ -18,7 +18,13 @@ import pytest
 from fixtures_robust import COLORS, assert_one_line_error, run_cli
 from fixtures_store import FakeEncoder, make_image_dataset
 
-from clipindex.errors import ConfigError, DamagedStoreError, DataError, ModelLoadError
+from clipindex.errors import (
+    ConfigError,
+    DamagedStoreError,
+    DataError,
+    IndexMismatchError,
+    ModelLoadError,
+)
 from clipindex.store import build_store, open_index
 
 KW = dict(workers=0, batch_size=4, shard_size=8, progress=False)
@@ -359,3 +365,28 @@ def test_exif_rotated_images_record_their_displayed_size(tmp_path):
     images = load_dataset(root).images.set_index("file")
     assert images.loc["a/0.jpg", ["width", "height"]].tolist() == [40, 20]
     assert images.loc["a/1.jpg", ["width", "height"]].tolist() == [20, 40]  # turned a quarter
+
+
+def test_local_weights_are_rechecked_by_size_and_mtime_not_rehashed(
+        tmp_path, use_fake_encoders, monkeypatch):
+    from clipindex.store import manifest as manifest_module
+
+    ds = make_image_dataset(tmp_path / "data", 4)
+    ckpt = tmp_path / "w" / "weights.bin"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights one")
+    build_store(ds, ["fake-a"], out=tmp_path / "out", pretrained=str(ckpt), **KW)
+    hashed = []
+    real = manifest_module._weights_sha256
+    monkeypatch.setattr(manifest_module, "_weights_sha256",
+                        lambda path: hashed.append(path) or real(path))
+    idx = open_index(tmp_path / "out" / "toy", "fake-a__weights")
+    idx.encoder()
+    assert idx.manifest["checkpoint_stamp"][0][1] == len(b"weights one")
+    assert hashed == []  # size and mtime as recorded: trusted, not re-hashed
+    os.utime(ckpt, ns=(0, 10**18))  # moved date, same bytes: hashed once, still the same
+    open_index(tmp_path / "out" / "toy", "fake-a__weights").encoder()
+    assert hashed == [ckpt.resolve()] or hashed == [ckpt]
+    ckpt.write_bytes(b"weights two")  # other weights under the recorded path: refused
+    with pytest.raises(IndexMismatchError, match="weights .* differ"):
+        open_index(tmp_path / "out" / "toy", "fake-a__weights").encoder()
