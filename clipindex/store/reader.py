@@ -318,7 +318,7 @@ def _load_matrix(path: Path) -> np.ndarray:
         raise Damage(path, f"is unreadable ({type(exc).__name__})").error() from None
     if matrix.ndim != 2:
         raise Damage(path, f"is not a matrix (shape {matrix.shape})").error()
-    return matrix.astype(np.float32)
+    return matrix.astype(np.float32, copy=False)
 
 
 def _load_faiss(path: Path) -> Any:
