@@ -57,10 +57,13 @@ def _check_line(info: dict[str, Any]) -> str:
         return f"check: {len(info['damaged'])} damaged file(s) (listed above)"
     if info["verified"]:
         return "check: verified, every file matches its recorded sha256"
-    tables = ("tables and manifests hashed" if info["tables_verified"] else
-              "manifests hashed, tables unverified (store format 1 has no table hashes)")
-    return (f"check: not verified ({tables}; vectors and FAISS files checked by size and "
-            "date). `clipindex info --verify` hashes every file")
+    if not info["tables_verified"]:
+        return ("check: not verified (store format 1: its tables have no hashes and its "
+                "manifests no seal; its vectors and FAISS files were hashed, no dates being "
+                "recorded). `clipindex info --verify` also checks the tables against the "
+                "dataset fingerprint")
+    return ("check: not verified (tables and manifests hashed; vectors and FAISS files "
+            "checked by size and date). `clipindex info --verify` hashes every file")
 
 
 @main.command("info")
