@@ -451,10 +451,11 @@ def _create(spec: BackboneSpec, device: torch.device) -> tuple[torch.nn.Module, 
         # weights are loaded; setup registers its model config (``--pretrained none``).
         tokenizer_dir = entry.prepare()
     pretrained = spec.pretrained if spec.source in ("tag", "file") else None
-    if spec.source == "tag" and pretrained:
-        hub_guard(spec.model, pretrained, spec.display)  # offline: fail now, not in a minute
+    # a tag offline: fail now, not after a minute of retries; quiet either way
+    hub = (hub_guard(spec.model, pretrained, spec.display)
+           if spec.source == "tag" and pretrained else quiet_hub())
     try:
-        with quiet_hub():
+        with hub:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.model, pretrained=pretrained, device=device, precision="fp32",
                 force_quick_gelu=spec.quick_gelu,

@@ -92,27 +92,50 @@ def quiet_hub() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def hub_guard(model: str, tag: str, display: str) -> None:
+@contextlib.contextmanager
+def _forced_offline() -> Iterator[None]:
+    """The hub in offline mode (cached files only, no requests) for one load."""
+    try:
+        from huggingface_hub import constants
+    except Exception:  # noqa: BLE001 - no hub: nothing to switch
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def hub_guard(model: str, tag: str, display: str) -> contextlib.AbstractContextManager[Any]:
     """Fail at once, with the local route, when ``model``/``tag``'s weights are neither
-    in the local hub cache nor fetchable (offline or the hub unreachable)."""
+    in the local hub cache nor fetchable (offline or the hub unreachable). Returns the
+    context to load them in: the hub's chatter silenced and, when they are cached but the
+    hub cannot be reached, the hub switched offline (no minute of retries first)."""
     import open_clip
 
     cfg: dict[str, Any] = open_clip.get_pretrained_cfg(model, tag) or {}
     repo = str(cfg.get("hf_hub") or "").strip("/")
     url = str(cfg.get("url") or "")
+    endpoint = _endpoint() if repo else url
     if repo and _cached(repo):
-        return
+        if _offline() or hub_reachable(endpoint):
+            return quiet_hub()
+        stack = contextlib.ExitStack()
+        stack.enter_context(quiet_hub())
+        stack.enter_context(_forced_offline())
+        return stack
     if not repo and url and os.path.isfile(
             os.path.expanduser(os.path.join("~", ".cache", "clip", os.path.basename(url)))):
-        return  # open_clip's own download cache
-    where = repo and f"huggingface.co/{repo}"
-    source = where or url
+        return quiet_hub()  # open_clip's own download cache
+    source = f"huggingface.co/{repo}" if repo else url
     if _offline():
         why = "HF_HUB_OFFLINE is set and they are not in the local cache"
-    elif not hub_reachable(_endpoint() if repo else source):
-        why = f"the hub ({_endpoint() if repo else source}) cannot be reached"
+    elif not hub_reachable(endpoint):
+        why = f"the hub ({endpoint}) cannot be reached"
     else:
-        return
+        return quiet_hub()
     raise ModelLoadError(
         f"Could not load pretrained weights {tag!r} for {display}: {why}. Download the "
         f"checkpoint elsewhere{f' (from {source})' if source else ''} and pass "
