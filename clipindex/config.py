@@ -94,6 +94,10 @@ class DatasetConfig:
         Seed of every random draw (sampling, support split).
     support_per_class : int, optional
         Support images drawn per class; the rest are ``test``.
+    allow_outside_root : bool
+        Accept image paths (COCO ``file_name``, manifest ``path``) that resolve outside
+        the data root (default False: such a path is refused). Recorded in
+        ``dataset.json``.
 
     Examples
     --------
@@ -117,6 +121,7 @@ class DatasetConfig:
     per_class: int | None = None
     seed: int = 0
     support_per_class: int | None = None
+    allow_outside_root: bool = False
 
     def __post_init__(self) -> None:
         _check_dataset_config(self)
@@ -192,6 +197,12 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
+        tag = re.search(r"tag '([^']*)'", str(getattr(exc, "problem", "") or ""))
+        if isinstance(exc, yaml.constructor.ConstructorError) and tag:
+            raise ConfigError(
+                f"{path} uses the YAML tag {tag.group(1)!r}{where}, which is not allowed: "
+                "configs hold plain values only (strings, numbers, lists, mappings); "
+                "remove the tag") from None
         raise ConfigError(f"{path} is not valid YAML{where}: fix the syntax") from None
     if data is None:
         data = {}

@@ -9,6 +9,8 @@ message and exit code 2, never a traceback::
     │   ├── ConfigError               a config file or one of its fields is wrong
     │   ├── DataError                 images/annotations unreadable, or a selection is empty
     │   └── IndexMismatchError        a store opened with another backbone / dim / dataset
+    │       └── DamagedStoreError     a store file is missing, unreadable or changed since
+    │                                 its build (the message names the file and the fix)
     ├── IncompleteIndexError          a store folder without a finished manifest
     ├── ModelLoadError                weights could not be loaded (offline, bad checkpoint)
     ├── NotFittedError (sklearn's NotFittedError) a classifier used before ``fit``
@@ -29,6 +31,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "IndexMismatchError",
+    "DamagedStoreError",
     "IncompleteIndexError",
     "ModelLoadError",
     "MissingExtraError",
@@ -54,6 +57,10 @@ class DataError(UserInputError):
 
 class IndexMismatchError(UserInputError):
     """A store was opened for another backbone, dimension or dataset than it holds."""
+
+
+class DamagedStoreError(IndexMismatchError):
+    """A store file is missing, unreadable or no longer what its manifest recorded."""
 
 
 class IncompleteIndexError(ClipindexError):

@@ -140,6 +140,18 @@ def test_each_script_writes_its_section(bench_env: dict[str, Path]) -> None:
         assert float(cells[-2]) > 0.99 and float(cells[-1]) >= 1 - 1e-5
 
 
+def test_open_script_writes_its_section(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    bench = _module("bench_open")
+    assert bench.main(["--quick", "--results", str(results), "--workdir", str(tmp_path),
+                       "--repeats", "1"]) == 0
+    lines = _section(results.read_text(), "bench_open")
+    ratios = _ratios(lines)
+    assert len(ratios) == 2 and all(RATIO.match(r) for r in ratios), ratios
+    (row,) = [line for line in lines if line.startswith("| 20,000 images")]
+    assert float(row.split("|")[2]) > 10  # MB of files: the store was really written
+
+
 def test_encode_cuda_mode_structure() -> None:
     # No GPU here: check the GPU mode's settings and that its backbones resolve (no load).
     from clipindex.encode.backbones import resolve_backbone

@@ -510,5 +510,9 @@ def test_reader_refuses_a_newer_format_and_reads_every_older_one(store_v1):
     _set_format(ddir / "tiny-vit", 0)
     with pytest.raises(IndexMismatchError, match="cannot read"):
         open_index(ddir, "tiny-vit")
+    # format 2 manifests are sealed: a format-1 manifest relabelled as 2 is refused
     _set_format(ddir / "tiny-vit", FORMAT_VERSION)
-    assert open_index(ddir, "tiny-vit").manifest["format_version"] == FORMAT_VERSION
+    with pytest.raises(IndexMismatchError, match="manifest_sha256 seal"):
+        open_index(ddir, "tiny-vit")
+    _set_format(ddir / "tiny-vit", 1)
+    assert open_index(ddir, "tiny-vit").manifest["format_version"] == 1

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,8 @@ class ClassifyResult:
     metrics: dict[str, Any]
     predictions: pd.DataFrame
     per_backbone: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Things the user should know (a ``k`` capped to the support set), for stderr.
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics (with ``per_backbone`` when ensembling), JSON-ready."""
@@ -253,6 +255,25 @@ class _Run:
     support: np.ndarray
     test: np.ndarray  # the rows to predict (``rows="all"``: every usable row)
     options: MethodOptions
+    notes: tuple[str, ...] = ()
+
+
+def _cap_k(bis: list[Any], method: str, support: np.ndarray, opts: MethodOptions
+           ) -> tuple[MethodOptions, tuple[str, ...]]:
+    """A k-NN ``k`` larger than the support set is capped to it, with a note."""
+    if method not in ("caption-knn", "image-knn"):
+        return opts, ()
+    if method == "image-knn":
+        n, noun = len(support), "support images"
+    else:
+        caps = bis[0].captions
+        n, noun = int(np.isin(caps["image_row_id"].to_numpy(), support).sum()), \
+            "support captions"
+    if opts.k <= n or n == 0:
+        return opts, ()
+    note = (f"k={opts.k} is larger than the {n} {noun}; using k={n} (every one of them "
+            "votes, so predictions lean to the largest class)")
+    return replace(opts, k=n), (note,)
 
 
 def _check_request(method: str, req: _Request) -> None:
@@ -292,7 +313,8 @@ def _prepare(index_dir: Any, backbones: Any, method: str, req: _Request) -> _Run
             raise DataError(
                 f"no support rows for class(es) {', '.join(lacking)}; the store has no "
                 "split == 'support' rows for them: use --shots K to draw K per class")
-    return _Run(bis, method, req, cls, support, test, opts)
+    opts, notes = _cap_k(bis, method, support, opts)
+    return _Run(bis, method, req, cls, support, test, opts, notes)
 
 
 def _predictors(run: _Run) -> list[Predictor]:
@@ -415,7 +437,7 @@ def classify(
     table = prediction_table(run.test, images["file"].to_numpy()[run.test], true, pred, proba,
                              run.classes, uncertain=uncertain)
     return ClassifyResult(metrics=metrics, predictions=table,
-                          per_backbone=_per_backbone(run, true, probas))
+                          per_backbone=_per_backbone(run, true, probas), notes=run.notes)
 
 
 def _encode_files(bi: Any, paths: Sequence[Path]) -> np.ndarray:
@@ -464,5 +486,7 @@ def classify_images(
     probas = [p(_encode_files(bi, files), None)
               for p, bi in zip(_predictors(run), run.bis, strict=True)]
     pred, proba, uncertain = _combine(run, probas)
-    return prediction_table(np.full(len(files), -1, dtype=np.int64), [str(p) for p in files],
-                            None, pred, proba, run.classes, uncertain=uncertain)
+    table = prediction_table(np.full(len(files), -1, dtype=np.int64), [str(p) for p in files],
+                             None, pred, proba, run.classes, uncertain=uncertain)
+    table.attrs["notes"] = list(run.notes)
+    return table

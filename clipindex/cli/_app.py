@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -11,14 +14,38 @@ from clipindex import __version__
 from clipindex.errors import ClipindexError
 
 
+class _Warnings(logging.Handler):
+    """clipindex's warnings (a discarded cache, a fallback) as one ``Warning:`` line each
+    on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = " ".join(record.getMessage().split())
+        click.echo(f"Warning: {text}", err=True)
+
+
+@contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    logger = logging.getLogger("clipindex")
+    handler = _Warnings(level=logging.WARNING)
+    old = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # printed once, not again by a root handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = old
+
+
 class _Group(click.Group):
     """A group that prints clipindex's own errors as one line and exits with 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _warnings_to_stderr():
+                return super().invoke(ctx)
         except ClipindexError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
             sys.exit(2)
         except click.UsageError as exc:
             # click would print three lines (usage, hint, error); keep it to one.

@@ -49,6 +49,17 @@ def _summary(path: Path) -> str:
             f"{m['n_skipped']} skipped, dim {m['dim']}, {speed_text}")
 
 
+def _dataset_note(dataset_dir: Path) -> str | None:
+    """What the summary says about the dataset: annotations naming unknown categories."""
+    from clipindex.files import read_json
+
+    unknown = read_json(dataset_dir / "dataset.json").get("unknown_category_ids")
+    if not unknown:
+        return None
+    return (f"{dataset_dir}: {unknown['annotations']} annotation(s) name unknown category "
+            f"ids (first: {', '.join(map(str, unknown['first_ids']))}); they were ignored")
+
+
 def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value is not None and value < 1:
         raise click.BadParameter("must be at least 1")
@@ -88,6 +99,9 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="Rows per resumable shard (a multiple of --batch-size).")
 @click.option("--rebuild", is_flag=True,
               help="Replace a store built from another version of the dataset.")
+@click.option("--allow-outside-root", is_flag=True,
+              help="Accept image paths that resolve outside the data root (recorded in "
+                   "dataset.json); refused by default.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bars on stderr.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every finished shard.")
@@ -95,7 +109,8 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
                   pretrained: str, batch_size: int | None, text_batch_size: int | None,
                   workers: int | None, threads: int | None, decode: str | None,
                   device: str | None, strict: bool, index_kind: str, dtype: str,
-                  shard_size: int | None, rebuild: bool, progress: bool, verbose: bool) -> None:
+                  shard_size: int | None, rebuild: bool, allow_outside_root: bool,
+                  progress: bool, verbose: bool) -> None:
     """Encode CONFIG's images and captions once per --backbone into FAISS indexes.
 
     CONFIG is a dataset YAML config, a folder with one sub-folder per class, or a
@@ -116,6 +131,11 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
                             batch_size=batch_size, workers=workers, device=device,
                             threads=threads, text_batch_size=text_batch_size, decode=decode,
                             strict=strict, index_kind=index_kind, dtype=dtype,
-                            shard_size=shard_size, rebuild=rebuild, progress=progress)
+                            shard_size=shard_size, rebuild=rebuild, progress=progress,
+                            allow_outside_root=allow_outside_root)
     for path in paths:
         click.echo(_summary(path))
+    if paths:
+        note = _dataset_note(paths[0].parent)
+        if note:
+            click.echo(note)

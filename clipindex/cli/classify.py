@@ -113,6 +113,8 @@ def classify_command(index_dir: str, backbones: tuple[str, ...], method: str,
                    weights=weights, class_weight=_CLASS_WEIGHTS[class_weight])
     if images:
         frame = classify_images(index_dir, list(backbones), method, list(images), **options)
+        for note in frame.attrs.get("notes", []):
+            echo_err(f"Note: {note}")
         if out:
             echo_err(f"Wrote {write_predictions(frame, out)}")
         if as_json:
@@ -121,6 +123,8 @@ def classify_command(index_dir: str, backbones: tuple[str, ...], method: str,
             click.echo(frame.drop(columns=["row_id"]).to_string(index=False))
         return
     result = classify(index_dir, list(backbones), method, **options)
+    for note in result.notes:
+        echo_err(f"Note: {note}")
     if out:
         echo_err(f"Wrote {write_predictions(result.predictions, out)}")
     click.echo(json.dumps(result.to_dict()) if as_json else _report(result))

@@ -28,6 +28,8 @@ def _funnel_lines(funnel: dict[str, Any]) -> list[str]:
 
 
 def _backbone_lines(b: dict[str, Any]) -> list[str]:
+    if b.get("dim") is None:  # the manifest itself is unreadable
+        return [f"  {b['backbone_folder']}: DAMAGED: {m}" for m in b.get("damaged") or []]
     t = b.get("timings") or {}
     index = b.get("index") or {}
     recall = (index.get("images") or {}).get("recall_at_10")
@@ -40,6 +42,8 @@ def _backbone_lines(b: dict[str, Any]) -> list[str]:
             + (f", params {b['params']:,}" if b.get("params") else "")
             + (", STALE (dataset changed; rebuild)" if b.get("stale") else ""))
     out = [line]
+    for message in b.get("damaged") or []:
+        out.append(f"    DAMAGED: {message}")
     skipped = b.get("skipped") or []
     for s in skipped[:_MAX_SKIPPED]:
         out.append(f"    skipped row {s['row_id']}: {s['file']}: {s['reason']}")
@@ -48,21 +52,51 @@ def _backbone_lines(b: dict[str, Any]) -> list[str]:
     return out
 
 
+def _check_line(info: dict[str, Any]) -> str:
+    if info["damaged"]:
+        return f"check: {len(info['damaged'])} damaged file(s) (listed above)"
+    if info["verified"]:
+        return "check: verified, every file matches its recorded sha256"
+    if not info["tables_verified"]:
+        return ("check: not verified (store format 1: its tables have no hashes and its "
+                "manifests no seal; its vectors and FAISS files were hashed, no dates being "
+                "recorded). `clipindex info --verify` also checks the tables against the "
+                "dataset fingerprint")
+    return ("check: not verified (tables and manifests hashed; vectors and FAISS files "
+            "checked by size and date). `clipindex info --verify` hashes every file")
+
+
 @main.command("info")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def info_command(directory: Path, as_json: bool) -> None:
-    """Describe the store in DIRECTORY (a dataset folder OUT/<dataset>)."""
+@click.option("--verify", is_flag=True,
+              help="Hash every file against the sha256 its build recorded (slow on big "
+                   "stores); exit 2 listing what is damaged.")
+def info_command(directory: Path, as_json: bool, verify: bool) -> None:
+    """Describe the store in DIRECTORY (a dataset folder OUT/<dataset>) and check its
+    files; exit 2 when one is damaged."""
+    from clipindex.errors import DamagedStoreError
     from clipindex.store import store_info
 
-    info = store_info(directory)
+    info = store_info(directory, verify=verify)
     if as_json:
         click.echo(json.dumps(info, default=str))
-        return
+    else:
+        click.echo("\n".join(_lines(info)))
+    damaged = info["damaged"]
+    if damaged:
+        more = f" ({len(damaged) - 1} more damaged file(s) listed)" if len(damaged) > 1 else ""
+        raise DamagedStoreError(damaged[0] + more)
+
+
+def _lines(info: dict[str, Any]) -> list[str]:
     ds = info["dataset"]
     lines = [f"dataset {ds.get('name')} ({ds.get('source')}) at {info['path']}",
              f"  images: {info['n_images']}, captions: {info['n_captions']}, "
              f"fingerprint {str(ds.get('fingerprint'))[:12]}"]
+    table_damage = [m for m in info["damaged"]
+                    if not any(m in (b.get("damaged") or []) for b in info["backbones"])]
+    lines += [f"  DAMAGED: {m}" for m in table_damage]
     if ds.get("funnel"):
         lines += ["funnel:"] + _funnel_lines(ds["funnel"])
     lines.append("backbones:" if info["backbones"] else "backbones: none built")
@@ -71,4 +105,5 @@ def info_command(directory: Path, as_json: bool) -> None:
     if info["unfinished"]:
         lines.append("unfinished (rerun `clipindex build` to resume): "
                      + ", ".join(info["unfinished"]))
-    click.echo("\n".join(lines))
+    lines.append(_check_line(info))
+    return lines

@@ -19,6 +19,17 @@ def _short(text: object, width: int = _TEXT_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+_QUERY_WIDTH = 200  # characters of a query shown in its table's header
+
+
+def _query_header(query: object) -> str:
+    """The query as its table's header: one line, long ones cut with their length."""
+    text = " ".join(str(query).split())
+    if len(text) <= _QUERY_WIDTH:
+        return text
+    return f"{_short(text, _QUERY_WIDTH)} ({len(str(query)):,} characters)"
+
+
 def _grid(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
     """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -47,7 +58,7 @@ def _table(result: SearchResult, target: str) -> str:
     for n, (_, group) in enumerate(frame.groupby("query_id", sort=True)):
         if n:
             lines.append("")
-        lines.append(f"query: {group['query'].iloc[0]}")
+        lines.append(f"query: {_query_header(group['query'].iloc[0])}")
         rows = [
             [str(r.rank), f"{r.score:.4f}", str(r.row_id)]
             + ([str(r.image_row_id)] if target == "captions" else [])

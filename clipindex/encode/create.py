@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from clipindex.encode.backbones import BackboneSpec, registered_backbone
+from clipindex.encode.hub import hub_guard, quiet_hub
 from clipindex.errors import ModelLoadError
 
 __all__ = ["create_model", "model_error", "no_weight_init"]
@@ -60,7 +61,7 @@ def no_weight_init() -> Iterator[None]:
 
 def model_error(spec: BackboneSpec, exc: BaseException) -> ModelLoadError:
     """The one clear error for a model that could not be created or loaded."""
-    cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    cause = " ".join(str(exc).split()) or type(exc).__name__  # the whole message, one line
     if spec.source == "tag":
         import open_clip
 
@@ -93,8 +94,11 @@ def create_model(spec: BackboneSpec, device: torch.device, *,
         tokenizer_dir = entry.prepare()
     pretrained = spec.pretrained if spec.source in ("tag", "file") else None
     skip = spec.source != "none" if skip_init is None else bool(skip_init)
+    # a tag offline: fail now, not after a minute of retries; quiet either way
+    hub = (hub_guard(spec.model, pretrained, spec.display)
+           if spec.source == "tag" and pretrained else quiet_hub())
     try:
-        with no_weight_init() if skip else _nothing():
+        with hub, no_weight_init() if skip else _nothing():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.model, pretrained=pretrained, device=device, precision="fp32",
                 force_quick_gelu=spec.quick_gelu,

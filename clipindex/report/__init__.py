@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipindex.errors import UserInputError
+from clipindex.errors import DamagedStoreError, UserInputError
 from clipindex.report import _analysis, _sections
 from clipindex.report._analysis import PROJECTIONS
 from clipindex.report._data import Missing, ResultsData
@@ -82,9 +82,25 @@ def _render(sec: Section, data: ResultsData, opts: ReportOptions) -> tuple[str, 
         return sec.build(data, opts), None
     except Missing as exc:
         return notice(exc.what, exc.detail), exc.what
+    except DamagedStoreError:
+        raise  # a damaged store is refused, never drawn from
     except Exception as exc:  # noqa: BLE001 - one broken part must not cost the whole page
         what = f"this section could not be drawn ({type(exc).__name__}: {exc})"
         return notice(what), what
+
+
+def _check_store(data: ResultsData) -> None:
+    """Refuse (one line) a store the run names that is there but damaged; an absent one
+    leaves its sections saying what is missing."""
+    from clipindex.store import store_info
+
+    try:
+        ddir = data.dataset_dir
+    except Missing:
+        return
+    damaged = store_info(ddir)["damaged"]
+    if damaged:
+        raise DamagedStoreError(damaged[0])
 
 
 def build_report(results: str | os.PathLike[str], *, projection: str = "pca",
@@ -102,6 +118,7 @@ def build_report(results: str | os.PathLike[str], *, projection: str = "pca",
         raise UserInputError(f"Unknown projection {opts.projection!r}. "
                              f"Known: {', '.join(PROJECTIONS)}")
     data = ResultsData(results)
+    _check_store(data)
     t0 = time.perf_counter()
     parts, missing = [], {}
     for i, sec in enumerate(SECTIONS, start=1):

@@ -137,13 +137,24 @@ class ResultsData:
 
     @cached_property
     def dataset_info(self) -> dict[str, Any]:
-        return dict(json.loads((self.dataset_dir / "dataset.json").read_text("utf-8")))
+        from clipindex.store.verify import read_dataset_info
+
+        return read_dataset_info(self.dataset_dir)  # a damaged one: DamagedStoreError
+
+    @cached_property
+    def _tables(self) -> dict[str, pd.DataFrame]:
+        """Both tables, checked as every reader of a store checks them (a damaged
+        table is a :class:`~clipindex.errors.DamagedStoreError`, never drawn)."""
+        from clipindex.store.verify import read_tables
+
+        images, captions = read_tables(self.dataset_dir, self.dataset_info)
+        return {"images": images, "captions": captions}
 
     def store_table(self, name: str) -> pd.DataFrame:
         p = self.dataset_dir / f"{name}.parquet"
-        if not p.is_file():
+        if not p.is_file() and "tables" not in self.dataset_info:
             raise Missing(f"{p}", "Rebuild the store with `clipindex bench`.")
-        return pd.read_parquet(p)
+        return self._tables[name]
 
     @cached_property
     def images(self) -> pd.DataFrame:
@@ -185,10 +196,12 @@ class ResultsData:
 
     def open_index(self, backbone: str) -> Any:
         """``open_index`` on the run's store; :class:`Missing` when that backbone is absent."""
-        from clipindex.errors import ClipindexError
+        from clipindex.errors import ClipindexError, DamagedStoreError
         from clipindex.store import open_index
 
         try:
             return open_index(self.dataset_dir, backbone)
+        except DamagedStoreError:
+            raise  # damaged, not absent: the report refuses it
         except ClipindexError as exc:
             raise Missing(f"the index of {backbone} in {self.dataset_dir}", str(exc)) from exc

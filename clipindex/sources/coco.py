@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -21,10 +22,12 @@ from typing import Any
 from clipindex.config import DatasetConfig
 from clipindex.errors import DataError
 from clipindex.sources.filters import box_area, class_pools, largest_annotation, select
-from clipindex.sources.records import Built, require_file
+from clipindex.sources.records import Built, require_file, under_root
 
 __all__ = ["captions_for", "causes_beside", "image_record", "load_coco", "load_instances",
-           "read_causes", "read_json"]
+           "read_causes", "read_json", "unknown_categories"]
+
+log = logging.getLogger(__name__)
 
 
 def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -67,15 +70,23 @@ def load_instances(path: Path) -> Any:
     return coco
 
 
-def image_record(coco: Any, img_id: int, label: str, image_dir: PurePosixPath) -> dict[str, Any]:
-    """Row fields of one image: file, size, label, COCO id, subject box and its area share."""
+def image_record(coco: Any, img_id: int, label: str, image_dir: PurePosixPath,
+                 root: Path | None = None, allow_outside: bool = False) -> dict[str, Any]:
+    """Row fields of one image: file, size, label, COCO id, subject box and its area share.
+
+    With ``root``, a ``file_name`` leading outside it is refused (unless ``allow_outside``).
+    """
     img = coco.imgs[img_id]
+    file = (image_dir / img["file_name"]).as_posix()
+    if root is not None:
+        file = under_root(root, file, f"COCO image {img_id} ('file_name')",
+                          allow=allow_outside)
     width, height = int(img.get("width") or 0), int(img.get("height") or 0)
     class_id = next(c["id"] for c in coco.dataset["categories"] if c["name"] == label)
     best = largest_annotation(coco, img_id, {class_id})
     area = width * height
     return {
-        "file": (image_dir / img["file_name"]).as_posix(), "width": width, "height": height,
+        "file": file, "width": width, "height": height,
         "label": label, "coco_id": int(img_id), "bbox": [float(v) for v in best["bbox"]],
         "area_frac": box_area(best) / area if area > 0 else math.nan,
     }  # fmt: skip
@@ -123,6 +134,23 @@ def read_causes(path: Path) -> dict[int, list[str]]:
     return out
 
 
+#: Unknown category ids listed in dataset.json and the build's warning.
+_FIRST_IDS = 10
+
+
+def unknown_categories(coco: Any, where: str) -> dict[str, Any] | None:
+    """Annotations whose ``category_id`` names no category: their count and the first
+    ids (sorted), logged as one warning; None when there are none."""
+    known = {c["id"] for c in coco.dataset["categories"]}
+    bad = [a["category_id"] for a in coco.dataset["annotations"] if a["category_id"] not in known]
+    if not bad:
+        return None
+    ids = sorted(set(bad), key=str)
+    log.warning("%s: %d annotation(s) name unknown category ids (first: %s); they are "
+                "ignored", where, len(bad), ", ".join(map(str, ids[:_FIRST_IDS])))
+    return {"annotations": len(bad), "ids": len(ids), "first_ids": ids[:_FIRST_IDS]}
+
+
 def load_coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     """The images (with subject box, area share, causes) and captions of a COCO config."""
     inst_path = require_file(root, cfg, "instances", origin)
@@ -140,7 +168,7 @@ def load_coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     records, order = [], []
     for c, ids in sampled.items():
         for j, img_id in enumerate(ids):
-            rec = image_record(coco, img_id, c, image_dir)
+            rec = image_record(coco, img_id, c, image_dir, root, cfg.allow_outside_root)
             rec["split"] = "support" if j in support[c] else "test"
             if causes is not None:
                 rec["causes"] = ",".join(causes.get(img_id, []))
@@ -151,4 +179,6 @@ def load_coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     if cfg.captions is not None:
         captions = captions_for(require_file(root, cfg, "captions", origin), order)
     split_from = "none" if cfg.support_per_class is None else "drawn"
-    return Built(classes, records, captions, funnel, split_from, columns)
+    unknown = unknown_categories(coco, where)
+    extra = {"unknown_category_ids": unknown} if unknown else {}
+    return Built(classes, records, captions, funnel, split_from, columns, extra)

@@ -207,6 +207,7 @@ def assemble(cfg: DatasetConfig, root: Path, built: Built) -> Dataset:
         "funnel": built.funnel,
         "counts": {"images": len(images), "captions": len(captions), **per_split},
         "split_from": built.split_from,
+        **built.extra,
     }
     return Dataset(name=cfg.name, root=root, images=images, captions=captions, info=info)
 

@@ -14,7 +14,7 @@ from clipindex.config import DatasetConfig
 from clipindex.errors import DataError
 from clipindex.sources.filters import select
 from clipindex.sources.manifest import missing, read_table
-from clipindex.sources.records import Built, header_size, unknown_class
+from clipindex.sources.records import Built, header_size, under_root, unknown_class
 
 __all__ = ["IMAGE_EXTENSIONS", "load_folder"]
 
@@ -99,7 +99,7 @@ def _folder_captions(
     for i, (file, text) in enumerate(zip(table["file"], table["caption"], strict=True)):
         if missing(file) or missing(text):
             continue
-        rel = (base / str(file)).relative_to(root).as_posix()
+        rel = under_root(root, str(file), f"{path} row {i + 2}", base=base)
         if rel not in known:
             raise DataError(f"{path} row {i + 2}: '{file}' is not an image of the class folders")
         if rel in index:

@@ -17,7 +17,7 @@ import pandas as pd
 from clipindex.config import DatasetConfig
 from clipindex.errors import DataError
 from clipindex.sources.filters import select
-from clipindex.sources.records import Built, header_size, require_file, unknown_class
+from clipindex.sources.records import Built, header_size, require_file, under_root, unknown_class
 
 __all__ = ["MANIFEST_READERS", "SPLIT_ALIASES", "load_manifest", "missing", "read_table"]
 
@@ -53,7 +53,7 @@ def missing(value: Any) -> bool:
 
 
 def _manifest_rows(
-    path: Path, root: Path
+    path: Path, root: Path, allow_outside: bool = False
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
     """Group manifest rows by path: {rel: {"label", "split"}}, {rel: [captions]}."""
     table = read_table(path)
@@ -77,7 +77,7 @@ def _manifest_rows(
         line = f"{path} row {i + 2}" if path.suffix.lower() == ".csv" else f"{path} row {i}"
         if missing(p) or missing(label):
             raise DataError(f"{line}: empty path or label")
-        rel = _relative(Path(str(p)).expanduser(), root)
+        rel = under_root(root, Path(str(p)).expanduser(), line, allow=allow_outside)
         split = None if missing(split) else SPLIT_ALIASES.get(str(split).strip().lower())
         if split is None and "split" in table.columns and not missing(split_col[i]):
             raise DataError(f"{line}: unknown split {split_col[i]!r}; use support/train or test")
@@ -89,19 +89,10 @@ def _manifest_rows(
     return rows, texts
 
 
-def _relative(path: Path, root: Path) -> str:
-    if not path.is_absolute():
-        return path.as_posix()
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()  # outside the root: kept absolute
-
-
 def load_manifest(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     """The rows of a manifest, in the order each path first appears."""
     path = require_file(root, cfg, "manifest", origin)
-    rows, texts = _manifest_rows(path, root)
+    rows, texts = _manifest_rows(path, root, cfg.allow_outside_root)
     if not rows:
         raise DataError(f"Manifest {path} has no rows")
     splits = {e["split"] for e in rows.values()}

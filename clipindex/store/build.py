@@ -28,20 +28,27 @@ from clipindex.sources import dataset_fingerprint
 from clipindex.store.lock import build_lock
 from clipindex.store.manifest import (
     DTYPES,
+    FORMAT_VERSION,
     MANIFEST,
+    READERS,
+    TEXT_CACHE,
     Target,
     build_manifest,
     file_records,
     load_encoder_for,
     read_json,
+    read_manifest,
     resolve_targets,
     same_source,
+    table_records,
     write_json,
+    write_manifest,
     write_parquet,
 )
 from clipindex.store.outputs import write_outputs
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.verify import check_backbone
 
 if TYPE_CHECKING:
     from clipindex.sources import Dataset
@@ -104,26 +111,53 @@ def check_rows(frame: pd.DataFrame, what: str) -> None:
         raise DataError(f"{what} row_id must run 0..n-1 in order; the source produced others")
 
 
+def _tables_intact(dataset_dir: Path, info: dict[str, Any]) -> bool:
+    """Whether the tables on disk are the ones ``dataset.json`` records (format 1,
+    without table hashes: whether they still match its fingerprint)."""
+    from clipindex.store.verify import read_tables, table_damage
+
+    if "tables" in info:
+        return not table_damage(dataset_dir, info)
+    try:
+        read_tables(dataset_dir, info)
+    except UserInputError:
+        return False
+    return True
+
+
 def write_tables(dataset: Any, dataset_dir: Path, fingerprint: str, rebuild: bool) -> None:
-    """Write the dataset-level tables, refusing to mix two datasets in one folder."""
+    """Write the dataset-level tables (and their sha256 in ``dataset.json``), refusing to
+    mix two datasets in one folder. Damaged tables of the same dataset are rewritten."""
     meta = dataset_dir / "dataset.json"
     if meta.exists():
-        old = read_json(meta).get("fingerprint")
+        try:
+            recorded = read_json(meta)
+        except (OSError, ValueError):
+            recorded = None
+        recorded = recorded if isinstance(recorded, dict) else {}
+        old = recorded.get("fingerprint")
         if old == fingerprint:
-            return
-        if not rebuild:
+            if _tables_intact(dataset_dir, recorded):
+                return
+            log.info("%s: the tables in %s are damaged; rewriting them", dataset.name,
+                     dataset_dir)
+        elif old is None:
+            log.info("%s: %s is unreadable; rewriting it", dataset.name, meta)
+        elif not rebuild:
             raise DataError(
                 f"{dataset_dir} already holds another version of dataset "
                 f"{dataset.name!r} (fingerprint {old} != {fingerprint}); pass --rebuild "
                 "(rebuild=True) to replace it, or choose another --out"
             )
-        log.info("%s: dataset changed; rewriting the tables (rebuild)", dataset.name)
+        else:
+            log.info("%s: dataset changed; rewriting the tables (rebuild)", dataset.name)
     dataset_dir.mkdir(parents=True, exist_ok=True)
     write_parquet(dataset_dir / "images.parquet", dataset.images)
     write_parquet(dataset_dir / "captions.parquet", dataset.captions)
     info = dict(getattr(dataset, "info", None) or {})
     info.setdefault("name", dataset.name)
     info["fingerprint"] = fingerprint
+    info["tables"] = table_records(dataset_dir)
     write_json(meta, info)
 
 
@@ -133,13 +167,15 @@ def _up_to_date(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions
     if not path.exists():
         return False
     try:
-        m = read_json(path)
-    except (OSError, ValueError):
+        m = read_manifest(bdir)
+    except UserInputError:  # damaged: rebuilt (or re-indexed from intact vectors)
         return False
-    same = (same_source(m, target, fingerprint)
+    # A store of an older format that holds these vectors stays as it is (it opens).
+    current = {**m, "format_version": FORMAT_VERSION} if m["format_version"] in READERS else m
+    same = (same_source(current, target, fingerprint)
             and m.get("dtype") == opts.dtype
             and (m.get("index") or {}).get("kind") == opts.index_kind)
-    return same and all((bdir / f).exists() for f in m.get("files", {}))
+    return same and not check_backbone(bdir, m, verify=False)
 
 
 def _settings(opts: BuildOptions, encoder: Any) -> dict[str, Any]:
@@ -192,6 +228,7 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     if _kept(bdir, target, fingerprint, opts):
         return bdir
     (bdir / MANIFEST).unlink(missing_ok=True)  # stale: rebuild, never half-open
+    (bdir / TEXT_CACHE).unlink(missing_ok=True)  # derived from the old weights
     encoder = load_encoder_for(target.spec, opts.device)
     settings = _settings(opts, encoder)
     batch, shard = _sizes(opts, settings)
@@ -260,20 +297,23 @@ def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, 
         target, encoder, fingerprint=fingerprint, dtype=opts.dtype,
         counts=(len(images), len(captions)), index=index, files=file_records(bdir),
         timings=timings, device=opts.device, skipped=skipped)
-    write_json(bdir / MANIFEST, manifest)
+    manifest = write_manifest(bdir, manifest)
     shutil.rmtree(bdir / "shards", ignore_errors=True)
     return manifest
 
 
 # ----------------------------------------------------------------------------- entry point
 def _prepare(dataset: Any, backbones: Sequence[str] | str, pretrained: str,
-             root: str | os.PathLike[str] | None) -> tuple[Any, list[Target]]:
+             root: str | os.PathLike[str] | None, allow_outside_root: bool = False
+             ) -> tuple[Any, list[Target]]:
     """Load the dataset (when given a source) and resolve every backbone; check the
     tables. Everything that can fail on the user's input fails here, before writing."""
     if isinstance(dataset, (str, os.PathLike)):
         from clipindex.sources import load_dataset
 
-        dataset = load_dataset(Path(dataset), root=None if root is None else Path(root))
+        extra = {"allow_outside_root": True} if allow_outside_root else {}
+        dataset = load_dataset(Path(dataset), root=None if root is None else Path(root),
+                               **extra)
     targets = resolve_targets(backbones, pretrained)
     check_rows(dataset.images, "images")
     check_rows(dataset.captions, "captions")
@@ -301,6 +341,7 @@ def build_store(
     shard_size: int | None = None,
     rebuild: bool = False,
     progress: bool = True,
+    allow_outside_root: bool = False,
     _stop_after_shards: int | None = None,
 ) -> list[Path]:
     """Encode a dataset once per backbone into ``OUT/<dataset>/<backbone>/``.
@@ -318,7 +359,9 @@ def build_store(
     ``"flat"``, ``"ivf"``, ``"hnsw"`` or ``"pq"`` (approximate kinds record recall@10);
     ``dtype`` (``"float32"``/``"float16"``) is the stored precision; ``shard_size`` the
     rows per resumable shard (a multiple of ``batch_size``, default ~4096); ``rebuild``
-    replaces the tables of a folder holding another version of the dataset.
+    replaces the tables of a folder holding another version of the dataset;
+    ``allow_outside_root`` accepts image paths outside the data root (a source given by
+    path; recorded in ``dataset.json``).
 
     Returns the backbone folders in the order asked: finished stores are left alone
     ("up to date"), unfinished ones resume from their finished shards.
@@ -331,7 +374,7 @@ def build_store(
     opts = options(out, batch_size, shard_size, workers=workers, threads=threads,
                    text_batch_size=text_batch_size, decode=decode, device=device,
                    strict=strict, index_kind=index_kind, dtype=dtype, progress=progress)
-    dataset, targets = _prepare(dataset, backbones, pretrained, root)
+    dataset, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)
     fingerprint = dataset_fingerprint(dataset)
     with build_lock(opts.out / dataset.name):  # one build per dataset folder
         write_tables(dataset, opts.out / dataset.name, fingerprint, rebuild)

@@ -1,11 +1,17 @@
 """What a store's files are, shared by building and reading: the format version, the
 JSON / npy / parquet IO, file hashes, a backbone's identity and the manifest itself.
 
-Store format 1 (``FORMAT_VERSION``; CHANGELOG.md records every version)::
+Store format 2 (``FORMAT_VERSION``; CHANGELOG.md records every version)::
 
-    OUT/<dataset>/images.parquet, captions.parquet, dataset.json
+    OUT/<dataset>/images.parquet, captions.parquet, dataset.json  (``tables``: sha256)
     OUT/<dataset>/<backbone>/images.npy, captions.npy, images.faiss, captions.faiss
-    OUT/<dataset>/<backbone>/manifest.json      written last, atomically
+    OUT/<dataset>/<backbone>/manifest.json      written last, atomically, sealed
+
+Format 2 adds, over format 1: ``tables`` in ``dataset.json`` (sha256 + bytes of both
+parquet tables), ``mtime_ns`` beside each file's sha256 and bytes (so an open checks
+large files by size and date and hashes only those whose date moved),
+``checkpoint_stamp`` (size and date of local weights: a reopen re-hashes them only when
+they moved) and ``manifest_sha256``, the manifest's seal (:func:`seal`).
 
 A reader goes through :func:`read_manifest`, which refuses a manifest of a newer format
 ("upgrade clipindex") and brings every older format it knows (``READERS``) to the
@@ -15,6 +21,7 @@ current shape, so a store built by an older clipindex keeps opening.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import IndexMismatchError, UserInputError
+from clipindex.errors import DamagedStoreError, IndexMismatchError, UserInputError
 from clipindex.files import atomic_write, read_json, write_json_atomic
 
 __all__ = [
@@ -34,8 +41,11 @@ __all__ = [
     "OUTPUT_FILES",
     "RANDOM_INIT_SEED",
     "READERS",
+    "TABLE_FILES",
+    "TEXT_CACHE",
     "Target",
     "build_manifest",
+    "check_seal",
     "file_records",
     "identity",
     "json_default",
@@ -45,17 +55,28 @@ __all__ = [
     "read_manifest",
     "resolve_targets",
     "same_source",
+    "seal",
     "sha256_file",
+    "table_records",
+    "text_cache_key",
+    "weights_identity",
+    "weights_stamp",
     "upgrade_manifest",
     "write_json",
+    "write_manifest",
     "write_npy",
     "write_parquet",
 ]
 
 #: Bumped whenever the on-disk layout or manifest fields change; a reader keeps a path
 #: (``READERS``) for every older version and refuses newer ones.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+#: The dataset-level tables ``dataset.json`` hashes (format 2).
+TABLE_FILES = ("images.parquet", "captions.parquet")
+SEAL = "manifest_sha256"
+#: Query texts a backbone folder encoded on demand (derived data: rebuilt when stale).
+TEXT_CACHE = "text_cache.npz"
 DTYPES = ("float32", "float16")
 #: The files of a finished backbone folder that its manifest hashes.
 OUTPUT_FILES = ("images.npy", "captions.npy", "images.faiss", "captions.faiss")
@@ -105,20 +126,60 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, x / np.where(norms > 0, norms, 1), 0).astype(np.float32)
 
 
+def _record(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"sha256": sha256_file(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def file_records(folder: Path) -> dict[str, dict[str, Any]]:
-    """The manifest's ``files``: sha256 and size of every output file of ``folder``."""
-    return {f: {"sha256": sha256_file(folder / f), "bytes": (folder / f).stat().st_size}
-            for f in OUTPUT_FILES}
+    """The manifest's ``files``: sha256, size and mtime of every output file of ``folder``."""
+    return {f: _record(folder / f) for f in OUTPUT_FILES}
+
+
+def table_records(dataset_dir: Path) -> dict[str, dict[str, Any]]:
+    """``dataset.json``'s ``tables``: sha256 and size of both parquet tables."""
+    return {f: {"sha256": sha256_file(dataset_dir / f),
+                "bytes": (dataset_dir / f).stat().st_size} for f in TABLE_FILES}
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"),
+                      default=json_default).encode("utf-8")
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with ``manifest_sha256``: the sha256 of its other keys (canonical
+    JSON), so a changed byte that still parses is caught on open."""
+    return {**{k: v for k, v in manifest.items() if k != SEAL},
+            SEAL: hashlib.sha256(_canonical(manifest)).hexdigest()}
+
+
+def check_seal(manifest: dict[str, Any]) -> bool:
+    """Whether ``manifest``'s seal matches its content."""
+    return manifest.get(SEAL) == hashlib.sha256(_canonical(manifest)).hexdigest()
 
 
 # ----------------------------------------------------------------------------- versions
 def _read_v1(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 has no seal, no file dates and no checkpoint stamp: an open hashes its
+    files (no date to trust) and its weights."""
+    return manifest
+
+
+def _read_v2(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest  # the current shape
 
 
 #: One reader per format version this clipindex opens: it returns the manifest in the
 #: current shape. A new version adds its reader here and keeps the old ones.
-READERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _read_v1}
+READERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _read_v1, 2: _read_v2}
+
+#: Keys every readable manifest has, with their JSON types.
+_REQUIRED = {"backbone_folder": str, "backbone": str, "weights": str, "dim": int,
+             "dtype": str, "n_images": int, "n_captions": int, "files": dict,
+             "dataset_fingerprint": str, "skipped": list}
+_FIX = "rebuild it with `clipindex build ... --rebuild`"
 
 
 def upgrade_manifest(manifest: dict[str, Any], where: Path | str) -> dict[str, Any]:
@@ -140,8 +201,34 @@ def upgrade_manifest(manifest: dict[str, Any], where: Path | str) -> dict[str, A
 
 
 def read_manifest(bdir: Path) -> dict[str, Any]:
-    """The manifest of a finished backbone folder, checked and upgraded."""
-    return upgrade_manifest(read_json(bdir / MANIFEST), bdir)
+    """The manifest of a finished backbone folder, checked and upgraded.
+
+    An unreadable manifest (not JSON, not an object, a key missing or of the wrong
+    type, a broken seal) is a :class:`DamagedStoreError` naming the file and the fix.
+    """
+    path = bdir / MANIFEST
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError) as exc:
+        why = "missing" if isinstance(exc, FileNotFoundError) else "not valid JSON"
+        raise DamagedStoreError(f"{path} is unreadable ({why}); {_FIX}") from None
+    if not isinstance(manifest, dict):
+        raise DamagedStoreError(
+            f"{path} is unreadable (a JSON {type(manifest).__name__}, not an object); {_FIX}")
+    manifest = upgrade_manifest(manifest, bdir)
+    bad = [k for k, t in _REQUIRED.items()
+           if not isinstance(manifest.get(k), t) or isinstance(manifest.get(k), bool)]
+    if bad:
+        raise DamagedStoreError(
+            f"{path} is damaged ({', '.join(bad)} missing or of the wrong type); {_FIX}")
+    if manifest["format_version"] >= 2 and not check_seal(manifest):
+        raise DamagedStoreError(
+            f"{path} is damaged (its content does not match its manifest_sha256 seal); {_FIX}")
+    if manifest["backbone_folder"] != bdir.name:
+        raise DamagedStoreError(
+            f"{path} is the manifest of {manifest['backbone_folder']!r}, not of "
+            f"{bdir.name!r}; {_FIX}")
+    return manifest
 
 
 def _version() -> str:
@@ -189,6 +276,41 @@ def identity(spec: Any) -> dict[str, Any]:
     sha = _weights_sha256(ckpt) if ckpt is not None else None
     weights = f"sha256:{sha}" if sha else (spec.pretrained or "none")
     return {"backbone": spec.name, "weights": weights}
+
+
+def weights_stamp(path: Path | None) -> list[list[Any]] | None:
+    """Size and mtime of local weights (every file of a checkpoint folder): what a
+    reopen compares instead of re-hashing them. None for weights that are not files."""
+    if path is None or not path.exists():
+        return None
+    files = ([path] if path.is_file() else
+             sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append([f.relative_to(path).as_posix() if f != path else "", st.st_size,
+                    st.st_mtime_ns])
+    return out
+
+
+def weights_identity(spec: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """:func:`identity` of ``spec``, without re-hashing local weights whose size and
+    mtime are those ``manifest`` recorded at build (``checkpoint_stamp``)."""
+    recorded = manifest.get("checkpoint_stamp")
+    if recorded is not None and recorded == weights_stamp(spec.checkpoint_path):
+        return {"backbone": spec.name, "weights": manifest["weights"]}
+    return identity(spec)
+
+
+def text_cache_key(manifest: dict[str, Any]) -> str:
+    """What a cached text vector derives from: the exact weights (a checkpoint's sha256
+    or a tag), the model and tokenizer, the dimension and the context length."""
+    ident = {k: manifest.get(k) for k in ("weights", "backbone", "model_name", "pretrained",
+                                          "weights_source", "random_init_seed", "dim",
+                                          "context_length")}
+    ident["tokenizer"] = manifest.get("tokenizer") or manifest.get("model_name")
+    text = json.dumps(ident, sort_keys=True, default=json_default)
+    return hashlib.sha256(b"clipindex-text-cache-v2" + text.encode()).hexdigest()
 
 
 def resolve_targets(names: Sequence[str] | str, pretrained: str) -> list[Target]:
@@ -275,4 +397,14 @@ def build_manifest(target: Target, encoder: Any, *, fingerprint: str, dtype: str
         "context_length": _int_or_none(getattr(encoder, "context_length", None)),
         "device": str(getattr(encoder, "device", device) or "cpu"),
         "skipped": sorted(skipped, key=lambda s: s["row_id"]),
+        "checkpoint_stamp": weights_stamp(target.spec.checkpoint_path),
+        "tokenizer": (f"registered:{target.spec.display}" if getattr(target.spec, "tiny", False)
+                      else f"open_clip:{target.spec.model}"),
     }
+
+
+def write_manifest(bdir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Seal (:func:`seal`) and write ``bdir/manifest.json`` atomically; returns it sealed."""
+    sealed = seal(manifest)
+    write_json(bdir / MANIFEST, sealed)
+    return sealed

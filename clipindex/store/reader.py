@@ -29,18 +29,28 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import (
+    DamagedStoreError,
     IncompleteIndexError,
     IndexMismatchError,
     UserInputError,
 )
 from clipindex.store.manifest import (
     MANIFEST,
-    identity,
+    OUTPUT_FILES,
+    TEXT_CACHE,
     load_encoder_for,
     normalise_rows,
-    read_json,
     read_manifest,
-    sha256_file,
+    text_cache_key,
+    weights_identity,
+)
+from clipindex.store.textcache import TextCache
+from clipindex.store.verify import (
+    Damage,
+    check_backbone,
+    read_dataset_info,
+    read_tables,
+    table_damage,
 )
 
 __all__ = ["BackboneIndex", "list_backbones", "open_index", "store_info"]
@@ -170,6 +180,8 @@ class BackboneIndex:
         texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
         cache = self._load_text_cache()
         missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        for t in dict.fromkeys(t for t in texts if t in cache):
+            cache[t] = cache.pop(t)  # most recently used last: the size cap drops the oldest
         if missing:
             vectors = normalise_rows(self.encoder().encode_texts(missing))
             if vectors.shape != (len(missing), self.dim):
@@ -184,28 +196,14 @@ class BackboneIndex:
 
     def _load_text_cache(self) -> dict[str, np.ndarray]:
         if self._text_cache is None:
-            self._text_cache = {}
-            path = self.path / "text_cache.npz"
-            if path.exists():
-                try:
-                    with np.load(path, allow_pickle=False) as data:
-                        if data["vectors"].shape[1:] == (self.dim,):
-                            self._text_cache = dict(zip(data["texts"].tolist(),
-                                                        data["vectors"], strict=True))
-                except (OSError, ValueError, KeyError):
-                    log.warning("ignoring an unreadable text cache %s", path)
+            self._text_cache = self._cache_file().load()
         return self._text_cache
 
-    def _save_text_cache(self, cache: dict[str, np.ndarray]) -> None:
-        from clipindex.files import atomic_write
+    def _cache_file(self) -> TextCache:
+        return TextCache(self.path / TEXT_CACHE, text_cache_key(self.manifest), self.dim)
 
-        texts = np.array(list(cache), dtype=str)
-        vectors = np.stack(list(cache.values())).astype(np.float32)
-        try:
-            atomic_write(self.path / "text_cache.npz",
-                         lambda fh: np.savez(fh, texts=texts, vectors=vectors))
-        except OSError as exc:  # a read-only store still answers queries
-            log.warning("could not write the text cache: %s", exc)
+    def _save_text_cache(self, cache: dict[str, np.ndarray]) -> None:
+        self._cache_file().save(cache)
 
 
 def _load_matching_encoder(manifest: dict[str, Any], device: str | None) -> Any:
@@ -214,7 +212,7 @@ def _load_matching_encoder(manifest: dict[str, Any], device: str | None) -> Any:
     req = manifest.get("requested") or {}
     spec = backbones.resolve_backbone(req.get("backbone", manifest["backbone"]),
                                       pretrained=req.get("pretrained", "default"))
-    if identity(spec)["weights"] != manifest["weights"]:
+    if weights_identity(spec, manifest)["weights"] != manifest["weights"]:
         raise IndexMismatchError(
             f"the weights of {spec.name} differ from those the store was built with "
             f"({manifest['weights']}); rebuild the store with clipindex build")
@@ -243,21 +241,17 @@ def list_backbones(dataset_dir: str | os.PathLike[str], *, unfinished: bool = Fa
                   and (d / MANIFEST).is_file() != unfinished)
 
 
-def _dataset_meta(dataset_dir: Path) -> dict[str, Any]:
-    meta = dataset_dir / "dataset.json"
-    if not meta.is_file():
-        hint = (" (that is a backbone folder; pass its parent)"
-                if (dataset_dir / MANIFEST).exists() else "")
-        raise UserInputError(
-            f"{dataset_dir} is not a clipindex store: it has no dataset.json{hint}. Pass the "
-            "OUT/<dataset> folder that `clipindex build` wrote.")
-    return read_json(meta)
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
 
 
 def _backbone_dir(dataset_dir: Path, backbone: str, pretrained: str) -> Path:
     """The folder of ``backbone``: a folder name, or a name resolve_backbone knows."""
     direct = dataset_dir / backbone
-    if pretrained == "default" and backbone and "/" not in backbone and direct.is_dir():
+    if pretrained == "default" and backbone and "/" not in backbone and _is_dir(direct):
         return direct
     try:
         from clipindex.encode.backbones import resolve_backbone
@@ -265,29 +259,18 @@ def _backbone_dir(dataset_dir: Path, backbone: str, pretrained: str) -> Path:
         folder = resolve_backbone(backbone, pretrained=pretrained).name
     except UserInputError:
         folder = None
-    if folder and (dataset_dir / folder).is_dir():
+    if folder and _is_dir(dataset_dir / folder):
         return dataset_dir / folder
     built = list_backbones(dataset_dir)
+    shown = backbone if len(backbone) <= 80 else backbone[:79] + "…"
     raise IndexMismatchError(
-        f"backbone {backbone!r} is not built in {dataset_dir}. Built: "
+        f"backbone {shown!r} is not built in {dataset_dir}. Built: "
         f"{', '.join(built) if built else 'none'}. Build it with `clipindex build CONFIG "
-        f"--backbone {backbone} --out {dataset_dir.parent}`.")
-
-
-def _check_files(bdir: Path, manifest: dict[str, Any], verify: bool) -> None:
-    for name, rec in manifest.get("files", {}).items():
-        path = bdir / name
-        if not path.is_file():
-            raise IncompleteIndexError(f"{path} is missing; rebuild with `clipindex build`")
-        if path.stat().st_size != rec.get("bytes") or (
-                verify and sha256_file(path) != rec.get("sha256")):
-            raise IndexMismatchError(
-                f"{path} does not match its manifest (sha256 differs: the file was changed "
-                "or corrupted); delete the folder and rebuild it with `clipindex build`")
+        f"--backbone {shown} --out {dataset_dir.parent}`.")
 
 
 def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
-               pretrained: str = "default", verify: bool = True) -> BackboneIndex:
+               pretrained: str = "default", verify: bool = False) -> BackboneIndex:
     """Open one backbone's finished store under ``dataset_dir`` (``OUT/<dataset>``).
 
     Parameters
@@ -298,15 +281,20 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
         A backbone folder name (``tiny-vit``, ``ViT-B-32__none``) or a name
         :func:`~clipindex.encode.backbones.resolve_backbone` knows (with ``pretrained``).
     verify : bool
-        Check every stored file's sha256 against the manifest (sizes are always checked).
+        Hash every stored file against the manifest. Without it (the default, fast on
+        any size of store) the tables and the manifest are hashed and the large files
+        are checked by size and mtime (hashed when their mtime moved), see
+        :mod:`clipindex.store.verify`.
 
     Raises
     ------
     IncompleteIndexError
         The folder has no ``manifest.json`` (an interrupted or running build).
     IndexMismatchError
-        The backbone is not built here, the dataset changed since the build, or the
-        stored files do not match the manifest.
+        The backbone is not built here or the dataset changed since the build.
+    DamagedStoreError
+        A file a query reads is missing, unreadable or not what the build recorded
+        (an ``IndexMismatchError``; the message names the file and the fix).
 
     Example
     -------
@@ -314,12 +302,12 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     >>> idx.image_vectors.shape  # doctest: +SKIP
     (1000, 64)
     """
-    from clipindex.store.indexes import load_index
-
     root = Path(dataset_dir)
-    info = _dataset_meta(root)
+    info = read_dataset_info(root)
     bdir = _backbone_dir(root, backbone, pretrained)
     if not (bdir / MANIFEST).is_file():
+        if _orphaned(bdir):
+            raise _orphan_damage(bdir).error()
         raise IncompleteIndexError(
             f"{bdir} was not finished (no manifest.json); rerun `clipindex build ... "
             f"--backbone {backbone}` with the same --out to resume it")
@@ -328,22 +316,100 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
         raise IndexMismatchError(
             f"{bdir} was built for another version of dataset {info.get('name')!r} (the "
             "tables changed since); rebuild it with `clipindex build ... --rebuild`")
-    _check_files(bdir, manifest, verify)
-    images = pd.read_parquet(root / "images.parquet")
-    captions = pd.read_parquet(root / "captions.parquet")
-    vectors = {t: np.load(bdir / f"{t}.npy", allow_pickle=False).astype(np.float32)
-               for t in _TARGETS}
+    damage = check_backbone(bdir, manifest, verify)
+    if damage:
+        raise damage[0].error()
+    images, captions = read_tables(root, info)
+    vectors = {t: _load_matrix(bdir / f"{t}.npy") for t in _TARGETS}
     for t, table in (("images", images), ("captions", captions)):
         if vectors[t].shape != (len(table), manifest["dim"]):
-            raise IndexMismatchError(
-                f"{bdir / (t + '.npy')} has shape {vectors[t].shape} but {t}.parquet has "
-                f"{len(table)} rows of dim {manifest['dim']}; rebuild with `clipindex build`")
-    faiss_indexes = {t: load_index(bdir / f"{t}.faiss") for t in _TARGETS}
+            raise Damage(bdir / f"{t}.npy",
+                         f"has shape {vectors[t].shape} but {t}.parquet has {len(table)} "
+                         f"rows of dim {manifest['dim']}").error()
+    faiss_indexes = {t: _load_faiss(bdir / f"{t}.faiss") for t in _TARGETS}
     return BackboneIndex(bdir, manifest, info, images, captions, vectors, faiss_indexes)
 
 
-def store_info(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """A JSON-ready summary of a dataset store: funnel, counts, backbones, skipped inputs.
+def _orphaned(bdir: Path) -> bool:
+    """A folder without a manifest that holds a finished build's files and no shards:
+    its manifest was lost (a build writes the manifest before it removes its shards)."""
+    return (not (bdir / MANIFEST).exists() and not (bdir / "shards").exists()
+            and any((bdir / f).exists() for f in OUTPUT_FILES))
+
+
+def _orphan_damage(bdir: Path) -> Damage:
+    return Damage(bdir / MANIFEST, "is missing, but the folder holds a finished build's "
+                  "files")
+
+
+def _load_matrix(path: Path) -> np.ndarray:
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy raises many kinds on bad bytes
+        raise Damage(path, f"is unreadable ({type(exc).__name__})").error() from None
+    if matrix.ndim != 2:
+        raise Damage(path, f"is not a matrix (shape {matrix.shape})").error()
+    return matrix.astype(np.float32, copy=False)
+
+
+def _load_faiss(path: Path) -> Any:
+    from clipindex.store.indexes import load_index
+
+    try:
+        return load_index(path)
+    except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError on bad bytes
+        raise Damage(path, f"is unreadable ({type(exc).__name__})").error() from None
+
+
+def _table_rows(root: Path, damaged: bool) -> tuple[int | None, int | None]:
+    if damaged:
+        return None, None
+    import pyarrow.parquet as pq
+
+    rows = []
+    for name in ("images", "captions"):
+        try:
+            rows.append(pq.ParquetFile(root / f"{name}.parquet").metadata.num_rows)
+        except Exception:  # noqa: BLE001 - reported through the tables' check
+            rows.append(None)
+    return rows[0], rows[1]
+
+
+def _dataset_damage(root: Path, info: dict[str, Any], verify: bool) -> list[str]:
+    damage = [d.message() for d in table_damage(root, info)]
+    if not damage and verify and "tables" not in info:  # format 1: the fingerprint
+        try:
+            read_tables(root, info)
+        except DamagedStoreError as exc:
+            damage = [str(exc)]
+    return damage
+
+
+def _backbone_entry(bdir: Path, info: dict[str, Any], verify: bool) -> dict[str, Any]:
+    keys = ("backbone_folder", "display_name", "model_name", "pretrained", "weights", "dim",
+            "dtype", "n_images", "n_captions", "n_skipped", "params", "image_size",
+            "context_length", "device", "index", "timings", "skipped", "format_version")
+    try:
+        manifest = read_manifest(bdir)
+    except DamagedStoreError as exc:
+        return {"backbone_folder": bdir.name, "stale": False, "damaged": [str(exc)]}
+    entry = {k: manifest.get(k) for k in keys}
+    entry["stale"] = manifest.get("dataset_fingerprint") != info.get("fingerprint")
+    entry["damaged"] = [d.message() for d in check_backbone(bdir, manifest, verify)]
+    return entry
+
+
+def store_info(dataset_dir: str | os.PathLike[str], *, verify: bool = False) -> dict[str, Any]:
+    """A JSON-ready summary of a dataset store: funnel, counts, backbones, skipped inputs,
+    and what is damaged.
+
+    Every file is checked as :func:`open_index` checks it (tables and manifests hashed,
+    large files by size and mtime); ``verify=True`` hashes every file against its
+    recorded sha256 (``clipindex info --verify``). ``damaged`` lists one message per
+    damaged file (each backbone entry has its own ``damaged`` too); ``verified`` says
+    whether the contents were hashed. A format-1 store has no table hashes: its tables
+    are checked against the dataset fingerprint with ``verify`` only
+    (``tables_verified``).
 
     Example
     -------
@@ -352,23 +418,14 @@ def store_info(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
     ['tiny-rn', 'tiny-vit', 'tiny-vit2']
     """
     root = Path(dataset_dir)
-    info = _dataset_meta(root)
-    n_images = n_captions = None
-    for name in ("images", "captions"):
-        path = root / f"{name}.parquet"
-        if path.is_file():
-            import pyarrow.parquet as pq
-
-            rows = pq.ParquetFile(path).metadata.num_rows
-            n_images, n_captions = (rows, n_captions) if name == "images" else (n_images, rows)
-    keys = ("backbone_folder", "display_name", "model_name", "pretrained", "weights", "dim",
-            "dtype", "n_images", "n_captions", "n_skipped", "params", "image_size",
-            "context_length", "device", "index", "timings", "skipped")
-    backbones = []
-    for folder in list_backbones(root):
-        manifest = read_manifest(root / folder)
-        entry = {k: manifest.get(k) for k in keys}
-        entry["stale"] = manifest.get("dataset_fingerprint") != info.get("fingerprint")
-        backbones.append(entry)
+    info = read_dataset_info(root)
+    tables = _dataset_damage(root, info, verify)
+    n_images, n_captions = _table_rows(root, bool(tables))
+    backbones = [_backbone_entry(root / f, info, verify) for f in list_backbones(root)]
+    damaged = tables + [m for b in backbones for m in b["damaged"]]
+    damaged += [_orphan_damage(root / f).message()
+                for f in list_backbones(root, unfinished=True) if _orphaned(root / f)]
     return {"path": str(root), "dataset": info, "n_images": n_images, "n_captions": n_captions,
-            "backbones": backbones, "unfinished": list_backbones(root, unfinished=True)}
+            "backbones": backbones, "unfinished": list_backbones(root, unfinished=True),
+            "verified": bool(verify), "tables_verified": "tables" in info or bool(verify),
+            "damaged": damaged}

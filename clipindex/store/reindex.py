@@ -16,15 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from clipindex.errors import UserInputError
 from clipindex.store.manifest import (
     MANIFEST,
     OUTPUT_FILES,
     Target,
     file_records,
-    read_json,
+    read_manifest,
     same_source,
     sha256_file,
-    write_json,
+    write_manifest,
 )
 from clipindex.store.outputs import write_outputs
 
@@ -44,8 +45,8 @@ def reusable(bdir: Path, target: Target, fingerprint: str, dtype: str
     float16 store cannot become float32 without re-encoding (the dropped bits are gone).
     """
     try:
-        m = read_json(bdir / MANIFEST)
-    except (OSError, ValueError):
+        m = read_manifest(bdir)
+    except UserInputError:  # missing, unreadable or damaged: encode again
         return None
     if not same_source(m, target, fingerprint):
         return None
@@ -109,6 +110,6 @@ def reindex(bdir: Path, old: dict[str, Any], *, dtype: str, index_kind: str
     (bdir / MANIFEST).unlink()
     for name in OUTPUT_FILES:
         os.replace(tmp / name, bdir / name)
-    write_json(bdir / MANIFEST, manifest)
+    manifest = write_manifest(bdir, manifest)
     shutil.rmtree(tmp, ignore_errors=True)
     return manifest
