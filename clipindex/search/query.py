@@ -75,6 +75,15 @@ class SearchResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     score_kind: str = "cosine"
 
+    def records(self) -> list[dict[str, Any]]:
+        """The hits as JSON-ready dicts, each with ``score_kind``: the list that
+        ``clipindex search --json`` prints and ``clipindex serve``'s ``/search`` returns
+        (missing values are ``None``)."""
+        frame = self.frame.copy()
+        frame["score_kind"] = self.score_kind
+        frame = frame.astype(object).where(pd.notna(frame), None)
+        return cast(list[dict[str, Any]], frame.to_dict(orient="records"))
+
 
 # ----------------------------------------------------------------------------- queries
 def _clean_texts(texts: Sequence[str] | str | None) -> list[str]:
