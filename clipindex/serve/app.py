@@ -31,7 +31,7 @@ _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
 def _require() -> None:
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: the upload parser)
+        import python_multipart  # noqa: F401  (the upload parser)
     except ImportError as exc:
         raise MissingExtraError(
             f"clipindex serve needs the serve extra ({exc.name} is missing): "
