@@ -103,6 +103,25 @@ def test_image_search_equals_the_cli_with_that_file(client: TestClient, serve_co
     assert posted.json()[0]["query"] == "upload:mine.jpg"
 
 
+def test_records_are_plain_json_values_with_none_for_missing() -> None:
+    import pandas as pd
+
+    from clipindex.search import SearchResult
+
+    frame = pd.DataFrame({"query_id": np.array([0, 0], dtype=np.int64), "query": ["a", "a"],
+                          "rank": np.array([1, 2]), "score": np.array([0.5, np.nan]),
+                          "row_id": np.array([3, 4], dtype=np.int64), "file": ["x", "y"],
+                          "label": [None, "cat"], "caption": ["", np.nan]})
+    records = SearchResult(frame, (), "rrf").records()
+    assert records == [
+        {"query_id": 0, "query": "a", "rank": 1, "score": 0.5, "row_id": 3, "file": "x",
+         "label": None, "caption": "", "score_kind": "rrf"},
+        {"query_id": 0, "query": "a", "rank": 2, "score": None, "row_id": 4, "file": "y",
+         "label": "cat", "caption": None, "score_kind": "rrf"}]
+    assert [type(v) for v in records[0].values()] == [int, str, int, float, int, str,
+                                                      type(None), str, str]
+
+
 def test_offset_slices_the_ranking(client: TestClient) -> None:
     full = client.get("/search", params={"q": "a horse", "k": 8, "backbone": "tiny-vit"}).json()
     page = client.get("/search", params={"q": "a horse", "k": 3, "offset": 5,
@@ -265,8 +284,7 @@ def test_a_new_build_is_picked_up_between_requests(demo_world: Path, serve_copy:
                                                    tmp_path: Path) -> None:
     from fixtures_store import DEMO_PER_CLASS, DEMO_SUPPORT
 
-    from clipindex.serve import ServedStore, ServeOptions, create_app
-    from clipindex.serve import answers
+    from clipindex.serve import ServedStore, ServeOptions, answers, create_app
     from clipindex.sources import load_dataset
     from clipindex.store import build_store
 

@@ -79,10 +79,14 @@ class SearchResult:
         """The hits as JSON-ready dicts, each with ``score_kind``: the list that
         ``clipindex search --json`` prints and ``clipindex serve``'s ``/search`` returns
         (missing values are ``None``)."""
-        frame = self.frame.copy()
-        frame["score_kind"] = self.score_kind
-        frame = frame.astype(object).where(pd.notna(frame), None)
-        return cast(list[dict[str, Any]], frame.to_dict(orient="records"))
+        records = cast(list[dict[str, Any]], self.frame.to_dict(orient="records"))
+        for record in records:  # plain Python values (to_dict unboxes numpy); NaN -> None
+            for key, value in record.items():
+                if value is not None and not isinstance(value, (list, dict)) and \
+                        pd.isna(value):
+                    record[key] = None
+            record["score_kind"] = self.score_kind
+        return records
 
 
 # ----------------------------------------------------------------------------- queries
