@@ -80,6 +80,7 @@ def start_server(folder: Path, backbones: list[str], threads: int) -> tuple[Any,
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-c", "from clipindex.cli import main; main()", "serve",
            "--index", str(folder), "--port", str(port), "--log-level", "warning",
+           "--threads", str(max(1, threads)),
            *[a for b in backbones for a in ("--backbone", b)]]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
@@ -100,18 +101,29 @@ def start_server(folder: Path, backbones: list[str], threads: int) -> tuple[Any,
     raise SystemExit("clipindex serve did not answer /health in 300 s")
 
 
-def _summary(latencies: list[float], errors: int, seconds: float) -> dict[str, Any]:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _summary(latencies: list[float], errors: int, seconds: float, cpu: float
+             ) -> dict[str, Any]:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else float("nan")
-    return {"requests": len(latencies) + errors, "errors": errors,
+    n = len(latencies) + errors
+    return {"requests": n, "errors": errors,
             "rps": len(latencies) / seconds if seconds else 0.0,
             "p50_ms": 1000 * statistics.median(ordered) if ordered else float("nan"),
-            "p99_ms": 1000 * p99, "seconds": seconds}
+            "p99_ms": 1000 * p99, "seconds": seconds,
+            "cpu_ms": 1000 * cpu / n if n else float("nan")}
 
 
-def _load(worker: Any, clients: int, total: int, cap_s: float) -> dict[str, Any]:
+def _load(worker: Any, clients: int, total: int, cap_s: float,
+          cpu: Any = time.process_time) -> dict[str, Any]:
     """Run ``total`` calls of ``worker(i, state)`` from ``clients`` threads, stopping
-    early at ``cap_s`` seconds; each call returns True for a good answer."""
+    early at ``cap_s`` seconds; each call returns True for a good answer. ``cpu()`` is
+    the CPU time used so far by every process doing the work."""
     latencies: list[float] = []
     errors, lock, counter = [0], threading.Lock(), iter(range(total))
     deadline = time.monotonic() + cap_s
@@ -132,11 +144,11 @@ def _load(worker: Any, clients: int, total: int, cap_s: float) -> dict[str, Any]
             with lock:
                 (latencies.append(took) if ok else errors.__setitem__(0, errors[0] + 1))
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu()
     with ThreadPoolExecutor(clients) as pool:
         for f in [pool.submit(client) for _ in range(clients)]:
             f.result()
-    return _summary(latencies, errors[0], time.perf_counter() - start)
+    return _summary(latencies, errors[0], time.perf_counter() - start, cpu() - cpu_start)
 
 
 def http_worker(port: int, texts: list[str], k: int, opened: list[Any]) -> Any:
@@ -156,6 +168,8 @@ def http_worker(port: int, texts: list[str], k: int, opened: list[Any]) -> Any:
 
 
 def local_worker(snapshot: Any, texts: list[str], k: int) -> Any:
+    """The route's own function; it pins FAISS to the snapshot's threads in each client
+    thread, as the server's request threads do."""
     from clipindex.serve import answers
 
     def call(i: int, state: dict[str, Any]) -> bool:
@@ -194,7 +208,8 @@ def _measure(args: Any, folder: Path, texts: list[str]) -> list[dict[str, Any]]:
     from clipindex.serve import ServeOptions
     from clipindex.serve.state import open_snapshot
 
-    snapshot = open_snapshot(ServeOptions(index_dir=str(folder), backbones=tuple(args.backbones)))
+    snapshot = open_snapshot(ServeOptions(index_dir=str(folder), backbones=tuple(args.backbones),
+                                          threads=max(1, args.threads)))
     local = local_worker(snapshot, texts, args.k)
     for i in range(len(texts)):  # encode every query once, as the server's warm-up does
         local(i, {})
@@ -203,13 +218,17 @@ def _measure(args: Any, folder: Path, texts: list[str]) -> list[dict[str, Any]]:
     opened: list[Any] = []
     try:
         remote = http_worker(port, texts, args.k, opened)
+
+        def both_cpu() -> float:  # the client threads here + the server process
+            return time.process_time() + process_cpu(proc.pid)
+
         _load(remote, 1, len(texts), args.cap_s)  # the server encodes every query once
         for clients in args.clients:  # alternate the two sides at each level
             common.log(f"{clients} client(s): in-process, then HTTP")
             rows.append({"mode": "in-process", "clients": clients,
                          **_load(local, clients, args.requests, args.cap_s)})
             rows.append({"mode": "HTTP", "clients": clients,
-                         **_load(remote, clients, args.requests, args.cap_s)})
+                         **_load(remote, clients, args.requests, args.cap_s, both_cpu)})
     finally:
         for conn in opened:
             conn.close()
@@ -223,11 +242,12 @@ def _measure(args: Any, folder: Path, texts: list[str]) -> list[dict[str, Any]]:
 
 
 def report(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    lines = ["| side | clients | requests | errors | requests/s | p50 (ms) | p99 (ms) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| side | clients | requests | errors | requests/s | p50 (ms) | p99 (ms) | "
+             "CPU per request (ms) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['mode']} | {r['clients']} | {r['requests']} | {r['errors']} | "
-                     f"{r['rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+                     f"{r['rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['cpu_ms']:.2f} |")
     ratios = []
     for local, remote in zip(rows[::2], rows[1::2], strict=True):
         n = local["clients"]
@@ -235,6 +255,10 @@ def report(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
             remote["rps"] / local["rps"] if local["rps"] else 0.0,
             f"HTTP /search (clipindex serve) over in-process search, requests/s at {n} "
             f"client{'s' if n > 1 else ''}"))
+        ratios.append(common.ratio_line(
+            local["cpu_ms"] / remote["cpu_ms"] if remote["cpu_ms"] else 0.0,
+            f"HTTP /search over in-process search, CPU time per request (client + server "
+            f"processes) at {n} client{'s' if n > 1 else ''}"))
     return lines, ratios
 
 
@@ -255,7 +279,10 @@ def _main(argv: list[str] | None = None) -> int:
                 "timing on both sides",
                 f"- load: {args.requests} requests per level (cap {args.cap_s:.0f} s), "
                 "loopback only, keep-alive connections, the clients on the same cores as "
-                "the server; errors must be 0",
+                "the server; errors must be 0. CPU per request: user + system time of the "
+                "processes doing the work (this one; for HTTP also the server's), divided "
+                "by the requests: less sensitive than requests/s to other jobs on the box, "
+                "which give more threads a larger share of the cores",
                 ""]
         common.write_section(SECTION, "Serve: HTTP /search vs in-process search",
                              head + lines, ratios, args.results)

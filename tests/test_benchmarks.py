@@ -161,4 +161,4 @@ def test_bench_serve_writes_its_section(bench_env: dict[str, Path]) -> None:
         ("in-process", 1), ("HTTP", 1), ("in-process", 16), ("HTTP", 16)]
     assert all(int(r[3]) == 0 and int(r[2]) == 24 and float(r[4]) > 0 for r in rows)
     ratios = _ratios(lines)
-    assert len(ratios) == 2 and all(RATIO.match(r) for r in ratios), ratios
+    assert len(ratios) == 4 and all(RATIO.match(r) for r in ratios), ratios

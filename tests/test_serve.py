@@ -310,7 +310,7 @@ def test_a_new_build_is_picked_up_between_requests(demo_world: Path, serve_copy:
     info = client.get("/info").json()
     assert info["generation"] == 3 and info["reload"]["last_error"]
     assert client.get("/search", params={"q": "a cat", "k": 3}).status_code == 200
-    _error(client.post("/reload"), 409, 422, 500)
+    assert "still serving generation 3" in _error(client.post("/reload"), 409)
 
 
 # ----------------------------------------------------------------------------- schemathesis
@@ -375,12 +375,15 @@ def test_cli_warns_off_loopback_and_checks_options(serve_copy: Path,
     assert done.exit_code == 2 and "Traceback" not in done.output
 
 
-def test_a_real_serve_process_answers_and_stops_on_sigterm(serve_copy: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_real_serve_process_answers_and_stops_on_sigterm(serve_copy: Path,
+                                                            workers: int) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from clipindex.cli import main; main()", "serve", "--index",
-         str(serve_copy), "--backbone", "tiny-vit", "--port", str(port)],
+         str(serve_copy), "--backbone", "tiny-vit", "--port", str(port), "--workers",
+         str(workers)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -408,3 +411,5 @@ def test_a_real_serve_process_answers_and_stops_on_sigterm(serve_copy: Path) -> 
     assert proc.returncode in (0, -signal.SIGTERM), err[-2000:]
     assert "Serving" in err and "Shutting down" in err and "Finished server process" in err
     assert "Traceback" not in err
+    if workers > 1:  # a parent process supervising two workers that each loaded the store
+        assert "Started parent process" in err and err.count("Started server process") == 2

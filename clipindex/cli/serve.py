@@ -31,6 +31,9 @@ from clipindex.cli._app import echo_err, main
 @click.option("--reload-interval", type=float, default=1.0, show_default=True,
               help="Seconds between checks of the manifests for a new build (0: every "
                    "request).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="CPU threads one request may use (FAISS, torch); concurrency comes from "
+                   "requests in parallel.")
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="Allow this origin by CORS (repeatable); default: CORS off.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info",
@@ -38,7 +41,7 @@ from clipindex.cli._app import echo_err, main
 def serve_command(index_dir: str, backbones: tuple[str, ...], host: str, port: int,
                   workers: int, token: str | None, data_root: str | None, max_k: int,
                   max_upload_mb: float, max_query_chars: int, reload_interval: float,
-                  cors_origins: tuple[str, ...], log_level: str) -> None:
+                  threads: int, cors_origins: tuple[str, ...], log_level: str) -> None:
     """Serve a store over HTTP: search, classify, images, and a web page at /.
 
     \b
@@ -52,7 +55,7 @@ def serve_command(index_dir: str, backbones: tuple[str, ...], host: str, port: i
     options = ServeOptions(
         index_dir=index_dir, backbones=tuple(backbones), data_root=data_root, token=token,
         max_k=max_k, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        max_query_chars=max_query_chars, reload_interval=reload_interval,
+        max_query_chars=max_query_chars, reload_interval=reload_interval, threads=threads,
         cors_origins=tuple(cors_origins))
     warning = exposure_warning(host, token)
     if warning:

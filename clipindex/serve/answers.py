@@ -8,6 +8,7 @@ search --json`` prints for the same query (:meth:`SearchResult.records`). Model 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,18 @@ __all__ = ["METHOD_ALIASES", "classify_upload", "methods", "search"]
 METHOD_ALIASES = {"knn": "caption-knn", "probe": "linear-probe"}
 MAX_WHERE = 8
 MAX_WHERE_CHARS = 200
+_PINNED = threading.local()
+
+
+def pin_threads(n: int) -> None:
+    """Limit FAISS to ``n`` OpenMP threads in this request thread (an OpenMP setting is
+    per thread, and a new thread starts with every core: 16 concurrent searches would
+    each spin up all of them)."""
+    if getattr(_PINNED, "n", None) != n:
+        from clipindex.store.indexes import set_search_threads
+
+        set_search_threads(n)
+        _PINNED.n = n
 
 
 def methods() -> list[str]:
@@ -53,6 +66,7 @@ def search(snapshot: Snapshot, *, text: str | None = None, image: Path | None = 
     """
     from clipindex.search import search_indexes
 
+    pin_threads(snapshot.threads)
     indexes = snapshot.pick(backbones)
     where_ = _check_where(where)
     if text is not None:
@@ -60,10 +74,12 @@ def search(snapshot: Snapshot, *, text: str | None = None, image: Path | None = 
             index.text_vectors([text.strip()] if text.strip() else [])
         result = search_indexes(indexes, texts=[text], k=k + offset, target=target,
                                 where=where_ or None)
-    else:
+    elif image is not None:
         with snapshot.model_lock:
             result = search_indexes(indexes, images=[image], k=k + offset, target=target,
                                     where=where_ or None)
+    else:
+        raise ApiError(422, "Give a text or an image to search for.")
     records = result.records()
     if offset:
         records = [r for r in records if r["rank"] > offset]
@@ -88,6 +104,7 @@ def classify_upload(snapshot: Snapshot, image: Path, *, method: str,
     from clipindex.classifiers import fit_classifier
     from clipindex.classifiers import reject_below as reject
 
+    pin_threads(snapshot.threads)
     real = METHOD_ALIASES.get(method, method)
     indexes = snapshot.pick(backbones)
     names = tuple(dict.fromkeys(backbones or ())) or snapshot.names

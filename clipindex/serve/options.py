@@ -46,6 +46,8 @@ class ServeOptions:
     text_cache : how many query text vectors are kept in memory per backbone
     reload_interval : seconds between two checks of the manifests (0: every request)
     reject_below : the default abstention threshold of ``/classify``
+    threads : CPU threads one request may use for FAISS and torch (default 1: a server
+        gets its parallelism from concurrent requests, not from each one)
     cors_origins : origins allowed by CORS (empty: CORS off)
     """
 
@@ -62,11 +64,12 @@ class ServeOptions:
     text_cache: int = 4096
     reload_interval: float = 1.0
     reject_below: float = 0.5
+    threads: int = 1
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         for name in ("max_k", "max_upload_bytes", "max_query_chars", "max_pixels",
-                     "thumb_size", "thumb_cache", "text_cache"):
+                     "thumb_size", "thumb_cache", "text_cache", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserInputError(f"{name} must be a positive whole number, got {value!r}")

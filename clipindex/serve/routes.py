@@ -84,7 +84,11 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
 
     @app.post("/reload")
     def reload() -> dict[str, Any]:
-        store.reload(wait=True)
+        try:
+            store.reload(wait=True)
+        except Exception:  # noqa: BLE001 - the old store keeps serving; say why
+            raise ApiError(409, f"The store could not be reopened ({store.last_error}); "
+                           f"still serving generation {store.snapshot.generation}.") from None
         return _info(store.current(), store)
 
     @app.get("/search")
@@ -100,7 +104,7 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
         if (q is None) == (like is None):
             raise ApiError(422, "Give exactly one of q (a text) or like (an image row id).")
         snap = store.current()
-        if q is not None:
+        if like is None:
             found = answers.search(snap, text=q, k=k, offset=offset, backbones=backbone,
                                    where=where, target=to)
         else:

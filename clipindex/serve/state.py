@@ -108,6 +108,7 @@ class Snapshot:
     data_root: Path | None
     signature: tuple[Any, ...]
     opened_at: float
+    threads: int = 1
     model_lock: threading.Lock = field(default_factory=threading.Lock)
     classifiers: LRU = field(default_factory=lambda: LRU(32))
 
@@ -155,12 +156,15 @@ def store_signature(index_dir: str | Path, folders: Sequence[str]) -> tuple[Any,
 
 def open_snapshot(options: ServeOptions, generation: int = 1) -> Snapshot:
     """Open every served backbone once, load its encoder and warm its text tower."""
+    import torch
+
     from clipindex.store import list_backbones, open_index
 
     names = list(options.backbones) or list_backbones(options.index_dir)
     if not names:
         raise UserInputError(
             f"{options.index_dir} holds no finished backbone: build one with `clipindex build`")
+    torch.set_num_threads(options.threads)
     lock = threading.Lock()
     opened = [open_index(options.index_dir, name) for name in names]
     folders = [bi.name for bi in opened]
@@ -173,7 +177,8 @@ def open_snapshot(options: ServeOptions, generation: int = 1) -> Snapshot:
     root = options.data_root or opened[0].dataset_info.get("root")
     return Snapshot(generation=generation, names=tuple(names), indexes=served,
                     data_root=Path(root).expanduser().resolve() if root else None,
-                    signature=signature, opened_at=time.time(), model_lock=lock)
+                    signature=signature, opened_at=time.time(), threads=options.threads,
+                    model_lock=lock)
 
 
 class ServedStore:
@@ -187,6 +192,11 @@ class ServedStore:
         self._reloading = threading.Lock()
         self._checked = time.monotonic()
         self.last_error: str | None = None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The current snapshot, without checking the store for changes."""
+        return self._snapshot
 
     def _folders(self) -> list[str]:
         snap = self._snapshot

@@ -35,6 +35,7 @@ from clipindex.errors import IndexMismatchError, UserInputError
 from clipindex.files import atomic_write_bytes
 
 __all__ = [
+    "set_search_threads",
     "INDEX_KINDS",
     "IndexSpec",
     "brute_force",
@@ -386,3 +387,10 @@ def load_index(path: str | os.PathLike[str]) -> faiss.Index:
     # deserialize_index already returns the concrete class (and owns it); wrapping it
     # again with downcast_index would let the owning proxy free the index.
     return faiss.deserialize_index(data)
+
+
+def set_search_threads(n: int) -> None:
+    """Let FAISS use ``n`` OpenMP threads in the *calling* thread (an OpenMP setting is
+    per thread: a server's request threads start with the process default, every core)."""
+    faiss.omp_set_num_threads(max(1, int(n)))
+
