@@ -181,3 +181,27 @@ def test_keyboard_alone_on_a_narrow_window(server: LiveServer, browser: Any,
     assert browser.save_screenshot(str(shot))
     _not_blank(shot)
     assert _severe(browser) == []
+
+
+def test_the_page_asks_for_the_token_and_sends_it(serve_app: Any, browser: Any) -> None:
+    """With --token the page loads, asks for the token after the first 401, then sends
+    it with every request: results and their thumbnails (fetched with the header)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    token = "page-token-0123"
+    with LiveServer(serve_app(token=token)) as live:
+        browser.get(live.url + "/")
+        _wait(browser, lambda d: d.find_element(By.ID, "token-form").is_displayed())
+        browser.find_element(By.ID, "token").send_keys(token, Keys.ENTER)
+        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#backbones input")) == 3)
+        browser.find_element(By.ID, "q").send_keys("a photo of a horse", Keys.ENTER)
+        grid = _results_after(browser, None)
+        assert grid["loaded"] == grid["images"] == 24
+        sources = browser.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('#results img'),"
+            " function (i) { return i.src; });")
+        assert all(src.startswith("blob:") for src in sources)  # fetched with the token
+        severe = _severe(browser)
+        # the one expected error: the first /info before the token was given
+        assert len(severe) == 1 and "/info" in severe[0] and "401" in severe[0], severe
