@@ -20,12 +20,12 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/clipindex demo --out demo-out
 
-# The report's browser tests use Debian's chromium (installed when we are root; without it
-# those tests are skipped with a reason).
+# The report's and the serve page's browser tests use Debian's chromium and chromium-driver
+# (installed when we are root; without them those tests are skipped with a reason).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium missing: browser tests will be skipped (sudo apt-get install chromium)"; fi; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium/chromedriver missing: browser tests will be skipped (sudo apt-get install chromium chromium-driver)"; fi; }
 
 test: venv browser
 	$(BIN)/python -m pytest -q

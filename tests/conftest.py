@@ -9,4 +9,4 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Fixture plugins (one module each); append yours.
-pytest_plugins = ["fixtures_store", "fixtures_world", "fixtures_robust"]
+pytest_plugins = ["fixtures_store", "fixtures_world", "fixtures_robust", "fixtures_serve"]

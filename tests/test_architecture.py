@@ -34,6 +34,7 @@ FLOORS: dict[str, int] = {
     "store": 4,
     "classifiers": 5,
     "search": 5,
+    "serve": 6,  # the HTTP service: above search and classifiers, below the CLI
     "explain": 6,
     "bench": 6,
     "tiny.train": 7,

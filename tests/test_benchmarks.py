@@ -169,3 +169,18 @@ def test_encode_cuda_mode_structure() -> None:
                                  ("RN50x4", 100)]
     assert [resolve_backbone(n, "none").display for n, _ in encode._plan(cpu)] == [
         "ViT-B/32", "RN50", "ViT-B/16", "RN50x4"]
+
+
+def test_bench_serve_writes_its_section(bench_env: dict[str, Path]) -> None:
+    """A real ``clipindex serve`` under the quick bounded load: no error, two ratios."""
+    serve = _module("bench_serve")
+    assert serve.main(_args(bench_env)) == 0  # non-zero when any request failed
+    lines = _section(bench_env["results"].read_text(), "bench_serve")
+    assert any(line.startswith("- machine: ") for line in lines)
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith(("| HTTP",
+                                                                        "| in-process"))]
+    assert [(r[0].strip(), int(r[1])) for r in rows] == [
+        ("in-process", 1), ("HTTP", 1), ("in-process", 16), ("HTTP", 16)]
+    assert all(int(r[3]) == 0 and int(r[2]) == 24 and float(r[4]) > 0 for r in rows)
+    ratios = _ratios(lines)
+    assert len(ratios) == 4 and all(RATIO.match(r) for r in ratios), ratios

@@ -3,8 +3,9 @@
 Owns: the estimators (``prompt``, ``prototype``, caption/image ``knn``, the trained
 ``heads``: linear probe and MLP), the ``ensemble`` votes and abstention, the shared
 ``base`` (checks, ``normalise``/``softmax``, the base class), the prompt ``templates``,
-the ``rows`` a run uses, the one ``predictions`` table, and the ``runner`` that
-evaluates a method on a store (support/test split, shots, ensembles).
+the ``rows`` a run uses, the one ``predictions`` table, the ``runner`` that
+evaluates a method on a store (support/test split, shots, ensembles), and ``fitted``
+(a method fitted once on opened stores, for a long-running service).
 May import: ``clipindex.errors``, ``clipindex.metrics``, ``clipindex.files``,
 ``clipindex.store``. Never decoding (``clipindex.encode.decode``), search, bench,
 report or the CLI.
@@ -23,6 +24,7 @@ from clipindex.classifiers.ensemble import (
     soft_vote,
     vote_shares,
 )
+from clipindex.classifiers.fitted import FittedClassifier, fit_classifier
 from clipindex.classifiers.heads import LinearProbeClassifier, MLPClassifier
 from clipindex.classifiers.knn import KNN_WEIGHTS, CaptionKNNClassifier, ImageKNNClassifier
 from clipindex.classifiers.predictions import ensemble_table, prediction_table, write_predictions
@@ -32,6 +34,7 @@ from clipindex.classifiers.prototype import PrototypeClassifier
 __all__ = [
     "KNN_WEIGHTS",
     "CaptionKNNClassifier",
+    "FittedClassifier",
     "ImageKNNClassifier",
     "LinearProbeClassifier",
     "MLPClassifier",
@@ -41,6 +44,7 @@ __all__ = [
     "SoftVoteClassifier",
     "VectorClassifier",
     "ensemble_table",
+    "fit_classifier",
     "majority_vote",
     "normalise",
     "prediction_table",

@@ -290,9 +290,16 @@ def _check_request(method: str, req: _Request) -> None:
 
 def _prepare(index_dir: Any, backbones: Any, method: str, req: _Request) -> _Run:
     _check_request(method, req)
+    _options(req, parse_classes(req.classes)[1])  # bad options fail before any store opens
+    return _prepare_opened(_open(index_dir, backbones), method, req)
+
+
+def _prepare_opened(bis: list[Any], method: str, req: _Request) -> _Run:
+    """The run of ``method`` on already opened stores (``_prepare`` after opening)."""
+    _check_request(method, req)
     wanted, names = parse_classes(req.classes)
     opts = _options(req, names)
-    bis = _open(index_dir, backbones)
+    index_dir = bis[0].path.parent
     if len(bis) > 1 and req.ensemble is None:
         raise UserInputError(
             f"{len(bis)} backbones given: choose how to combine them with --ensemble "

@@ -6,7 +6,6 @@ import json
 import math
 
 import click
-import pandas as pd
 
 from clipindex.cli._app import echo_err, main
 from clipindex.search import RRF_K, TARGETS, SearchResult, search_store
@@ -70,10 +69,7 @@ def _table(result: SearchResult, target: str) -> str:
 
 
 def _records(result: SearchResult) -> str:
-    frame = result.frame.copy()
-    frame["score_kind"] = result.score_kind
-    frame = frame.astype(object).where(pd.notna(frame), None)
-    return json.dumps(frame.to_dict(orient="records"), ensure_ascii=False, default=str)
+    return json.dumps(result.records(), ensure_ascii=False, default=str)
 
 
 @main.command("search")

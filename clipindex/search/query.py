@@ -75,6 +75,19 @@ class SearchResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     score_kind: str = "cosine"
 
+    def records(self) -> list[dict[str, Any]]:
+        """The hits as JSON-ready dicts, each with ``score_kind``: the list that
+        ``clipindex search --json`` prints and ``clipindex serve``'s ``/search`` returns
+        (missing values are ``None``)."""
+        records = cast(list[dict[str, Any]], self.frame.to_dict(orient="records"))
+        for record in records:  # plain Python values (to_dict unboxes numpy); NaN -> None
+            for key, value in record.items():
+                if value is not None and not isinstance(value, (list, dict)) and \
+                        pd.isna(value):
+                    record[key] = None
+            record["score_kind"] = self.score_kind
+        return records
+
 
 # ----------------------------------------------------------------------------- queries
 def _clean_texts(texts: Sequence[str] | str | None) -> list[str]:

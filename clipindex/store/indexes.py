@@ -38,6 +38,7 @@ from clipindex.errors import IndexMismatchError, UserInputError
 from clipindex.files import atomic_write_bytes
 
 __all__ = [
+    "set_search_threads",
     "INDEX_KINDS",
     "IndexSpec",
     "brute_force",
@@ -476,3 +477,8 @@ def torch_search(
     out_s[:, :s.shape[1]], out_i[:, :s.shape[1]] = s, np.where(np.isfinite(s), i, -1)
     out_s[out_i < 0] = -np.inf
     return out_s, out_i
+def set_search_threads(n: int) -> None:
+    """Let FAISS use ``n`` OpenMP threads in the *calling* thread (an OpenMP setting is
+    per thread: a server's request threads start with the process default, every core)."""
+    faiss.omp_set_num_threads(max(1, int(n)))
+

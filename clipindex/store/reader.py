@@ -169,8 +169,12 @@ class BackboneIndex:
             self._encoders[device] = _load_matching_encoder(self.manifest, device)
         return self._encoders[device]
 
-    def text_vectors(self, texts: Sequence[str]) -> np.ndarray:
+    def text_vectors(self, texts: Sequence[str], *, save: bool = True) -> np.ndarray:
         """Normalised text vectors, encoded once and cached in ``text_cache.npz``.
+
+        With ``save=False`` texts already cached are read from the cache and the others
+        are encoded but neither kept nor written (a long-running service keeps its own
+        bounded cache instead of growing the store's file with every query).
 
         Example
         -------
@@ -188,6 +192,10 @@ class BackboneIndex:
                 raise IndexMismatchError(
                     f"the encoder returned text vectors of shape {vectors.shape}; the store "
                     f"{self.name} expects dim {self.dim}")
+            if not save:
+                fresh = dict(zip(missing, vectors, strict=True))
+                return np.stack([cache[t] if t in cache else fresh[t]
+                                 for t in texts]).astype(np.float32)
             cache.update(zip(missing, vectors, strict=True))
             self._save_text_cache(cache)
         if not texts:

@@ -1,0 +1,293 @@
+"""``clipindex serve`` under a bounded load on loopback vs the same searches in-process.
+
+- contender: text searches sent to a real ``clipindex serve`` process (uvicorn, one
+  worker) on a free 127.0.0.1 port by C client threads, each with its own keep-alive
+  connection (``http.client``), at C = 1 and C = 16;
+- baseline: the very same searches in this process, through the function the route
+  runs (``clipindex.serve.answers.search`` on a snapshot opened as ``serve`` opens it),
+  sequentially and from 16 threads.
+
+Both sides search the demo store (``configs/datasets/demo.yaml`` on a demo world, the
+shipped tiny backbones) with the same queries, whose text vectors are encoded once
+before timing (both sides keep them in memory, as ``serve`` does), so the ratio is the
+cost of HTTP: parsing, routing, validation, JSON, the socket. The load is bounded: a
+fixed number of requests per level and a time cap; every answer must be a 200 (errors
+are counted and must be 0). The client threads share the machine's cores with the
+server, as a client on the same box would.
+
+Run: ``python benchmarks/bench_serve.py`` (or ``--quick``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+SECTION = "bench_serve"
+CONFIG = common.HERE.parent / "configs" / "datasets" / "demo.yaml"
+CLASSES = ("cat", "dog", "cow", "sheep", "horse")
+PLACES = ("in a field", "on a road", "inside a house", "on a beach", "near a fence",
+          "in the grass", "next to a car", "under a tree", "in the snow", "by a bench")
+
+
+def queries(n: int) -> list[str]:
+    """``n`` distinct text queries (cycled when more requests are sent)."""
+    out = [f"a photo of a {c} {p}" for p in PLACES for c in CLASSES]
+    return out[:n]
+
+
+def store(args: Any) -> Path:
+    """The demo store of the benchmark, built once under the workdir and reused."""
+    from clipindex.sources import load_dataset
+    from clipindex.store import build_store, list_backbones
+
+    world = common.demo_world(args.workdir, args.scale, args.seed)
+    dataset = load_dataset(CONFIG, root=world, per_class=args.per_class or None)
+    out = Path(args.workdir) / f"serve-store-{args.scale}-{args.seed}-{args.per_class}"
+    folder = out / dataset.name
+    if set(args.backbones) - set(list_backbones(folder)):
+        common.log(f"building the store ({len(dataset.images)} images)")
+        build_store(dataset, args.backbones, out=out, workers=0, progress=False)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(folder: Path, backbones: list[str], threads: int) -> tuple[Any, int]:
+    """A real ``clipindex serve`` on a free loopback port, answering /health."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(common.HERE.parent)}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-c", "from clipindex.cli import main; main()", "serve",
+           "--index", str(folder), "--port", str(port), "--log-level", "warning",
+           "--threads", str(max(1, threads)),
+           *[a for b in backbones for a in ("--backbone", b)]]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"clipindex serve exited: {proc.stderr.read()[-2000:]}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.3)
+        finally:
+            conn.close()
+    proc.kill()
+    raise SystemExit("clipindex serve did not answer /health in 300 s")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _summary(latencies: list[float], errors: int, seconds: float, cpu: float
+             ) -> dict[str, Any]:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else float("nan")
+    n = len(latencies) + errors
+    return {"requests": n, "errors": errors,
+            "rps": len(latencies) / seconds if seconds else 0.0,
+            "p50_ms": 1000 * statistics.median(ordered) if ordered else float("nan"),
+            "p99_ms": 1000 * p99, "seconds": seconds,
+            "cpu_ms": 1000 * cpu / n if n else float("nan")}
+
+
+def _load(worker: Any, clients: int, total: int, cap_s: float,
+          cpu: Any = time.process_time) -> dict[str, Any]:
+    """Run ``total`` calls of ``worker(i, state)`` from ``clients`` threads, stopping
+    early at ``cap_s`` seconds; each call returns True for a good answer. ``cpu()`` is
+    the CPU time used so far by every process doing the work."""
+    latencies: list[float] = []
+    errors, lock, counter = [0], threading.Lock(), iter(range(total))
+    deadline = time.monotonic() + cap_s
+
+    def client() -> None:
+        state: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            start = time.perf_counter()
+            try:
+                ok = worker(i, state)
+            except Exception:  # noqa: BLE001 - a failed request is an error, counted
+                ok = False
+            took = time.perf_counter() - start
+            with lock:
+                (latencies.append(took) if ok else errors.__setitem__(0, errors[0] + 1))
+
+    start, cpu_start = time.perf_counter(), cpu()
+    with ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(client) for _ in range(clients)]:
+            f.result()
+    return _summary(latencies, errors[0], time.perf_counter() - start, cpu() - cpu_start)
+
+
+def http_worker(port: int, texts: list[str], k: int, opened: list[Any]) -> Any:
+    """One keep-alive connection per client thread (kept in ``opened`` to close later)."""
+    def call(i: int, state: dict[str, Any]) -> bool:
+        conn = state.get("conn")
+        if conn is None:
+            conn = state["conn"] = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            opened.append(conn)
+        query = urllib.parse.urlencode({"q": texts[i % len(texts)], "k": k})
+        conn.request("GET", f"/search?{query}")
+        response = conn.getresponse()
+        body = response.read()
+        return response.status == 200 and len(json.loads(body)) == k
+
+    return call
+
+
+def local_worker(snapshot: Any, texts: list[str], k: int) -> Any:
+    """The route's own function; it pins FAISS to the snapshot's threads in each client
+    thread, as the server's request threads do."""
+    from clipindex.serve import answers
+
+    def call(i: int, state: dict[str, Any]) -> bool:
+        records, _ = answers.search(snapshot, text=texts[i % len(texts)], k=k)
+        return len(records) == k
+
+    return call
+
+
+def _parse(argv: list[str] | None) -> Any:
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="default", help="demo world scale")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--backbones", default="tiny-vit",
+                        help="comma-separated; several are fused, as the CLI does")
+    parser.add_argument("--requests", type=int, default=400, help="requests per level")
+    parser.add_argument("--cap-s", type=float, default=60.0, help="time cap per level")
+    parser.add_argument("--clients", default="1,16", help="concurrency levels")
+    parser.add_argument("--queries", type=int, default=50, help="distinct query texts")
+    parser.add_argument("-k", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.scale, args.per_class, args.requests, args.cap_s = "small", 40, 24, 30.0
+    args.backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    args.clients = [int(c) for c in args.clients.split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (``argv``: command-line arguments) and update RESULTS.md."""
+    return common.run_with_threads(_main, argv)
+
+
+def _measure(args: Any, folder: Path, texts: list[str]) -> list[dict[str, Any]]:
+    from clipindex.serve import ServeOptions
+    from clipindex.serve.state import open_snapshot
+
+    snapshot = open_snapshot(ServeOptions(index_dir=str(folder), backbones=tuple(args.backbones),
+                                          threads=max(1, args.threads)))
+    local = local_worker(snapshot, texts, args.k)
+    for i in range(len(texts)):  # encode every query once, as the server's warm-up does
+        local(i, {})
+    proc, port = start_server(folder, args.backbones, args.threads)
+    rows: list[dict[str, Any]] = []
+    opened: list[Any] = []
+    try:
+        remote = http_worker(port, texts, args.k, opened)
+
+        def both_cpu() -> float:  # the client threads here + the server process
+            return time.process_time() + process_cpu(proc.pid)
+
+        _load(remote, 1, len(texts), args.cap_s)  # the server encodes every query once
+        for clients in args.clients:  # alternate the two sides at each level
+            common.log(f"{clients} client(s): in-process, then HTTP")
+            rows.append({"mode": "in-process", "clients": clients,
+                         **_load(local, clients, args.requests, args.cap_s)})
+            rows.append({"mode": "HTTP", "clients": clients,
+                         **_load(remote, clients, args.requests, args.cap_s, both_cpu)})
+    finally:
+        for conn in opened:
+            conn.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    return rows
+
+
+def report(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    lines = ["| side | clients | requests | errors | requests/s | p50 (ms) | p99 (ms) | "
+             "CPU per request (ms) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['clients']} | {r['requests']} | {r['errors']} | "
+                     f"{r['rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['cpu_ms']:.2f} |")
+    ratios = []
+    for local, remote in zip(rows[::2], rows[1::2], strict=True):
+        n = local["clients"]
+        ratios.append(common.ratio_line(
+            remote["rps"] / local["rps"] if local["rps"] else 0.0,
+            f"HTTP /search (clipindex serve) over in-process search, requests/s at {n} "
+            f"client{'s' if n > 1 else ''}"))
+        ratios.append(common.ratio_line(
+            local["cpu_ms"] / remote["cpu_ms"] if remote["cpu_ms"] else 0.0,
+            f"HTTP /search over in-process search, CPU time per request (client + server "
+            f"processes) at {n} client{'s' if n > 1 else ''}"))
+    return lines, ratios
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    info = common.machine_info()
+    folder = store(args)
+    texts = queries(args.queries)
+    rows = _measure(args, folder, texts)
+    lines, ratios = report(rows)
+    print("\n".join(lines + [""] + ratios))
+    errors = sum(r["errors"] for r in rows)
+    if not args.no_write:
+        head = [f"- command: `{common.command_line()}`", *common.machine_lines(info),
+                f"- store: demo world `--scale {args.scale}` (seed {args.seed}), demo.yaml with "
+                f"per_class={args.per_class}; backbone(s) {', '.join(args.backbones)}; "
+                f"{len(texts)} distinct text queries, k={args.k}, each encoded once before "
+                "timing on both sides",
+                f"- load: {args.requests} requests per level (cap {args.cap_s:.0f} s), "
+                "loopback only, keep-alive connections, the clients on the same cores as "
+                "the server; errors must be 0. CPU per request: user + system time of the "
+                "processes doing the work (this one; for HTTP also the server's), divided "
+                "by the requests: less sensitive than requests/s to other jobs on the box, "
+                "which give more threads a larger share of the cores",
+                ""]
+        common.write_section(SECTION, "Serve: HTTP /search vs in-process search",
+                             head + lines, ratios, args.results)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""``clipindex serve``: an HTTP search and classify service (with a web page) over a store."""
+
+from __future__ import annotations
+
+import click
+
+from clipindex.cli._app import echo_err, main
+
+
+@main.command("serve")
+@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False),
+              help="Dataset folder of the store, OUT/<dataset>.")
+@click.option("--backbone", "backbones", multiple=True,
+              help="Backbone to serve (repeatable); default: every finished one.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback prints a warning.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port to bind.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Worker processes (each loads the stores once).")
+@click.option("--token", envvar="CLIPINDEX_SERVE_TOKEN", default=None,
+              help="Require 'Authorization: Bearer TOKEN' on every route but /health "
+                   "(or set CLIPINDEX_SERVE_TOKEN).")
+@click.option("--root", "data_root", type=click.Path(file_okay=False), default=None,
+              help="Data root of the images (default: the one the store was built from).")
+@click.option("--max-k", type=int, default=1000, show_default=True,
+              help="Largest k a search may ask for.")
+@click.option("--max-upload-mb", type=float, default=10.0, show_default=True,
+              help="Largest request body (an uploaded image), in MB.")
+@click.option("--max-query-chars", type=int, default=500, show_default=True,
+              help="Longest text query.")
+@click.option("--reload-interval", type=float, default=1.0, show_default=True,
+              help="Seconds between checks of the manifests for a new build (0: every "
+                   "request).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="CPU threads one request may use (FAISS, torch); concurrency comes from "
+                   "requests in parallel.")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="Allow this origin by CORS (repeatable); default: CORS off.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info",
+                                                 "debug"]), default="info", show_default=True)
+def serve_command(index_dir: str, backbones: tuple[str, ...], host: str, port: int,
+                  workers: int, token: str | None, data_root: str | None, max_k: int,
+                  max_upload_mb: float, max_query_chars: int, reload_interval: float,
+                  threads: int, cors_origins: tuple[str, ...], log_level: str) -> None:
+    """Serve a store over HTTP: search, classify, images, and a web page at /.
+
+    \b
+    Examples:
+      clipindex serve --index indexes/demo                 # http://127.0.0.1:8000/
+      clipindex serve --index indexes/demo --backbone tiny-vit --port 9000
+      clipindex serve --index indexes/demo --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+    """
+    from clipindex.serve import ServeOptions, exposure_warning, run_server
+
+    options = ServeOptions(
+        index_dir=index_dir, backbones=tuple(backbones), data_root=data_root, token=token,
+        max_k=max_k, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_query_chars=max_query_chars, reload_interval=reload_interval, threads=threads,
+        cors_origins=tuple(cors_origins))
+    warning = exposure_warning(host, token)
+    if warning:
+        echo_err(f"Warning: {warning}")
+    echo_err(f"Serving {index_dir} on http://{host}:{port}/ (Ctrl-C or SIGTERM stops it)")
+    run_server(options, host=host, port=port, workers=workers, log_level=log_level)

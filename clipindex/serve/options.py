@@ -1,0 +1,97 @@
+"""The settings of one ``clipindex serve`` process, checked once at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from clipindex.errors import UserInputError
+
+__all__ = ["LOOPBACK", "ServeOptions", "is_loopback"]
+
+LOOPBACK = "127.0.0.1"
+_MB = 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What a served store allows; every request is bounded by these.
+
+    Attributes
+    ----------
+    index_dir : the store's dataset folder (``OUT/<dataset>``)
+    backbones : the backbones to serve (empty: every finished one at start)
+    data_root : where the tables' ``file`` paths live (default: ``dataset.json``'s root)
+    token : with a token, every data route needs ``Authorization: Bearer TOKEN``
+    max_k : the largest ``k`` (and ``k + offset``) a search may ask for
+    max_upload_bytes : the largest request body (an uploaded image)
+    max_query_chars : the longest text query
+    max_pixels : the most pixels an uploaded image may declare (the bomb guard)
+    thumb_size : the longest side of a thumbnail
+    thumb_cache : how many thumbnails are kept in memory
+    text_cache : how many query text vectors are kept in memory per backbone
+    reload_interval : seconds between two checks of the manifests (0: every request)
+    reject_below : the default abstention threshold of ``/classify``
+    threads : CPU threads one request may use for FAISS and torch (default 1: a server
+        gets its parallelism from concurrent requests, not from each one)
+    cors_origins : origins allowed by CORS (empty: CORS off)
+    """
+
+    index_dir: str
+    backbones: tuple[str, ...] = ()
+    data_root: str | None = None
+    token: str | None = None
+    max_k: int = 1000
+    max_upload_bytes: int = 10 * _MB
+    max_query_chars: int = 500
+    max_pixels: int = 40_000_000
+    thumb_size: int = 256
+    thumb_cache: int = 2048
+    text_cache: int = 4096
+    reload_interval: float = 1.0
+    reject_below: float = 0.5
+    threads: int = 1
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for name in ("max_k", "max_upload_bytes", "max_query_chars", "max_pixels",
+                     "thumb_size", "thumb_cache", "text_cache", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserInputError(f"{name} must be a positive whole number, got {value!r}")
+        if self.reload_interval < 0:
+            raise UserInputError(f"reload_interval must be >= 0, got {self.reload_interval}")
+        if not 0.0 <= self.reject_below <= 1.0:
+            raise UserInputError(f"reject_below must be in [0, 1], got {self.reject_below}")
+        if self.token is not None and len(self.token) < 8:
+            raise UserInputError("--token must be at least 8 characters long")
+        if not Path(self.index_dir).is_dir():
+            raise UserInputError(f"--index {self.index_dir} is not a folder")
+
+    def to_env(self) -> str:
+        """JSON for :meth:`from_env` (how ``--workers N`` hands the options to each worker)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, text: str | None = None) -> ServeOptions:
+        """The options a parent process put in ``CLIPINDEX_SERVE_OPTIONS``."""
+        raw: dict[str, Any] = json.loads(text if text is not None
+                                         else os.environ["CLIPINDEX_SERVE_OPTIONS"])
+        names = {f.name for f in fields(cls)}
+        for key in ("backbones", "cors_origins"):
+            raw[key] = tuple(raw.get(key) or ())
+        return cls(**{k: v for k, v in raw.items() if k in names})

@@ -1,0 +1,61 @@
+"""Running the application with uvicorn: :func:`run_server` (what ``clipindex serve`` runs).
+
+One worker serves the app built in this process. With ``workers > 1`` uvicorn starts
+that many processes, each building its own app from the options this process puts in
+``CLIPINDEX_SERVE_OPTIONS`` (:func:`app_from_env`, a uvicorn factory); each loads the
+stores once. uvicorn stops on SIGTERM or SIGINT after the requests in flight finish.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from clipindex.errors import UserInputError
+from clipindex.serve.options import ServeOptions, is_loopback
+
+__all__ = ["ENV", "app_from_env", "exposure_warning", "run_server"]
+
+ENV = "CLIPINDEX_SERVE_OPTIONS"
+#: Connections uvicorn serves at once; past it new ones get a 503 at once.
+LIMIT_CONCURRENCY = 64
+
+
+def exposure_warning(host: str, token: str | None) -> str | None:
+    """The warning to print when ``host`` is reachable from other machines."""
+    if is_loopback(host):
+        return None
+    if token:
+        return (f"serving on {host}: reachable from other machines; every route but "
+                "/health needs the token, and the traffic is plain HTTP (put TLS in front).")
+    return (f"serving on {host} with NO authentication: anyone who can reach this port can "
+            "search the store and read its images. Set --token to require one.")
+
+
+def app_from_env() -> Any:
+    """The app of one uvicorn worker, from the options in ``CLIPINDEX_SERVE_OPTIONS``."""
+    from clipindex.serve.app import create_app
+
+    return create_app(ServeOptions.from_env(os.environ[ENV]))
+
+
+def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000,
+               workers: int = 1, log_level: str = "info") -> None:
+    """Serve ``options``' store on ``host:port`` until SIGTERM / SIGINT."""
+    import uvicorn
+
+    if not 0 <= port <= 65535:
+        raise UserInputError(f"--port must be in 0..65535, got {port}")
+    if workers < 1:
+        raise UserInputError(f"--workers must be at least 1, got {workers}")
+    common: dict[str, Any] = dict(host=host, port=port, log_level=log_level,
+                                  limit_concurrency=LIMIT_CONCURRENCY, timeout_keep_alive=5,
+                                  server_header=False, proxy_headers=False)
+    if workers == 1:
+        from clipindex.serve.app import create_app
+
+        uvicorn.run(create_app(options), **common)
+        return
+    os.environ[ENV] = options.to_env()
+    uvicorn.run("clipindex.serve.server:app_from_env", factory=True, workers=workers,
+                **common)
