@@ -66,12 +66,14 @@ def study_loop(encoder: Any, files: list[Path]) -> np.ndarray:
 
     model, preprocess, device = encoder.model, encoder.preprocess, encoder.device
     out = []
-    with torch.no_grad():
+    # The model object is shared with the batched paths: on CUDA its matrix weights are
+    # fp16, so the loop runs under the same autocast (fp32 on CPU: autocast is off).
+    with torch.no_grad(), encoder._autocast():
         for path in files:
             image = preprocess(Image.open(path)).unsqueeze(0).to(device)
-            if encoder.channels_last:  # the model object is shared; feed it as it wants
+            if encoder.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
-            features = model.encode_image(image.to(next(model.parameters()).dtype))
+            features = model.encode_image(image)
             features = features / features.norm(dim=-1, keepdim=True)
             out.append(features.float().cpu().numpy()[0])
     return np.stack(out)
