@@ -149,6 +149,7 @@ def test_encode_cuda_mode_structure() -> None:
     assert (cpu.kind, cpu.images, cpu.workers, cpu.backbones) == ("cpu", 300, 2, "ViT-B-32,RN50")
 
 
+@pytest.mark.slow
 def test_bench_serve_writes_its_section(bench_env: dict[str, Path]) -> None:
     """A real ``clipindex serve`` under the quick bounded load: no error, two ratios."""
     serve = _module("bench_serve")
