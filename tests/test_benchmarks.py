@@ -171,6 +171,7 @@ def test_encode_cuda_mode_structure() -> None:
         "ViT-B/32", "RN50", "ViT-B/16", "RN50x4"]
 
 
+@pytest.mark.slow
 def test_bench_serve_writes_its_section(bench_env: dict[str, Path]) -> None:
     """A real ``clipindex serve`` under the quick bounded load: no error, two ratios."""
     serve = _module("bench_serve")
