@@ -24,7 +24,7 @@ from clipindex.sources.filters import box_area, class_pools, largest_annotation,
 from clipindex.sources.records import Built, require_file
 
 __all__ = ["captions_for", "causes_beside", "image_record", "load_coco", "load_instances",
-           "read_causes", "read_json"]
+           "read_causes", "read_json", "read_tags"]
 
 
 def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -105,6 +105,13 @@ def read_causes(path: Path) -> dict[int, list[str]]:
     Format (``clipindex.world``): ``{"images": {"<image id>": {"causes": [...], ...}}}``;
     a plain ``{"<image id>": [...]}`` mapping is read too.
     """
+    return {i: tags["causes"] for i, tags in read_tags(path).items()}
+
+
+def read_tags(path: Path) -> dict[int, dict[str, Any]]:
+    """The sidecar's tags per image id: ``causes`` (a list) and ``context`` (the
+    scene's context, ``field``/``road``/``indoor``/``beach``/``snow``; None when the
+    entry has none, as in the plain mapping format)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -113,13 +120,15 @@ def read_causes(path: Path) -> dict[int, list[str]]:
         data = data["images"]
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected {{'images': {{image id: {{'causes': [...]}}}}}}")
-    out: dict[int, list[str]] = {}
+    out: dict[int, dict[str, Any]] = {}
     for key, value in data.items():
+        context = value.get("context") if isinstance(value, dict) else None
         if isinstance(value, dict):
             value = value.get("causes")
         if not isinstance(value, list) or not str(key).isdigit():
             raise DataError(f"{path}: entry {key!r} is not an image id with a list of causes")
-        out[int(key)] = [str(v) for v in value]
+        out[int(key)] = {"causes": [str(v) for v in value],
+                         "context": None if context is None else str(context)}
     return out
 
 
@@ -135,18 +144,24 @@ def load_coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     funnel["sampled"] = {c: len(v) for c, v in sampled.items()}
     causes_path = require_file(root, cfg, "causes", origin) if cfg.causes else None
     causes_path = causes_path or causes_beside(inst_path)
-    causes = read_causes(causes_path) if causes_path is not None else None
+    tags = read_tags(causes_path) if causes_path is not None else None
+    # the context tag becomes a column when the sidecar carries one (the demo world's)
+    contexts = tags is not None and any(t["context"] is not None for t in tags.values())
     image_dir = PurePosixPath(cfg.path("images") or ".")
     records, order = [], []
     for c, ids in sampled.items():
         for j, img_id in enumerate(ids):
             rec = image_record(coco, img_id, c, image_dir)
             rec["split"] = "support" if j in support[c] else "test"
-            if causes is not None:
-                rec["causes"] = ",".join(causes.get(img_id, []))
+            if tags is not None:
+                tag = tags.get(img_id, {})
+                rec["causes"] = ",".join(tag.get("causes", []))
+                if contexts:
+                    rec["context"] = tag.get("context")
             records.append(rec)
             order.append(img_id)
-    columns = ["coco_id", "bbox", "area_frac"] + (["causes"] if causes is not None else [])
+    columns = (["coco_id", "bbox", "area_frac"] + (["causes"] if tags is not None else [])
+               + (["context"] if contexts else []))
     captions = []
     if cfg.captions is not None:
         captions = captions_for(require_file(root, cfg, "captions", origin), order)

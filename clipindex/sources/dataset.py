@@ -7,7 +7,8 @@ A :class:`Dataset` is two tables and a record of how they were made:
     ``width``, ``height``, ``label``, ``split`` (``support``/``test``), and for
     COCO sources ``coco_id``, ``bbox`` (``[x, y, w, h]`` of the subject: the
     largest box of the image's class) and ``area_frac`` (bbox area / image area),
-    plus ``causes`` (comma-joined failure causes, '' when clean) when the demo
+    plus ``causes`` (comma-joined failure causes, '' when clean) and ``context``
+    (the scene's context tag: field, road, indoor, beach, snow) when the demo
     world's sidecar ``causes_<split>.json`` lies beside ``instances_<split>.json``.
 ``captions``
     ``row_id``, ``image_row_id``, ``text``, ``label``.

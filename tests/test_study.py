@@ -1,0 +1,203 @@
+"""Issue 19: abstention coverage and the uncertain band, per-group accuracy, on the
+demo store built with the shipped tiny backbones (``fixtures_store.demo_store``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from clipindex import tiny
+from clipindex.classifiers.abstain import (
+    DEFAULT_THRESHOLDS,
+    confidence_of,
+    parse_band,
+    risk_coverage,
+    threshold_for_accuracy,
+    uncertain_band,
+)
+from clipindex.classifiers.groups import group_table
+from clipindex.classifiers.runner import classify
+from clipindex.cli import main
+from clipindex.errors import UserInputError
+
+BACKBONES = list(tiny.TINY_BACKBONES)
+
+
+# ----------------------------------------------------------------------------- abstention
+def test_risk_coverage_by_hand() -> None:
+    conf = np.array([0.95, 0.9, 0.55, 0.4])
+    curve = risk_coverage(["a", "b", "a", "b"], ["a", "b", "b", "b"], conf,
+                          thresholds=[0.0, 0.5, 0.6, 0.99])
+    assert curve["coverage"].tolist() == [1.0, 0.75, 0.5, 0.0]
+    assert curve["n_kept"].tolist() == [4, 3, 2, 0]
+    np.testing.assert_allclose(curve["accuracy"][:3], [0.75, 2 / 3, 1.0])
+    assert np.isnan(curve["accuracy"][3])
+    assert threshold_for_accuracy(curve, 0.99)["threshold"] == 0.6
+    assert threshold_for_accuracy(curve, 0.8)["threshold"] == 0.6  # 0.75, 2/3 < 0.8
+    assert threshold_for_accuracy(curve, 0.7)["threshold"] == 0.0
+    assert threshold_for_accuracy(risk_coverage(["a"], ["b"], np.array([1.0])), 0.5) is None
+
+
+def test_uncertain_band_is_two_sided_on_the_positive_class() -> None:
+    p = np.array([[0.9, 0.1], [0.65, 0.35], [0.5, 0.5], [0.25, 0.75], [0.05, 0.95]])
+    assert uncertain_band(p, 0.3, 0.7).tolist() == [False, True, True, False, False]
+    assert uncertain_band(p, 0.3, 0.8, positive=0).tolist() == [False, True, True, False,
+                                                                  False]
+    with pytest.raises(UserInputError, match="two classes"):
+        uncertain_band(np.full((2, 3), 1 / 3), 0.3, 0.7)
+    for bad in ("0.7,0.3", "0.1", "a,b", "-0.1,0.5"):
+        with pytest.raises(UserInputError, match="uncertain band"):
+            parse_band(bad)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_coverage_curve_of_the_prompt_method_on_the_demo(demo_store: Path, backbone: str
+                                                         ) -> None:
+    """At threshold 0 coverage is 1 and accuracy the plain accuracy. Kept-row accuracy is
+    NOT non-decreasing at every 0.01 step on 175 test rows, and cannot be: when a step
+    drops a low-confidence row that was right, the kept accuracy falls (measured: 1 to 10
+    such small drops per curve on this store). It rises along coarse steps of coverage
+    (all rows, then the 80%, 60% and 40% most confident), which is what is asserted."""
+    res = classify(demo_store, backbone, "prompt")
+    t = res.predictions
+    curve = risk_coverage(t["true"], t["predicted"], confidence_of(t))
+    assert curve["threshold"].tolist() == list(DEFAULT_THRESHOLDS)
+    first = curve.iloc[0]
+    assert first["coverage"] == 1.0 and first["accuracy"] == pytest.approx(
+        res.metrics["accuracy"])
+    assert curve["coverage"].is_monotonic_decreasing
+    conf = np.sort(confidence_of(t))[::-1]
+    right = (t["true"] == t["predicted"]).to_numpy()[np.argsort(-confidence_of(t),
+                                                                kind="stable")]
+    coarse = [right[:int(len(conf) * share)].mean() for share in (1.0, 0.8, 0.6, 0.4)]
+    assert all(a <= b for a, b in zip(coarse, coarse[1:], strict=False)), coarse
+    assert coarse[-1] > coarse[0] + 0.05
+    # the band and --reject-below agree with the curve: P keeps exactly conf >= P
+    p = 0.6
+    kept = ~classify(demo_store, backbone, "prompt", reject_below=p).predictions["uncertain"]
+    row = curve[np.isclose(curve["threshold"], p)].iloc[0]
+    assert kept.mean() == pytest.approx(row["coverage"])
+
+
+def test_classify_uncertain_band_on_two_demo_classes(demo_store: Path) -> None:
+    res = classify(demo_store, "tiny-rn", "prompt", classes="cow,sheep",
+                   uncertain_band="0.2,0.8")
+    t = res.predictions
+    expected = t["p_sheep"].between(0.2, 0.8).to_numpy()
+    assert t["uncertain"].tolist() == expected.tolist() and expected.any()
+    assert res.metrics["coverage"] == pytest.approx(1 - expected.mean())
+    assert res.metrics["positive_class"] == "sheep"
+    out = CliRunner().invoke(main, ["classify", "--index", str(demo_store), "--backbone",
+                                    "tiny-rn", "--method", "prompt", "--uncertain-band",
+                                    "0.2,0.8", "--json"])
+    assert out.exit_code == 2 and out.output.startswith("Error: the uncertain band is for two")
+    assert len(out.output.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- groups
+def test_context_tag_is_a_column(demo_store: Path, small_world: Path) -> None:
+    images = pd.read_parquet(demo_store / "images.parquet")
+    sidecar = json.loads((small_world / "annotations" / "causes_val.json").read_text())
+    expected = [sidecar["images"][str(i)]["context"] for i in images["coco_id"]]
+    assert images["context"].tolist() == expected
+    assert set(expected) <= {"field", "road", "indoor", "beach", "snow"}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_group_accuracy_recomputed_and_off_context_lower(demo_store: Path, backbone: str
+                                                         ) -> None:
+    res = classify(demo_store, backbone, "prompt", group_by="causes")
+    groups = pd.DataFrame(res.metrics["groups"]).set_index("group")
+    images = pd.read_parquet(demo_store / "images.parquet").set_index("row_id")
+    t = res.predictions
+    cause = images.loc[t["row_id"], "causes"].replace("", "(none)").to_numpy()
+    right = (t["true"] == t["predicted"]).to_numpy()
+    for g, row in groups.iterrows():
+        assert row["n"] == (cause == g).sum()
+        assert row["accuracy"] == pytest.approx(right[cause == g].mean())
+    acc = groups["accuracy"]
+    assert groups["gap"].iloc[0] == pytest.approx(acc.max() - acc.min())
+    assert groups["bias"].iloc[0] == pytest.approx(np.mean(np.abs(acc - right.mean())))
+    # the off-context animals (cows on roads, ...) score lower than the clean, in-context
+    assert acc["off_context"] < acc["(none)"] - 0.3, acc.to_dict()
+
+
+def test_unknown_group_column_is_one_line(demo_store: Path) -> None:
+    out = CliRunner().invoke(main, ["classify", "--index", str(demo_store), "--backbone",
+                                    "tiny-vit", "--method", "prompt", "--group-by", "nope"])
+    assert out.exit_code == 2 and out.output.startswith("Error: no column 'nope'")
+    assert len(out.output.strip().splitlines()) == 1
+
+
+def test_group_table_by_hand() -> None:
+    preds = pd.DataFrame({"row_id": [0, 1, 2, 3, 4], "true": list("aaabb"),
+                          "predicted": list("abbbb")})
+    images = pd.DataFrame({"row_id": [4, 3, 2, 1, 0], "g": ["x", "y", None, "y", "x"]})
+    t = group_table(preds, images, "g").set_index("group")
+    assert t["n"].to_dict() == {"(missing)": 1, "x": 2, "y": 2}
+    assert t["accuracy"].to_dict() == {"(missing)": 0.0, "x": 1.0, "y": 0.5}
+    assert t["gap"].iloc[0] == 1.0
+    assert t["bias"].iloc[0] == pytest.approx((0.6 + 0.4 + 0.1) / 3)
+
+
+# ----------------------------------------------------------------------------- bench
+@pytest.fixture(scope="module")
+def bench_out(demo_store: Path, small_world: Path, tmp_path_factory) -> Path:
+    """The demo bench (prompt + prototype, majority vote) on the demo store, grouped by
+    context, through the CLI."""
+    import yaml
+    from fixtures_store import DEMO_PER_CLASS, DEMO_SUPPORT
+
+    from clipindex.demo import demo_config
+
+    cfg = demo_config(small_world, scale="small")
+    cfg = dataclasses.replace(
+        cfg, dataset=dataclasses.replace(cfg.dataset, per_class=DEMO_PER_CLASS,
+                                         support_per_class=DEMO_SUPPORT),
+        methods=("prompt", "prototype"), ensembles=("majority",), retrieval=False)
+    tmp = tmp_path_factory.mktemp("study-bench")
+    path = tmp / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()), encoding="utf-8")
+    out = tmp / "results"
+    res = CliRunner().invoke(main, ["bench", str(path), "--out", str(out), "--index-root",
+                                    str(demo_store.parent), "--group-by", "context",
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_bench_writes_coverage_and_groups(bench_out: Path) -> None:
+    cov = pd.read_csv(bench_out / "coverage.csv")
+    models = BACKBONES + ["ensemble-majority"]
+    assert set(zip(cov["backbone"], cov["method"], strict=True)) == {
+        (b, m) for b in models for m in ("prompt", "prototype")}
+    groups = pd.read_csv(bench_out / "groups.csv")
+    images = pd.read_parquet(Path(json.loads((bench_out / "run.json").read_text())
+                                  ["dataset_dir"]) / "images.parquet").set_index("row_id")
+    for (b, m), g in groups.groupby(["backbone", "method"]):
+        preds = pd.read_parquet(bench_out / "predictions" / f"{b}__{m}.parquet")
+        ctx = images.loc[preds["row_id"], "context"].to_numpy()
+        right = (preds["true"] == preds["predicted"]).to_numpy()
+        for r in g.itertuples():
+            assert r.n == (ctx == r.group).sum()
+            assert r.accuracy == pytest.approx(right[ctx == r.group].mean(), abs=1e-6)
+        curve = cov[(cov["backbone"] == b) & (cov["method"] == m)]
+        assert curve["accuracy"].iloc[0] == pytest.approx(right.mean(), abs=1e-6)
+    md = (bench_out / "tables.md").read_text()
+    assert "## Abstention: the threshold that reaches accuracy 0.99" in md
+    assert "## Accuracy per `context`" in md
+
+
+def test_report_shows_coverage_and_groups(bench_out: Path) -> None:
+    from clipindex.report import build_report
+
+    html, missing = build_report(bench_out)
+    assert 'id="abstention"' in html and 'id="groups"' in html
+    assert "abstention" not in missing and "groups" not in missing
+    assert "risk-coverage" in html.lower()
