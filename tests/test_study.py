@@ -201,3 +201,110 @@ def test_report_shows_coverage_and_groups(bench_out: Path) -> None:
     assert 'id="abstention"' in html and 'id="groups"' in html
     assert "abstention" not in missing and "groups" not in missing
     assert "risk-coverage" in html.lower()
+
+
+# ----------------------------------------------------------------------------- dedup
+@pytest.fixture(scope="module")
+def planted(small_world: Path, tmp_path_factory) -> dict:
+    """200 distinct demo images in train/ (10 a class: support) and test/ folders, plus
+    planted copies of one test image (two exact copies, a half-size resize, a crop keeping
+    98% of each side) and an exact copy of a support image put in test/ (leakage)."""
+    import shutil
+
+    from PIL import Image
+
+    from clipindex.sources import load_dataset
+    from clipindex.store import build_store
+
+    ds = load_dataset(Path(__file__).resolve().parents[1] / "configs/datasets/demo.yaml",
+                      root=small_world, per_class=40, support_per_class=None)
+    root = tmp_path_factory.mktemp("dedup") / "photos"
+    names = {}
+    for i, r in enumerate(ds.images.itertuples()):
+        part = "train" if i % 40 < 10 else "test"
+        dst = root / part / r.label / f"{i:03d}.jpg"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(small_world / r.file, dst)
+        names[i] = dst.relative_to(root).as_posix()
+    original = root / names[10]  # the first test image of the first class
+    cls = original.parent
+    shutil.copyfile(original, cls / "copy1.jpg")
+    shutil.copyfile(original, cls / "copy2.jpg")
+    with Image.open(original) as im:
+        rgb = im.convert("RGB")
+        rgb.resize((rgb.width // 2, rgb.height // 2), Image.BICUBIC).save(cls / "half.jpg",
+                                                                          quality=95)
+        w, h = rgb.size
+        dw, dh = round(w * 0.01), round(h * 0.01)
+        rgb.crop((dw, dh, w - dw, h - dh)).save(cls / "crop.jpg", quality=95)
+    support = root / names[0]
+    leak = root / "test" / support.parent.name / "leak.jpg"
+    shutil.copyfile(support, leak)
+    data = load_dataset(root)
+    out = tmp_path_factory.mktemp("dedup-store")
+    build_store(data, ["tiny-vit"], out=out, workers=0, batch_size=64, progress=False)
+    planted_files = {f"{cls.relative_to(root).as_posix()}/{n}" for n in
+                     ("copy1.jpg", "copy2.jpg", "half.jpg", "crop.jpg")}
+    return {"index": out / data.name, "original": names[10], "planted": planted_files,
+            "support": names[0], "leak": leak.relative_to(root).as_posix(), "n": len(names),
+            "root": root}
+
+
+def test_dedup_finds_the_planted_copies_and_no_false_pair(planted: dict) -> None:
+    from clipindex.search.dedup import DEFAULT_THRESHOLD, find_duplicates
+    from clipindex.store import open_index
+
+    pairs = find_duplicates(open_index(planted["index"], "tiny-vit"))
+    got = {frozenset((a, b)): (k, lk) for a, b, k, lk in
+           zip(pairs["file_a"], pairs["file_b"], pairs["kind"], pairs["leakage"], strict=True)}
+    original = planted["original"]
+    for f in planted["planted"]:
+        kind = "exact" if "copy" in f else "near"
+        assert got.get(frozenset((original, f)), (None,))[0] == kind, (f, pairs)
+    leak = got[frozenset((planted["support"], planted["leak"]))]
+    assert leak == ("exact", True)
+    copies = planted["planted"] | {original, planted["support"], planted["leak"]}
+    false = [p for p in got if not p <= copies]
+    assert not false, f"false pairs among the {planted['n']} distinct images: {false}"
+    assert pairs["leakage"].sum() == 1
+    near = pairs[pairs["kind"] == "near"]
+    assert (near["cosine"] >= DEFAULT_THRESHOLD).all()
+
+
+def test_dedup_cli_json(planted: dict) -> None:
+    res = CliRunner().invoke(main, ["dedup", "--index", str(planted["index"]),
+                                    "--backbone", "tiny-vit", "--json"])
+    assert res.exit_code == 0, res.output
+    pairs = json.loads(res.stdout)
+    assert {p["kind"] for p in pairs} == {"exact", "near"}
+    (leak,) = [p for p in pairs if p["leakage"]]
+    assert {leak["a"]["split"], leak["b"]["split"]} == {"support", "test"}
+    assert {leak["a"]["file"], leak["b"]["file"]} == {planted["support"], planted["leak"]}
+    assert all({"row_id", "file", "split"} <= set(p["a"]) for p in pairs)
+    bad = CliRunner().invoke(main, ["dedup", "--index", str(planted["index"]),
+                                    "--backbone", "tiny-vit", "--threshold", "2"])
+    assert bad.exit_code == 2 and bad.output.startswith("Error: the cosine threshold")
+
+
+def test_bench_warns_about_leakage_and_the_report_shows_it(planted: dict, tmp_path: Path,
+                                                           capsys) -> None:
+    from clipindex.bench import run_bench
+    from clipindex.config import BenchConfig, DatasetConfig
+    from clipindex.report import build_report
+
+    cfg = BenchConfig(dataset=DatasetConfig(name=planted["index"].name, source="folder",
+                                            root=str(planted["root"])),
+                      backbones=("tiny-vit",), methods=("image-knn",), ensembles=(),
+                      retrieval=False)
+    out = tmp_path / "r"
+    res = run_bench(cfg, out, index_root=planted["index"].parent, progress=False)
+    assert res.run["backbones"][0]["store"] == "reused"
+    err = capsys.readouterr().err
+    assert "Warning: 1 duplicate pair(s) straddle support and test" in err
+    leaks = pd.read_csv(out / "leakage.csv")
+    assert set(leaks[["file_a", "file_b"]].iloc[0]) == {planted["support"], planted["leak"]}
+    html, missing = build_report(out)
+    assert "leakage" not in missing
+    section = html.split('id="leakage"')[1].split("</section>")[0]
+    assert "1 duplicate pair(s) straddle support and test" in section
+    assert section.count("data:image/png;base64,") == 2

@@ -154,3 +154,18 @@ def check_breakdowns(images_columns: Sequence[str], group_by: str | None,
         raise UserInputError(f"the target accuracy must be in (0, 1], got {target!r}")
     if group_by is not None:
         check_group_column(pd.DataFrame(columns=list(images_columns)), group_by)
+
+
+def write_leakage(ddir: Path, backbone: str, root: Path, out: Path) -> tuple[dict[str, Path],
+                                                                             int]:
+    """``leakage.csv``: duplicate pairs (:func:`clipindex.search.dedup.find_duplicates`,
+    default threshold, ``backbone``'s vectors) with one row in support and one in test.
+
+    Returns the file and the number of pairs; the bench warns on stderr when there are any.
+    """
+    from clipindex.search.dedup import find_duplicates
+    from clipindex.store import open_index
+
+    pairs = find_duplicates(open_index(ddir, backbone), root=root)
+    leaks = pairs[pairs["leakage"].astype(bool)] if len(pairs) else pairs
+    return {"leakage.csv": write_csv(leaks, out / "leakage.csv")}, int(len(leaks))

@@ -480,6 +480,11 @@ def run_bench(
     extra, more_md = breakdowns.write_breakdowns(res.records, res.tables, images, out,
                                                  target=target_accuracy, group_by=group_by)
     files.update(extra)
+    leak_files, n_leak = breakdowns.write_leakage(ddir, folders[0], Path(dataset.root), out)
+    files.update(leak_files)
+    if n_leak:
+        print(f"Warning: {n_leak} duplicate pair(s) straddle support and test (few-shot "
+              f"leakage): see {out / 'leakage.csv'}", file=sys.stderr)
     markdown = outputs.tables_markdown(res.records, retrieval, context) + more_md
     files["tables.md"] = atomic_write_bytes(out / "tables.md", markdown.encode("utf-8"))
     files.update(outputs.write_errors(res.records, res.tables, images, out, context))
@@ -492,7 +497,7 @@ def run_bench(
         "backbones": [{**_backbone_facts(ddir, f), "store": state.get(f)} for f in folders],
         "methods": list(plan.cfg.methods), "ensembles": list(plan.cfg.ensembles),
         "reused_records": res.reused, "versions": outputs.package_versions(),
-        "group_by": group_by, "target_accuracy": target_accuracy,
+        "group_by": group_by, "target_accuracy": target_accuracy, "leakage_pairs": n_leak,
         "elapsed_s": round(time.perf_counter() - t_start, 2),
     }
     files["run.json"] = out / "run.json"

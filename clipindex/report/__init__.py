@@ -14,6 +14,7 @@ fetched, so it opens from ``file://`` anywhere. Sections (their ``id`` in bracke
 - error analysis [``errors``]: confusions, error rate by cause, a thumbnail gallery;
 - abstention [``abstention``]: risk-coverage curves and the threshold for a target accuracy;
 - accuracy per group [``groups``]: ``groups.csv`` of ``bench --group-by COLUMN``;
+- leakage [``leakage``]: duplicate pairs straddling support and test, as thumbnails;
 - Grad-CAM [``gradcam``]: a few errors and correct predictions, one ResNet and one ViT;
 - projection [``projection``]: 2-D PCA (or t-SNE) of the image vectors by class.
 
@@ -75,6 +76,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("errors", "Error analysis", _analysis.errors),
     Section("abstention", "Abstention: accuracy against coverage", _study.abstention),
     Section("groups", "Accuracy per group", _study.groups),
+    Section("leakage", "Duplicates across support and test", _study.leakage),
     Section("gradcam", "Interpretability: Grad-CAM", _analysis.gradcam),
     Section("projection", "Embedding projection", _analysis.projection),
 )

@@ -17,7 +17,7 @@ from clipindex.report import _charts as charts
 from clipindex.report._data import Missing, ResultsData
 from clipindex.report._html import figure, table
 
-__all__ = ["abstention", "groups", "coverage_chart"]
+__all__ = ["abstention", "groups", "leakage", "coverage_chart"]
 
 
 def _num(v: Any) -> str:
@@ -86,3 +86,29 @@ def groups(data: ResultsData, opts: Any) -> str:
             "accuracy and the overall accuracy (the fairness tables of the multimodal "
             "course work).</p>"
             + table(header, rows, numeric=[False, False] + [True] * (len(names) + 2)))
+
+
+def leakage(data: ResultsData, opts: Any) -> str:
+    """Duplicate pairs that straddle support and test, as thumbnails side by side."""
+    from clipindex.report._html import esc, img_tag
+    from clipindex.report._sections import thumbnail
+
+    pairs = data.table("leakage.csv", "run `clipindex bench` again: it writes leakage.csv")
+    if pairs.empty:
+        return ("<p>No duplicate pair straddles support and test (exact file hashes, and "
+                "near-duplicates at the default cosine threshold of <code>clipindex "
+                "dedup</code>): the few-shot results are not inflated by copies.</p>")
+    cards = []
+    for r in pairs.head(opts.gallery).itertuples():
+        thumbs = []
+        for f in (r.file_a, r.file_b):
+            png = thumbnail(data.image_file(str(f)), 140)
+            thumbs.append(img_tag(png, str(f)) if png else f"<i>{esc(f)} unreadable</i>")
+        cards.append(f'<div class="thumb"><div class="pair">{"".join(thumbs)}</div>'
+                     f'<div class="cap">{esc(r.kind)}, cosine {float(r.cosine):.4f}<br>'
+                     f'{esc(r.file_a)} ({esc(r.split_a)})<br>{esc(r.file_b)} '
+                     f'({esc(r.split_b)})</div></div>')
+    return (f"<p><b>{len(pairs)} duplicate pair(s) straddle support and test</b>: a few-shot "
+            "method is tested on a copy of an image it was fitted on, so its accuracy is "
+            "optimistic (<code>clipindex dedup</code> lists every pair).</p>"
+            f'<div class="gallery">{"".join(cards)}</div>')
