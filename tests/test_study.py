@@ -308,3 +308,73 @@ def test_bench_warns_about_leakage_and_the_report_shows_it(planted: dict, tmp_pa
     section = html.split('id="leakage"')[1].split("</section>")[0]
     assert "1 duplicate pair(s) straddle support and test" in section
     assert section.count("data:image/png;base64,") == 2
+
+
+# ----------------------------------------------------------------------------- arithmetic
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_cow_minus_grass_ranks_the_cows_on_roads_higher(demo_store: Path, backbone: str
+                                                        ) -> None:
+    """README's example: "a photo of a cow" - "grass" lifts the off-context cows on
+    roads (ranked over the whole store) and pushes the cows in fields out of the top 10."""
+    from clipindex.search import search_indexes
+    from clipindex.search.arithmetic import Terms
+    from clipindex.store import open_index
+
+    index = open_index(demo_store, backbone)
+    images = index.images.set_index("row_id")
+    n = len(images)
+
+    def ranking(terms):
+        frame = search_indexes(index, texts=["a photo of a cow"], k=n, terms=terms).frame
+        rows = images.loc[frame["row_id"]]
+        on_road = ((rows["label"] == "cow") & (rows["context"] == "road")).to_numpy()
+        in_field_top10 = int(((rows["label"] == "cow") & (rows["context"] == "field"))
+                             .to_numpy()[:10].sum())
+        return frame["rank"].to_numpy()[on_road], in_field_top10, frame
+
+    plain, field_plain, _ = ranking(None)
+    minus, field_minus, frame = ranking(Terms(subtract=("grass",)))
+    assert len(plain) >= 2
+    assert minus.mean() < plain.mean() - 10, (plain, minus)
+    assert field_minus < field_plain
+    assert frame["query"].iloc[0] == "a photo of a cow - grass"
+
+
+def test_arithmetic_is_the_documented_sum(demo_store: Path) -> None:
+    from clipindex.search import search_indexes
+    from clipindex.search.arithmetic import Terms
+    from clipindex.store import open_index
+
+    index = open_index(demo_store, "tiny-vit")
+    q, a, s = index.text_vectors(["a photo of a cat", "snow", "indoor"])
+    want = q / np.linalg.norm(q) + 0.5 * a / np.linalg.norm(a) - 0.5 * s / np.linalg.norm(s)
+    want /= np.linalg.norm(want)
+    scores = index.image_vectors @ want
+    scores[~index.image_valid] = -np.inf
+    top = np.argsort(-scores, kind="stable")[:5]
+    frame = search_indexes(index, texts=["a photo of a cat"], k=5,
+                           terms=Terms(add=("snow",), subtract=("indoor",), weight=0.5)).frame
+    assert frame["row_id"].tolist() == top.tolist()
+    np.testing.assert_allclose(frame["score"], scores[top], atol=1e-5)
+
+
+def test_image_term_and_cli_errors(demo_store: Path, small_world: Path) -> None:
+    images = pd.read_parquet(demo_store / "images.parquet")
+    target = images.iloc[7]
+    runner = CliRunner()
+    res = runner.invoke(main, ["search", "a photo of a dog", "--index", str(demo_store),
+                               "--backbone", "tiny-vit", "--add-image",
+                               str(small_world / target["file"]), "--term-weight", "5",
+                               "-k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)
+    assert hits[0]["row_id"] == int(target["row_id"])
+    assert hits[0]["query"].startswith("a photo of a dog + ")
+    for args, message in (([" --add", ""], "Error: Empty --add term"),
+                          (["--subtract", " "], "Error: Empty --subtract term"),
+                          (["--add", "snow", "--term-weight", "0"], "Error: the term weight")):
+        args = [a.strip() if a.strip().startswith("--") else a for a in args]
+        bad = runner.invoke(main, ["search", "a cat", "--index", str(demo_store),
+                                   "--backbone", "tiny-vit", *args])
+        assert bad.exit_code == 2 and bad.output.startswith(message), bad.output
+        assert len(bad.output.strip().splitlines()) == 1
