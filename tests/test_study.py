@@ -378,3 +378,119 @@ def test_image_term_and_cli_errors(demo_store: Path, small_world: Path) -> None:
                                    "--backbone", "tiny-vit", *args])
         assert bad.exit_code == 2 and bad.output.startswith(message), bad.output
         assert len(bad.output.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- study sampler
+def _study_recomputed(root: Path, split: str, classes: list[str], n: int, seed: int
+                      ) -> pd.DataFrame:
+    """The report's own code, written out again (seeds/000: extract, merge, drop, sample)."""
+    import warnings
+
+    inst = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+    caps = json.loads((root / "annotations" / f"captions_{split}.json").read_text())
+    name = {c["id"]: c["name"] for c in inst["categories"]}
+    target_ids = [k for k, v in name.items() if v in classes]
+    person = {a["image_id"] for a in inst["annotations"] if name[a["category_id"]] == "person"}
+    extracted = [{"image_id": a["image_id"], "class": name[a["category_id"]]}
+                 for a in inst["annotations"]
+                 if a["category_id"] in target_ids and a["image_id"] not in person]
+    df_caps = pd.DataFrame(caps["annotations"])[["image_id", "caption"]]
+    df_animal = pd.DataFrame(extracted).merge(df_caps, on="image_id")
+    df_animal = df_animal.drop_duplicates(subset=["image_id", "class", "caption"])
+    with warnings.catch_warnings():  # pandas 2 warns about apply on the grouping column
+        warnings.simplefilter("ignore")
+        sample = df_animal.groupby("class").apply(lambda x: x.sample(n=n, random_state=seed))
+    if "class" in sample.columns:  # pandas 2
+        return sample.reset_index(drop=True)
+    # pandas 3 leaves the grouping column out of apply's frames: take it from the index
+    return sample.reset_index(level=0).reset_index(drop=True)
+
+
+def _study_config(tmp: Path, root: Path, **fields) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/datasets/"
+                          "coco-animals-study.yaml").read_text())
+    cfg.update(root=str(root), split="val", **fields)
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_study_sampler_matches_the_reports_pandas_code(small_world: Path, tmp_path: Path
+                                                       ) -> None:
+    from clipindex.sources import load_dataset
+
+    classes = ["cat", "dog", "cow", "sheep", "horse"]
+    ds = load_dataset(_study_config(tmp_path, small_world))
+    want = _study_recomputed(small_world, "val", classes, 200, 42)
+    img, cap = ds.images, ds.captions
+    assert len(img) == len(cap) == 1000 and (cap["image_row_id"] == img["row_id"]).all()
+    for c in classes:
+        mine = img[img["label"] == c]
+        theirs = want[want["class"] == c]
+        assert mine["coco_id"].tolist() == theirs["image_id"].tolist(), c
+        assert cap.loc[mine["row_id"], "text"].tolist() == theirs["caption"].str.strip().tolist()
+    # what the selection implies, on this world: images drawn twice, and in two classes
+    pairs = img.groupby("coco_id")["label"].agg(["size", "nunique"])
+    assert (pairs["size"] > 1).any() and (pairs["nunique"] > 1).any()
+    assert img[img["split"] == "support"].groupby("label").size().eq(10).all()
+    assert ds.info["funnel"]["sampled"] == {c: 200 for c in classes}
+
+
+def test_study_sampler_by_hand(tmp_path: Path) -> None:
+    """Five images, hand-computed: two cat boxes on one image (rows dropped as
+    duplicates), a cat + dog image in both classes, a cat + person image out, and an
+    image whose two captions are the same text (one row)."""
+    from clipindex.sources import load_dataset
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val").mkdir()
+    boxes = {1: [17, 17], 2: [17, 18], 3: [17, 1], 4: [18], 5: [17]}
+    inst = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 50, "height": 40}
+                       for i in boxes],
+            "annotations": [{"id": 10 * i + j, "image_id": i, "category_id": c,
+                             "bbox": [0, 0, 10 + j, 10]}
+                            for i, cs in boxes.items() for j, c in enumerate(cs)],
+            "categories": [{"id": 17, "name": "cat"}, {"id": 18, "name": "dog"},
+                           {"id": 1, "name": "person"}]}
+    caps = {"annotations": [{"id": 10 * i + k, "image_id": i,
+                             "caption": "same" if i == 5 else f"c{k} of {i}"}
+                            for i in boxes for k in range(2)]}
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(inst))
+    (root / "annotations" / "captions_val.json").write_text(json.dumps(caps))
+    ds = load_dataset(_study_config(tmp_path, root, classes=["cat", "dog"], per_class=4,
+                                    support_per_class=1))
+    funnel = ds.info["funnel"]
+    assert funnel["caption_rows"] == {"cat": 5, "dog": 4}  # 1c0 1c1 2c0 2c1 5same | 2c0 2c1 4c0 4c1
+    rows = list(zip(ds.images["label"], ds.images["coco_id"], ds.captions["text"],
+                    strict=True))
+    dog = sorted(r for r in rows if r[0] == "dog")
+    assert dog == [("dog", 2, "c0 of 2"), ("dog", 2, "c1 of 2"), ("dog", 4, "c0 of 4"),
+                   ("dog", 4, "c1 of 4")]  # all four dog rows, image 2 in both classes
+    cat = [r for r in rows if r[0] == "cat"]
+    assert len(cat) == 4 and len(set(cat)) == 4 and 3 not in {r[1] for r in rows}
+    assert {r[1] for r in cat} <= {1, 2, 5}
+    want = _study_recomputed(root, "val", ["cat", "dog"], 4, 42)
+    assert [r[1:] for r in cat] == list(zip(want.loc[want["class"] == "cat", "image_id"],
+                                            want.loc[want["class"] == "cat", "caption"],
+                                            strict=True))
+
+
+def test_study_sampler_needs_its_settings_and_default_is_numpy(small_world: Path,
+                                                               tmp_path: Path) -> None:
+    from clipindex.config import load_dataset_config
+    from clipindex.errors import ConfigError
+    from clipindex.sources import load_dataset
+
+    with pytest.raises(ConfigError, match="drop_multi_target: false"):
+        load_dataset_config(_study_config(tmp_path, small_world, drop_multi_target=True))
+    with pytest.raises(ConfigError, match="Unknown sampler 'pandas'"):
+        load_dataset_config(_study_config(tmp_path, small_world, sampler="pandas"))
+    demo = Path(__file__).resolve().parents[1] / "configs/datasets/demo.yaml"
+    assert load_dataset_config(demo).sampler == "numpy"
+    a = load_dataset(demo, root=small_world, per_class=30)
+    b = load_dataset(demo, root=small_world, per_class=30, sampler="numpy")
+    pd.testing.assert_frame_equal(a.images, b.images)
+    assert a.images.groupby("coco_id").size().max() == 1  # images, not caption rows

@@ -24,7 +24,7 @@ from clipindex.sources.filters import box_area, class_pools, largest_annotation,
 from clipindex.sources.records import Built, require_file
 
 __all__ = ["captions_for", "causes_beside", "image_record", "load_coco", "load_instances",
-           "read_causes", "read_json", "read_tags"]
+           "read_causes", "read_json", "read_tags", "sidecar_tags", "tag_rows"]
 
 
 def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -132,6 +132,30 @@ def read_tags(path: Path) -> dict[int, dict[str, Any]]:
     return out
 
 
+def sidecar_tags(cfg: DatasetConfig, root: Path, origin: str, instances: Path
+                 ) -> dict[int, dict[str, Any]] | None:
+    """The failure-cause sidecar's tags (``causes`` given, or the one beside the
+    instances file), or None when there is none."""
+    path = require_file(root, cfg, "causes", origin) if cfg.causes else None
+    path = path or causes_beside(instances)
+    return read_tags(path) if path is not None else None
+
+
+def tag_rows(records: list[dict[str, Any]], ids: Sequence[int],
+             tags: dict[int, dict[str, Any]] | None) -> list[str]:
+    """Add ``causes`` (and ``context`` when the sidecar has one: the demo world's) to
+    each record of image ``ids``; returns the columns added."""
+    if tags is None:
+        return []
+    contexts = any(t["context"] is not None for t in tags.values())
+    for rec, img_id in zip(records, ids, strict=True):
+        tag = tags.get(img_id, {})
+        rec["causes"] = ",".join(tag.get("causes", []))
+        if contexts:
+            rec["context"] = tag.get("context")
+    return ["causes", "context"] if contexts else ["causes"]
+
+
 def load_coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     """The images (with subject box, area share, causes) and captions of a COCO config."""
     inst_path = require_file(root, cfg, "instances", origin)
@@ -142,26 +166,16 @@ def load_coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     )
     sampled, support = select(pools, cfg, origin)
     funnel["sampled"] = {c: len(v) for c, v in sampled.items()}
-    causes_path = require_file(root, cfg, "causes", origin) if cfg.causes else None
-    causes_path = causes_path or causes_beside(inst_path)
-    tags = read_tags(causes_path) if causes_path is not None else None
-    # the context tag becomes a column when the sidecar carries one (the demo world's)
-    contexts = tags is not None and any(t["context"] is not None for t in tags.values())
     image_dir = PurePosixPath(cfg.path("images") or ".")
     records, order = [], []
     for c, ids in sampled.items():
         for j, img_id in enumerate(ids):
             rec = image_record(coco, img_id, c, image_dir)
             rec["split"] = "support" if j in support[c] else "test"
-            if tags is not None:
-                tag = tags.get(img_id, {})
-                rec["causes"] = ",".join(tag.get("causes", []))
-                if contexts:
-                    rec["context"] = tag.get("context")
             records.append(rec)
             order.append(img_id)
-    columns = (["coco_id", "bbox", "area_frac"] + (["causes"] if tags is not None else [])
-               + (["context"] if contexts else []))
+    tagged = tag_rows(records, order, sidecar_tags(cfg, root, origin, inst_path))
+    columns = ["coco_id", "bbox", "area_frac"] + tagged
     captions = []
     if cfg.captions is not None:
         captions = captions_for(require_file(root, cfg, "captions", origin), order)
