@@ -494,3 +494,32 @@ def test_study_sampler_needs_its_settings_and_default_is_numpy(small_world: Path
     b = load_dataset(demo, root=small_world, per_class=30, sampler="numpy")
     pd.testing.assert_frame_equal(a.images, b.images)
     assert a.images.groupby("coco_id").size().max() == 1  # images, not caption rows
+
+
+# ----------------------------------------------------------------------------- study columns
+def test_res_dfeat_and_time_from_jpeg(bench_out: Path) -> None:
+    run = json.loads((bench_out / "run.json").read_text())
+    ddir = Path(run["dataset_dir"])
+    tables = pd.read_csv(bench_out / "tables.csv").set_index(["backbone", "method"])
+    for b in BACKBONES:
+        m = json.loads((ddir / b / "manifest.json").read_text())
+        t = m["timings"]
+        for method in ("prompt", "prototype"):
+            rec = json.loads((bench_out / "records" / f"{b}__{method}.json").read_text())
+            row = tables.loc[(b, method)]
+            assert row["res"] == m["image_size"] and row["d_feat"] == m["dim"]
+            caps = rec["n_support"] * m["n_captions"] / m["n_images"] if method == "prototype" \
+                else 0
+            want = (rec["load_s"] + rec["n"] * t["image_encode_seconds"] / t["images_encoded"]
+                    + caps * t["caption_encode_seconds"] / t["captions_encoded"]
+                    + rec["classify_ms"] / 1000)
+            assert row["time_from_jpeg_s"] == pytest.approx(want, abs=2e-3)
+            assert rec["load_s"] > 0
+    for method in ("prompt", "prototype"):
+        members = sum(tables.loc[(b, method), "time_from_jpeg_s"] for b in BACKBONES)
+        assert tables.loc[("ensemble-majority", method), "time_from_jpeg_s"] == pytest.approx(
+            members, abs=5e-3)
+    md = (bench_out / "tables.md").read_text()
+    assert "| Res | D_feat |" in md and "Time from JPEG (s)" in md
+    assert {b["backbone"]: b["res"] for b in run["backbones"]} == {
+        b: json.loads((ddir / b / "manifest.json").read_text())["image_size"] for b in BACKBONES}

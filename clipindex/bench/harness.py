@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex.bench import breakdowns, outputs
+from clipindex.bench import breakdowns, outputs, timing
 from clipindex.bench.outputs import (
     METRIC_DIGITS,
     TABLE_COLUMNS,
@@ -246,7 +246,7 @@ def _backbone_facts(ddir: Path, folder: str) -> dict[str, Any]:
         "encode_s": round_or_none(t.get("image_encode_seconds"), TIME_DIGITS),
         "images_per_s": round_or_none(t.get("images_per_s"), 1),
         "n_images": m.get("n_images"), "n_skipped": m.get("n_skipped"),
-        "dim": m.get("dim"), "device": m.get("device"),
+        "dim": m.get("dim"), "res": m.get("image_size"), "device": m.get("device"),
     }
 
 
@@ -467,6 +467,7 @@ def run_bench(
     fingerprint = str(json.loads((ddir / "dataset.json").read_text("utf-8"))["fingerprint"])
     res = _evaluate_all(plan, ddir, out, fingerprint, skip_existing=skip_existing,
                         progress=progress)
+    timing.add_study_columns(res.records, ddir, [s.name for s in plan.specs])
     files = _write_outcome(res, out)
     tables = tables_frame(res.records)
     files["tables.csv"] = write_csv(tables, out / "tables.csv")
