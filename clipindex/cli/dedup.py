@@ -29,7 +29,7 @@ def dedup(index_dir: str, backbone: str, threshold: float, root: str | None,
     \b
     Examples:
       clipindex dedup --index indexes/demo --backbone tiny-vit
-      clipindex dedup --index indexes/demo --backbone tiny-rn --threshold 0.999 --json
+      clipindex dedup --index indexes/demo --backbone tiny-rn --threshold 0.9995 --json
     """
     from clipindex.store import open_index
 
