@@ -523,3 +523,22 @@ def test_res_dfeat_and_time_from_jpeg(bench_out: Path) -> None:
     assert "| Res | D_feat |" in md and "Time from JPEG (s)" in md
     assert {b["backbone"]: b["res"] for b in run["backbones"]} == {
         b: json.loads((ddir / b / "manifest.json").read_text())["image_size"] for b in BACKBONES}
+
+
+# ----------------------------------------------------------------------------- UMAP
+def test_umap_projection_is_seeded_and_keeps_classes_apart(demo_store: Path) -> None:
+    """The clipindex[umap] extra (in dev): a seeded 2-D UMAP of tiny-rn's image vectors
+    in which an image's 5 nearest points mostly share its class (chance: 0.2)."""
+    from clipindex.report._analysis import PROJECTIONS
+    from clipindex.store import open_index
+
+    index = open_index(demo_store, "tiny-rn")
+    x = index.image_vectors[index.image_valid]
+    labels = index.images["label"].to_numpy()[index.image_valid]
+    a = PROJECTIONS["umap"](x, 0)
+    assert a.shape == (len(x), 2) and np.isfinite(a).all()
+    np.testing.assert_allclose(PROJECTIONS["umap"](x, 0), a, atol=1e-4)
+    d = ((a[:, None, :] - a[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    near = np.argsort(d, axis=1)[:, :5]
+    assert (labels[near] == labels[:, None]).mean() > 0.5
