@@ -73,7 +73,18 @@ def _backbone(ddir: Path, folder: str) -> dict[str, Any]:
 
 def add_study_columns(records: Mapping[str, dict[str, Any]], ddir: Path,
                       folders: Sequence[str]) -> None:
-    """Set ``res``, ``d_feat``, ``load_s`` and ``time_from_jpeg_s`` on every record."""
+    """Set ``res``, ``d_feat``, ``load_s`` and ``time_from_jpeg_s`` on every record.
+
+    The libraries are imported before the first load is timed, so ``load_s`` is the
+    model's own load (weights, model build), not Python's first import of torch.
+    """
+    import importlib
+
+    for name in ("torch", "open_clip"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a store of stand-in encoders (tests) needs neither
+            pass
     facts = {f: _backbone(ddir, f) for f in folders}
     single: dict[tuple[str, str], float] = {}
     for rec in records.values():
