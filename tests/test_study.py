@@ -542,3 +542,36 @@ def test_umap_projection_is_seeded_and_keeps_classes_apart(demo_store: Path) -> 
     np.fill_diagonal(d, np.inf)
     near = np.argsort(d, axis=1)[:, :5]
     assert (labels[near] == labels[:, None]).mean() > 0.5
+
+
+# ----------------------------------------------------------------------------- progress
+def test_progress_is_a_line_every_few_seconds_when_stderr_is_a_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    err = tmp_path / "log"
+    code = "from clipindex.cli import main; main()"
+    with err.open("wb") as fh:
+        done = subprocess.run([sys.executable, "-c", code, "world", str(tmp_path / "w"),
+                               "--scale", "small"], stdout=subprocess.DEVNULL, stderr=fh,
+                              timeout=600)
+    assert done.returncode == 0
+    text = err.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.startswith("world:")]
+    assert "\r" not in text and lines[-1].startswith("world: 100%")
+    assert 2 <= len(lines) <= 40, lines  # one per 5 s (tqdm redrew ~10 times a second)
+
+
+def test_line_progress_by_hand() -> None:
+    import io
+
+    from clipindex.progress import LineProgress
+
+    buf = io.StringIO()
+    with LineProgress(total=4, file=buf, desc="x", mininterval=0) as bar:
+        for _ in range(4):
+            bar.update(1)
+    text = buf.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    assert [line.split("|")[0] for line in text.splitlines()] == [
+        "x:   0%", "x:  25%", "x:  50%", "x:  75%", "x: 100%", "x: 100%"]
