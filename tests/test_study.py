@@ -575,3 +575,33 @@ def test_line_progress_by_hand() -> None:
     assert "\r" not in text and text.endswith("\n")
     assert [line.split("|")[0] for line in text.splitlines()] == [
         "x:   0%", "x:  25%", "x:  50%", "x:  75%", "x: 100%", "x: 100%"]
+
+
+# ----------------------------------------------------------------------------- --json
+def test_every_result_command_prints_one_json_document(bench_out: Path, planted: dict,
+                                                       demo_store: Path, small_world: Path,
+                                                       tmp_path: Path) -> None:
+    runner = CliRunner()
+
+    def doc(args):
+        res = runner.invoke(main, [*args, "--json"])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)  # the whole of stdout is one document
+
+    world = doc(["world", str(tmp_path / "w"), "--scale", "small", "--no-progress"])
+    assert world["world"]["seed"] == 0 and Path(world["path"]).is_dir()
+    built = doc(["build", str(planted["root"]), "--backbone", "tiny-vit", "--out",
+                 str(planted["index"].parent), "--no-progress"])
+    (one,) = built["backbones"]
+    assert one["backbone_folder"] == "tiny-vit" and one["n_images"] == planted["n"] + 5
+    bench = doc(["bench", str(bench_out.parent / "bench.yaml"), "--out",
+                 str(bench_out), "--index-root", str(demo_store.parent), "--skip-existing",
+                 "--group-by", "context", "--no-progress"])
+    assert {r["backbone"] for r in bench["tables"]} >= set(BACKBONES)
+    assert bench["run"]["group_by"] == "context"
+    report = doc(["report", str(bench_out), "--out", str(tmp_path / "r.html")])
+    assert report == {"report": str(tmp_path / "r.html")}
+    image = small_world / pd.read_parquet(demo_store / "images.parquet")["file"][0]
+    cam = doc(["explain", str(image), "--index", str(demo_store), "--backbone", "tiny-rn",
+               "--out", str(tmp_path / "cam.png")])
+    assert Path(cam["png"]).is_file() and 0.0 <= cam["prob"] <= 1.0

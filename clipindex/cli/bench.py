@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from clipindex.bench import PROTOCOLS, BenchResult, run_bench
@@ -20,6 +22,15 @@ def where(res: BenchResult) -> str:
     if run.get("reused_records"):
         lines.append(f"reused {len(run['reused_records'])} existing record(s) (--skip-existing)")
     return "\n".join(lines)
+
+
+def as_document(res: BenchResult) -> dict:
+    """``--json``: where the results are, the tables and run.json, JSON-ready."""
+    from clipindex.bench.outputs import clean_json
+
+    tables = res.tables.astype(object).where(res.tables.notna(), None)
+    return clean_json({"out": str(res.out), "files": sorted(str(p) for p in res.files.values()),
+                       "tables": tables.to_dict(orient="records"), "run": res.run})
 
 
 @main.command("bench")
@@ -46,9 +57,11 @@ def where(res: BenchResult) -> str:
               show_default=True,
               help="tables.md names the abstention threshold whose kept rows reach it.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print exactly one JSON document on stdout (notes go to stderr).")
 def bench(config: str, out: str, root: str | None, index_root: str | None, protocol: str,
           skip_existing: bool, workers: int | None, group_by: str | None,
-          target_accuracy: float, progress: bool) -> None:
+          target_accuracy: float, progress: bool, as_json: bool) -> None:
     """Run the benchmark CONFIG (configs/bench/*.yaml) and write its tables to RESULTS.
 
     \b
@@ -61,5 +74,8 @@ def bench(config: str, out: str, root: str | None, index_root: str | None, proto
     res = run_bench(config, out, root=root, index_root=index_root, protocol=protocol,
                     skip_existing=skip_existing, workers=workers, progress=progress,
                     group_by=group_by, target_accuracy=target_accuracy)
+    if as_json:
+        click.echo(json.dumps(as_document(res)))
+        return
     click.echo(res.markdown)
     click.echo(where(res))

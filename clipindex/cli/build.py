@@ -49,6 +49,16 @@ def _summary(path: Path) -> str:
             f"{m['n_skipped']} skipped, dim {m['dim']}, {speed_text}")
 
 
+def _facts(path: Path) -> dict:
+    """What ``--json`` prints per backbone folder (from its manifest)."""
+    m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    keys = ("backbone_folder", "display_name", "weights", "n_images", "n_captions",
+            "n_skipped", "dim", "dtype", "image_size", "params")
+    return {"path": str(path), **{k: m.get(k) for k in keys},
+            "index_kind": (m.get("index") or {}).get("kind"),
+            "images_per_s": (m.get("timings") or {}).get("images_per_s")}
+
+
 def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value is not None and value < 1:
         raise click.BadParameter("must be at least 1")
@@ -82,10 +92,13 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bars on stderr.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every finished shard.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print exactly one JSON document on stdout (notes go to stderr).")
 def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Path | None,
                   pretrained: str, batch_size: int | None, workers: int | None,
                   device: str | None, strict: bool, index_kind: str, dtype: str,
-                  shard_size: int | None, rebuild: bool, progress: bool, verbose: bool) -> None:
+                  shard_size: int | None, rebuild: bool, progress: bool, verbose: bool,
+                  as_json: bool) -> None:
     """Encode CONFIG's images and captions once per --backbone into FAISS indexes.
 
     CONFIG is a dataset YAML config, a folder with one sub-folder per class, or a
@@ -104,5 +117,8 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
                             batch_size=batch_size, workers=workers, device=device,
                             strict=strict, index_kind=index_kind, dtype=dtype,
                             shard_size=shard_size, rebuild=rebuild, progress=progress)
+    if as_json:
+        click.echo(json.dumps({"backbones": [_facts(p) for p in paths]}))
+        return
     for path in paths:
         click.echo(_summary(path))
