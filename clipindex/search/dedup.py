@@ -13,7 +13,8 @@ The default threshold (:data:`DEFAULT_THRESHOLD`, 0.9975) was chosen on the demo
 (`clipindex demo`'s store: 1,000 images of the seed-0 world's ``val`` split): it is just
 above the highest cosine between two distinct images for tiny-vit (0.9970) and tiny-vit-s
 (0.9935), so neither shows a false pair there, and it still finds most half-size resizes
-(tiny-vit 89%, tiny-vit-s 80%; a crop keeping 98% of each side: about half). tiny-rn packs
+(at 0.997 / 0.998: tiny-vit 91% / 87%, tiny-vit-s 82% / 79%; a crop keeping 98% of each
+side: about half). tiny-rn packs
 the demo's distinct images closer (up to 0.9992; 15 false pairs at 0.997): with it use
 ``--threshold 0.9995``. See README "clipindex dedup" for the measured shares.
 
