@@ -201,6 +201,7 @@ def test_report_shows_coverage_and_groups(bench_out: Path) -> None:
     assert 'id="abstention"' in html and 'id="groups"' in html
     assert "abstention" not in missing and "groups" not in missing
     assert "risk-coverage" in html.lower()
+    assert "Time from JPEG (s)" in html and "Res (px)" in html and "D_feat" in html
 
 
 # ----------------------------------------------------------------------------- dedup

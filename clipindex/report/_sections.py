@@ -290,12 +290,12 @@ def _study_table(frame: pd.DataFrame) -> str:
                      num(r.get("balanced_accuracy")), num(r.get("macro_f1")),
                      params_text(r.get("params_m")), num(r.get("encode_s"), ".2f"),
                      num(r.get("images_per_s"), ".1f"), num(r.get("classify_ms"), ".1f"),
-                     r.get("n", "")])
+                     num(r.get("time_from_jpeg_s"), ".2f"), r.get("n", "")])
         classes.append(" ".join(x for x in ("best" if i == 0 else "",
                                             "ensemble" if r["ensemble"] else "") if x))
     return table(["Model", "Accuracy", "Balanced acc.", "Macro-F1", "Parameters",
-                  "Encode once (s)", "Images/s", "Classify (ms)", "n"], rows,
-                 numeric=[False] + [True] * 8, row_classes=classes)
+                  "Encode once (s)", "Images/s", "Classify (ms)", "Time from JPEG (s)", "n"],
+                 rows, numeric=[False] + [True] * 9, row_classes=classes)
 
 
 def results(data: ResultsData, opts: Any) -> str:
