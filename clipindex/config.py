@@ -38,6 +38,7 @@ __all__ = [
     "BenchConfig",
     "CONFIG_LOADERS",
     "DatasetConfig",
+    "SAMPLERS",
     "SOURCE_KINDS",
     "apply_overrides",
     "build_config",
@@ -51,6 +52,8 @@ C = TypeVar("C")
 
 #: Source kinds a dataset config may name (``clipindex.sources`` has one builder per kind).
 SOURCE_KINDS: tuple[str, ...] = ("coco", "folder", "manifest")
+#: How a dataset config draws its per-class sample (``sampler``).
+SAMPLERS: tuple[str, ...] = ("numpy", "study")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PATH_FIELDS = ("instances", "captions", "images", "causes", "manifest")
@@ -98,6 +101,10 @@ class DatasetConfig:
         Accept image paths (COCO ``file_name``, manifest ``path``) that resolve outside
         the data root (default False: such a path is refused). Recorded in
         ``dataset.json``.
+    sampler : str
+        ``numpy`` (default: ``per_class`` images per class drawn with
+        ``numpy.random.default_rng(seed)``) or ``study`` (COCO only: the reference study's
+        own pandas selection of caption rows, :mod:`clipindex.sources.study`).
 
     Examples
     --------
@@ -122,6 +129,7 @@ class DatasetConfig:
     seed: int = 0
     support_per_class: int | None = None
     allow_outside_root: bool = False
+    sampler: str = "numpy"
 
     def __post_init__(self) -> None:
         _check_dataset_config(self)
@@ -168,6 +176,14 @@ def _check_dataset_config(cfg: DatasetConfig) -> None:
     clash = sorted(set(cfg.classes) & set(cfg.exclude))
     if clash:
         raise ConfigError(f"Classes {clash} are both in 'classes' and 'exclude': remove one")
+    if cfg.sampler not in SAMPLERS:
+        raise ConfigError(f"Unknown sampler {cfg.sampler!r} in field 'sampler'. "
+                          f"Known: {', '.join(SAMPLERS)}")
+    if cfg.sampler == "study" and (cfg.source != "coco" or cfg.drop_multi_target
+                                   or cfg.per_class is None or cfg.captions is None):
+        raise ConfigError("sampler 'study' is the study's selection of COCO caption rows: it "
+                          "needs source coco, captions, per_class and drop_multi_target: false "
+                          "(its frame keeps an image with two animals in both classes)")
     if cfg.source == "coco" and cfg.instances is None:
         raise ConfigError("Missing field 'instances' (the COCO instances JSON) for source coco")
     if cfg.source == "manifest" and cfg.manifest is None:

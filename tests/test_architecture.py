@@ -25,6 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "clipindex"
 FLOORS: dict[str, int] = {
     "errors": 0,
     "files": 0,
+    "progress": 0,
     "config": 1,
     "metrics": 1,
     "tiny": 1,  # registry, configs, tokenizer, shipped weights

@@ -84,7 +84,8 @@ def _preds(out: Path, model: str, method: str) -> pd.DataFrame:
 def test_demo_bench_writes_every_file(runs: dict) -> None:
     out = runs["first"]
     expected = {"tables.csv", "tables.md", "retrieval.csv", "confusion_zero_shot.png",
-                "confusion_few_shot.png", "errors.csv", "errors.md", "run.json"}
+                "confusion_few_shot.png", "errors.csv", "errors.md", "run.json",
+                "coverage.csv", "leakage.csv"}
     for model in MODELS:
         for method in DEMO_METHODS:
             expected |= {f"records/{model}__{method}.json",

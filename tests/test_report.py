@@ -261,8 +261,8 @@ def test_cli_default_out_and_errors(bench_results: Path, tmp_path: Path) -> None
     assert ok.exit_code == 0, ok.output
     assert (res / "report.html").is_file()
     runner = CliRunner()
-    bad = runner.invoke(main, ["report", str(res), "--projection", "umap"])
-    assert bad.exit_code == 2 and "umap" in bad.output
+    bad = runner.invoke(main, ["report", str(res), "--projection", "mds"])
+    assert bad.exit_code == 2 and "mds" in bad.output
     empty = tmp_path / "empty"
     empty.mkdir()
     none = runner.invoke(main, ["report", str(empty)])

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex.bench import outputs
+from clipindex.bench import breakdowns, outputs, timing
 from clipindex.bench.outputs import (
     METRIC_DIGITS,
     TABLE_COLUMNS,
@@ -246,7 +246,7 @@ def _backbone_facts(ddir: Path, folder: str) -> dict[str, Any]:
         "encode_s": round_or_none(t.get("image_encode_seconds"), TIME_DIGITS),
         "images_per_s": round_or_none(t.get("images_per_s"), 1),
         "n_images": m.get("n_images"), "n_skipped": m.get("n_skipped"),
-        "dim": m.get("dim"), "device": m.get("device"),
+        "dim": m.get("dim"), "res": m.get("image_size"), "device": m.get("device"),
     }
 
 
@@ -416,6 +416,8 @@ def run_bench(
     batch_size: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    group_by: str | None = None,
+    target_accuracy: float = breakdowns.DEFAULT_TARGET,
 ) -> BenchResult:
     """Run a benchmark: validate, build missing stores, evaluate, write every output.
 
@@ -436,6 +438,10 @@ def run_bench(
         Reuse ``records/`` + ``predictions/`` already in ``out`` whose settings match.
     workers, batch_size, device, progress
         Encoding knobs passed to :func:`clipindex.store.build_store`.
+    group_by : str, optional
+        An ``images.parquet`` column: ``groups.csv`` (:mod:`clipindex.bench.breakdowns`).
+    target_accuracy : float
+        ``tables.md`` names the abstention threshold reaching it (``coverage.csv``).
 
     Returns
     -------
@@ -452,13 +458,16 @@ def run_bench(
     plan = validate_bench(config, protocol=protocol)  # every check before any work
     out = Path(out)
     iroot = Path(index_root) if index_root is not None else out / "indexes"
+    breakdowns.check_breakdowns([], None, target_accuracy)
     dataset, ds_path = _load_data(plan, root, out)
     _check_data(plan, dataset)
+    breakdowns.check_breakdowns(dataset.images.columns, group_by, target_accuracy)
     ddir, state = _ensure_stores(plan, dataset, iroot, workers=workers,
                                  batch_size=batch_size, device=device, progress=progress)
     fingerprint = str(json.loads((ddir / "dataset.json").read_text("utf-8"))["fingerprint"])
     res = _evaluate_all(plan, ddir, out, fingerprint, skip_existing=skip_existing,
                         progress=progress)
+    timing.add_study_columns(res.records, ddir, [s.name for s in plan.specs])
     files = _write_outcome(res, out)
     tables = tables_frame(res.records)
     files["tables.csv"] = write_csv(tables, out / "tables.csv")
@@ -469,7 +478,15 @@ def run_bench(
     images = pd.read_parquet(ddir / "images.parquet")
     context = outputs.Context(plan.cfg.name, dataset.name, plan.protocol, plan.cfg.methods,
                                  plan.cfg.recall_ks, int(len(images)))
-    markdown = outputs.tables_markdown(res.records, retrieval, context)
+    extra, more_md = breakdowns.write_breakdowns(res.records, res.tables, images, out,
+                                                 target=target_accuracy, group_by=group_by)
+    files.update(extra)
+    leak_files, n_leak = breakdowns.write_leakage(ddir, folders[0], Path(dataset.root), out)
+    files.update(leak_files)
+    if n_leak:
+        print(f"Warning: {n_leak} duplicate pair(s) straddle support and test (few-shot "
+              f"leakage): see {out / 'leakage.csv'}", file=sys.stderr)
+    markdown = outputs.tables_markdown(res.records, retrieval, context) + more_md
     files["tables.md"] = atomic_write_bytes(out / "tables.md", markdown.encode("utf-8"))
     files.update(outputs.write_errors(res.records, res.tables, images, out, context))
     files.update(outputs.write_confusions(res.records, out))
@@ -481,6 +498,7 @@ def run_bench(
         "backbones": [{**_backbone_facts(ddir, f), "store": state.get(f)} for f in folders],
         "methods": list(plan.cfg.methods), "ensembles": list(plan.cfg.ensembles),
         "reused_records": res.reused, "versions": outputs.package_versions(),
+        "group_by": group_by, "target_accuracy": target_accuracy, "leakage_pairs": n_leak,
         "elapsed_s": round(time.perf_counter() - t_start, 2),
     }
     files["run.json"] = out / "run.json"

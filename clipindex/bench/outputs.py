@@ -51,10 +51,11 @@ __all__ = [
 ]
 
 TABLE_COLUMNS: tuple[str, ...] = ("backbone", "method", "accuracy", "balanced_accuracy",
-                                  "macro_f1", "params_m", "encode_s", "images_per_s",
-                                  "classify_ms", "n")
+                                  "macro_f1", "params_m", "res", "d_feat", "encode_s",
+                                  "images_per_s", "classify_ms", "time_from_jpeg_s", "n")
 #: The only tables.csv columns that may differ between two runs of the same config.
-TIMING_COLUMNS: tuple[str, ...] = ("encode_s", "images_per_s", "classify_ms")
+TIMING_COLUMNS: tuple[str, ...] = ("encode_s", "images_per_s", "classify_ms",
+                                   "time_from_jpeg_s")
 METRIC_DIGITS = 6  # metrics are rounded so reruns write identical text
 TIME_DIGITS = 3
 ZERO_SHOT, FEW_SHOT = "prompt", "prototype"
@@ -209,6 +210,10 @@ def _num(value: Any, fmt: str = ".3f") -> str:
     return "n/a" if value is None or not np.isfinite(float(value)) else format(value, fmt)
 
 
+def _int(v: Any) -> str:
+    return "-" if v is None else str(int(v))
+
+
 def _params(m: Any) -> str:
     if m is None:
         return "n/a"
@@ -227,11 +232,14 @@ def _model(rec: Mapping[str, Any]) -> str:
 def _study_table(recs: list[Mapping[str, Any]]) -> list[str]:
     """The study's shape: one row per model, best first, ensembles included."""
     recs = sorted(recs, key=lambda r: (-(r["accuracy"] or 0.0), str(r["display"])))
-    header = ("Model", "Accuracy", "Balanced acc.", "Macro-F1", "Parameters",
-              "Encode once (s)", "Images/s", "Classify (ms)", "n")
+    header = ("Model", "Accuracy", "Balanced acc.", "Macro-F1", "Parameters", "Res",
+              "D_feat", "Encode once (s)", "Images/s", "Classify (ms)", "Time from JPEG (s)",
+              "n")
     rows = [(_model(r), _num(r["accuracy"]), _num(r["balanced_accuracy"]),
-             _num(r["macro_f1"]), _params(r["params_m"]), _num(r["encode_s"], ".2f"),
-             _num(r["images_per_s"], ".1f"), _num(r["classify_ms"], ".1f"), str(r["n"]))
+             _num(r["macro_f1"]), _params(r["params_m"]), _int(r.get("res")),
+             _int(r.get("d_feat")), _num(r["encode_s"], ".2f"),
+             _num(r["images_per_s"], ".1f"), _num(r["classify_ms"], ".1f"),
+             _num(r.get("time_from_jpeg_s"), ".2f"), str(r["n"]))
             for r in recs]
     return _md_table(header, rows)
 
@@ -268,6 +276,10 @@ _NOTES = [
     "Encode once (s), Images/s: image encoding when the store was built (from its "
     "manifest); every method reuses the stored vectors. Classify (ms): fit + predict from "
     "the store, opening it included. Ensemble rows sum their members' parameters and times.",
+    "Res, D_feat: the backbone's input side (px) and embedding dimension. Time from JPEG "
+    "(s): what the study's Prediction Time measured, from measured parts: model load (timed "
+    "by this run) + the rows the experiment needs at the build's measured encode rates "
+    "(images it predicts, plus support captions or images) + classify.",
 ]
 
 _RETRIEVAL_NOTE = (

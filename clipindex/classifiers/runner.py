@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipindex.classifiers import abstain as A
 from clipindex.classifiers import ensemble as E
 from clipindex.classifiers.base import normalise
 from clipindex.classifiers.ensemble import ENSEMBLES
+from clipindex.classifiers.groups import check_group_column, group_table
 from clipindex.classifiers.heads import LinearProbeClassifier, MLPClassifier
 from clipindex.classifiers.knn import KNN_WEIGHTS, CaptionKNNClassifier, ImageKNNClassifier
 from clipindex.classifiers.predictions import (
@@ -216,6 +218,7 @@ class _Request:
     reject_below: float | None = None
     weights: str = "uniform"
     class_weight: str | None = "auto"
+    uncertain_band: str | tuple[float, float] | None = None
     rows: str = "test"
 
 
@@ -286,6 +289,8 @@ def _check_request(method: str, req: _Request) -> None:
         raise UserInputError(f"Unknown rows {req.rows!r}. Known: {', '.join(ROWS)}")
     if req.reject_below is not None:
         E.reject_below(np.zeros((0, 2)), req.reject_below)  # validates the threshold
+    if req.uncertain_band is not None:
+        A.parse_band(req.uncertain_band)
 
 
 def _prepare(index_dir: Any, backbones: Any, method: str, req: _Request) -> _Run:
@@ -339,6 +344,8 @@ def _combine(run: _Run, probas: list[np.ndarray]) -> tuple[np.ndarray, np.ndarra
     threshold = run.req.reject_below
     uncertain = (E.reject_below(p, threshold) if threshold is not None
                  else np.zeros(len(p), dtype=bool))
+    if run.req.uncertain_band is not None:  # two classes: positive = the second class
+        uncertain |= A.uncertain_band(p, *A.parse_band(run.req.uncertain_band))
     return pred, p, uncertain
 
 
@@ -349,7 +356,11 @@ def _settings(run: _Run) -> dict[str, Any]:
         method=run.method, backbones=[bi.name for bi in run.bis],
         ensemble=req.ensemble if len(run.bis) > 1 else None,
         n_support=int(len(run.support)), shots=req.shots, seed=req.seed,
-        reject_below=req.reject_below, k=o.k if knn else None,
+        reject_below=req.reject_below,
+        uncertain_band=None if req.uncertain_band is None else list(
+            A.parse_band(req.uncertain_band)),
+        positive_class=run.classes[1] if req.uncertain_band is not None else None,
+        k=o.k if knn else None,
         weights=o.weights if knn else None,
         templates=len(o.templates) if run.method == "prompt" else None,
     )
@@ -384,6 +395,8 @@ def classify(
     weights: str = "uniform",
     class_weight: str | None = "auto",
     rows: str = "test",
+    uncertain_band: str | tuple[float, float] | None = None,
+    group_by: str | None = None,
 ) -> ClassifyResult:
     """Fit ``method`` on the support rows of a store and evaluate it on the test rows.
 
@@ -408,6 +421,12 @@ def classify(
         One prompt template with ``{}``, or a template set (``default`` / ``imagenet``).
     reject_below : float, optional
         Mark rows whose top probability is below this as uncertain.
+    uncertain_band : "LO,HI" or (lo, hi), optional
+        Two classes only: mark rows whose positive-class probability (the second class
+        of the run's order) is in [LO, HI] as uncertain (:mod:`.abstain`).
+    group_by : str, optional
+        A column of ``images.parquet``: ``metrics["groups"]`` gets accuracy and n per
+        group, the gap and the bias (:func:`clipindex.classifiers.groups.group_table`).
     class_weight : {"auto", "balanced", None}
         Linear probe only; ``auto`` balances when the support classes differ in size.
     rows : {"test", "all"}
@@ -428,8 +447,11 @@ def classify(
     """
     req = _Request(ensemble=ensemble, shots=shots, k=k, seed=seed, classes=classes,
                    prompt=prompt, templates=templates, reject_below=reject_below,
-                   weights=weights, class_weight=class_weight, rows=rows)
+                   weights=weights, class_weight=class_weight, rows=rows,
+                   uncertain_band=uncertain_band)
     run = _prepare(index_dir, backbones, method, req)
+    if group_by is not None:
+        check_group_column(run.bis[0].images, group_by)
     if len(run.test) == 0:
         raise DataError(
             "no test rows: the store has no split == 'test' rows for these classes; use "
@@ -443,6 +465,8 @@ def classify(
     metrics.update(_settings(run))
     table = prediction_table(run.test, images["file"].to_numpy()[run.test], true, pred, proba,
                              run.classes, uncertain=uncertain)
+    if group_by is not None:
+        metrics["groups"] = group_table(table, images, group_by).to_dict(orient="records")
     return ClassifyResult(metrics=metrics, predictions=table,
                           per_backbone=_per_backbone(run, true, probas), notes=run.notes)
 

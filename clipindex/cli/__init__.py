@@ -21,6 +21,7 @@ from clipindex.cli import bench  # noqa: E402,F401
 from clipindex.cli import demo  # noqa: E402,F401
 from clipindex.cli import report  # noqa: E402,F401
 from clipindex.cli import serve  # noqa: E402,F401
+from clipindex.cli import dedup  # noqa: E402,F401
 # isort: on
 
 __all__ = ["main"]

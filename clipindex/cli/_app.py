@@ -71,6 +71,10 @@ def main() -> None:
           --backbone tiny-vit --backbone tiny-rn
       clipindex classify --index indexes/demo --backbone tiny-vit --method prompt
     """
+    if not sys.stderr.isatty():  # CI logs, `> log 2>&1`: a line every few seconds
+        from clipindex.progress import use_line_progress
+
+        use_line_progress()
 
 
 def echo_err(message: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from clipindex.bench import PROTOCOLS, BenchResult, run_bench
@@ -11,13 +13,24 @@ from clipindex.cli._app import main
 def where(res: BenchResult) -> str:
     """Where the outputs are, for stdout after the tables."""
     run = res.run
-    lines = [f"results in {res.out}: tables.md, tables.csv, retrieval.csv, errors.md, "
-             "errors.csv, confusion_*.png, records/, predictions/, run.json",
+    extra = ", groups.csv" if "groups.csv" in res.files else ""
+    lines = [f"results in {res.out}: tables.md, tables.csv, retrieval.csv, coverage.csv"
+             f"{extra}, errors.md, errors.csv, confusion_*.png, records/, predictions/, "
+             "run.json",
              f"stores in {run['dataset_dir']} ("
              + ", ".join(f"{b['backbone']} {b['store']}" for b in run["backbones"]) + ")"]
     if run.get("reused_records"):
         lines.append(f"reused {len(run['reused_records'])} existing record(s) (--skip-existing)")
     return "\n".join(lines)
+
+
+def as_document(res: BenchResult) -> dict:
+    """``--json``: where the results are, the tables and run.json, JSON-ready."""
+    from clipindex.bench.outputs import clean_json
+
+    tables = res.tables.astype(object).where(res.tables.notna(), None)
+    return clean_json({"out": str(res.out), "files": sorted(str(p) for p in res.files.values()),
+                       "tables": tables.to_dict(orient="records"), "run": res.run})
 
 
 @main.command("bench")
@@ -37,18 +50,32 @@ def where(res: BenchResult) -> str:
               help="Reuse records/ and predictions/ in RESULTS whose settings match.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="DataLoader workers when a store is built.")
+@click.option("--group-by", "group_by", default=None, metavar="COLUMN",
+              help="Accuracy per value of this images.parquet column (e.g. context, "
+                   "causes) per method: groups.csv, with the gap and the bias.")
+@click.option("--target-accuracy", "target_accuracy", type=float, default=0.99,
+              show_default=True,
+              help="tables.md names the abstention threshold whose kept rows reach it.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print exactly one JSON document on stdout (notes go to stderr).")
 def bench(config: str, out: str, root: str | None, index_root: str | None, protocol: str,
-          skip_existing: bool, workers: int | None, progress: bool) -> None:
+          skip_existing: bool, workers: int | None, group_by: str | None,
+          target_accuracy: float, progress: bool, as_json: bool) -> None:
     """Run the benchmark CONFIG (configs/bench/*.yaml) and write its tables to RESULTS.
 
     \b
     Every (backbone, method) is evaluated from stored vectors; missing stores are
     built first (encode once). Writes records/, predictions/, tables.csv, tables.md,
-    retrieval.csv, confusion_zero_shot.png, confusion_few_shot.png, errors.csv,
-    errors.md and run.json.
+    retrieval.csv, coverage.csv (risk-coverage curves), confusion_zero_shot.png,
+    confusion_few_shot.png, errors.csv, errors.md, run.json, and with --group-by
+    groups.csv.
     """
     res = run_bench(config, out, root=root, index_root=index_root, protocol=protocol,
-                    skip_existing=skip_existing, workers=workers, progress=progress)
+                    skip_existing=skip_existing, workers=workers, progress=progress,
+                    group_by=group_by, target_accuracy=target_accuracy)
+    if as_json:
+        click.echo(json.dumps(as_document(res)))
+        return
     click.echo(res.markdown)
     click.echo(where(res))

@@ -60,6 +60,16 @@ def _dataset_note(dataset_dir: Path) -> str | None:
             f"ids (first: {', '.join(map(str, unknown['first_ids']))}); they were ignored")
 
 
+def _facts(path: Path) -> dict:
+    """What ``--json`` prints per backbone folder (from its manifest)."""
+    m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    keys = ("backbone_folder", "display_name", "weights", "n_images", "n_captions",
+            "n_skipped", "dim", "dtype", "image_size", "params")
+    return {"path": str(path), **{k: m.get(k) for k in keys},
+            "index_kind": (m.get("index") or {}).get("kind"),
+            "images_per_s": (m.get("timings") or {}).get("images_per_s")}
+
+
 def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value is not None and value < 1:
         raise click.BadParameter("must be at least 1")
@@ -105,12 +115,14 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bars on stderr.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every finished shard.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print exactly one JSON document on stdout (notes go to stderr).")
 def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Path | None,
                   pretrained: str, batch_size: int | None, text_batch_size: int | None,
                   workers: int | None, threads: int | None, decode: str | None,
                   device: str | None, strict: bool, index_kind: str, dtype: str,
                   shard_size: int | None, rebuild: bool, allow_outside_root: bool,
-                  progress: bool, verbose: bool) -> None:
+                  progress: bool, verbose: bool, as_json: bool) -> None:
     """Encode CONFIG's images and captions once per --backbone into FAISS indexes.
 
     CONFIG is a dataset YAML config, a folder with one sub-folder per class, or a
@@ -133,6 +145,9 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
                             strict=strict, index_kind=index_kind, dtype=dtype,
                             shard_size=shard_size, rebuild=rebuild, progress=progress,
                             allow_outside_root=allow_outside_root)
+    if as_json:
+        click.echo(json.dumps({"backbones": [_facts(p) for p in paths]}))
+        return
     for path in paths:
         click.echo(_summary(path))
     if paths:

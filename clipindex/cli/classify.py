@@ -20,6 +20,7 @@ from clipindex.classifiers.runner import (
 )
 from clipindex.classifiers.templates import TEMPLATE_SETS
 from clipindex.cli._app import echo_err, main
+from clipindex.errors import UserInputError
 
 _CLASS_WEIGHTS = {"auto": "auto", "balanced": "balanced", "none": None}
 
@@ -52,6 +53,12 @@ def _report(result: ClassifyResult) -> str:
     lines += ["", "per class:", per.to_string()]
     conf = pd.DataFrame(m["confusion"], index=m["classes"], columns=m["classes"])
     lines += ["", "confusion matrix (rows = true, columns = predicted):", conf.to_string()]
+    if m.get("groups"):
+        g = pd.DataFrame(m["groups"])
+        lines += ["", f"per {g['column'][0]} (gap {_num(g['gap'][0])}, bias "
+                  f"{_num(g['bias'][0])}):",
+                  g[["group", "n", "accuracy"]].assign(accuracy=g["accuracy"].map(_num))
+                  .to_string(index=False)]
     return "\n".join(lines)
 
 
@@ -84,6 +91,12 @@ def _report(result: ClassifyResult) -> str:
               help="Linear probe class weights (auto balances imbalanced support).")
 @click.option("--reject-below", "reject_below", type=float, default=None,
               help="Mark predictions whose top probability is under P as uncertain.")
+@click.option("--uncertain-band", "uncertain_band", default=None, metavar="LO,HI",
+              help="Two classes: mark rows whose positive-class (second class) "
+                   "probability is in [LO, HI] as uncertain, e.g. 0.3,0.7.")
+@click.option("--group-by", "group_by", default=None, metavar="COLUMN",
+              help="Accuracy and n per value of this images.parquet column "
+                   "(e.g. context, causes), with the gap and the bias.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the predictions table (.parquet or .csv).")
 @click.option("--json", "as_json", is_flag=True,
@@ -94,6 +107,7 @@ def classify_command(index_dir: str, backbones: tuple[str, ...], method: str,
                      ensemble: str | None, shots: int | None, k: int, weights: str,
                      seed: int, classes: str | None, prompt: str | None,
                      templates: str | None, class_weight: str, reject_below: float | None,
+                     uncertain_band: str | None, group_by: str | None,
                      out: str | None, as_json: bool, images: tuple[str, ...]) -> None:
     """Fit a classifier on a store's support rows and evaluate it on the test rows,
     or classify new files with --image.
@@ -110,8 +124,12 @@ def classify_command(index_dir: str, backbones: tuple[str, ...], method: str,
     """
     options: dict[str, Any] = dict(ensemble=ensemble, shots=shots, k=k, seed=seed, classes=classes,
                    prompt=prompt, templates=templates, reject_below=reject_below,
-                   weights=weights, class_weight=_CLASS_WEIGHTS[class_weight])
+                   weights=weights, class_weight=_CLASS_WEIGHTS[class_weight],
+                   uncertain_band=uncertain_band)
     if images:
+        if group_by:
+            raise UserInputError("--group-by needs the store's rows; it does not apply "
+                                 "to --image files")
         frame = classify_images(index_dir, list(backbones), method, list(images), **options)
         for note in frame.attrs.get("notes", []):
             echo_err(f"Note: {note}")
@@ -122,7 +140,7 @@ def classify_command(index_dir: str, backbones: tuple[str, ...], method: str,
         else:
             click.echo(frame.drop(columns=["row_id"]).to_string(index=False))
         return
-    result = classify(index_dir, list(backbones), method, **options)
+    result = classify(index_dir, list(backbones), method, group_by=group_by, **options)
     for note in result.notes:
         echo_err(f"Note: {note}")
     if out:

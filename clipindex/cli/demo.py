@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from clipindex.cli._app import main
-from clipindex.cli.bench import where
+from clipindex.cli.bench import as_document, where
 from clipindex.demo import DEMO_PER_CLASS, run_demo
 
 
@@ -26,8 +28,10 @@ from clipindex.demo import DEMO_PER_CLASS, run_demo
 @click.option("--skip-existing", is_flag=True,
               help="Reuse records/ and predictions/ of an earlier demo run.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print exactly one JSON document on stdout (notes go to stderr).")
 def demo(out: str | None, world: str | None, scale: str, seed: int, workers: int | None,
-         skip_existing: bool, progress: bool) -> None:
+         skip_existing: bool, progress: bool, as_json: bool) -> None:
     """Run the whole study offline on the demo world with the three tiny backbones.
 
     \b
@@ -39,6 +43,13 @@ def demo(out: str | None, world: str | None, scale: str, seed: int, workers: int
         world = "worlds/demo"
     res = run_demo(out or "demo-out", world=world, scale=scale, seed=seed, workers=workers,
                    skip_existing=skip_existing, progress=progress)
+    if as_json:
+        doc = {"world": str(res.world), "made_world": res.made_world,
+               "world_scale": res.world_scale, "seconds": round(res.seconds, 2),
+               "report": None if res.report is None else str(res.report),
+               "bench": as_document(res.bench)}
+        click.echo(json.dumps(doc))
+        return
     click.echo(res.bench.markdown)
     made = "made" if res.made_world else "reused"
     click.echo(f"world {res.world} ({made}, scale {res.world_scale})")

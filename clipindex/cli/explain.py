@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from clipindex.cli._app import main
@@ -30,9 +32,12 @@ from clipindex.explain import METHODS, explain_errors, write_explanation
 @click.option("--out", type=click.Path(), default=None,
               help="PNG to write (IMAGE; default ./<stem>_gradcam.png) or folder "
                    "(--errors; default RESULTS/gradcam/<backbone>).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print exactly one JSON document on stdout (notes go to stderr).")
 def explain_command(
     image: str | None, index_dir: str | None, results: str | None, backbone: str,
     target: str | None, layer: str | None, method: str | None, limit: int, out: str | None,
+    as_json: bool,
 ) -> None:
     """Grad-CAM: where in IMAGE a backbone sees a class.
 
@@ -45,12 +50,22 @@ def explain_command(
     if results is not None:
         if target is not None:
             raise click.UsageError("--class goes with IMAGE; --errors explains both classes.")
-        for path in explain_errors(results, backbone, method=method, limit=limit, out_dir=out,
-                                   layer=layer, index=index_dir, progress=True):
+        paths = explain_errors(results, backbone, method=method, limit=limit, out_dir=out,
+                               layer=layer, index=index_dir, progress=True)
+        if as_json:
+            click.echo(json.dumps({"pngs": [str(p) for p in paths]}))
+            return
+        for path in paths:
             click.echo(str(path))
         return
     if image is None or index_dir is None:
         raise click.BadParameter("IMAGE needs the store: --index DIR.", param_hint="--index")
     result, path = write_explanation(image, index_dir, backbone=backbone, target=target,
                                      method=method or "prompt", layer=layer, out=out)
+    if as_json:
+        click.echo(json.dumps({"png": str(path), "caption": result.caption(),
+                               "target": result.target, "predicted": result.predicted,
+                               "prob": None if result.prob is None else float(result.prob),
+                               "true": result.true}))
+        return
     click.echo(f"{path}\t{result.caption()}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from clipindex.cli._app import main
@@ -14,7 +16,9 @@ from clipindex.report import PROJECTIONS, write_report
               help="Where to write the HTML file. [default: RESULTS/report.html]")
 @click.option("--projection", type=click.Choice(sorted(PROJECTIONS)), default="pca",
               show_default=True, help="2-D projection of the image vectors.")
-def report(results: str, out: str | None, projection: str) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print exactly one JSON document on stdout (notes go to stderr).")
+def report(results: str, out: str | None, projection: str, as_json: bool) -> None:
     """Write ONE self-contained HTML report of a benchmark RESULTS folder.
 
     \b
@@ -23,4 +27,5 @@ def report(results: str, out: str | None, projection: str) -> None:
     gradcam, projection. A missing part (no retrieval table, no store, no
     Grad-CAM capable backbone) is named in its section instead of failing.
     """
-    click.echo(write_report(results, out, projection=projection))
+    path = write_report(results, out, projection=projection)
+    click.echo(json.dumps({"report": str(path)}) if as_json else path)

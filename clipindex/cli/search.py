@@ -9,6 +9,7 @@ import click
 
 from clipindex.cli._app import echo_err, main
 from clipindex.search import RRF_K, TARGETS, SearchResult, search_store
+from clipindex.search.arithmetic import Terms
 
 _TEXT_WIDTH = 60
 
@@ -116,6 +117,16 @@ def _records(result: SearchResult) -> str:
     multiple=True,
     help="Filter rows before ranking: col=v, col!=v, col=a,b, col<n. Repeatable (AND).",
 )
+@click.option("--add", "add", multiple=True,
+              help="Text term added to every query vector (rclip's +). Repeatable.")
+@click.option("--subtract", "subtract", multiple=True,
+              help="Text term subtracted from every query vector (rclip's -). Repeatable.")
+@click.option("--add-image", "add_images", multiple=True, type=click.Path(),
+              help="Image term added to every query vector. Repeatable.")
+@click.option("--subtract-image", "subtract_images", multiple=True, type=click.Path(),
+              help="Image term subtracted from every query vector. Repeatable.")
+@click.option("--term-weight", "term_weight", type=float, default=1.0, show_default=True,
+              help="Weight of every --add/--subtract term against the query's 1.")
 @click.option(
     "--device",
     type=click.Choice(["cpu", "cuda"]),
@@ -138,6 +149,11 @@ def search_command(
     target: str,
     where: tuple[str, ...],
     device: str | None,
+    add: tuple[str, ...],
+    subtract: tuple[str, ...],
+    add_images: tuple[str, ...],
+    subtract_images: tuple[str, ...],
+    term_weight: float,
     as_json: bool,
 ) -> None:
     """Search a store by text QUERY, by --image, or by a --queries-file.
@@ -148,7 +164,11 @@ def search_command(
       clipindex search --image q.jpg --index indexes/demo --backbone tiny-vit --to captions
       clipindex search "a photo of a cow" --index indexes/demo --backbone tiny-vit \\
           --backbone tiny-rn --where split=test -k 5 --json
+      clipindex search "a photo of a cow" --subtract "grass" --index indexes/demo \
+          --backbone tiny-rn
     """
+    terms = Terms(add=add, subtract=subtract, add_images=add_images,
+                  subtract_images=subtract_images, weight=term_weight)
     result = search_store(
         index_dir,
         list(backbones),
@@ -159,6 +179,7 @@ def search_command(
         target=target,
         where=list(where),
         device=device,
+        terms=terms,
     )
     for note in result.notes:
         echo_err(f"Note: {note}")

@@ -41,7 +41,10 @@ class _OneLineErrors(click.Command):
 )
 @click.option("--force", is_flag=True, help="Overwrite the world files of a non-empty DIR.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def world(directory: str, seed: int, scale: str, force: bool, progress: bool) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print exactly one JSON document on stdout (notes go to stderr).")
+def world(directory: str, seed: int, scale: str, force: bool, progress: bool,
+          as_json: bool) -> None:
     """Write the synthetic COCO-format demo world into DIRECTORY.
 
     \b
@@ -50,6 +53,9 @@ def world(directory: str, seed: int, scale: str, force: bool, progress: bool) ->
     """
     root = make_world(directory, seed=seed, scale=scale, force=force, progress=progress)
     record = json.loads((root / "world.json").read_text(encoding="utf-8"))
+    if as_json:
+        click.echo(json.dumps({"path": str(root), "world": record}))
+        return
     for split, info in record["splits"].items():
         kept = info["funnel"]["single_target"]
         per_class = ", ".join(f"{c} {n}" for c, n in kept.items())

@@ -12,6 +12,9 @@ fetched, so it opens from ``file://`` anywhere. Sections (their ``id`` in bracke
 - retrieval [``retrieval``]: the Recall@K table;
 - confusion matrices [``confusion``];
 - error analysis [``errors``]: confusions, error rate by cause, a thumbnail gallery;
+- abstention [``abstention``]: risk-coverage curves and the threshold for a target accuracy;
+- accuracy per group [``groups``]: ``groups.csv`` of ``bench --group-by COLUMN``;
+- leakage [``leakage``]: duplicate pairs straddling support and test, as thumbnails;
 - Grad-CAM [``gradcam``]: a few errors and correct predictions, one ResNet and one ViT;
 - projection [``projection``]: 2-D PCA (or t-SNE) of the image vectors by class.
 
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipindex.errors import DamagedStoreError, UserInputError
-from clipindex.report import _analysis, _sections
+from clipindex.report import _analysis, _sections, _study
 from clipindex.report._analysis import PROJECTIONS
 from clipindex.report._data import Missing, ResultsData
 from clipindex.report._html import notice, page, section
@@ -71,6 +74,9 @@ SECTIONS: tuple[Section, ...] = (
     Section("retrieval", "Retrieval", _sections.retrieval),
     Section("confusion", "Confusion matrices", _sections.confusion),
     Section("errors", "Error analysis", _analysis.errors),
+    Section("abstention", "Abstention: accuracy against coverage", _study.abstention),
+    Section("groups", "Accuracy per group", _study.groups),
+    Section("leakage", "Duplicates across support and test", _study.leakage),
     Section("gradcam", "Interpretability: Grad-CAM", _analysis.gradcam),
     Section("projection", "Embedding projection", _analysis.projection),
 )

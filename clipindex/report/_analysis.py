@@ -282,8 +282,27 @@ def _tsne(x: np.ndarray, seed: int) -> np.ndarray:
                 ).fit_transform(x.astype(np.float64))
 
 
+def _umap(x: np.ndarray, seed: int) -> np.ndarray:
+    """UMAP (``umap-learn``, the ``clipindex[umap]`` extra), cosine metric, seeded."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # umap warns at import that TensorFlow is absent
+            warnings.simplefilter("ignore", ImportWarning)
+            import umap
+    except ImportError:
+        from clipindex.errors import UserInputError
+
+        raise UserInputError("--projection umap needs umap-learn: pip install "
+                             "'clipindex[umap]'") from None
+    neighbours = int(min(15, max(2, len(x) - 1)))
+    return umap.UMAP(n_components=2, n_neighbors=neighbours, metric="cosine",
+                     random_state=seed, n_jobs=1).fit_transform(x.astype(np.float32))
+
+
 #: 2-D projections by ``--projection`` name.
-PROJECTIONS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"pca": _pca, "tsne": _tsne}
+PROJECTIONS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"pca": _pca, "tsne": _tsne,
+                                                                   "umap": _umap}
 MAX_POINTS = 5000
 
 

@@ -249,13 +249,15 @@ def pipeline(data: ResultsData, opts: Any) -> str:
         f"<li><code>{ENSEMBLE_PREFIX}{esc(e)}</code>: {esc(e)} vote over the backbones</li>"
         for e in run.get("ensembles") or []) + "</ul>")
     rows = [[b.get("display", b["backbone"]), Markup(f"<code>{esc(b['backbone'])}</code>"),
-             params_text(b.get("params_m")), b.get("dim", "n/a"), num(b.get("encode_s"), ".2f"),
+             params_text(b.get("params_m")), b.get("res") or "n/a", b.get("dim", "n/a"),
+             num(b.get("encode_s"), ".2f"),
              num(b.get("images_per_s"), ".1f"), b.get("n_images", "n/a"),
              b.get("n_skipped", "n/a"), b.get("store", "n/a")] for b in data.backbones]
     if rows:
-        html.append(table(["Backbone", "store folder", "parameters", "dim", "encode (s)",
-                           "images/s", "images", "skipped", "store"], rows,
-                          numeric=[False, False, True, True, True, True, True, True, False]))
+        html.append(table(["Backbone", "store folder", "parameters", "Res (px)", "D_feat",
+                           "encode (s)", "images/s", "images", "skipped", "store"], rows,
+                          numeric=[False, False, True, True, True, True, True, True, True,
+                                   False]))
     versions = run.get("versions") or {}
     if versions:
         html.append('<p class="note">' + ", ".join(f"{esc(k)} {esc(v)}" for k, v in
@@ -288,12 +290,12 @@ def _study_table(frame: pd.DataFrame) -> str:
                      num(r.get("balanced_accuracy")), num(r.get("macro_f1")),
                      params_text(r.get("params_m")), num(r.get("encode_s"), ".2f"),
                      num(r.get("images_per_s"), ".1f"), num(r.get("classify_ms"), ".1f"),
-                     r.get("n", "")])
+                     num(r.get("time_from_jpeg_s"), ".2f"), r.get("n", "")])
         classes.append(" ".join(x for x in ("best" if i == 0 else "",
                                             "ensemble" if r["ensemble"] else "") if x))
     return table(["Model", "Accuracy", "Balanced acc.", "Macro-F1", "Parameters",
-                  "Encode once (s)", "Images/s", "Classify (ms)", "n"], rows,
-                 numeric=[False] + [True] * 8, row_classes=classes)
+                  "Encode once (s)", "Images/s", "Classify (ms)", "Time from JPEG (s)", "n"],
+                 rows, numeric=[False] + [True] * 9, row_classes=classes)
 
 
 def results(data: ResultsData, opts: Any) -> str:

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import UserInputError
+from clipindex.search.arithmetic import Terms, combine, term_vectors
 from clipindex.search.frames import backbone_name, hits_frame
 from clipindex.search.fusion import RRF_DEPTH, RRF_K, rrf_fuse
 from clipindex.search.ranking import SearchableIndex, allowed_rows, check_aligned, rank
@@ -49,6 +50,7 @@ __all__ = [
     "search_image",
     "search_captions",
     "read_queries_file",
+    "Terms",
 ]
 
 TARGETS = ("images", "captions")
@@ -184,6 +186,7 @@ def search_indexes(
     where: Sequence[str] | str | None = None,
     depth: int = RRF_DEPTH,
     device: str | None = None,
+    terms: Terms | None = None,
 ) -> SearchResult:
     """Search one backbone, or fuse several by reciprocal rank fusion.
 
@@ -205,6 +208,9 @@ def search_indexes(
     device : str, optional
         ``cuda`` searches the stored vectors on the GPU (faiss-gpu or torch); default
         the FAISS index on CPU.
+    terms : Terms, optional
+        Query arithmetic: ``--add`` / ``--subtract`` texts and images combined with
+        every query (:mod:`clipindex.search.arithmetic`).
 
     Returns
     -------
@@ -222,9 +228,14 @@ def search_indexes(
     k = _check_k(k)
     _check_target(target)
     texts_, images_ = _queries(texts, images)
+    terms = terms if terms is not None and not terms.empty else None
+    term_images = (_check_images(list(terms.add_images + terms.subtract_images))
+                   if terms is not None else [])
     check_aligned(indexes)
     rows, available = allowed_rows(indexes, target, where)
     labels = texts_ + [str(p) for p in images_]
+    if terms is not None:
+        labels = [terms.label(q) for q in labels]
     n_avail = int(available.sum())
     notes = _k_note(k, n_avail, target, where)
     rankings = []
@@ -232,8 +243,10 @@ def search_indexes(
         valid = np.asarray(index.image_valid if target == "images" else index.caption_valid)
         pool = int((valid & available).sum())
         want = min(k if len(indexes) == 1 else max(k, depth), pool)
-        rankings.append(rank(index, _query_vectors(index, texts_, images_), want, target, rows,
-                             device=device))
+        queries = _query_vectors(index, texts_, images_)
+        if terms is not None:
+            queries = combine(queries, *term_vectors(index, terms, term_images))
+        rankings.append(rank(index, queries, want, target, rows, device=device))
     if len(indexes) == 1:
         scores, ids = rankings[0]
         return SearchResult(hits_frame(indexes[0], target, labels, scores, ids), tuple(notes))
@@ -330,6 +343,7 @@ def search_store(
     target: str = "images",
     where: Sequence[str] | str | None = None,
     device: str | None = None,
+    terms: Terms | None = None,
 ) -> SearchResult:
     """Open ``dataset_dir`` for every backbone and search it (what ``clipindex search`` runs).
 
@@ -353,5 +367,5 @@ def search_store(
     if not names:
         raise UserInputError("Give at least one --backbone.")
     indexes = [_open_index(dataset_dir, name) for name in names]
-    return search_indexes(indexes, texts=all_texts, images=images, k=k, target=target, where=where,
-                          device=device)
+    return search_indexes(indexes, texts=all_texts, images=images, k=k, target=target,
+                          where=where, device=device, terms=terms)

@@ -25,7 +25,8 @@ from clipindex.sources.filters import box_area, class_pools, largest_annotation,
 from clipindex.sources.records import Built, require_file, under_root
 
 __all__ = ["captions_for", "causes_beside", "image_record", "load_coco", "load_instances",
-           "read_causes", "read_json", "unknown_categories"]
+           "read_causes", "read_json", "read_tags", "sidecar_tags", "tag_rows",
+           "unknown_categories"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,13 @@ def read_causes(path: Path) -> dict[int, list[str]]:
     Format (``clipindex.world``): ``{"images": {"<image id>": {"causes": [...], ...}}}``;
     a plain ``{"<image id>": [...]}`` mapping is read too.
     """
+    return {i: tags["causes"] for i, tags in read_tags(path).items()}
+
+
+def read_tags(path: Path) -> dict[int, dict[str, Any]]:
+    """The sidecar's tags per image id: ``causes`` (a list) and ``context`` (the
+    scene's context, ``field``/``road``/``indoor``/``beach``/``snow``; None when the
+    entry has none, as in the plain mapping format)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -124,13 +132,15 @@ def read_causes(path: Path) -> dict[int, list[str]]:
         data = data["images"]
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected {{'images': {{image id: {{'causes': [...]}}}}}}")
-    out: dict[int, list[str]] = {}
+    out: dict[int, dict[str, Any]] = {}
     for key, value in data.items():
+        context = value.get("context") if isinstance(value, dict) else None
         if isinstance(value, dict):
             value = value.get("causes")
         if not isinstance(value, list) or not str(key).isdigit():
             raise DataError(f"{path}: entry {key!r} is not an image id with a list of causes")
-        out[int(key)] = [str(v) for v in value]
+        out[int(key)] = {"causes": [str(v) for v in value],
+                         "context": None if context is None else str(context)}
     return out
 
 
@@ -151,6 +161,30 @@ def unknown_categories(coco: Any, where: str) -> dict[str, Any] | None:
     return {"annotations": len(bad), "ids": len(ids), "first_ids": ids[:_FIRST_IDS]}
 
 
+def sidecar_tags(cfg: DatasetConfig, root: Path, origin: str, instances: Path
+                 ) -> dict[int, dict[str, Any]] | None:
+    """The failure-cause sidecar's tags (``causes`` given, or the one beside the
+    instances file), or None when there is none."""
+    path = require_file(root, cfg, "causes", origin) if cfg.causes else None
+    path = path or causes_beside(instances)
+    return read_tags(path) if path is not None else None
+
+
+def tag_rows(records: list[dict[str, Any]], ids: Sequence[int],
+             tags: dict[int, dict[str, Any]] | None) -> list[str]:
+    """Add ``causes`` (and ``context`` when the sidecar has one: the demo world's) to
+    each record of image ``ids``; returns the columns added."""
+    if tags is None:
+        return []
+    contexts = any(t["context"] is not None for t in tags.values())
+    for rec, img_id in zip(records, ids, strict=True):
+        tag = tags.get(img_id, {})
+        rec["causes"] = ",".join(tag.get("causes", []))
+        if contexts:
+            rec["context"] = tag.get("context")
+    return ["causes", "context"] if contexts else ["causes"]
+
+
 def load_coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     """The images (with subject box, area share, causes) and captions of a COCO config."""
     inst_path = require_file(root, cfg, "instances", origin)
@@ -161,20 +195,16 @@ def load_coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     )
     sampled, support = select(pools, cfg, origin)
     funnel["sampled"] = {c: len(v) for c, v in sampled.items()}
-    causes_path = require_file(root, cfg, "causes", origin) if cfg.causes else None
-    causes_path = causes_path or causes_beside(inst_path)
-    causes = read_causes(causes_path) if causes_path is not None else None
     image_dir = PurePosixPath(cfg.path("images") or ".")
     records, order = [], []
     for c, ids in sampled.items():
         for j, img_id in enumerate(ids):
             rec = image_record(coco, img_id, c, image_dir, root, cfg.allow_outside_root)
             rec["split"] = "support" if j in support[c] else "test"
-            if causes is not None:
-                rec["causes"] = ",".join(causes.get(img_id, []))
             records.append(rec)
             order.append(img_id)
-    columns = ["coco_id", "bbox", "area_frac"] + (["causes"] if causes is not None else [])
+    tagged = tag_rows(records, order, sidecar_tags(cfg, root, origin, inst_path))
+    columns = ["coco_id", "bbox", "area_frac"] + tagged
     captions = []
     if cfg.captions is not None:
         captions = captions_for(require_file(root, cfg, "captions", origin), order)

@@ -7,7 +7,8 @@ A :class:`Dataset` is two tables and a record of how they were made:
     ``width``, ``height``, ``label``, ``split`` (``support``/``test``), and for
     COCO sources ``coco_id``, ``bbox`` (``[x, y, w, h]`` of the subject: the
     largest box of the image's class) and ``area_frac`` (bbox area / image area),
-    plus ``causes`` (comma-joined failure causes, '' when clean) when the demo
+    plus ``causes`` (comma-joined failure causes, '' when clean) and ``context``
+    (the scene's context tag: field, road, indoor, beach, snow) when the demo
     world's sidecar ``causes_<split>.json`` lies beside ``instances_<split>.json``.
 ``captions``
     ``row_id``, ``image_row_id``, ``text``, ``label``.
@@ -39,6 +40,7 @@ from clipindex.sources.fingerprint import fingerprint
 from clipindex.sources.folder import IMAGE_EXTENSIONS, load_folder
 from clipindex.sources.manifest import MANIFEST_READERS, load_manifest
 from clipindex.sources.records import Built
+from clipindex.sources.study import load_study
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -212,8 +214,13 @@ def assemble(cfg: DatasetConfig, root: Path, built: Built) -> Dataset:
     return Dataset(name=cfg.name, root=root, images=images, captions=captions, info=info)
 
 
+def _coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
+    """COCO with the default numpy sampler, or the study's own (``sampler: study``)."""
+    return (load_study if cfg.sampler == "study" else load_coco)(cfg, root, origin)
+
+
 _BUILDERS: dict[str, Callable[[DatasetConfig, Path, str], Built]] = {
-    "coco": load_coco,
+    "coco": _coco,
     "folder": load_folder,
     "manifest": load_manifest,
 }

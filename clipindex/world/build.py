@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+import tqdm  # looked up when a bar starts: clipindex.progress may swap it
 
 from clipindex.errors import UserInputError
 from clipindex.files import atomic_write_bytes
@@ -184,7 +184,7 @@ def _write_split(
     seed: int,
     scale: Scale,
     knobs: WorldKnobs,
-    bar: tqdm,
+    bar: tqdm.tqdm,
     next_ids: list[int],
 ) -> dict[str, Any]:
     plans = plan_split(seed, split, scale, knobs)
@@ -309,7 +309,7 @@ def make_world(
         (stage / "annotations").mkdir(parents=True)
         n_images = sum(len(plan_split(seed, s, sc, knobs)) for s in SPLITS)
         next_ids = [1, 1]  # annotation ids, caption ids (unique across splits)
-        with tqdm(
+        with tqdm.tqdm(
             total=n_images, desc="world", unit="img", file=sys.stderr, disable=not progress
         ) as bar:
             splits = {s: _write_split(stage, s, seed, sc, knobs, bar, next_ids) for s in SPLITS}

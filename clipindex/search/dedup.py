@@ -1,0 +1,132 @@
+"""Near-duplicates and few-shot leakage in a store (``clipindex dedup``).
+
+- **exact** pairs: two rows whose files have the same sha256 (every pair of a group of
+  identical files);
+- **near** pairs: two rows whose stored image vectors have cosine >= ``threshold``, found
+  with the store's own index (``BackboneIndex.search``: each row's nearest neighbours,
+  the neighbourhood widened until its last neighbour is under the threshold), never an
+  O(N²) loop in Python;
+- **leakage**: a pair with one row in ``support`` and the other in ``test``: a few-shot
+  classifier is then tested on (a copy of) an image it was fitted on.
+
+The default threshold (:data:`DEFAULT_THRESHOLD`, 0.9975) was chosen on the demo world
+(`clipindex demo`'s store: 1,000 images of the seed-0 world's ``val`` split): it is just
+above the highest cosine between two distinct images for tiny-vit (0.9970) and tiny-vit-s
+(0.9935), so neither shows a false pair there, and it still finds most half-size resizes
+(at 0.997 / 0.998: tiny-vit 91% / 87%, tiny-vit-s 82% / 79%; a crop keeping 98% of each
+side: about half). tiny-rn packs
+the demo's distinct images closer (up to 0.9992; 15 false pairs at 0.997): with it use
+``--threshold 0.9995``. See README "clipindex dedup" for the measured shares.
+
+Example
+-------
+>>> pairs = find_duplicates(open_index("indexes/demo", "tiny-vit"))  # doctest: +SKIP
+>>> pairs[["kind", "cosine", "row_id_a", "row_id_b", "leakage"]].head()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipindex.errors import UserInputError
+
+__all__ = ["DEFAULT_THRESHOLD", "PAIR_COLUMNS", "file_sha256", "find_duplicates",
+           "pairs_to_json"]
+
+DEFAULT_THRESHOLD = 0.9975
+PAIR_COLUMNS: tuple[str, ...] = ("kind", "cosine", "row_id_a", "file_a", "split_a",
+                                  "row_id_b", "file_b", "split_b", "leakage")
+_FIRST_K = 16
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str | None:
+    """sha256 of a file's bytes (None when it cannot be read)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _exact_pairs(images: pd.DataFrame, root: Path) -> set[tuple[int, int]]:
+    by_hash: dict[str, list[int]] = {}
+    for rid, file in zip(images["row_id"].tolist(), images["file"].tolist(), strict=True):
+        digest = file_sha256(root / str(file))
+        if digest is not None:
+            by_hash.setdefault(digest, []).append(int(rid))
+    return {(a, b) for rows in by_hash.values() for i, a in enumerate(rows)
+            for b in rows[i + 1:]}
+
+
+def _near_pairs(index: Any, threshold: float) -> dict[tuple[int, int], float]:
+    """Pairs (a < b) with cosine >= threshold, through the store's index."""
+    valid = np.flatnonzero(np.asarray(index.image_valid, bool))
+    n = len(valid)
+    found: dict[tuple[int, int], float] = {}
+    todo, k = valid, min(_FIRST_K, n)
+    while len(todo) and k > 1:
+        scores, ids = index.search(np.asarray(index.image_vectors)[todo], k)
+        for q, srow, irow in zip(todo.tolist(), scores, ids, strict=True):
+            for s, j in zip(srow.tolist(), irow.tolist(), strict=True):
+                if j >= 0 and j != q and s >= threshold:
+                    found[(min(q, j), max(q, j))] = float(s)
+        if k >= n:
+            break
+        todo = todo[scores[:, -1] >= threshold]  # neighbourhood full: look wider
+        k = min(2 * k, n)
+    return found
+
+
+def find_duplicates(index: Any, *, threshold: float = DEFAULT_THRESHOLD,
+                    root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Exact and near-duplicate pairs of a store's images (:data:`PAIR_COLUMNS`).
+
+    ``root`` is the data root the table's ``file`` paths are relative to (default: the
+    one ``dataset.json`` records). Exact pairs come first, then by cosine (highest first).
+    """
+    if isinstance(threshold, bool) or not -1.0 <= float(threshold) <= 1.0:
+        raise UserInputError(f"the cosine threshold must be in [-1, 1], got {threshold!r}")
+    images = index.images
+    base = Path(root) if root is not None else Path(str(index.dataset_info.get("root", ".")))
+    if not base.is_dir():
+        raise UserInputError(f"data root {base} is not a folder: give --root DATA_DIR to "
+                             "hash the image files")
+    exact = _exact_pairs(images, base)
+    near = _near_pairs(index, float(threshold))
+    vectors = np.asarray(index.image_vectors)
+    by_id = images.set_index("row_id")
+    rows = []
+    for a, b in sorted(exact | set(near)):
+        cos = near.get((a, b), float(vectors[a] @ vectors[b]))
+        ra, rb = by_id.loc[a], by_id.loc[b]
+        sa, sb = str(ra["split"]), str(rb["split"])
+        rows.append({"kind": "exact" if (a, b) in exact else "near", "cosine": cos,
+                     "row_id_a": a, "file_a": str(ra["file"]), "split_a": sa,
+                     "row_id_b": b, "file_b": str(rb["file"]), "split_b": sb,
+                     "leakage": {sa, sb} == {"support", "test"}})
+    frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+    if len(frame):
+        frame = frame.sort_values(["kind", "cosine", "row_id_a", "row_id_b"],
+                                  ascending=[True, False, True, True], kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def pairs_to_json(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """``clipindex dedup --json``: one object per pair, ``kind``, ``cosine``,
+    ``leakage`` and the two rows as ``a`` / ``b`` (``row_id``, ``file``, ``split``)."""
+    out = []
+    for r in frame.itertuples(index=False):
+        out.append({"kind": r.kind, "cosine": round(float(r.cosine), 6),
+                    "leakage": bool(r.leakage),
+                    "a": {"row_id": int(r.row_id_a), "file": r.file_a, "split": r.split_a},
+                    "b": {"row_id": int(r.row_id_b), "file": r.file_b, "split": r.split_b}})
+    return out
