@@ -128,6 +128,14 @@ class _PixelPipeline:
     def empty(self) -> torch.Tensor:
         return torch.zeros((3, *self.input_size), dtype=torch.uint8)
 
+    def load(self, path: str | os.PathLike[str]) -> tuple[torch.Tensor, str]:
+        """Decode and preprocess one file: ``(uint8 CHW, "")``, or a blank crop and the
+        reason the file was skipped. The one per-file step of every image build."""
+        try:
+            return self(load_rgb(path, target_size=self.draft_size)), ""
+        except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
+            return self.empty(), failure_reason(exc)
+
     def __call__(self, img: Image.Image) -> torch.Tensor:
         out = self.pil_steps(img)
         array = np.asarray(out.convert("RGB") if out.mode != "RGB" else out, dtype=np.uint8)
@@ -149,11 +157,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.files) - self.start
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        try:
-            img = load_rgb(self.files[self.start + i], target_size=self.pipeline.draft_size)
-            return self.pipeline(img), ""
-        except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
-            return self.pipeline.empty(), failure_reason(exc)
+        return self.pipeline.load(self.files[self.start + i])
 
 
 def _collate(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
@@ -225,6 +229,12 @@ class Encoder:
         if isinstance(dim, int):
             return dim
         return int(self.encode_pixels(self._pipeline.empty()[None]).shape[1])
+
+    @property
+    def pixel_pipeline(self) -> Callable[[str | os.PathLike[str]], tuple[torch.Tensor, str]]:
+        """The picklable per-file decode + resize/crop step (``.load(path)`` gives
+        ``(uint8 CHW, reason)``): what decode workers and Ray decode tasks run."""
+        return self._pipeline.load
 
     @property
     def default_batch_size(self) -> int:

@@ -15,8 +15,9 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from clipindex.store.manifest import (
     write_parquet,
 )
 from clipindex.store.outputs import write_outputs
+from clipindex.store.ray_engine import ENGINES, RayOptions, encode_with_ray, ray_session
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
 
@@ -69,6 +71,8 @@ class BuildOptions:
     index_kind: str
     dtype: str
     progress: bool
+    engine: str = "local"
+    ray: RayOptions = field(default_factory=RayOptions)
 
 
 def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
@@ -87,6 +91,15 @@ def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
             f"Unknown index kind {kw['index_kind']!r}. Known: {', '.join(INDEX_KINDS)}")
     if kw["dtype"] not in DTYPES:
         raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {kw['dtype']!r}")
+    if kw.get("engine", "local") not in ENGINES:
+        raise UserInputError(
+            f"Unknown engine {kw['engine']!r}. Known: {', '.join(ENGINES)}")
+    if "ray" in kw:
+        kw["ray"].check()
+    if kw.get("engine") == "ray":
+        from clipindex.store.ray_engine import import_ray
+
+        import_ray()  # a missing extra fails before anything is written
     return BuildOptions(out=Path(out), batch_size=batch_size and int(batch_size),
                         shard_size=shard_size and int(shard_size), **kw)
 
@@ -171,7 +184,8 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     if _kept(bdir, target, fingerprint, opts):
         return bdir
     (bdir / MANIFEST).unlink(missing_ok=True)  # stale: rebuild, never half-open
-    encoder = load_encoder_for(target.spec, opts.device)
+    # A Ray driver needs the model only for its facts (dim, preprocessing): on the CPU.
+    encoder = load_encoder_for(target.spec, "cpu" if opts.engine == "ray" else opts.device)
     batch, shard = _sizes(opts, encoder)
     stamp = {"dataset_fingerprint": fingerprint, **target.identity,
              "dim": int(encoder.embed_dim)}
@@ -185,7 +199,10 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     if reused:
         log.info("%s: reusing %d finished shard(s) (%d image, %d caption)",
                  target.name, reused, len(img.done), len(cap.done))
-    timings = _encode_all(dataset, target, encoder, img, cap, opts, batch, counter)
+    if opts.engine == "ray":
+        timings = _encode_ray(dataset, target, encoder, img, cap, opts, batch, counter)
+    else:
+        timings = _encode_all(dataset, target, encoder, img, cap, opts, batch, counter)
     timings.update(shards_reused=reused, batch_size=batch, shard_size=shard,
                    workers=opts.workers)
     manifest = _finish(bdir, target, encoder, img, cap, fingerprint=fingerprint,
@@ -221,6 +238,23 @@ def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Sh
     }
 
 
+def _encode_ray(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Shards,
+                opts: BuildOptions, batch: int, counter: ShardCounter) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    @contextmanager
+    def bars(total: int, initial: int, what: str) -> Iterator[Any]:
+        with tqdm(total=total, initial=initial, desc=f"{target.name} {what}", unit="row",
+                  disable=not opts.progress, file=sys.stderr) as bar:
+            yield bar
+
+    device = opts.device or ("cuda" if opts.ray.gpus_per_encoder > 0 else "cpu")
+    return encode_with_ray(dataset, target.spec, encoder, img, cap, batch=batch,
+                           text_batch=batch, device=device, strict=opts.strict,
+                           progress=opts.progress, counter=counter, ray_opts=opts.ray,
+                           bars=bars)
+
+
 def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, *,
             fingerprint: str, opts: BuildOptions, timings: dict[str, Any]) -> dict[str, Any]:
     """Assemble the matrices, write npy + faiss, then (last, atomically) the manifest."""
@@ -229,11 +263,19 @@ def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, 
     captions, _ = cap.assemble(dim)
     valid = np.ones(len(images), dtype=bool)
     valid[[s["row_id"] for s in skipped]] = False
+    t0 = time.perf_counter()
     index = write_outputs(bdir, images, captions, valid, opts.dtype, opts.index_kind)
+    ray_record = timings.pop("ray", None)
+    if ray_record is not None:
+        ray_record["stage_seconds"]["index"] = round(time.perf_counter() - t0, 4)
     manifest = build_manifest(
         target, encoder, fingerprint=fingerprint, dtype=opts.dtype,
         counts=(len(images), len(captions)), index=index, files=file_records(bdir),
         timings=timings, device=opts.device, skipped=skipped)
+    manifest["engine"] = opts.engine
+    if ray_record is not None:
+        manifest["ray"] = ray_record
+        manifest["device"] = ray_record["device"]
     write_json(bdir / MANIFEST, manifest)
     shutil.rmtree(bdir / "shards", ignore_errors=True)
     return manifest
@@ -272,7 +314,12 @@ def build_store(
     shard_size: int | None = None,
     rebuild: bool = False,
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+    encoders: int | None = None,
+    gpus_per_encoder: float = 0.0,
     _stop_after_shards: int | None = None,
+    _ray_hooks: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Encode a dataset once per backbone into ``OUT/<dataset>/<backbone>/``.
 
@@ -287,6 +334,10 @@ def build_store(
     ``dtype`` (``"float32"``/``"float16"``) is the stored precision; ``shard_size`` the
     rows per resumable shard (a multiple of ``batch_size``, default ~4096); ``rebuild``
     replaces the tables of a folder holding another version of the dataset.
+    ``engine="ray"`` encodes on Ray Data (:mod:`clipindex.store.ray_engine`): it joins
+    the cluster at ``ray_address`` (or ``RAY_ADDRESS``), else starts a local Ray; the
+    pool has ``encoders`` actors (default: one per GPU when ``gpus_per_encoder > 0``,
+    else 1) and writes the same shards, matrices, indexes and manifest as ``"local"``.
 
     Returns the backbone folders in the order asked: finished stores are left alone
     ("up to date"), unfinished ones resume from their finished shards.
@@ -296,11 +347,16 @@ def build_store(
     >>> paths = build_store("configs/datasets/demo.yaml", ["tiny-vit"],
     ...                     root="worlds/demo", out="indexes")  # doctest: +SKIP
     """
+    ray_opts = RayOptions(address=ray_address, encoders=encoders,
+                          gpus_per_encoder=float(gpus_per_encoder), **(_ray_hooks or {}))
     opts = options(out, batch_size, shard_size, workers=workers, device=device,
-                   strict=strict, index_kind=index_kind, dtype=dtype, progress=progress)
+                   strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
+                   engine=engine, ray=ray_opts)
     dataset, targets = _prepare(dataset, backbones, pretrained, root)
     fingerprint = dataset_fingerprint(dataset)
     with build_lock(opts.out / dataset.name):  # one build per dataset folder
         write_tables(dataset, opts.out / dataset.name, fingerprint, rebuild)
         counter = ShardCounter(_stop_after_shards)
-        return [build_one(dataset, t, fingerprint, opts, counter) for t in targets]
+        session = ray_session(ray_address) if engine == "ray" else nullcontext()
+        with session:
+            return [build_one(dataset, t, fingerprint, opts, counter) for t in targets]
