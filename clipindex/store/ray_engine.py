@@ -228,18 +228,28 @@ def _pool(ray: Any, ray_opts: RayOptions) -> tuple[int, dict[str, Any]]:
     if n is None:
         have = float(ray.cluster_resources().get("GPU", 0)) if gpus > 0 else 0.0
         n = max(1, int(have // gpus)) if gpus > 0 else 1
-    resources: dict[str, Any] = {"num_cpus": int(ray_opts.cpus_per_encoder)}
+    # Restarts and retries stated (Ray Data's actor-pool defaults, made explicit): they
+    # also keep the CPU decode tasks a separate stage, overlapping the actors' compute,
+    # instead of being fused into the actors.
+    resources: dict[str, Any] = {"num_cpus": int(ray_opts.cpus_per_encoder),
+                                 "max_restarts": -1, "max_task_retries": -1}
     if gpus > 0:
         resources["num_gpus"] = gpus
     return int(n), resources
 
 
-def _stream(ds: Any, gather: _Gather, bar: Any, with_reason: bool) -> None:
+def _stream(ds: Any, gather: _Gather, bar: Any, with_reason: bool) -> float | None:
+    """Feed the pipeline's output to ``gather``; the seconds until the first batch came
+    back (Ray's start-up: scheduling, actors importing torch and loading the model)."""
+    t0, first = time.perf_counter(), None
     for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        if first is None:
+            first = time.perf_counter() - t0
         gather.add(out["row"], np.asarray(out["vector"], dtype=np.float32),
                    out["reason"] if with_reason else None)
         bar.update(len(out["row"]))
     gather.finish()
+    return first
 
 
 def _worker_args(spec: Any, device: str, ray_opts: RayOptions) -> dict[str, Any]:
@@ -261,6 +271,7 @@ def encode_with_ray(dataset: Any, spec: Any, encoder: Any, img: Shards, cap: Sha
     import pandas as pd
 
     pending, rows = _pending_rows(img)
+    first: float | None = None
     rel = dataset.images["file"].astype(str).tolist()
     files = [str(f) for f in dataset.image_paths()]
     t0 = time.perf_counter()
@@ -273,8 +284,8 @@ def encode_with_ray(dataset: Any, spec: Any, encoder: Any, img: Shards, cap: Sha
                            batch_format="numpy",
                            compute=ray.data.ActorPoolStrategy(size=n_actors), **resources))
         with bars(img.n, img.done_rows, "images") as bar:
-            _stream(ds, _Gather(img, pending, encoder.embed_dim, counter, rel, strict),
-                    bar, with_reason=True)
+            first = _stream(ds, _Gather(img, pending, encoder.embed_dim, counter, rel,
+                                        strict), bar, with_reason=True)
     t_img = time.perf_counter() - t0
     pending_c, rows_c = _pending_rows(cap)
     t0 = time.perf_counter()
@@ -296,5 +307,6 @@ def encode_with_ray(dataset: Any, spec: Any, encoder: Any, img: Shards, cap: Sha
         "ray": {"actors": n_actors, "gpus_per_encoder": float(ray_opts.gpus_per_encoder),
                 "cpus_per_encoder": int(ray_opts.cpus_per_encoder), "device": device,
                 "address": ray_opts.address or os.environ.get("RAY_ADDRESS") or "local",
-                "stage_seconds": {"images": round(t_img, 4), "captions": round(t_cap, 4)}},
+                "stage_seconds": {"images": round(t_img, 4), "captions": round(t_cap, 4)},
+                "first_image_batch_seconds": None if first is None else round(first, 4)},
     }
