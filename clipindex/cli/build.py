@@ -45,8 +45,11 @@ def _summary(path: Path) -> str:
     m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     speed = (m.get("timings") or {}).get("images_per_s")
     speed_text = f"{speed:,.0f} images/s" if speed else "no images encoded (up to date)"
+    engine = ""
+    if m.get("engine") == "ray":
+        engine = f" (ray, {m.get('ray', {}).get('actors', '?')} encoder actor(s))"
     return (f"{path}: {m['n_images']} images, {m['n_captions']} captions, "
-            f"{m['n_skipped']} skipped, dim {m['dim']}, {speed_text}")
+            f"{m['n_skipped']} skipped, dim {m['dim']}, {speed_text}{engine}")
 
 
 def _dataset_note(dataset_dir: Path) -> str | None:
@@ -117,12 +120,25 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 @click.option("--verbose", "-v", is_flag=True, help="Log every finished shard.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print exactly one JSON document on stdout (notes go to stderr).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True,
+              help="local: this process; ray: encode on Ray Data (pip install "
+                   "'clipindex[ray]'), a local Ray unless --ray-address/RAY_ADDRESS.")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="Ray cluster to join (e.g. ray://head:10001 or auto); default RAY_ADDRESS, "
+                   "else a local Ray for this build.")
+@click.option("--encoders", type=int, callback=_positive,
+              help="Ray: encoder actors (default: one per GPU with --gpus-per-encoder, else 1).")
+@click.option("--gpus-per-encoder", type=click.FloatRange(min=0), default=0.0,
+              show_default=True, help="Ray: GPUs each encoder actor reserves (0: CPU actors).")
 def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Path | None,
                   pretrained: str, batch_size: int | None, text_batch_size: int | None,
                   workers: int | None, threads: int | None, decode: str | None,
                   device: str | None, strict: bool, index_kind: str, dtype: str,
                   shard_size: int | None, rebuild: bool, allow_outside_root: bool,
-                  progress: bool, verbose: bool, as_json: bool) -> None:
+                  progress: bool, verbose: bool, as_json: bool, engine: str,
+                  ray_address: str | None, encoders: int | None,
+                  gpus_per_encoder: float) -> None:
     """Encode CONFIG's images and captions once per --backbone into FAISS indexes.
 
     CONFIG is a dataset YAML config, a folder with one sub-folder per class, or a
@@ -131,6 +147,8 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
     it from its stored vectors without encoding anything. Batch sizes, decode workers
     and torch threads are chosen per backbone from the cores, the model's GFLOPs and the
     device (one line says what was chosen); every one can be given.
+    --engine ray encodes on a Ray cluster (docs/cluster.md) and writes the same store;
+    either engine resumes the other.
 
     \b
       clipindex build configs/datasets/demo.yaml --root worlds/demo \\
@@ -144,7 +162,9 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
                             threads=threads, text_batch_size=text_batch_size, decode=decode,
                             strict=strict, index_kind=index_kind, dtype=dtype,
                             shard_size=shard_size, rebuild=rebuild, progress=progress,
-                            allow_outside_root=allow_outside_root)
+                            allow_outside_root=allow_outside_root, engine=engine,
+                            ray_address=ray_address, encoders=encoders,
+                            gpus_per_encoder=gpus_per_encoder)
     if as_json:
         click.echo(json.dumps({"backbones": [_facts(p) for p in paths]}))
         return

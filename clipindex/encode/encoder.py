@@ -203,6 +203,12 @@ class Encoder:
                                **overrides)
 
     @property
+    def pixel_pipeline(self) -> Callable[[str | os.PathLike[str]], tuple[torch.Tensor, str]]:
+        """The picklable per-file decode + resize/crop step (``path -> (uint8 CHW,
+        reason)``): what the PIL decode workers and Ray's decode tasks run."""
+        return self._pipeline.from_file
+
+    @property
     def default_batch_size(self) -> int:
         """The chosen image batch size (:meth:`settings`)."""
         return self.settings().batch_size

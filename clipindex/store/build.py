@@ -15,8 +15,9 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ from clipindex.store.manifest import (
     write_parquet,
 )
 from clipindex.store.outputs import write_outputs
+from clipindex.store.ray_engine import ENGINES, RayOptions, encode_with_ray, ray_session
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
 from clipindex.store.verify import check_backbone
@@ -79,6 +81,8 @@ class BuildOptions:
     index_kind: str
     dtype: str
     progress: bool
+    engine: str = "local"
+    ray: RayOptions = field(default_factory=RayOptions)
 
 
 def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
@@ -101,6 +105,15 @@ def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
         raise UserInputError(f"decode must be one of {', '.join(DECODES)}, got {kw['decode']!r}")
     if kw["dtype"] not in DTYPES:
         raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {kw['dtype']!r}")
+    if kw.get("engine", "local") not in ENGINES:
+        raise UserInputError(
+            f"Unknown engine {kw['engine']!r}. Known: {', '.join(ENGINES)}")
+    if "ray" in kw:
+        kw["ray"].check()
+    if kw.get("engine") == "ray":
+        from clipindex.store.ray_engine import import_ray
+
+        import_ray()  # a missing extra fails before anything is written
     return BuildOptions(out=Path(out), batch_size=batch_size and int(batch_size),
                         shard_size=shard_size and int(shard_size), **kw)
 
@@ -229,8 +242,13 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
         return bdir
     (bdir / MANIFEST).unlink(missing_ok=True)  # stale: rebuild, never half-open
     (bdir / TEXT_CACHE).unlink(missing_ok=True)  # derived from the old weights
-    encoder = load_encoder_for(target.spec, opts.device)
+    # A Ray driver needs the model only for its facts (dim, preprocessing): on the CPU.
+    encoder = load_encoder_for(target.spec, "cpu" if opts.engine == "ray" else opts.device)
     settings = _settings(opts, encoder)
+    if opts.engine == "ray" and opts.ray.gpus_per_encoder > 0 and opts.batch_size is None:
+        from clipindex.encode.encoder import DEFAULT_BATCH_SIZE
+
+        settings["batch_size"] = DEFAULT_BATCH_SIZE["cuda"]  # GPU actors, a CPU driver
     batch, shard = _sizes(opts, settings)
     stamp = {"dataset_fingerprint": fingerprint, **target.identity,
              "dim": int(encoder.embed_dim)}
@@ -244,7 +262,10 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     if reused:
         log.info("%s: reusing %d finished shard(s) (%d image, %d caption)",
                  target.name, reused, len(img.done), len(cap.done))
-    timings = _encode_all(dataset, target, encoder, img, cap, opts, settings, counter)
+    if opts.engine == "ray":
+        timings = _encode_ray(dataset, target, encoder, img, cap, opts, settings, counter)
+    else:
+        timings = _encode_all(dataset, target, encoder, img, cap, opts, settings, counter)
     timings.update(shards_reused=reused, batch_size=batch, shard_size=shard,
                    workers=settings.get("workers"), settings=settings)
     manifest = _finish(bdir, target, encoder, img, cap, fingerprint=fingerprint,
@@ -284,6 +305,26 @@ def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Sh
     }
 
 
+def _encode_ray(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Shards,
+                opts: BuildOptions, settings: dict[str, Any], counter: ShardCounter
+                ) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    @contextmanager
+    def bars(total: int, initial: int, what: str) -> Iterator[Any]:
+        with tqdm(total=total, initial=initial, desc=f"{target.name} {what}", unit="row",
+                  disable=not opts.progress, file=sys.stderr) as bar:
+            yield bar
+
+    device = opts.device or ("cuda" if opts.ray.gpus_per_encoder > 0 else "cpu")
+    batch = int(settings["batch_size"])
+    return encode_with_ray(dataset, target.spec, encoder, img, cap, batch=batch,
+                           text_batch=int(settings.get("text_batch_size") or batch),
+                           device=device, strict=opts.strict,
+                           progress=opts.progress, counter=counter, ray_opts=opts.ray,
+                           bars=bars)
+
+
 def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, *,
             fingerprint: str, opts: BuildOptions, timings: dict[str, Any]) -> dict[str, Any]:
     """Assemble the matrices, write npy + faiss, then (last, atomically) the manifest."""
@@ -292,11 +333,19 @@ def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, 
     captions, _ = cap.assemble(dim)
     valid = np.ones(len(images), dtype=bool)
     valid[[s["row_id"] for s in skipped]] = False
+    t0 = time.perf_counter()
     index = write_outputs(bdir, images, captions, valid, opts.dtype, opts.index_kind)
+    ray_record = timings.pop("ray", None)
+    if ray_record is not None:
+        ray_record["stage_seconds"]["index"] = round(time.perf_counter() - t0, 4)
     manifest = build_manifest(
         target, encoder, fingerprint=fingerprint, dtype=opts.dtype,
         counts=(len(images), len(captions)), index=index, files=file_records(bdir),
         timings=timings, device=opts.device, skipped=skipped)
+    manifest["engine"] = opts.engine
+    if ray_record is not None:
+        manifest["ray"] = ray_record
+        manifest["device"] = ray_record["device"]
     manifest = write_manifest(bdir, manifest)
     shutil.rmtree(bdir / "shards", ignore_errors=True)
     return manifest
@@ -342,7 +391,12 @@ def build_store(
     rebuild: bool = False,
     progress: bool = True,
     allow_outside_root: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
+    encoders: int | None = None,
+    gpus_per_encoder: float = 0.0,
     _stop_after_shards: int | None = None,
+    _ray_hooks: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Encode a dataset once per backbone into ``OUT/<dataset>/<backbone>/``.
 
@@ -362,6 +416,10 @@ def build_store(
     replaces the tables of a folder holding another version of the dataset;
     ``allow_outside_root`` accepts image paths outside the data root (a source given by
     path; recorded in ``dataset.json``).
+    ``engine="ray"`` encodes on Ray Data (:mod:`clipindex.store.ray_engine`): it joins
+    the cluster at ``ray_address`` (or ``RAY_ADDRESS``), else starts a local Ray; the
+    pool has ``encoders`` actors (default: one per GPU when ``gpus_per_encoder > 0``,
+    else 1) and writes the same shards, matrices, indexes and manifest as ``"local"``.
 
     Returns the backbone folders in the order asked: finished stores are left alone
     ("up to date"), unfinished ones resume from their finished shards.
@@ -371,12 +429,17 @@ def build_store(
     >>> paths = build_store("configs/datasets/demo.yaml", ["tiny-vit"],
     ...                     root="worlds/demo", out="indexes")  # doctest: +SKIP
     """
+    ray_opts = RayOptions(address=ray_address, encoders=encoders,
+                          gpus_per_encoder=float(gpus_per_encoder), **(_ray_hooks or {}))
     opts = options(out, batch_size, shard_size, workers=workers, threads=threads,
                    text_batch_size=text_batch_size, decode=decode, device=device,
-                   strict=strict, index_kind=index_kind, dtype=dtype, progress=progress)
+                   strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
+                   engine=engine, ray=ray_opts)
     dataset, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)
     fingerprint = dataset_fingerprint(dataset)
     with build_lock(opts.out / dataset.name):  # one build per dataset folder
         write_tables(dataset, opts.out / dataset.name, fingerprint, rebuild)
         counter = ShardCounter(_stop_after_shards)
-        return [build_one(dataset, t, fingerprint, opts, counter) for t in targets]
+        session = ray_session(ray_address) if engine == "ray" else nullcontext()
+        with session:
+            return [build_one(dataset, t, fingerprint, opts, counter) for t in targets]

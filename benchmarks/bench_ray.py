@@ -1,0 +1,107 @@
+"""``build --engine ray`` against ``--engine local`` on one machine: Ray's overhead.
+
+Both sides build the same images (a manifest of the demo world's JPEGs) with the same
+backbone, batch and shard sizes into fresh stores, back to back. The ray side starts its
+own local Ray (``ray.init(num_cpus=<cores>)``), as ``clipindex build --engine ray`` does
+with no address. Figures: the image-encoding rate each build records in its manifest
+(``timings.images_per_s``) and the wall time of the whole build (the ray side including
+Ray's start and the actors' model loads). GPU actors need a GPU machine: that row says
+"not measured" unless ``--device cuda`` runs where one is.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+NAME = "bench_ray"
+
+
+def image_manifest(world: Path, n: int, out: Path) -> Path:
+    """A CSV manifest of the first ``n`` JPEGs of the world (train, then val)."""
+    import pandas as pd
+
+    files = sorted((world / "train").glob("*.jpg")) + sorted((world / "val").glob("*.jpg"))
+    if len(files) < n:
+        raise SystemExit(f"the demo world has {len(files)} JPEGs, fewer than --images {n}")
+    rows = pd.DataFrame({"path": [f.relative_to(world).as_posix() for f in files[:n]],
+                         "label": ["a" if i % 2 else "b" for i in range(n)]})
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "images.csv"
+    rows.to_csv(path, index=False)
+    return path
+
+
+def one_build(manifest: Path, world: Path, out: Path, args: Any, engine: str) -> dict[str, Any]:
+    from clipindex.store import build_store, open_index
+
+    shutil.rmtree(out, ignore_errors=True)
+    with common.stopwatch() as t:
+        paths = build_store(manifest, [args.backbone], out=out, root=world, engine=engine,
+                            batch_size=args.batch_size, device=args.device,
+                            pretrained=args.pretrained, progress=False)
+    m = open_index(paths[0].parent, paths[0].name).manifest
+    ray_ = m.get("ray") or {}
+    rate = float(m["timings"]["images_per_s"] or 0)
+    first = ray_.get("first_image_batch_seconds")
+    stage = float(m["timings"]["image_encode_seconds"])
+    # after Ray's start-up (the first batch back): the steady rate of the pipeline
+    steady = (int(m["n_images"]) - args.batch_size) / (stage - first) if first else rate
+    return {"wall_s": t["s"], "images_per_s": rate, "steady": steady, "startup": first,
+            "n": int(m["n_images"]), "actors": ray_.get("actors")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--backbone", default="tiny-rn")
+    parser.add_argument("--pretrained", default="default")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    common.register_model_configs(args.model_config)
+    n = 40 if args.quick else args.images
+    world = common.demo_world(args.workdir, "small" if args.quick else "default")
+    manifest = image_manifest(world, n, args.workdir / f"ray-manifest-{n}")
+    info = common.machine_info(args.device)
+    runs = {engine: one_build(manifest, world, args.workdir / f"ray-bench-{engine}", args,
+                              engine) for engine in ("local", "ray")}
+    local, ray_ = runs["local"], runs["ray"]
+    lines = [*common.machine_lines(info),
+             f"- command: `{common.command_line()}`",
+             f"- data: {n} demo-world JPEGs (a manifest), backbone {args.backbone} "
+             f"({args.pretrained}), batch {args.batch_size}, device {args.device}; the ray "
+             f"side starts its own local Ray with {ray_['actors']} encoder actor(s)",
+             "",
+             "| engine | images/s (encoding stage, from the manifest) | images/s after the "
+             "first batch | Ray start-up to the first batch, s | whole build, s |",
+             "|---|---|---|---|---|",
+             *(f"| {e} | {r['images_per_s']:.1f} | {r['steady']:.1f} | "
+               f"{'' if r['startup'] is None else format(r['startup'], '.1f')} | "
+               f"{r['wall_s']:.1f} |" for e, r in runs.items()),
+             "| ray, GPU actors (ViT-B/32 from JPEG) | not measured: no GPU available | | | |"]
+    ratios = [
+        common.ratio_line(ray_["images_per_s"] / local["images_per_s"],
+                          f"ray over local build, {args.backbone} cpu, images/s "
+                          "(encoding stage)"),
+        common.ratio_line(ray_["steady"] / local["images_per_s"],
+                          f"ray (after its start-up) over local build, {args.backbone} cpu, "
+                          "images/s"),
+        common.ratio_line(local["wall_s"] / ray_["wall_s"],
+                          f"ray over local build, {args.backbone} cpu, whole build wall time "
+                          "(Ray start included)"),
+    ]
+    print("\n".join(lines + ratios))
+    if not args.no_write:
+        common.write_section(NAME, "Ray engine vs local build (one machine)", lines, ratios,
+                             args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.run_with_threads(main, None))
