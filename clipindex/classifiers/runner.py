@@ -269,9 +269,8 @@ def _cap_k(bis: list[Any], method: str, support: np.ndarray, opts: MethodOptions
     if method == "image-knn":
         n, noun = len(support), "support images"
     else:
-        caps = bis[0].captions
-        n, noun = int(np.isin(caps["image_row_id"].to_numpy(), support).sum()), \
-            "support captions"
+        own = np.isin(bis[0].captions["image_row_id"].to_numpy(), support)
+        n, noun = int(own.sum()), "support captions"
     if opts.k <= n or n == 0:
         return opts, ()
     note = (f"k={opts.k} is larger than the {n} {noun}; using k={n} (every one of them "
@@ -283,8 +282,7 @@ def _check_request(method: str, req: _Request) -> None:
     if method not in METHODS:
         raise UserInputError(f"Unknown method {method!r}. Known: {', '.join(METHODS)}")
     if req.ensemble is not None and req.ensemble not in ENSEMBLES:
-        raise UserInputError(
-            f"Unknown ensemble {req.ensemble!r}. Known: {', '.join(ENSEMBLES)}")
+        raise UserInputError(f"Unknown ensemble {req.ensemble!r}. Known: {', '.join(ENSEMBLES)}")
     if req.rows not in ROWS:
         raise UserInputError(f"Unknown rows {req.rows!r}. Known: {', '.join(ROWS)}")
     if req.reject_below is not None:
@@ -304,14 +302,13 @@ def _prepare_opened(bis: list[Any], method: str, req: _Request) -> _Run:
     _check_request(method, req)
     wanted, names = parse_classes(req.classes)
     opts = _options(req, names)
-    index_dir = bis[0].path.parent
     if len(bis) > 1 and req.ensemble is None:
         raise UserInputError(
             f"{len(bis)} backbones given: choose how to combine them with --ensemble "
             f"{' or '.join(ENSEMBLES)}")
     if method in CAPTION_METHODS and len(bis[0].captions) == 0:
         raise DataError(
-            f"the store {Path(index_dir)} has no captions, so --method {method} cannot run; "
+            f"the store {bis[0].path.parent} has no captions, so --method {method} cannot run; "
             "use prompt, image-knn, linear-probe or mlp")
     cls = pick_classes(bis[0], wanted)
     if method == "prompt" and req.rows == "all":  # zero-shot on every row: no support
