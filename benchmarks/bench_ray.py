@@ -51,7 +51,8 @@ def one_build(manifest: Path, world: Path, out: Path, args: Any, engine: str) ->
     first = ray_.get("first_image_batch_seconds")
     stage = float(m["timings"]["image_encode_seconds"])
     # after Ray's start-up (the first batch back): the steady rate of the pipeline
-    steady = (int(m["n_images"]) - args.batch_size) / (stage - first) if first else rate
+    rest = int(m["n_images"]) - args.batch_size
+    steady = rest / (stage - first) if first and rest > 0 and stage > first else rate
     return {"wall_s": t["s"], "images_per_s": rate, "steady": steady, "startup": first,
             "n": int(m["n_images"]), "actors": ray_.get("actors")}
 

@@ -221,6 +221,15 @@ def _frames(frame: Any, per_block: int) -> list[Any]:
                                                                     strict=True)]
 
 
+def _decode_memory(encoder: Any, batch: int) -> int:
+    """Bytes a decode task reserves: its batch of crops, uint8, with room for the decoded
+    images. Reserving it also keeps decoding a stage of its own (Ray fuses a task stage
+    into the next actor stage only when their resource requests agree), so decode tasks
+    run beside the actors instead of inside them, one after the other."""
+    height, width = encoder.input_size
+    return int(batch * 3 * height * width * 4)
+
+
 def _pool(ray: Any, ray_opts: RayOptions) -> tuple[int, dict[str, Any]]:
     """Actors per pool and the resources each reserves."""
     gpus = float(ray_opts.gpus_per_encoder)
@@ -228,11 +237,7 @@ def _pool(ray: Any, ray_opts: RayOptions) -> tuple[int, dict[str, Any]]:
     if n is None:
         have = float(ray.cluster_resources().get("GPU", 0)) if gpus > 0 else 0.0
         n = max(1, int(have // gpus)) if gpus > 0 else 1
-    # Restarts and retries stated (Ray Data's actor-pool defaults, made explicit): they
-    # also keep the CPU decode tasks a separate stage, overlapping the actors' compute,
-    # instead of being fused into the actors.
-    resources: dict[str, Any] = {"num_cpus": int(ray_opts.cpus_per_encoder),
-                                 "max_restarts": -1, "max_task_retries": -1}
+    resources: dict[str, Any] = {"num_cpus": int(ray_opts.cpus_per_encoder)}
     if gpus > 0:
         resources["num_gpus"] = gpus
     return int(n), resources
@@ -279,7 +284,8 @@ def encode_with_ray(dataset: Any, spec: Any, encoder: Any, img: Shards, cap: Sha
         frame = pd.DataFrame({"row": rows, "path": [files[r] for r in rows]})
         ds = (ray.data.from_pandas(_frames(frame, batch))
               .map_batches(_decode_batch, fn_kwargs={"load": encoder.pixel_pipeline},
-                           batch_size=batch, batch_format="numpy", num_cpus=1)
+                           batch_size=batch, batch_format="numpy", num_cpus=1,
+                           memory=_decode_memory(encoder, batch))
               .map_batches(_ImageWorker, fn_constructor_kwargs=args, batch_size=batch,
                            batch_format="numpy",
                            compute=ray.data.ActorPoolStrategy(size=n_actors), **resources))
