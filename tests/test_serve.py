@@ -231,6 +231,31 @@ def test_path_parameters_never_reach_the_filesystem(client: TestClient, url: str
     assert "root:" not in message and "[project]" not in message
 
 
+def test_image_files_stay_inside_the_data_root(served_snapshot: Any, tmp_path: Path) -> None:
+    """A table's file that resolves outside the data root (a symlink out) is a 404."""
+    import dataclasses
+
+    from clipindex.serve.errors import ApiError
+    from clipindex.serve.media import image_file
+
+    files = served_snapshot.first.images["file"]
+    root = tmp_path / "root"
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"not for the web")
+    inside, outside = root / files.iloc[0], root / files.iloc[1]
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(b"an image")
+    outside.symlink_to(secret)
+    snap = dataclasses.replace(served_snapshot, data_root=root.resolve())
+    assert image_file(snap, 0) == inside.resolve()
+    for row in (1, 2, len(files), -1):  # a symlink out, a missing file, out of range
+        with pytest.raises(ApiError) as caught:
+            image_file(snap, row)
+        assert caught.value.status == 404
+    with pytest.raises(ApiError):
+        image_file(dataclasses.replace(served_snapshot, data_root=None), 0)
+
+
 def test_uploads_are_bounded_and_checked(client: TestClient, serve_copy: Path) -> None:
     _, jpeg = _image_bytes(serve_copy, 0)
     for route in ("/search", "/classify"):
