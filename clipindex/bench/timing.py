@@ -75,8 +75,10 @@ def add_study_columns(records: Mapping[str, dict[str, Any]], ddir: Path,
                       folders: Sequence[str]) -> None:
     """Set ``res``, ``d_feat``, ``load_s`` and ``time_from_jpeg_s`` on every record.
 
-    The libraries are imported before the first load is timed, so ``load_s`` is the
-    model's own load (weights, model build), not Python's first import of torch.
+    A record that already has them (reused by ``--skip-existing``) keeps its values: it
+    was not re-run. The libraries are imported before the first load is timed, so
+    ``load_s`` is the model's own load (weights, model build), not Python's first import
+    of torch.
     """
     import importlib
 
@@ -85,25 +87,32 @@ def add_study_columns(records: Mapping[str, dict[str, Any]], ddir: Path,
             importlib.import_module(name)
         except ImportError:  # a store of stand-in encoders (tests) needs neither
             pass
-    facts = {f: _backbone(ddir, f) for f in folders}
-    single: dict[tuple[str, str], float] = {}
+    facts: dict[str, dict[str, Any]] = {}
+    single: dict[tuple[str, str], float | None] = {}
     for rec in records.values():
-        f = facts.get(str(rec["backbone"]))
-        if f is None:
+        backbone = str(rec["backbone"])
+        if backbone not in folders:
             continue
+        key = (backbone, str(rec["method"]))
+        if "time_from_jpeg_s" in rec:  # reused as it was written
+            single[key] = rec["time_from_jpeg_s"]
+            continue
+        if backbone not in facts:
+            facts[backbone] = _backbone(ddir, backbone)
+        f = facts[backbone]
         imgs, caps = needed_rows(str(rec["method"]), n=int(rec["n"]),
                                  n_support=int(rec.get("n_support") or 0),
                                  captions_per_image=f["captions_per_image"])
         total = (f["load_s"] + imgs * f["per_image"] + caps * f["per_caption"]
                  + float(rec.get("classify_ms") or 0.0) / 1000.0)
-        single[(str(rec["backbone"]), str(rec["method"]))] = total
+        single[key] = round_or_none(total, TIME_DIGITS)
         rec.update(res=f["res"], d_feat=f["d_feat"],
                    load_s=round_or_none(f["load_s"], TIME_DIGITS),
-                   time_from_jpeg_s=round_or_none(total, TIME_DIGITS))
+                   time_from_jpeg_s=single[key])
     for rec in records.values():
         members = rec.get("members") or []
         if members:
             parts = [single.get((m, str(rec["method"]))) for m in members]
-            total = None if any(p is None for p in parts) else sum(parts)  # type: ignore[arg-type]
+            total = None if any(p is None for p in parts) else sum(parts)  # type: ignore[misc]
             rec.update(res=None, d_feat=None, load_s=None,
                        time_from_jpeg_s=round_or_none(total, TIME_DIGITS))
