@@ -61,6 +61,10 @@ def _table(result: SearchResult, target: str) -> str:
 def _records(result: SearchResult) -> str:
     frame = result.frame.copy()
     frame["score_kind"] = result.score_kind
+    # "exact": the score is an exact cosine from the stored vectors (an RRF score is not
+    # a cosine); "exhaustive": the rows are the exact top-k (False on approximate indexes).
+    frame["exact"] = result.score_kind == "cosine"
+    frame["exhaustive"] = result.exhaustive
     frame = frame.astype(object).where(pd.notna(frame), None)
     return json.dumps(frame.to_dict(orient="records"), ensure_ascii=False, default=str)
 

@@ -35,7 +35,13 @@ import pandas as pd
 from clipindex.errors import UserInputError
 from clipindex.search.frames import backbone_name, hits_frame
 from clipindex.search.fusion import RRF_DEPTH, RRF_K, rrf_fuse
-from clipindex.search.ranking import SearchableIndex, allowed_rows, check_aligned, rank
+from clipindex.search.ranking import (
+    SearchableIndex,
+    allowed_rows,
+    check_aligned,
+    is_exact,
+    rank,
+)
 
 __all__ = [
     "RRF_K",
@@ -69,11 +75,16 @@ class SearchResult:
         Things the user should know (k larger than the collection, fusion).
     score_kind : str
         ``"cosine"`` for one backbone, ``"rrf"`` for a fusion of several.
+    exhaustive : bool
+        True when every backbone's index is exact (flat), so the rows are the exact
+        top-k; False on an approximate index, whose rows are its best candidates
+        (rescored exactly: the cosines are exact, the set may miss a true neighbour).
     """
 
     frame: pd.DataFrame
     notes: tuple[str, ...] = field(default_factory=tuple)
     score_kind: str = "cosine"
+    exhaustive: bool = True
 
 
 # ----------------------------------------------------------------------------- queries
@@ -216,9 +227,11 @@ def search_indexes(
         pool = int((valid & available).sum())
         want = min(k if len(indexes) == 1 else max(k, depth), pool)
         rankings.append(rank(index, _query_vectors(index, texts_, images_), want, target, rows))
+    exhaustive = all(is_exact(index, target) for index in indexes)
     if len(indexes) == 1:
         scores, ids = rankings[0]
-        return SearchResult(hits_frame(indexes[0], target, labels, scores, ids), tuple(notes))
+        return SearchResult(hits_frame(indexes[0], target, labels, scores, ids), tuple(notes),
+                            exhaustive=exhaustive)
     names = [backbone_name(index, i) for i, index in enumerate(indexes)]
     scores, ids = rrf_fuse([r[1] for r in rankings], min(k, n_avail))
     notes.append(
@@ -227,7 +240,7 @@ def search_indexes(
         "score sum(1/(60+rank)), not a cosine."
     )
     frame = hits_frame(indexes[0], target, labels, scores, ids)
-    return SearchResult(frame, tuple(notes), score_kind="rrf")
+    return SearchResult(frame, tuple(notes), score_kind="rrf", exhaustive=exhaustive)
 
 
 def _with_notes(result: SearchResult) -> pd.DataFrame:

@@ -42,6 +42,12 @@ from clipindex.store.manifest import (
 from clipindex.store.outputs import write_outputs
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.tuning import (
+    DEFAULT_TARGET_RECALL,
+    AutoSettings,
+    choose_index,
+    parse_memory,
+)
 
 if TYPE_CHECKING:
     from clipindex.sources import Dataset
@@ -69,6 +75,7 @@ class BuildOptions:
     index_kind: str
     dtype: str
     progress: bool
+    auto: AutoSettings = AutoSettings()
 
 
 def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
@@ -82,9 +89,9 @@ def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
     if batch_size and shard_size and int(shard_size) % int(batch_size):
         raise UserInputError(
             f"shard_size ({shard_size}) must be a positive multiple of batch_size ({batch_size})")
-    if kw["index_kind"] not in INDEX_KINDS:
+    if kw["index_kind"] not in (*INDEX_KINDS, "auto"):
         raise UserInputError(
-            f"Unknown index kind {kw['index_kind']!r}. Known: {', '.join(INDEX_KINDS)}")
+            f"Unknown index kind {kw['index_kind']!r}. Known: auto, {', '.join(INDEX_KINDS)}")
     if kw["dtype"] not in DTYPES:
         raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {kw['dtype']!r}")
     return BuildOptions(out=Path(out), batch_size=batch_size and int(batch_size),
@@ -131,8 +138,23 @@ def _up_to_date(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions
         return False
     same = (same_source(m, target, fingerprint)
             and m.get("dtype") == opts.dtype
-            and (m.get("index") or {}).get("kind") == opts.index_kind)
+            and _same_index(m, opts))
     return same and all((bdir / f).exists() for f in m.get("files", {}))
+
+
+def _same_index(m: dict[str, Any], opts: BuildOptions) -> bool:
+    """Whether the stored index is what ``opts`` asks for. ``auto`` keeps a store built
+    with the same target and budget, and an exact flat store auto would leave flat."""
+    index = m.get("index") or {}
+    if opts.index_kind != "auto":
+        return index.get("kind") == opts.index_kind
+    if index.get("kind") == "auto":
+        return (index.get("target_recall") == opts.auto.target_recall
+                and index.get("max_memory") == opts.auto.max_memory)
+    dim = int(m.get("dim") or 0)
+    return index.get("kind") == "flat" and all(
+        choose_index(int(m.get(f"n_{t}") or 0), dim, opts.auto)[0] == "flat"
+        for t in ("images", "captions"))
 
 
 def _sizes(opts: BuildOptions, encoder: Any) -> tuple[int, int]:
@@ -157,7 +179,7 @@ def _kept(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions) -> b
     old = reusable(bdir, target, fingerprint, opts.dtype)
     if old is None:
         return False
-    reindex(bdir, old, dtype=opts.dtype, index_kind=opts.index_kind)
+    reindex(bdir, old, dtype=opts.dtype, index_kind=opts.index_kind, settings=opts.auto)
     log.info("%s: re-indexed %s from its stored vectors (%s %s -> %s %s), nothing "
              "encoded", target.name, bdir, old.get("dtype"),
              (old.get("index") or {}).get("kind"), opts.dtype, opts.index_kind)
@@ -229,7 +251,8 @@ def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, 
     captions, _ = cap.assemble(dim)
     valid = np.ones(len(images), dtype=bool)
     valid[[s["row_id"] for s in skipped]] = False
-    index = write_outputs(bdir, images, captions, valid, opts.dtype, opts.index_kind)
+    index = write_outputs(bdir, images, captions, valid, opts.dtype, opts.index_kind,
+                          opts.auto)
     manifest = build_manifest(
         target, encoder, fingerprint=fingerprint, dtype=opts.dtype,
         counts=(len(images), len(captions)), index=index, files=file_records(bdir),
@@ -267,7 +290,9 @@ def build_store(
     workers: int | None = None,
     device: str | None = None,
     strict: bool = False,
-    index_kind: str = "flat",
+    index_kind: str = "auto",
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    max_index_memory: int | str | None = None,
     dtype: str = "float32",
     shard_size: int | None = None,
     rebuild: bool = False,
@@ -283,7 +308,10 @@ def build_store(
     a tag, ``"none"`` or a checkpoint path). ``batch_size``, ``workers`` and ``device``
     are encoding knobs (``None``: the encoder's defaults); ``strict`` makes the first
     unreadable image a :class:`DataError` instead of a skipped row; ``index_kind`` is
-    ``"flat"``, ``"ivf"``, ``"hnsw"`` or ``"pq"`` (approximate kinds record recall@10);
+    ``"auto"`` (exact ``flat`` for small stores, else an IVF kind chosen from N, dim and
+    ``max_index_memory`` (bytes or ``"4GB"``) and tuned to ``target_recall`` recall@10 on
+    the store's own held-out vectors: :mod:`clipindex.store.tuning`), ``"flat"``,
+    ``"ivf"``, ``"hnsw"``, ``"pq"`` or ``"ivfpq"`` (approximate kinds record recall@10);
     ``dtype`` (``"float32"``/``"float16"``) is the stored precision; ``shard_size`` the
     rows per resumable shard (a multiple of ``batch_size``, default ~4096); ``rebuild``
     replaces the tables of a folder holding another version of the dataset.
@@ -296,8 +324,11 @@ def build_store(
     >>> paths = build_store("configs/datasets/demo.yaml", ["tiny-vit"],
     ...                     root="worlds/demo", out="indexes")  # doctest: +SKIP
     """
+    auto = AutoSettings(target_recall=float(target_recall),
+                        max_memory=parse_memory(max_index_memory))
     opts = options(out, batch_size, shard_size, workers=workers, device=device,
-                   strict=strict, index_kind=index_kind, dtype=dtype, progress=progress)
+                   strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
+                   auto=auto)
     dataset, targets = _prepare(dataset, backbones, pretrained, root)
     fingerprint = dataset_fingerprint(dataset)
     with build_lock(opts.out / dataset.name):  # one build per dataset folder

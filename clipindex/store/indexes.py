@@ -32,11 +32,13 @@ import faiss
 import numpy as np
 
 from clipindex.errors import IndexMismatchError, UserInputError
-from clipindex.files import atomic_write_bytes
 
 __all__ = [
     "INDEX_KINDS",
     "IndexSpec",
+    "index_nlist",
+    "search_knob",
+    "set_search_knob",
     "brute_force",
     "build_index",
     "describe_index",
@@ -67,6 +69,7 @@ class IndexSpec:
     ef_search: int = 128
     pq_m: int | None = None
     seed: int = 0
+    train_per_cell: int | None = None
 
 
 def _nlist(n: int, spec: IndexSpec) -> int:
@@ -95,6 +98,24 @@ def _ivf(d: int, n: int, spec: IndexSpec) -> faiss.Index:
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, _nlist(n, spec), faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = spec.seed
+    if spec.train_per_cell:  # k-means on a sample: its cost grows with nlist x sample
+        index.cp.max_points_per_centroid = int(spec.train_per_cell)
+    return index
+
+
+def _ivfpq(d: int, n: int, spec: IndexSpec) -> faiss.Index:
+    # OPQ rotation + IVF cells + 8-bit PQ codes of pq_m bytes (autofaiss's large kind).
+    m = _pq_m(d, spec)
+    index = faiss.index_factory(d, f"OPQ{m},IVF{_nlist(n, spec)},PQ{m}x8",
+                                faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = spec.seed
+    if spec.train_per_cell:
+        ivf.cp.max_points_per_centroid = int(spec.train_per_cell)
+    pre: Any = faiss.downcast_index(index)
+    opq: Any = faiss.downcast_VectorTransform(pre.chain.at(0))
+    opq.niter = 10
+    faiss.downcast_index(ivf).pq.cp.seed = spec.seed
     return index
 
 
@@ -117,6 +138,7 @@ INDEX_KINDS: dict[str, Callable[[int, int, IndexSpec], faiss.Index]] = {
     "ivf": _ivf,
     "hnsw": _hnsw,
     "pq": _pq,
+    "ivfpq": _ivfpq,
 }
 
 
@@ -189,7 +211,45 @@ def _inner(index: faiss.Index) -> Any:  # SWIG classes: faiss's stubs are incomp
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIDMap):
         return faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexPreTransform):  # OPQ rotation in front of IVF-PQ
+        return faiss.downcast_index(index.index)
     return index
+
+
+def search_knob(index: faiss.Index) -> tuple[str, int] | None:
+    """The search-time knob of ``index``: ``("nprobe", n)`` (IVF kinds),
+    ``("ef_search", n)`` (HNSW) or None (flat, PQ: nothing to tune).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> search_knob(build_index(np.eye(4, dtype="float32"))) is None
+    True
+    """
+    inner = _inner(index)
+    if isinstance(inner, faiss.IndexIVF):
+        return "nprobe", int(inner.nprobe)
+    if isinstance(inner, faiss.IndexHNSW):
+        return "ef_search", int(inner.hnsw.efSearch)
+    return None
+
+
+def set_search_knob(index: faiss.Index, value: int) -> None:
+    """Set ``index``'s search knob (:func:`search_knob`) to ``value`` (clamped to >= 1;
+    ``nprobe`` to at most ``nlist``)."""
+    inner = _inner(index)
+    if isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = int(min(max(1, value), inner.nlist))
+    elif isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = int(max(1, value))
+    else:
+        raise UserInputError(f"a {type(inner).__name__} index has no search knob")
+
+
+def index_nlist(index: faiss.Index) -> int | None:
+    """IVF cells of ``index`` (None for kinds without cells)."""
+    inner = _inner(index)
+    return int(inner.nlist) if isinstance(inner, faiss.IndexIVF) else None
 
 
 def describe_index(index: faiss.Index) -> dict[str, Any]:
@@ -208,7 +268,11 @@ def describe_index(index: faiss.Index) -> dict[str, Any]:
         "ntotal": int(index.ntotal),
         "dim": int(index.d),
     }
-    if isinstance(inner, faiss.IndexIVF):
+    if isinstance(inner, faiss.IndexIVFPQ):
+        opq = isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)
+        out.update(kind="ivfpq", nlist=int(inner.nlist), nprobe=int(inner.nprobe),
+                   pq_m=int(inner.pq.M), pq_nbits=int(inner.pq.nbits), opq=opq)
+    elif isinstance(inner, faiss.IndexIVF):
         out.update(kind="ivf", nlist=int(inner.nlist), nprobe=int(inner.nprobe))
     elif isinstance(inner, faiss.IndexHNSW):
         hnsw: Any = inner.hnsw
@@ -234,6 +298,10 @@ def _search_params(index: faiss.Index, rows: np.ndarray | None) -> Any:
         params = _SWIG.SearchParameters(sel=sel)
     else:
         return None  # no selector support (e.g. IndexPQ): filtered after the search
+    if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):
+        outer = _SWIG.SearchParametersPreTransform(index_params=params)
+        outer._keep = params
+        params = outer
     params._keep_selector = sel  # the SWIG object must outlive the search
     return params
 
@@ -368,12 +436,35 @@ def save_index(index: faiss.Index, path: str | os.PathLike[str]) -> Path:
     2
     """
     path = Path(path)
-    data = faiss.serialize_index(index)
-    return atomic_write_bytes(path, data.tobytes())
+    # faiss writes the file itself (no copy of a multi-GB index in memory), then the
+    # temp file is synced and renamed over ``path``: a reader sees the old or the new.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
-def load_index(path: str | os.PathLike[str]) -> faiss.Index:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_index(path: str | os.PathLike[str], *, mmap: bool = False) -> faiss.Index:
     """Read an index written by :func:`save_index`.
+
+    With ``mmap=True`` the index's bulk data is memory-mapped read-only instead of read
+    into memory: FAISS's ``IO_FLAG_MMAP_IFC`` maps the codes of every kind built on flat
+    codes (flat, PQ, HNSW storage) and the inverted lists of IVF kinds, so opening a large
+    index costs almost no resident memory until it is searched. A mapped index cannot
+    be added to.
 
     Example
     -------
@@ -381,8 +472,10 @@ def load_index(path: str | os.PathLike[str]) -> faiss.Index:
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.faiss"
     >>> load_index(save_index(build_index(np.eye(2, dtype="float32")), p)).d
     2
+    >>> load_index(p, mmap=True).ntotal
+    2
     """
-    data = np.fromfile(Path(path), dtype=np.uint8)
-    # deserialize_index already returns the concrete class (and owns it); wrapping it
-    # again with downcast_index would let the owning proxy free the index.
-    return faiss.deserialize_index(data)
+    flags = (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
+    # read_index returns the concrete class (and owns it); wrapping it again with
+    # downcast_index would let the owning proxy free the index.
+    return faiss.read_index(os.fspath(path), flags)
