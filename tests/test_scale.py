@@ -212,3 +212,23 @@ def test_search_on_an_approximate_auto_store_is_rescored(tmp_path, use_fake_enco
     assert FakeEncoder.encoded_images == 0
     again = open_index(tmp_path / "out" / "toy", "fake-a").manifest["index"]
     assert again["target_recall"] == 0.99 and again["images"]["recall_at_10"] >= 0.99
+
+
+def test_classify_on_an_approximate_store_equals_flat(tmp_path, use_fake_encoders,
+                                                      monkeypatch):
+    from fixtures_store import make_image_dataset
+
+    from clipindex.classifiers.runner import classify
+    from clipindex.store import build_store, open_index
+
+    _approximate_auto(monkeypatch)
+    ds = make_image_dataset(tmp_path / "data", n_per_class=100)
+    build_store(ds, ["fake-a"], out=tmp_path / "auto", **KW)
+    build_store(ds, ["fake-a"], out=tmp_path / "flat", index_kind="flat", **KW)
+    assert open_index(tmp_path / "auto" / "toy", "fake-a").manifest["index"]["images"][
+        "kind"] == "ivf"
+    for method in ("linear-probe", "image-knn", "prompt"):
+        a = classify(tmp_path / "auto" / "toy", "fake-a", method).predictions
+        f = classify(tmp_path / "flat" / "toy", "fake-a", method).predictions
+        assert len(a) == len(f) > 0
+        assert a["predicted"].tolist() == f["predicted"].tolist(), method

@@ -43,7 +43,8 @@ from clipindex.store.manifest import (
     sha256_file,
 )
 
-__all__ = ["BackboneIndex", "Hits", "list_backbones", "open_index", "store_info"]
+__all__ = ["BackboneIndex", "Hits", "advise_random", "list_backbones", "open_index",
+           "store_info"]
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +389,7 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     _check_files(bdir, manifest, verify)
     images = pd.read_parquet(root / "images.parquet")
     captions = pd.read_parquet(root / "captions.parquet")
-    vectors = {t: np.load(bdir / f"{t}.npy", mmap_mode="r", allow_pickle=False)
+    vectors = {t: advise_random(np.load(bdir / f"{t}.npy", mmap_mode="r", allow_pickle=False))
                for t in _TARGETS}
     for t, table in (("images", images), ("captions", captions)):
         if vectors[t].shape != (len(table), manifest["dim"]):
@@ -403,6 +404,20 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
             faiss_indexes[t], mapped[t] = load_index(bdir / f"{t}.faiss"), False
     return BackboneIndex(bdir, manifest, info, images, captions, vectors, faiss_indexes,
                          mapped)
+
+
+def advise_random(matrix: np.ndarray) -> np.ndarray:
+    """Tell the kernel a memory-mapped matrix is read at random rows (``MADV_RANDOM``):
+    rescoring k candidates then faults in k rows, not k read-ahead windows."""
+    import mmap
+
+    mm = getattr(matrix, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            mm.madvise(mmap.MADV_RANDOM)
+        except (OSError, ValueError):  # advice only
+            pass
+    return matrix
 
 
 def store_info(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
