@@ -1,25 +1,36 @@
-"""Store search (FAISS through clipindex.store.indexes) vs numpy brute force, same run.
+"""Store search at scale on clustered, embedding-like vectors: clipindex ``auto`` vs exact
+flat, hand-tuned FAISS IVF and HNSW, and autofaiss, in one run.
 
-Random L2-normalised 512-d float32 vectors at 10k, 100k and 1M rows. For each size:
+Data: ``--n`` (default 1M) x 512 float32 vectors drawn around ``--centres`` random unit
+centres plus Gaussian noise, normalised (real CLIP embeddings cluster the same way;
+uniform random vectors, where no approximate index works, are not used any more);
+queries come from the same distribution but are not in the base. Per contender: build
+time, index size, p50/p99 latency of one query, 1,000-query throughput, recall@10 vs
+the exact top-10, at 1 and 2 threads.
 
-- latency of 1 query: median over repeats (store and numpy alternate, each with its own
-  query of the same batch);
-- throughput of 1,000 queries in one call;
+- ``flat``: exact ``IndexFlatIP`` (what ``--index-kind flat`` stores);
+- ``auto``: ``clipindex.store.tuning.choose_index`` + ``tune_index`` (what
+  ``--index-kind auto`` builds), searched as ``BackboneIndex.search`` does (candidates
+  rescored exactly from the stored vectors);
+- ``hand-ivf``: IVF-Flat, nlist = sqrt(N), the smallest nprobe of 8/16/32/64/128 that
+  reaches recall 0.95 on the benchmark's own queries (an optimistic hand-tuning);
+- ``hand-hnsw``: HNSW32, efSearch 64, over the first ``--hnsw-n`` rows only (its build
+  runs ~1k vectors/s per core at 512-d) against flat at the same size;
+- ``autofaiss``: ``autofaiss.build_index`` at the same memory budget, run in the
+  Python given by ``--autofaiss-python`` (autofaiss 2.18 pins numpy<2 and pandas<3, so
+  it cannot live in clipindex's environment), searched here with the knobs it chose.
 
-where "store" is ``clipindex.store.indexes.search_index`` on the exact flat index that
-``build_store`` writes (``IndexIDMap2(IndexFlatIP)``), the same call
-``BackboneIndex.search`` makes, and "numpy" is ``X @ q`` + ``np.argpartition``.
-Approximate kinds (IVF, HNSW) are timed against the flat index of the same size and
-their recall@10 against the exact top-10 is measured. Random vectors on a 512-d sphere
-are the hardest case for approximate indexes (every neighbour is nearly as far as any
-other), so their recall here is a lower bound for real embeddings.
-
-Run: ``python benchmarks/bench_search.py`` (about 3 minutes on 2 cores) or ``--quick``.
+Run: ``python benchmarks/bench_search.py`` (1M: ~2-4 GB RAM) or ``--quick``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +42,7 @@ import _common as common  # noqa: E402
 SECTION = "bench_search"
 DIM = 512
 K = 10
+AUTOFAISS_PY = Path("/tmp/afvenv/bin/python")
 
 
 def unit_vectors(n: int, dim: int, seed: int, chunk: int = 65536) -> np.ndarray:
@@ -44,12 +56,23 @@ def unit_vectors(n: int, dim: int, seed: int, chunk: int = 65536) -> np.ndarray:
     return out
 
 
+def clustered(n: int, centres: np.ndarray, seed: int, noise: float = 0.9,
+              chunk: int = 65536) -> np.ndarray:
+    """``n`` unit vectors, each a random centre plus noise of norm ~``noise``."""
+    rng = np.random.default_rng(seed)
+    dim = centres.shape[1]
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        block = centres[rng.integers(0, len(centres), m)] + noise * rng.standard_normal(
+            (m, dim), dtype=np.float32) / np.sqrt(dim)
+        out[start:start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
 def numpy_top_k(x: np.ndarray, queries: np.ndarray, k: int,
                 chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` by inner product: ``X @ q`` then ``np.argpartition``, sorted.
-
-    Queries go ``chunk`` at a time so the score matrix stays small (64 x 1M floats).
-    """
+    """Exact top-``k`` by inner product: ``X @ q`` then ``np.argpartition``, sorted."""
     scores_out = np.empty((len(queries), k), dtype=np.float32)
     ids_out = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), chunk):
@@ -69,132 +92,113 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits))
 
 
-def _latency(fns: dict[str, Any], queries: np.ndarray, repeats: int) -> dict[str, float]:
-    """Median seconds of one single-query call per contender, alternating contenders."""
-    import time
-
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up (page faults, BLAS thread start)
-        fn(queries[:1])
-    for i in range(repeats):
-        q = queries[i % len(queries)][None]
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn(q)
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def _throughput(fns: dict[str, Any], queries: np.ndarray) -> tuple[dict[str, float], dict]:
-    results, seconds = {}, {}
-    for name, fn in fns.items():
-        with common.stopwatch() as t:
-            results[name] = fn(queries)
-        seconds[name] = t["s"]
-    return seconds, results
+def _measure(search: Any, queries: np.ndarray, truth: np.ndarray, repeats: int,
+             threads: int) -> dict[str, float]:
+    """p50/p99 of single-query calls, 1,000-query seconds and recall@10 at ``threads``."""
+    with common.cpu_threads(threads):
+        search(queries[:1])
+        times = []
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            search(queries[i % len(queries)][None])
+            times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ids = search(queries)
+        batch = time.perf_counter() - t0
+    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
+            "batch": batch, "recall": recall_at_k(ids, truth)}
 
 
-def bench_exact(n: int, queries: np.ndarray, repeats: int, seed: int) -> dict[str, Any]:
-    """Flat store index vs numpy at ``n`` rows; returns figures and the exact top-k."""
-    from clipindex.store.indexes import build_index, search_index
+def _autofaiss(x: np.ndarray, budget: int, python: Path, work: Path) -> dict[str, Any]:
+    """Build autofaiss's index in its own environment; returns its file and knobs."""
+    np.save(work / "base.npy", x)
+    script = (
+        "import json,sys,numpy as np\nfrom autofaiss import build_index\n"
+        "x=np.load(sys.argv[1])\n"
+        "idx,info=build_index(embeddings=x,save_on_disk=True,index_path=sys.argv[2],"
+        "index_infos_path=sys.argv[3],metric_type='ip',max_index_memory_usage=sys.argv[4],"
+        "current_memory_available='8G',min_nearest_neighbors_to_retrieve=10,"
+        "max_index_query_time_ms=5,nb_cores=2,verbose=30)\n")
+    t0 = time.perf_counter()
+    done = subprocess.run([str(python), "-c", script, str(work / "base.npy"),
+                           str(work / "af.index"), str(work / "af.json"), f"{budget // 2**20}M"],
+                          capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - t0
+    if done.returncode:
+        raise RuntimeError(done.stderr[-1500:])
+    infos = json.loads((work / "af.json").read_text())
+    return {"path": work / "af.index", "infos": infos, "build_s": seconds}
 
-    common.log(f"search: {n:,} vectors")
-    x = unit_vectors(n, DIM, seed)
-    with common.stopwatch() as t:
-        index = build_index(x, np.arange(n, dtype=np.int64), kind="flat")
-    fns = {"store": lambda q: search_index(index, q, K),
-           "numpy": lambda q: numpy_top_k(x, q, K)}
-    lat = _latency(fns, queries, repeats)
-    seconds, results = _throughput(fns, queries)
-    agree = float(np.mean(results["store"][1] == results["numpy"][1]))
-    return {"n": n, "build_s": t["s"], "latency": lat, "batch": seconds, "agree": agree,
-            "x": x, "exact": results["store"][1]}
 
-
-def bench_approx(kind: str, x: np.ndarray, exact: np.ndarray, queries: np.ndarray,
-                 repeats: int, options: dict[str, Any],
-                 nprobes: tuple[int | None, ...] = (None,)) -> list[dict[str, Any]]:
-    """Build an approximate index over ``x`` once; per ``nprobe`` (IVF) its latency,
-    throughput and recall@10 against the exact top-10."""
+def _contenders(x: np.ndarray, queries: np.ndarray, args: Any, work: Path
+                ) -> dict[str, dict[str, Any]]:
+    """Build every contender; each entry has a ``search(q) -> ids`` and its figures."""
     import faiss
 
-    from clipindex.store.indexes import build_index, describe_index, search_index
+    from clipindex.store import indexes, tuning
 
-    common.log(f"search: {kind} over {len(x):,} vectors {options}")
-    with common.stopwatch() as t:
-        index = build_index(x, np.arange(len(x), dtype=np.int64), kind=kind, **options)
-    rows = []
-    for nprobe in nprobes:
-        if nprobe is not None:
-            faiss.extract_index_ivf(index).nprobe = int(nprobe)
-        fns = {kind: lambda q: search_index(index, q, K)}
-        lat = _latency(fns, queries, repeats)
-        seconds, results = _throughput(fns, queries)
-        rows.append({"kind": kind, "n": len(x), "build_s": t["s"], "latency": lat[kind],
-                     "batch": seconds[kind], "recall": recall_at_k(results[kind][1], exact),
-                     "describe": describe_index(index)})
-    return rows
+    n = len(x)
+    ids = np.arange(n, dtype=np.int64)
+    out: dict[str, dict[str, Any]] = {}
+    with common.cpu_threads(2), common.stopwatch() as t:
+        flat = indexes.build_index(x, ids)
+    out["flat"] = {"search": lambda q: indexes.search_index(flat, q, K)[1],
+                   "build_s": t["s"], "bytes": x.nbytes, "knobs": "exact"}
+    settings = tuning.AutoSettings(target_recall=0.95, max_memory=args.budget,
+                                   queries=args.tune_queries)
+    kind, options = tuning.choose_index(n, x.shape[1], settings)
+    with common.cpu_threads(2), common.stopwatch() as t:
+        auto = indexes.build_index(x, ids, kind=kind, **options)
+        cross = {"text_to_image": clustered(args.tune_queries, args.centre_vectors, 99)}
+        tuned = tuning.tune_index(auto, x, ids, kind, cross, "image_to_image", settings)
+    rerank = tuned["rerank_factor"]
+    out["auto"] = {"search": lambda q: tuning.rescored_search(auto, x, q, K, rerank=rerank)[1],
+                   "build_s": t["s"], "bytes": len(faiss.serialize_index(auto)),
+                   "knobs": f"{kind} {options.get('nlist')} cells, {tuned['tuned_knob']}="
+                            f"{tuned['tuned_value']}, rerank x{rerank}, recorded recall@10 "
+                            f"{tuned['recall_at_10']:.3f}"}
+    nlist = max(1, int(np.sqrt(n)))
+    with common.cpu_threads(2), common.stopwatch() as t:
+        ivf = indexes.build_index(x, ids, kind="ivf", nlist=nlist)
+    truth = numpy_top_k(x, queries, K)[1]
+    for nprobe in (8, 16, 32, 64, 128):
+        indexes.set_search_knob(ivf, nprobe)
+        if recall_at_k(indexes.search_index(ivf, queries, K)[1], truth) >= 0.95:
+            break
+    out["hand-ivf"] = {"search": lambda q: indexes.search_index(ivf, q, K)[1],
+                       "build_s": t["s"], "bytes": len(faiss.serialize_index(ivf)),
+                       "knobs": f"IVF{nlist},Flat nprobe={nprobe}"}
+    if args.autofaiss_python and Path(args.autofaiss_python).exists():
+        try:
+            af = _autofaiss(x, args.budget or 16 * 2**30, Path(args.autofaiss_python), work)
+            af_index = faiss.read_index(str(af["path"]))
+            param = af["infos"].get("index_param", "")
+            faiss.ParameterSpace().set_index_parameters(af_index, param)
+            out["autofaiss"] = {
+                "search": lambda q: af_index.search(np.ascontiguousarray(q), K)[1],
+                "build_s": af["build_s"], "bytes": af["path"].stat().st_size,
+                "knobs": f"{af['infos'].get('index_key')} {param}"}
+        except Exception as exc:  # noqa: BLE001 - reported, the other contenders stand
+            common.log(f"autofaiss failed: {exc}")
+    return out
 
 
-def _flat_reference(x: np.ndarray, queries: np.ndarray, repeats: int) -> dict[str, Any]:
-    from clipindex.store.indexes import build_index, search_index
+def _hnsw(x: np.ndarray, queries: np.ndarray, args: Any) -> dict[str, Any]:
+    from clipindex.store import indexes
 
-    index = build_index(x, np.arange(len(x), dtype=np.int64))
-    fns = {"flat": lambda q: search_index(index, q, K)}
-    lat = _latency(fns, queries, repeats)
-    seconds, results = _throughput(fns, queries)
-    return {"latency": lat["flat"], "batch": seconds["flat"], "exact": results["flat"][1]}
+    sub = x[:args.hnsw_n]
+    with common.cpu_threads(2), common.stopwatch() as t:
+        index = indexes.build_index(sub, np.arange(len(sub)), kind="hnsw", ef_search=64)
+    flat = indexes.build_index(sub, np.arange(len(sub)))
+    return {"hnsw": {"search": lambda q: indexes.search_index(index, q, K)[1],
+                     "build_s": t["s"], "knobs": "HNSW32 efSearch=64"},
+            "flat": {"search": lambda q: indexes.search_index(flat, q, K)[1],
+                     "build_s": 0.0, "knobs": "exact"},
+            "truth": numpy_top_k(sub, queries, K)[1]}
 
 
 def _fmt_n(n: int) -> str:
-    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else (
-        f"{n // 1000}k" if n % 1000 == 0 else str(n))
-
-
-def report_exact(rows: list[dict[str, Any]], n_queries: int) -> tuple[list[str], list[str]]:
-    """Markdown table lines and ratio lines of the exact comparison."""
-    lines = [f"| vectors | store 1 query (ms) | numpy 1 query (ms) | store {n_queries:,} "
-             f"queries (s) | numpy {n_queries:,} queries (s) | same top-{K} ids |",
-             "|---|---|---|---|---|---|"]
-    ratios = []
-    for r in rows:
-        lat, bat, size = r["latency"], r["batch"], _fmt_n(r["n"])
-        lines.append(f"| {size} | {lat['store'] * 1e3:.2f} | {lat['numpy'] * 1e3:.2f} | "
-                     f"{bat['store']:.2f} | {bat['numpy']:.2f} | {r['agree']:.1%} |")
-        ratios.append(common.ratio_line(
-            lat["numpy"] / lat["store"],
-            f"store search (FAISS flat) over numpy brute force, 1-query latency at {size}"))
-        ratios.append(common.ratio_line(
-            bat["numpy"] / bat["store"],
-            f"store search (FAISS flat) over numpy brute force, {n_queries:,}-query "
-            f"throughput at {size}"))
-    return lines, ratios
-
-
-def report_approx(rows: list[dict[str, Any]], refs: dict[int, dict[str, Any]],
-                  n_queries: int) -> tuple[list[str], list[str]]:
-    """Markdown table lines and ratio lines of the approximate kinds vs flat."""
-    lines = ["", f"| index | vectors | knobs | build (s) | 1 query (ms) | {n_queries:,} "
-             f"queries (s) | recall@{K} vs exact |", "|---|---|---|---|---|---|---|"]
-    ratios = []
-    skip = {"faiss_class", "metric", "ntotal", "dim", "kind"}
-    for n, ref in refs.items():
-        lines.append(f"| flat (exact) | {_fmt_n(n)} | | | {ref['latency'] * 1e3:.2f} | "
-                     f"{ref['batch']:.2f} | 1.000 |")
-    for r in rows:
-        ref, size = refs[r["n"]], _fmt_n(r["n"])
-        knobs = ", ".join(f"{k}={v}" for k, v in r["describe"].items() if k not in skip)
-        lines.append(f"| {r['kind']} | {size} | {knobs} | {r['build_s']:.1f} | "
-                     f"{r['latency'] * 1e3:.2f} | {r['batch']:.2f} | {r['recall']:.3f} |")
-        ratios.append(common.ratio_line(
-            ref["latency"] / r["latency"],
-            f"{r['kind']} ({knobs}) over flat, 1-query latency at {size} "
-            f"(recall@{K} {r['recall']:.3f})"))
-        ratios.append(common.ratio_line(
-            ref["batch"] / r["batch"],
-            f"{r['kind']} ({knobs}) over flat, {n_queries:,}-query throughput at {size} "
-            f"(recall@{K} {r['recall']:.3f})"))
-    return lines, ratios
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,57 +208,83 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,100000,1000000",
-                        help="comma-separated collection sizes for the exact comparison")
+    parser.add_argument("--n", type=int, default=1_000_000, help="base vectors")
+    parser.add_argument("--centres", type=int, default=10_000, help="cluster centres")
     parser.add_argument("--queries", type=int, default=1000, help="queries in the batch")
-    parser.add_argument("--repeats", type=int, default=15, help="single-query repeats")
-    parser.add_argument("--ivf-nlist", type=int, default=256)
-    parser.add_argument("--ivf-nprobe", default="8,32", help="comma-separated nprobe values")
-    parser.add_argument("--hnsw-size", type=int, default=50_000,
-                        help="HNSW collection size (its build is ~1k vectors/s on 2 cores)")
+    parser.add_argument("--repeats", type=int, default=200, help="single-query repeats")
+    parser.add_argument("--tune-queries", type=int, default=500)
+    parser.add_argument("--hnsw-n", type=int, default=100_000)
+    parser.add_argument("--budget", type=common_memory, default=None,
+                        help="index memory budget (e.g. 4GB) for auto and autofaiss")
+    parser.add_argument("--autofaiss-python", default=str(AUTOFAISS_PY),
+                        help="a Python with autofaiss installed ('' to leave it out)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.queries, args.repeats = "2000,5000", 50, 3
-        args.ivf_nlist, args.ivf_nprobe, args.hnsw_size = 16, "4", 2000
-    sizes = [int(s) for s in args.sizes.split(",")]
+        args.n, args.centres, args.queries, args.repeats = 20_000, 200, 100, 20
+        args.tune_queries, args.hnsw_n, args.autofaiss_python = 100, 3000, ""
     info = common.machine_info()
-    queries = unit_vectors(args.queries, DIM, args.seed + 1)
-
-    exact_rows, approx_rows, refs = [], [], {}
-    for n in sizes:
-        row = bench_exact(n, queries, args.repeats, args.seed)
-        exact_rows.append(row)
-        if n == max(sizes):  # approximate kinds over the largest collection
-            refs[n] = {"latency": row["latency"]["store"], "batch": row["batch"]["store"]}
-            nprobes = tuple(int(p) for p in args.ivf_nprobe.split(","))
-            approx_rows += bench_approx("ivf", row["x"], row["exact"], queries, args.repeats,
-                                        {"nlist": args.ivf_nlist}, nprobes)
-        row.pop("x")
-    hx = unit_vectors(args.hnsw_size, DIM, args.seed + 2)
-    refs[args.hnsw_size] = _flat_reference(hx, queries, args.repeats)
-    approx_rows += bench_approx("hnsw", hx, refs[args.hnsw_size]["exact"], queries,
-                                args.repeats, {})
-
-    lines, ratios = report_exact(exact_rows, args.queries)
-    more, more_ratios = report_approx(approx_rows, refs, args.queries)
-    lines, ratios = lines + more, ratios + more_ratios
-    print("\n".join(lines + [""] + ratios))
+    args.centre_vectors = unit_vectors(args.centres, DIM, args.seed)
+    common.log(f"search: {args.n:,} clustered vectors around {args.centres:,} centres")
+    x = clustered(args.n, args.centre_vectors, args.seed + 1)
+    queries = clustered(args.queries, args.centre_vectors, args.seed + 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        contenders = _contenders(x, queries, args, Path(tmp))
+    truth = numpy_top_k(x, queries, K)[1]
+    hnsw = _hnsw(x, queries, args)
+    size, hsize = _fmt_n(args.n), _fmt_n(args.hnsw_n)
+    lines = ["| contender | vectors | knobs | build (s) | index MB | threads | p50 (ms) | "
+             f"p99 (ms) | {args.queries:,} queries (s) | recall@{K} |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    figures: dict[tuple[str, int], dict[str, float]] = {}
+    summary = []
+    groups = [(name, c, size, truth) for name, c in contenders.items()] + [
+        (f"{name}@{hsize}", hnsw[name], hsize, hnsw["truth"]) for name in ("hnsw", "flat")]
+    for name, c, where, ref in groups:
+        for threads in (1, 2):
+            f = figures[name, threads] = _measure(c["search"], queries, ref, args.repeats,
+                                                  threads)
+            mb = f"{c['bytes'] / 1e6:,.0f}" if "bytes" in c else ""
+            lines.append(f"| {name} | {where} | {c['knobs']} | {c['build_s']:.1f} | {mb} | "
+                         f"{threads} | {f['p50'] * 1e3:.2f} | {f['p99'] * 1e3:.2f} | "
+                         f"{f['batch']:.2f} | {f['recall']:.3f} |")
+        f = figures[name, 2]
+        summary.append(f"{where} {name.split('@')[0]}: p50 {f['p50'] * 1e3:.1f} ms, p99 "
+                       f"{f['p99'] * 1e3:.1f} ms, recall@10 {f['recall']:.3f}")
+    ratios = []
+    for threads in (1, 2):
+        a, fl = figures["auto", threads], figures["flat", threads]
+        ratios.append(common.ratio_line(fl["p50"] / a["p50"], (
+            f"clipindex auto over exact flat, 1-query p50 latency at {size}, {threads} "
+            f"thread(s) (recall@10 {a['recall']:.3f})")))
+        ratios.append(common.ratio_line(fl["batch"] / a["batch"], (
+            f"clipindex auto over exact flat, {args.queries:,}-query throughput at {size}, "
+            f"{threads} thread(s)")))
+        for other in ("autofaiss", "hand-ivf"):
+            if (other, threads) in figures:
+                o = figures[other, threads]
+                ratios.append(common.ratio_line(o["p50"] / a["p50"], (
+                    f"clipindex auto over {other}, 1-query p50 latency at {size}, {threads} "
+                    f"thread(s) (recall@10 {a['recall']:.3f} vs {o['recall']:.3f})")))
+    print("\n".join(lines + [""] + summary + [""] + ratios))
     if not args.no_write:
-        head = [f"- command: `{common.command_line()}`",
-                *common.machine_lines(info),
-                f"- random unit {DIM}-d float32 vectors, top-{K}, inner product; store = "
-                "`clipindex.store.indexes.search_index` on the flat index `build_store` writes; "
-                "numpy = `X @ q` + `np.argpartition` (queries 64 at a time); 1-query "
-                f"figures are medians of {args.repeats} alternating runs",
-                "- approximate kinds: IVF over the largest size, HNSW (default knobs) over "
-                f"{_fmt_n(args.hnsw_size)} because building it over 1M on 2 cores would take "
-                "tens of minutes; recall is against the exact top-10 of the same queries. "
-                "Random vectors are the worst case for approximate recall.", ""]
-        common.write_section(SECTION, "Search: store (FAISS) vs numpy brute force",
-                             head + lines, ratios, args.results)
+        head = [f"- command: `{common.command_line()}`", *common.machine_lines(info),
+                f"- {size} x {DIM} float32 unit vectors around {args.centres:,} random "
+                f"centres plus noise; {args.queries:,} queries from the same distribution, "
+                f"not in the base; recall@{K} against the exact top-{K}; p50/p99 over "
+                f"{args.repeats} single-query calls; HNSW over the first {hsize} rows "
+                "only (build cost), against flat at that size", ""]
+        common.write_section(SECTION, "Search at scale: auto vs flat, IVF, HNSW, autofaiss",
+                             head + lines + ["", *summary], ratios, args.results)
     return 0
 
 
+def common_memory(text: str) -> int | None:
+    from clipindex.store.tuning import parse_memory
+
+    return parse_memory(text)
+
+
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     raise SystemExit(main())

@@ -112,7 +112,7 @@ def test_each_script_writes_its_section(bench_env: dict[str, Path]) -> None:
 
     text = bench_env["results"].read_text()
     assert text.startswith("# Speed benchmark results")
-    expected = {"bench_search": 8, "bench_encode_cpu": 6, "bench_study": 2}
+    expected = {"bench_search": 6, "bench_encode_cpu": 6, "bench_study": 2}
     for name, count in expected.items():
         lines = _section(text, name)
         assert any(line.startswith("- machine: ") for line in lines)

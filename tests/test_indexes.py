@@ -120,7 +120,7 @@ def test_errors():
         build_index(x, kind="annoy")
     with pytest.raises(UserInputError, match="shape"):
         build_index(x, np.arange(3))
-    assert set(INDEX_KINDS) == {"flat", "ivf", "hnsw", "pq"}
+    assert set(INDEX_KINDS) == {"flat", "ivf", "hnsw", "pq", "ivfpq"}
 
 
 def test_docstring_examples_run():

@@ -147,7 +147,7 @@ def test_new_index_kind_or_dtype_reuses_the_stored_vectors(tmp_path, use_fake_en
     assert "re-indexed" in caplog.text and "nothing encoded" in caplog.text
     idx = open_index(out / "toy", "fake-a")
     assert idx.manifest["index"]["kind"] == "hnsw"
-    assert idx.manifest["reindexed"]["from_index_kind"] == "flat"
+    assert idx.manifest["reindexed"]["from_index_kind"] == "auto"  # the default: flat here
     assert idx.manifest["timings"] == first.manifest["timings"]  # the encode it came from
     np.testing.assert_array_equal(idx.image_vectors, flat_vectors)
     np.testing.assert_array_equal(idx.caption_vectors, flat_captions)
@@ -180,18 +180,19 @@ def test_interrupted_reindex_leaves_the_old_store_whole(toy, tmp_path, use_fake_
     real = outputs_mod.build_faiss
     calls = []
 
-    def dies_on_the_captions(vectors, valid, kind, path):
+    def dies_on_the_captions(vectors, valid, kind, path, **kw):
         calls.append(path.name)
         if path.name == "captions.faiss":
             raise KeyboardInterrupt  # Ctrl-C halfway through the new files
-        return real(vectors, valid, kind, path)
+        return real(vectors, valid, kind, path, **kw)
 
     monkeypatch.setattr(outputs_mod, "build_faiss", dies_on_the_captions)
     with pytest.raises(KeyboardInterrupt):
         build_store(toy, ["fake-a"], out=out, index_kind="hnsw", **KW)
     assert calls == ["images.faiss", "captions.faiss"]
     idx = open_index(out / "toy", "fake-a")  # still the finished flat store
-    assert idx.manifest["index"]["kind"] == "flat"
+    assert idx.manifest["index"]["kind"] == "auto"
+    assert idx.manifest["index"]["images"]["kind"] == "flat"
     np.testing.assert_allclose(idx.image_vectors, _expected(toy), atol=1e-6)
     assert (idx.path / ".reindex").is_dir()
 
@@ -391,7 +392,7 @@ def test_bad_arguments_fail_before_writing(toy, tmp_path, use_fake_encoders):
         build_store(toy, ["fake-a", "nope"], out=out, **KW)
     with pytest.raises(ValueError, match="multiple of batch_size"):
         build_store(toy, ["fake-a"], out=out, batch_size=4, shard_size=6)
-    with pytest.raises(ValueError, match="Known: flat"):
+    with pytest.raises(ValueError, match="Known: auto, flat"):
         build_store(toy, ["fake-a"], out=out, index_kind="annoy")
     assert not out.exists()
 

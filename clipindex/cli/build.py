@@ -12,7 +12,7 @@ import click
 
 from clipindex.cli._app import main
 
-_INDEX_KINDS = ("flat", "ivf", "hnsw", "pq")
+_INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "pq", "ivfpq")
 
 
 class _EchoHandler(logging.Handler):
@@ -104,8 +104,13 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
                    "(default: nvjpeg on CUDA, pil on CPU).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda if available.")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image.")
-@click.option("--index-kind", type=click.Choice(_INDEX_KINDS), default="flat", show_default=True,
-              help="FAISS index: exact flat, or approximate (recall@10 in the manifest).")
+@click.option("--index-kind", type=click.Choice(_INDEX_KINDS), default="auto", show_default=True,
+              help="FAISS index: auto (exact flat for small stores, else IVF / IVF-PQ tuned "
+                   "to --target-recall), exact flat, or approximate (recall@10 in the manifest).")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95,
+              show_default=True, help="auto: recall@10 vs exact search the knobs are tuned to.")
+@click.option("--max-index-memory", default=None,
+              help="auto: memory budget of each FAISS index (e.g. 4GB); over it, IVF-PQ.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage precision of the vectors.")
 @click.option("--shard-size", type=int, callback=_positive,
@@ -134,7 +139,8 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Path | None,
                   pretrained: str, batch_size: int | None, text_batch_size: int | None,
                   workers: int | None, threads: int | None, decode: str | None,
-                  device: str | None, strict: bool, index_kind: str, dtype: str,
+                  device: str | None, strict: bool, index_kind: str, target_recall: float,
+                  max_index_memory: str | None, dtype: str,
                   shard_size: int | None, rebuild: bool, allow_outside_root: bool,
                   progress: bool, verbose: bool, as_json: bool, engine: str,
                   ray_address: str | None, encoders: int | None,
@@ -161,6 +167,7 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
                             batch_size=batch_size, workers=workers, device=device,
                             threads=threads, text_batch_size=text_batch_size, decode=decode,
                             strict=strict, index_kind=index_kind, dtype=dtype,
+                            target_recall=target_recall, max_index_memory=max_index_memory,
                             shard_size=shard_size, rebuild=rebuild, progress=progress,
                             allow_outside_root=allow_outside_root, engine=engine,
                             ray_address=ray_address, encoders=encoders,

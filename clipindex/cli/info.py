@@ -42,6 +42,8 @@ def _backbone_lines(b: dict[str, Any]) -> list[str]:
             + (f", params {b['params']:,}" if b.get("params") else "")
             + (", STALE (dataset changed; rebuild)" if b.get("stale") else ""))
     out = [line]
+    for target in ("images", "captions"):
+        out += _index_lines(target, index.get(target))
     for message in b.get("damaged") or []:
         out.append(f"    DAMAGED: {message}")
     skipped = b.get("skipped") or []
@@ -64,6 +66,25 @@ def _check_line(info: dict[str, Any]) -> str:
                 "dataset fingerprint")
     return ("check: not verified (tables and manifests hashed; vectors and FAISS files "
             "checked by size and date). `clipindex info --verify` hashes every file")
+
+
+def _index_lines(target: str, desc: Any) -> list[str]:
+    """What ``auto`` chose and tuned for one matrix (nothing for other kinds)."""
+    if not isinstance(desc, dict) or desc.get("chosen_by") != "auto":
+        return []
+    knobs = ", ".join(f"{k}={desc[k]}" for k in ("nlist", "nprobe", "ef_search", "pq_m",
+                                                 "opq", "rerank_factor") if k in desc)
+    line = f"    {target} index: auto -> {desc.get('kind')}" + (f" ({knobs})" if knobs else "")
+    by_query = desc.get("recall_at_10_by_query") or {}
+    if by_query:
+        got = ", ".join(f"{q.replace('_', ' ')} {r:.3f}" for q, r in by_query.items())
+        line += (f"; recall@10 {got} (target {desc.get('target_recall')}"
+                 + ("" if desc.get("reached", True) else ", NOT reached") + ")")
+    if desc.get("p50_ms") is not None:
+        line += f"; p50 {desc['p50_ms']:.2f} ms"
+    if desc.get("memory_bytes") is not None:
+        line += f"; {desc['memory_bytes'] / 1e6:,.1f} MB"
+    return [line]
 
 
 @main.command("info")

@@ -36,7 +36,13 @@ from clipindex.errors import UserInputError
 from clipindex.search.arithmetic import Terms, combine, term_vectors
 from clipindex.search.frames import backbone_name, hits_frame
 from clipindex.search.fusion import RRF_DEPTH, RRF_K, rrf_fuse
-from clipindex.search.ranking import SearchableIndex, allowed_rows, check_aligned, rank
+from clipindex.search.ranking import (
+    SearchableIndex,
+    allowed_rows,
+    check_aligned,
+    is_exact,
+    rank,
+)
 
 __all__ = [
     "RRF_K",
@@ -71,14 +77,20 @@ class SearchResult:
         Things the user should know (k larger than the collection, fusion).
     score_kind : str
         ``"cosine"`` for one backbone, ``"rrf"`` for a fusion of several.
+    exhaustive : bool
+        True when every backbone's index is exact (flat), so the rows are the exact
+        top-k; False on an approximate index, whose rows are its best candidates
+        (rescored exactly: the cosines are exact, the set may miss a true neighbour).
     """
 
     frame: pd.DataFrame
     notes: tuple[str, ...] = field(default_factory=tuple)
     score_kind: str = "cosine"
+    exhaustive: bool = True
 
     def records(self) -> list[dict[str, Any]]:
-        """The hits as JSON-ready dicts, each with ``score_kind``: the list that
+        """The hits as JSON-ready dicts, each with ``score_kind``, ``exact`` and
+        ``exhaustive``: the list that
         ``clipindex search --json`` prints and ``clipindex serve``'s ``/search`` returns
         (missing values are ``None``)."""
         records = cast(list[dict[str, Any]], self.frame.to_dict(orient="records"))
@@ -88,6 +100,11 @@ class SearchResult:
                         pd.isna(value):
                     record[key] = None
             record["score_kind"] = self.score_kind
+            # "exact": the score is an exact cosine from the stored vectors (an RRF score
+            # is not a cosine); "exhaustive": the rows are the exact top-k (False on
+            # approximate indexes, whose candidates are rescored exactly).
+            record["exact"] = self.score_kind == "cosine"
+            record["exhaustive"] = self.exhaustive
         return records
 
 
@@ -247,9 +264,11 @@ def search_indexes(
         if terms is not None:
             queries = combine(queries, *term_vectors(index, terms, term_images))
         rankings.append(rank(index, queries, want, target, rows, device=device))
+    exhaustive = all(is_exact(index, target) for index in indexes)
     if len(indexes) == 1:
         scores, ids = rankings[0]
-        return SearchResult(hits_frame(indexes[0], target, labels, scores, ids), tuple(notes))
+        return SearchResult(hits_frame(indexes[0], target, labels, scores, ids), tuple(notes),
+                            exhaustive=exhaustive)
     names = [backbone_name(index, i) for i, index in enumerate(indexes)]
     scores, ids = rrf_fuse([r[1] for r in rankings], min(k, n_avail))
     notes.append(
@@ -258,7 +277,7 @@ def search_indexes(
         "score sum(1/(60+rank)), not a cosine."
     )
     frame = hits_frame(indexes[0], target, labels, scores, ids)
-    return SearchResult(frame, tuple(notes), score_kind="rrf")
+    return SearchResult(frame, tuple(notes), score_kind="rrf", exhaustive=exhaustive)
 
 
 def _with_notes(result: SearchResult) -> pd.DataFrame:

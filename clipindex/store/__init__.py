@@ -4,7 +4,8 @@ Owns: what the files are and the one manifest reader/writer (``manifest.py``: fo
 version, identity, sha256, JSON/npy/parquet IO), the build lock (``lock.py``),
 resumable shards and the encode loops (``shards.py``), the finished matrices and FAISS
 files (``outputs.py``), building (``build.py``: :func:`build_store`), re-indexing from
-stored vectors (``reindex.py``), reading (``reader.py``: :class:`BackboneIndex`,
+stored vectors (``reindex.py``), choosing and tuning ``--index-kind auto`` and exact
+rescoring (``tuning.py``), reading (``reader.py``: :class:`BackboneIndex`,
 :func:`open_index`, :func:`list_backbones`, :func:`store_info`) and FAISS
 (``indexes.py``, the only module of the package that imports ``faiss``).
 May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.sources``,

@@ -50,6 +50,12 @@ from clipindex.store.outputs import write_outputs
 from clipindex.store.ray_engine import ENGINES, RayOptions, encode_with_ray, ray_session
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.tuning import (
+    DEFAULT_TARGET_RECALL,
+    AutoSettings,
+    choose_index,
+    parse_memory,
+)
 from clipindex.store.verify import check_backbone
 
 if TYPE_CHECKING:
@@ -83,6 +89,7 @@ class BuildOptions:
     progress: bool
     engine: str = "local"
     ray: RayOptions = field(default_factory=RayOptions)
+    auto: AutoSettings = AutoSettings()
 
 
 def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
@@ -98,9 +105,9 @@ def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
     if batch_size and shard_size and int(shard_size) % int(batch_size):
         raise UserInputError(
             f"shard_size ({shard_size}) must be a positive multiple of batch_size ({batch_size})")
-    if kw["index_kind"] not in INDEX_KINDS:
+    if kw["index_kind"] not in (*INDEX_KINDS, "auto"):
         raise UserInputError(
-            f"Unknown index kind {kw['index_kind']!r}. Known: {', '.join(INDEX_KINDS)}")
+            f"Unknown index kind {kw['index_kind']!r}. Known: auto, {', '.join(INDEX_KINDS)}")
     if kw["decode"] is not None and kw["decode"] not in DECODES:
         raise UserInputError(f"decode must be one of {', '.join(DECODES)}, got {kw['decode']!r}")
     if kw["dtype"] not in DTYPES:
@@ -187,8 +194,23 @@ def _up_to_date(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions
     current = {**m, "format_version": FORMAT_VERSION} if m["format_version"] in READERS else m
     same = (same_source(current, target, fingerprint)
             and m.get("dtype") == opts.dtype
-            and (m.get("index") or {}).get("kind") == opts.index_kind)
+            and _same_index(m, opts))
     return same and not check_backbone(bdir, m, verify=False)
+
+
+def _same_index(m: dict[str, Any], opts: BuildOptions) -> bool:
+    """Whether the stored index is what ``opts`` asks for. ``auto`` keeps a store built
+    with the same target and budget, and an exact flat store auto would leave flat."""
+    index = m.get("index") or {}
+    if opts.index_kind != "auto":
+        return index.get("kind") == opts.index_kind
+    if index.get("kind") == "auto":
+        return (index.get("target_recall") == opts.auto.target_recall
+                and index.get("max_memory") == opts.auto.max_memory)
+    dim = int(m.get("dim") or 0)
+    return index.get("kind") == "flat" and all(
+        choose_index(int(m.get(f"n_{t}") or 0), dim, opts.auto)[0] == "flat"
+        for t in ("images", "captions"))
 
 
 def _settings(opts: BuildOptions, encoder: Any) -> dict[str, Any]:
@@ -227,7 +249,7 @@ def _kept(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions) -> b
     old = reusable(bdir, target, fingerprint, opts.dtype)
     if old is None:
         return False
-    reindex(bdir, old, dtype=opts.dtype, index_kind=opts.index_kind)
+    reindex(bdir, old, dtype=opts.dtype, index_kind=opts.index_kind, settings=opts.auto)
     log.info("%s: re-indexed %s from its stored vectors (%s %s -> %s %s), nothing "
              "encoded", target.name, bdir, old.get("dtype"),
              (old.get("index") or {}).get("kind"), opts.dtype, opts.index_kind)
@@ -334,7 +356,8 @@ def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, 
     valid = np.ones(len(images), dtype=bool)
     valid[[s["row_id"] for s in skipped]] = False
     t0 = time.perf_counter()
-    index = write_outputs(bdir, images, captions, valid, opts.dtype, opts.index_kind)
+    index = write_outputs(bdir, images, captions, valid, opts.dtype, opts.index_kind,
+                          opts.auto)
     ray_record = timings.pop("ray", None)
     if ray_record is not None:
         ray_record["stage_seconds"]["index"] = round(time.perf_counter() - t0, 4)
@@ -385,7 +408,9 @@ def build_store(
     text_batch_size: int | None = None,
     decode: str | None = None,
     strict: bool = False,
-    index_kind: str = "flat",
+    index_kind: str = "auto",
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    max_index_memory: int | str | None = None,
     dtype: str = "float32",
     shard_size: int | None = None,
     rebuild: bool = False,
@@ -410,7 +435,10 @@ def build_store(
     the cores, the model's GFLOPs and the device, :meth:`Encoder.settings`, and logged
     in one line; the manifest's ``timings.settings`` records them); ``strict`` makes the first
     unreadable image a :class:`DataError` instead of a skipped row; ``index_kind`` is
-    ``"flat"``, ``"ivf"``, ``"hnsw"`` or ``"pq"`` (approximate kinds record recall@10);
+    ``"auto"`` (exact ``flat`` for small stores, else an IVF kind chosen from N, dim and
+    ``max_index_memory`` (bytes or ``"4GB"``) and tuned to ``target_recall`` recall@10 on
+    the store's own held-out vectors: :mod:`clipindex.store.tuning`), ``"flat"``,
+    ``"ivf"``, ``"hnsw"``, ``"pq"`` or ``"ivfpq"`` (approximate kinds record recall@10);
     ``dtype`` (``"float32"``/``"float16"``) is the stored precision; ``shard_size`` the
     rows per resumable shard (a multiple of ``batch_size``, default ~4096); ``rebuild``
     replaces the tables of a folder holding another version of the dataset;
@@ -431,10 +459,12 @@ def build_store(
     """
     ray_opts = RayOptions(address=ray_address, encoders=encoders,
                           gpus_per_encoder=float(gpus_per_encoder), **(_ray_hooks or {}))
+    auto = AutoSettings(target_recall=float(target_recall),
+                        max_memory=parse_memory(max_index_memory))
     opts = options(out, batch_size, shard_size, workers=workers, threads=threads,
                    text_batch_size=text_batch_size, decode=decode, device=device,
                    strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
-                   engine=engine, ray=ray_opts)
+                   engine=engine, ray=ray_opts, auto=auto)
     dataset, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)
     fingerprint = dataset_fingerprint(dataset)
     with build_lock(opts.out / dataset.name):  # one build per dataset folder

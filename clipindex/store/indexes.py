@@ -35,12 +35,14 @@ import faiss
 import numpy as np
 
 from clipindex.errors import IndexMismatchError, UserInputError
-from clipindex.files import atomic_write_bytes
 
 __all__ = [
     "set_search_threads",
     "INDEX_KINDS",
     "IndexSpec",
+    "index_nlist",
+    "search_knob",
+    "set_search_knob",
     "brute_force",
     "build_index",
     "describe_index",
@@ -74,6 +76,7 @@ class IndexSpec:
     ef_search: int = 128
     pq_m: int | None = None
     seed: int = 0
+    train_per_cell: int | None = None
 
 
 def _nlist(n: int, spec: IndexSpec) -> int:
@@ -102,6 +105,25 @@ def _ivf(d: int, n: int, spec: IndexSpec) -> faiss.Index:
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, _nlist(n, spec), faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = spec.seed
+    if spec.train_per_cell:  # k-means on a sample: its cost grows with nlist x sample
+        index.cp.max_points_per_centroid = int(spec.train_per_cell)
+        index.cp.niter = 10  # auto tunes nprobe afterwards: fewer k-means rounds suffice
+    return index
+
+
+def _ivfpq(d: int, n: int, spec: IndexSpec) -> faiss.Index:
+    # OPQ rotation + IVF cells + 8-bit PQ codes of pq_m bytes (autofaiss's large kind).
+    m = _pq_m(d, spec)
+    index = faiss.index_factory(d, f"OPQ{m},IVF{_nlist(n, spec)},PQ{m}x8",
+                                faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = spec.seed
+    if spec.train_per_cell:
+        ivf.cp.max_points_per_centroid = int(spec.train_per_cell)
+    pre: Any = faiss.downcast_index(index)
+    opq: Any = faiss.downcast_VectorTransform(pre.chain.at(0))
+    opq.niter = 10
+    faiss.downcast_index(ivf).pq.cp.seed = spec.seed
     return index
 
 
@@ -124,6 +146,7 @@ INDEX_KINDS: dict[str, Callable[[int, int, IndexSpec], faiss.Index]] = {
     "ivf": _ivf,
     "hnsw": _hnsw,
     "pq": _pq,
+    "ivfpq": _ivfpq,
 }
 
 
@@ -196,7 +219,45 @@ def _inner(index: faiss.Index) -> Any:  # SWIG classes: faiss's stubs are incomp
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIDMap):
         return faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexPreTransform):  # OPQ rotation in front of IVF-PQ
+        return faiss.downcast_index(index.index)
     return index
+
+
+def search_knob(index: faiss.Index) -> tuple[str, int] | None:
+    """The search-time knob of ``index``: ``("nprobe", n)`` (IVF kinds),
+    ``("ef_search", n)`` (HNSW) or None (flat, PQ: nothing to tune).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> search_knob(build_index(np.eye(4, dtype="float32"))) is None
+    True
+    """
+    inner = _inner(index)
+    if isinstance(inner, faiss.IndexIVF):
+        return "nprobe", int(inner.nprobe)
+    if isinstance(inner, faiss.IndexHNSW):
+        return "ef_search", int(inner.hnsw.efSearch)
+    return None
+
+
+def set_search_knob(index: faiss.Index, value: int) -> None:
+    """Set ``index``'s search knob (:func:`search_knob`) to ``value`` (clamped to >= 1;
+    ``nprobe`` to at most ``nlist``)."""
+    inner = _inner(index)
+    if isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = int(min(max(1, value), inner.nlist))
+    elif isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = int(max(1, value))
+    else:
+        raise UserInputError(f"a {type(inner).__name__} index has no search knob")
+
+
+def index_nlist(index: faiss.Index) -> int | None:
+    """IVF cells of ``index`` (None for kinds without cells)."""
+    inner = _inner(index)
+    return int(inner.nlist) if isinstance(inner, faiss.IndexIVF) else None
 
 
 def describe_index(index: faiss.Index) -> dict[str, Any]:
@@ -215,7 +276,11 @@ def describe_index(index: faiss.Index) -> dict[str, Any]:
         "ntotal": int(index.ntotal),
         "dim": int(index.d),
     }
-    if isinstance(inner, faiss.IndexIVF):
+    if isinstance(inner, faiss.IndexIVFPQ):
+        opq = isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)
+        out.update(kind="ivfpq", nlist=int(inner.nlist), nprobe=int(inner.nprobe),
+                   pq_m=int(inner.pq.M), pq_nbits=int(inner.pq.nbits), opq=opq)
+    elif isinstance(inner, faiss.IndexIVF):
         out.update(kind="ivf", nlist=int(inner.nlist), nprobe=int(inner.nprobe))
     elif isinstance(inner, faiss.IndexHNSW):
         hnsw: Any = inner.hnsw
@@ -241,6 +306,10 @@ def _search_params(index: faiss.Index, rows: np.ndarray | None) -> Any:
         params = _SWIG.SearchParameters(sel=sel)
     else:
         return None  # no selector support (e.g. IndexPQ): filtered after the search
+    if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):
+        outer = _SWIG.SearchParametersPreTransform(index_params=params)
+        outer._keep = params
+        params = outer
     params._keep_selector = sel  # the SWIG object must outlive the search
     return params
 
@@ -375,12 +444,35 @@ def save_index(index: faiss.Index, path: str | os.PathLike[str]) -> Path:
     2
     """
     path = Path(path)
-    data = faiss.serialize_index(index)
-    return atomic_write_bytes(path, data.tobytes())
+    # faiss writes the file itself (no copy of a multi-GB index in memory), then the
+    # temp file is synced and renamed over ``path``: a reader sees the old or the new.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
-def load_index(path: str | os.PathLike[str]) -> faiss.Index:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_index(path: str | os.PathLike[str], *, mmap: bool = False) -> faiss.Index:
     """Read an index written by :func:`save_index`.
+
+    With ``mmap=True`` the index's bulk data is memory-mapped read-only instead of read
+    into memory: FAISS's ``IO_FLAG_MMAP_IFC`` maps the codes of every kind built on flat
+    codes (flat, PQ, HNSW storage) and the inverted lists of IVF kinds, so opening a large
+    index costs almost no resident memory until it is searched. A mapped index cannot
+    be added to.
 
     Example
     -------
@@ -388,11 +480,13 @@ def load_index(path: str | os.PathLike[str]) -> faiss.Index:
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.faiss"
     >>> load_index(save_index(build_index(np.eye(2, dtype="float32")), p)).d
     2
+    >>> load_index(p, mmap=True).ntotal
+    2
     """
-    data = np.fromfile(Path(path), dtype=np.uint8)
-    # deserialize_index already returns the concrete class (and owns it); wrapping it
-    # again with downcast_index would let the owning proxy free the index.
-    return faiss.deserialize_index(data)
+    flags = (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
+    # read_index returns the concrete class (and owns it); wrapping it again with
+    # downcast_index would let the owning proxy free the index.
+    return faiss.read_index(os.fspath(path), flags)
 
 
 # ----------------------------------------------------------------------------- device search
@@ -477,6 +571,8 @@ def torch_search(
     out_s[:, :s.shape[1]], out_i[:, :s.shape[1]] = s, np.where(np.isfinite(s), i, -1)
     out_s[out_i < 0] = -np.inf
     return out_s, out_i
+
+
 def set_search_threads(n: int) -> None:
     """Let FAISS use ``n`` OpenMP threads in the *calling* thread (an OpenMP setting is
     per thread: a server's request threads start with the process default, every core)."""

@@ -1,14 +1,21 @@
-"""The finished files of a backbone folder: the two matrices and their FAISS indexes."""
+"""The finished files of a backbone folder: the two matrices and their FAISS indexes.
+
+``index_kind="auto"`` chooses and tunes each matrix's index (:mod:`clipindex.store.tuning`):
+the images index is tuned on image queries (leave-one-out) and caption queries (text ->
+image), the captions index on caption queries and image queries.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clipindex.store.manifest import write_npy
+from clipindex.store.tuning import AutoSettings, choose_index, tune_index
 
 __all__ = ["RECALL_K", "build_faiss", "write_outputs"]
 
@@ -18,14 +25,19 @@ log = logging.getLogger("clipindex.store")
 RECALL_K = 10
 
 
-def build_faiss(vectors: np.ndarray, valid: np.ndarray, kind: str, path: Path
-                ) -> dict[str, Any]:
+def build_faiss(vectors: np.ndarray, valid: np.ndarray, kind: str, path: Path, *,
+                cross: dict[str, np.ndarray] | None = None, self_name: str = "images",
+                settings: AutoSettings | None = None) -> dict[str, Any]:
     """Index the ``valid`` rows of ``vectors`` (ids = row ids) into ``path``; return the
     index description (with ``recall_at_10`` for approximate kinds). Too few vectors to
-    train an approximate kind fall back to exact flat, with a warning."""
+    train an approximate kind fall back to exact flat, with a warning. ``auto`` chooses
+    the kind and tunes it (``cross``: the other matrices' query vectors by name)."""
     from clipindex.store import indexes  # faiss, only when a build gets this far
 
     ids = np.flatnonzero(valid)
+    if kind == "auto":
+        return _build_auto(vectors, ids, path, cross or {}, self_name,
+                           settings or AutoSettings())
     use = kind if len(ids) else "flat"
     try:
         index = indexes.build_index(vectors[ids], ids, kind=use)
@@ -43,8 +55,31 @@ def build_faiss(vectors: np.ndarray, valid: np.ndarray, kind: str, path: Path
     return desc
 
 
+def _build_auto(vectors: np.ndarray, ids: np.ndarray, path: Path,
+                cross: dict[str, np.ndarray], self_name: str,
+                settings: AutoSettings) -> dict[str, Any]:
+    from clipindex.store import indexes
+
+    n, d = len(ids), int(vectors.shape[1])
+    kind, options = choose_index(n, d, settings)
+    t0 = time.perf_counter()
+    index = indexes.build_index(vectors[ids], ids, kind=kind, seed=settings.seed, **options)
+    build_s = time.perf_counter() - t0
+    desc = indexes.describe_index(index)
+    desc.update(chosen_by="auto", n_vectors=n, build_seconds=round(build_s, 3))
+    if kind != "flat":
+        desc.update(tune_index(index, vectors, ids, kind, cross, self_name, settings))
+        desc.update(indexes.describe_index(index))  # the tuned knob
+    else:
+        desc.update(rerank_factor=1, reason=f"n*dim {n * d:,} <= {settings.flat_max_cells:,}")
+    indexes.save_index(index, path)
+    desc["memory_bytes"] = path.stat().st_size
+    return desc
+
+
 def write_outputs(folder: Path, images: np.ndarray | None, captions: np.ndarray | None,
-                  valid: np.ndarray, dtype: str, index_kind: str) -> dict[str, Any]:
+                  valid: np.ndarray, dtype: str, index_kind: str,
+                  settings: AutoSettings | None = None) -> dict[str, Any]:
     """Write the two matrices in ``dtype`` (``None``: already in ``folder``) and their
     FAISS indexes; return the index description for the manifest."""
     for name, matrix in (("images.npy", images), ("captions.npy", captions)):
@@ -53,9 +88,18 @@ def write_outputs(folder: Path, images: np.ndarray | None, captions: np.ndarray 
     # Index what a reader will load: the stored (possibly float16) values.
     stored_i = np.load(folder / "images.npy").astype(np.float32)
     stored_c = np.load(folder / "captions.npy").astype(np.float32)
+    extra: dict[str, Any] = {}
+    if index_kind == "auto":
+        settings = settings or AutoSettings()
+        extra = {"target_recall": settings.target_recall, "max_memory": settings.max_memory}
     return {
         "kind": index_kind,
-        "images": build_faiss(stored_i, valid, index_kind, folder / "images.faiss"),
+        **extra,
+        "images": build_faiss(stored_i, valid, index_kind, folder / "images.faiss",
+                              cross={"text_to_image": stored_c}, self_name="image_to_image",
+                              settings=settings),
         "captions": build_faiss(stored_c, np.ones(len(stored_c), bool), index_kind,
-                                folder / "captions.faiss"),
+                                folder / "captions.faiss",
+                                cross={"image_to_text": stored_i[valid]},
+                                self_name="text_to_text", settings=settings),
     }

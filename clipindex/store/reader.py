@@ -53,7 +53,8 @@ from clipindex.store.verify import (
     table_damage,
 )
 
-__all__ = ["BackboneIndex", "list_backbones", "open_index", "store_info"]
+__all__ = ["BackboneIndex", "Hits", "advise_random", "list_backbones", "open_index",
+           "store_info"]
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,40 @@ log = logging.getLogger(__name__)
 _TARGETS = ("images", "captions")
 
 
+class Hits(tuple):
+    """``(scores, ids)`` of :meth:`BackboneIndex.search`, unpacking as a plain pair, plus
+    what they are: ``exact`` (the scores are exact cosines computed from the stored
+    vectors) and ``exhaustive`` (the ids are the exact top-k: a flat index; on an
+    approximate index they are its top candidates, recall@10 in the manifest)."""
+
+    exact: bool
+    exhaustive: bool
+
+    def __new__(cls, scores: np.ndarray, ids: np.ndarray, *, exact: bool,
+                exhaustive: bool) -> Hits:
+        self = super().__new__(cls, (scores, ids))
+        self.exact, self.exhaustive = bool(exact), bool(exhaustive)
+        return self
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self[0]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self[1]
+
+
 class BackboneIndex:
     """One backbone's finished store: tables, vectors, FAISS indexes and manifest.
 
-    Built by :func:`open_index`. ``image_vectors`` / ``caption_vectors`` are float32
-    (row i = row id i, zero rows for skipped images); ``image_valid`` /
-    ``caption_valid`` are False for rows a query must never return.
+    Built by :func:`open_index`. The stored matrices are memory-mapped read-only
+    (``np.load(mmap_mode="r")``: opening a store of any size costs almost no resident
+    memory) and so are the FAISS indexes (``index_mmapped`` says which). ``image_vectors``
+    / ``caption_vectors`` are float32 (row i = row id i, zero rows for skipped images):
+    the memory map itself for a float32 store, a float32 copy made on first use for a
+    float16 one (searching never makes it). ``image_valid`` / ``caption_valid`` are
+    False for rows a query must never return.
 
     Example
     -------
@@ -77,14 +106,17 @@ class BackboneIndex:
 
     def __init__(self, path: Path, manifest: dict[str, Any], dataset_info: dict[str, Any],
                  images: pd.DataFrame, captions: pd.DataFrame, vectors: dict[str, np.ndarray],
-                 faiss_indexes: dict[str, Any]) -> None:
+                 faiss_indexes: dict[str, Any], index_mmapped: dict[str, bool] | None = None
+                 ) -> None:
         self.path = path
         self.manifest = manifest
         self.dataset_info = dataset_info
         self.images = images
         self.captions = captions
-        self.image_vectors = vectors["images"]
-        self.caption_vectors = vectors["captions"]
+        #: The stored matrices as on disk (memory maps; float16 for a float16 store).
+        self.stored = dict(vectors)
+        self._float32: dict[str, np.ndarray] = {}
+        self.index_mmapped = dict(index_mmapped or {})
         self.image_valid = np.ones(len(images), dtype=bool)
         self.image_valid[[int(s["row_id"]) for s in manifest.get("skipped", [])]] = False
         self.caption_valid = np.ones(len(captions), dtype=bool)
@@ -92,6 +124,35 @@ class BackboneIndex:
         self._device_copies: dict[tuple[str, str, str], Any] = {}
         self._encoders: dict[str | None, Any] = {}
         self._text_cache: dict[str, np.ndarray] | None = None
+
+    def _vectors(self, target: str) -> np.ndarray:
+        if target not in self._float32:
+            m = self.stored[target]
+            self._float32[target] = m if m.dtype == np.float32 else m.astype(np.float32)
+        return self._float32[target]
+
+    @property
+    def image_vectors(self) -> np.ndarray:
+        """Image vectors, float32, row i = row id i (read-only)."""
+        return self._vectors("images")
+
+    @image_vectors.setter
+    def image_vectors(self, value: np.ndarray) -> None:
+        self.stored["images"] = self._float32["images"] = np.asarray(value, np.float32)
+
+    @property
+    def caption_vectors(self) -> np.ndarray:
+        """Caption vectors, float32, row i = row id i (read-only)."""
+        return self._vectors("captions")
+
+    @caption_vectors.setter
+    def caption_vectors(self, value: np.ndarray) -> None:
+        self.stored["captions"] = self._float32["captions"] = np.asarray(value, np.float32)
+
+    def index_description(self, target: str = "images") -> dict[str, Any]:
+        """The manifest's description of ``target``'s FAISS index (kind, knobs, recall)."""
+        desc = (self.manifest.get("index") or {}).get(target)
+        return desc if isinstance(desc, dict) else {"kind": "flat"}
 
     @property
     def name(self) -> str:
@@ -109,15 +170,24 @@ class BackboneIndex:
 
     def search(self, queries: np.ndarray, k: int, *, target: str = "images",
                rows: Sequence[int] | np.ndarray | None = None,
-               device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosine top-``k`` of each query among ``target`` rows (optionally ``rows``).
+               device: str | None = None, rerank_factor: int | None = None) -> Hits:
+        """Top-``k`` of each query among ``target`` rows (optionally only ``rows``).
 
-        Returns ``(scores, ids)`` of shape ``(n_queries, k)``; ids are row ids, -1 (score
-        ``-inf``) where fewer than ``k`` rows qualify. Skipped rows never come back.
-        ``device`` ``None``/``"cpu"`` searches the FAISS index; ``"cuda"`` (or
-        ``"torch"`` to run the same code on CPU) searches the stored vectors on that
-        device: faiss-gpu for a flat index when installed, else torch matmul + top-k
-        (:func:`clipindex.store.indexes.torch_search`).
+        On a flat index the result is the exact cosine top-k. On an approximate index
+        (ivf, hnsw, pq, ivfpq, or what ``auto`` chose) FAISS returns ``k *
+        rerank_factor`` candidates (default: the manifest's ``rerank_factor`` for the
+        kind, 4 for IVF-Flat/HNSW, 16 for PQ kinds) and they are rescored exactly from
+        the stored vectors: the *scores* are exact cosines, the *set* of rows is the
+        index's best guess (recall@10 against exact search is in the manifest).
+        ``rerank_factor=0`` returns the index's own scores, which are approximate for
+        PQ kinds. The result unpacks as ``(scores, ids)`` of shape ``(n_queries, k)``
+        and says ``.exact`` (scores are exact cosines) and ``.exhaustive`` (ids are the
+        exact top-k). Ids are row ids, -1 (score ``-inf``) where fewer than ``k`` rows
+        qualify. Skipped rows never come back.
+        ``device`` ``None``/``"cpu"`` searches the FAISS index as above; ``"cuda"`` (or
+        ``"torch"`` to run the same code on CPU) searches the stored vectors exactly on
+        that device: faiss-gpu for a flat index when installed, else torch matmul +
+        top-k (:func:`clipindex.store.indexes.torch_search`).
 
         Example
         -------
@@ -126,6 +196,7 @@ class BackboneIndex:
         ... # doctest: +SKIP
         """
         from clipindex.store.indexes import search_index
+        from clipindex.store.tuning import RERANK_FACTOR, rescored_search
 
         if target not in _TARGETS:
             raise UserInputError(f"target must be one of {', '.join(_TARGETS)}, got {target!r}")
@@ -136,9 +207,22 @@ class BackboneIndex:
                 f"query vectors have shape {q.shape} but {self.name} stores dim {self.dim}; "
                 "encode queries with the same backbone (index.encoder() / text_vectors())")
         sel = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64).ravel())
-        if device is None or str(device) == "cpu":
-            return search_index(self._indexes[target], q, k, rows=sel)
-        return self._device_search(q, k, target, sel, str(device))
+        if device is not None and str(device) != "cpu":
+            return Hits(*self._device_search(q, k, target, sel, str(device)), exact=True,
+                        exhaustive=True)
+        desc = self.index_description(target)
+        kind = str(desc.get("kind", "flat"))
+        if kind == "flat":
+            return Hits(*search_index(self._indexes[target], q, k, rows=sel), exact=True,
+                        exhaustive=True)
+        factor = desc.get("rerank_factor", RERANK_FACTOR.get(kind, 4)) \
+            if rerank_factor is None else int(rerank_factor)
+        if factor <= 0:
+            return Hits(*search_index(self._indexes[target], q, k, rows=sel),
+                        exact=kind in ("ivf", "hnsw"), exhaustive=False)
+        scores, ids = rescored_search(self._indexes[target], self.stored[target], q, k,
+                                      rerank=int(factor), rows=sel)
+        return Hits(scores, ids, exact=True, exhaustive=False)
 
     def _device_search(self, q: np.ndarray, k: int, target: str, rows: np.ndarray | None,
                        device: str) -> tuple[np.ndarray, np.ndarray]:
@@ -278,7 +362,8 @@ def _backbone_dir(dataset_dir: Path, backbone: str, pretrained: str) -> Path:
 
 
 def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
-               pretrained: str = "default", verify: bool = False) -> BackboneIndex:
+               pretrained: str = "default", verify: bool = False, mmap: bool = True
+               ) -> BackboneIndex:
     """Open one backbone's finished store under ``dataset_dir`` (``OUT/<dataset>``).
 
     Parameters
@@ -293,6 +378,9 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
         any size of store) the tables and the manifest are hashed and the large files
         are checked by size and mtime (hashed when their mtime moved), see
         :mod:`clipindex.store.verify`.
+    mmap : bool
+        Memory-map the FAISS indexes (``IO_FLAG_MMAP_IFC``) instead of reading them;
+        the vectors are always memory-mapped.
 
     Raises
     ------
@@ -334,8 +422,25 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
             raise Damage(bdir / f"{t}.npy",
                          f"has shape {vectors[t].shape} but {t}.parquet has {len(table)} "
                          f"rows of dim {manifest['dim']}").error()
-    faiss_indexes = {t: _load_faiss(bdir / f"{t}.faiss") for t in _TARGETS}
-    return BackboneIndex(bdir, manifest, info, images, captions, vectors, faiss_indexes)
+    faiss_indexes, mapped = {}, {}
+    for t in _TARGETS:
+        faiss_indexes[t], mapped[t] = _load_faiss(bdir / f"{t}.faiss", mmap)
+    return BackboneIndex(bdir, manifest, info, images, captions, vectors, faiss_indexes,
+                         mapped)
+
+
+def advise_random(matrix: np.ndarray) -> np.ndarray:
+    """Tell the kernel a memory-mapped matrix is read at random rows (``MADV_RANDOM``):
+    rescoring k candidates then faults in k rows, not k read-ahead windows."""
+    import mmap
+
+    mm = getattr(matrix, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            mm.madvise(mmap.MADV_RANDOM)
+        except (OSError, ValueError):  # advice only
+            pass
+    return matrix
 
 
 def _orphaned(bdir: Path) -> bool:
@@ -351,20 +456,27 @@ def _orphan_damage(bdir: Path) -> Damage:
 
 
 def _load_matrix(path: Path) -> np.ndarray:
+    """The stored matrix, memory-mapped read-only (float16 stays float16 on disk)."""
     try:
-        matrix = np.load(path, allow_pickle=False)
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - numpy raises many kinds on bad bytes
         raise Damage(path, f"is unreadable ({type(exc).__name__})").error() from None
     if matrix.ndim != 2:
         raise Damage(path, f"is not a matrix (shape {matrix.shape})").error()
-    return matrix.astype(np.float32, copy=False)
+    return advise_random(matrix)
 
 
-def _load_faiss(path: Path) -> Any:
+def _load_faiss(path: Path, mmap: bool) -> tuple[Any, bool]:
+    """The FAISS index (memory-mapped where its kind allows) and whether it is mapped."""
     from clipindex.store.indexes import load_index
 
     try:
-        return load_index(path)
+        if mmap:
+            try:
+                return load_index(path, mmap=True), True
+            except RuntimeError:  # a kind FAISS cannot map: read it into memory
+                pass
+        return load_index(path), False
     except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError on bad bytes
         raise Damage(path, f"is unreadable ({type(exc).__name__})").error() from None
 

@@ -28,6 +28,7 @@ from clipindex.store.manifest import (
     write_manifest,
 )
 from clipindex.store.outputs import write_outputs
+from clipindex.store.tuning import AutoSettings
 
 __all__ = ["REINDEX_DIR", "reindex", "reusable"]
 
@@ -77,8 +78,8 @@ def _stage_matrices(bdir: Path, tmp: Path, old: dict[str, Any], dtype: str
     return matrices
 
 
-def reindex(bdir: Path, old: dict[str, Any], *, dtype: str, index_kind: str
-            ) -> dict[str, Any]:
+def reindex(bdir: Path, old: dict[str, Any], *, dtype: str, index_kind: str,
+            settings: AutoSettings | None = None) -> dict[str, Any]:
     """Rewrite a finished store in another dtype / index kind from its stored vectors.
 
     The new files are made in ``bdir/.reindex`` while the old store stays whole and
@@ -94,7 +95,7 @@ def reindex(bdir: Path, old: dict[str, Any], *, dtype: str, index_kind: str
     matrices = _stage_matrices(bdir, tmp, old, dtype)
     valid = np.ones(int(old["n_images"]), dtype=bool)
     valid[[int(s["row_id"]) for s in old.get("skipped", [])]] = False
-    index_desc = write_outputs(tmp, *matrices, valid, dtype, index_kind)
+    index_desc = write_outputs(tmp, *matrices, valid, dtype, index_kind, settings)
     manifest = {
         **old,
         "clipindex_version": __version__,
