@@ -400,7 +400,7 @@ def test_cli_warns_off_loopback_and_checks_options(serve_copy: Path,
     assert done.exit_code == 2 and "Traceback" not in done.output
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_real_serve_process_answers_and_stops_on_sigterm(serve_copy: Path,
                                                             workers: int) -> None:
     port = free_port()
