@@ -34,6 +34,7 @@ from clipindex.errors import (
     IndexMismatchError,
     UserInputError,
 )
+from clipindex.store.loading import advise_random, load_faiss, load_matrix
 from clipindex.store.manifest import (
     MANIFEST,
     OUTPUT_FILES,
@@ -416,7 +417,7 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     if damage:
         raise damage[0].error()
     images, captions = read_tables(root, info)
-    vectors = {t: _load_matrix(bdir / f"{t}.npy") for t in _TARGETS}
+    vectors = {t: load_matrix(bdir / f"{t}.npy") for t in _TARGETS}
     for t, table in (("images", images), ("captions", captions)):
         if vectors[t].shape != (len(table), manifest["dim"]):
             raise Damage(bdir / f"{t}.npy",
@@ -424,23 +425,9 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
                          f"rows of dim {manifest['dim']}").error()
     faiss_indexes, mapped = {}, {}
     for t in _TARGETS:
-        faiss_indexes[t], mapped[t] = _load_faiss(bdir / f"{t}.faiss", mmap)
+        faiss_indexes[t], mapped[t] = load_faiss(bdir / f"{t}.faiss", mmap)
     return BackboneIndex(bdir, manifest, info, images, captions, vectors, faiss_indexes,
                          mapped)
-
-
-def advise_random(matrix: np.ndarray) -> np.ndarray:
-    """Tell the kernel a memory-mapped matrix is read at random rows (``MADV_RANDOM``):
-    rescoring k candidates then faults in k rows, not k read-ahead windows."""
-    import mmap
-
-    mm = getattr(matrix, "_mmap", None)
-    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-        try:
-            mm.madvise(mmap.MADV_RANDOM)
-        except (OSError, ValueError):  # advice only
-            pass
-    return matrix
 
 
 def _orphaned(bdir: Path) -> bool:
@@ -453,32 +440,6 @@ def _orphaned(bdir: Path) -> bool:
 def _orphan_damage(bdir: Path) -> Damage:
     return Damage(bdir / MANIFEST, "is missing, but the folder holds a finished build's "
                   "files")
-
-
-def _load_matrix(path: Path) -> np.ndarray:
-    """The stored matrix, memory-mapped read-only (float16 stays float16 on disk)."""
-    try:
-        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - numpy raises many kinds on bad bytes
-        raise Damage(path, f"is unreadable ({type(exc).__name__})").error() from None
-    if matrix.ndim != 2:
-        raise Damage(path, f"is not a matrix (shape {matrix.shape})").error()
-    return advise_random(matrix)
-
-
-def _load_faiss(path: Path, mmap: bool) -> tuple[Any, bool]:
-    """The FAISS index (memory-mapped where its kind allows) and whether it is mapped."""
-    from clipindex.store.indexes import load_index
-
-    try:
-        if mmap:
-            try:
-                return load_index(path, mmap=True), True
-            except RuntimeError:  # a kind FAISS cannot map: read it into memory
-                pass
-        return load_index(path), False
-    except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError on bad bytes
-        raise Damage(path, f"is unreadable ({type(exc).__name__})").error() from None
 
 
 def _table_rows(root: Path, damaged: bool) -> tuple[int | None, int | None]:
