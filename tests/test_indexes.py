@@ -130,3 +130,7 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(clipindex.store.indexes)
     assert result.attempted >= 8 and result.failed == 0
+    import clipindex.store.torchsearch
+
+    result = doctest.testmod(clipindex.store.torchsearch)
+    assert result.attempted >= 2 and result.failed == 0

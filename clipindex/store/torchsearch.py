@@ -46,7 +46,7 @@ def torch_search(
     >>> import numpy as np
     >>> torch_search(np.eye(3, dtype="float32"), np.eye(3, dtype="float32")[:1], 2,
     ...              valid=np.array([True, False, True]))[1]
-    array([[ 0,  2]])
+    array([[0, 2]])
     """
     import torch
 
