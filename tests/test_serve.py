@@ -115,11 +115,13 @@ def test_records_are_plain_json_values_with_none_for_missing() -> None:
     records = SearchResult(frame, (), "rrf").records()
     assert records == [
         {"query_id": 0, "query": "a", "rank": 1, "score": 0.5, "row_id": 3, "file": "x",
-         "label": None, "caption": "", "score_kind": "rrf"},
+         "label": None, "caption": "", "score_kind": "rrf", "exact": False,
+         "exhaustive": True},
         {"query_id": 0, "query": "a", "rank": 2, "score": None, "row_id": 4, "file": "y",
-         "label": "cat", "caption": None, "score_kind": "rrf"}]
+         "label": "cat", "caption": None, "score_kind": "rrf", "exact": False,
+         "exhaustive": True}]
     assert [type(v) for v in records[0].values()] == [int, str, int, float, int, str,
-                                                      type(None), str, str]
+                                                      type(None), str, str, bool, bool]
 
 
 def test_offset_slices_the_ranking(client: TestClient) -> None:
@@ -318,7 +320,8 @@ def test_a_new_build_is_picked_up_between_requests(demo_world: Path, serve_copy:
                                      reload_interval=0))
     client = TestClient(create_app(store=store), raise_server_exceptions=False)
     before = client.get("/info").json()
-    assert before["generation"] == 1 and before["backbones"][0]["index"]["kind"] == "flat"
+    # the default index kind: auto, which keeps a store this small exact (flat)
+    assert before["generation"] == 1 and before["backbones"][0]["index"]["kind"] == "auto"
     in_flight = store.current()  # a request that started before the new build
     dataset = load_dataset(REPO / "configs" / "datasets" / "demo.yaml", root=demo_world,
                            per_class=DEMO_PER_CLASS, support_per_class=DEMO_SUPPORT)

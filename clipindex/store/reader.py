@@ -229,6 +229,7 @@ class BackboneIndex:
                        device: str) -> tuple[np.ndarray, np.ndarray]:
         from clipindex.encode import resolve_device
         from clipindex.store.indexes import search_index, to_faiss_gpu, torch_search
+        from clipindex.store.torchsearch import read_only_tensor
 
         where = "cpu" if device == "torch" else str(resolve_device(device))
         copies = self._device_copies
@@ -239,11 +240,9 @@ class BackboneIndex:
             if gpu is not None:
                 return search_index(gpu, q, k)
         if (target, "torch", where) not in copies:
-            import torch
 
             vectors = self.image_vectors if target == "images" else self.caption_vectors
-            copies[(target, "torch", where)] = torch.from_numpy(
-                np.ascontiguousarray(vectors)).to(where)
+            copies[(target, "torch", where)] = read_only_tensor(vectors).to(where)
         valid = self.image_valid if target == "images" else self.caption_valid
         return torch_search(copies[(target, "torch", where)], q, k, valid, rows=rows,
                             device=where)

@@ -12,7 +12,21 @@ import numpy as np
 
 from clipindex.errors import IndexMismatchError, UserInputError
 
-__all__ = ["torch_search"]
+__all__ = ["read_only_tensor", "torch_search"]
+
+
+def read_only_tensor(array: Any) -> Any:
+    """A torch view of a (possibly read-only, memory-mapped) numpy matrix, without a copy.
+
+    torch warns that it cannot mark such a tensor read-only; the search only reads it, so
+    the warning is silenced here and nowhere else."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:
@@ -53,8 +67,7 @@ def torch_search(
     q_np = _as_matrix(queries, "queries")
     if k < 1:
         raise UserInputError(f"k must be >= 1, got {k}")
-    x = vectors if isinstance(vectors, torch.Tensor) else torch.from_numpy(
-        np.ascontiguousarray(vectors))
+    x = vectors if isinstance(vectors, torch.Tensor) else read_only_tensor(vectors)
     x = x.to(device)
     if q_np.shape[1] != x.shape[1]:
         raise IndexMismatchError(
