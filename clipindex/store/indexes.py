@@ -35,6 +35,8 @@ import faiss
 import numpy as np
 
 from clipindex.errors import IndexMismatchError, UserInputError
+from clipindex.store.torchsearch import as_matrix as _as_matrix
+from clipindex.store.torchsearch import torch_search  # re-exported: the device search
 
 __all__ = [
     "set_search_threads",
@@ -148,13 +150,6 @@ INDEX_KINDS: dict[str, Callable[[int, int, IndexSpec], faiss.Index]] = {
     "pq": _pq,
     "ivfpq": _ivfpq,
 }
-
-
-def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise UserInputError(f"{name} must be a 2-D array (n, dim), got shape {x.shape}")
-    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def build_index(
@@ -490,8 +485,6 @@ def load_index(path: str | os.PathLike[str], *, mmap: bool = False) -> faiss.Ind
 
 
 # ----------------------------------------------------------------------------- device search
-from clipindex.store.torchsearch import torch_search  # noqa: E402 - re-exported
-
 
 def faiss_gpus() -> int:
     """GPUs faiss can use (0 for faiss-cpu, which has no GPU support)."""

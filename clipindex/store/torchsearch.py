@@ -12,7 +12,7 @@ import numpy as np
 
 from clipindex.errors import IndexMismatchError, UserInputError
 
-__all__ = ["read_only_tensor", "torch_search"]
+__all__ = ["as_matrix", "read_only_tensor", "torch_search"]
 
 
 def read_only_tensor(array: Any) -> Any:
@@ -29,7 +29,8 @@ def read_only_tensor(array: Any) -> Any:
         return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:
+def as_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    """``x`` as a C-contiguous float32 ``(n, dim)`` matrix, or a one-line error."""
     x = np.asarray(x)
     if x.ndim != 2:
         raise UserInputError(f"{name} must be a 2-D array (n, dim), got shape {x.shape}")
@@ -64,7 +65,7 @@ def torch_search(
     """
     import torch
 
-    q_np = _as_matrix(queries, "queries")
+    q_np = as_matrix(queries, "queries")
     if k < 1:
         raise UserInputError(f"k must be >= 1, got {k}")
     x = vectors if isinstance(vectors, torch.Tensor) else read_only_tensor(vectors)
