@@ -53,7 +53,14 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from clipindex.report import write_report
     from clipindex.search import search_captions, search_image, search_text
     from clipindex.sources import Dataset, load_dataset
-    from clipindex.store import BackboneIndex, build_store, open_index, store_info
+    from clipindex.store import (
+        BackboneIndex,
+        add_to_store,
+        build_store,
+        compact_store,
+        open_index,
+        store_info,
+    )
     from clipindex.world import make_world
 
 # The public API, pinned (tests/test_api.py): the pipeline's stages in order.
@@ -80,6 +87,8 @@ __all__ = [
     # store
     "BackboneIndex",
     "build_store",
+    "add_to_store",
+    "compact_store",
     "open_index",
     "store_info",
     # classifiers (scikit-learn estimators on stored vectors)
@@ -126,6 +135,8 @@ _LAZY: dict[str, str] = {
     "resolve_backbone": "clipindex.encode",
     "BackboneIndex": "clipindex.store",
     "build_store": "clipindex.store",
+    "add_to_store": "clipindex.store",
+    "compact_store": "clipindex.store",
     "open_index": "clipindex.store",
     "store_info": "clipindex.store",
     **{name: "clipindex.classifiers" for name in (

@@ -2,7 +2,10 @@
 
 Owns: what the files are and the one manifest reader/writer (``manifest.py``: format
 version, identity, sha256, JSON/npy/parquet IO), the build lock (``lock.py``),
-resumable shards and the encode loops (``shards.py``), the finished matrices and FAISS
+resumable shards and the encode loops (``shards.py``), store generations, tombstones
+and their atomic commit (``generations.py``), ``clipindex add`` (``add.py``:
+:func:`add_to_store`; FAISS updates in ``update.py``), ``clipindex compact``
+(``compact.py``: :func:`compact_store`), the finished matrices and FAISS
 files (``outputs.py``), building (``build.py``: :func:`build_store`), re-indexing from
 stored vectors (``reindex.py``), choosing and tuning ``--index-kind auto`` and exact
 rescoring (``tuning.py``), reading (``reader.py``: :class:`BackboneIndex`,
@@ -12,7 +15,9 @@ May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.sources``,
 ``clipindex.encode``. Never classifiers, search, bench, report or the CLI.
 """
 
+from clipindex.store.add import add_to_store
 from clipindex.store.build import build_store
+from clipindex.store.compact import compact_store
 from clipindex.store.manifest import FORMAT_VERSION
 from clipindex.store.reader import BackboneIndex, list_backbones, open_index, store_info
 from clipindex.store.shards import BuildInterrupted
@@ -21,7 +26,9 @@ __all__ = [
     "FORMAT_VERSION",
     "BackboneIndex",
     "BuildInterrupted",
+    "add_to_store",
     "build_store",
+    "compact_store",
     "list_backbones",
     "open_index",
     "store_info",

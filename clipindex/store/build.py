@@ -26,6 +26,7 @@ import pandas as pd
 
 from clipindex.errors import DataError, UserInputError
 from clipindex.sources import dataset_fingerprint
+from clipindex.store.generations import publish, snapshot_build, store_view, tombstones
 from clipindex.store.lock import build_lock
 from clipindex.store.manifest import (
     DTYPES,
@@ -166,8 +167,9 @@ def write_tables(dataset: Any, dataset_dir: Path, fingerprint: str, rebuild: boo
         elif not rebuild:
             raise DataError(
                 f"{dataset_dir} already holds another version of dataset "
-                f"{dataset.name!r} (fingerprint {old} != {fingerprint}); pass --rebuild "
-                "(rebuild=True) to replace it, or choose another --out"
+                f"{dataset.name!r} (fingerprint {old} != {fingerprint}); run `clipindex "
+                f"add SOURCE --index {dataset_dir}` to add the new images, or pass --rebuild "
+                "(rebuild=True) to replace it"
             )
         else:
             log.info("%s: dataset changed; rewriting the tables (rebuild)", dataset.name)
@@ -355,9 +357,13 @@ def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, 
     captions, _ = cap.assemble(dim)
     valid = np.ones(len(images), dtype=bool)
     valid[[s["row_id"] for s in skipped]] = False
+    dead_images, dead_captions = tombstones(read_json(bdir.parent / "dataset.json"))
+    valid[dead_images] = False  # rows `clipindex add` removed: never indexed
+    cap_valid = np.ones(len(captions), dtype=bool)
+    cap_valid[dead_captions] = False
     t0 = time.perf_counter()
     index = write_outputs(bdir, images, captions, valid, opts.dtype, opts.index_kind,
-                          opts.auto)
+                          opts.auto, caption_valid=cap_valid)
     ray_record = timings.pop("ray", None)
     if ray_record is not None:
         ray_record["stage_seconds"]["index"] = round(time.perf_counter() - t0, 4)
@@ -465,11 +471,17 @@ def build_store(
                    text_batch_size=text_batch_size, decode=decode, device=device,
                    strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
                    engine=engine, ray=ray_opts, auto=auto)
+    source = dataset if isinstance(dataset, (str, os.PathLike)) else "SOURCE"
     dataset, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)
     fingerprint = dataset_fingerprint(dataset)
-    with build_lock(opts.out / dataset.name):  # one build per dataset folder
-        write_tables(dataset, opts.out / dataset.name, fingerprint, rebuild)
+    ddir = opts.out / dataset.name
+    with build_lock(ddir):  # one build per dataset folder
+        publish(ddir)  # an add killed after its commit: finish it first
+        dataset, fingerprint = store_view(dataset, ddir, fingerprint, rebuild, source)
+        write_tables(dataset, ddir, fingerprint, rebuild)
         counter = ShardCounter(_stop_after_shards)
         session = ray_session(ray_address) if engine == "ray" else nullcontext()
         with session:
-            return [build_one(dataset, t, fingerprint, opts, counter) for t in targets]
+            paths = [build_one(dataset, t, fingerprint, opts, counter) for t in targets]
+        snapshot_build(ddir, {"built": [t.folder for t in targets], "time": time.time()})
+        return paths

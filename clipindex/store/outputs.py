@@ -79,15 +79,18 @@ def _build_auto(vectors: np.ndarray, ids: np.ndarray, path: Path,
 
 def write_outputs(folder: Path, images: np.ndarray | None, captions: np.ndarray | None,
                   valid: np.ndarray, dtype: str, index_kind: str,
-                  settings: AutoSettings | None = None) -> dict[str, Any]:
+                  settings: AutoSettings | None = None, *,
+                  caption_valid: np.ndarray | None = None) -> dict[str, Any]:
     """Write the two matrices in ``dtype`` (``None``: already in ``folder``) and their
-    FAISS indexes; return the index description for the manifest."""
+    FAISS indexes (of the ``valid`` image rows and ``caption_valid`` caption rows, default
+    all); return the index description for the manifest."""
     for name, matrix in (("images.npy", images), ("captions.npy", captions)):
         if matrix is not None:
             write_npy(folder / name, matrix.astype(dtype))
     # Index what a reader will load: the stored (possibly float16) values.
     stored_i = np.load(folder / "images.npy").astype(np.float32)
     stored_c = np.load(folder / "captions.npy").astype(np.float32)
+    cap_valid = np.ones(len(stored_c), bool) if caption_valid is None else caption_valid
     extra: dict[str, Any] = {}
     if index_kind == "auto":
         settings = settings or AutoSettings()
@@ -98,7 +101,7 @@ def write_outputs(folder: Path, images: np.ndarray | None, captions: np.ndarray 
         "images": build_faiss(stored_i, valid, index_kind, folder / "images.faiss",
                               cross={"text_to_image": stored_c}, self_name="image_to_image",
                               settings=settings),
-        "captions": build_faiss(stored_c, np.ones(len(stored_c), bool), index_kind,
+        "captions": build_faiss(stored_c, cap_valid, index_kind,
                                 folder / "captions.faiss",
                                 cross={"image_to_text": stored_i[valid]},
                                 self_name="text_to_text", settings=settings),

@@ -34,6 +34,8 @@ from clipindex.errors import (
     IndexMismatchError,
     UserInputError,
 )
+from clipindex.store.generations import generation_dir, generation_facts, stale_error
+from clipindex.store.generations import stale_reason, tombstones
 from clipindex.store.loading import advise_random, load_faiss, load_matrix
 from clipindex.store.manifest import (
     MANIFEST,
@@ -121,6 +123,8 @@ class BackboneIndex:
         self.image_valid = np.ones(len(images), dtype=bool)
         self.image_valid[[int(s["row_id"]) for s in manifest.get("skipped", [])]] = False
         self.caption_valid = np.ones(len(captions), dtype=bool)
+        dead_images, dead_captions = tombstones(dataset_info)  # removed by `clipindex add`
+        self.image_valid[dead_images], self.caption_valid[dead_captions] = False, False
         self._indexes = faiss_indexes
         self._device_copies: dict[tuple[str, str, str], Any] = {}
         self._encoders: dict[str | None, Any] = {}
@@ -326,7 +330,7 @@ def list_backbones(dataset_dir: str | os.PathLike[str], *, unfinished: bool = Fa
     >>> list_backbones("indexes/demo")  # doctest: +SKIP
     ['tiny-rn', 'tiny-vit', 'tiny-vit2']
     """
-    root = Path(dataset_dir)
+    root = generation_dir(dataset_dir)
     if not root.is_dir():
         return []
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
@@ -398,7 +402,7 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     >>> idx.image_vectors.shape  # doctest: +SKIP
     (1000, 64)
     """
-    root = Path(dataset_dir)
+    root = generation_dir(dataset_dir)  # the committed generation (`clipindex add`)
     info = read_dataset_info(root)
     bdir = _backbone_dir(root, backbone, pretrained)
     if not (bdir / MANIFEST).is_file():
@@ -409,9 +413,7 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
             f"--backbone {backbone}` with the same --out to resume it")
     manifest = read_manifest(bdir)  # refuses a newer format, upgrades an older one
     if manifest.get("dataset_fingerprint") != info.get("fingerprint"):
-        raise IndexMismatchError(
-            f"{bdir} was built for another version of dataset {info.get('name')!r} (the "
-            "tables changed since); rebuild it with `clipindex build ... --rebuild`")
+        raise stale_error(bdir, manifest, info)  # another dataset, or left out of an add
     damage = check_backbone(bdir, manifest, verify)
     if damage:
         raise damage[0].error()
@@ -474,7 +476,8 @@ def _backbone_entry(bdir: Path, info: dict[str, Any], verify: bool) -> dict[str,
     except DamagedStoreError as exc:
         return {"backbone_folder": bdir.name, "stale": False, "damaged": [str(exc)]}
     entry = {k: manifest.get(k) for k in keys}
-    entry["stale"] = manifest.get("dataset_fingerprint") != info.get("fingerprint")
+    entry["stale_reason"] = stale_reason(manifest, info)
+    entry["stale"], entry["generation"] = bool(entry["stale_reason"]), manifest.get("generation", 0)
     entry["damaged"] = [d.message() for d in check_backbone(bdir, manifest, verify)]
     return entry
 
@@ -497,7 +500,7 @@ def store_info(dataset_dir: str | os.PathLike[str], *, verify: bool = False) -> 
     ... # doctest: +SKIP
     ['tiny-rn', 'tiny-vit', 'tiny-vit2']
     """
-    root = Path(dataset_dir)
+    root = generation_dir(dataset_dir)
     info = read_dataset_info(root)
     tables = _dataset_damage(root, info, verify)
     n_images, n_captions = _table_rows(root, bool(tables))
@@ -505,7 +508,8 @@ def store_info(dataset_dir: str | os.PathLike[str], *, verify: bool = False) -> 
     damaged = tables + [m for b in backbones for m in b["damaged"]]
     damaged += [_orphan_damage(root / f).message()
                 for f in list_backbones(root, unfinished=True) if _orphaned(root / f)]
-    return {"path": str(root), "dataset": info, "n_images": n_images, "n_captions": n_captions,
+    return {"path": str(dataset_dir), "dataset": info, **generation_facts(info),
+            "n_images": n_images, "n_captions": n_captions,
             "backbones": backbones, "unfinished": list_backbones(root, unfinished=True),
             "verified": bool(verify), "tables_verified": "tables" in info or bool(verify),
             "damaged": damaged}

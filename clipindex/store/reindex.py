@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from clipindex.errors import UserInputError
+from clipindex.store.generations import tombstones
 from clipindex.store.manifest import (
     MANIFEST,
     OUTPUT_FILES,
     Target,
     file_records,
+    read_json,
     read_manifest,
     same_source,
     sha256_file,
@@ -95,7 +97,12 @@ def reindex(bdir: Path, old: dict[str, Any], *, dtype: str, index_kind: str,
     matrices = _stage_matrices(bdir, tmp, old, dtype)
     valid = np.ones(int(old["n_images"]), dtype=bool)
     valid[[int(s["row_id"]) for s in old.get("skipped", [])]] = False
-    index_desc = write_outputs(tmp, *matrices, valid, dtype, index_kind, settings)
+    dead_images, dead_captions = tombstones(read_json(bdir.parent / "dataset.json"))
+    valid[dead_images] = False  # rows `clipindex add` removed
+    cap_valid = np.ones(int(old["n_captions"]), dtype=bool)
+    cap_valid[dead_captions] = False
+    index_desc = write_outputs(tmp, *matrices, valid, dtype, index_kind, settings,
+                               caption_valid=cap_valid)
     manifest = {
         **old,
         "clipindex_version": __version__,

@@ -1,0 +1,417 @@
+"""``clipindex add``: bring a store up to date with its changed source, as a new
+generation (:mod:`clipindex.store.generations`), encoding only the new rows.
+
+An image's identity is its file path relative to the source's root. Images of the
+source the store lacks become new row ids after the last row; images of the store the
+source lacks are *tombstoned*: they keep their row id, their vectors are zeroed, their
+FAISS entries removed, and no query returns them (``dataset.json``'s ``tombstones``).
+Captions follow their image. Each chosen backbone encodes the rows it lacks (a backbone
+left out of an earlier add catches up across generations) into resumable shards
+(``<backbone>/add-shards/``, stamped with the target generation and first row), then the
+new generation is staged, committed and published. A backbone left out is *stale*.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipindex.errors import DataError, IndexMismatchError, UserInputError
+from clipindex.store.build import _settings, _sizes, check_rows, options
+from clipindex.store.generations import (
+    commit,
+    current_generation,
+    generation_dir,
+    link_or_copy,
+    link_unchanged,
+    publish,
+    stage,
+    store_fingerprint,
+    tombstones,
+)
+from clipindex.store.lock import build_lock
+from clipindex.store.manifest import (
+    TEXT_CACHE,
+    Target,
+    file_records,
+    load_encoder_for,
+    read_manifest,
+    resolve_targets,
+    table_records,
+    write_json,
+    write_manifest,
+    write_npy,
+    write_parquet,
+)
+from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.update import update_index
+from clipindex.store.verify import read_dataset_info, read_tables
+
+__all__ = ["ADD_SHARDS", "AddResult", "RowPlan", "add_to_store", "plan_rows"]
+
+log = logging.getLogger("clipindex.store")
+
+ADD_SHARDS = "add-shards"
+Hook = Callable[[str], None]
+
+
+@dataclass
+class AddResult:
+    """What an add did: ``added`` / ``removed`` image rows (and captions), the
+    generation it wrote (the old one when nothing changed), what each backbone
+    encoded, and the backbones left stale."""
+
+    path: str
+    generation: int
+    added: int
+    removed: int
+    added_captions: int
+    removed_captions: int
+    encoded: dict[str, int] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return f"encoded {self.added} new images, removed {self.removed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RowPlan:
+    """The store's tables after an add and what changed."""
+
+    images: pd.DataFrame
+    captions: pd.DataFrame
+    dead_images: np.ndarray
+    dead_captions: np.ndarray
+    added: int
+    removed: int
+    added_captions: int
+    removed_captions: int
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed or self.removed_captions)
+
+
+def plan_rows(images: pd.DataFrame, captions: pd.DataFrame, info: dict[str, Any],
+              source: Any) -> RowPlan:
+    """Match ``source``'s images to the store's by relative path: new ones appended
+    (row ids after the last), gone ones tombstoned with their captions."""
+    dead_i, dead_c = tombstones(info)
+    files = images["file"].astype(str)
+    live = np.ones(len(images), dtype=bool)
+    live[dead_i] = False
+    src = source.images
+    src_files = src["file"].astype(str)
+    if src_files.duplicated().any():
+        raise DataError(f"the source lists {src_files[src_files.duplicated()].iloc[0]!r} "
+                        "more than once; an image's identity is its path")
+    gone = np.flatnonzero(live & ~files.isin(set(src_files)).to_numpy())
+    new = src[~src_files.isin(set(files[live])).to_numpy()]
+    n0, nc0 = len(images), len(captions)
+    row_of = dict(zip(new["row_id"].astype(int), range(n0, n0 + len(new)), strict=True))
+    add = new.reindex(columns=images.columns).assign(row_id=np.arange(n0, n0 + len(new)))
+    new_images = pd.concat([images, add], ignore_index=True) if len(add) else images
+    caps = source.captions[source.captions["image_row_id"].isin(row_of)]
+    caps = caps.reindex(columns=captions.columns).assign(
+        row_id=np.arange(nc0, nc0 + len(caps)),
+        image_row_id=caps["image_row_id"].map(row_of).to_numpy())
+    new_captions = pd.concat([captions, caps], ignore_index=True) if len(caps) else captions
+    for frame in (new_images, new_captions):
+        frame["row_id"] = frame["row_id"].astype(np.int64)
+    new_captions["image_row_id"] = new_captions["image_row_id"].astype(np.int64)
+    gone_c = np.flatnonzero(captions["image_row_id"].isin(gone).to_numpy())
+    return RowPlan(new_images, new_captions,
+                   np.union1d(dead_i, gone).astype(np.int64),
+                   np.union1d(dead_c, gone_c).astype(np.int64),
+                   added=len(new), removed=len(gone), added_captions=len(caps),
+                   removed_captions=len(np.setdiff1d(gone_c, dead_c)))
+
+
+def _load_source(source: Any, root: Any, allow_outside_root: bool) -> Any:
+    if isinstance(source, (str, os.PathLike)):
+        from clipindex.sources import load_dataset
+
+        extra = {"allow_outside_root": True} if allow_outside_root else {}
+        source = load_dataset(Path(source), root=None if root is None else Path(root),
+                              **extra)
+    check_rows(source.images, "images")
+    check_rows(source.captions, "captions")
+    return source
+
+
+def _targets(cdir: Path, ddir: Path, names: Sequence[str] | None, pretrained: str
+             ) -> list[tuple[Target, dict[str, Any]]]:
+    """(target, current manifest) of every backbone the add updates."""
+    from clipindex.store.reader import list_backbones
+
+    built = list_backbones(ddir)
+    if names:
+        wanted = resolve_targets(list(names), pretrained)
+        missing = [t.name for t in wanted if t.folder not in built]
+        if missing:
+            raise UserInputError(
+                f"backbone {missing[0]!r} is not built in {ddir} (built: "
+                f"{', '.join(built) or 'none'}); build it first with `clipindex build SOURCE "
+                f"--backbone {missing[0]} --out {ddir.parent}`")
+    else:
+        wanted = []
+        for folder in built:
+            req = read_manifest(cdir / folder).get("requested") or {}
+            wanted += resolve_targets([req.get("backbone", folder)],
+                                      req.get("pretrained", "default"))
+    out = []
+    for t in wanted:
+        m = read_manifest(cdir / t.folder)
+        if m.get("weights") != t.identity["weights"]:
+            raise IndexMismatchError(
+                f"the weights of {t.folder} differ from those its store holds; rebuild it "
+                f"with `clipindex build SOURCE --backbone {t.name} --rebuild`")
+        out.append((t, m))
+    return out
+
+
+class _HookCounter(ShardCounter):
+    def __init__(self, hook: Hook | None) -> None:
+        super().__init__(None)
+        self.hook = hook
+
+    def tick(self, label: str) -> None:
+        super().tick(label)
+        if self.hook:
+            self.hook(f"shard:{label}")
+
+
+def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, root: Path, ddir: Path,
+                stamp: dict[str, Any], opts: Any, hook: Hook | None
+                ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], int]:
+    """Encode the image and caption rows ``target`` lacks into its add-shards; return
+    them, their skipped inputs (store row ids) and the image rows encoded now."""
+    from tqdm.auto import tqdm
+
+    have_i, have_c = int(m["n_images"]), int(m["n_captions"])
+    if have_i > len(plan.images) or have_c > len(plan.captions):
+        raise IndexMismatchError(
+            f"{target.folder} holds more rows than the store's tables; rebuild it with "
+            f"`clipindex build SOURCE --backbone {target.name} --rebuild`")
+    dim = int(m["dim"])
+    if have_i == len(plan.images) and have_c == len(plan.captions):
+        return np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32), [], 0
+    encoder = load_encoder_for(target.spec, opts.device)
+    settings = _settings(opts, encoder)
+    batch, shard = _sizes(opts, settings)
+    sdir = ddir / target.folder / ADD_SHARDS
+    sdir.mkdir(parents=True, exist_ok=True)
+    img = Shards("images", sdir, len(plan.images) - have_i, shard, {**stamp, "first": have_i})
+    cap = Shards("captions", sdir, len(plan.captions) - have_c, shard,
+                 {**stamp, "first": have_c})
+    img.scan()
+    cap.scan()
+    rel = plan.images["file"].astype(str).tolist()[have_i:]
+    counter = _HookCounter(hook)
+    with tqdm(total=img.n, initial=img.done_rows, desc=f"{target.name} new images",
+              unit="img", disable=not opts.progress, file=sys.stderr) as bar:
+        knobs = {k: settings.get(k) for k in ("threads", "decode") if settings.get(k)}
+        n_img = encode_images(encoder, img, [str(root / f) for f in rel], rel,
+                              batch_size=batch, workers=settings.get("workers"),
+                              strict=False, counter=counter, bar=bar, **knobs)
+    with tqdm(total=cap.n, desc=f"{target.name} new captions", unit="txt",
+              disable=not opts.progress, file=sys.stderr) as bar:
+        texts = plan.captions["text"].astype(str).tolist()[have_c:]
+        encode_captions(encoder, cap, texts, counter, bar,
+                        batch_size=settings.get("text_batch_size"),
+                        threads=settings.get("threads"))
+    new_i, skipped = img.assemble(dim)
+    new_c, _ = cap.assemble(dim)
+    skipped = [{**s, "row_id": int(s["row_id"]) + have_i} for s in skipped]
+    return new_i, new_c, skipped, n_img
+
+
+def _stage_backbone(ddir: Path, cdir: Path, staged: Path, target: Target,
+                    m: dict[str, Any], plan: RowPlan, fingerprint: str, generation: int,
+                    root: Path, opts: Any, hook: Hook | None) -> int:
+    """Write one backbone's folder of the new generation into ``staged``; returns the
+    image rows it encoded in this run."""
+    from clipindex import __version__
+
+    t0 = time.perf_counter()
+    stamp = {"generation": generation, "dataset_fingerprint": fingerprint,
+             **target.identity, "dim": int(m["dim"])}
+    new_i, new_c, skipped_new, n_encoded = _encode_new(target, m, plan, root, ddir, stamp,
+                                                       opts, hook)
+    old, out = cdir / target.folder, staged / target.folder
+    out.mkdir(parents=True)
+    skipped = sorted([*m.get("skipped", []), *skipped_new], key=lambda s: s["row_id"])
+    valid = np.ones(len(plan.images), dtype=bool)
+    valid[[int(s["row_id"]) for s in skipped]] = False
+    valid[plan.dead_images] = False
+    cap_valid = np.ones(len(plan.captions), dtype=bool)
+    cap_valid[plan.dead_captions] = False
+    matrices = {}
+    for name, new, ok in (("images", new_i, valid), ("captions", new_c, cap_valid)):
+        stored = np.load(old / f"{name}.npy").astype(np.float32)
+        matrix = np.concatenate([stored, new]) if len(new) else stored
+        matrix[~ok] = 0.0  # tombstoned (and skipped) rows hold zero vectors
+        write_npy(out / f"{name}.npy", matrix.astype(m["dtype"]))
+        matrices[name] = np.load(out / f"{name}.npy").astype(np.float32)
+    index = dict(m.get("index") or {})
+    for name, ok, cross in (("images", valid, {"text_to_image": matrices["captions"]}),
+                            ("captions", cap_valid,
+                             {"image_to_text": matrices["images"][valid]})):
+        index[name] = update_index(old / f"{name}.faiss", out / f"{name}.faiss",
+                                   matrices[name], ok, int(m[f"n_{name}"]), index, name,
+                                   cross, generation)
+    if (old / TEXT_CACHE).is_file():
+        link_or_copy(old / TEXT_CACHE, out / TEXT_CACHE)
+    seconds = time.perf_counter() - t0
+    manifest = {**m, "clipindex_version": __version__, "n_images": len(plan.images),
+                "n_captions": len(plan.captions), "n_skipped": len(skipped),
+                "skipped": skipped, "dataset_fingerprint": fingerprint,
+                "generation": generation, "n_tombstoned": int(len(plan.dead_images)),
+                "index": index, "files": file_records(out),
+                "last_add": {"generation": generation, "images_encoded": n_encoded,
+                             "rows_added": len(plan.images) - int(m["n_images"]),
+                             "seconds": round(seconds, 4)}}
+    write_manifest(out, manifest)
+    return n_encoded
+
+
+def _stage_tables(cdir: Path, staged: Path, info: dict[str, Any], plan: RowPlan,
+                  source_fp: str, fingerprint: str, generation: int,
+                  backbones: list[str]) -> None:
+    if plan.changed:
+        write_parquet(staged / "images.parquet", plan.images)
+        write_parquet(staged / "captions.parquet", plan.captions)
+        tables = table_records(staged)
+    else:
+        for name in ("images.parquet", "captions.parquet"):
+            link_or_copy(cdir / name, staged / name)
+        tables = info.get("tables") or table_records(staged)
+    entry = {"generation": generation, "added": plan.added, "removed": plan.removed,
+             "added_captions": plan.added_captions,
+             "removed_captions": plan.removed_captions, "backbones": backbones,
+             "time": round(time.time(), 3)}
+    write_json(staged / "dataset.json", {
+        **info, "fingerprint": fingerprint, "source_fingerprint": source_fp,
+        "tables": tables, "generation": generation,
+        "tombstones": {"images": plan.dead_images.tolist(),
+                       "captions": plan.dead_captions.tolist()},
+        "history": [*info.get("history", []), entry]})
+
+
+def add_to_store(
+    source: Any,
+    *,
+    index: str | os.PathLike[str],
+    backbones: Sequence[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    pretrained: str = "default",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    shard_size: int | None = None,
+    progress: bool = True,
+    allow_outside_root: bool = False,
+    _hook: Hook | None = None,
+) -> AddResult:
+    """Add a changed source's new images to the store ``index`` (``OUT/<dataset>``) and
+    tombstone the ones it lost, as a new generation; encode only the new rows.
+
+    ``source`` is what :func:`build_store` takes (YAML config, class-folder tree,
+    CSV/parquet manifest, or a :class:`~clipindex.sources.Dataset`); its root may be
+    another folder holding the same relative paths. ``backbones`` (default: every
+    backbone of the store) are updated; the others are left stale (refused by queries
+    until a later add names them). ``batch_size``, ``workers``, ``threads``, ``device``
+    and ``shard_size`` are the build's encoding knobs. Rerunning an interrupted add
+    finishes it; an add with nothing to do writes nothing.
+
+    Example
+    -------
+    >>> add_to_store("photos/", index="indexes/photos").line()  # doctest: +SKIP
+    'encoded 4 new images, removed 1'
+    """
+    t0 = time.perf_counter()
+    ddir = Path(index)
+    opts = options(ddir.parent, batch_size, shard_size, workers=workers, threads=threads,
+                   text_batch_size=None, decode=None, device=device, strict=False,
+                   index_kind="flat", dtype="float32", progress=progress)
+    read_dataset_info(generation_dir(ddir))  # not a store: one line, before the source
+    dataset = _load_source(source, root, allow_outside_root)
+    from clipindex.sources import dataset_fingerprint
+
+    source_fp = dataset_fingerprint(dataset)
+    with build_lock(ddir):
+        publish(ddir)  # an add killed after its commit: finish it first
+        cur = current_generation(ddir)
+        cdir = generation_dir(ddir)
+        info = read_dataset_info(cdir)
+        images, captions = read_tables(cdir, info)
+        chosen = _targets(cdir, ddir, backbones, pretrained)
+        plan = plan_rows(images, captions, info, dataset)
+        from clipindex.sources import fingerprint as table_fingerprint
+
+        fp = (store_fingerprint(table_fingerprint(plan.images, plan.captions),
+                                plan.dead_images, plan.dead_captions)
+              if plan.changed else str(info["fingerprint"]))
+        result = AddResult(str(ddir), cur, plan.added, plan.removed, plan.added_captions,
+                           plan.removed_captions)
+        behind = [(t, m) for t, m in chosen if m.get("dataset_fingerprint") != fp]
+        if not plan.changed and not behind:
+            _record_source(cdir, ddir, info, source_fp, cur)
+            result.stale = _stale(cdir, ddir, fp)
+            result.seconds = round(time.perf_counter() - t0, 3)
+            return result
+        new = cur + 1
+        staged = stage(ddir, new)
+        _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
+                      [t.folder for t, _ in chosen])
+        data_root = Path(dataset.root)
+        for t, m in chosen:
+            result.encoded[t.folder] = _stage_backbone(ddir, cdir, staged, t, m, plan, fp,
+                                                       new, data_root, opts, _hook)
+            if _hook:
+                _hook(f"staged:{t.folder}")
+        link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables
+        if _hook:
+            _hook("staged")
+        commit(ddir, new, staged, _hook)
+        publish(ddir)
+        if _hook:
+            _hook("published")
+        for t, _ in chosen:
+            shutil.rmtree(ddir / t.folder / ADD_SHARDS, ignore_errors=True)
+        result.generation = new
+        result.stale = _stale(generation_dir(ddir), ddir, fp)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _stale(cdir: Path, ddir: Path, fingerprint: str) -> list[str]:
+    from clipindex.store.reader import list_backbones
+
+    return [f for f in list_backbones(ddir)
+            if read_manifest(cdir / f).get("dataset_fingerprint") != fingerprint]
+
+
+def _record_source(cdir: Path, ddir: Path, info: dict[str, Any], source_fp: str,
+                   cur: int) -> None:
+    """Nothing to add: remember the source (a later build of it is "up to date")
+    where the store does not know it yet (generation 0: dataset.json is the store's)."""
+    if info.get("source_fingerprint") == source_fp or info.get("fingerprint") == source_fp:
+        return
+    if cur == 0:
+        write_json(cdir / "dataset.json", {**info, "source_fingerprint": source_fp})

@@ -1,0 +1,92 @@
+"""Updating a backbone's FAISS index for ``clipindex add``: new rows added with
+``add_with_ids``, tombstoned rows removed with ``remove_ids``; re-trained (``auto``:
+re-chosen and re-tuned) only when the index holds more than
+:data:`~clipindex.store.generations.RETRAIN_FACTOR` times the vectors it was trained on
+(``trained_n`` in its description). A kind that cannot remove ids (HNSW) is rebuilt
+from the live vectors when rows were removed. Approximate kinds have their recall@10
+re-measured against exact search after every add (``recall_measured_at_generation``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipindex.store.generations import RETRAIN_FACTOR
+from clipindex.store.outputs import RECALL_K, build_faiss
+from clipindex.store.tuning import AutoSettings
+
+__all__ = ["trained_n", "update_index"]
+
+log = logging.getLogger("clipindex.store")
+
+
+def trained_n(desc: dict[str, Any]) -> int:
+    """The vector count an index was built (trained) on."""
+    for key in ("trained_n", "n_vectors", "ntotal"):
+        if isinstance(desc.get(key), int):
+            return int(desc[key])
+    return 0
+
+
+def _settings(meta: dict[str, Any]) -> AutoSettings:
+    return AutoSettings(target_recall=float(meta.get("target_recall") or 0.95),
+                        max_memory=meta.get("max_memory"))
+
+
+def _remeasure(index: Any, matrix: np.ndarray, ids: np.ndarray) -> float:
+    from clipindex.store import indexes
+
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(ids, size=min(200, len(ids)), replace=False))
+    exact = indexes.build_index(matrix[ids], ids)
+    return indexes.measure_recall(index, exact, matrix[sample], RECALL_K)
+
+
+def update_index(old_path: Path, new_path: Path, matrix: np.ndarray, valid: np.ndarray,
+                 n_have: int, meta: dict[str, Any], name: str,
+                 cross: dict[str, np.ndarray], generation: int) -> dict[str, Any]:
+    """Write ``new_path``: the index of ``old_path`` (rows ``0..n_have-1``) with the
+    valid rows of ``matrix`` from ``n_have`` on added and the invalid ones removed;
+    returns its description for the manifest (``meta``: the manifest's ``index``)."""
+    from clipindex.store import indexes
+
+    desc = dict(meta.get(name) or {"kind": "flat"})
+    kind, auto = str(desc.get("kind", "flat")), meta.get("kind") == "auto"
+    live = np.flatnonzero(valid)
+    base = trained_n(desc)
+    self_name = "image_to_image" if name == "images" else "text_to_text"
+    if (auto or kind != "flat") and base and len(live) > RETRAIN_FACTOR * base:
+        log.info("%s: %d vectors > %.0fx the %d it was trained on: re-training",
+                 new_path.parent.name, len(live), RETRAIN_FACTOR, base)
+        out = build_faiss(matrix, valid, "auto" if auto else kind, new_path, cross=cross,
+                          self_name=self_name, settings=_settings(meta))
+        out.update(trained_n=int(len(live)), trained_at_generation=generation)
+        return out
+    index = indexes.load_index(old_path)
+    dead = np.flatnonzero(~valid[:n_have]).astype(np.int64)
+    try:
+        if len(dead):
+            index.remove_ids(dead)
+    except RuntimeError:  # e.g. HNSW: no removal; rebuild from the live vectors
+        log.info("%s: a %s index cannot remove ids; rebuilding it", new_path.name, kind)
+        index = indexes.build_index(matrix[live], live, kind=kind)
+        knob = indexes.search_knob(indexes.load_index(old_path))
+        if knob is not None:
+            indexes.set_search_knob(index, knob[1])
+    else:
+        add = np.flatnonzero(valid[n_have:]).astype(np.int64) + n_have
+        if len(add):
+            index.add_with_ids(np.ascontiguousarray(matrix[add]), add)
+    indexes.save_index(index, new_path)
+    desc.update(indexes.describe_index(index))
+    desc["trained_n"] = base or int(len(live))
+    if kind != "flat" and len(live):
+        desc[f"recall_at_{RECALL_K}"] = _remeasure(index, matrix, live)
+        desc["recall_measured_at_generation"] = generation
+    if desc.get("memory_bytes") is not None:
+        desc["memory_bytes"] = new_path.stat().st_size
+    return desc
