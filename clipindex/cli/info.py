@@ -40,7 +40,8 @@ def _backbone_lines(b: dict[str, Any]) -> list[str]:
             + (f" (recall@10 {recall:.3f})" if recall is not None else "")
             + (f", {speed:,.0f} images/s" if speed else "")
             + (f", params {b['params']:,}" if b.get("params") else "")
-            + (", STALE (dataset changed; rebuild)" if b.get("stale") else ""))
+            + (f", STALE ({b.get('stale_reason') or 'dataset changed; rebuild'})"
+               if b.get("stale") else ""))
     out = [line]
     for target in ("images", "captions"):
         out += _index_lines(target, index.get(target))
@@ -52,6 +53,25 @@ def _backbone_lines(b: dict[str, Any]) -> list[str]:
     if len(skipped) > _MAX_SKIPPED:
         out.append(f"    ... and {len(skipped) - _MAX_SKIPPED} more (all of them: --json)")
     return out
+
+
+def _generation_lines(info: dict[str, Any]) -> list[str]:
+    """Generation, tombstones, history and stale backbones (``clipindex add``)."""
+    if not info.get("generation") and not info.get("history"):
+        return []
+    lines = [f"  generation {info['generation']}: {info.get('tombstoned_images', 0)} "
+             f"tombstoned images, {info.get('tombstoned_captions', 0)} tombstoned captions "
+             "(`clipindex compact` drops them)"]
+    for h in info.get("history") or []:
+        what = ("compacted" if h.get("compacted") else
+                f"+{h.get('added', 0)} images, -{h.get('removed', 0)} removed"
+                if "added" in h else f"built {', '.join(h.get('built') or [])}")
+        lines.append(f"    g{h.get('generation')}: {what}")
+    stale = [b["backbone_folder"] for b in info["backbones"] if b.get("stale")]
+    if stale:
+        lines.append(f"  stale backbones: {', '.join(stale)} (update with `clipindex add "
+                     f"SOURCE --index {info['path']} --backbone NAME`)")
+    return lines
 
 
 def _check_line(info: dict[str, Any]) -> str:
@@ -118,6 +138,7 @@ def _lines(info: dict[str, Any]) -> list[str]:
     table_damage = [m for m in info["damaged"]
                     if not any(m in (b.get("damaged") or []) for b in info["backbones"])]
     lines += [f"  DAMAGED: {m}" for m in table_damage]
+    lines += _generation_lines(info)
     if ds.get("funnel"):
         lines += ["funnel:"] + _funnel_lines(ds["funnel"])
     lines.append("backbones:" if info["backbones"] else "backbones: none built")

@@ -370,7 +370,9 @@ def add_to_store(
         result = AddResult(str(ddir), cur, plan.added, plan.removed, plan.added_captions,
                            plan.removed_captions)
         behind = [(t, m) for t, m in chosen if m.get("dataset_fingerprint") != fp]
-        if not plan.changed and not behind:
+        if not plan.changed and not behind:  # nothing to do (or a rerun after the commit)
+            for t, _ in chosen:
+                shutil.rmtree(ddir / t.folder / ADD_SHARDS, ignore_errors=True)
             _record_source(cdir, ddir, info, source_fp, cur)
             result.stale = _stale(cdir, ddir, fp)
             result.seconds = round(time.perf_counter() - t0, 3)

@@ -1,0 +1,69 @@
+"""``clipindex add``: new images of a changed source appended to a store, removed ones
+tombstoned, as a new store generation (only the new rows are encoded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from clipindex.cli._app import main
+from clipindex.cli.build import _positive, _store_notes
+
+
+@main.command("add")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--index", "index", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The store to update: OUT/<dataset> as `clipindex build` wrote it.")
+@click.option("--backbone", "backbones", multiple=True,
+              help="Backbone to update (repeatable; default every backbone of the store). "
+                   "One left out is marked stale until an add names it.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Data root, replacing the source's root.")
+@click.option("--pretrained", default="default", show_default=True,
+              help="With --backbone: the pretrained tag or checkpoint the store was built with.")
+@click.option("--batch-size", type=int, callback=_positive, help="Images per batch.")
+@click.option("--workers", type=click.IntRange(min=0), help="Decoding processes.")
+@click.option("--threads", type=int, callback=_positive, help="torch threads while encoding.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda if available.")
+@click.option("--shard-size", type=int, callback=_positive,
+              help="Rows per resumable shard (a multiple of --batch-size).")
+@click.option("--allow-outside-root", is_flag=True,
+              help="Accept image paths that resolve outside the data root.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bars on stderr.")
+@click.option("--verbose", "-v", is_flag=True, help="Log every finished shard.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print exactly one JSON document on stdout (notes go to stderr).")
+def add_command(source: Path, index: Path, backbones: tuple[str, ...], root: Path | None,
+                pretrained: str, batch_size: int | None, workers: int | None,
+                threads: int | None, device: str | None, shard_size: int | None,
+                allow_outside_root: bool, progress: bool, verbose: bool,
+                as_json: bool) -> None:
+    """Bring the store --index up to date with SOURCE (what `clipindex build` takes):
+    images SOURCE has and the store lacks are encoded and appended as new row ids;
+    images the store has and SOURCE lost are tombstoned (never returned, never
+    renumbered; `clipindex compact` drops them). An image is its path relative to the
+    source's root. Each add writes a new store generation atomically; a killed add
+    leaves the previous one whole and rerunning it finishes it.
+
+    \b
+      clipindex add photos/ --index indexes/photos
+      clipindex add photos/ --index indexes/photos --backbone tiny-vit --json
+    """
+    from clipindex.store import add_to_store
+
+    with _store_notes(verbose):
+        result = add_to_store(source, index=index, backbones=list(backbones) or None,
+                              root=root, pretrained=pretrained, batch_size=batch_size,
+                              workers=workers, threads=threads, device=device,
+                              shard_size=shard_size, progress=progress,
+                              allow_outside_root=allow_outside_root)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    for folder in result.stale:
+        click.echo(f"{folder}: stale (left out of this add); update it with `clipindex add "
+                   f"{source} --index {index} --backbone {folder}`", err=True)
+    click.echo(result.line(), err=True)
