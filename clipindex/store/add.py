@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +56,9 @@ from clipindex.store.manifest import (
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
 from clipindex.store.update import update_index
 from clipindex.store.verify import read_dataset_info, read_tables
+
+if TYPE_CHECKING:
+    from clipindex.sources import Dataset
 
 __all__ = ["ADD_SHARDS", "AddResult", "RowPlan", "add_to_store", "plan_rows"]
 
@@ -313,7 +316,7 @@ def _stage_tables(cdir: Path, staged: Path, info: dict[str, Any], plan: RowPlan,
 
 
 def add_to_store(
-    source: Any,
+    source: Dataset | str | os.PathLike[str],
     *,
     index: str | os.PathLike[str],
     backbones: Sequence[str] | None = None,
