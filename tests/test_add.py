@@ -411,3 +411,30 @@ def test_cli_add_on_a_class_folder_with_tiny_vit(colors_store: Path, tmp_path: P
     assert res.exit_code == 2
     res = run_cli("add", data, "--index", tmp_path, "--no-progress")
     assert_one_line_error(res, "not a clipindex store")
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "pq"])
+def test_kinds_without_cheap_removal_drop_tombstones_and_keep_recall(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str) -> None:
+    """HNSW cannot remove ids (rebuilt from the live vectors), PQ removes them: either
+    way a tombstoned row is never returned and recall stays that of a full build."""
+    from clipindex.encode import backbones
+    from clipindex.encode import encoder as encoders
+
+    monkeypatch.setattr(backbones, "resolve_backbone", fake_resolve)
+    monkeypatch.setattr(encoders, "load_encoder",
+                        lambda spec, **kw: ClusterEncoder(fake_resolve(spec) if isinstance(
+                            spec, str) else spec))
+    rel = [f"x/{i:04d}.jpg" for i in range(500)]
+    root = tmp_path / "nofiles"
+    ddir = _build(dataset_from_files(root, rel[:300]), tmp_path / "A", index_kind=kind)
+    _add(dataset_from_files(root, rel[20:]), ddir)  # 20 removed, 200 added
+    full = _build(dataset_from_files(root, rel), tmp_path / "B", index_kind=kind)
+    idx, ref = _open(ddir), _open(full)
+    assert np.array_equal(idx.image_vectors[20:], ref.image_vectors[20:])
+    assert idx.index_description("images")["ntotal"] == 480
+    queries = next(ClusterEncoder(fake_resolve("fake-a")).iter_image_batches(
+        [f"q/{i}.jpg" for i in range(60)], batch_size=60)).vectors
+    _, ids = idx.search(queries, 50)
+    assert (ids >= 0).all() and not np.isin(ids, np.arange(20)).any()
+    assert abs(_recall(idx, queries) - _recall(ref, queries)) <= 0.02

@@ -330,7 +330,7 @@ def list_backbones(dataset_dir: str | os.PathLike[str], *, unfinished: bool = Fa
     >>> list_backbones("indexes/demo")  # doctest: +SKIP
     ['tiny-rn', 'tiny-vit', 'tiny-vit2']
     """
-    root = generation_dir(dataset_dir)
+    root = Path(dataset_dir) if unfinished else generation_dir(dataset_dir)  # builds: top
     if not root.is_dir():
         return []
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
@@ -506,10 +506,11 @@ def store_info(dataset_dir: str | os.PathLike[str], *, verify: bool = False) -> 
     n_images, n_captions = _table_rows(root, bool(tables))
     backbones = [_backbone_entry(root / f, info, verify) for f in list_backbones(root)]
     damaged = tables + [m for b in backbones for m in b["damaged"]]
-    damaged += [_orphan_damage(root / f).message()
-                for f in list_backbones(root, unfinished=True) if _orphaned(root / f)]
+    top = Path(dataset_dir)  # unfinished builds run at the top level
+    damaged += [_orphan_damage(top / f).message()
+                for f in list_backbones(top, unfinished=True) if _orphaned(top / f)]
     return {"path": str(dataset_dir), "dataset": info, **generation_facts(info),
             "n_images": n_images, "n_captions": n_captions,
-            "backbones": backbones, "unfinished": list_backbones(root, unfinished=True),
+            "backbones": backbones, "unfinished": list_backbones(top, unfinished=True),
             "verified": bool(verify), "tables_verified": "tables" in info or bool(verify),
             "damaged": damaged}
