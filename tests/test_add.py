@@ -265,7 +265,7 @@ def test_a_backbone_left_out_is_stale_refused_listed_and_caught_up(
     root, rel = world
     ddir = _build(dataset_from_files(root, rel[:16]), tmp_path / "A", ("fake-a", "fake-b"))
     full = _build(dataset_from_files(root, rel[:20]), tmp_path / "B", ("fake-b",))
-    with pytest.raises(UserInputError, match="'fake-c' is not built in .* clipindex build"):
+    with pytest.raises(UserInputError, match="'fake-c' is not built in .*clipindex build SOURCE --backbone fake-c"):
         _add(dataset_from_files(root, rel[:20]), ddir, backbones=["fake-c"])
     r1 = _add(dataset_from_files(root, rel[:20]), ddir, backbones=["fake-a"])
     assert r1.stale == ["fake-b"]
