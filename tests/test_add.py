@@ -221,7 +221,7 @@ add_to_store(ds, index={ddir!r}, workers=0, progress=False, batch_size=2, shard_
 """
 
 
-@pytest.mark.parametrize("stage", ["shard:images-00001", "staged", "committed"])
+@pytest.mark.parametrize("stage", ["shard:images-00001", "staged", "renamed", "committed"])
 def test_a_killed_add_leaves_the_old_generation_and_the_rerun_ends_equal(
         use_fake_encoders: type[FakeEncoder], world: tuple[Path, list[str]],
         tmp_path: Path, stage: str) -> None:
@@ -265,7 +265,8 @@ def test_a_backbone_left_out_is_stale_refused_listed_and_caught_up(
     root, rel = world
     ddir = _build(dataset_from_files(root, rel[:16]), tmp_path / "A", ("fake-a", "fake-b"))
     full = _build(dataset_from_files(root, rel[:20]), tmp_path / "B", ("fake-b",))
-    with pytest.raises(UserInputError, match="'fake-c' is not built in .*clipindex build SOURCE --backbone fake-c"):
+    not_built = "'fake-c' is not built in .*clipindex build SOURCE --backbone fake-c"
+    with pytest.raises(UserInputError, match=not_built):
         _add(dataset_from_files(root, rel[:20]), ddir, backbones=["fake-c"])
     r1 = _add(dataset_from_files(root, rel[:20]), ddir, backbones=["fake-a"])
     assert r1.stale == ["fake-b"]

@@ -472,16 +472,16 @@ def build_store(
                    strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
                    engine=engine, ray=ray_opts, auto=auto)
     source = dataset if isinstance(dataset, (str, os.PathLike)) else "SOURCE"
-    dataset, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)
-    fingerprint = dataset_fingerprint(dataset)
-    ddir = opts.out / dataset.name
+    loaded, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)
+    fingerprint = dataset_fingerprint(loaded)
+    ddir = opts.out / loaded.name
     with build_lock(ddir):  # one build per dataset folder
         publish(ddir)  # an add killed after its commit: finish it first
-        dataset, fingerprint = store_view(dataset, ddir, fingerprint, rebuild, source)
-        write_tables(dataset, ddir, fingerprint, rebuild)
+        loaded, fingerprint = store_view(loaded, ddir, fingerprint, rebuild, source)
+        write_tables(loaded, ddir, fingerprint, rebuild)
         counter = ShardCounter(_stop_after_shards)
         session = ray_session(ray_address) if engine == "ray" else nullcontext()
         with session:
-            paths = [build_one(dataset, t, fingerprint, opts, counter) for t in targets]
+            paths = [build_one(loaded, t, fingerprint, opts, counter) for t in targets]
         snapshot_build(ddir, {"built": [t.folder for t in targets], "time": time.time()})
         return paths

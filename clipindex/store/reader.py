@@ -34,8 +34,7 @@ from clipindex.errors import (
     IndexMismatchError,
     UserInputError,
 )
-from clipindex.store.generations import generation_dir, generation_facts, stale_error
-from clipindex.store.generations import stale_reason, tombstones
+from clipindex.store import generations as gens
 from clipindex.store.loading import advise_random, load_faiss, load_matrix
 from clipindex.store.manifest import (
     MANIFEST,
@@ -123,7 +122,7 @@ class BackboneIndex:
         self.image_valid = np.ones(len(images), dtype=bool)
         self.image_valid[[int(s["row_id"]) for s in manifest.get("skipped", [])]] = False
         self.caption_valid = np.ones(len(captions), dtype=bool)
-        dead_images, dead_captions = tombstones(dataset_info)  # removed by `clipindex add`
+        dead_images, dead_captions = gens.tombstones(dataset_info)  # removed by `clipindex add`
         self.image_valid[dead_images], self.caption_valid[dead_captions] = False, False
         self._indexes = faiss_indexes
         self._device_copies: dict[tuple[str, str, str], Any] = {}
@@ -330,7 +329,7 @@ def list_backbones(dataset_dir: str | os.PathLike[str], *, unfinished: bool = Fa
     >>> list_backbones("indexes/demo")  # doctest: +SKIP
     ['tiny-rn', 'tiny-vit', 'tiny-vit2']
     """
-    root = Path(dataset_dir) if unfinished else generation_dir(dataset_dir)  # builds: top
+    root = Path(dataset_dir) if unfinished else gens.generation_dir(dataset_dir)  # builds: top
     if not root.is_dir():
         return []
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
@@ -402,7 +401,7 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     >>> idx.image_vectors.shape  # doctest: +SKIP
     (1000, 64)
     """
-    root = generation_dir(dataset_dir)  # the committed generation (`clipindex add`)
+    root = gens.generation_dir(dataset_dir)  # the committed generation (`clipindex add`)
     info = read_dataset_info(root)
     bdir = _backbone_dir(root, backbone, pretrained)
     if not (bdir / MANIFEST).is_file():
@@ -413,7 +412,7 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
             f"--backbone {backbone}` with the same --out to resume it")
     manifest = read_manifest(bdir)  # refuses a newer format, upgrades an older one
     if manifest.get("dataset_fingerprint") != info.get("fingerprint"):
-        raise stale_error(bdir, manifest, info)  # another dataset, or left out of an add
+        raise gens.stale_error(bdir, manifest, info)  # another dataset, or left out of an add
     damage = check_backbone(bdir, manifest, verify)
     if damage:
         raise damage[0].error()
@@ -476,7 +475,7 @@ def _backbone_entry(bdir: Path, info: dict[str, Any], verify: bool) -> dict[str,
     except DamagedStoreError as exc:
         return {"backbone_folder": bdir.name, "stale": False, "damaged": [str(exc)]}
     entry = {k: manifest.get(k) for k in keys}
-    entry["stale_reason"] = stale_reason(manifest, info)
+    entry["stale_reason"] = gens.stale_reason(manifest, info)
     entry["stale"], entry["generation"] = bool(entry["stale_reason"]), manifest.get("generation", 0)
     entry["damaged"] = [d.message() for d in check_backbone(bdir, manifest, verify)]
     return entry
@@ -500,7 +499,7 @@ def store_info(dataset_dir: str | os.PathLike[str], *, verify: bool = False) -> 
     ... # doctest: +SKIP
     ['tiny-rn', 'tiny-vit', 'tiny-vit2']
     """
-    root = generation_dir(dataset_dir)
+    root = gens.generation_dir(dataset_dir)
     info = read_dataset_info(root)
     tables = _dataset_damage(root, info, verify)
     n_images, n_captions = _table_rows(root, bool(tables))
@@ -509,7 +508,7 @@ def store_info(dataset_dir: str | os.PathLike[str], *, verify: bool = False) -> 
     top = Path(dataset_dir)  # unfinished builds run at the top level
     damaged += [_orphan_damage(top / f).message()
                 for f in list_backbones(top, unfinished=True) if _orphaned(top / f)]
-    return {"path": str(dataset_dir), "dataset": info, **generation_facts(info),
+    return {"path": str(dataset_dir), "dataset": info, **gens.generation_facts(info),
             "n_images": n_images, "n_captions": n_captions,
             "backbones": backbones, "unfinished": list_backbones(top, unfinished=True),
             "verified": bool(verify), "tables_verified": "tables" in info or bool(verify),

@@ -101,7 +101,8 @@ def reindex(bdir: Path, old: dict[str, Any], *, dtype: str, index_kind: str,
     valid[dead_images] = False  # rows `clipindex add` removed
     cap_valid = np.ones(int(old["n_captions"]), dtype=bool)
     cap_valid[dead_captions] = False
-    index_desc = write_outputs(tmp, *matrices, valid, dtype, index_kind, settings,
+    images, captions = matrices
+    index_desc = write_outputs(tmp, images, captions, valid, dtype, index_kind, settings,
                                caption_valid=cap_valid)
     manifest = {
         **old,

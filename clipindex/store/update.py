@@ -66,7 +66,7 @@ def update_index(old_path: Path, new_path: Path, matrix: np.ndarray, valid: np.n
                           self_name=self_name, settings=_settings(meta))
         out.update(trained_n=int(len(live)), trained_at_generation=generation)
         return out
-    index = indexes.load_index(old_path)
+    index: Any = indexes.load_index(old_path)  # SWIG: remove_ids takes an id array too
     dead = np.flatnonzero(~valid[:n_have]).astype(np.int64)
     try:
         if len(dead):
