@@ -124,6 +124,8 @@ def test_build_after_add_is_up_to_date_and_a_changed_source_names_add(
     assert _build(dataset_from_files(root, rel), tmp_path) == ddir  # up to date
     assert FakeEncoder.encoded_images == 0
     assert (ddir / "fake-a" / "manifest.json").read_bytes() == before
+    _build(dataset_from_files(root, rel), tmp_path, rebuild=True)  # no other version
+    assert FakeEncoder.encoded_images == 0 and (ddir / "CURRENT").exists()
     with pytest.raises(DataError) as err:
         _build(dataset_from_files(root, rel[2:]), tmp_path)
     message = str(err.value)

@@ -256,9 +256,10 @@ def store_view(dataset: Any, dataset_dir: Path, fingerprint: str, rebuild: bool,
     """What a build of ``dataset`` into ``dataset_dir`` encodes, and its fingerprint.
 
     A source the store was last added from (``source_fingerprint``) is the store itself
-    (:class:`StoreView`: "up to date", a new backbone gets the store's rows). A changed
-    source is a :class:`DataError` naming ``clipindex add`` (``rebuild``: the store's
-    generations are dropped and the build replaces it)."""
+    (:class:`StoreView`: "up to date", a new backbone gets the store's rows; ``rebuild``
+    too, there being no other version to replace). A changed source is a
+    :class:`DataError` naming ``clipindex add`` (``rebuild``: the store's generations are
+    dropped and the build replaces it)."""
     from clipindex.errors import DataError
 
     meta = dataset_dir / "dataset.json"
@@ -268,7 +269,7 @@ def store_view(dataset: Any, dataset_dir: Path, fingerprint: str, rebuild: bool,
         return dataset, fingerprint  # no store yet, or damaged: write_tables decides
     if not isinstance(recorded, dict) or recorded.get("fingerprint") == fingerprint:
         return dataset, fingerprint
-    if recorded.get("source_fingerprint") == fingerprint and not rebuild:
+    if recorded.get("source_fingerprint") == fingerprint:  # the store is this source's
         return StoreView(dataset, dataset_dir, recorded), str(recorded["fingerprint"])
     if rebuild:
         drop_generations(dataset_dir)
