@@ -131,8 +131,15 @@ def test_build_after_add_is_up_to_date_and_a_changed_source_names_add(
     message = str(err.value)
     assert f"clipindex add SOURCE --index {ddir}" in message and "--rebuild" in message
     assert "\n" not in message
+    # Only the order (and so the captions' numbers) changed: nothing to add, and the
+    # store remembers this source, so building it is up to date too.
+    shuffled = rel[::-1]
+    same = _add(dataset_from_files(root, shuffled), ddir)
+    assert (same.added, same.removed, same.generation) == (0, 0, 1)
+    _build(dataset_from_files(root, shuffled), tmp_path)
+    assert FakeEncoder.encoded_images == 0
     # A new backbone built on the added store gets the store's rows and a new generation.
-    _build(dataset_from_files(root, rel), tmp_path, backbones=("fake-b",))
+    _build(dataset_from_files(root, shuffled), tmp_path, backbones=("fake-b",))
     assert json.loads((ddir / "CURRENT").read_text()) == {"generation": 2}
     b = _open(ddir, "fake-b")
     assert len(b.images) == len(rel) and np.array_equal(b.image_valid, _open(ddir).image_valid)

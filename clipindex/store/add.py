@@ -414,9 +414,12 @@ def _stale(cdir: Path, ddir: Path, fingerprint: str) -> list[str]:
 
 def _record_source(cdir: Path, ddir: Path, info: dict[str, Any], source_fp: str,
                    cur: int) -> None:
-    """Nothing to add: remember the source (a later build of it is "up to date")
-    where the store does not know it yet (generation 0: dataset.json is the store's)."""
+    """Nothing to add, but the source differs in what is not an image's identity (row
+    order, labels, captions of kept images): remember it as the store's source, so a
+    later build of it is "up to date" (metadata only, replaced by rename; the rows and
+    their fingerprint are unchanged)."""
     if info.get("source_fingerprint") == source_fp or info.get("fingerprint") == source_fp:
         return
-    if cur == 0:
-        write_json(cdir / "dataset.json", {**info, "source_fingerprint": source_fp})
+    write_json(cdir / "dataset.json", {**info, "source_fingerprint": source_fp})
+    if cur:
+        publish(ddir)
