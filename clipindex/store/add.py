@@ -50,7 +50,6 @@ from clipindex.store.manifest import (
     table_records,
     write_json,
     write_manifest,
-    write_npy,
     write_parquet,
 )
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
@@ -263,20 +262,15 @@ def _stage_backbone(ddir: Path, cdir: Path, staged: Path, target: Target,
     valid[plan.dead_images] = False
     cap_valid = np.ones(len(plan.captions), dtype=bool)
     cap_valid[plan.dead_captions] = False
-    matrices = {}
-    for name, new, ok in (("images", new_i, valid), ("captions", new_c, cap_valid)):
-        stored = np.load(old / f"{name}.npy").astype(np.float32)
-        matrix = np.concatenate([stored, new]) if len(new) else stored
-        matrix[~ok] = 0.0  # tombstoned (and skipped) rows hold zero vectors
-        write_npy(out / f"{name}.npy", matrix.astype(m["dtype"]))
-        matrices[name] = np.load(out / f"{name}.npy").astype(np.float32)
+    matrices = {name: _extend(old / f"{name}.npy", out / f"{name}.npy", new, ok, m["dtype"])
+                for name, new, ok in (("images", new_i, valid), ("captions", new_c, cap_valid))}
+    crosses = {"images": lambda: {"text_to_image": matrices["captions"]},
+               "captions": lambda: {"image_to_text": matrices["images"][valid]}}
     index = dict(m.get("index") or {})
-    for name, ok, cross in (("images", valid, {"text_to_image": matrices["captions"]}),
-                            ("captions", cap_valid,
-                             {"image_to_text": matrices["images"][valid]})):
+    for name, ok in (("images", valid), ("captions", cap_valid)):
         index[name] = update_index(old / f"{name}.faiss", out / f"{name}.faiss",
                                    matrices[name], ok, int(m[f"n_{name}"]), index, name,
-                                   cross, generation)
+                                   crosses[name], generation)
     if (old / TEXT_CACHE).is_file():
         link_or_copy(old / TEXT_CACHE, out / TEXT_CACHE)
     seconds = time.perf_counter() - t0
@@ -290,6 +284,27 @@ def _stage_backbone(ddir: Path, cdir: Path, staged: Path, target: Target,
                              "seconds": round(seconds, 4)}}
     write_manifest(out, manifest)
     return n_encoded
+
+
+def _extend(old: Path, path: Path, new: np.ndarray, ok: np.ndarray, dtype: str
+            ) -> np.ndarray:
+    """Write ``path``: the stored rows of ``old`` (copied block by block from its memory
+    map), then ``new``, with the rows not ``ok`` (tombstoned, skipped) zeroed; returns it
+    memory-mapped read-only."""
+    stored = np.load(old, mmap_mode="r")
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
+                                    shape=(len(ok), stored.shape[1]))
+    for start in range(0, len(stored), 65536):
+        stop = min(start + 65536, len(stored))
+        out[start:stop] = stored[start:stop]
+    if len(new):
+        out[len(stored):] = new.astype(dtype)
+    out[np.flatnonzero(~ok)] = 0  # tombstoned (and skipped) rows hold zero vectors
+    out.flush()
+    del out
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    return np.load(path, mmap_mode="r")
 
 
 def _stage_tables(cdir: Path, staged: Path, info: dict[str, Any], plan: RowPlan,

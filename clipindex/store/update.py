@@ -10,6 +10,7 @@ re-measured against exact search after every add (``recall_measured_at_generatio
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from clipindex.store.generations import RETRAIN_FACTOR
 from clipindex.store.outputs import RECALL_K, build_faiss
-from clipindex.store.tuning import AutoSettings
+from clipindex.store.tuning import AutoSettings, exact_top_k, recall_at_k
 
 __all__ = ["trained_n", "update_index"]
 
@@ -38,20 +39,26 @@ def _settings(meta: dict[str, Any]) -> AutoSettings:
 
 
 def _remeasure(index: Any, matrix: np.ndarray, ids: np.ndarray) -> float:
+    """recall@10 of ``index`` against exact search (chunked over the memory map) on 200
+    of its own vectors."""
     from clipindex.store import indexes
 
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(ids, size=min(200, len(ids)), replace=False))
-    exact = indexes.build_index(matrix[ids], ids)
-    return indexes.measure_recall(index, exact, matrix[sample], RECALL_K)
+    queries = np.asarray(matrix[sample], dtype=np.float32)
+    truth = exact_top_k(matrix, ids, queries, RECALL_K)
+    return recall_at_k(indexes.search_index(index, queries, RECALL_K)[1], truth)
 
 
 def update_index(old_path: Path, new_path: Path, matrix: np.ndarray, valid: np.ndarray,
                  n_have: int, meta: dict[str, Any], name: str,
-                 cross: dict[str, np.ndarray], generation: int) -> dict[str, Any]:
+                 cross: Callable[[], dict[str, np.ndarray]], generation: int
+                 ) -> dict[str, Any]:
     """Write ``new_path``: the index of ``old_path`` (rows ``0..n_have-1``) with the
-    valid rows of ``matrix`` from ``n_have`` on added and the invalid ones removed;
-    returns its description for the manifest (``meta``: the manifest's ``index``)."""
+    valid rows of ``matrix`` (the stored matrix, memory-mapped) from ``n_have`` on added
+    and the invalid ones removed; returns its description for the manifest (``meta``:
+    the manifest's ``index``; ``cross``: the other matrices' tuning queries, asked for
+    only when ``auto`` re-tunes)."""
     from clipindex.store import indexes
 
     desc = dict(meta.get(name) or {"kind": "flat"})
@@ -62,8 +69,10 @@ def update_index(old_path: Path, new_path: Path, matrix: np.ndarray, valid: np.n
     if (auto or kind != "flat") and base and len(live) > RETRAIN_FACTOR * base:
         log.info("%s: %d vectors > %.0fx the %d it was trained on: re-training",
                  new_path.parent.name, len(live), RETRAIN_FACTOR, base)
-        out = build_faiss(matrix, valid, "auto" if auto else kind, new_path, cross=cross,
-                          self_name=self_name, settings=_settings(meta))
+        out = build_faiss(np.asarray(matrix, dtype=np.float32), valid,
+                          "auto" if auto else kind, new_path,
+                          cross=cross() if auto else None, self_name=self_name,
+                          settings=_settings(meta))
         out.update(trained_n=int(len(live)), trained_at_generation=generation)
         return out
     index: Any = indexes.load_index(old_path)  # SWIG: remove_ids takes an id array too
@@ -73,14 +82,14 @@ def update_index(old_path: Path, new_path: Path, matrix: np.ndarray, valid: np.n
             index.remove_ids(dead)
     except RuntimeError:  # e.g. HNSW: no removal; rebuild from the live vectors
         log.info("%s: a %s index cannot remove ids; rebuilding it", new_path.name, kind)
-        index = indexes.build_index(matrix[live], live, kind=kind)
+        index = indexes.build_index(np.asarray(matrix[live], np.float32), live, kind=kind)
         knob = indexes.search_knob(indexes.load_index(old_path))
         if knob is not None:
             indexes.set_search_knob(index, knob[1])
     else:
         add = np.flatnonzero(valid[n_have:]).astype(np.int64) + n_have
         if len(add):
-            index.add_with_ids(np.ascontiguousarray(matrix[add]), add)
+            index.add_with_ids(np.ascontiguousarray(matrix[add], dtype=np.float32), add)
     indexes.save_index(index, new_path)
     desc.update(indexes.describe_index(index))
     desc["trained_n"] = base or int(len(live))
