@@ -225,3 +225,43 @@ def test_ray_missing_names_the_extra(broken_folder, tmp_path, monkeypatch):
                                     "--out", str(tmp_path / "o"), "--engine", "ray"])
     _one_line_error(res, "pip install 'clipindex[ray]'")
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_ray_starts_only_when_a_backbone_needs_encoding(tmp_path, monkeypatch,
+                                                        use_fake_encoders):
+    """An up-to-date store built again with the ray engine starts no Ray at all; a
+    backbone that needs encoding starts it once, just before encoding (no Ray here:
+    the session and the Ray encoding are stand-ins that record the order)."""
+    from contextlib import contextmanager
+
+    from fixtures_store import make_image_dataset
+
+    import clipindex.store.build as build_mod
+
+    ds = make_image_dataset(tmp_path / "data", n_per_class=3)
+    kw = {"out": tmp_path / "out", "batch_size": 2, "shard_size": 2, "workers": 0,
+          "progress": False}
+    build_store(ds, ["fake-a"], **kw)
+    events: list[str] = []
+
+    @contextmanager
+    def fake_session(address):
+        events.append("start")
+        try:
+            yield None
+        finally:
+            events.append("stop")
+
+    def fake_encode(*args, **kwargs):
+        events.append("encode")
+        raise RuntimeError("stand-in: encoding reached")
+
+    monkeypatch.setattr(build_mod, "ray_session", fake_session)
+    monkeypatch.setattr(build_mod, "_encode_ray", fake_encode)
+    before = use_fake_encoders.encoded_images
+    paths = build_store(ds, ["fake-a"], engine="ray", **kw)
+    assert events == [] and paths == [tmp_path / "out" / "toy" / "fake-a"]
+    assert use_fake_encoders.encoded_images == before
+    with pytest.raises(RuntimeError, match="stand-in"):
+        build_store(ds, ["fake-a", "fake-b", "fake-c"], engine="ray", **kw)
+    assert events == ["start", "encode", "stop"]

@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,11 +259,14 @@ def _kept(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions) -> b
 
 
 def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions,
-              counter: ShardCounter) -> Path:
-    """Build (or resume, re-index, or leave alone when up to date) one backbone's store."""
+              counter: ShardCounter, before_encode: Any = None) -> Path:
+    """Build (or resume, re-index, or leave alone when up to date) one backbone's store;
+    ``before_encode()`` runs only when it must be encoded (a Ray build starts Ray there)."""
     bdir = opts.out / dataset.name / target.folder
     if _kept(bdir, target, fingerprint, opts):
         return bdir
+    if before_encode is not None:
+        before_encode()
     (bdir / MANIFEST).unlink(missing_ok=True)  # stale: rebuild, never half-open
     (bdir / TEXT_CACHE).unlink(missing_ok=True)  # derived from the old weights
     # A Ray driver needs the model only for its facts (dim, preprocessing): on the CPU.
@@ -381,6 +384,17 @@ def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, 
 
 
 # ----------------------------------------------------------------------------- entry point
+def _once(action: Any) -> Any:
+    """``action`` wrapped so that only its first call runs it."""
+    done: list[bool] = []
+
+    def run() -> None:
+        if not done:
+            done.append(True)
+            action()
+    return run
+
+
 def _prepare(dataset: Any, backbones: Sequence[str] | str, pretrained: str,
              root: str | os.PathLike[str] | None, allow_outside_root: bool = False
              ) -> tuple[Any, list[Target]]:
@@ -480,8 +494,10 @@ def build_store(
         loaded, fingerprint = store_view(loaded, ddir, fingerprint, rebuild, source)
         write_tables(loaded, ddir, fingerprint, rebuild)
         counter = ShardCounter(_stop_after_shards)
-        session = ray_session(ray_address) if engine == "ray" else nullcontext()
-        with session:
-            paths = [build_one(loaded, t, fingerprint, opts, counter) for t in targets]
+        with ExitStack() as stack:  # Ray starts only once a backbone needs encoding
+            start = _once(lambda: stack.enter_context(ray_session(ray_address))) \
+                if engine == "ray" else None
+            paths = [build_one(loaded, t, fingerprint, opts, counter, start)
+                     for t in targets]
         snapshot_build(ddir, {"built": [t.folder for t in targets], "time": time.time()})
         return paths
