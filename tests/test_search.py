@@ -895,3 +895,63 @@ def test_docstring_examples_run():
     for module in (search_mod, clipindex.search.filters):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted >= 2, module.__name__
+
+
+# ----------------------------------------------------------------------------- paging, filters
+class _ShortIndex:
+    """An approximate-kind index whose FAISS search finds only its 2 best allowed rows
+    (what IVF does when a selective filter leaves its probed cells nearly empty)."""
+
+    def __init__(self, n: int = 300, dim: int = 16, seed: int = 3) -> None:
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        self.image_vectors = x / np.linalg.norm(x, axis=1, keepdims=True)
+        self.image_valid = np.ones(n, dtype=bool)
+        self.image_valid[::7] = False  # skipped / tombstoned rows
+        self.manifest = {"index": {"kind": "ivf", "images": {"kind": "ivf"}}}
+
+    def search(self, q, k, *, target="images", rows=None):
+        allowed = np.arange(len(self.image_vectors)) if rows is None else np.asarray(rows)
+        sims = q @ self.image_vectors[allowed].T
+        top = allowed[np.argsort(-sims, axis=1)[:, :2]]
+        ids = np.full((len(q), k), -1, dtype=np.int64)
+        ids[:, :2] = top
+        return np.zeros(ids.shape, np.float32), ids
+
+
+def test_a_filter_on_an_approximate_index_still_returns_k_exact_hits():
+    from clipindex.search.ranking import rank
+
+    index = _ShortIndex()
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((5, 16)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    rows = np.flatnonzero(np.arange(300) % 3 == 0)  # a filter passing 100 rows
+    scores, ids = rank(index, q, 10, "images", rows)
+    passing = rows[index.image_valid[rows]]
+    sims = q @ index.image_vectors[passing].T
+    expected = passing[np.argsort(-sims, axis=1, kind="stable")[:, :10]]
+    assert (ids >= 0).all()  # k hits, although the index found 2 per query
+    np.testing.assert_array_equal(ids, expected)  # and they are the exact top-10
+    np.testing.assert_allclose(scores, np.sort(sims, axis=1)[:, ::-1][:, :10], atol=1e-6)
+    assert not np.isin(ids, np.flatnonzero(~index.image_valid)).any()
+    _, few = rank(index, q, 10, "images", np.array([0, 1, 2, 3]))  # 3 valid rows pass
+    assert (few[:, :3] >= 0).all() and (few[:, 3:] == -1).all()  # the store is exhausted
+
+
+def test_offset_pages_concatenate_to_one_query_and_cli_agrees(demo_store):
+    from clipindex.search import search_store
+
+    whole = search_store(demo_store, ["tiny-vit"], texts=["a photo of a dog"], k=10)
+    pages = [search_store(demo_store, ["tiny-vit"], texts=["a photo of a dog"], k=5,
+                          offset=o) for o in (0, 5)]
+    joined = pd.concat([p.frame for p in pages], ignore_index=True)
+    pd.testing.assert_frame_equal(joined, whole.frame)
+    assert pages[1].frame["rank"].tolist() == [6, 7, 8, 9, 10]
+    res = CliRunner().invoke(main, ["search", "a photo of a dog", "--index", str(demo_store),
+                                    "--backbone", "tiny-vit", "-k", "5", "--offset", "5",
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == pages[1].records()
+    with pytest.raises(UserInputError, match="offset"):
+        search_store(demo_store, ["tiny-vit"], texts=["a dog"], k=5, offset=-1)

@@ -90,6 +90,8 @@ def _records(result: SearchResult) -> str:
     help="Backbone to search; give several to fuse them by reciprocal rank fusion.",
 )
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Hits per query.")
+@click.option("--offset", "offset", type=int, default=0, show_default=True,
+              help="Paging: skip each query's first N hits (ranks kept; serve's offset).")
 @click.option(
     "--image",
     "images",
@@ -144,6 +146,7 @@ def search_command(
     index_dir: str,
     backbones: tuple[str, ...],
     k: int,
+    offset: int,
     images: tuple[str, ...],
     queries_file: str | None,
     target: str,
@@ -180,6 +183,7 @@ def search_command(
         where=list(where),
         device=device,
         terms=terms,
+        offset=offset,
     )
     for note in result.notes:
         echo_err(f"Note: {note}")

@@ -204,6 +204,7 @@ def search_indexes(
     depth: int = RRF_DEPTH,
     device: str | None = None,
     terms: Terms | None = None,
+    offset: int = 0,
 ) -> SearchResult:
     """Search one backbone, or fuse several by reciprocal rank fusion.
 
@@ -228,6 +229,9 @@ def search_indexes(
     terms : Terms, optional
         Query arithmetic: ``--add`` / ``--subtract`` texts and images combined with
         every query (:mod:`clipindex.search.arithmetic`).
+    offset : int
+        Paging: skip each query's first ``offset`` hits (``k + offset`` are ranked; the
+        hits keep their ranks, so page 2 of ``k=10`` is ``offset=10``, ranks 11-20).
 
     Returns
     -------
@@ -242,7 +246,9 @@ def search_indexes(
     indexes = list(indexes) if isinstance(indexes, (list, tuple)) else [cast(_Index, indexes)]
     if not indexes:
         raise UserInputError("Give at least one backbone to search.")
-    k = _check_k(k)
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise UserInputError(f"offset must be a whole number >= 0, got {offset!r}.")
+    k = _check_k(k) + int(offset)
     _check_target(target)
     texts_, images_ = _queries(texts, images)
     terms = terms if terms is not None and not terms.empty else None
@@ -267,8 +273,8 @@ def search_indexes(
     exhaustive = all(is_exact(index, target) for index in indexes)
     if len(indexes) == 1:
         scores, ids = rankings[0]
-        return SearchResult(hits_frame(indexes[0], target, labels, scores, ids), tuple(notes),
-                            exhaustive=exhaustive)
+        return SearchResult(_page(hits_frame(indexes[0], target, labels, scores, ids), offset),
+                            tuple(notes), exhaustive=exhaustive)
     names = [backbone_name(index, i) for i, index in enumerate(indexes)]
     scores, ids = rrf_fuse([r[1] for r in rankings], min(k, n_avail))
     notes.append(
@@ -276,8 +282,13 @@ def search_indexes(
         f"fusion (k={RRF_K}, top {max(k, depth)} per backbone): score is the RRF "
         "score sum(1/(60+rank)), not a cosine."
     )
-    frame = hits_frame(indexes[0], target, labels, scores, ids)
+    frame = _page(hits_frame(indexes[0], target, labels, scores, ids), offset)
     return SearchResult(frame, tuple(notes), score_kind="rrf", exhaustive=exhaustive)
+
+
+def _page(frame: pd.DataFrame, offset: int) -> pd.DataFrame:
+    """The hits after each query's first ``offset`` (ranks kept)."""
+    return frame[frame["rank"] > offset].reset_index(drop=True) if offset else frame
 
 
 def _with_notes(result: SearchResult) -> pd.DataFrame:
@@ -363,6 +374,7 @@ def search_store(
     where: Sequence[str] | str | None = None,
     device: str | None = None,
     terms: Terms | None = None,
+    offset: int = 0,
 ) -> SearchResult:
     """Open ``dataset_dir`` for every backbone and search it (what ``clipindex search`` runs).
 
@@ -387,4 +399,4 @@ def search_store(
         raise UserInputError("Give at least one --backbone.")
     indexes = [_open_index(dataset_dir, name) for name in names]
     return search_indexes(indexes, texts=all_texts, images=images, k=k, target=target,
-                          where=where, device=device, terms=terms)
+                          where=where, device=device, terms=terms, offset=offset)

@@ -96,6 +96,9 @@ def rank(
         allowed = np.zeros(len(valid), dtype=bool)
         allowed[rows] = True
         good[good] = allowed[ids[good]]
+    short = good.sum(axis=1) < min(k, _n_allowed(valid, rows))
+    if short.any():  # an approximate index found too few rows that pass: exact fallback
+        ids, good = _exhaustive_ids(q, short, ids, good, vectors, valid, rows, fetch)
     safe = np.where(good, ids, 0)
     scores = np.einsum("qd,qkd->qk", q, np.asarray(vectors[safe], dtype=np.float32))
     scores = np.where(good, scores, -np.inf)
@@ -104,6 +107,37 @@ def rank(
     ids = np.take_along_axis(np.where(good, ids, -1), order, axis=1)[:, :k]
     scores = np.take_along_axis(scores, order, axis=1)[:, :k]
     return scores.astype(np.float32), ids
+
+
+def _n_allowed(valid: np.ndarray, rows: np.ndarray | None) -> int:
+    return int(valid.sum()) if rows is None else int(valid[np.asarray(rows)].sum())
+
+
+def _exhaustive_ids(q: np.ndarray, short: np.ndarray, ids: np.ndarray, good: np.ndarray,
+                    vectors: np.ndarray, valid: np.ndarray, rows: np.ndarray | None,
+                    fetch: int) -> tuple[np.ndarray, np.ndarray]:
+    """For the ``short`` queries (a filter or tombstones left an approximate index's
+    probed cells with fewer than k passing rows), the exact top-``fetch`` over every
+    allowed valid row, scanned in blocks: the store is searched until k rows pass the
+    filter or it is exhausted."""
+    allowed = np.flatnonzero(valid) if rows is None else \
+        np.asarray(rows, dtype=np.int64)[valid[np.asarray(rows, dtype=np.int64)]]
+    qs = q[short]
+    best = np.full((len(qs), fetch), -np.inf, dtype=np.float32)
+    best_ids = np.full((len(qs), fetch), -1, dtype=np.int64)
+    for start in range(0, len(allowed), 65536):
+        block = allowed[start:start + 65536]
+        sims = qs @ np.asarray(vectors[block], dtype=np.float32).T
+        both = np.concatenate([best, sims], axis=1)
+        both_ids = np.concatenate([best_ids, np.broadcast_to(block, sims.shape)], axis=1)
+        top = np.argsort(-both, axis=1, kind="stable")[:, :fetch]
+        best = np.take_along_axis(both, top, axis=1)
+        best_ids = np.take_along_axis(both_ids, top, axis=1)
+    width = max(ids.shape[1], fetch)
+    out = np.full((len(ids), width), -1, dtype=np.int64)
+    out[:, :ids.shape[1]] = np.where(good, ids, -1)
+    out[short] = best_ids
+    return out, out >= 0
 
 
 def allowed_rows(

@@ -72,17 +72,16 @@ def search(snapshot: Snapshot, *, text: str | None = None, image: Path | None = 
     if text is not None:
         for index in indexes:  # encode under the model lock, rank without it
             index.text_vectors([text.strip()] if text.strip() else [])
-        result = search_indexes(indexes, texts=[text], k=k + offset, target=target,
+        result = search_indexes(indexes, texts=[text], k=k, offset=offset, target=target,
                                 where=where_ or None)
     elif image is not None:
         with snapshot.model_lock:
-            result = search_indexes(indexes, images=[image], k=k + offset, target=target,
+            result = search_indexes(indexes, images=[image], k=k, offset=offset,
+                                    target=target,
                                     where=where_ or None)
     else:
         raise ApiError(422, "Give a text or an image to search for.")
     records = result.records()
-    if offset:
-        records = [r for r in records if r["rank"] > offset]
     if label is not None:
         for r in records:
             r["query"] = label
