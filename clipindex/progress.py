@@ -3,9 +3,10 @@
 tqdm redraws its bar in place with ``\\r`` many times a second; in a CI log or a file
 (``> log 2>&1``) every redraw is kept, hundreds per bar. :class:`LineProgress` is tqdm with
 the same counts and rates written as whole lines (``\\n``), at most one per
-:data:`LINE_INTERVAL` seconds, plus the final one. :func:`use_line_progress` makes it the
-bar of this process (``tqdm.tqdm`` and ``tqdm.auto.tqdm``, which every clipindex bar
-imports when it starts); the ``clipindex`` command calls it when stderr is not a terminal
+:data:`LINE_INTERVAL` seconds, plus the final one. Every clipindex bar is made by
+:func:`bar`; :func:`use_line_progress` makes those bars lines (only clipindex's: tqdm
+itself is never replaced, so a user's own bars in the same process keep redrawing), and
+the ``clipindex`` command calls it when stderr is not a terminal, for that command only
 (``CLIPINDEX_PROGRESS=bar`` keeps tqdm's own bars).
 
 Example
@@ -25,9 +26,10 @@ from typing import Any
 
 from tqdm.std import tqdm as _std_tqdm
 
-__all__ = ["LINE_INTERVAL", "LineProgress", "use_line_progress"]
+__all__ = ["LINE_INTERVAL", "LineProgress", "bar", "use_line_progress"]
 
 LINE_INTERVAL = 5.0
+_LINES = {"on": False}
 
 
 class LineProgress(_std_tqdm):  # type: ignore[misc]
@@ -60,14 +62,20 @@ class LineProgress(_std_tqdm):  # type: ignore[misc]
         super().close()
 
 
-def use_line_progress() -> bool:
-    """Make :class:`LineProgress` this process's tqdm bar; False when
-    ``CLIPINDEX_PROGRESS=bar`` asks for tqdm's own."""
-    if os.environ.get("CLIPINDEX_PROGRESS", "").lower() == "bar":
-        return False
-    import tqdm
+def bar(*args: Any, **kwargs: Any) -> Any:
+    """A clipindex progress bar: tqdm's (``tqdm.auto``), or a :class:`LineProgress`
+    while :func:`use_line_progress` is on."""
+    if _LINES["on"]:
+        return LineProgress(*args, **kwargs)
     import tqdm.auto
 
-    tqdm.tqdm = LineProgress
-    tqdm.auto.tqdm = LineProgress
-    return True
+    return tqdm.auto.tqdm(*args, **kwargs)
+
+
+def use_line_progress(on: bool = True) -> bool:
+    """Make clipindex's bars (:func:`bar`) lines (``on=False``: tqdm's bars again);
+    False when ``CLIPINDEX_PROGRESS=bar`` asks for tqdm's own. tqdm is left as it is."""
+    if on and os.environ.get("CLIPINDEX_PROGRESS", "").lower() == "bar":
+        return False
+    _LINES["on"] = bool(on)
+    return bool(on)

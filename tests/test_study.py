@@ -578,6 +578,33 @@ def test_line_progress_by_hand() -> None:
         "x:   0%", "x:  25%", "x:  50%", "x:  75%", "x: 100%", "x: 100%"]
 
 
+def test_line_progress_is_only_clipindex_bars_and_only_for_the_command(tmp_path) -> None:
+    import io
+
+    import tqdm
+    import tqdm.auto
+
+    from clipindex import progress
+
+    original = (tqdm.tqdm, tqdm.auto.tqdm)
+    assert progress.use_line_progress() is True
+    try:
+        assert isinstance(progress.bar(total=1, file=io.StringIO()), progress.LineProgress)
+        assert (tqdm.tqdm, tqdm.auto.tqdm) == original  # a user's own tqdm is untouched
+        theirs = io.StringIO()
+        with tqdm.tqdm(total=2, file=theirs, mininterval=0) as own:
+            own.update(2)
+        assert "\r" in theirs.getvalue()  # and still redraws in place
+    finally:
+        progress.use_line_progress(False)
+    assert not isinstance(progress.bar(total=1, file=io.StringIO(), disable=True),
+                          progress.LineProgress)
+    # The command turns lines on (CliRunner's stderr is no terminal) and off at its end.
+    res = CliRunner().invoke(main, ["info", "--index", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and not progress._LINES["on"]
+    assert (tqdm.tqdm, tqdm.auto.tqdm) == original
+
+
 # ----------------------------------------------------------------------------- --json
 def test_every_result_command_prints_one_json_document(bench_out: Path, planted: dict,
                                                        demo_store: Path, small_world: Path,

@@ -363,7 +363,7 @@ class _Outcome:
 
 def _evaluate_all(plan: BenchPlan, ddir: Path, out: Path, fingerprint: str, *,
                   skip_existing: bool, progress: bool) -> _Outcome:
-    from tqdm.auto import tqdm
+    from clipindex.progress import bar as tqdm
 
     folders = [s.name for s in plan.specs]
     facts = {f: _backbone_facts(ddir, f) for f in folders}

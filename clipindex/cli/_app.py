@@ -74,7 +74,8 @@ def main() -> None:
     if not sys.stderr.isatty():  # CI logs, `> log 2>&1`: a line every few seconds
         from clipindex.progress import use_line_progress
 
-        use_line_progress()
+        if use_line_progress():  # for this command's bars only
+            click.get_current_context().call_on_close(lambda: use_line_progress(False))
 
 
 def echo_err(message: str) -> None:

@@ -332,7 +332,7 @@ class Encoder:
             dataset, batch_size=chosen.batch_size, shuffle=False, num_workers=chosen.workers,
             collate_fn=collate, persistent_workers=False,
         )
-        from tqdm.auto import tqdm
+        from clipindex.progress import bar as tqdm
 
         bar = tqdm(total=len(dataset), unit="img", desc=f"encode {self.spec.display}",
                    file=sys.stderr, disable=not progress, dynamic_ncols=True)

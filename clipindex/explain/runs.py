@@ -327,7 +327,7 @@ def explain_errors(
     """
     if limit < 1:
         raise UserInputError(f"--limit must be at least 1, got {limit}.")
-    from tqdm import tqdm
+    from clipindex.progress import bar as tqdm
 
     results = Path(results)
     rows = _error_rows(results, backbone, method, limit)

@@ -202,7 +202,7 @@ def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, root: Path, dd
                 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], int]:
     """Encode the image and caption rows ``target`` lacks into its add-shards; return
     them, their skipped inputs (store row ids) and the image rows encoded now."""
-    from tqdm.auto import tqdm
+    from clipindex.progress import bar as tqdm
 
     have_i, have_c = int(m["n_images"]), int(m["n_captions"])
     if have_i > len(plan.images) or have_c > len(plan.captions):

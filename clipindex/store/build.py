@@ -305,7 +305,7 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
 def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Shards,
                 opts: BuildOptions, settings: dict[str, Any], counter: ShardCounter
                 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+    from clipindex.progress import bar as tqdm
 
     rel = dataset.images["file"].astype(str).tolist()
     files = [str(f) for f in dataset.image_paths()]
@@ -335,7 +335,7 @@ def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Sh
 def _encode_ray(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Shards,
                 opts: BuildOptions, settings: dict[str, Any], counter: ShardCounter
                 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+    from clipindex.progress import bar as tqdm
 
     @contextmanager
     def bars(total: int, initial: int, what: str) -> Iterator[Any]:

@@ -14,10 +14,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import tqdm  # looked up when a bar starts: clipindex.progress may swap it
+import tqdm
 
 from clipindex.errors import UserInputError
 from clipindex.files import atomic_write_bytes
+from clipindex.progress import bar as progress_bar
 from clipindex.world.captions import make_captions
 from clipindex.world.knobs import (
     CATEGORIES,
@@ -309,7 +310,7 @@ def make_world(
         (stage / "annotations").mkdir(parents=True)
         n_images = sum(len(plan_split(seed, s, sc, knobs)) for s in SPLITS)
         next_ids = [1, 1]  # annotation ids, caption ids (unique across splits)
-        with tqdm.tqdm(
+        with progress_bar(
             total=n_images, desc="world", unit="img", file=sys.stderr, disable=not progress
         ) as bar:
             splits = {s: _write_split(stage, s, seed, sc, knobs, bar, next_ids) for s in SPLITS}
