@@ -311,6 +311,30 @@ def test_bench_warns_about_leakage_and_the_report_shows_it(planted: dict, tmp_pa
     assert section.count("data:image/png;base64,") == 2
 
 
+def test_leakage_needs_a_majority_of_backbones_for_a_near_pair() -> None:
+    """A true duplicate (near in all three) and an exact copy are flagged; a pair only
+    tiny-rn calls near (it packs distinct demo images up to cosine 0.9992) is not."""
+    from clipindex.bench.breakdowns import agreed_pairs
+    from clipindex.search.dedup import PAIR_COLUMNS
+
+    def pairs(*rows):
+        return pd.DataFrame([dict(zip(PAIR_COLUMNS, r, strict=True)) for r in rows],
+                            columns=list(PAIR_COLUMNS))
+
+    true = ("near", 0.9990, 1, "a.jpg", "support", 2, "b.jpg", "test", True)
+    copy = ("exact", 1.0, 3, "c.jpg", "support", 4, "d.jpg", "test", True)
+    false = ("near", 0.9980, 5, "e.jpg", "support", 6, "f.jpg", "test", True)
+    got = agreed_pairs({"tiny-vit": pairs(copy, true[:1] + (0.9980,) + true[2:]),
+                        "tiny-vit-s": pairs(copy, true),
+                        "tiny-rn": pairs(copy, true[:1] + (0.9995,) + true[2:], false)})
+    assert list(zip(got["kind"], got["row_id_a"], got["backbones"])) == [
+        ("exact", 3, 3), ("near", 1, 3)]
+    assert got["cosine"].iloc[1] == pytest.approx(0.9990)  # the median of the three
+    only_rn = agreed_pairs({"tiny-rn": pairs(false), "tiny-vit": pairs()})
+    assert len(only_rn) == 0 and "backbones" in only_rn.columns  # 1 of 2 is no majority
+    assert len(agreed_pairs({"tiny-rn": pairs(false)})) == 1  # one backbone: its own call
+
+
 # ----------------------------------------------------------------------------- arithmetic
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_cow_minus_grass_ranks_the_cows_on_roads_higher(demo_store: Path, backbone: str

@@ -156,16 +156,44 @@ def check_breakdowns(images_columns: Sequence[str], group_by: str | None,
         check_group_column(pd.DataFrame(columns=list(images_columns)), group_by)
 
 
-def write_leakage(ddir: Path, backbone: str, root: Path, out: Path) -> tuple[dict[str, Path],
-                                                                             int]:
+def write_leakage(ddir: Path, backbones: Sequence[str] | str, root: Path, out: Path
+                  ) -> tuple[dict[str, Path], int]:
     """``leakage.csv``: duplicate pairs (:func:`clipindex.search.dedup.find_duplicates`,
-    default threshold, ``backbone``'s vectors) with one row in support and one in test.
+    default threshold) with one row in support and one in test, agreed on by the
+    backbones: an exact pair (same file bytes) always; a near pair only when it is a
+    near duplicate in a majority of ``backbones`` (one weak backbone, e.g. tiny-rn,
+    packing distinct images closer than the threshold, does not flag them alone).
+    ``backbones`` (column) says how many backbones found the pair; ``cosine`` is the
+    median of their cosines.
 
     Returns the file and the number of pairs; the bench warns on stderr when there are any.
     """
+    names = [backbones] if isinstance(backbones, str) else list(backbones)
+    leaks = agreed_pairs({name: _leaks(ddir, name, root) for name in names})
+    return {"leakage.csv": write_csv(leaks, out / "leakage.csv")}, int(len(leaks))
+
+
+def _leaks(ddir: Path, backbone: str, root: Path) -> pd.DataFrame:
     from clipindex.search.dedup import find_duplicates
     from clipindex.store import open_index
 
     pairs = find_duplicates(open_index(ddir, backbone), root=root)
-    leaks = pairs[pairs["leakage"].astype(bool)] if len(pairs) else pairs
-    return {"leakage.csv": write_csv(leaks, out / "leakage.csv")}, int(len(leaks))
+    return pairs[pairs["leakage"].astype(bool)] if len(pairs) else pairs
+
+
+def agreed_pairs(per_backbone: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The pairs of :func:`write_leakage`: exact ones, and near ones found by more than
+    half of the backbones (``backbones``: how many found it; ``cosine``: their median)."""
+    frames = [f for f in per_backbone.values() if len(f)]
+    if not frames:
+        first = next(iter(per_backbone.values()))
+        return first.assign(backbones=pd.Series(dtype=int))
+    both = pd.concat(frames, ignore_index=True)
+    key = ["row_id_a", "row_id_b"]
+    counts = both.groupby(key)["kind"].transform("size")
+    cosine = both.groupby(key)["cosine"].transform("median")
+    both = both.assign(backbones=counts, cosine=cosine).drop_duplicates(key)
+    keep = (both["kind"] == "exact") | (both["backbones"] * 2 > len(per_backbone))
+    return both[keep].sort_values(["kind", "cosine", "row_id_a", "row_id_b"],
+                                  ascending=[True, False, True, True],
+                                  kind="stable").reset_index(drop=True)

@@ -481,7 +481,7 @@ def run_bench(
     extra, more_md = breakdowns.write_breakdowns(res.records, res.tables, images, out,
                                                  target=target_accuracy, group_by=group_by)
     files.update(extra)
-    leak_files, n_leak = breakdowns.write_leakage(ddir, folders[0], Path(dataset.root), out)
+    leak_files, n_leak = breakdowns.write_leakage(ddir, folders, Path(dataset.root), out)
     files.update(leak_files)
     if n_leak:
         print(f"Warning: {n_leak} duplicate pair(s) straddle support and test (few-shot "
