@@ -363,6 +363,17 @@ def test_demo_with_the_tiny_backbones(small_world: Path, tmp_path: Path) -> None
     # trained tiny backbones are well above chance (0.2) on the demo world
     assert tables.loc[("ensemble-majority", "prototype"), "accuracy"] > 0.4
     assert "demo finished in" in res.output
+    # --json: the whole of stdout is one document, the same tables as tables.csv
+    again = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--world",
+                                      str(small_world), "--scale", "small", "--workers",
+                                      "0", "--no-progress", "--skip-existing", "--json"])
+    assert again.exit_code == 0, again.output
+    doc = json.loads(again.stdout)
+    assert {"world", "made_world", "world_scale", "seconds", "report", "bench"} <= set(doc)
+    assert doc["world"] == str(small_world) and doc["made_world"] is False
+    assert Path(doc["report"]).is_file() and doc["bench"]["out"] == str(tmp_path / "results")
+    got = {(r["backbone"], r["method"]): r["accuracy"] for r in doc["bench"]["tables"]}
+    assert got == pytest.approx(tables["accuracy"].to_dict())
 
 
 def test_data_the_methods_need_is_checked_before_encoding(small_world: Path, tmp_path: Path,

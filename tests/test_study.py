@@ -327,7 +327,7 @@ def test_leakage_needs_a_majority_of_backbones_for_a_near_pair() -> None:
     got = agreed_pairs({"tiny-vit": pairs(copy, true[:1] + (0.9980,) + true[2:]),
                         "tiny-vit-s": pairs(copy, true),
                         "tiny-rn": pairs(copy, true[:1] + (0.9995,) + true[2:], false)})
-    assert list(zip(got["kind"], got["row_id_a"], got["backbones"])) == [
+    assert list(zip(got["kind"], got["row_id_a"], got["backbones"], strict=True)) == [
         ("exact", 3, 3), ("near", 1, 3)]
     assert got["cosine"].iloc[1] == pytest.approx(0.9990)  # the median of the three
     only_rn = agreed_pairs({"tiny-rn": pairs(false), "tiny-vit": pairs()})
