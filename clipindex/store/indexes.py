@@ -35,8 +35,11 @@ import faiss
 import numpy as np
 
 from clipindex.errors import IndexMismatchError, UserInputError
+from clipindex.store.torchsearch import (
+    allowed_mask,
+    torch_search,  # re-exported: the device search
+)
 from clipindex.store.torchsearch import as_matrix as _as_matrix
-from clipindex.store.torchsearch import torch_search  # re-exported: the device search
 
 __all__ = [
     "set_search_threads",
@@ -382,12 +385,7 @@ def brute_force(
     x = _as_matrix(vectors, "vectors")
     q = _as_matrix(queries, "queries")
     scores = (q.astype(np.float64) @ x.astype(np.float64).T)
-    allowed = np.ones(x.shape[0], dtype=bool) if valid is None else np.asarray(valid, bool).copy()
-    if rows is not None:
-        mask = np.zeros_like(allowed)
-        rows = np.asarray(rows, dtype=np.int64)
-        mask[rows[(rows >= 0) & (rows < len(mask))]] = True
-        allowed &= mask
+    allowed = allowed_mask(x.shape[0], valid, rows)
     scores[:, ~allowed] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(scores, order, axis=1)

@@ -37,6 +37,18 @@ def as_matrix(x: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def allowed_mask(n: int, valid: Any, rows: Any) -> np.ndarray:
+    """The rows a search may return: ``valid`` (None: all) and, when given, only ``rows``
+    (ids outside 0..n-1 ignored)."""
+    allowed = np.ones(n, dtype=bool) if valid is None else np.asarray(valid, bool).copy()
+    if rows is not None:
+        mask = np.zeros_like(allowed)
+        rows = np.asarray(rows, dtype=np.int64)
+        mask[rows[(rows >= 0) & (rows < n)]] = True
+        allowed &= mask
+    return allowed
+
+
 def torch_search(
     vectors: Any,
     queries: np.ndarray,
@@ -74,12 +86,7 @@ def torch_search(
         raise IndexMismatchError(
             f"query vectors have dim {q_np.shape[1]} but the index holds dim {x.shape[1]}; "
             "encode the queries with the same backbone as the store")
-    allowed = np.ones(x.shape[0], dtype=bool) if valid is None else np.asarray(valid, bool).copy()
-    if rows is not None:
-        mask = np.zeros_like(allowed)
-        rows = np.asarray(rows, dtype=np.int64)
-        mask[rows[(rows >= 0) & (rows < len(mask))]] = True
-        allowed &= mask
+    allowed = allowed_mask(x.shape[0], valid, rows)
     keep = torch.from_numpy(allowed).to(device)
     q = torch.from_numpy(q_np).to(device=device, dtype=x.dtype)
     step = max(1, int(chunk_bytes // max(1, 4 * len(q))))
