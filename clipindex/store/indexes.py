@@ -46,6 +46,7 @@ __all__ = [
     "INDEX_KINDS",
     "IndexSpec",
     "index_nlist",
+    "scores_are_exact",
     "search_knob",
     "set_search_knob",
     "brute_force",
@@ -250,6 +251,19 @@ def set_search_knob(index: faiss.Index, value: int) -> None:
         inner.hnsw.efSearch = int(max(1, value))
     else:
         raise UserInputError(f"a {type(inner).__name__} index has no search knob")
+
+
+def scores_are_exact(index: faiss.Index) -> bool:
+    """Whether ``index`` scores its candidates with the full float32 vectors (flat,
+    IVF-Flat, HNSW-Flat), so its scores are exact inner products, not code distances.
+
+    Example
+    -------
+    >>> scores_are_exact(build_index(np.eye(4, dtype="float32")))
+    True
+    """
+    inner = _inner(index)
+    return isinstance(inner, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat))
 
 
 def index_nlist(index: faiss.Index) -> int | None:

@@ -180,9 +180,11 @@ class BackboneIndex:
         On a flat index the result is the exact cosine top-k. On an approximate index
         (ivf, hnsw, pq, ivfpq, or what ``auto`` chose) FAISS returns ``k *
         rerank_factor`` candidates (default: the manifest's ``rerank_factor`` for the
-        kind, 4 for IVF-Flat/HNSW, 16 for PQ kinds) and they are rescored exactly from
-        the stored vectors: the *scores* are exact cosines, the *set* of rows is the
-        index's best guess (recall@10 against exact search is in the manifest).
+        kind, 4 for HNSW, 16 for PQ kinds) and they are rescored exactly from the
+        stored vectors; IVF-Flat (factor 1) already scores its candidates with the
+        stored vectors, so its answer needs no rescoring. The *scores* are exact
+        cosines, the *set* of rows is the index's best guess (recall@10 against exact
+        search is in the manifest).
         ``rerank_factor=0`` returns the index's own scores, which are approximate for
         PQ kinds. The result unpacks as ``(scores, ids)`` of shape ``(n_queries, k)``
         and says ``.exact`` (scores are exact cosines) and ``.exhaustive`` (ids are the

@@ -52,8 +52,10 @@ __all__ = [
 #: Above this many ``n * dim`` cells exact search costs more than ~5 ms per query.
 AUTO_FLAT_MAX_CELLS = 10_000_000
 DEFAULT_TARGET_RECALL = 0.95
-#: Candidates fetched per result (k * factor) before exact rescoring, per kind.
-RERANK_FACTOR = {"flat": 1, "ivf": 4, "hnsw": 4, "pq": 16, "ivfpq": 16}
+#: Candidates fetched per result (k * factor) before exact rescoring, per kind. IVF-Flat
+#: already scores every candidate of its probed cells exactly (it holds the stored
+#: vectors): more candidates would return the same top-k, so it takes 1 and no rescoring.
+RERANK_FACTOR = {"flat": 1, "ivf": 1, "hnsw": 4, "pq": 16, "ivfpq": 16}
 #: k-means training points per IVF cell (FAISS warns below 39).
 TRAIN_PER_CELL = 64
 _PQ_M = (128, 64, 48, 32, 24, 16, 12, 8, 4)
@@ -154,10 +156,15 @@ def rescored_search(index: Any, matrix: np.ndarray, queries: np.ndarray, k: int,
     """Top-``k`` of ``index`` with ``k * rerank`` candidates rescored exactly from
     ``matrix`` (the stored vectors, row i = row id i): the scores returned are exact
     cosines of the returned rows; which rows come back depends on the index.
-    ``exclude`` (one row id per query) drops that row (leave-one-out queries)."""
-    from clipindex.store.indexes import search_index
+    ``exclude`` (one row id per query) drops that row (leave-one-out queries). With
+    ``rerank`` 1 on an index whose own scores are exact cosines (flat, IVF-Flat, HNSW
+    over flat storage) the index's answer is returned as it is: rescoring would change
+    nothing but the time."""
+    from clipindex.store.indexes import scores_are_exact, search_index
 
     q = np.ascontiguousarray(queries, dtype=np.float32)
+    if rerank <= 1 and exclude is None and scores_are_exact(index):
+        return search_index(index, q, k, rows=rows)
     extra = 0 if exclude is None else 1
     fetch = max(k * max(1, int(rerank)), k) + extra
     fetch = min(fetch, max(int(index.ntotal), 1))
