@@ -255,13 +255,7 @@ def set_search_knob(index: faiss.Index, value: int) -> None:
 
 def scores_are_exact(index: faiss.Index) -> bool:
     """Whether ``index`` scores its candidates with the full float32 vectors (flat,
-    IVF-Flat, HNSW-Flat), so its scores are exact inner products, not code distances.
-
-    Example
-    -------
-    >>> scores_are_exact(build_index(np.eye(4, dtype="float32")))
-    True
-    """
+    IVF-Flat, HNSW-Flat), so its scores are exact inner products, not code distances."""
     inner = _inner(index)
     return isinstance(inner, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat))
 
