@@ -185,7 +185,8 @@ def _contenders(x: np.ndarray, queries: np.ndarray, args: Any, work: Path
                        "knobs": f"IVF{nlist},Flat nprobe={nprobe}"}
     if args.autofaiss_python and Path(args.autofaiss_python).exists():
         try:
-            af = _autofaiss(x, args.budget or out["auto"]["bytes"], Path(args.autofaiss_python), work)
+            af = _autofaiss(x, args.budget or out["auto"]["bytes"],
+                            Path(args.autofaiss_python), work)
             af_index = faiss.read_index(str(af["path"]))
             param = af["infos"].get("index_param", "")
             faiss.ParameterSpace().set_index_parameters(af_index, param)
@@ -205,19 +206,16 @@ def _at_recall(index: Any, queries: np.ndarray, truth: np.ndarray, target: float
                ) -> dict[str, Any] | None:
     """An IVF index's smallest power-of-two nprobe reaching ``target`` on the benchmark's
     own queries (optimistic, like hand-ivf); None for kinds without nprobe."""
-    import faiss
-
     from clipindex.store import indexes
 
     knob = indexes.search_knob(index)
     if knob is None or knob[0] != "nprobe":
         return None
-    nprobe = 1
+    nprobe, nlist = 1, indexes.index_nlist(index) or 1
     while True:
-        faiss.extract_index_ivf(index).nprobe = nprobe
+        indexes.set_search_knob(index, nprobe)
         found = index.search(np.ascontiguousarray(queries), K)[1]
-        if recall_at_k(found, truth) >= target or nprobe >= faiss.extract_index_ivf(
-                index).nlist:
+        if recall_at_k(found, truth) >= target or nprobe >= nlist:
             break
         nprobe *= 2
     return {"search": lambda q: index.search(np.ascontiguousarray(q), K)[1],

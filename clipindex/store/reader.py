@@ -201,7 +201,7 @@ class BackboneIndex:
         ...                          rows=idx.images.index[idx.images.split == "test"])
         ... # doctest: +SKIP
         """
-        from clipindex.store.indexes import search_index
+        from clipindex.store.indexes import scores_are_exact, search_index
         from clipindex.store.tuning import RERANK_FACTOR, rescored_search
 
         if target not in _TARGETS:
@@ -225,7 +225,7 @@ class BackboneIndex:
             if rerank_factor is None else int(rerank_factor)
         if factor <= 0:
             return Hits(*search_index(self._indexes[target], q, k, rows=sel),
-                        exact=kind in ("ivf", "hnsw"), exhaustive=False)
+                        exact=scores_are_exact(self._indexes[target]), exhaustive=False)
         scores, ids = rescored_search(self._indexes[target], self.stored[target], q, k,
                                       rerank=int(factor), rows=sel)
         return Hits(scores, ids, exact=True, exhaustive=False)
