@@ -75,7 +75,7 @@ def _configs(size: int, budget: bool) -> dict[str, int | None]:
     return {"auto": None, **({"auto, budget": size // 8} if budget else {})}
 
 
-def _make(folder: Path, n: int, seed: int, budget: bool) -> dict[str, dict[str, Any]]:
+def _make(folder: Path, n: int, seed: int, with_budget: bool) -> dict[str, dict[str, Any]]:
     from clipindex.store import indexes, tuning
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def _make(folder: Path, n: int, seed: int, budget: bool) -> dict[str, dict[str, 
     x = np.load(folder / "images.npy", mmap_mode="r")
     ids = np.arange(n, dtype=np.int64)
     metas = {}
-    for name, budget in _configs(x.nbytes, budget).items():
+    for name, budget in _configs(x.nbytes, with_budget).items():
         meta_path = folder / f"{name}.json"
         if meta_path.is_file():
             metas[name] = json.loads(meta_path.read_text())
