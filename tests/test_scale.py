@@ -232,3 +232,18 @@ def test_classify_on_an_approximate_store_equals_flat(tmp_path, use_fake_encoder
         f = classify(tmp_path / "flat" / "toy", "fake-a", method).predictions
         assert len(a) == len(f) > 0
         assert a["predicted"].tolist() == f["predicted"].tolist(), method
+
+
+def test_ivf_flat_answer_equals_its_rescored_answer(auto_store, world):
+    # IVF-Flat (factor 1) returns its own answer unrescored: it must be what fetching
+    # k x 4 candidates and rescoring them from the stored vectors gives.
+    folder, images, _, _, desc = auto_store
+    assert desc["images"]["kind"] == "ivf" and desc["images"]["rerank_factor"] == 1
+    index = load_index(folder / "images.faiss")
+    q = world.images(50, 11)  # held out: another seed than the store's
+    fast_s, fast_i = rescored_search(index, images, q, 10, rerank=1)
+    slow_s, slow_i = rescored_search(index, images, q, 10, rerank=4)
+    np.testing.assert_array_equal(fast_i, slow_i)
+    np.testing.assert_allclose(fast_s, slow_s, atol=1e-5)
+    exact = np.einsum("qd,qkd->qk", q, images[fast_i])
+    np.testing.assert_allclose(fast_s, exact, atol=1e-5)
