@@ -61,12 +61,13 @@ before = rss()
 x = load_matrix(folder / 'images.npy') if mmap else np.load(folder / 'images.npy')
 index = load_faiss(folder / (name + '.faiss'), True)[0] if mmap else load_index(
     folder / (name + '.faiss'))
-if meta['knob'] is not None:
-    set_search_knob(index, meta['knob'])
+knob = int(sys.argv[4]) if len(sys.argv) > 4 else meta['knob']
+if knob is not None:
+    set_search_knob(index, knob)
 opened = rss()
 found = [rescored_search(index, x, q[i:i + 1], 10, rerank=meta['rerank'])[1][0]
          for i in range(len(q))]
-np.save(folder / (name + '-' + sys.argv[3] + '-found.npy'), np.array(found))
+np.save(folder / (name + '-' + '-'.join(sys.argv[3:]) + '-found.npy'), np.array(found))
 print(json.dumps({'before': before, 'opened': opened, 'after': rss()}))
 """
 
@@ -122,6 +123,10 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--with-budget", action="store_true",
                         help="also the IVF-PQ configuration (its OPQ training is slow here)")
+    parser.add_argument("--nprobes", type=lambda t: [int(v) for v in t.split(",") if v],
+                        default=[8, 32],
+                        help="extra rows with the IVF index searched at these nprobes "
+                             "(comma-separated; '' for none)")
     args = parser.parse_args(argv)
     if args.quick:
         args.n = 20_000
@@ -136,25 +141,36 @@ def _main(argv: list[str] | None = None) -> int:
              "recall@10 |", "|---|---|---|---|---|---|---|---|---|---|"]
     ratios, grown = [], {}
     for name, meta in metas.items():
-        knobs = (f"{meta['kind']} {meta['options'].get('nlist')} cells"
-                 + (f", pq_m {meta['options']['pq_m']}" if "pq_m" in meta["options"] else "")
-                 + f", {meta['knob_name']}={meta['knob']}, rerank x{meta['rerank']}")
+        # the tuned knob, then (IVF) the forced nprobes of --nprobes: a store whose real
+        # embeddings need more cells per query touches more of its lists
+        knobs_to_run = [None] + ([p for p in args.nprobes if p != meta["knob"]]
+                                 if meta["knob_name"] == "nprobe" else [])
         isize = (folder / f"{name}.faiss").stat().st_size
-        for mode in ("mmap", "read"):
-            done = subprocess.run([sys.executable, "-c", _CHILD, str(folder), name, mode],
-                                  capture_output=True, text=True, check=True)
-            r = json.loads(done.stdout.strip().splitlines()[-1])
-            found = np.load(folder / f"{name}-{mode}-found.npy")
-            grown[name, mode] = r["after"] - r["before"]
-            lines.append(f"| {name} | {knobs} | {mode} | {size / 1e6:,.0f} | {isize / 1e6:,.0f} "
-                         f"| {r['before'] / 1e6:,.0f} | {r['opened'] / 1e6:,.0f} | "
-                         f"{r['after'] / 1e6:,.0f} | {grown[name, mode] / size:.1%} | "
-                         f"{recall_at_k(found, truth):.3f} |")
-        mapped = max(grown[name, "mmap"], 1)
-        ratios.append(common.ratio_line(grown[name, "read"] / mapped, (
-            f"resident memory grown by opening + 100 queries, read into memory over memory-"
-            f"mapped, {name} ({meta['kind']}), {size / 1e9:.2f} GB vectors file (mapped: "
-            f"{mapped / size:.1%} of it)")))
+        for forced in knobs_to_run:
+            knob = meta["knob"] if forced is None else forced
+            knobs = (f"{meta['kind']} {meta['options'].get('nlist')} cells"
+                     + (f", pq_m {meta['options']['pq_m']}" if "pq_m" in meta["options"]
+                        else "")
+                     + f", {meta['knob_name']}={knob}"
+                     + (" (tuned)" if forced is None else " (forced)")
+                     + f", rerank x{meta['rerank']}")
+            for mode in ("mmap", "read"):
+                extra = [] if forced is None else [str(forced)]
+                done = subprocess.run([sys.executable, "-c", _CHILD, str(folder), name, mode,
+                                       *extra], capture_output=True, text=True, check=True)
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                found = np.load(folder / f"{name}-{'-'.join([mode, *extra])}-found.npy")
+                grown[mode] = r["after"] - r["before"]
+                lines.append(
+                    f"| {name} | {knobs} | {mode} | {size / 1e6:,.0f} | {isize / 1e6:,.0f} | "
+                    f"{r['before'] / 1e6:,.0f} | {r['opened'] / 1e6:,.0f} | "
+                    f"{r['after'] / 1e6:,.0f} | {grown[mode] / size:.1%} | "
+                    f"{recall_at_k(found, truth):.3f} |")
+            mapped = max(grown["mmap"], 1)
+            ratios.append(common.ratio_line(grown["read"] / mapped, (
+                f"resident memory grown by opening + 100 queries, read into memory over "
+                f"memory-mapped, {name} ({meta['kind']}, {meta['knob_name']}={knob}), "
+                f"{size / 1e9:.2f} GB vectors file (mapped: {mapped / size:.1%} of it)")))
     print("\n".join(lines + [""] + ratios))
     if not args.no_write:
         head = [f"- command: `{common.command_line()}`", *common.machine_lines(info),

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -145,20 +146,25 @@ def _ram_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def _contenders(x: np.ndarray, queries: np.ndarray, args: Any, work: Path
-                ) -> dict[str, dict[str, Any]]:
-    """Build every contender; each entry has a ``search(q) -> ids`` and its figures."""
+CONTENDERS = ("flat", "auto", "hand-ivf", "autofaiss", "hnsw")
+
+
+def _flat(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    from clipindex.store import indexes
+
+    with common.cpu_threads(2), common.stopwatch() as t:
+        flat = indexes.build_index(x, np.arange(len(x), dtype=np.int64))
+    return {"flat": {"search": lambda q: indexes.search_index(flat, q, K)[1],
+                     "build_s": t["s"], "bytes": x.nbytes, "knobs": "exact"}}
+
+
+def _auto(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
     import faiss
 
     from clipindex.store import indexes, tuning
 
-    n = len(x)
-    ids = np.arange(n, dtype=np.int64)
-    out: dict[str, dict[str, Any]] = {}
-    with common.cpu_threads(2), common.stopwatch() as t:
-        flat = indexes.build_index(x, ids)
-    out["flat"] = {"search": lambda q: indexes.search_index(flat, q, K)[1],
-                   "build_s": t["s"], "bytes": x.nbytes, "knobs": "exact"}
+    args = ctx["args"]
+    n, ids = len(x), np.arange(len(x), dtype=np.int64)
     settings = tuning.AutoSettings(target_recall=0.95, max_memory=args.budget,
                                    queries=args.tune_queries)
     kind, options = tuning.choose_index(n, x.shape[1], settings)
@@ -167,38 +173,60 @@ def _contenders(x: np.ndarray, queries: np.ndarray, args: Any, work: Path
         cross = {"text_to_image": clustered(args.tune_queries, args.centre_vectors, 99)}
         tuned = tuning.tune_index(auto, x, ids, kind, cross, "image_to_image", settings)
     rerank = tuned["rerank_factor"]
-    out["auto"] = {"search": lambda q: tuning.rescored_search(auto, x, q, K, rerank=rerank)[1],
-                   "build_s": t["s"], "bytes": len(faiss.serialize_index(auto)),
-                   "knobs": f"{kind} {options.get('nlist')} cells, {tuned['tuned_knob']}="
-                            f"{tuned['tuned_value']}, rerank x{rerank}, recorded recall@10 "
-                            f"{tuned['recall_at_10']:.3f}"}
-    nlist = max(1, int(np.sqrt(n)))
+    ctx["auto_bytes"] = len(faiss.serialize_index(auto))
+    return {"auto": {
+        "search": lambda q: tuning.rescored_search(auto, x, q, K, rerank=rerank)[1],
+        "build_s": t["s"], "bytes": ctx["auto_bytes"],
+        "knobs": f"{kind} {options.get('nlist')} cells, {tuned['tuned_knob']}="
+                 f"{tuned['tuned_value']}, rerank x{rerank}, recorded recall@10 "
+                 f"{tuned['recall_at_10']:.3f}"}}
+
+
+def _hand_ivf(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    import faiss
+
+    from clipindex.store import indexes
+
+    nlist = max(1, int(np.sqrt(len(x))))
     with common.cpu_threads(2), common.stopwatch() as t:
-        ivf = indexes.build_index(x, ids, kind="ivf", nlist=nlist)
-    truth = numpy_top_k(x, queries, K)[1]
+        ivf = indexes.build_index(x, np.arange(len(x), dtype=np.int64), kind="ivf",
+                                  nlist=nlist)
     for nprobe in (8, 16, 32, 64, 128):
         indexes.set_search_knob(ivf, nprobe)
-        if recall_at_k(indexes.search_index(ivf, queries, K)[1], truth) >= 0.95:
+        found = indexes.search_index(ivf, ctx["queries"], K)[1]
+        if recall_at_k(found, ctx["truth"]) >= 0.95:
             break
-    out["hand-ivf"] = {"search": lambda q: indexes.search_index(ivf, q, K)[1],
-                       "build_s": t["s"], "bytes": len(faiss.serialize_index(ivf)),
-                       "knobs": f"IVF{nlist},Flat nprobe={nprobe}"}
-    if args.autofaiss_python and Path(args.autofaiss_python).exists():
-        try:
-            af = _autofaiss(x, args.budget or out["auto"]["bytes"],
-                            Path(args.autofaiss_python), work)
-            af_index = faiss.read_index(str(af["path"]))
-            param = af["infos"].get("index_param", "")
-            faiss.ParameterSpace().set_index_parameters(af_index, param)
-            out["autofaiss"] = {
-                "search": lambda q: af_index.search(np.ascontiguousarray(q), K)[1],
-                "build_s": af["build_s"], "bytes": af["path"].stat().st_size,
-                "knobs": f"{af['infos'].get('index_key')} {param}"}
-            matched = _at_recall(faiss.read_index(str(af["path"])), queries, truth, 0.95)
-            if matched is not None:  # its index, its knob lowered to our recall target
-                out["autofaiss-tuned"] = {**out["autofaiss"], **matched}
-        except Exception as exc:  # noqa: BLE001 - reported, the other contenders stand
-            common.log(f"autofaiss failed: {exc}")
+    return {"hand-ivf": {"search": lambda q: indexes.search_index(ivf, q, K)[1],
+                         "build_s": t["s"], "bytes": len(faiss.serialize_index(ivf)),
+                         "knobs": f"IVF{nlist},Flat nprobe={nprobe}"}}
+
+
+def _autofaiss_pair(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """autofaiss's index with its own knobs, and at the recall target (if it has nprobe);
+    nothing (a logged line) when autofaiss is not installed or fails."""
+    import faiss
+
+    args = ctx["args"]
+    if not (args.autofaiss_python and Path(args.autofaiss_python).exists()):
+        common.log(f"autofaiss left out: no Python at {args.autofaiss_python!r}")
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        af = _autofaiss(x, args.budget or ctx.get("auto_bytes") or x.nbytes,
+                        Path(args.autofaiss_python), ctx["work"])
+        af_index = faiss.read_index(str(af["path"]))
+        param = af["infos"].get("index_param", "")
+        faiss.ParameterSpace().set_index_parameters(af_index, param)
+        out["autofaiss"] = {
+            "search": lambda q: af_index.search(np.ascontiguousarray(q), K)[1],
+            "build_s": af["build_s"], "bytes": af["path"].stat().st_size,
+            "knobs": f"{af['infos'].get('index_key')} {param}"}
+        matched = _at_recall(faiss.read_index(str(af["path"])), ctx["queries"],
+                             ctx["truth"], 0.95)
+        if matched is not None:  # its index, its knob lowered to our recall target
+            out["autofaiss-tuned"] = {**out["autofaiss"], **matched}
+    except Exception as exc:  # noqa: BLE001 - reported, the other contenders stand
+        common.log(f"autofaiss failed: {exc}")
     return out
 
 
@@ -222,18 +250,26 @@ def _at_recall(index: Any, queries: np.ndarray, truth: np.ndarray, target: float
             "knobs": f"its index, nprobe={nprobe} (smallest power of 2 reaching {target})"}
 
 
-def _hnsw(x: np.ndarray, queries: np.ndarray, args: Any) -> dict[str, Any]:
+def _hnsw(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """HNSW over the first ``--hnsw-n`` rows, and flat at that size (its own truth)."""
     from clipindex.store import indexes
 
+    args, queries = ctx["args"], ctx["queries"]
     sub = x[:args.hnsw_n]
     with common.cpu_threads(2), common.stopwatch() as t:
         index = indexes.build_index(sub, np.arange(len(sub)), kind="hnsw", ef_search=64)
     flat = indexes.build_index(sub, np.arange(len(sub)))
-    return {"hnsw": {"search": lambda q: indexes.search_index(index, q, K)[1],
-                     "build_s": t["s"], "knobs": "HNSW32 efSearch=64"},
-            "flat": {"search": lambda q: indexes.search_index(flat, q, K)[1],
-                     "build_s": 0.0, "knobs": "exact"},
-            "truth": numpy_top_k(sub, queries, K)[1]}
+    where, truth = _fmt_n(len(sub)), numpy_top_k(sub, queries, K)[1]
+    return {f"hnsw@{where}": {"search": lambda q: indexes.search_index(index, q, K)[1],
+                              "build_s": t["s"], "knobs": "HNSW32 efSearch=64",
+                              "where": where, "truth": truth},
+            f"flat@{where}": {"search": lambda q: indexes.search_index(flat, q, K)[1],
+                              "build_s": 0.0, "knobs": "exact", "where": where,
+                              "truth": truth}}
+
+
+BUILDERS = {"flat": _flat, "auto": _auto, "hand-ivf": _hand_ivf,
+            "autofaiss": _autofaiss_pair, "hnsw": _hnsw}
 
 
 def _fmt_n(n: int) -> str:
@@ -245,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     return common.run_with_threads(_main, argv)
 
 
-def _main(argv: list[str] | None = None) -> int:
+def _parser() -> Any:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="base vectors")
     parser.add_argument("--centres", type=int, default=10_000, help="cluster centres")
@@ -257,8 +293,18 @@ def _main(argv: list[str] | None = None) -> int:
                         help="index memory budget (e.g. 4GB) for auto and autofaiss")
     parser.add_argument("--autofaiss-python", default=str(AUTOFAISS_PY),
                         help="a Python with autofaiss installed ('' to leave it out)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help="comma-separated subset of " + ", ".join(CONTENDERS)
+                             + " (each is built, measured and freed in turn)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    if unknown := sorted(set(chosen) - set(CONTENDERS)):
+        raise SystemExit(f"unknown contender(s) {unknown}: choose from {CONTENDERS}")
     if args.quick:
         args.n, args.centres, args.queries, args.repeats = 20_000, 200, 100, 20
         args.tune_queries, args.hnsw_n, args.autofaiss_python = 100, 3000, ""
@@ -267,37 +313,62 @@ def _main(argv: list[str] | None = None) -> int:
     common.log(f"search: {args.n:,} clustered vectors around {args.centres:,} centres")
     x = clustered(args.n, args.centre_vectors, args.seed + 1)
     queries = clustered(args.queries, args.centre_vectors, args.seed + 2)
-    with tempfile.TemporaryDirectory() as tmp:
-        contenders = _contenders(x, queries, args, Path(tmp))
-    truth = numpy_top_k(x, queries, K)[1]
-    hnsw = _hnsw(x, queries, args)
-    size, hsize = _fmt_n(args.n), _fmt_n(args.hnsw_n)
+    size = _fmt_n(args.n)
     lines = ["| contender | vectors | knobs | build (s) | index MB | threads | p50 (ms) | "
              f"p99 (ms) | {args.queries:,} queries (s) | recall@{K} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     figures: dict[tuple[str, int], dict[str, float]] = {}
     summary = []
-    groups = [(name, c, size, truth) for name, c in contenders.items()] + [
-        (f"{name}@{hsize}", hnsw[name], hsize, hnsw["truth"]) for name in ("hnsw", "flat")]
-    for name, c, where, ref in groups:
-        for threads in (1, 2):
-            f = figures[name, threads] = _measure(c["search"], queries, ref, args.repeats,
-                                                  threads)
-            mb = f"{c['bytes'] / 1e6:,.0f}" if "bytes" in c else ""
-            lines.append(f"| {name} | {where} | {c['knobs']} | {c['build_s']:.1f} | {mb} | "
-                         f"{threads} | {f['p50'] * 1e3:.2f} | {f['p99'] * 1e3:.2f} | "
-                         f"{f['batch']:.2f} | {f['recall']:.3f} |")
-        f = figures[name, 2]
-        summary.append(f"{where} {name.split('@')[0]}: p50 {f['p50'] * 1e3:.1f} ms, p99 "
-                       f"{f['p99'] * 1e3:.1f} ms, recall@10 {f['recall']:.3f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = {"args": args, "queries": queries, "truth": numpy_top_k(x, queries, K)[1],
+               "work": Path(tmp)}
+        for key in (c for c in CONTENDERS if c in chosen):
+            entries = BUILDERS[key](x, ctx)
+            for name, c in entries.items():  # measured, then freed before the next one
+                where, ref = c.get("where", size), c.get("truth", ctx["truth"])
+                for threads in (1, 2):
+                    f = figures[name, threads] = _measure(c["search"], queries, ref,
+                                                          args.repeats, threads)
+                    mb = f"{c['bytes'] / 1e6:,.0f}" if "bytes" in c else ""
+                    lines.append(f"| {name} | {where} | {c['knobs']} | {c['build_s']:.1f} | "
+                                 f"{mb} | {threads} | {f['p50'] * 1e3:.2f} | "
+                                 f"{f['p99'] * 1e3:.2f} | {f['batch']:.2f} | "
+                                 f"{f['recall']:.3f} |")
+                f = figures[name, 2]
+                summary.append(f"{where} {name.split('@')[0]}: p50 {f['p50'] * 1e3:.1f} ms, "
+                               f"p99 {f['p99'] * 1e3:.1f} ms, recall@10 {f['recall']:.3f}")
+            del entries
+    ratios = _ratios(figures, size, args.queries)
+    print("\n".join(lines + [""] + summary + [""] + ratios))
+    if not args.no_write:
+        head = [f"- command: `{common.command_line()}`", *common.machine_lines(info),
+                f"- {size} x {DIM} float32 unit vectors around {args.centres:,} random "
+                f"centres plus noise; {args.queries:,} queries from the same distribution, "
+                f"not in the base; recall@{K} against the exact top-{K}; p50/p99 over "
+                f"{args.repeats} single-query calls; HNSW over the first "
+                f"{_fmt_n(args.hnsw_n)} rows only (build cost), against flat at that size",
+                ""]
+        extra = _extrapolated(args.results, summary, args.n) if args.n > 1_000_000 else []
+        section = SECTION if args.n <= 1_000_000 else f"{SECTION}_{size}"
+        common.write_section(section, f"Search at scale ({size}): auto vs flat, IVF, HNSW, "
+                             "autofaiss", head + lines + ["", *summary, *extra], ratios,
+                             args.results)
+    return 0
+
+
+def _ratios(figures: dict[tuple[str, int], dict[str, float]], size: str, n_queries: int
+            ) -> list[str]:
+    """auto against each other contender measured in the same run."""
     ratios = []
     for threads in (1, 2):
+        if ("auto", threads) not in figures or ("flat", threads) not in figures:
+            continue
         a, fl = figures["auto", threads], figures["flat", threads]
         ratios.append(common.ratio_line(fl["p50"] / a["p50"], (
             f"clipindex auto over exact flat, 1-query p50 latency at {size}, {threads} "
             f"thread(s) (recall@10 {a['recall']:.3f})")))
         ratios.append(common.ratio_line(fl["batch"] / a["batch"], (
-            f"clipindex auto over exact flat, {args.queries:,}-query throughput at {size}, "
+            f"clipindex auto over exact flat, {n_queries:,}-query throughput at {size}, "
             f"{threads} thread(s)")))
         for other in ("autofaiss", "autofaiss-tuned", "hand-ivf"):
             if (other, threads) in figures:
@@ -305,17 +376,31 @@ def _main(argv: list[str] | None = None) -> int:
                 ratios.append(common.ratio_line(o["p50"] / a["p50"], (
                     f"clipindex auto over {other}, 1-query p50 latency at {size}, {threads} "
                     f"thread(s) (recall@10 {a['recall']:.3f} vs {o['recall']:.3f})")))
-    print("\n".join(lines + [""] + summary + [""] + ratios))
-    if not args.no_write:
-        head = [f"- command: `{common.command_line()}`", *common.machine_lines(info),
-                f"- {size} x {DIM} float32 unit vectors around {args.centres:,} random "
-                f"centres plus noise; {args.queries:,} queries from the same distribution, "
-                f"not in the base; recall@{K} against the exact top-{K}; p50/p99 over "
-                f"{args.repeats} single-query calls; HNSW over the first {hsize} rows "
-                "only (build cost), against flat at that size", ""]
-        common.write_section(SECTION, "Search at scale: auto vs flat, IVF, HNSW, autofaiss",
-                             head + lines + ["", *summary], ratios, args.results)
-    return 0
+    return ratios
+
+
+_SUMMARY = re.compile(r"^(\S+) (\S+): p50 ([0-9.]+) ms, p99 ([0-9.]+) ms")
+
+
+def _extrapolated(results: Path, summary: list[str], n: int) -> list[str]:
+    """10M p50 of each contender measured here and at 1M (RESULTS.md's ``1M <name>:``
+    lines), from the power law through the two points: not measured, and said so."""
+    def parse(text: str, size: str) -> dict[str, float]:
+        hits = (_SUMMARY.match(line.strip()) for line in text.splitlines())
+        return {m[2]: float(m[3]) for m in hits if m and m[1] == size}
+
+    one = parse(Path(results).read_text(encoding="utf-8"), "1M") if Path(
+        results).is_file() else {}
+    here = parse("\n".join(summary), _fmt_n(n))
+    out = []
+    for name in (k for k in here if k in one and one[k] > 0 and here[k] > 0):
+        slope = np.log(here[name] / one[name]) / np.log(n / 1e6)
+        p10 = here[name] * (1e7 / n) ** slope
+        out.append(f"- 10M {name}: p50 ~{p10:.1f} ms, **extrapolated, not measured** "
+                   f"(p50 grows as N^{slope:.2f} between 1M and {_fmt_n(n)} on this machine)")
+    if out:
+        out.insert(0, "")
+    return out
 
 
 def common_memory(text: str) -> int | None:

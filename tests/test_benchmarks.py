@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -95,6 +96,22 @@ def test_numpy_top_k_matches_the_reference() -> None:
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
     assert search.recall_at_k(ids, ref_ids) == 1.0
     assert search.recall_at_k(np.full_like(ids, -1), ref_ids) == 0.0
+
+
+def test_search_extrapolation_follows_the_power_law_through_1m_and_the_run(
+        tmp_path: Path) -> None:
+    search = _module("bench_search")
+    results = tmp_path / "RESULTS.md"
+    results.write_text("- 1M auto: p50 1.0 ms, p99 2.0 ms, recall@10 0.990\n"
+                       "- 1M flat: p50 100.0 ms, p99 150.0 ms, recall@10 1.000\n")
+    summary = ["3M auto: p50 1.7 ms, p99 3.0 ms, recall@10 0.980",
+               "3M flat: p50 300.0 ms, p99 400.0 ms, recall@10 1.000",
+               "3M hand-ivf: p50 2.0 ms, p99 3.0 ms, recall@10 0.960"]  # no 1M line
+    lines = [line for line in search._extrapolated(results, summary, 3_000_000) if line]
+    assert len(lines) == 2 and all("extrapolated, not measured" in line for line in lines)
+    assert lines[1].startswith("- 10M flat: p50 ~1000.0 ms") and "N^1.00" in lines[1]
+    slope = np.log(1.7) / np.log(3)  # auto: 1.7 ms x (10/3)^slope
+    assert lines[0].startswith(f"- 10M auto: p50 ~{1.7 * (10 / 3) ** slope:.1f} ms")
 
 
 @pytest.mark.slow

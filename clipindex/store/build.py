@@ -349,7 +349,8 @@ def _encode_ray(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Sh
                            text_batch=int(settings.get("text_batch_size") or batch),
                            device=device, strict=opts.strict,
                            progress=opts.progress, counter=counter, ray_opts=opts.ray,
-                           bars=bars)
+                           bars=bars, threads=settings.get("threads") if device == "cpu"
+                           else None)
 
 
 def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, *,

@@ -41,6 +41,10 @@ log = logging.getLogger("clipindex.store")
 
 ENGINES = ("local", "ray")
 RAY_INSTALL = "pip install 'clipindex[ray]'"
+#: CPUs a decode task reserves: two decode tasks per free core, so on a node decode
+#: keeps up with an actor the way the local build's decode workers do (Ray's
+#: back-pressure stops them running ahead of the encoder).
+DECODE_CPUS = 0.5
 
 
 @dataclass(frozen=True)
@@ -257,22 +261,28 @@ def _stream(ds: Any, gather: _Gather, bar: Any, with_reason: bool) -> float | No
     return first
 
 
-def _worker_args(spec: Any, device: str, ray_opts: RayOptions) -> dict[str, Any]:
-    return {"spec": spec, "device": device, "threads": ray_opts.cpus_per_encoder,
+def _worker_args(spec: Any, device: str, ray_opts: RayOptions, threads: int | None
+                 ) -> dict[str, Any]:
+    return {"spec": spec, "device": device, "threads": threads or ray_opts.cpus_per_encoder,
             "kill_once": ray_opts.kill_once, "batch_delay": ray_opts.batch_delay}
 
 
 def encode_with_ray(dataset: Any, spec: Any, encoder: Any, img: Shards, cap: Shards, *,
                     batch: int, text_batch: int, device: str, strict: bool, progress: bool,
-                    counter: ShardCounter, ray_opts: RayOptions, bars: Any) -> dict[str, Any]:
+                    counter: ShardCounter, ray_opts: RayOptions, bars: Any,
+                    threads: int | None = None) -> dict[str, Any]:
     """Encode every unfinished image and caption shard on Ray; the timings and engine
-    record for the manifest. ``bars(total, initial, desc)`` makes a progress bar."""
+    record for the manifest. ``bars(total, initial, desc)`` makes a progress bar.
+    ``threads``: torch threads of each actor (the local build's choice for this model
+    and core count; default ``cpus_per_encoder``). A CPU actor still reserves
+    ``cpus_per_encoder`` CPUs and each decode task :data:`DECODE_CPUS`, so decode runs
+    beside compute as the local build's workers do."""
     ray = import_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(progress)
     ctx.execution_options.preserve_order = True  # keeps the driver's open shards few
     n_actors, resources = _pool(ray, ray_opts)
-    args = _worker_args(spec, device, ray_opts)
+    args = _worker_args(spec, device, ray_opts, threads)
     import pandas as pd
 
     pending, rows = _pending_rows(img)
@@ -284,7 +294,7 @@ def encode_with_ray(dataset: Any, spec: Any, encoder: Any, img: Shards, cap: Sha
         frame = pd.DataFrame({"row": rows, "path": [files[r] for r in rows]})
         ds = (ray.data.from_pandas(_frames(frame, batch))
               .map_batches(_decode_batch, fn_kwargs={"load": encoder.pixel_pipeline},
-                           batch_size=batch, batch_format="numpy", num_cpus=1,
+                           batch_size=batch, batch_format="numpy", num_cpus=DECODE_CPUS,
                            memory=_decode_memory(encoder, batch))
               .map_batches(_ImageWorker, fn_constructor_kwargs=args, batch_size=batch,
                            batch_format="numpy",
@@ -312,6 +322,7 @@ def encode_with_ray(dataset: Any, spec: Any, encoder: Any, img: Shards, cap: Sha
         "caption_encode_seconds": round(t_cap, 4), "captions_encoded": int(len(rows_c)),
         "ray": {"actors": n_actors, "gpus_per_encoder": float(ray_opts.gpus_per_encoder),
                 "cpus_per_encoder": int(ray_opts.cpus_per_encoder), "device": device,
+                "threads_per_encoder": int(args["threads"]), "decode_cpus": DECODE_CPUS,
                 "address": ray_opts.address or os.environ.get("RAY_ADDRESS") or "local",
                 "stage_seconds": {"images": round(t_img, 4), "captions": round(t_cap, 4)},
                 "first_image_batch_seconds": None if first is None else round(first, 4)},
