@@ -60,12 +60,18 @@ def one_build(manifest: Path, world: Path, out: Path, args: Any, engine: str) ->
 def main(argv: list[str] | None = None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--backbone", default="tiny-rn")
-    parser.add_argument("--pretrained", default="default")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--backbone", default=None,
+                        help="default ViT-B/32 with random weights (a real CPU model's "
+                             "cost); tiny-rn with --quick")
+    parser.add_argument("--pretrained", default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     common.register_model_configs(args.model_config)
+    if args.backbone is None:
+        args.backbone = "tiny-rn" if args.quick else "ViT-B/32"
+    if args.pretrained is None:
+        args.pretrained = "default" if args.backbone.startswith("tiny") else "none"
     n = 40 if args.quick else args.images
     world = common.demo_world(args.workdir, "small" if args.quick else "default")
     manifest = image_manifest(world, n, args.workdir / f"ray-manifest-{n}")
