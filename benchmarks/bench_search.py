@@ -379,7 +379,7 @@ def _ratios(figures: dict[tuple[str, int], dict[str, float]], size: str, n_queri
     return ratios
 
 
-_SUMMARY = re.compile(r"^(\S+) (\S+): p50 ([0-9.]+) ms, p99 ([0-9.]+) ms")
+_SUMMARY = re.compile(r"^(?:- )?(\S+) (\S+): p50 ([0-9.]+) ms, p99 ([0-9.]+) ms")
 
 
 def _extrapolated(results: Path, summary: list[str], n: int) -> list[str]:

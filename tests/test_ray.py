@@ -123,6 +123,9 @@ def test_ray_build_equals_the_local_build(ray_address, demo_subset, tmp_path):
     m = open_index(ray_[0].parent, "tiny-vit").manifest
     assert m["engine"] == "ray" and m["ray"]["actors"] == 1
     assert set(m["ray"]["stage_seconds"]) == {"images", "captions", "index"}
+    # the actor runs the torch threads the build chose; decode tasks take half a CPU
+    assert m["ray"]["threads_per_encoder"] == m["timings"]["settings"]["threads"]
+    assert m["ray"]["decode_cpus"] == 0.5 and m["ray"]["cpus_per_encoder"] == 1
     assert open_index(local[0].parent, "tiny-vit").manifest["engine"] == "local"
     assert m["timings"]["images_encoded"] == 20 and m["timings"]["captions_encoded"] == 100
 
