@@ -296,6 +296,10 @@ def _parser() -> Any:
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help="comma-separated subset of " + ", ".join(CONTENDERS)
                              + " (each is built, measured and freed in turn)")
+    parser.add_argument("--section", default=None,
+                        help="RESULTS.md section to write (default bench_search up to 1M, "
+                             "bench_search_<size> beyond): a run of a few contenders can "
+                             "write its own section and leave the full run's alone")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -349,7 +353,7 @@ def _main(argv: list[str] | None = None) -> int:
                 f"{_fmt_n(args.hnsw_n)} rows only (build cost), against flat at that size",
                 ""]
         extra = _extrapolated(args.results, summary, args.n) if args.n > 1_000_000 else []
-        section = SECTION if args.n <= 1_000_000 else f"{SECTION}_{size}"
+        section = args.section or (SECTION if args.n <= 1_000_000 else f"{SECTION}_{size}")
         common.write_section(section, f"Search at scale ({size}): auto vs flat, IVF, HNSW, "
                              "autofaiss", head + lines + ["", *summary, *extra], ratios,
                              args.results)
