@@ -370,7 +370,8 @@ def _main(argv: list[str] | None = None) -> int:
         extra = _extrapolated(args.results, summary, args.n) if args.n > 1_000_000 else []
         section = args.section or (SECTION if args.n <= 1_000_000 else f"{SECTION}_{size}")
         others = ", ".join(TITLES[c] for c in CONTENDERS if c in chosen and c != "auto")
-        common.write_section(section, f"Search at scale ({size}): auto vs {others}",
+        title = f"Search at scale ({size}): auto" + (f" vs {others}" if others else "")
+        common.write_section(section, title,
                              head + lines + ["", *summary, *extra], ratios, args.results)
     return 0
 
