@@ -268,3 +268,21 @@ def test_ray_starts_only_when_a_backbone_needs_encoding(tmp_path, monkeypatch,
     with pytest.raises(RuntimeError, match="stand-in"):
         build_store(ds, ["fake-a", "fake-b", "fake-c"], engine="ray", **kw)
     assert events == ["start", "encode", "stop"]
+
+
+@pytest.mark.parametrize(("n", "batch"), [(2000, 32), (7000, 32), (2053, 32), (33, 32),
+                                          (10, 32), (1, 1)])
+def test_blocks_are_whole_batches(n, batch):
+    """Every block but the last holds whole batches, so the model is never called on a
+    batch cut short by a block boundary; the blocks keep every row, in order."""
+    import pandas as pd
+
+    from clipindex.store.ray_engine import _frames
+
+    blocks = _frames(pd.DataFrame({"row": np.arange(n)}), batch)
+    assert len(blocks) <= 64
+    assert all(len(b) % batch == 0 for b in blocks[:-1])
+    assert np.concatenate([b["row"].to_numpy() for b in blocks]).tolist() == list(range(n))
+    # 2,000 rows in batches of 32: 62 full batches and one of 16 (it was 16 calls of 1)
+    sizes = [min(batch, len(b) - i) for b in blocks for i in range(0, len(b), batch)]
+    assert sum(s < batch for s in sizes) <= 1

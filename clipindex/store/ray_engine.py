@@ -217,10 +217,15 @@ def _pending_rows(shards: Shards) -> tuple[list[int], np.ndarray]:
 
 
 def _frames(frame: Any, per_block: int) -> list[Any]:
-    """The rows cut into blocks of about ``per_block`` rows (at most 64 blocks). Cut
-    here rather than with ``from_pandas(override_num_blocks=)``, which fails on pandas 3."""
-    n_blocks = max(1, min(len(frame) // max(1, per_block), 64))
-    bounds = np.linspace(0, len(frame), n_blocks + 1).astype(int)
+    """The rows cut into blocks of whole batches of ``per_block`` rows (at most 64
+    blocks), so ``map_batches(batch_size=per_block)`` sees full batches only: a block
+    boundary inside a batch would split it into two short calls of the model. Cut here
+    rather than with ``from_pandas(override_num_blocks=)``, which fails on pandas 3."""
+    per_block = max(1, int(per_block))
+    n_batches = -(-len(frame) // per_block)
+    n_blocks = max(1, min(n_batches, 64))
+    cuts = np.linspace(0, n_batches, n_blocks + 1).astype(int) * per_block
+    bounds = np.minimum(cuts, len(frame))
     return [frame.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds[:-1], bounds[1:],
                                                                     strict=True)]
 
