@@ -286,3 +286,34 @@ def test_blocks_are_whole_batches(n, batch):
     # 2,000 rows in batches of 32: 62 full batches and one of 16 (it was 16 calls of 1)
     sizes = [min(batch, len(b) - i) for b in blocks for i in range(0, len(b), batch)]
     assert sum(s < batch for s in sizes) <= 1
+
+
+def test_worker_niceness_is_set_only_while_a_local_ray_starts(monkeypatch):
+    from clipindex.store.ray_engine import _worker_niceness
+
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    with _worker_niceness(0):
+        assert os.environ["RAY_worker_niceness"] == "0"
+    assert "RAY_worker_niceness" not in os.environ
+    with _worker_niceness(None):  # joining a cluster: its own setting
+        assert "RAY_worker_niceness" not in os.environ
+    monkeypatch.setenv("RAY_worker_niceness", "7")  # the user's choice wins
+    with _worker_niceness(0):
+        assert os.environ["RAY_worker_niceness"] == "7"
+
+
+def test_a_local_ray_runs_its_workers_at_niceness_zero():
+    """The local Ray that ``--engine ray`` starts (no address) runs its tasks at nice 0,
+    not Ray's default 15, so nice-0 processes do not preempt the encoder's threads."""
+    code = ("import os\n"
+            "from clipindex.store.ray_engine import ray_session\n"
+            "with ray_session(None) as ray:\n"
+            "    print('nice', ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote()))\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_worker_niceness")}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               OMP_NUM_THREADS="1")  # Ray's default temp dir: socket paths stay short
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "nice 0" in out.stdout.splitlines()[-1], out.stdout
