@@ -12,6 +12,7 @@ Ray's start and the actors' model loads). GPU actors need a GPU machine: that ro
 from __future__ import annotations
 
 import shutil
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrained", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="alternating rounds (local, ray, local, ray, ...); the ratios "
+                             "are the medians of the rounds' ratios")
     args = parser.parse_args(argv)
     common.register_model_configs(args.model_config)
     if args.backbone is None:
@@ -76,30 +80,46 @@ def main(argv: list[str] | None = None) -> int:
     world = common.demo_world(args.workdir, "small" if args.quick else "default")
     manifest = image_manifest(world, n, args.workdir / f"ray-manifest-{n}")
     info = common.machine_info(args.device)
-    runs = {engine: one_build(manifest, world, args.workdir / f"ray-bench-{engine}", args,
-                              engine) for engine in ("local", "ray")}
-    local, ray_ = runs["local"], runs["ray"]
+    rounds = []  # alternating local, ray, local, ray, ...: drift on a shared machine
+    for _ in range(max(1, args.repeats)):  # hits both engines alike
+        rounds.append({engine: one_build(manifest, world, args.workdir / f"ray-bench-{engine}",
+                                         args, engine) for engine in ("local", "ray")})
+
+    def median(key: str, engine: str) -> float:
+        return statistics.median(r[engine][key] for r in rounds)
+
+    def med_ratio(fn: Any) -> float:
+        return statistics.median(fn(r["local"], r["ray"]) for r in rounds)
+
+    many = len(rounds) > 1
     lines = [*common.machine_lines(info),
              f"- command: `{common.command_line()}`",
              f"- data: {n} demo-world JPEGs (a manifest), backbone {args.backbone} "
              f"({args.pretrained}), batch {args.batch_size}, device {args.device}; the ray "
-             f"side starts its own local Ray with {ray_['actors']} encoder actor(s)",
+             f"side starts its own local Ray with {rounds[0]['ray']['actors']} encoder "
+             f"actor(s); {len(rounds)} alternating round(s) (local, ray, local, ray, ...)"
+             + ("; ratios are medians of the rounds' ratios" if many else ""),
              "",
              "| engine | images/s (encoding stage, from the manifest) | images/s after the "
              "first batch | Ray start-up to the first batch, s | whole build, s |",
              "|---|---|---|---|---|",
-             *(f"| {e} | {r['images_per_s']:.1f} | {r['steady']:.1f} | "
+             *(f"| {e}{f' (round {i + 1})' if many else ''} | {r['images_per_s']:.1f} | "
+               f"{r['steady']:.1f} | "
                f"{'' if r['startup'] is None else format(r['startup'], '.1f')} | "
-               f"{r['wall_s']:.1f} |" for e, r in runs.items()),
+               f"{r['wall_s']:.1f} |" for i, rnd in enumerate(rounds) for e, r in rnd.items()),
              "| ray, GPU actors (ViT-B/32 from JPEG) | not measured: no GPU available | | | |"]
+    if many:
+        lines.append(f"\nMedians: local {median('images_per_s', 'local'):.1f} images/s, ray "
+                     f"{median('images_per_s', 'ray'):.1f} (encoding stage); whole build "
+                     f"{median('wall_s', 'local'):.1f} s vs {median('wall_s', 'ray'):.1f} s.")
     ratios = [
-        common.ratio_line(ray_["images_per_s"] / local["images_per_s"],
+        common.ratio_line(med_ratio(lambda lo, ra: ra["images_per_s"] / lo["images_per_s"]),
                           f"ray over local build, {args.backbone} cpu, images/s "
                           "(encoding stage)"),
-        common.ratio_line(ray_["steady"] / local["images_per_s"],
+        common.ratio_line(med_ratio(lambda lo, ra: ra["steady"] / lo["images_per_s"]),
                           f"ray (after its start-up) over local build, {args.backbone} cpu, "
                           "images/s"),
-        common.ratio_line(local["wall_s"] / ray_["wall_s"],
+        common.ratio_line(med_ratio(lambda lo, ra: lo["wall_s"] / ra["wall_s"]),
                           f"ray over local build, {args.backbone} cpu, whole build wall time "
                           "(Ray start included)"),
     ]
