@@ -1,8 +1,10 @@
 """``clipindex build``'s encoding with its default settings vs the study's one-image-at-a-time loop.
 
-All paths use the very same model object (random-initialised by default: ``--pretrained
-none`` costs the same compute as pretrained weights) and the same JPEG files of a demo
-world, in the same run:
+All paths use the same weights (random-initialised by default: ``--pretrained none``
+costs the same compute as pretrained weights) and the same JPEG files of a demo world, in
+the same run. The loop runs open_clip's model as open_clip builds it (the study's model);
+the build paths run the :class:`Encoder`'s copy (for ResNets: ``channels_last`` and the
+BatchNorms folded into the convolutions), so the loop is not credited with them:
 
 - baseline, the study's loop: for each file ``Image.open``, open_clip's ``preprocess``,
   ``model.encode_image`` on a batch of one under ``torch.no_grad`` (fp32), normalise —
@@ -59,24 +61,42 @@ def image_files(world: Path, n: int) -> list[Path]:
     return [files[i % len(files)] for i in range(n)]
 
 
-def study_loop(encoder: Any, files: list[Path]) -> np.ndarray:
-    """The study's way: open, preprocess, encode a batch of one, normalise — per image."""
+def study_loop(encoder: Any, model: Any, files: list[Path]) -> np.ndarray:
+    """The study's way: open, preprocess, encode a batch of one, normalise — per image.
+    ``model``: open_clip's model as created (fp32, default memory format, BatchNorms)."""
     import torch
     from PIL import Image
 
-    model, preprocess, device = encoder.model, encoder.preprocess, encoder.device
+    preprocess, device = encoder.preprocess, encoder.device
     out = []
-    # The model object is shared with the batched paths: on CUDA its matrix weights are
-    # fp16, so the loop runs under the same autocast (fp32 on CPU: autocast is off).
+    # On CUDA the loop runs under the build's autocast, as it did when it shared the
+    # build's fp16 model (fp32 on CPU: autocast is off).
     with torch.no_grad(), encoder._autocast():
         for path in files:
             image = preprocess(Image.open(path)).unsqueeze(0).to(device)
-            if encoder.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
             features = model.encode_image(image)
             features = features / features.norm(dim=-1, keepdim=True)
             out.append(features.float().cpu().numpy()[0])
     return np.stack(out)
+
+
+def encoder_and_plain_model(name: str, pretrained: str, device: str | None
+                            ) -> tuple[Any, Any]:
+    """The build's :class:`Encoder` and, beside it, an untouched copy of the same open_clip
+    model (the study's: the Encoder turns a ResNet to ``channels_last`` and folds its
+    BatchNorms, which the study's code never did)."""
+    import copy
+
+    from clipindex.encode.backbones import resolve_backbone
+    from clipindex.encode.create import create_model
+    from clipindex.encode.encoder import Encoder, resolve_device, resolve_precision
+
+    spec = resolve_backbone(name, pretrained)
+    where = resolve_device(device)
+    model, preprocess, tokenizer = create_model(spec, where)
+    plain = copy.deepcopy(model).eval().requires_grad_(False)
+    return Encoder(spec, model, tokenizer, preprocess, where,
+                   resolve_precision(where, None)), plain
 
 
 def build_defaults(encoder: Any, files: list[Path], **knobs: Any) -> np.ndarray:
@@ -126,24 +146,22 @@ def bench_backbone(name: str, n_images: int, args: Any, world: Path,
     """Time the loop, the build's defaults and model-only on one backbone."""
     import torch
 
-    from clipindex.encode.encoder import load_encoder
-
     files = image_files(world, n_images)
     common.log(f"encode: loading {name} ({args.pretrained})")
-    encoder = load_encoder(name, pretrained=args.pretrained, device=args.device)
+    encoder, plain = encoder_and_plain_model(name, args.pretrained, args.device)
     settings = encoder.settings()
     common.log("encode: " + settings.note(encoder.spec.display))
     base_files = files[:args.baseline_images] if args.baseline_images else files
     crops = torch.stack([encoder._pipeline.from_file(str(f))[0] for f in files])
     runs: dict[str, Any] = {
-        "loop": lambda: study_loop(encoder, base_files),
+        "loop": lambda: study_loop(encoder, plain, base_files),
         "build": lambda: build_defaults(encoder, files),
         "model_only": lambda: model_only(encoder, crops, settings),
     }
     if args.kind == "cuda":
         runs["build_pil"] = lambda: build_defaults(encoder, files, decode="pil")
     counts = {k: len(base_files) if k == "loop" else len(files) for k in runs}
-    study_loop(encoder, files[:2])  # warm-up: first-call allocations, thread pools
+    study_loop(encoder, plain, files[:2])  # warm-up: first-call allocations, thread pools
     build_defaults(encoder, files[:2], workers=0)
     rates, vectors = _timed(encoder, runs, counts, args.repeats, first, name)
     n = len(vectors["loop"])

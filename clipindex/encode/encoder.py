@@ -7,7 +7,8 @@ them into normalised floats on the device and encodes whole batches. Decoding of
 next batches overlaps encoding of the current one (DESIGN "Speed"). A file that fails to
 decode becomes a zero row plus ``(index, reason)`` in ``skipped``; it never stops a run.
 
-Threads, workers, batch sizes, the decode route and ``channels_last`` (ResNets) are
+Threads, workers, batch sizes, the decode route and ``channels_last`` (ResNets, whose
+BatchNorms are also folded into their convolutions: :mod:`clipindex.encode.fusion`) are
 chosen from the core count, the model's GFLOPs and the device
 (:meth:`Encoder.settings`, :mod:`clipindex.encode.tuning`); every one can be given.
 With an automatic batch size on CUDA, a batch that runs out of memory is split in
@@ -37,6 +38,7 @@ from PIL import Image
 from clipindex.encode.backbones import BackboneSpec, resolve_backbone
 from clipindex.encode.create import create_model
 from clipindex.encode.decode import to_rgb
+from clipindex.encode.fusion import fold_batchnorm
 from clipindex.encode.pixels import (
     ImageFiles,
     PixelPipeline,
@@ -167,8 +169,11 @@ class Encoder:
             or getattr(tokenizer, "context_length", None) or 77
         )
         self.channels_last = type(model.visual).__name__ == "ModifiedResNet"
+        #: BatchNorms folded into their convolutions (ResNet towers; :mod:`.fusion`)
+        self.folded_batchnorms = 0
         if self.channels_last:
             self.model.visual.to(memory_format=torch.channels_last)
+            self.folded_batchnorms = fold_batchnorm(self.model.visual)
         if precision != "fp32":
             _low_precision_weights(self.model, _PRECISIONS[precision])
         self.batch_limit: int | None = None
