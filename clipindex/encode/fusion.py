@@ -3,7 +3,7 @@
 In eval mode a BatchNorm is a fixed per-channel affine map, so ``bn(conv(x))`` equals one
 convolution with rescaled weights and a bias (torch's own
 :func:`torch.nn.utils.fusion.fuse_conv_bn_eval` computes them). On a CPU every BatchNorm
-is one more pass over an activation map: folding the 53 of open_clip's RN50 made its
+is one more pass over an activation map: folding the 55 of open_clip's RN50 made its
 image tower 17-21% faster on 2 cores (batch 8-32), at a minimum cosine of 0.9999998 to
 the unfolded tower's vectors (issue 21).
 
