@@ -61,13 +61,15 @@ def image_files(world: Path, n: int) -> list[Path]:
     return [files[i % len(files)] for i in range(n)]
 
 
-def study_loop(encoder: Any, model: Any, files: list[Path]) -> np.ndarray:
+def study_loop(encoder: Any, files: list[Path], model: Any = None) -> np.ndarray:
     """The study's way: open, preprocess, encode a batch of one, normalise — per image.
-    ``model``: open_clip's model as created (fp32, default memory format, BatchNorms)."""
+    ``model``: open_clip's model as created (fp32, default memory format, BatchNorms;
+    :func:`encoder_and_plain_model`); default the Encoder's own."""
     import torch
     from PIL import Image
 
     preprocess, device = encoder.preprocess, encoder.device
+    model = encoder.model if model is None else model
     out = []
     # On CUDA the loop runs under the build's autocast, as it did when it shared the
     # build's fp16 model (fp32 on CPU: autocast is off).
@@ -154,14 +156,14 @@ def bench_backbone(name: str, n_images: int, args: Any, world: Path,
     base_files = files[:args.baseline_images] if args.baseline_images else files
     crops = torch.stack([encoder._pipeline.from_file(str(f))[0] for f in files])
     runs: dict[str, Any] = {
-        "loop": lambda: study_loop(encoder, plain, base_files),
+        "loop": lambda: study_loop(encoder, base_files, plain),
         "build": lambda: build_defaults(encoder, files),
         "model_only": lambda: model_only(encoder, crops, settings),
     }
     if args.kind == "cuda":
         runs["build_pil"] = lambda: build_defaults(encoder, files, decode="pil")
     counts = {k: len(base_files) if k == "loop" else len(files) for k in runs}
-    study_loop(encoder, plain, files[:2])  # warm-up: first-call allocations, thread pools
+    study_loop(encoder, files[:2], plain)  # warm-up: first-call allocations, thread pools
     build_defaults(encoder, files[:2], workers=0)
     rates, vectors = _timed(encoder, runs, counts, args.repeats, first, name)
     n = len(vectors["loop"])
