@@ -16,7 +16,8 @@ it is what :class:`~clipindex.encode.encoder.Encoder` holds, which never trains.
 
 from __future__ import annotations
 
-import torch
+from itertools import pairwise
+
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -28,8 +29,7 @@ _NAMED_PAIRS = {"ModifiedResNet": 3, "Bottleneck": 3}
 
 def _pairs(module: nn.Module) -> list[tuple[str, str]]:
     if isinstance(module, nn.Sequential):
-        names = [name for name, _ in module.named_children()]
-        return [(a, b) for a, b in zip(names, names[1:], strict=False)]
+        return list(pairwise(name for name, _ in module.named_children()))
     count = _NAMED_PAIRS.get(type(module).__name__, 0)
     return [(f"conv{i}", f"bn{i}") for i in range(1, count + 1)]
 
@@ -56,11 +56,8 @@ def fold_batchnorm(tower: nn.Module) -> int:
                 continue
             if bn.training or bn.running_mean is None or bn.running_var is None:
                 continue  # a BatchNorm that normalises by batch statistics: not affine
-            channels_last = conv.weight.is_contiguous(memory_format=torch.channels_last)
-            fused = fuse_conv_bn_eval(conv, bn)
-            if channels_last:
-                fused.to(memory_format=torch.channels_last)
-            fused.requires_grad_(conv.weight.requires_grad)
+            fused = fuse_conv_bn_eval(conv, bn)  # keeps the weight's memory format
+            fused.requires_grad_(conv.weight.requires_grad)  # its new bias: no grad
             setattr(module, conv_name, fused)
             setattr(module, bn_name, nn.Identity())
             folded += 1
