@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="alternating rounds (local, ray, local, ray, ...); the ratios "
                              "are the medians of the rounds' ratios")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     common.register_model_configs(args.model_config)
     if args.backbone is None:
         args.backbone = "tiny-rn" if args.quick else "ViT-B/32"
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = image_manifest(world, n, args.workdir / f"ray-manifest-{n}")
     info = common.machine_info(args.device)
     rounds = []  # alternating local, ray, local, ray, ...: drift on a shared machine
-    for _ in range(max(1, args.repeats)):  # hits both engines alike
+    for _ in range(args.repeats):  # hits both engines alike
         rounds.append({engine: one_build(manifest, world, args.workdir / f"ray-bench-{engine}",
                                          args, engine) for engine in ("local", "ray")})
 
