@@ -109,6 +109,32 @@ def build_defaults(encoder: Any, files: list[Path], **knobs: Any) -> np.ndarray:
     return vectors
 
 
+def _crop(step: Any, path: str) -> np.ndarray:
+    return step(path)[0].numpy()
+
+
+def decoded_crops(encoder: Any, files: list[Path]) -> Any:
+    """The uint8 crops of ``files`` for model-only (decoded beforehand, not timed): each
+    distinct file once, in worker processes when there are many (12k files on a GPU
+    machine would take minutes in one process)."""
+    import functools
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    unique = sorted({str(f) for f in files})
+    step = functools.partial(_crop, encoder._pipeline.from_file)
+    if len(unique) < 1000:
+        arrays = [step(f) for f in unique]
+    else:  # numpy back from the workers (torch tensors would travel as shared-memory fds)
+        with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+            arrays = list(pool.map(step, unique, chunksize=32))
+    where = {f: i for i, f in enumerate(unique)}
+    stacked = np.stack(arrays)
+    return torch.from_numpy(stacked[[where[str(f)] for f in files]])
+
+
 def model_only(encoder: Any, crops: Any, settings: Any) -> np.ndarray:
     """Batched ``encode_pixels`` on crops already decoded: the compute limit."""
     from clipindex.encode.tuning import torch_threads
@@ -146,15 +172,13 @@ def _timed(encoder: Any, runs: dict[str, Any], counts: dict[str, int], repeats: 
 def bench_backbone(name: str, n_images: int, args: Any, world: Path,
                    first: str) -> dict[str, Any]:
     """Time the loop, the build's defaults and model-only on one backbone."""
-    import torch
-
     files = image_files(world, n_images)
     common.log(f"encode: loading {name} ({args.pretrained})")
     encoder, plain = encoder_and_plain_model(name, args.pretrained, args.device)
     settings = encoder.settings()
     common.log("encode: " + settings.note(encoder.spec.display))
     base_files = files[:args.baseline_images] if args.baseline_images else files
-    crops = torch.stack([encoder._pipeline.from_file(str(f))[0] for f in files])
+    crops = decoded_crops(encoder, files)
     runs: dict[str, Any] = {
         "loop": lambda: study_loop(encoder, base_files, plain),
         "build": lambda: build_defaults(encoder, files),

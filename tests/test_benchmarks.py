@@ -202,3 +202,62 @@ def test_bench_serve_writes_its_section(bench_env: dict[str, Path]) -> None:
     assert all(int(r[3]) == 0 and int(r[2]) == 24 and float(r[4]) > 0 for r in rows)
     ratios = _ratios(lines)
     assert len(ratios) == 4 and all(RATIO.match(r) for r in ratios), ratios
+
+
+@pytest.mark.slow
+def test_ray_script_writes_its_section(bench_env: dict[str, Path]) -> None:
+    # A real local Ray in its own process, as `python benchmarks/bench_ray.py` runs.
+    results = bench_env["results"].with_name("RESULTS-ray.md")
+    done = subprocess.run([sys.executable, str(BENCH / "bench_ray.py"), "--quick", "--results",
+                           str(results), "--workdir", str(bench_env["work"])],
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = _section(results.read_text(), "bench_ray")
+    ratios = _ratios(lines)
+    assert len(ratios) == 3 and all(RATIO.match(r) and " cpu, " in r for r in ratios), ratios
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert float(rows["ray"].split("|")[4]) > 0  # Ray's start-up was measured
+    assert "not measured: no GPU available" in rows["ray, GPU actors (ViT-B/32 from JPEG)"]
+
+
+def test_ray_script_gives_ray_a_gpu_per_actor_on_cuda(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    # No GPU here: what the CUDA run asks of build_store, and how it reports.
+    import types
+
+    import clipindex.store as store
+
+    bench = _module("bench_ray")
+    calls: list[dict] = []
+    manifest = {"n_images": 2000, "ray": {"first_image_batch_seconds": 1.0, "actors": 1},
+                "timings": {"images_per_s": 400.0, "image_encode_seconds": 5.0,
+                            "settings": {"batch_size": 1024}}}
+    monkeypatch.setattr(store, "build_store",
+                        lambda *a, **kw: calls.append(kw) or [tmp_path / "d" / "b"])
+    monkeypatch.setattr(store, "open_index",
+                        lambda *a: types.SimpleNamespace(manifest=manifest))
+    args = types.SimpleNamespace(kind="cuda", backbone="ViT-B/32", batch_size=None,
+                                 device="cuda", pretrained="none")
+    rounds = [{e: bench.one_build(tmp_path / "m.csv", tmp_path, tmp_path / e, args, e)
+               for e in ("local", "ray")}]
+    assert [(c["gpus_per_encoder"], c["batch_size"], c["device"]) for c in calls] == [
+        (0.0, None, "cuda"), (1.0, None, "cuda")]
+    assert rounds[0]["ray"]["batch"] == 1024 and rounds[0]["ray"]["steady"] == 976 / 4.0
+    lines, ratios = bench.report(rounds, args, 2000, bench.common.machine_info("cpu"))
+    assert len(ratios) == 3 and all(" cuda, " in r for r in ratios), ratios
+    assert not any("not measured" in line for line in lines)
+
+
+def test_gpu_session_scripts_parse_and_pin_what_ci_tests() -> None:
+    # The GPU call is prepared here and run once on a lent machine: its scripts must at
+    # least parse, and the wheels it carries must be the versions this suite runs with.
+    from importlib.metadata import version
+
+    for script in ("gpu_wheels.sh", "gpu_session.sh"):
+        done = subprocess.run(["bash", "-n", str(BENCH / script)], capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr
+    text = (BENCH / "gpu_wheels.sh").read_text()
+    pins = dict(re.findall(r"([A-Za-z][\w.-]*)==([\w.]+)", text))
+    assert {"open_clip_torch", "faiss-cpu", "ray", "ftfy", "pycocotools"} <= set(pins)
+    assert {name: version(name) for name in pins} == pins

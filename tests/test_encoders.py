@@ -267,6 +267,27 @@ def test_cuda_fp16_matches_cpu(encoder: Encoder, image_files: list[Path]) -> Non
     got, _ = cuda.encode_images(image_files, workers=2, progress=False)
     expected, _ = encoder.encode_images(image_files, workers=0, progress=False)
     assert (np.sum(got * expected, axis=1) > 0.999).all()
+    texts = ["a photo of a cat", "a dog", "three sheep on a green hill"]
+    np.testing.assert_allclose(np.sum(cuda.encode_texts(texts) * encoder.encode_texts(texts),
+                                      axis=1), 1.0, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_decode_routes_match_cpu(encoder: Encoder, image_files: list[Path],
+                                      tmp_path: Path) -> None:
+    # JPEG copies of the scenes: nvJPEG decodes them on the GPU, pil in the workers.
+    jpegs = []
+    for f in image_files:
+        jpegs.append(tmp_path / f"{f.stem}.jpg")
+        Image.open(f).convert("RGB").save(jpegs[-1], quality=95)
+    cuda = load_encoder(TEST_MODEL, pretrained="none", device="cuda")
+    cuda.model.load_state_dict(encoder.model.state_dict())
+    expected, _ = encoder.encode_images(jpegs, workers=0, progress=False)
+    for decode in ("nvjpeg", "pil"):
+        got, skipped = cuda.encode_images(jpegs, workers=2, progress=False, decode=decode)
+        assert skipped == [] and got.shape == expected.shape
+        assert (np.sum(got * expected, axis=1) > 0.99).all(), decode
 
 
 def test_local_dir_folder_loads_the_same_model(encoder: Encoder, image_files: list[Path],

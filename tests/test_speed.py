@@ -234,13 +234,19 @@ def test_random_init_is_unchanged_and_seeded() -> None:
 
 
 # ----------------------------------------------------------------------------- search
-def test_torch_search_equals_faiss_top10() -> None:
+def _search_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3,000 unit vectors, 40 noisy queries near some of them, 90% of the rows valid."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     q = x[rng.choice(3000, 40, replace=False)] + 0.1 * rng.standard_normal((40, 32)).astype(
         np.float32)
-    valid = rng.random(3000) > 0.1
+    return x, q, rng.random(3000) > 0.1
+
+
+def test_torch_search_equals_faiss_top10() -> None:
+    rng = np.random.default_rng(1)
+    x, q, valid = _search_case()
     index = build_index(x[valid], np.flatnonzero(valid))
     want_s, want_i = search_index(index, q, 10)
     for chunk in (1 << 28, 4096):  # one chunk, and 25 rows per chunk (merging top-k)
@@ -266,6 +272,32 @@ def test_store_search_on_a_device_matches_faiss(demo_store: Path) -> None:
         assert (got[1] == want[1]).all()
     rows = np.arange(0, len(idx.images), 3)
     assert (idx.search(q, 10, rows=rows, device="torch")[1] == idx.search(q, 10, rows=rows)[1]
+            ).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_search_on_cuda_equals_faiss_top10() -> None:
+    x, q, valid = _search_case()
+    want_s, want_i = search_index(build_index(x[valid], np.flatnonzero(valid)), q, 10)
+    for chunk in (1 << 28, 4096):
+        got_s, got_i = torch_search(x, q, 10, valid, device="cuda", chunk_bytes=chunk)
+        assert (got_i == want_i).all()
+        np.testing.assert_allclose(got_s, want_s, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_store_search_on_cuda_matches_faiss(demo_store: Path) -> None:
+    from clipindex.store import open_index
+
+    idx = open_index(demo_store, "tiny-vit")
+    q = idx.text_vectors(["a photo of a cow", "a photo of a cat"])
+    for target in ("images", "captions"):  # faiss-gpu when installed, else torch on cuda
+        assert (idx.search(q, 10, target=target, device="cuda")[1]
+                == idx.search(q, 10, target=target)[1]).all()
+    rows = np.arange(0, len(idx.images), 3)  # row selections always go to torch
+    assert (idx.search(q, 10, rows=rows, device="cuda")[1] == idx.search(q, 10, rows=rows)[1]
             ).all()
 
 
