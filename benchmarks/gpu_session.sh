@@ -43,8 +43,12 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$SITE" "$WHEELS"/*.whl || { log "pip install failed"; exit 2; }
 fi
-if [ -f "$WHEELS/ray.tar.xz" ]; then
-  tar -xJf "$WHEELS/ray.tar.xz" -C "$SITE" || { log "ray unpack failed"; exit 2; }
+if [ -f "$WHEELS/ray.tar.xz" ]; then  # Python's lzma: the image may have no xz binary
+  "$PY" - "$WHEELS/ray.tar.xz" "$SITE" <<'PY' || { log "ray unpack failed"; exit 2; }
+import sys, tarfile
+with tarfile.open(sys.argv[1], "r:xz") as tar:  # the "tar" filter keeps executable bits
+    tar.extractall(sys.argv[2], **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
+PY
 fi
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
