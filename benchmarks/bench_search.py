@@ -23,7 +23,11 @@ the exact top-10, at 1 and 2 threads.
   it cannot live in clipindex's environment), searched here with the knobs it chose
   (it spends its query-time target, 5 ms, on recall); ``autofaiss-tuned`` is the same
   index with the smallest power-of-two nprobe reaching recall 0.95 on the benchmark's
-  queries, so the two are also compared at equal recall.
+  queries, so the two are also compared at equal recall;
+- ``device`` (not in the default set): exact search in torch on ``--device`` (matmul +
+  top-k in chunks, :func:`clipindex.store.indexes.torch_search`, what ``search --device
+  cuda`` runs without faiss-gpu), the vectors moved there once (not timed), against
+  ``flat`` on the CPU.
 
 Run: ``python benchmarks/bench_search.py`` (1M: ~2-4 GB RAM) or ``--quick``.
 """
@@ -147,7 +151,8 @@ def _ram_bytes() -> int:
 
 
 CONTENDERS = ("flat", "auto", "hand-ivf", "autofaiss", "hnsw")
-TITLES = {"flat": "flat", "hand-ivf": "IVF", "autofaiss": "autofaiss", "hnsw": "HNSW"}
+TITLES = {"flat": "flat", "hand-ivf": "IVF", "autofaiss": "autofaiss", "hnsw": "HNSW",
+          "device": "exact search in torch on the device"}
 
 
 def _index_bytes(index: Any, work: Path) -> int:
@@ -282,8 +287,21 @@ def _hnsw(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
                               "truth": truth}}
 
 
+def _device(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    from clipindex.encode import resolve_device
+    from clipindex.store.indexes import torch_search
+    from clipindex.store.torchsearch import read_only_tensor
+
+    where = str(resolve_device(ctx["args"].device))
+    with common.stopwatch() as t:
+        vectors = read_only_tensor(x).to(where)
+    return {"device": {"search": lambda q: torch_search(vectors, q, K, device=where)[1],
+                       "build_s": t["s"], "bytes": x.nbytes,
+                       "knobs": f"exact: torch matmul + top-k on {where}"}}
+
+
 BUILDERS = {"flat": _flat, "auto": _auto, "hand-ivf": _hand_ivf,
-            "autofaiss": _autofaiss_pair, "hnsw": _hnsw}
+            "autofaiss": _autofaiss_pair, "hnsw": _hnsw, "device": _device}
 
 
 def _fmt_n(n: int) -> str:
@@ -308,8 +326,11 @@ def _parser() -> Any:
     parser.add_argument("--autofaiss-python", default=str(AUTOFAISS_PY),
                         help="a Python with autofaiss installed ('' to leave it out)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
-                        help="comma-separated subset of " + ", ".join(CONTENDERS)
-                             + " (each is built, measured and freed in turn)")
+                        help="comma-separated, from " + ", ".join(BUILDERS)
+                             + " (default all but device; each is built, measured and "
+                               "freed in turn)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the device contender searches (cuda, cuda:N, cpu)")
     parser.add_argument("--section", default=None,
                         help="RESULTS.md section to write (default bench_search up to 1M, "
                              "bench_search_<size> beyond): a run of a few contenders can "
@@ -321,8 +342,8 @@ def _parser() -> Any:
 def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    if unknown := sorted(set(chosen) - set(CONTENDERS)):
-        raise SystemExit(f"unknown contender(s) {unknown}: choose from {CONTENDERS}")
+    if unknown := sorted(set(chosen) - set(BUILDERS)):
+        raise SystemExit(f"unknown contender(s) {unknown}: choose from {tuple(BUILDERS)}")
     if args.quick:
         args.n, args.centres, args.queries, args.repeats = 20_000, 200, 100, 20
         args.tune_queries, args.hnsw_n, args.autofaiss_python = 100, 3000, ""
@@ -340,7 +361,7 @@ def _main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ctx = {"args": args, "queries": queries, "truth": numpy_top_k(x, queries, K)[1],
                "work": Path(tmp)}
-        for key in (c for c in CONTENDERS if c in chosen):
+        for key in (c for c in BUILDERS if c in chosen):
             entries = BUILDERS[key](x, ctx)
             for name, c in entries.items():  # measured, then freed before the next one
                 where, ref = c.get("where", size), c.get("truth", ctx["truth"])
@@ -369,8 +390,9 @@ def _main(argv: list[str] | None = None) -> int:
                 ""]
         extra = _extrapolated(args.results, summary, args.n) if args.n > 1_000_000 else []
         section = args.section or (SECTION if args.n <= 1_000_000 else f"{SECTION}_{size}")
-        others = ", ".join(TITLES[c] for c in CONTENDERS if c in chosen and c != "auto")
-        title = f"Search at scale ({size}): auto" + (f" vs {others}" if others else "")
+        others = ", ".join(TITLES[c] for c in BUILDERS if c in chosen and c != "auto")
+        title = (f"Search at scale ({size}): auto" + (f" vs {others}" if others else "")
+                 if "auto" in chosen else f"Search at scale ({size}): {others}")
         common.write_section(section, title,
                              head + lines + ["", *summary, *extra], ratios, args.results)
     return 0
@@ -381,6 +403,14 @@ def _ratios(figures: dict[tuple[str, int], dict[str, float]], size: str, n_queri
     """auto against each other contender measured in the same run."""
     ratios = []
     for threads in (1, 2):
+        if ("device", threads) in figures and ("flat", threads) in figures:
+            d, fl = figures["device", threads], figures["flat", threads]
+            ratios.append(common.ratio_line(fl["p50"] / d["p50"], (
+                f"exact search in torch on the device over exact flat (FAISS, CPU), 1-query "
+                f"p50 latency at {size}, {threads} CPU thread(s)")))
+            ratios.append(common.ratio_line(fl["batch"] / d["batch"], (
+                f"exact search in torch on the device over exact flat (FAISS, CPU), "
+                f"{n_queries:,}-query throughput at {size}, {threads} CPU thread(s)")))
         if ("auto", threads) not in figures:
             continue
         a = figures["auto", threads]

@@ -261,3 +261,33 @@ def test_gpu_session_scripts_parse_and_pin_what_ci_tests() -> None:
     pins = dict(re.findall(r"([A-Za-z][\w.-]*)==([\w.]+)", text))
     assert {"open_clip_torch", "faiss-cpu", "ray", "ftfy", "pycocotools"} <= set(pins)
     assert {name: version(name) for name in pins} == pins
+
+
+def test_search_script_device_contender_is_exact(tmp_path: Path) -> None:
+    # The GPU search contender, run here on the CPU: torch's exact top-10 = FAISS flat's.
+    results = tmp_path / "RESULTS.md"
+    search = _module("bench_search")
+    assert search.main(["--quick", "--results", str(results), "--contenders", "flat,device",
+                        "--device", "cpu", "--section", "bench_search_device"]) == 0
+    lines = _section(results.read_text(), "bench_search_device")
+    ratios = _ratios(lines)
+    assert len(ratios) == 4 and all(RATIO.match(r) for r in ratios), ratios
+    device_rows = [line for line in lines if line.startswith("| device |")]
+    assert len(device_rows) == 2 and all(line.rstrip().endswith("| 1.000 |")
+                                         for line in device_rows)
+
+
+def test_encode_script_section_and_gpu_goal_rows(bench_env: dict[str, Path]) -> None:
+    encode = _module("bench_encode")
+    results = bench_env["results"].with_name("RESULTS-encode.md")
+    assert encode.main([*_args(bench_env), "--results", str(results), "--backbones",
+                        "bench-micro-vit", "--no-creation", "--section", "bench_encode_x"]) == 0
+    lines = _section(results.read_text(), "bench_encode_x")
+    assert not any(line.startswith("Model creation") for line in lines)
+    assert "bench_encode_cpu" not in results.read_text()
+    rows = [{"backbone": "ViT-B/32", "rates": {"build": 4100.0, "build_pil": 2300.0}},
+            {"backbone": "ViT-L/14@336px", "rates": {"build": 900.0}},
+            {"backbone": "RN50", "rates": {"build": 5000.0}}]
+    assert encode._goal_rows(rows) == [
+        "| ViT-B/32 | ≥ 4,000 img/s | 4,100 img/s: met (PIL route 2,300) |",
+        "| ViT-L/14@336px | ≥ 950 img/s | 900 img/s: not met |"]
