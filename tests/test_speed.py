@@ -151,6 +151,29 @@ def test_out_of_memory_halves_the_batch(encoders: dict[str, Encoder], files: lis
         enc.encode_with_backoff(pixels[:1])
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_real_cuda_out_of_memory_halves_the_batch() -> None:
+    # The GPU's memory filled (plain allocations) but for 1 GiB: a batch of 20k crops
+    # (2.2 GB as float32 on the device) cannot fit, so the batch halves until it does.
+    enc = load_encoder("tiny-vit", device="cuda")
+    cpu = load_encoder("tiny-vit", device="cpu")
+    height, width = enc.input_size
+    pixels = torch.randint(0, 256, (20_000, 3, height, width), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    filler = torch.empty(free - (1 << 30), dtype=torch.uint8, device="cuda")
+    try:
+        got = enc.encode_with_backoff(pixels)
+    finally:
+        del filler
+        torch.cuda.empty_cache()
+    assert enc.batch_limit is not None and enc.batch_limit < len(pixels)
+    assert got.shape == (len(pixels), enc.embed_dim)
+    assert _cos(cpu.encode_pixels(pixels[:64]), got[:64]).min() > 0.999
+
+
 def test_iter_batches_backs_off_when_the_batch_is_automatic(
         files: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from clipindex.encode import encoder as encoders_module
