@@ -55,12 +55,12 @@ def one_build(manifest: Path, world: Path, out: Path, args: Any, engine: str) ->
     rate = float(m["timings"]["images_per_s"] or 0)
     first = ray_.get("first_image_batch_seconds")
     stage = float(m["timings"]["image_encode_seconds"])
+    batch = int(m["timings"]["settings"]["batch_size"])  # what the build used
     # after Ray's start-up (the first batch back): the steady rate of the pipeline
-    rest = int(m["n_images"]) - int(m["timings"]["settings"]["batch_size"])
+    rest = int(m["n_images"]) - batch
     steady = rest / (stage - first) if first and rest > 0 and stage > first else rate
     return {"wall_s": t["s"], "images_per_s": rate, "steady": steady, "startup": first,
-            "n": int(m["n_images"]), "actors": ray_.get("actors"),
-            "batch": int(m["timings"]["settings"]["batch_size"])}
+            "n": int(m["n_images"]), "actors": ray_.get("actors"), "batch": batch}
 
 
 def report(rounds: list[dict[str, Any]], args: Any, n: int, info: dict[str, Any]
