@@ -47,10 +47,16 @@ def cpu_model() -> str:
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
-    """What the figures were measured on: CPU, cores, load, library versions, GPU."""
+    """What the figures were measured on: CPU, cores, load, library versions, GPU. Called
+    before the work starts: a ``device`` this machine lacks is a one-line error here
+    (:class:`clipindex.errors.UserInputError`), not after minutes of set-up."""
     import faiss
     import numpy as np
     import torch
+
+    from clipindex.encode import resolve_device
+
+    resolve_device(device)
 
     try:
         usable = len(os.sched_getaffinity(0))
@@ -72,7 +78,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         info["open_clip"] = open_clip.__version__
     except Exception:  # noqa: BLE001 - informational only
         info["open_clip"] = "unknown"
-    if device.startswith("cuda") and torch.cuda.is_available():
+    if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
 
@@ -119,9 +125,26 @@ def ratio_line(ratio: float, what: str) -> str:
 
 
 def run_with_threads(main: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
-    """Run a script's ``main(argv)`` with its ``--threads`` applied to torch, BLAS and FAISS."""
-    with cpu_threads(base_parser("").parse_known_args(argv)[0].threads):
-        return main(argv)
+    """Run a script's ``main(argv)`` with its ``--threads`` applied to torch, BLAS and FAISS.
+
+    A clipindex error (bad input: no CUDA for ``--device cuda``, an unknown backbone)
+    is one line on stderr and exit code 2, as in the ``clipindex`` command."""
+    from clipindex.errors import ClipindexError
+
+    try:
+        with cpu_threads(base_parser("").parse_known_args(argv)[0].threads):
+            return main(argv)
+    except ClipindexError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def device_arg(text: str) -> str:
+    """The ``--device`` argument type: ``cpu``, ``cuda`` or ``cuda:N`` (whether CUDA is
+    there is checked where the device is used: a GPU run can be planned without one)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"use cpu, cuda or cuda:N, not {text!r}")
+    return text
 
 
 @contextmanager

@@ -326,7 +326,8 @@ def _goal_rows(rows: list[dict[str, Any]]) -> list[str]:
 
 def _parse(argv: list[str] | None) -> Any:
     parser = common.base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="cpu", type=common.device_arg,
+                        help="cpu, cuda or cuda:N")
     parser.add_argument("--backbones",
                         help="comma-separated NAME or NAME:IMAGES (default per device)")
     parser.add_argument("--pretrained", default="none",

@@ -111,6 +111,11 @@ def report(rounds: list[dict[str, Any]], args: Any, n: int, info: dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (``argv``: command-line arguments) and update RESULTS.md."""
+    return common.run_with_threads(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--backbone", default=None,
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrained", default=None)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default 32 on CPU; on CUDA the build's own choice")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="cpu", type=common.device_arg,
+                        help="cpu, cuda or cuda:N")
     parser.add_argument("--repeats", type=int, default=1,
                         help="alternating rounds (local, ray, local, ray, ...); the ratios "
                              "are the medians of the rounds' ratios")
@@ -134,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         args.backbone = "tiny-rn" if args.quick else "ViT-B/32"
     if args.pretrained is None:
         args.pretrained = "default" if args.backbone.startswith("tiny") else "none"
+    info = common.machine_info(args.device)
     n = 40 if args.quick else args.images
     world = common.demo_world(args.workdir, "small" if args.quick else "default")
     manifest = image_manifest(world, n, args.workdir / f"ray-manifest-{n}")
-    info = common.machine_info(args.device)
     rounds = []  # alternating local, ray, local, ray, ...: drift on a shared machine
     for _ in range(args.repeats):  # hits both engines alike
         rounds.append({engine: one_build(manifest, world, args.workdir / f"ray-bench-{engine}",
@@ -154,4 +160,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(common.run_with_threads(main, None))
+    raise SystemExit(main())

@@ -329,7 +329,7 @@ def _parser() -> Any:
                         help="comma-separated, from " + ", ".join(BUILDERS)
                              + " (default all but device; each is built, measured and "
                                "freed in turn)")
-    parser.add_argument("--device", default="cpu",
+    parser.add_argument("--device", default="cpu", type=common.device_arg,
                         help="where the device contender searches (cuda, cuda:N, cpu)")
     parser.add_argument("--section", default=None,
                         help="RESULTS.md section to write (default bench_search up to 1M, "
@@ -347,7 +347,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n, args.centres, args.queries, args.repeats = 20_000, 200, 100, 20
         args.tune_queries, args.hnsw_n, args.autofaiss_python = 100, 3000, ""
-    info = common.machine_info()
+    info = common.machine_info(args.device if "device" in chosen else "cpu")
     args.centre_vectors = unit_vectors(args.centres, DIM, args.seed)
     common.log(f"search: {args.n:,} clustered vectors around {args.centres:,} centres")
     x = clustered(args.n, args.centre_vectors, args.seed + 1)

@@ -27,6 +27,10 @@ SITE=${SITE:-/tmp/site}
 WHEELS=${WHEELS:-.whl}
 WORK=${WORK:-/tmp/clipindex-bench}
 LOGS="$WORK/logs"
+if ! [[ $DEVICE =~ ^(cpu|cuda(:[0-9]+)?)$ ]]; then
+  echo "gpu_session: DEVICE must be cpu, cuda or cuda:N, not '$DEVICE'" >&2
+  exit 2
+fi
 mkdir -p "$OUT" "$WORK" "$LOGS"
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE PIP_DISABLE_PIP_VERSION_CHECK=1
 

@@ -18,6 +18,10 @@
 set -euo pipefail
 DEST=${1:-.whl}
 PYVER=${2:-3.12}
+if [ $# -gt 2 ] || ! [[ $PYVER =~ ^3\.[0-9]+$ ]]; then
+  echo "usage: bash benchmarks/gpu_wheels.sh [DEST] [PYTHON_VERSION, e.g. 3.12]" >&2
+  exit 2
+fi
 PIP=${PIP:-python3 -m pip}
 WHEELS=(open_clip_torch==3.3.0 timm==1.0.31 ftfy==6.3.1 wcwidth==0.9.4 faiss-cpu==1.15.1
         pycocotools==2.0.11 jsonschema==4.26.0 jsonschema-specifications==2025.9.1

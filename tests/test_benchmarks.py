@@ -291,3 +291,39 @@ def test_encode_script_section_and_gpu_goal_rows(bench_env: dict[str, Path]) -> 
     assert encode._goal_rows(rows) == [
         "| ViT-B/32 | ≥ 4,000 img/s | 4,100 img/s: met (PIL route 2,300) |",
         "| ViT-L/14@336px | ≥ 950 img/s | 900 img/s: not met |"]
+
+
+@pytest.mark.parametrize("script", ["bench_encode", "bench_ray", "bench_search"])
+def test_scripts_reject_a_bad_device_in_one_line(script: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    bench = _module(script)
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage, then the error
+        bench.main(["--quick", "--no-write", "--device", "tpu"])
+    assert exit_info.value.code == 2
+    assert "argument --device: use cpu, cuda or cuda:N, not 'tpu'" in capsys.readouterr().err
+    if torch.cuda.is_available():
+        return  # the no-CUDA error below cannot happen on this machine
+    argv = ["--quick", "--no-write", "--workdir", str(tmp_path), "--device", "cuda"]
+    if script == "bench_search":
+        argv += ["--contenders", "flat,device"]
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "CUDA is not available" in err[0]
+    assert not any(tmp_path.iterdir())  # refused before any set-up
+
+
+def test_gpu_session_scripts_reject_bad_input_in_one_line(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "DEVICE": "tpu", "OUT": str(tmp_path / "out"),
+           "WORK": str(tmp_path / "work")}
+    cases = [(["bash", str(BENCH / "gpu_wheels.sh"), str(tmp_path / "w"), "3.1x"], None,
+              "usage: bash benchmarks/gpu_wheels.sh"),
+             (["bash", str(BENCH / "gpu_session.sh")], env, "DEVICE must be cpu, cuda or cuda:N")]
+    for argv, environ, message in cases:
+        done = subprocess.run(argv, capture_output=True, text=True, env=environ, timeout=30)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert not any(tmp_path.iterdir())  # nothing fetched, installed or written
