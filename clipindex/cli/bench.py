@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
-from clipindex.bench import PROTOCOLS, BenchResult, run_bench
 from clipindex.cli._app import main
+from clipindex.cli._choices import BENCH_PROTOCOLS
+
+if TYPE_CHECKING:
+    from clipindex.bench import BenchResult
 
 
 def where(res: BenchResult) -> str:
@@ -42,7 +46,7 @@ def as_document(res: BenchResult) -> dict:
 @click.option("--index-root", default=None, type=click.Path(file_okay=False),
               help="Store root; missing or stale stores are built there. "
                    "[default: RESULTS/indexes]")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default="same-rows",
+@click.option("--protocol", type=click.Choice(BENCH_PROTOCOLS), default="same-rows",
               show_default=True,
               help="same-rows: every method on the test rows; study: zero-shot on all "
                    "sampled images, the other methods on the test rows.")
@@ -71,6 +75,8 @@ def bench(config: str, out: str, root: str | None, index_root: str | None, proto
     confusion_few_shot.png, errors.csv, errors.md, run.json, and with --group-by
     groups.csv.
     """
+    from clipindex.bench import run_bench
+
     res = run_bench(config, out, root=root, index_root=index_root, protocol=protocol,
                     skip_existing=skip_existing, workers=workers, progress=progress,
                     group_by=group_by, target_accuracy=target_accuracy)

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import pandas as pd
 
-from clipindex.classifiers import KNN_WEIGHTS
-from clipindex.classifiers.runner import (
-    ENSEMBLES,
-    METHODS,
-    ClassifyResult,
-    classify,
-    classify_images,
-    write_predictions,
-)
-from clipindex.classifiers.templates import TEMPLATE_SETS
 from clipindex.cli._app import echo_err, main
+from clipindex.cli._choices import CLASSIFY_METHODS, ENSEMBLES, KNN_WEIGHTS, TEMPLATE_SETS
 from clipindex.errors import UserInputError
+
+if TYPE_CHECKING:
+    from clipindex.classifiers.runner import ClassifyResult
 
 _CLASS_WEIGHTS = {"auto": "auto", "balanced": "balanced", "none": None}
 
@@ -33,6 +26,8 @@ def _num(value: Any) -> str:
 
 def _report(result: ClassifyResult) -> str:
     """A readable plain-text report for stdout."""
+    import pandas as pd
+
     m = result.metrics
     head = f"method {m['method']} on {', '.join(m['backbones'])}"
     if m.get("ensemble"):
@@ -67,9 +62,9 @@ def _report(result: ClassifyResult) -> str:
               help="Dataset folder of the store, OUT/<dataset>.")
 @click.option("--backbone", "backbones", required=True, multiple=True,
               help="Backbone to use; give several with --ensemble to combine them.")
-@click.option("--method", required=True, type=click.Choice(list(METHODS)),
+@click.option("--method", required=True, type=click.Choice(CLASSIFY_METHODS),
               help="Classifier to fit on the support rows.")
-@click.option("--ensemble", type=click.Choice(list(ENSEMBLES)), default=None,
+@click.option("--ensemble", type=click.Choice(ENSEMBLES), default=None,
               help="How several backbones vote: majority (ties by summed probability) "
                    "or soft (mean probability).")
 @click.option("--shots", type=int, default=None,
@@ -84,7 +79,7 @@ def _report(result: ClassifyResult) -> str:
               help="Comma-separated labels to classify between; 'label=name' puts name "
                    "in the prompts (e.g. fields=field,roads=road).")
 @click.option("--prompt", default=None, help='One prompt template, e.g. "a photo of a {}".')
-@click.option("--templates", type=click.Choice(list(TEMPLATE_SETS)), default=None,
+@click.option("--templates", type=click.Choice(TEMPLATE_SETS), default=None,
               help="Prompt template set (default: 'a photo of a {}'; imagenet: CLIP's 80).")
 @click.option("--class-weight", "class_weight", type=click.Choice(list(_CLASS_WEIGHTS)),
               default="auto", show_default=True,
@@ -122,6 +117,8 @@ def classify_command(index_dir: str, backbones: tuple[str, ...], method: str,
       clipindex classify --index indexes/demo --backbone tiny-vit --method prototype \\
           --image photo.jpg
     """
+    from clipindex.classifiers.runner import classify, classify_images, write_predictions
+
     options: dict[str, Any] = dict(ensemble=ensemble, shots=shots, k=k, seed=seed, classes=classes,
                    prompt=prompt, templates=templates, reject_below=reject_below,
                    weights=weights, class_weight=_CLASS_WEIGHTS[class_weight],

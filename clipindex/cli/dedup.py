@@ -7,14 +7,14 @@ import json
 import click
 
 from clipindex.cli._app import echo_err, main
-from clipindex.search.dedup import DEFAULT_THRESHOLD, find_duplicates, pairs_to_json
+from clipindex.cli._choices import DEDUP_THRESHOLD
 
 
 @main.command("dedup")
 @click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False),
               help="Dataset folder of the store, OUT/<dataset>.")
 @click.option("--backbone", required=True, help="Backbone whose image vectors to compare.")
-@click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
+@click.option("--threshold", type=float, default=DEDUP_THRESHOLD, show_default=True,
               help="Cosine at or above which two images are near-duplicates.")
 @click.option("--root", default=None, type=click.Path(file_okay=False),
               help="Data root of the image files (default: the one dataset.json records).")
@@ -31,6 +31,7 @@ def dedup(index_dir: str, backbone: str, threshold: float, root: str | None,
       clipindex dedup --index indexes/demo --backbone tiny-vit
       clipindex dedup --index indexes/demo --backbone tiny-rn --threshold 0.9995 --json
     """
+    from clipindex.search.dedup import find_duplicates, pairs_to_json
     from clipindex.store import open_index
 
     pairs = find_duplicates(open_index(index_dir, backbone), threshold=threshold, root=root)

@@ -7,8 +7,8 @@ import json
 import click
 
 from clipindex.cli._app import main
+from clipindex.cli._choices import DEMO_SCALES
 from clipindex.cli.bench import as_document, where
-from clipindex.demo import DEMO_PER_CLASS, run_demo
 
 
 @main.command("demo")
@@ -17,7 +17,7 @@ from clipindex.demo import DEMO_PER_CLASS, run_demo
 @click.option("--world", "world", default=None, type=click.Path(file_okay=False),
               help="The demo world (made if missing). [default: worlds/demo, or OUT/world "
                    "when --out is given]")
-@click.option("--scale", type=click.Choice(sorted(DEMO_PER_CLASS)), default="default",
+@click.option("--scale", type=click.Choice(DEMO_SCALES), default="default",
               show_default=True,
               help="default: 200 images per class (1,000, the study's size); small: a "
                    "small world for quick checks.")
@@ -39,6 +39,8 @@ def demo(out: str | None, world: str | None, scale: str, seed: int, workers: int
     runs every method with majority and soft ensembles, then prints the tables and
     where the files are.
     """
+    from clipindex.demo import run_demo
+
     if world is None and out is None:
         world = "worlds/demo"
     res = run_demo(out or "demo-out", world=world, scale=scale, seed=seed, workers=workers,

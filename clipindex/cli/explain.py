@@ -7,7 +7,7 @@ import json
 import click
 
 from clipindex.cli._app import main
-from clipindex.explain import METHODS, explain_errors, write_explanation
+from clipindex.cli._choices import EXPLAIN_METHODS
 
 
 @main.command("explain")
@@ -24,7 +24,7 @@ from clipindex.explain import METHODS, explain_errors, write_explanation
 @click.option("--layer", default=None,
               help="Module to take the CAM at, e.g. visual.layer2 or "
                    "visual.transformer.resblocks[-1].ln_1 (default: per architecture).")
-@click.option("--method", type=click.Choice(sorted(METHODS)), default=None,
+@click.option("--method", type=click.Choice(EXPLAIN_METHODS), default=None,
               help="Class vectors: prompt 'a photo of a {}' or caption prototypes "
                    "[default: prompt]. With --errors it also filters errors.csv.")
 @click.option("--limit", type=click.IntRange(min=1), default=8, show_default=True,
@@ -45,6 +45,8 @@ def explain_command(
     clipindex explain IMG.jpg --index indexes/demo --backbone tiny-rn [--class cat]
     clipindex explain --errors results/demo --backbone tiny-vit --limit 8
     """
+    from clipindex.explain import explain_errors, write_explanation
+
     if (image is None) == (results is None):
         raise click.UsageError("Give either IMAGE (with --index) or --errors RESULTS.")
     if results is not None:

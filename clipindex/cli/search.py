@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
 import click
 
 from clipindex.cli._app import echo_err, main
-from clipindex.search import RRF_K, TARGETS, SearchResult, search_store
-from clipindex.search.arithmetic import Terms
+from clipindex.cli._choices import SEARCH_TARGETS
+
+if TYPE_CHECKING:
+    from clipindex.search import SearchResult
 
 _TEXT_WIDTH = 60
 
@@ -49,6 +52,8 @@ def _table(result: SearchResult, target: str) -> str:
     frame = result.frame
     lines = []
     if result.score_kind == "rrf":
+        from clipindex.search import RRF_K
+
         lines.append(f"# reciprocal rank fusion (k={RRF_K}): score is the RRF score, not a cosine")
     text_col = "caption" if target == "images" else "text"
     columns = ["rank", "score", "row_id"] + (["image_row_id"] if target == "captions" else [])
@@ -108,7 +113,7 @@ def _records(result: SearchResult) -> str:
 @click.option(
     "--to",
     "target",
-    type=click.Choice(TARGETS),
+    type=click.Choice(SEARCH_TARGETS),
     default="images",
     show_default=True,
     help="Return images or captions.",
@@ -170,6 +175,9 @@ def search_command(
       clipindex search "a photo of a cow" --subtract "grass" --index indexes/demo \
           --backbone tiny-rn
     """
+    from clipindex.search import search_store
+    from clipindex.search.arithmetic import Terms
+
     terms = Terms(add=add, subtract=subtract, add_images=add_images,
                   subtract_images=subtract_images, weight=term_weight)
     result = search_store(

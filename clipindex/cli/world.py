@@ -7,8 +7,8 @@ import json
 import click
 
 from clipindex.cli._app import main
+from clipindex.cli._choices import WORLD_SCALES
 from clipindex.errors import UserInputError
-from clipindex.world import SCALES, make_world
 
 
 class _OneLineErrors(click.Command):
@@ -33,7 +33,7 @@ class _OneLineErrors(click.Command):
 )
 @click.option(
     "--scale",
-    type=click.Choice(sorted(SCALES)),
+    type=click.Choice(WORLD_SCALES),
     default="default",
     show_default=True,
     help="'small' for tests (seconds), 'default' for demos, 'training': default's val "
@@ -51,6 +51,8 @@ def world(directory: str, seed: int, scale: str, force: bool, progress: bool,
     DIRECTORY/annotations/instances_{train,val}.json, captions_{train,val}.json,
     causes_{train,val}.json, DIRECTORY/{train,val}/*.jpg and DIRECTORY/world.json.
     """
+    from clipindex.world import make_world
+
     root = make_world(directory, seed=seed, scale=scale, force=force, progress=progress)
     record = json.loads((root / "world.json").read_text(encoding="utf-8"))
     if as_json:
