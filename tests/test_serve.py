@@ -341,6 +341,34 @@ def test_a_new_build_is_picked_up_between_requests(demo_world: Path, serve_copy:
     assert "still serving generation 3" in _error(client.post("/reload"), 409)
 
 
+
+def test_a_mapped_file_truncated_in_place_is_a_503_not_a_crash(serve_copy: Path,
+                                                              tmp_path: Path) -> None:
+    """Reading a memory map past its file's new end would kill the server (SIGBUS, exit
+    135): the server checks its mappings before each request and answers 503 instead,
+    until the file is whole again and a reload opens it."""
+    from clipindex.serve import ServedStore, ServeOptions, create_app
+
+    store_dir = copy_store(serve_copy, tmp_path)
+    store = ServedStore(ServeOptions(index_dir=str(store_dir), backbones=("tiny-vit",),
+                                     reload_interval=0))
+    client = TestClient(create_app(store=store), raise_server_exceptions=False)
+    params = {"q": "a cow in a field", "k": 5, "to": "captions"}
+    before = client.get("/search", params=params).json()
+    path = store_dir / "tiny-vit" / "captions.npy"
+    whole = path.read_bytes()
+    os.truncate(path, 1000)  # in place: the same inode the server mapped
+    message = _error(client.get("/search", params=params), 503)
+    assert "captions.npy was truncated from" in message and "--rebuild" in message
+    assert "captions.npy" in _error(client.get("/info"), 503)
+    assert client.get("/health").json() == {"status": "ok"}  # alive, just refusing
+    fresh = path.with_name("captions.npy.tmp")
+    fresh.write_bytes(whole)
+    os.replace(fresh, path)  # what a rebuild does: a new file renamed into place
+    assert client.get("/search", params=params).json() == before
+    assert client.get("/info").json()["generation"] == 2
+
+
 # ----------------------------------------------------------------------------- schemathesis
 FUZZ_EXAMPLES = 10  # per operation and generation mode; seeded (derandomize)
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from clipindex.errors import UserInputError
+from clipindex.serve.errors import ApiError
 from clipindex.serve.options import ServeOptions
 
 __all__ = ["LRU", "ServedIndex", "ServedStore", "Snapshot", "open_snapshot",
@@ -110,6 +111,10 @@ class Snapshot:
     opened_at: float
     threads: int = 1
     model_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The memory-mapped files (:func:`~clipindex.store.loading.mapped_files`).
+    mapped: list[Any] = field(default_factory=list)
+    #: Set once one of them is found truncated: the snapshot never reads them again.
+    damage: str | None = None
     classifiers: LRU = field(default_factory=lambda: LRU(32))
 
     @property
@@ -159,6 +164,7 @@ def open_snapshot(options: ServeOptions, generation: int = 1) -> Snapshot:
     import torch
 
     from clipindex.store import list_backbones, open_index
+    from clipindex.store.loading import mapped_files
 
     names = list(options.backbones) or list_backbones(options.index_dir)
     if not names:
@@ -178,7 +184,8 @@ def open_snapshot(options: ServeOptions, generation: int = 1) -> Snapshot:
     return Snapshot(generation=generation, names=tuple(names), indexes=served,
                     data_root=Path(root).expanduser().resolve() if root else None,
                     signature=signature, opened_at=time.time(), threads=options.threads,
-                    model_lock=lock)
+                    model_lock=lock,
+                    mapped=[m for bi in opened for m in mapped_files(bi)])
 
 
 class ServedStore:
@@ -208,13 +215,32 @@ class ServedStore:
             self._snapshot.signature
 
     def current(self) -> Snapshot:
-        """The snapshot a request should use; reloads first if the store changed."""
+        """The snapshot a request should use; reloads first if the store changed.
+
+        Before every request it also checks that no file the snapshot memory-maps was
+        truncated in place (reading past a mapping's end would kill the server with
+        SIGBUS): if one was, it tries a reload and, while that fails, answers 503 with
+        what is damaged instead of touching the mapping."""
         now = time.monotonic()
         if now - self._checked >= self.options.reload_interval:
             self._checked = now
-            if self.changed():
+            if self.changed() or self.mapping_damage():
                 self.reload(wait=False)
+        damage = self.mapping_damage()
+        if damage:
+            raise ApiError(503, f"{damage}; rebuild the store (`clipindex build ... "
+                                "--rebuild`) and the server reopens it")
         return self._snapshot
+
+    def mapping_damage(self) -> str | None:
+        """What :func:`~clipindex.store.loading.shrunk_in_place` says of the current
+        snapshot's memory-mapped files (None: they are whole); kept once found."""
+        from clipindex.store.loading import shrunk_in_place
+
+        snap = self._snapshot
+        if snap.damage is None:
+            snap.damage = shrunk_in_place(snap.mapped)
+        return snap.damage
 
     def reload(self, *, wait: bool = True) -> bool:
         """Open a new snapshot and swap it in; False if another reload is running and

@@ -5,6 +5,8 @@ file is a :class:`~clipindex.errors.DamagedStoreError` naming it (via
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import numpy as np
 
 from clipindex.store.verify import Damage
 
-__all__ = ["advise_random", "load_faiss", "load_matrix"]
+__all__ = ["advise_random", "load_faiss", "load_matrix", "mapped_files", "shrunk_in_place"]
 
 
 def advise_random(matrix: np.ndarray) -> np.ndarray:
@@ -53,3 +55,57 @@ def load_faiss(path: Path, mmap: bool) -> tuple[Any, bool]:
         return load_index(path), False
     except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError on bad bytes
         raise Damage(path, f"is unreadable ({type(exc).__name__})").error() from None
+
+
+
+def _mapped_size(mm: Any) -> int | None:
+    try:
+        return int(mm.size())  # fstat of the mapping's own descriptor: the mapped inode
+    except (OSError, ValueError):
+        return None
+
+
+def _path_size(path: Path, inode: tuple[int, int]) -> int | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size if (st.st_dev, st.st_ino) == inode else None
+
+
+def mapped_files(index: Any) -> list[tuple[Path, Callable[[], int | None], int]]:
+    """The files a :class:`~clipindex.store.BackboneIndex` has memory-mapped (its two
+    vector matrices, and each FAISS index it mapped): ``(path, size_now, size)`` with
+    ``size_now()`` the mapped file's size at the time of the call (None: unknown) and
+    ``size`` its size now. The matrices are asked through their mapping's own file
+    descriptor, so a file truncated and then replaced is still seen; a FAISS mapping
+    (no descriptor of ours) by its path while it is the same inode."""
+    out: list[tuple[Path, Callable[[], int | None], int]] = []
+    for t, matrix in index.stored.items():
+        mm = getattr(matrix, "_mmap", None)
+        size = None if mm is None else _mapped_size(mm)
+        if size is not None:
+            out.append((index.path / f"{t}.npy", partial(_mapped_size, mm), size))
+    for t, mapped in index.index_mmapped.items():
+        path = index.path / f"{t}.faiss"
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if mapped:
+            out.append((path, partial(_path_size, path, (st.st_dev, st.st_ino)), st.st_size))
+    return out
+
+
+def shrunk_in_place(files: Sequence[tuple[Path, Callable[[], int | None], int]]
+                    ) -> str | None:
+    """A one-line description of the first mapped file of :func:`mapped_files` that is
+    now shorter than when it was mapped, else None. Reading a mapping past its file's
+    new end kills the process (SIGBUS), so a long-lived reader (``clipindex serve``)
+    checks this before it touches the mappings. A rebuild renames new files into place
+    and leaves the old mapped ones whole: not damage to this reader."""
+    for path, size_now, size in files:
+        now = size_now()
+        if now is not None and now < size:
+            return f"{path} was truncated from {size} to {now} bytes while served"
+    return None
