@@ -149,6 +149,32 @@ def test_build_after_add_is_up_to_date_and_a_changed_source_names_add(
     assert len(_open(ddir).images) == len(rel) - 2
 
 
+
+def test_damaged_tables_after_an_add_name_rebuild_which_replaces_the_store(
+        use_fake_encoders: type[FakeEncoder], world: tuple[Path, list[str]],
+        tmp_path: Path) -> None:
+    from clipindex.errors import DamagedStoreError
+
+    root, rel = world
+    source = rel[::-1]  # another order than the store's rows: the store is not its tables
+    ddir = _build(dataset_from_files(root, rel[:20]), tmp_path / "A")
+    _add(dataset_from_files(root, source), ddir)
+    table = ddir / "captions.parquet"  # a hard link of generation 1's: both are damaged
+    os.truncate(table, 100)
+    for attempt in (lambda: _open(ddir),
+                    lambda: _build(dataset_from_files(root, source), tmp_path / "A"),
+                    lambda: _add(dataset_from_files(root, source), ddir)):
+        with pytest.raises(DamagedStoreError, match="captions.parquet has 100 bytes") as err:
+            attempt()
+        assert "--rebuild" in str(err.value) and "\n" not in str(err.value)
+    FakeEncoder.encoded_images = 0
+    _build(dataset_from_files(root, source), tmp_path / "A", rebuild=True)
+    assert FakeEncoder.encoded_images == len(rel)  # the source replaced the store
+    assert not (ddir / "CURRENT").exists() and not (ddir / ".generations").exists()
+    _same_store(ddir, _build(dataset_from_files(root, source), tmp_path / "B"))
+    again = _add(dataset_from_files(root, source), ddir)
+    assert (again.added, again.removed) == (0, 0)
+
 def test_removed_images_are_tombstoned_never_returned_and_counted(
         use_fake_encoders: type[FakeEncoder], world: tuple[Path, list[str]],
         tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -46,6 +47,8 @@ __all__ = ["CURRENT", "GENERATIONS", "RETRAIN_FACTOR", "commit", "current_genera
            "link_or_copy", "link_unchanged", "publish", "snapshot_build", "stage",
            "stale_error", "stale_reason", "store_fingerprint", "store_view", "tombstones",
            "StoreView"]
+
+log = logging.getLogger("clipindex.store")
 
 CURRENT = "CURRENT"
 GENERATIONS = ".generations"
@@ -259,8 +262,10 @@ def store_view(dataset: Any, dataset_dir: Path, fingerprint: str, rebuild: bool,
     (:class:`StoreView`: "up to date", a new backbone gets the store's rows; ``rebuild``
     too, there being no other version to replace). A changed source is a
     :class:`DataError` naming ``clipindex add`` (``rebuild``: the store's generations are
-    dropped and the build replaces it)."""
-    from clipindex.errors import DataError
+    dropped and the build replaces it). Damaged tables of a store that has generations
+    are a :class:`DamagedStoreError` naming ``--rebuild``; with ``rebuild`` the source
+    replaces the store as for a changed source."""
+    from clipindex.errors import DamagedStoreError, DataError
 
     meta = dataset_dir / "dataset.json"
     try:
@@ -270,7 +275,15 @@ def store_view(dataset: Any, dataset_dir: Path, fingerprint: str, rebuild: bool,
     if not isinstance(recorded, dict) or recorded.get("fingerprint") == fingerprint:
         return dataset, fingerprint
     if recorded.get("source_fingerprint") == fingerprint:  # the store is this source's
-        return StoreView(dataset, dataset_dir, recorded), str(recorded["fingerprint"])
+        try:
+            return StoreView(dataset, dataset_dir, recorded), str(recorded["fingerprint"])
+        except DamagedStoreError:
+            if not rebuild:  # names `--rebuild`
+                raise
+            # Its rows (appended, tombstoned) exist only in the damaged tables: the
+            # source replaces the store and every backbone is encoded again.
+            log.warning("%s: the store's tables are damaged; --rebuild replaces the store "
+                        "from the source (every backbone is encoded again)", dataset_dir)
     if rebuild:
         drop_generations(dataset_dir)
         return dataset, fingerprint
