@@ -412,8 +412,11 @@ def test_cli_warns_off_loopback_and_checks_options(serve_copy: Path,
     import clipindex.serve as serve
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(serve, "run_server", lambda options, **kw: calls.append(
-        {"options": options, **kw}))
+    def fake_run(options: Any, **kw: Any) -> None:
+        calls.append({"options": options, **kw})
+        kw["ready"]()  # the checks passed: the warning and "Serving" lines come now
+
+    monkeypatch.setattr(serve, "run_server", fake_run)
     runner = CliRunner()
     base = ["serve", "--index", str(serve_copy)]
     done = runner.invoke(main, base)
@@ -429,6 +432,14 @@ def test_cli_warns_off_loopback_and_checks_options(serve_copy: Path,
     assert done.exit_code == 2 and done.stderr.startswith("Error:") and len(calls) == 3
     done = runner.invoke(main, ["serve", "--index", str(serve_copy / "nope")])
     assert done.exit_code == 2 and "Traceback" not in done.output
+    monkeypatch.undo()  # the real run_server: bad options or store are one line, no more
+    for bad in (["--port", "99999"], ["--workers", "0"], ["--backbone", "nope"],
+                ["--host", "0.0.0.0", "--port", "99999"],
+                ["--backbone", "nope", "--workers", "2"]):
+        done = runner.invoke(main, [*base, *bad])
+        lines = done.stderr.strip().splitlines()
+        assert done.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error:"), \
+            (bad, done.stderr)
 
 
 @pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])

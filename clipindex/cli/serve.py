@@ -58,7 +58,11 @@ def serve_command(index_dir: str, backbones: tuple[str, ...], host: str, port: i
         max_query_chars=max_query_chars, reload_interval=reload_interval, threads=threads,
         cors_origins=tuple(cors_origins))
     warning = exposure_warning(host, token)
-    if warning:
-        echo_err(f"Warning: {warning}")
-    echo_err(f"Serving {index_dir} on http://{host}:{port}/ (Ctrl-C or SIGTERM stops it)")
-    run_server(options, host=host, port=port, workers=workers, log_level=log_level)
+
+    def ready() -> None:  # the options and the store passed their checks
+        if warning:
+            echo_err(f"Warning: {warning}")
+        echo_err(f"Serving {index_dir} on http://{host}:{port}/ (Ctrl-C or SIGTERM stops it)")
+
+    run_server(options, host=host, port=port, workers=workers, log_level=log_level,
+               ready=ready)

@@ -9,6 +9,7 @@ stores once. uvicorn stops on SIGTERM or SIGINT after the requests in flight fin
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from clipindex.errors import UserInputError
@@ -40,8 +41,12 @@ def app_from_env() -> Any:
 
 
 def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000,
-               workers: int = 1, log_level: str = "info") -> None:
-    """Serve ``options``' store on ``host:port`` until SIGTERM / SIGINT."""
+               workers: int = 1, log_level: str = "info",
+               ready: Callable[[], None] | None = None) -> None:
+    """Serve ``options``' store on ``host:port`` until SIGTERM / SIGINT. ``ready`` is
+    called once the options and the store have been checked (the store opened, with one
+    worker; each backbone opened once, with several), just before uvicorn starts: a bad
+    option or store is one error and nothing else."""
     import uvicorn
 
     if not 0 <= port <= 65535:
@@ -54,8 +59,17 @@ def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 80
     if workers == 1:
         from clipindex.serve.app import create_app
 
-        uvicorn.run(create_app(options), **common)
+        app = create_app(options)
+        if ready is not None:
+            ready()
+        uvicorn.run(app, **common)
         return
+    from clipindex.store import list_backbones, open_index
+
+    for name in options.backbones or list_backbones(options.index_dir):
+        open_index(options.index_dir, name)  # each worker opens them again
+    if ready is not None:
+        ready()
     os.environ[ENV] = options.to_env()
     uvicorn.run("clipindex.serve.server:app_from_env", factory=True, workers=workers,
                 **common)
