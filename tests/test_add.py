@@ -449,6 +449,11 @@ def test_cli_add_on_a_class_folder_with_tiny_vit(colors_store: Path, tmp_path: P
     assert res.exit_code == 2
     res = run_cli("add", data, "--index", tmp_path, "--no-progress")
     assert_one_line_error(res, "not a clipindex store")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not these weights")
+    res = run_cli("add", data, "--index", ddir, "--backbone", "tiny-vit", "--pretrained", junk)
+    assert_one_line_error(res, "'tiny-vit' is built in", "(tiny-vit) with other weights than "
+                          f"--pretrained {junk}", f"--pretrained {junk} --out")
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "pq"])

@@ -163,7 +163,17 @@ def _targets(cdir: Path, ddir: Path, names: Sequence[str] | None, pretrained: st
     built = list_backbones(ddir)
     if names:
         wanted = resolve_targets(list(names), pretrained)
-        missing = [t.name for t in wanted if t.folder not in built]
+        absent = [t for t in wanted if t.folder not in built]
+        missing = [t.name for t in absent]
+        others = [f for f in built if absent
+                  and f.split("__")[0] == absent[0].folder.split("__")[0]]
+        if others:  # the backbone is built, with other weights than --pretrained names
+            raise UserInputError(
+                f"backbone {missing[0]!r} is built in {ddir} ({', '.join(others)}) with "
+                f"other weights than --pretrained {pretrained}; give the --pretrained it "
+                f"was built with, or build these weights first with `clipindex build "
+                f"SOURCE --backbone {missing[0]} --pretrained {pretrained} --out "
+                f"{ddir.parent}`")
         if missing:
             raise UserInputError(
                 f"backbone {missing[0]!r} is not built in {ddir} (built: "
