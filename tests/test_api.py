@@ -176,3 +176,33 @@ def test_readme_sklearn_route_runs_on_a_store(demo_store) -> None:
     proto_acc = (scope["proto"].predict(scope["X"][held]) == scope["y"][held]).mean()
     zero_acc = (scope["zero"].predict(scope["X"][held]) == scope["y"][held]).mean()
     assert proto_acc > 0.5 and zero_acc > 0.5, (proto_acc, zero_acc)
+
+
+@pytest.mark.parametrize("backbone", [None, "", 3, "   "])
+def test_open_index_refuses_a_backbone_that_is_not_a_name(demo_store, backbone) -> None:
+    with pytest.raises(clipindex.UserInputError, match="backbone must be a name"):
+        clipindex.open_index(demo_store, backbone)
+
+
+@pytest.mark.parametrize(("queries", "error", "needle"), [
+    ("a photo of a cow", clipindex.UserInputError, "not text: encode it first"),
+    (["a cow", "a dog"], clipindex.UserInputError, "not text: encode it first"),
+    ({"a": 1}, clipindex.UserInputError, "must be numbers, got dict"),
+    ("nan", clipindex.UserInputError, "1 query vector(s) hold NaN"),
+    ("wrong dim", clipindex.IndexMismatchError, "stores dim"),
+])
+def test_search_refuses_queries_that_are_not_vectors_of_its_dim(demo_store, queries, error,
+                                                                needle) -> None:
+    import numpy as np
+
+    idx = clipindex.open_index(demo_store, "tiny-vit")
+    good = idx.image_vectors[:2]
+    if queries == "nan":
+        queries = np.vstack([good[:1], np.full((1, idx.dim), np.nan)])
+    elif queries == "wrong dim":
+        queries = np.zeros((1, idx.dim + 1), dtype=np.float32)
+    with pytest.raises(error) as err:
+        idx.search(queries, 3)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    scores, ids = idx.search(good, 3)  # the same index still answers vectors
+    assert ids[:, 0].tolist() == [0, 1] and np.allclose(scores[:, 0], 1.0, atol=1e-5)

@@ -46,6 +46,7 @@ from clipindex.store.manifest import (
     text_cache_key,
     weights_identity,
 )
+from clipindex.store.queries import check_backbone_name, query_matrix
 from clipindex.store.textcache import TextCache
 from clipindex.store.verify import (
     Damage,
@@ -206,12 +207,7 @@ class BackboneIndex:
 
         if target not in _TARGETS:
             raise UserInputError(f"target must be one of {', '.join(_TARGETS)}, got {target!r}")
-        q = np.asarray(queries, dtype=np.float32)
-        q = q[None, :] if q.ndim == 1 else q
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise IndexMismatchError(
-                f"query vectors have shape {q.shape} but {self.name} stores dim {self.dim}; "
-                "encode queries with the same backbone (index.encoder() / text_vectors())")
+        q = query_matrix(queries, self.dim, self.name)
         sel = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64).ravel())
         if device is not None and str(device) != "cpu":
             return Hits(*self._device_search(q, k, target, sel, str(device)), exact=True,
@@ -405,7 +401,7 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     """
     root = gens.generation_dir(dataset_dir)  # the committed generation (`clipindex add`)
     info = read_dataset_info(root)
-    bdir = _backbone_dir(root, backbone, pretrained)
+    bdir = _backbone_dir(root, check_backbone_name(backbone), pretrained)
     if not (bdir / MANIFEST).is_file():
         if _orphaned(bdir):
             raise _orphan_damage(bdir).error()

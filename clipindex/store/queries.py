@@ -1,0 +1,45 @@
+"""What :meth:`~clipindex.store.BackboneIndex.search` and :func:`open_index` accept, checked
+before any FAISS call: a query matrix of the store's dim with finite values, a backbone
+named by a non-empty string. A wrong one is a one-line clipindex error naming the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from clipindex.errors import IndexMismatchError, UserInputError
+
+__all__ = ["check_backbone_name", "query_matrix"]
+
+
+def query_matrix(queries: Any, dim: int, name: str) -> np.ndarray:
+    """``queries`` as a float32 ``(n, dim)`` matrix (one vector becomes one row)."""
+    if isinstance(queries, (str, bytes)) or (
+            isinstance(queries, (list, tuple)) and queries
+            and all(isinstance(q, str) for q in queries)):
+        raise UserInputError(
+            "search takes query vectors, not text: encode it first with "
+            "index.text_vectors([...]) (or use clipindex.search for text queries)")
+    try:
+        q = np.asarray(queries, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(f"query vectors must be numbers, got {type(queries).__name__} "
+                             f"({exc})".splitlines()[0]) from None
+    q = q[None, :] if q.ndim == 1 else q
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise IndexMismatchError(
+            f"query vectors have shape {q.shape} but {name} stores dim {dim}; "
+            "encode queries with the same backbone (index.encoder() / text_vectors())")
+    if not np.isfinite(q).all():
+        bad = int((~np.isfinite(q)).any(axis=1).sum())
+        raise UserInputError(f"{bad} query vector(s) hold NaN or infinite values")
+    return q
+
+
+def check_backbone_name(backbone: Any) -> str:
+    """``backbone`` if it is a non-empty string (a folder or a backbone name)."""
+    if not isinstance(backbone, str) or not backbone.strip():
+        raise UserInputError(f"backbone must be a name such as 'tiny-vit' or 'ViT-B-32', "
+                             f"got {backbone!r}")
+    return backbone
