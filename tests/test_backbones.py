@@ -79,6 +79,8 @@ def test_checkpoint_file_and_local_dir_names(tmp_path: Path) -> None:
     assert (direct.name, direct.source, direct.model) == ("my-clip", "dir", f"local-dir:{folder}")
     via_pretrained = resolve_backbone("ViT-B/32", str(folder))
     assert via_pretrained.name == "ViT-B-32__my-clip" and via_pretrained.source == "dir"
+    # open_clip's spelling as --pretrained is the same folder (the README offers both)
+    assert resolve_backbone("ViT-B/32", f"local-dir:{folder}") == via_pretrained
 
 
 def test_spec_is_frozen() -> None:

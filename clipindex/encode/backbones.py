@@ -303,6 +303,8 @@ def resolve_backbone(name: str, pretrained: str | None = "default") -> BackboneS
         return _local_dir_spec(Path(name[len(LOCAL_DIR_PREFIX):]).expanduser())
     model, display, default_tag, is_tiny = _lookup(name)
     choice = "none" if pretrained is None else str(pretrained).strip()
+    if choice.startswith(LOCAL_DIR_PREFIX):  # open_clip's spelling of a folder path
+        choice = str(Path(choice[len(LOCAL_DIR_PREFIX):]).expanduser())
     if choice == "default":
         if is_tiny:
             return _registered_default(model)
