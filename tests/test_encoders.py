@@ -258,6 +258,19 @@ def test_corrupt_checkpoint_is_a_model_load_error(tmp_path: Path, encoder: Encod
         load_encoder(resolve_backbone(TEST_MODEL, str(bad)), device="cpu")
 
 
+def test_a_checkpoint_of_another_architecture_is_one_short_line(tmp_path: Path,
+                                                                 encoder: Encoder) -> None:
+    from clipindex.errors import ModelLoadError
+
+    other = tmp_path / "other.pt"  # every key renamed: torch lists them all as missing
+    torch.save({f"other.{k}": v for k, v in encoder.model.state_dict().items()}, other)
+    with pytest.raises(ModelLoadError, match="other.pt") as info:
+        load_encoder(resolve_backbone(TEST_MODEL, str(other)), device="cpu")
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 700, len(message)
+    assert "another architecture" in message and "characters)" in message
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fp16_matches_cpu(encoder: Encoder, image_files: list[Path]) -> None:

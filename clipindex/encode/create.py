@@ -59,9 +59,17 @@ def no_weight_init() -> Iterator[None]:
             setattr(init, name, fn)
 
 
+#: Characters of the underlying error a load error quotes.
+_MAX_CAUSE = 400
+
+
 def model_error(spec: BackboneSpec, exc: BaseException) -> ModelLoadError:
     """The one clear error for a model that could not be created or loaded."""
-    cause = " ".join(str(exc).split()) or type(exc).__name__  # the whole message, one line
+    cause = " ".join(str(exc).split()) or type(exc).__name__  # one line
+    if len(cause) > _MAX_CAUSE:  # torch lists every missing key of a state dict
+        cause = f"{cause[:_MAX_CAUSE - 1]}… ({len(cause):,} characters)"
+    if "state_dict" in cause:
+        cause += "; is it a checkpoint of another architecture than this backbone's?"
     if spec.source == "tag":
         import open_clip
 
