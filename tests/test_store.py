@@ -281,6 +281,21 @@ def test_corrupt_inputs_are_skipped_with_reasons(tmp_path, use_fake_encoders):
     assert info["backbones"][0]["n_skipped"] == 4
 
 
+
+def test_a_dangling_link_in_a_class_folder_is_a_recorded_skip(tmp_path, use_fake_encoders):
+    from clipindex.sources import load_dataset
+
+    root = tmp_path / "data"
+    write_images(root, 3)
+    (root / "cat" / "link.jpg").symlink_to(root / "cat" / "gone.jpg")  # inside the root
+    ds = load_dataset(root)
+    assert "cat/link.jpg" in ds.images["file"].tolist()  # listed, not silently dropped
+    build_store(ds, ["fake-a"], out=tmp_path / "out", **KW)
+    skipped = open_index(tmp_path / "out" / root.name, "fake-a").manifest["skipped"]
+    assert [s["file"] for s in skipped] == ["cat/link.jpg"]
+    assert "No such file" in skipped[0]["reason"]  # the real encoder says "missing file"
+
+
 def test_strict_makes_corrupt_inputs_fatal(tmp_path, use_fake_encoders):
     ds, bad = _corrupt_dataset(tmp_path / "data")
     with pytest.raises(DataError, match="cat/trunc.jpg"):

@@ -28,7 +28,7 @@ def _image_files(folder: Path) -> list[Path]:
         for p in folder.rglob("*")
         if p.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
+        and (p.is_file() or p.is_symlink())  # a dangling link: a recorded skip at build
     )
 
 
