@@ -132,7 +132,7 @@ def build_report(results: str | os.PathLike[str], *, projection: str = "pca",
         if why is not None:
             missing[sec.sid] = why
         parts.append(section(sec.sid, i, sec.title, body))
-    name = data.run.get("config", {}).get("name") or data.results.name
+    name = (data.run.get("config") or {}).get("name") or data.results.name
     dataset = data.run.get("dataset") or "?"
     subtitle = (f"Benchmark {name} on data set {dataset}: {len(data.backbones)} backbones, "
                 f"{len(data.methods)} methods, protocol {data.run.get('protocol', '?')}.")
