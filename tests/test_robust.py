@@ -390,3 +390,43 @@ def test_local_weights_are_rechecked_by_size_and_mtime_not_rehashed(
     ckpt.write_bytes(b"weights two")  # other weights under the recorded path: refused
     with pytest.raises(IndexMismatchError, match="weights .* differ"):
         open_index(tmp_path / "out" / "toy", "fake-a__weights").encoder()
+
+
+# ----------------------------------------------------------------------------- dedup files
+def _dedup(ddir: Path, root: Path, *extra: object):
+    return run_cli("dedup", "--index", ddir, "--backbone", "tiny-vit", "--root", root, *extra)
+
+
+def test_dedup_says_which_files_it_could_not_hash_for_exact_duplicates(colors_store, tmp_path):
+    root = tmp_path / "colors"
+    shutil.copytree(COLORS, root)
+    shutil.copyfile(root / "red" / "00.jpg", root / "red" / "01.jpg")  # a byte copy
+    found = _dedup(colors_store, root, "--json")
+    assert found.exit_code == 0 and found.stderr == "", found.output
+    exact = [{p["a"]["file"], p["b"]["file"]} for p in json.loads(found.stdout)
+             if p["kind"] == "exact"]
+    assert exact == [{"red/00.jpg", "red/01.jpg"}]
+    (root / "red" / "00.jpg").unlink()  # its copy can no longer be found
+    for extra in ((), ("--json",)):
+        res = _dedup(colors_store, root, *extra)
+        assert res.exit_code == 0, res.output
+        (warning,) = res.stderr.strip().splitlines()
+        assert warning.startswith("Warning: 1 of 12 image files could not be read under "
+                                  f"{root} (e.g. red/00.jpg): exact duplicates were not "
+                                  "checked for them"), warning
+    assert all(p["kind"] != "exact" for p in json.loads(res.stdout))
+
+
+def test_dedup_with_a_root_holding_none_of_the_files_is_one_line(colors_store, tmp_path):
+    from clipindex.search.dedup import find_duplicates
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(_dedup(colors_store, empty), "none of the 12 image files could be "
+                          f"read under {empty}", "--root DATA_DIR")
+    index = open_index(colors_store, "tiny-vit")
+    with pytest.raises(DataError, match="none of the 12 image files"):
+        find_duplicates(index, root=empty)
+    pairs = find_duplicates(index, root=empty, require_files=False)  # bench's way: a warning
+    assert pairs.attrs["unreadable_files"] == 12
+    assert find_duplicates(index, root=COLORS).attrs["unreadable_files"] == 0

@@ -177,7 +177,8 @@ def _leaks(ddir: Path, backbone: str, root: Path) -> pd.DataFrame:
     from clipindex.search.dedup import find_duplicates
     from clipindex.store import open_index
 
-    pairs = find_duplicates(open_index(ddir, backbone), root=root)
+    # a bench whose image files are gone still finishes: a warning, not an error
+    pairs = find_duplicates(open_index(ddir, backbone), root=root, require_files=False)
     return pairs[pairs["leakage"].astype(bool)] if len(pairs) else pairs
 
 
