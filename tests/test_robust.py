@@ -24,6 +24,7 @@ from clipindex.errors import (
     DataError,
     IndexMismatchError,
     ModelLoadError,
+    UserInputError,
 )
 from clipindex.store import build_store, open_index
 
@@ -430,3 +431,62 @@ def test_dedup_with_a_root_holding_none_of_the_files_is_one_line(colors_store, t
     pairs = find_duplicates(index, root=empty, require_files=False)  # bench's way: a warning
     assert pairs.attrs["unreadable_files"] == 12
     assert find_duplicates(index, root=COLORS).attrs["unreadable_files"] == 0
+
+
+# ----------------------------------------------------------------------------- outputs
+def _store_files(ddir: Path) -> dict[str, bytes]:
+    return {p.relative_to(ddir).as_posix(): p.read_bytes()
+            for p in sorted(ddir.rglob("*")) if p.is_file()}
+
+
+def _output_commands(ddir: Path, tmp: Path) -> dict[str, list[object]]:
+    """Every command that writes an output the user names, aimed inside the store."""
+    results = tmp / "results"
+    results.mkdir(exist_ok=True)
+    (results / "tables.csv").write_text("")  # a results folder that renders
+    bench = Path(__file__).resolve().parents[1] / "configs" / "bench" / "demo.yaml"
+    image = COLORS / "red" / "00.jpg"
+    return {
+        "classify": ["classify", "--index", ddir, "--backbone", "tiny-vit", "--method",
+                     "prompt", "--out", ddir / "images.parquet"],
+        "classify-image": ["classify", "--index", ddir, "--backbone", "tiny-vit", "--method",
+                           "prompt", "--image", image, "--out", ddir / "preds.csv"],
+        "report": ["report", results, "--out", ddir / "dataset.json"],
+        "explain": ["explain", image, "--index", ddir, "--backbone", "tiny-vit",
+                    "--out", ddir / "tiny-vit" / "manifest.json"],
+        "explain-errors": ["explain", "--errors", results, "--backbone", "tiny-vit",
+                           "--out", ddir / "tiny-vit" / "cams"],
+        "bench": ["bench", bench, "--out", ddir / "results", "--root", tmp],
+        "demo": ["demo", "--out", ddir / "tiny-vit"],
+    }
+
+
+@pytest.mark.parametrize("command", ["classify", "classify-image", "report", "explain",
+                                     "explain-errors", "bench", "demo"])
+def test_an_output_inside_the_store_is_refused_before_anything_is_written(
+        store_copy, tmp_path, command):
+    before = _store_files(store_copy)
+    args = _output_commands(store_copy, tmp_path)[command]
+    out = str(args[args.index("--out") + 1])
+    assert_one_line_error(run_cli(*args), f"--out {out} is ",
+                          f"the store {store_copy.resolve()}; write it elsewhere")
+    assert _store_files(store_copy) == before  # nothing added, nothing replaced
+    assert run_cli("info", store_copy).exit_code == 0
+
+
+def test_outputs_beside_the_store_are_written_and_the_library_refuses_too(store_copy,
+                                                                         tmp_path):
+    from clipindex.classifiers import write_predictions
+    from clipindex.report import write_report
+
+    res = _classify(store_copy, "--out", store_copy.parent / "preds.csv")  # beside: fine
+    assert res.exit_code == 0 and (store_copy.parent / "preds.csv").is_file(), res.output
+    results = _output_commands(store_copy, tmp_path)["report"][1]
+    assert write_report(results, tmp_path / "r.html").is_file()
+    frame = pd.read_csv(store_copy.parent / "preds.csv")
+    for call in (lambda: write_predictions(frame, store_copy / "captions.parquet"),
+                 lambda: write_report(results, store_copy / "tiny-vit" / "r.html"),
+                 lambda: write_report(results, store_copy)):
+        with pytest.raises(UserInputError, match="write it elsewhere"):
+            call()
+    assert "captions.parquet" in {p.name for p in store_copy.iterdir()}

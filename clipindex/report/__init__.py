@@ -170,8 +170,9 @@ def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | 
     PosixPath('demo-out/results/report.html')
     """
     from clipindex.files import atomic_write_bytes
+    from clipindex.store.owned import refuse_store_path
 
+    path = refuse_store_path(Path(out) if out is not None else Path(results) / "report.html")
     html, _ = build_report(results, projection=projection, options=options)
-    path = Path(out) if out is not None else Path(results) / "report.html"
     return atomic_write_bytes(path, html.encode("utf-8"))
 
