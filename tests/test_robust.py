@@ -418,7 +418,9 @@ def test_dedup_says_which_files_it_could_not_hash_for_exact_duplicates(colors_st
     assert all(p["kind"] != "exact" for p in json.loads(res.stdout))
 
 
-def test_dedup_with_a_root_holding_none_of_the_files_is_one_line(colors_store, tmp_path):
+def test_dedup_with_a_root_holding_none_of_the_files_is_one_line(colors_store, tmp_path,
+                                                                 caplog):
+    from clipindex.bench.breakdowns import write_leakage
     from clipindex.search.dedup import find_duplicates
 
     empty = tmp_path / "empty"
@@ -428,8 +430,14 @@ def test_dedup_with_a_root_holding_none_of_the_files_is_one_line(colors_store, t
     index = open_index(colors_store, "tiny-vit")
     with pytest.raises(DataError, match="none of the 12 image files"):
         find_duplicates(index, root=empty)
-    pairs = find_duplicates(index, root=empty, require_files=False)  # bench's way: a warning
-    assert pairs.attrs["unreadable_files"] == 12
+    with caplog.at_level(logging.WARNING):
+        pairs = find_duplicates(index, root=empty, require_files=False)  # bench's way
+        assert pairs.attrs["unreadable_files"] == 12 and not caplog.records
+        write_leakage(colors_store, ["tiny-vit"], empty, tmp_path)  # finishes, warns once
+    (warned,) = caplog.records
+    assert warned.getMessage().startswith(f"12 image file(s) could not be read under {empty}: "
+                                          "leakage.csv has no exact duplicates of them")
+    assert (tmp_path / "leakage.csv").is_file()
     assert find_duplicates(index, root=COLORS).attrs["unreadable_files"] == 0
 
 

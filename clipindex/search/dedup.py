@@ -76,13 +76,14 @@ def _exact_pairs(images: pd.DataFrame, root: Path) -> tuple[set[tuple[int, int]]
 
 
 def _say_unreadable(unreadable: list[str], n: int, root: Path, require_files: bool) -> None:
-    """No file readable (a wrong root): an error when ``require_files``; some or all
-    unreadable otherwise: one warning, since their exact copies cannot be found."""
-    if not unreadable:
+    """No file readable (a wrong root): an error; some unreadable: one warning, since
+    their exact copies cannot be found. Neither without ``require_files`` (the caller
+    reads the count)."""
+    if not unreadable or not require_files:
         return
     fix = ("give --root DATA_DIR, the folder the store's file paths are relative to "
            "(the one it was built from)")
-    if require_files and len(unreadable) == n:
+    if len(unreadable) == n:
         raise DataError(f"none of the {n} image files could be read under {root} (e.g. "
                         f"{unreadable[0]}), so no exact duplicate can be found: {fix}")
     log.warning("%d of %d image files could not be read under %s (e.g. %s): exact "
@@ -119,8 +120,8 @@ def find_duplicates(index: Any, *, threshold: float = DEFAULT_THRESHOLD,
     Files that cannot be read under ``root`` are hashed by no one, so they can be in no
     exact pair: their number is ``frame.attrs["unreadable_files"]`` and a warning (the
     CLI's ``Warning:`` line) says so; when none of them can be read it is a
-    :class:`~clipindex.errors.DataError` (a wrong root), unless ``require_files=False``
-    (then the warning only).
+    :class:`~clipindex.errors.DataError` (a wrong root). With ``require_files=False``
+    neither: the caller reads the count and says it (``bench`` warns once).
     """
     if isinstance(threshold, bool) or not -1.0 <= float(threshold) <= 1.0:
         raise UserInputError(f"the cosine threshold must be in [-1, 1], got {threshold!r}")
