@@ -466,17 +466,22 @@ def _output_commands(ddir: Path, tmp: Path) -> dict[str, list[object]]:
                            "--out", ddir / "tiny-vit" / "cams"],
         "bench": ["bench", bench, "--out", ddir / "results", "--root", tmp],
         "demo": ["demo", "--out", ddir / "tiny-vit"],
+        "build": ["build", COLORS, "--backbone", "tiny-vit", "--out", ddir],
+        "bench-index-root": ["bench", bench, "--out", tmp / "r", "--root", tmp,
+                             "--index-root", ddir / "tiny-vit"],
     }
 
 
 @pytest.mark.parametrize("command", ["classify", "classify-image", "report", "explain",
-                                     "explain-errors", "bench", "demo"])
+                                     "explain-errors", "bench", "demo", "build",
+                                     "bench-index-root"])
 def test_an_output_inside_the_store_is_refused_before_anything_is_written(
         store_copy, tmp_path, command):
     before = _store_files(store_copy)
     args = _output_commands(store_copy, tmp_path)[command]
-    out = str(args[args.index("--out") + 1])
-    assert_one_line_error(run_cli(*args), f"--out {out} is ",
+    option = "--index-root" if "--index-root" in args else "--out"
+    out = str(args[args.index(option) + 1])
+    assert_one_line_error(run_cli(*args), f"{option} {out} is ",
                           f"the store {store_copy.resolve()}; write it elsewhere")
     assert _store_files(store_copy) == before  # nothing added, nothing replaced
     assert run_cli("info", store_copy).exit_code == 0

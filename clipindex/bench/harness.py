@@ -459,7 +459,8 @@ def run_bench(
 
     plan = validate_bench(config, protocol=protocol)  # every check before any work
     out = refuse_store_path(out)
-    iroot = Path(index_root) if index_root is not None else out / "indexes"
+    iroot = (refuse_store_path(index_root, "--index-root") if index_root is not None
+             else out / "indexes")
     breakdowns.check_breakdowns([], None, target_accuracy)
     dataset, ds_path = _load_data(plan, root, out)
     _check_data(plan, dataset)

@@ -56,7 +56,7 @@ def refuse_store_path(path: str | os.PathLike[str], what: str = "--out") -> Path
     if folder is None:
         return Path(path)
     p = Path(path).expanduser().resolve()
-    where = ("the store folder" if p == folder else
+    where = ("the folder of the store" if p == folder else
              "a file of the store" if p.is_file() else
              "a folder of the store" if p.is_dir() else "a path inside the store")
     raise UserInputError(
