@@ -137,8 +137,10 @@ def run_demo(
     >>> res.bench.files["tables.md"]  # doctest: +SKIP
     PosixPath('demo-out/results/tables.md')
     """
+    from clipindex.store.owned import refuse_store_path
+
     t0 = time.perf_counter()
-    out = Path(out)
+    out = refuse_store_path(out)
     world_dir = Path(world) if world is not None else out / "world"
     cfg = demo_config(world_dir, scale=scale, backbones=backbones)
     _check_tiny_weights(cfg.backbones)

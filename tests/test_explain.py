@@ -132,6 +132,22 @@ def test_unknown_layer_is_a_one_line_error_listing_valid_names(name):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(("kind", "layer", "shape", "default"), [
+    ("rn", "visual.attnpool", "(1, 24)", "visual.layer2[-1]"),
+    ("vit", "visual.transformer.resblocks.0.attn", "a tuple",
+     "visual.transformer.resblocks[-1].ln_1"),
+])
+def test_a_layer_without_a_spatial_map_is_a_one_line_error_naming_the_default(
+        kind, layer, shape, default):
+    model = _small_clip(kind)
+    with pytest.raises(UserInputError) as info:
+        explain(_picture(64, 64), model, np.ones(24), layer=layer)
+    message = str(info.value)
+    assert message.startswith(f"Layer {layer} has no spatial map (its output is {shape}")
+    assert f"pick e.g. {default} (the default)" in message and "\n" not in message
+    assert np.all(np.isfinite(explain(_picture(64, 64), model, np.ones(24))))  # hooks gone
+
+
 def test_explain_leaves_the_model_as_it_was():
     model = _small_clip("vit")
     model.train()
@@ -313,6 +329,8 @@ def test_cli_explain_image_writes_a_png_that_opens(stand_in, tmp_path):
     [
         (["--class", "emu"], "Error: Unknown class 'emu'. Known: cat, dog, cow"),
         (["--layer", "visual.nope"], "Error: Unknown layer 'visual.nope'. Valid names include"),
+        (["--layer", "visual.transformer.resblocks.0.attn"],
+         "Error: Layer visual.transformer.resblocks.0.attn has no spatial map"),
         (["--method", "knn"], "Invalid value for '--method'"),
     ],
 )

@@ -220,6 +220,33 @@ def test_missing_parts_still_render_and_say_what_is_missing(bench_results: Path,
     assert "<img" in section["results"] and "could not be drawn" not in text
 
 
+@pytest.mark.parametrize(("name", "text", "why"), [
+    ("run.json", "{bad", "not JSON (JSONDecodeError)"),
+    ("run.json", "[1, 2]", "a JSON list, not an object"),
+    ("run.json", None, "a JSON object whose 'config' is a list"),
+    ("run.json", '{"backbones": [3]}', "a JSON object whose 'backbones' are not all"),
+    ("records/fake-a__prompt.json", "[]", "a JSON list, not an object"),
+    ("records/fake-a__prompt.json", '{"method": ["prompt"]}', "whose 'method' is a list"),
+])
+def test_results_json_of_the_wrong_shape_renders_and_says_it_is_unreadable(
+        bench_results: Path, tmp_path: Path, name: str, text: str | None, why: str) -> None:
+    res = _copy_results(bench_results, tmp_path / "results")
+    if text is None:  # run.json as bench wrote it, but its config a list
+        run = json.loads((res / "run.json").read_text())
+        text = json.dumps({**run, "config": [1]})
+    (res / name).write_text(text, encoding="utf-8")
+    out = tmp_path / "r.html"
+    with pytest.MonkeyPatch.context() as mp:
+        _install(mp, cam=False)
+        result = CliRunner().invoke(main, ["report", str(res), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text(encoding="utf-8")
+    pipeline = page.split('id="pipeline"', 1)[1].split("</section>", 1)[0]
+    assert f"Missing:</b> {name} (unreadable: it is " in pipeline
+    assert htmlmod.escape(why) in pipeline
+    assert "could not be drawn" not in page
+
+
 def test_no_gradcam_capable_backbone_is_said(bench_results: Path, tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         _install(mp, cam=False)  # the plain stand-ins have no model to explain

@@ -24,6 +24,7 @@ from clipindex.errors import (
     DataError,
     IndexMismatchError,
     ModelLoadError,
+    UserInputError,
 )
 from clipindex.store import build_store, open_index
 
@@ -390,3 +391,115 @@ def test_local_weights_are_rechecked_by_size_and_mtime_not_rehashed(
     ckpt.write_bytes(b"weights two")  # other weights under the recorded path: refused
     with pytest.raises(IndexMismatchError, match="weights .* differ"):
         open_index(tmp_path / "out" / "toy", "fake-a__weights").encoder()
+
+
+# ----------------------------------------------------------------------------- dedup files
+def _dedup(ddir: Path, root: Path, *extra: object):
+    return run_cli("dedup", "--index", ddir, "--backbone", "tiny-vit", "--root", root, *extra)
+
+
+def test_dedup_says_which_files_it_could_not_hash_for_exact_duplicates(colors_store, tmp_path):
+    root = tmp_path / "colors"
+    shutil.copytree(COLORS, root)
+    shutil.copyfile(root / "red" / "00.jpg", root / "red" / "01.jpg")  # a byte copy
+    found = _dedup(colors_store, root, "--json")
+    assert found.exit_code == 0 and found.stderr == "", found.output
+    exact = [{p["a"]["file"], p["b"]["file"]} for p in json.loads(found.stdout)
+             if p["kind"] == "exact"]
+    assert exact == [{"red/00.jpg", "red/01.jpg"}]
+    (root / "red" / "00.jpg").unlink()  # its copy can no longer be found
+    for extra in ((), ("--json",)):
+        res = _dedup(colors_store, root, *extra)
+        assert res.exit_code == 0, res.output
+        (warning,) = res.stderr.strip().splitlines()
+        assert warning.startswith("Warning: 1 of 12 image files could not be read under "
+                                  f"{root} (e.g. red/00.jpg): exact duplicates were not "
+                                  "checked for them"), warning
+    assert all(p["kind"] != "exact" for p in json.loads(res.stdout))
+
+
+def test_dedup_with_a_root_holding_none_of_the_files_is_one_line(colors_store, tmp_path,
+                                                                 caplog):
+    from clipindex.bench.breakdowns import write_leakage
+    from clipindex.search.dedup import find_duplicates
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(_dedup(colors_store, empty), "none of the 12 image files could be "
+                          f"read under {empty}", "--root DATA_DIR")
+    index = open_index(colors_store, "tiny-vit")
+    with pytest.raises(DataError, match="none of the 12 image files"):
+        find_duplicates(index, root=empty)
+    with caplog.at_level(logging.WARNING):
+        pairs = find_duplicates(index, root=empty, require_files=False)  # bench's way
+        assert pairs.attrs["unreadable_files"] == 12 and not caplog.records
+        write_leakage(colors_store, ["tiny-vit"], empty, tmp_path)  # finishes, warns once
+    (warned,) = caplog.records
+    assert warned.getMessage().startswith(f"12 image file(s) could not be read under {empty}: "
+                                          "leakage.csv has no exact duplicates of them")
+    assert (tmp_path / "leakage.csv").is_file()
+    assert find_duplicates(index, root=COLORS).attrs["unreadable_files"] == 0
+
+
+# ----------------------------------------------------------------------------- outputs
+def _store_files(ddir: Path) -> dict[str, bytes]:
+    return {p.relative_to(ddir).as_posix(): p.read_bytes()
+            for p in sorted(ddir.rglob("*")) if p.is_file()}
+
+
+def _output_commands(ddir: Path, tmp: Path) -> dict[str, list[object]]:
+    """Every command that writes an output the user names, aimed inside the store."""
+    results = tmp / "results"
+    results.mkdir(exist_ok=True)
+    (results / "tables.csv").write_text("")  # a results folder that renders
+    bench = Path(__file__).resolve().parents[1] / "configs" / "bench" / "demo.yaml"
+    image = COLORS / "red" / "00.jpg"
+    return {
+        "classify": ["classify", "--index", ddir, "--backbone", "tiny-vit", "--method",
+                     "prompt", "--out", ddir / "images.parquet"],
+        "classify-image": ["classify", "--index", ddir, "--backbone", "tiny-vit", "--method",
+                           "prompt", "--image", image, "--out", ddir / "preds.csv"],
+        "report": ["report", results, "--out", ddir / "dataset.json"],
+        "explain": ["explain", image, "--index", ddir, "--backbone", "tiny-vit",
+                    "--out", ddir / "tiny-vit" / "manifest.json"],
+        "explain-errors": ["explain", "--errors", results, "--backbone", "tiny-vit",
+                           "--out", ddir / "tiny-vit" / "cams"],
+        "bench": ["bench", bench, "--out", ddir / "results", "--root", tmp],
+        "demo": ["demo", "--out", ddir / "tiny-vit"],
+        "build": ["build", COLORS, "--backbone", "tiny-vit", "--out", ddir],
+        "bench-index-root": ["bench", bench, "--out", tmp / "r", "--root", tmp,
+                             "--index-root", ddir / "tiny-vit"],
+    }
+
+
+@pytest.mark.parametrize("command", ["classify", "classify-image", "report", "explain",
+                                     "explain-errors", "bench", "demo", "build",
+                                     "bench-index-root"])
+def test_an_output_inside_the_store_is_refused_before_anything_is_written(
+        store_copy, tmp_path, command):
+    before = _store_files(store_copy)
+    args = _output_commands(store_copy, tmp_path)[command]
+    option = "--index-root" if "--index-root" in args else "--out"
+    out = str(args[args.index(option) + 1])
+    assert_one_line_error(run_cli(*args), f"{option} {out} is ",
+                          f"the store {store_copy.resolve()}; write it elsewhere")
+    assert _store_files(store_copy) == before  # nothing added, nothing replaced
+    assert run_cli("info", store_copy).exit_code == 0
+
+
+def test_outputs_beside_the_store_are_written_and_the_library_refuses_too(store_copy,
+                                                                         tmp_path):
+    from clipindex.classifiers import write_predictions
+    from clipindex.report import write_report
+
+    res = _classify(store_copy, "--out", store_copy.parent / "preds.csv")  # beside: fine
+    assert res.exit_code == 0 and (store_copy.parent / "preds.csv").is_file(), res.output
+    results = _output_commands(store_copy, tmp_path)["report"][1]
+    assert write_report(results, tmp_path / "r.html").is_file()
+    frame = pd.read_csv(store_copy.parent / "preds.csv")
+    for call in (lambda: write_predictions(frame, store_copy / "captions.parquet"),
+                 lambda: write_report(results, store_copy / "tiny-vit" / "r.html"),
+                 lambda: write_report(results, store_copy)):
+        with pytest.raises(UserInputError, match="write it elsewhere"):
+            call()
+    assert "captions.parquet" in {p.name for p in store_copy.iterdir()}

@@ -455,9 +455,12 @@ def run_bench(
     ['confusion_few_shot.png', 'confusion_zero_shot.png']
     """
     t_start = time.perf_counter()
+    from clipindex.store.owned import refuse_store_path
+
     plan = validate_bench(config, protocol=protocol)  # every check before any work
-    out = Path(out)
-    iroot = Path(index_root) if index_root is not None else out / "indexes"
+    out = refuse_store_path(out)
+    iroot = (refuse_store_path(index_root, "--index-root") if index_root is not None
+             else out / "indexes")
     breakdowns.check_breakdowns([], None, target_accuracy)
     dataset, ds_path = _load_data(plan, root, out)
     _check_data(plan, dataset)

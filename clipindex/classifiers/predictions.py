@@ -88,14 +88,17 @@ PREDICTION_WRITERS: dict[str, Callable[[pd.DataFrame, Any], None]] = {
 
 
 def write_predictions(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write a predictions table atomically, as parquet or CSV by the file's extension.
+    """Write a predictions table atomically, as parquet or CSV by the file's extension
+    (never inside a store folder: :func:`clipindex.store.owned.refuse_store_path`).
 
     Example
     -------
     >>> write_predictions(res.predictions, "preds.parquet")  # doctest: +SKIP
     PosixPath('preds.parquet')
     """
-    out = Path(path)
+    from clipindex.store.owned import refuse_store_path
+
+    out = refuse_store_path(path)
     writer = PREDICTION_WRITERS.get(out.suffix.lower())
     if writer is None:
         raise UserInputError(

@@ -118,7 +118,10 @@ def classify_command(index_dir: str, backbones: tuple[str, ...], method: str,
           --image photo.jpg
     """
     from clipindex.classifiers.runner import classify, classify_images, write_predictions
+    from clipindex.store.owned import refuse_store_path
 
+    if out:
+        refuse_store_path(out)  # before the work: write_predictions checks again
     options: dict[str, Any] = dict(ensemble=ensemble, shots=shots, k=k, seed=seed, classes=classes,
                    prompt=prompt, templates=templates, reject_below=reject_below,
                    weights=weights, class_weight=_CLASS_WEIGHTS[class_weight],

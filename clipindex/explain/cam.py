@@ -186,6 +186,35 @@ def _reshape_for(model: torch.nn.Module) -> _TokenGrid | None:
     return _TokenGrid(tuple(grid), bool(getattr(visual.transformer, "batch_first", True)))
 
 
+class _SpatialOnly:
+    """Reshape transform that refuses a layer without a spatial map: Grad-CAM needs a
+    (batch, channels, height, width) activation, and a pooled or projected output (such
+    as a ResNet's ``visual.attnpool`` or a ViT's ``visual.ln_post``) has none. Checked on
+    the forward pass, before any gradient is taken, with a message naming the fix."""
+
+    def __init__(self, inner: _TokenGrid | None, layer: str, default: str | None) -> None:
+        self.inner, self.layer, self.default = inner, layer, default
+
+    def __call__(self, x: Any) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and self.inner is not None:
+            x = self.inner(x)
+        if isinstance(x, torch.Tensor) and x.dim() == 4:
+            return x
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+        hint = f"e.g. {self.default} (the default)" if self.default else "a conv or block layer"
+        raise UserInputError(
+            f"Layer {self.layer} has no spatial map (its output is {shape}, Grad-CAM needs "
+            f"channels x height x width); pick {hint} or leave --layer out."
+        )
+
+
+def _default_or_none(model: Any, backbone: str | None) -> str | None:
+    try:
+        return default_layer(model, backbone)
+    except UserInputError:
+        return None
+
+
 # ----------------------------------------------------------------------------- geometry
 @dataclass(frozen=True)
 class _Geometry:
@@ -379,10 +408,12 @@ def explain(
     target = SimilarityTarget(class_vector)
     img = load_image(image_path_or_pil)
     with _cpu_fp32(model) as m, torch.enable_grad():
-        module = resolve_layer(m, default_layer(m, backbone) if layer is None else layer)
+        name = default_layer(m, backbone) if layer is None else layer
+        module = resolve_layer(m, name)
         x, geo = _to_input(img, m)
         x.requires_grad_(True)  # gradients flow to the layer with the weights frozen
-        cam = GradCAM(_Embedder(m), [module], reshape_transform=_reshape_for(m))
+        reshape = _SpatialOnly(_reshape_for(m), name, _default_or_none(m, backbone))
+        cam = GradCAM(_Embedder(m), [module], reshape_transform=reshape)
         try:
             maps = cam(x, targets=[target])
         finally:

@@ -257,9 +257,12 @@ def write_explanation(
     >>> e, path = write_explanation("cat.jpg", "indexes/demo", backbone="tiny-vit")
     ... # doctest: +SKIP
     """
+    from clipindex.store.owned import refuse_store_path
+
+    path = refuse_store_path(Path(out) if out is not None
+                             else Path(f"{Path(image).stem}_gradcam.png"))
     result = explain_image(image, index, backbone=backbone, target=target, method=method,
                            layer=layer)
-    path = Path(out) if out is not None else Path(f"{Path(image).stem}_gradcam.png")
     return result, save_png(overlay(result.image, result.cam), path)
 
 
@@ -328,12 +331,14 @@ def explain_errors(
     if limit < 1:
         raise UserInputError(f"--limit must be at least 1, got {limit}.")
     from clipindex.progress import bar as tqdm
+    from clipindex.store.owned import refuse_store_path
 
     results = Path(results)
+    out = refuse_store_path(Path(out_dir) if out_dir is not None
+                            else results / "gradcam" / backbone)
     rows = _error_rows(results, backbone, method, limit)
     index = _open(index if index is not None else _run_index_dir(results), backbone)
     vectors = class_vectors(index, method if method in METHODS else "prompt")
-    out = Path(out_dir) if out_dir is not None else results / "gradcam" / backbone
     written = []
     records = rows.to_dict("records")
     data_root = (_read_run(results) if (results / "run.json").is_file() else {}).get("data_root")

@@ -132,7 +132,7 @@ def build_report(results: str | os.PathLike[str], *, projection: str = "pca",
         if why is not None:
             missing[sec.sid] = why
         parts.append(section(sec.sid, i, sec.title, body))
-    name = data.run.get("config", {}).get("name") or data.results.name
+    name = (data.run.get("config") or {}).get("name") or data.results.name
     dataset = data.run.get("dataset") or "?"
     subtitle = (f"Benchmark {name} on data set {dataset}: {len(data.backbones)} backbones, "
                 f"{len(data.methods)} methods, protocol {data.run.get('protocol', '?')}.")
@@ -170,8 +170,9 @@ def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | 
     PosixPath('demo-out/results/report.html')
     """
     from clipindex.files import atomic_write_bytes
+    from clipindex.store.owned import refuse_store_path
 
+    path = refuse_store_path(Path(out) if out is not None else Path(results) / "report.html")
     html, _ = build_report(results, projection=projection, options=options)
-    path = Path(out) if out is not None else Path(results) / "report.html"
     return atomic_write_bytes(path, html.encode("utf-8"))
 

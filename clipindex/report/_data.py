@@ -37,6 +37,29 @@ class Missing(Exception):  # noqa: N818 - a signal inside the report, never rais
         self.detail = detail
 
 
+#: Types of the run.json and record fields the report reads (null is always allowed).
+_RUN_FIELDS: dict[str, tuple[type, ...]] = {
+    "config": (dict,), "backbones": (list,), "methods": (list,), "ensembles": (list,),
+    "versions": (dict,), "dataset_dir": (str,), "data_root": (str,), "dataset": (str,),
+    "protocol": (str,), "target_accuracy": (int, float),
+}
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "method": (str,), "backbone": (str,), "display": (str,), "members": (list,),
+    "classes": (list,), "n": (int, float), "accuracy": (int, float),
+}
+
+
+def _shape_problem(obj: Any, fields: dict[str, tuple[type, ...]]) -> str:
+    """Why ``obj`` is not a JSON object with these field types ("" when it is)."""
+    if not isinstance(obj, dict):
+        return f"a JSON {type(obj).__name__}, not an object"
+    for key, types in fields.items():
+        value = obj.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"a JSON object whose {key!r} is a {type(value).__name__}"
+    return ""
+
+
 class ResultsData:
     """Lazy access to a results folder and the store its ``run.json`` names."""
 
@@ -58,25 +81,49 @@ class ResultsData:
             raise Missing(f"{name} is not in {self.results}", detail)
         return p
 
+    def _json_object(self, name: str, fields: dict[str, tuple[type, ...]]) -> dict[str, Any]:
+        """``RESULTS/name`` as a JSON object whose known ``fields`` have their types (or
+        are null); {} when absent, and {} with the reason in :attr:`unreadable` when it is
+        not JSON or not of that shape (a list, ``"config": [1]``, ...)."""
+        p = self.results / name
+        try:
+            obj = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            self.unreadable[name] = f"not JSON ({type(exc).__name__})"
+            return {}
+        why = _shape_problem(obj, fields)
+        if why:
+            self.unreadable[name] = why
+            return {}
+        return obj
+
+    @cached_property
+    def unreadable(self) -> dict[str, str]:
+        """Files of the results folder that exist but could not be used, and why."""
+        return {}
+
     @cached_property
     def run(self) -> dict[str, Any]:
-        """``run.json`` ({} when absent or unreadable)."""
-        p = self.results / "run.json"
-        try:
-            return dict(json.loads(p.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
+        """``run.json`` ({} when absent or unreadable: see :attr:`unreadable`)."""
+        run = self._json_object("run.json", _RUN_FIELDS)
+        if any(not isinstance(b, dict) for b in run.get("backbones") or []):
+            self.unreadable["run.json"] = "a JSON object whose 'backbones' are not all objects"
             return {}
+        return run
 
     @cached_property
     def records(self) -> dict[str, dict[str, Any]]:
-        """``records/<backbone>__<method>.json`` by key (run.json's order when known)."""
+        """``records/<backbone>__<method>.json`` by key (run.json's order when known);
+        one that is unreadable or not a record's JSON object is left out (and named in
+        :attr:`unreadable`)."""
         folder = self.results / "records"
         out: dict[str, dict[str, Any]] = {}
         for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            try:
-                out[p.stem] = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
+            record = self._json_object(f"records/{p.name}", _RECORD_FIELDS)
+            if record:
+                out[p.stem] = record
         return out
 
     def table(self, name: str, detail: str = "") -> pd.DataFrame:
@@ -126,6 +173,9 @@ class ResultsData:
     def dataset_dir(self) -> Path:
         """The store's dataset folder named by run.json, or :class:`Missing`."""
         name = self.run.get("dataset_dir")
+        if not name and "run.json" in self.unreadable:
+            raise Missing(f"a readable run.json (it is {self.unreadable['run.json']}; it "
+                          "names the store the run read)", "Rerun `clipindex bench`.")
         if not name:
             raise Missing("run.json (it names the store the run read)",
                           "Rerun `clipindex bench` to write it.")

@@ -236,11 +236,15 @@ _PROTOCOLS = {
 
 def pipeline(data: ResultsData, opts: Any) -> str:
     """How the numbers were made: protocol, methods, backbones, versions."""
-    run = data.run
-    if not run and not data.records:
-        raise Missing("run.json and records/", "Rerun `clipindex bench`.")
+    run, records = data.run, data.records
+    bad = "; ".join(f"{name} is {why}" for name, why in data.unreadable.items())
+    if not run and not records:
+        raise Missing("run.json and records/" + (f" (unreadable: {bad})" if bad else ""),
+                      "Rerun `clipindex bench`.")
     proto = run.get("protocol", "?")
-    html = [f"<p>Each image is encoded <b>once per backbone</b> into the store; every method "
+    html = [notice(f"{name} (unreadable: it is {why})", "Rerun `clipindex bench`.")
+            for name, why in data.unreadable.items()]
+    html += [f"<p>Each image is encoded <b>once per backbone</b> into the store; every method "
             f"below reads the stored vectors. Protocol <code>{esc(proto)}</code>: "
             f"{esc(_PROTOCOLS.get(proto, ''))}.</p>"]
     html.append("<ul class=tight>" + "".join(

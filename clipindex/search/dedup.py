@@ -27,6 +27,7 @@ Example
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import UserInputError
+from clipindex.errors import DataError, UserInputError
 
 __all__ = ["DEFAULT_THRESHOLD", "PAIR_COLUMNS", "file_sha256", "find_duplicates",
            "pairs_to_json"]
@@ -43,6 +44,7 @@ DEFAULT_THRESHOLD = 0.9975
 PAIR_COLUMNS: tuple[str, ...] = ("kind", "cosine", "row_id_a", "file_a", "split_a",
                                   "row_id_b", "file_b", "split_b", "leakage")
 _FIRST_K = 16
+log = logging.getLogger(__name__)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str | None:
@@ -57,14 +59,36 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str | None:
     return h.hexdigest()
 
 
-def _exact_pairs(images: pd.DataFrame, root: Path) -> set[tuple[int, int]]:
+def _exact_pairs(images: pd.DataFrame, root: Path) -> tuple[set[tuple[int, int]], list[str]]:
+    """Pairs of rows whose files have the same bytes, and the files that could not be
+    read (those take part in no exact pair)."""
     by_hash: dict[str, list[int]] = {}
+    unreadable: list[str] = []
     for rid, file in zip(images["row_id"].tolist(), images["file"].tolist(), strict=True):
         digest = file_sha256(root / str(file))
         if digest is not None:
             by_hash.setdefault(digest, []).append(int(rid))
-    return {(a, b) for rows in by_hash.values() for i, a in enumerate(rows)
-            for b in rows[i + 1:]}
+        else:
+            unreadable.append(str(file))
+    pairs = {(a, b) for rows in by_hash.values() for i, a in enumerate(rows)
+             for b in rows[i + 1:]}
+    return pairs, unreadable
+
+
+def _say_unreadable(unreadable: list[str], n: int, root: Path, require_files: bool) -> None:
+    """No file readable (a wrong root): an error; some unreadable: one warning, since
+    their exact copies cannot be found. Neither without ``require_files`` (the caller
+    reads the count)."""
+    if not unreadable or not require_files:
+        return
+    fix = ("give --root DATA_DIR, the folder the store's file paths are relative to "
+           "(the one it was built from)")
+    if len(unreadable) == n:
+        raise DataError(f"none of the {n} image files could be read under {root} (e.g. "
+                        f"{unreadable[0]}), so no exact duplicate can be found: {fix}")
+    log.warning("%d of %d image files could not be read under %s (e.g. %s): exact "
+                "duplicates were not checked for them (near duplicates were); %s",
+                len(unreadable), n, root, unreadable[0], fix)
 
 
 def _near_pairs(index: Any, threshold: float) -> dict[tuple[int, int], float]:
@@ -87,11 +111,17 @@ def _near_pairs(index: Any, threshold: float) -> dict[tuple[int, int], float]:
 
 
 def find_duplicates(index: Any, *, threshold: float = DEFAULT_THRESHOLD,
-                    root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+                    root: str | os.PathLike[str] | None = None,
+                    require_files: bool = True) -> pd.DataFrame:
     """Exact and near-duplicate pairs of a store's images (:data:`PAIR_COLUMNS`).
 
     ``root`` is the data root the table's ``file`` paths are relative to (default: the
     one ``dataset.json`` records). Exact pairs come first, then by cosine (highest first).
+    Files that cannot be read under ``root`` are hashed by no one, so they can be in no
+    exact pair: their number is ``frame.attrs["unreadable_files"]`` and a warning (the
+    CLI's ``Warning:`` line) says so; when none of them can be read it is a
+    :class:`~clipindex.errors.DataError` (a wrong root). With ``require_files=False``
+    neither: the caller reads the count and says it (``bench`` warns once).
     """
     if isinstance(threshold, bool) or not -1.0 <= float(threshold) <= 1.0:
         raise UserInputError(f"the cosine threshold must be in [-1, 1], got {threshold!r}")
@@ -100,7 +130,8 @@ def find_duplicates(index: Any, *, threshold: float = DEFAULT_THRESHOLD,
     if not base.is_dir():
         raise UserInputError(f"data root {base} is not a folder: give --root DATA_DIR to "
                              "hash the image files")
-    exact = _exact_pairs(images, base)
+    exact, unreadable = _exact_pairs(images, base)
+    _say_unreadable(unreadable, len(images), base, require_files)
     near = _near_pairs(index, float(threshold))
     vectors = np.asarray(index.image_vectors)
     by_id = images.set_index("row_id")
@@ -117,7 +148,9 @@ def find_duplicates(index: Any, *, threshold: float = DEFAULT_THRESHOLD,
     if len(frame):
         frame = frame.sort_values(["kind", "cosine", "row_id_a", "row_id_b"],
                                   ascending=[True, False, True, True], kind="stable")
-    return frame.reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
+    frame.attrs["unreadable_files"] = len(unreadable)
+    return frame
 
 
 def pairs_to_json(frame: pd.DataFrame) -> list[dict[str, Any]]:

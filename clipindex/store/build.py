@@ -48,6 +48,7 @@ from clipindex.store.manifest import (
     write_parquet,
 )
 from clipindex.store.outputs import write_outputs
+from clipindex.store.owned import refuse_store_path
 from clipindex.store.ray_engine import ENGINES, RayOptions, encode_with_ray, ray_session
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
@@ -486,6 +487,7 @@ def build_store(
                    text_batch_size=text_batch_size, decode=decode, device=device,
                    strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
                    engine=engine, ray=ray_opts, auto=auto)
+    refuse_store_path(opts.out)  # OUT holds dataset folders and is never inside one
     source = dataset if isinstance(dataset, (str, os.PathLike)) else "SOURCE"
     loaded, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)
     fingerprint = dataset_fingerprint(loaded)
