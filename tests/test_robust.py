@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -291,6 +292,73 @@ def test_coco_unknown_category_ids_are_reported(tmp_path):
     assert "1 annotation(s) name unknown category ids (first: 77)" in res.stdout
     info = json.loads((tmp_path / "out" / "coco-test" / "dataset.json").read_text())
     assert info["unknown_category_ids"]["first_ids"] == [77]
+
+
+def _damage(path: Path, section: str, field: str, value: object) -> None:
+    """Set ``field`` of the first entry of ``section`` in a COCO JSON file."""
+    data = json.loads(path.read_text())
+    data[section][0][field] = value
+    path.write_text(json.dumps(data))
+
+
+def _build(root: Path, out: Path):
+    return run_cli("build", root / "coco.yaml", "--backbone", "tiny-vit", "--out", out,
+                   "--workers", 0, "--batch-size", 4, "--no-progress")
+
+
+@pytest.mark.parametrize("section,field,value,needle", [
+    ("images", "width", "big", "image 1 has a bad width 'big'"),
+    ("images", "height", [1], "image 1 has a bad height [1]"),
+    ("images", "file_name", None, "image 1 has a bad file_name None"),
+    ("images", "id", "1", "entry 0 of 'images' has a bad id '1'"),
+    ("annotations", "bbox", "x", "annotation 1 has a bad bbox 'x'"),
+    ("annotations", "bbox", [1, 2, 3], "annotation 1 has a bad bbox [1, 2, 3]"),
+    ("annotations", "image_id", "1", "annotation 1 has a bad image_id '1'"),
+    ("annotations", "image_id", 99, "annotation 1 names image 99, which is not in 'images'"),
+    ("annotations", "category_id", None, "annotation 1 has a bad category_id None"),
+    ("categories", "name", 5, "category 1 (5) needs a whole-number id and a name"),
+])
+def test_coco_values_of_the_wrong_type_are_one_line(tmp_path, section, field, value, needle):
+    from clipindex.sources import load_dataset
+
+    root = _coco(tmp_path, [])
+    _damage(root / "instances.json", section, field, value)
+    with pytest.raises(DataError, match=re.escape(needle)):
+        load_dataset(root / "coco.yaml")
+    assert_one_line_error(_build(root, tmp_path / "out"), "instances.json", needle)
+
+
+def test_add_refuses_a_coco_value_of_the_wrong_type_in_one_line(tmp_path):
+    root = _coco(tmp_path, [])
+    res = _build(root, tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    _damage(root / "instances.json", "images", "width", "big")
+    res = run_cli("add", root / "coco.yaml", "--index", tmp_path / "out" / "coco-test",
+                  "--workers", 0, "--no-progress")
+    assert_one_line_error(res, "instances.json", "image 1 has a bad width 'big'")
+
+
+@pytest.mark.parametrize("sampler", ["numpy", "study"])
+@pytest.mark.parametrize("caption", [None, 123, {"a": 1}, "  "])
+def test_coco_captions_that_are_not_text_are_one_line(tmp_path, sampler, caption):
+    from clipindex.sources import load_dataset
+
+    root = _coco(tmp_path, [])
+    caps = [{"id": 100 + i, "image_id": i, "caption": f"picture {i}"} for i in range(1, 9)]
+    with open(root / "coco.yaml", "a", encoding="utf-8") as fh:
+        fh.write("captions: captions.json\n")
+    study = {"sampler": "study", "per_class": 4, "drop_multi_target": False}
+    overrides = study if sampler == "study" else {}
+    (root / "captions.json").write_text(json.dumps({"annotations": caps}))
+    assert len(load_dataset(root / "coco.yaml", **overrides).captions) == 8  # the fixture
+    caps[4]["caption"] = caption
+    (root / "captions.json").write_text(json.dumps({"annotations": caps}))
+    needle = f"caption annotation 105 (image 5) has a bad caption {caption!r}"
+    with pytest.raises(DataError, match=re.escape(needle)):
+        load_dataset(root / "coco.yaml", **overrides)
+    if sampler == "numpy":
+        assert_one_line_error(_build(root, tmp_path / "out"), "captions.json",
+                              "caption annotation 105 (image 5) has a bad caption")
 
 
 def test_image_knn_k_larger_than_the_support_set_is_capped_with_a_note(store_copy):
