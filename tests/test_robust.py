@@ -458,3 +458,27 @@ def test_local_weights_are_rechecked_by_size_and_mtime_not_rehashed(
     ckpt.write_bytes(b"weights two")  # other weights under the recorded path: refused
     with pytest.raises(IndexMismatchError, match="weights .* differ"):
         open_index(tmp_path / "out" / "toy", "fake-a__weights").encoder()
+
+
+# ----------------------------------------------------------------------------- arguments
+def test_group_by_row_id_is_refused_and_every_listed_column_is_accepted(store_copy):
+    line = assert_one_line_error(_classify(store_copy, "--group-by", "row_id"),
+                                 "cannot group by 'row_id'", "unique per image")
+    assert "row_id" not in line.split("group by one of: ")[1].split(", ")
+    line = assert_one_line_error(_classify(store_copy, "--group-by", "nope"), "no column 'nope'")
+    listed = line.split("columns: ")[1].split(", ")
+    assert "row_id" not in listed and "label" in listed
+    for column in listed:
+        res = _classify(store_copy, "--group-by", column)
+        assert res.exit_code == 0, (column, res.output)
+        assert {g["column"] for g in json.loads(res.stdout)["groups"]} == {column}
+
+
+def test_bench_group_by_row_id_is_refused_in_one_line(store_copy, tmp_path):
+    (tmp_path / "colors.yaml").write_text(f"name: colors\nsource: folder\nroot: {COLORS}\n")
+    bench = tmp_path / "bench.yaml"
+    bench.write_text("name: b\ndataset: colors.yaml\nbackbones: [tiny-vit]\nmethods: [prompt]\n"
+                     "ensembles: []\nretrieval: false\n")
+    res = run_cli("bench", bench, "--out", tmp_path / "results", "--index-root",
+                  store_copy.parent, "--group-by", "row_id", "--no-progress")
+    assert_one_line_error(res, "cannot group by 'row_id'", "group by one of: file")
