@@ -482,3 +482,8 @@ def test_bench_group_by_row_id_is_refused_in_one_line(store_copy, tmp_path):
     res = run_cli("bench", bench, "--out", tmp_path / "results", "--index-root",
                   store_copy.parent, "--group-by", "row_id", "--no-progress")
     assert_one_line_error(res, "cannot group by 'row_id'", "group by one of: file")
+
+
+@pytest.mark.parametrize("spec", ["=red,green", "red=,green", "red,green= "])
+def test_an_empty_class_or_prompt_name_is_one_line(store_copy, spec):
+    assert_one_line_error(_classify(store_copy, "--classes", spec), f"empty class in {spec!r}")
