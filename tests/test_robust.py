@@ -487,3 +487,24 @@ def test_bench_group_by_row_id_is_refused_in_one_line(store_copy, tmp_path):
 @pytest.mark.parametrize("spec", ["=red,green", "red=,green", "red,green= "])
 def test_an_empty_class_or_prompt_name_is_one_line(store_copy, spec):
     assert_one_line_error(_classify(store_copy, "--classes", spec), f"empty class in {spec!r}")
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda c: c.load_dataset({"name": "x"}), "source must be a path (str or Path)"),
+    (lambda c: c.load_dataset(5), "got int"),
+    (lambda c: c.load_dataset(COLORS, root=5), "root must be a path"),
+    (lambda c: c.load_dataset(c.config.DatasetConfig(name="x", source="folder", root=str(COLORS),
+                                                      classes="red")),
+     "Field 'classes' in dataset config 'x' must be a list"),
+    (lambda c: c.sources.dataset_fingerprint({"images": 1}), "give a Dataset"),
+    (lambda c: c.sources.fingerprint([], []), "images must be a pandas DataFrame"),
+], ids=["dict", "int", "root", "config", "dataset_fingerprint", "fingerprint"])
+def test_sources_entry_points_refuse_a_wrong_type_in_one_line(call, needle):
+    import clipindex
+    import clipindex.config
+    import clipindex.sources
+    from clipindex.errors import UserInputError
+
+    with pytest.raises(UserInputError) as info:
+        call(clipindex)
+    assert needle in str(info.value) and "\n" not in str(info.value)
