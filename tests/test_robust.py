@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -294,6 +295,73 @@ def test_coco_unknown_category_ids_are_reported(tmp_path):
     assert info["unknown_category_ids"]["first_ids"] == [77]
 
 
+def _damage(path: Path, section: str, field: str, value: object) -> None:
+    """Set ``field`` of the first entry of ``section`` in a COCO JSON file."""
+    data = json.loads(path.read_text())
+    data[section][0][field] = value
+    path.write_text(json.dumps(data))
+
+
+def _build(root: Path, out: Path):
+    return run_cli("build", root / "coco.yaml", "--backbone", "tiny-vit", "--out", out,
+                   "--workers", 0, "--batch-size", 4, "--no-progress")
+
+
+@pytest.mark.parametrize("section,field,value,needle", [
+    ("images", "width", "big", "image 1 has a bad width 'big'"),
+    ("images", "height", [1], "image 1 has a bad height [1]"),
+    ("images", "file_name", None, "image 1 has a bad file_name None"),
+    ("images", "id", "1", "entry 0 of 'images' has a bad id '1'"),
+    ("annotations", "bbox", "x", "annotation 1 has a bad bbox 'x'"),
+    ("annotations", "bbox", [1, 2, 3], "annotation 1 has a bad bbox [1, 2, 3]"),
+    ("annotations", "image_id", "1", "annotation 1 has a bad image_id '1'"),
+    ("annotations", "image_id", 99, "annotation 1 names image 99, which is not in 'images'"),
+    ("annotations", "category_id", None, "annotation 1 has a bad category_id None"),
+    ("categories", "name", 5, "category 1 (5) needs a whole-number id and a name"),
+])
+def test_coco_values_of_the_wrong_type_are_one_line(tmp_path, section, field, value, needle):
+    from clipindex.sources import load_dataset
+
+    root = _coco(tmp_path, [])
+    _damage(root / "instances.json", section, field, value)
+    with pytest.raises(DataError, match=re.escape(needle)):
+        load_dataset(root / "coco.yaml")
+    assert_one_line_error(_build(root, tmp_path / "out"), "instances.json", needle)
+
+
+def test_add_refuses_a_coco_value_of_the_wrong_type_in_one_line(tmp_path):
+    root = _coco(tmp_path, [])
+    res = _build(root, tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    _damage(root / "instances.json", "images", "width", "big")
+    res = run_cli("add", root / "coco.yaml", "--index", tmp_path / "out" / "coco-test",
+                  "--workers", 0, "--no-progress")
+    assert_one_line_error(res, "instances.json", "image 1 has a bad width 'big'")
+
+
+@pytest.mark.parametrize("sampler", ["numpy", "study"])
+@pytest.mark.parametrize("caption", [None, 123, {"a": 1}, "  "])
+def test_coco_captions_that_are_not_text_are_one_line(tmp_path, sampler, caption):
+    from clipindex.sources import load_dataset
+
+    root = _coco(tmp_path, [])
+    caps = [{"id": 100 + i, "image_id": i, "caption": f"picture {i}"} for i in range(1, 9)]
+    with open(root / "coco.yaml", "a", encoding="utf-8") as fh:
+        fh.write("captions: captions.json\n")
+    study = {"sampler": "study", "per_class": 4, "drop_multi_target": False}
+    overrides = study if sampler == "study" else {}
+    (root / "captions.json").write_text(json.dumps({"annotations": caps}))
+    assert len(load_dataset(root / "coco.yaml", **overrides).captions) == 8  # the fixture
+    caps[4]["caption"] = caption
+    (root / "captions.json").write_text(json.dumps({"annotations": caps}))
+    needle = f"caption annotation 105 (image 5) has a bad caption {caption!r}"
+    with pytest.raises(DataError, match=re.escape(needle)):
+        load_dataset(root / "coco.yaml", **overrides)
+    if sampler == "numpy":
+        assert_one_line_error(_build(root, tmp_path / "out"), "captions.json",
+                              "caption annotation 105 (image 5) has a bad caption")
+
+
 def test_image_knn_k_larger_than_the_support_set_is_capped_with_a_note(store_copy):
     res = run_cli("classify", "--index", store_copy, "--backbone", "tiny-vit", "--method",
                   "image-knn", "--shots", 2, "--k", 10_000_000, "--json")
@@ -503,3 +571,53 @@ def test_outputs_beside_the_store_are_written_and_the_library_refuses_too(store_
         with pytest.raises(UserInputError, match="write it elsewhere"):
             call()
     assert "captions.parquet" in {p.name for p in store_copy.iterdir()}
+
+
+# ----------------------------------------------------------------------------- arguments
+def test_group_by_row_id_is_refused_and_every_listed_column_is_accepted(store_copy):
+    line = assert_one_line_error(_classify(store_copy, "--group-by", "row_id"),
+                                 "cannot group by 'row_id'", "unique per image")
+    assert "row_id" not in line.split("group by one of: ")[1].split(", ")
+    line = assert_one_line_error(_classify(store_copy, "--group-by", "nope"), "no column 'nope'")
+    listed = line.split("columns: ")[1].split(", ")
+    assert "row_id" not in listed and "label" in listed
+    for column in listed:
+        res = _classify(store_copy, "--group-by", column)
+        assert res.exit_code == 0, (column, res.output)
+        assert {g["column"] for g in json.loads(res.stdout)["groups"]} == {column}
+
+
+def test_bench_group_by_row_id_is_refused_in_one_line(store_copy, tmp_path):
+    (tmp_path / "colors.yaml").write_text(f"name: colors\nsource: folder\nroot: {COLORS}\n")
+    bench = tmp_path / "bench.yaml"
+    bench.write_text("name: b\ndataset: colors.yaml\nbackbones: [tiny-vit]\nmethods: [prompt]\n"
+                     "ensembles: []\nretrieval: false\n")
+    res = run_cli("bench", bench, "--out", tmp_path / "results", "--index-root",
+                  store_copy.parent, "--group-by", "row_id", "--no-progress")
+    assert_one_line_error(res, "cannot group by 'row_id'", "group by one of: file")
+
+
+@pytest.mark.parametrize("spec", ["=red,green", "red=,green", "red,green= "])
+def test_an_empty_class_or_prompt_name_is_one_line(store_copy, spec):
+    assert_one_line_error(_classify(store_copy, "--classes", spec), f"empty class in {spec!r}")
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda c: c.load_dataset({"name": "x"}), "source must be a path (str or Path)"),
+    (lambda c: c.load_dataset(5), "got int"),
+    (lambda c: c.load_dataset(COLORS, root=5), "root must be a path"),
+    (lambda c: c.load_dataset(c.config.DatasetConfig(name="x", source="folder", root=str(COLORS),
+                                                      classes="red")),
+     "Field 'classes' in dataset config 'x' must be a list"),
+    (lambda c: c.sources.dataset_fingerprint({"images": 1}), "give a Dataset"),
+    (lambda c: c.sources.fingerprint([], []), "images must be a pandas DataFrame"),
+], ids=["dict", "int", "root", "config", "dataset_fingerprint", "fingerprint"])
+def test_sources_entry_points_refuse_a_wrong_type_in_one_line(call, needle):
+    import clipindex
+    import clipindex.config
+    import clipindex.sources
+    from clipindex.errors import UserInputError
+
+    with pytest.raises(UserInputError) as info:
+        call(clipindex)
+    assert needle in str(info.value) and "\n" not in str(info.value)

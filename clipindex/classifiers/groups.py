@@ -40,11 +40,21 @@ MISSING_GROUP = "(missing)"
 EMPTY_GROUP = "(none)"
 
 
+#: The images table's join key: one row per group, so no group to compare.
+ROW_ID = "row_id"
+
+
 def check_group_column(images: pd.DataFrame, column: str) -> None:
-    """A one-line error naming the columns when ``column`` is not in the images table."""
+    """A one-line error naming the columns to group by when ``column`` is not one of
+    them: not in the images table, or ``row_id`` (unique per row: every group would be
+    one image, right or wrong)."""
+    columns = ", ".join(str(c) for c in images.columns if c != ROW_ID)
+    if column == ROW_ID and ROW_ID in images.columns:
+        raise UserInputError(f"cannot group by {ROW_ID!r}: it is unique per image, so each "
+                             f"group would be one image; group by one of: {columns}")
     if column not in images.columns:
         raise UserInputError(f"no column {column!r} in images.parquet to group by; "
-                             f"columns: {', '.join(map(str, images.columns))}")
+                             f"columns: {columns}")
 
 
 def group_values(images: pd.DataFrame, column: str, row_ids: np.ndarray) -> np.ndarray:

@@ -43,9 +43,10 @@ def parse_classes(spec: str | Sequence[str] | None) -> tuple[list[str] | None, d
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     labels, names = [], {}
     for item in (s.strip() for s in items):
-        label, _, name = item.partition("=")
-        if not label.strip():
-            raise UserInputError(f"empty class in {spec!r}; give e.g. 'cat,dog'")
+        label, eq, name = item.partition("=")
+        if not label.strip() or (eq and not name.strip()):  # '=cat' or 'cat='
+            raise UserInputError(f"empty class in {spec!r}; give e.g. 'cat,dog' or "
+                                 "'cat=kitten,dog'")
         labels.append(label.strip())
         if name.strip():
             names[label.strip()] = name.strip()

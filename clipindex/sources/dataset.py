@@ -25,6 +25,7 @@ source's: :mod:`~clipindex.sources.coco`, :mod:`~clipindex.sources.folder`,
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +34,13 @@ from typing import Any
 
 import pandas as pd
 
-from clipindex.config import DatasetConfig, apply_overrides, load_dataset_config
-from clipindex.errors import ConfigError, DataError
+from clipindex.config import (
+    DatasetConfig,
+    apply_overrides,
+    build_config,
+    load_dataset_config,
+)
+from clipindex.errors import ConfigError, DataError, UserInputError
 from clipindex.sources.coco import load_coco
 from clipindex.sources.fingerprint import fingerprint
 from clipindex.sources.folder import IMAGE_EXTENSIONS, load_folder
@@ -107,6 +113,15 @@ def load_dataset(
     >>> ds = load_dataset("configs/datasets/coco-animals.yaml", root="~/data/coco",
     ...                   seed=0)  # doctest: +SKIP
     """
+    if not isinstance(source, str | os.PathLike | DatasetConfig):
+        hint = " (for config fields, pass DatasetConfig(name=..., source=..., ...))" \
+            if isinstance(source, dict) else ""
+        raise UserInputError(f"load_dataset: source must be a path (str or Path) to a YAML "
+                             f"config, a folder or a manifest, or a DatasetConfig; got "
+                             f"{type(source).__name__}{hint}")
+    if root is not None and not isinstance(root, str | os.PathLike):
+        raise UserInputError(f"load_dataset: root must be a path (str or Path) or None; got "
+                             f"{type(root).__name__}")
     if isinstance(source, DatasetConfig):
         cfg, data_root, origin = _from_config(source, root, overrides)
     else:
@@ -162,7 +177,8 @@ def _from_config(
     cfg: DatasetConfig, root: str | Path | None, overrides: dict[str, Any]
 ) -> tuple[DatasetConfig, Path, str]:
     origin = f"dataset config {cfg.name!r}"
-    cfg = apply_overrides(cfg, overrides)
+    # a DatasetConfig made in Python is not type-checked: check its fields as a YAML's
+    cfg = apply_overrides(build_config(DatasetConfig, cfg.to_dict(), origin), overrides)
     chosen = root if root is not None else cfg.root
     if chosen is None:
         raise ConfigError(f"The {origin} sets no 'root': give the data root (--root DATA_DIR)")

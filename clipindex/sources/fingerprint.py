@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipindex.errors import UserInputError
+
 __all__ = ["dataset_fingerprint", "fingerprint"]
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,10 @@ def fingerprint(images: pd.DataFrame, captions: pd.DataFrame) -> str:
     >>> fingerprint(ds.images, ds.captions)[:12]  # doctest: +SKIP
     '3f9a0c6e1b2d'
     """
+    for name, table in (("images", images), ("captions", captions)):
+        if not isinstance(table, pd.DataFrame):
+            raise UserInputError(f"fingerprint: {name} must be a pandas DataFrame (a "
+                                 f"Dataset's {name} table); got {type(table).__name__}")
     h = hashlib.sha256(b"clipindex-tables-v1")
     for name, table in (("images", images), ("captions", captions)):
         payload = {
@@ -63,6 +69,10 @@ def dataset_fingerprint(dataset: Any) -> str:
     >>> dataset_fingerprint(ds) == ds.info["fingerprint"]  # doctest: +SKIP
     True
     """
+    if not (hasattr(dataset, "images") and hasattr(dataset, "captions")):
+        raise UserInputError(f"dataset_fingerprint: give a Dataset (from load_dataset) or an "
+                             f"object with images and captions tables; got "
+                             f"{type(dataset).__name__}")
     value = fingerprint(dataset.images, dataset.captions)
     recorded = (getattr(dataset, "info", None) or {}).get("fingerprint")
     if recorded and recorded != value:

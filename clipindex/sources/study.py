@@ -44,7 +44,7 @@ from clipindex.errors import DataError
 from clipindex.sources.coco import (
     image_record,
     load_instances,
-    read_json,
+    read_captions,
     sidecar_tags,
     tag_rows,
 )
@@ -95,7 +95,7 @@ def load_study(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     """A COCO config with ``sampler: study`` (see the module docstring)."""
     inst_path = require_file(root, cfg, "instances", origin)
     coco = load_instances(inst_path)
-    captions = read_json(require_file(root, cfg, "captions", origin), ("annotations",))
+    captions = read_captions(require_file(root, cfg, "captions", origin))
     classes = list(cfg.classes) or sorted(
         c["name"] for c in coco.dataset["categories"] if c["name"] not in cfg.exclude)
     frame = study_frame(coco.dataset, captions, classes, list(cfg.exclude))
