@@ -312,6 +312,7 @@ def _build(root: Path, out: Path):
     ("images", "height", [1], "image 1 has a bad height [1]"),
     ("images", "file_name", None, "image 1 has a bad file_name None"),
     ("images", "id", "1", "entry 0 of 'images' has a bad id '1'"),
+    ("images", "id", 2, "image id 2 is used by more than one image"),
     ("annotations", "bbox", "x", "annotation 1 has a bad bbox 'x'"),
     ("annotations", "bbox", [1, 2, 3], "annotation 1 has a bad bbox [1, 2, 3]"),
     ("annotations", "image_id", "1", "annotation 1 has a bad image_id '1'"),
@@ -605,13 +606,14 @@ def test_an_empty_class_or_prompt_name_is_one_line(store_copy, spec):
 @pytest.mark.parametrize("call,needle", [
     (lambda c: c.load_dataset({"name": "x"}), "source must be a path (str or Path)"),
     (lambda c: c.load_dataset(5), "got int"),
+    (lambda c: c.load_dataset(""), "source is an empty path"),
     (lambda c: c.load_dataset(COLORS, root=5), "root must be a path"),
     (lambda c: c.load_dataset(c.config.DatasetConfig(name="x", source="folder", root=str(COLORS),
                                                       classes="red")),
      "Field 'classes' in dataset config 'x' must be a list"),
     (lambda c: c.sources.dataset_fingerprint({"images": 1}), "give a Dataset"),
     (lambda c: c.sources.fingerprint([], []), "images must be a pandas DataFrame"),
-], ids=["dict", "int", "root", "config", "dataset_fingerprint", "fingerprint"])
+], ids=["dict", "int", "empty", "root", "config", "dataset_fingerprint", "fingerprint"])
 def test_sources_entry_points_refuse_a_wrong_type_in_one_line(call, needle):
     import clipindex
     import clipindex.config

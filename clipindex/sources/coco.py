@@ -94,7 +94,13 @@ def _check_images(path: Path, images: list[dict[str, Any]]) -> set[int]:
                                       and float(v).is_integer()):
                 raise DataError(f"{path}: image {iid} has a bad {key} {_show(v)}: give a "
                                 "whole number of pixels, or leave it out")
-    return {img["id"] for img in images}
+    ids = {img["id"] for img in images}
+    if len(ids) < len(images):  # pycocotools would keep the last one, silently
+        seen: set[int] = set()
+        twice = next(img["id"] for img in images if img["id"] in seen or seen.add(img["id"]))
+        raise DataError(f"{path}: image id {twice} is used by more than one image: COCO "
+                        "image ids are unique, give each image its own")
+    return ids
 
 
 def _annotation_error(path: Path, i: int, ann: dict[str, Any], image_ids: set[int]) -> None:

@@ -119,6 +119,9 @@ def load_dataset(
         raise UserInputError(f"load_dataset: source must be a path (str or Path) to a YAML "
                              f"config, a folder or a manifest, or a DatasetConfig; got "
                              f"{type(source).__name__}{hint}")
+    if isinstance(source, str) and not source.strip():  # Path("") is the working folder
+        raise UserInputError("load_dataset: source is an empty path; give a YAML config, a "
+                             "folder or a manifest (\".\" for the working folder)")
     if root is not None and not isinstance(root, str | os.PathLike):
         raise UserInputError(f"load_dataset: root must be a path (str or Path) or None; got "
                              f"{type(root).__name__}")
