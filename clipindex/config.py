@@ -157,7 +157,7 @@ class DatasetConfig:
 
 
 def _check_dataset_config(cfg: DatasetConfig) -> None:
-    if not _NAME_RE.match(cfg.name):
+    if not isinstance(cfg.name, str) or not _NAME_RE.match(cfg.name):
         raise ConfigError(
             f"Field 'name' must be a folder name (letters, digits, '.', '_', '-'), got {cfg.name!r}"
         )

@@ -607,13 +607,15 @@ def test_an_empty_class_or_prompt_name_is_one_line(store_copy, spec):
     (lambda c: c.load_dataset({"name": "x"}), "source must be a path (str or Path)"),
     (lambda c: c.load_dataset(5), "got int"),
     (lambda c: c.load_dataset(""), "source is an empty path"),
+    (lambda c: c.config.DatasetConfig(name=5, source="folder", root="."),
+     "Field 'name' must be a folder name"),
     (lambda c: c.load_dataset(COLORS, root=5), "root must be a path"),
     (lambda c: c.load_dataset(c.config.DatasetConfig(name="x", source="folder", root=str(COLORS),
                                                       classes="red")),
      "Field 'classes' in dataset config 'x' must be a list"),
     (lambda c: c.sources.dataset_fingerprint({"images": 1}), "give a Dataset"),
     (lambda c: c.sources.fingerprint([], []), "images must be a pandas DataFrame"),
-], ids=["dict", "int", "empty", "root", "config", "dataset_fingerprint", "fingerprint"])
+], ids=["dict", "int", "empty", "name", "root", "config", "dataset_fingerprint", "fingerprint"])
 def test_sources_entry_points_refuse_a_wrong_type_in_one_line(call, needle):
     import clipindex
     import clipindex.config
