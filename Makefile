@@ -2,20 +2,36 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch 2.14.1 + torchvision 0.29.1: the pair that lies on this workplace's disk (pip takes
-# them from local files; see README "Install"). Override for another machine:
-#   make venv TORCH_SPEC="torch torchvision"
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# The dev/CI venv installs exactly requirements/dev.lock (every package, torch 2.14.1 +
+# torchvision 0.29.1 included: the pair that lies on this workplace's disk), so a release
+# upstream cannot change a result or turn CI red. The library itself keeps ranges
+# (pyproject.toml). `make lock` regenerates the lock (see README "Development").
+LOCK := requirements/dev.lock
+# pip-tools runs in its own throwaway venv, pinned like everything else.
+PIP_TOOLS := pip==26.3 pip-tools==7.7.0
+LOCKENV := .lockenv
 
-.PHONY: venv browser demo test test-fast lint clean
+.PHONY: venv lock browser demo test test-fast lint clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
 venv: $(BIN)/.installed
+
+# Recompile the lock from pyproject.toml's [dev] extra + requirements/dev.in. Pins already in
+# the lock are kept; `make lock UPGRADE=wcwidth` moves one package (and what it needs) to its
+# newest release, `make lock UPGRADE=all` every package. Then `make venv` installs it.
+lock:
+	test -x $(LOCKENV)/bin/pip-compile || { $(PY) -m venv $(LOCKENV) && $(LOCKENV)/bin/pip install -q $(PIP_TOOLS); }
+	$(LOCKENV)/bin/pip-compile -q --extra dev --strip-extras --allow-unsafe \
+	  --unsafe-package clipindex --no-emit-index-url --no-emit-find-links \
+	  --annotation-style line $(if $(filter all,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade-package $(UPGRADE))) \
+	  -o $(LOCK) pyproject.toml requirements/dev.in
+	sed -i '/^clipindex @/d; /considered to be unsafe/d' $(LOCK)
 
 demo: venv
 	$(BIN)/clipindex demo --out demo-out
@@ -41,4 +57,4 @@ lint: venv
 	$(BIN)/ruff check clipindex tests benchmarks
 
 clean:
-	rm -rf demo-out .pytest_cache
+	rm -rf demo-out .pytest_cache $(LOCKENV)

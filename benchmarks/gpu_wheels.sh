@@ -14,19 +14,38 @@
 # grad-cam is left behind (an sdist only, and the explain module is not measured on GPU).
 #
 # Usage: bash benchmarks/gpu_wheels.sh [DEST] [PYTHON_VERSION]   (defaults: .whl 3.12,
-# the GPU machine's Python). Takes ~1 minute (xz). Versions are the ones CI tests with.
+# the GPU machine's Python). Takes ~1 minute (xz).
+#        bash benchmarks/gpu_wheels.sh --pins   prints the name==version list and exits.
+# Versions come from requirements/dev.lock, the lock CI installs: this script names
+# packages only, so it can never drift from what the suite is tested with.
 set -euo pipefail
+LOCK=${LOCK:-$(dirname "$0")/../requirements/dev.lock}
+PACKAGES=(open-clip-torch timm ftfy wcwidth faiss-cpu pycocotools jsonschema
+          jsonschema-specifications referencing rpds-py)
+# pin NAME: the lock's NAME==VERSION (names as pip-compile writes them, lower case, dashes)
+pin() {
+  local line
+  line=$(grep -m1 -i "^$1==" "$LOCK" | cut -d' ' -f1) || true
+  if [ -z "$line" ]; then
+    echo "gpu_wheels: $1 is not pinned in $LOCK (run make lock)" >&2
+    exit 2
+  fi
+  echo "$line"
+}
+if [ "${1:-}" = "--pins" ]; then
+  for name in "${PACKAGES[@]}" ray; do pin "$name"; done
+  exit 0
+fi
 DEST=${1:-.whl}
 PYVER=${2:-3.12}
 if [ $# -gt 2 ] || ! [[ $PYVER =~ ^3\.[0-9]+$ ]]; then
-  echo "usage: bash benchmarks/gpu_wheels.sh [DEST] [PYTHON_VERSION, e.g. 3.12]" >&2
+  echo "usage: bash benchmarks/gpu_wheels.sh [DEST] [PYTHON_VERSION, e.g. 3.12] | --pins" >&2
   exit 2
 fi
 PIP=${PIP:-python3 -m pip}
-WHEELS=(open_clip_torch==3.3.0 timm==1.0.31 ftfy==6.3.1 wcwidth==0.9.4 faiss-cpu==1.15.1
-        pycocotools==2.0.11 jsonschema==4.26.0 jsonschema-specifications==2025.9.1
-        referencing==0.37.0 rpds-py==2026.9.1)
-RAY=ray==2.60.0
+WHEELS=()
+for name in "${PACKAGES[@]}"; do WHEELS+=("$(pin "$name")"); done
+RAY=$(pin ray)
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
            --platform manylinux1_x86_64)

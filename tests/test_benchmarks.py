@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -250,17 +251,31 @@ def test_ray_script_gives_ray_a_gpu_per_actor_on_cuda(monkeypatch: pytest.Monkey
 
 def test_gpu_session_scripts_parse_and_pin_what_ci_tests() -> None:
     # The GPU call is prepared here and run once on a lent machine: its scripts must at
-    # least parse, and the wheels it carries must be the versions this suite runs with.
-    from importlib.metadata import version
-
+    # least parse, and the wheels it carries must be the versions CI installs, which are
+    # the lock's (requirements/dev.lock), not whatever happens to be installed today.
     for script in ("gpu_wheels.sh", "gpu_session.sh"):
         done = subprocess.run(["bash", "-n", str(BENCH / script)], capture_output=True,
                               text=True)
         assert done.returncode == 0, done.stderr
     text = (BENCH / "gpu_wheels.sh").read_text()
-    pins = dict(re.findall(r"([A-Za-z][\w.-]*)==([\w.]+)", text))
-    assert {"open_clip_torch", "faiss-cpu", "ray", "ftfy", "pycocotools"} <= set(pins)
-    assert {name: version(name) for name in pins} == pins
+    assert not re.search(r"[A-Za-z]==\d", text), "gpu_wheels.sh must not repeat versions"
+    done = subprocess.run(["bash", str(BENCH / "gpu_wheels.sh"), "--pins"],
+                          capture_output=True, text=True, check=True)
+    pins = dict(line.split("==") for line in done.stdout.split())
+    assert {"open-clip-torch", "faiss-cpu", "ray", "ftfy", "pycocotools", "wcwidth"} <= set(pins)
+    lock = (BENCH.parent / "requirements" / "dev.lock").read_text()
+    locked = dict(re.findall(r"^([a-z0-9][a-z0-9._-]*)==(\S+)", lock, flags=re.M))
+    assert pins == {name: locked[name] for name in pins}
+
+
+def test_gpu_wheels_names_a_package_the_lock_lacks(tmp_path: Path) -> None:
+    lock = tmp_path / "dev.lock"
+    lock.write_text("timm==1.0.31    # via open-clip-torch\n")
+    done = subprocess.run(["bash", str(BENCH / "gpu_wheels.sh"), "--pins"], capture_output=True,
+                          text=True, env={**os.environ, "LOCK": str(lock)})
+    assert done.returncode == 2
+    expected = f"gpu_wheels: open-clip-torch is not pinned in {lock} (run make lock)"
+    assert done.stderr.strip() == expected
 
 
 def test_search_script_device_contender_is_exact(tmp_path: Path) -> None:
