@@ -7,7 +7,7 @@
   runs (``clipindex.serve.answers.search`` on a snapshot opened as ``serve`` opens it),
   sequentially and from 16 threads.
 
-Both sides search the demo store (``configs/datasets/demo.yaml`` on a demo world, the
+Both sides search the demo store (the shipped ``demo`` dataset config on a demo world, the
 shipped tiny backbones) with the same queries, whose text vectors are encoded once
 before timing (both sides keep them in memory, as ``serve`` does), so the ratio is the
 cost of HTTP: parsing, routing, validation, JSON, the socket. The load is bounded: a

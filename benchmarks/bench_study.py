@@ -2,7 +2,7 @@
 
 The study: zero-shot (``a photo of a {}``) and few-shot text prototypes (captions of the
 support images) for every backbone, plus a majority-vote ensemble of the few-shot
-predictions, on the demo world selected by ``configs/datasets/demo.yaml``.
+predictions, on the demo world selected by the shipped ``demo`` dataset config.
 
 - contender, clipindex's way: ``build_store`` encodes every image and caption once per
   backbone (batched, DataLoader workers), then every experiment is a
@@ -231,7 +231,7 @@ def _main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         head = [f"- command: `{common.command_line()}`", *common.machine_lines(info),
                 f"- demo world `--scale {args.scale}` (seed {args.seed}) selected by "
-                f"`configs/datasets/demo.yaml` with per_class={args.per_class or 'all'}: "
+                f"the `demo` dataset config with per_class={args.per_class or 'all'}: "
                 f"{len(dataset.images)} images ({len(cached['rows'])} test, the rest "
                 f"support), {len(dataset.captions)} captions; backbones "
                 f"{', '.join(backbones)} (`--pretrained {args.pretrained}`); experiments: "

@@ -1,4 +1,9 @@
-"""Typed, frozen configs built from ``configs/*.yaml``.
+"""Typed, frozen configs built from YAML files (dataset and bench configs).
+
+The package ships its own configs (``clipindex/configs/{datasets,bench}/*.yaml``): a bare
+name such as ``demo`` or ``coco-animals`` stands for one of them wherever a config path is
+taken (:func:`resolve_config_source`), unless a file or folder of that name exists, and
+``builtin:NAME`` always does (``clipindex configs`` lists and copies them).
 
 Every config is a frozen dataclass. YAML files are read by one pattern that
 other config kinds reuse::
@@ -35,6 +40,7 @@ import yaml
 from clipindex.errors import ConfigError
 
 __all__ = [
+    "BUILTIN_PREFIX",
     "BenchConfig",
     "CONFIG_LOADERS",
     "DatasetConfig",
@@ -42,10 +48,14 @@ __all__ = [
     "SOURCE_KINDS",
     "apply_overrides",
     "build_config",
+    "builtin_configs",
+    "copy_builtin_configs",
+    "describe_builtin_configs",
     "load_bench_config",
     "load_config",
     "load_dataset_config",
     "read_yaml_mapping",
+    "resolve_config_source",
 ]
 
 C = TypeVar("C")
@@ -190,6 +200,98 @@ def _check_dataset_config(cfg: DatasetConfig) -> None:
         raise ConfigError("Missing field 'manifest' (a .csv or .parquet file) for source manifest")
 
 
+# --- the configs shipped in the package ----------------------------------------
+
+#: Prefix that names a shipped config whatever the working folder holds (``builtin:demo``).
+BUILTIN_PREFIX = "builtin:"
+_BUILTIN_FOLDERS = {"dataset": "datasets", "bench": "bench"}
+
+
+def builtin_configs(kind: str) -> dict[str, Path]:
+    """The configs of ``kind`` (``dataset`` or ``bench``) shipped in the package, by name.
+
+    Examples
+    --------
+    >>> sorted(builtin_configs("dataset"))
+    ['coco-animals', 'coco-animals-study', 'demo']
+    """
+    if kind not in _BUILTIN_FOLDERS:
+        raise ConfigError(f"Unknown config kind {kind!r}: use one of {', '.join(_BUILTIN_FOLDERS)}")
+    folder = Path(__file__).resolve().parent / "configs" / _BUILTIN_FOLDERS[kind]
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"), key=lambda p: p.stem)}
+
+
+def _summary(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.lstrip("#").strip()
+        if line.startswith("#") and text:
+            return text
+    return ""
+
+
+def describe_builtin_configs() -> list[dict[str, str]]:
+    """One row per shipped config: kind, name, path and the first line of its comment."""
+    return [{"kind": kind, "name": name, "path": str(path), "summary": _summary(path)}
+            for kind in _BUILTIN_FOLDERS for name, path in builtin_configs(kind).items()]
+
+
+def copy_builtin_configs(dest: str | os.PathLike[str], *, force: bool = False) -> list[Path]:
+    """Copy the shipped configs to ``dest/datasets/`` and ``dest/bench/`` (the layout they
+    refer to each other by); an existing file is kept unless ``force``."""
+    dest = Path(dest).expanduser()
+    pairs = [(path, dest / _BUILTIN_FOLDERS[kind] / path.name)
+             for kind in _BUILTIN_FOLDERS for path in builtin_configs(kind).values()]
+    there = [str(target) for _, target in pairs if target.exists()]
+    if there and not force:
+        raise ConfigError(f"{there[0]} exists ({len(there)} of the files do): pass --force to "
+                          "overwrite them, or copy to another folder")
+    for source, target in pairs:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"Cannot write {target}: {exc.strerror or exc}") from None
+    return [target for _, target in pairs]
+
+
+def _is_bare_name(text: str) -> bool:
+    return bool(_NAME_RE.match(text)) and not Path(text).suffix and text not in (".", "..")
+
+
+def resolve_config_source(source: str | os.PathLike[str], kind: str) -> Path:
+    """The path a config argument stands for: a shipped config for ``builtin:NAME`` or for a
+    bare ``NAME`` (a ``str``; a ``Path`` is always a path) that is no file or folder here;
+    otherwise the path itself.
+
+    A bare name that is both a file or folder here and a shipped config is refused, naming
+    both spellings (``./NAME`` for the file or folder, ``builtin:NAME`` for the config).
+
+    Examples
+    --------
+    >>> resolve_config_source("builtin:demo", "dataset").name
+    'demo.yaml'
+    >>> resolve_config_source("my/data.yaml", "dataset")
+    PosixPath('my/data.yaml')
+    """
+    text = os.fspath(source)
+    shipped = builtin_configs(kind)
+    if text.startswith(BUILTIN_PREFIX):
+        name = text[len(BUILTIN_PREFIX):]
+        if name not in shipped:
+            raise ConfigError(f"No built-in {kind} config {name!r}: the shipped ones are "
+                              f"{', '.join(shipped)} (clipindex configs lists them)")
+        return shipped[name]
+    if not isinstance(source, str) or not _is_bare_name(text) or text not in shipped:
+        return Path(text)
+    here = Path(text)
+    if here.exists() or here.is_symlink():
+        what = "folder" if here.is_dir() else "file"
+        raise ConfigError(f"'{text}' is both a {what} in the working folder and a built-in "
+                          f"{kind} config: write ./{text} for the {what} or {BUILTIN_PREFIX}"
+                          f"{text} for the config")
+    return shipped[text]
+
+
 # --- the shared loader pattern -------------------------------------------------
 
 
@@ -198,7 +300,7 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 
     Examples
     --------
-    >>> read_yaml_mapping("configs/datasets/demo.yaml")["name"]  # doctest: +SKIP
+    >>> read_yaml_mapping("demo")["name"]  # doctest: +SKIP
     'demo'
     """
     path = Path(path)
@@ -288,10 +390,11 @@ def load_dataset_config(path: str | Path, **overrides: Any) -> DatasetConfig:
 
     Examples
     --------
-    >>> cfg = load_dataset_config("configs/datasets/demo.yaml", per_class=20)  # doctest: +SKIP
-    >>> cfg.per_class  # doctest: +SKIP
+    >>> cfg = load_dataset_config("demo", per_class=20)
+    >>> cfg.per_class
     20
     """
+    path = resolve_config_source(path, "dataset")
     cfg = build_config(DatasetConfig, read_yaml_mapping(path), path)
     return apply_overrides(cfg, overrides, "overrides")
 
@@ -330,7 +433,7 @@ class BenchConfig:
 
     Example
     -------
-    >>> cfg = BenchConfig(dataset="configs/datasets/demo.yaml", backbones=("tiny-vit",),
+    >>> cfg = BenchConfig(dataset="demo", backbones=("tiny-vit",),
     ...                   methods=("prompt",))
     >>> dataclasses.replace(cfg, ensembles=()).ensembles
     ()
@@ -388,14 +491,19 @@ def load_bench_config(path: str | Path, **overrides: Any) -> BenchConfig:
 
     Examples
     --------
-    >>> load_bench_config("configs/bench/demo.yaml").methods[:2]  # doctest: +SKIP
+    >>> load_bench_config("demo").methods[:2]
     ('prompt', 'prototype')
     """
-    path = Path(path)
+    path = resolve_config_source(path, "bench")
     mapping = read_yaml_mapping(path)
     mapping.setdefault("name", path.stem)
     ds = mapping.get("dataset")
-    if isinstance(ds, str) and not Path(ds).expanduser().is_absolute():
+    if isinstance(ds, str) and ds.startswith(BUILTIN_PREFIX):
+        pass
+    elif isinstance(ds, str) and _is_bare_name(ds) and not (path.parent / ds).exists() \
+            and ds in builtin_configs("dataset"):
+        mapping["dataset"] = BUILTIN_PREFIX + ds  # a shipped dataset config by name
+    elif isinstance(ds, str) and not Path(ds).expanduser().is_absolute():
         mapping["dataset"] = os.path.normpath(path.parent / ds)
     cfg = build_config(BenchConfig, mapping, path)
     return apply_overrides(cfg, overrides, "overrides")
@@ -413,7 +521,7 @@ def load_config(kind: str, path: str | Path, **overrides: Any) -> Any:
 
     Examples
     --------
-    >>> load_config("dataset", "configs/datasets/demo.yaml").name  # doctest: +SKIP
+    >>> load_config("dataset", "demo").name  # doctest: +SKIP
     'demo'
     """
     try:

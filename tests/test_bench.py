@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -329,7 +330,7 @@ def test_unknown_names_fail_before_any_work(field: str, value: object, message: 
 
 def test_real_registry_names_the_known_backbones(tmp_path: Path) -> None:
     cfg = tmp_path / "b.yaml"
-    cfg.write_text(yaml.safe_dump({"dataset": str(REPO / "configs/datasets/demo.yaml"),
+    cfg.write_text(yaml.safe_dump({"dataset": str(REPO / "clipindex/configs/datasets/demo.yaml"),
                                    "backbones": ["RN50", "ViT-B/31"], "methods": ["prompt"]}))
     with pytest.raises(UserInputError, match=r"Unknown backbone 'ViT-B/31'.*RN50"):
         validate_bench(cfg)
@@ -339,13 +340,13 @@ def test_real_registry_names_the_known_backbones(tmp_path: Path) -> None:
 
 
 def test_shipped_bench_configs_load_and_match_the_demo() -> None:
-    study = validate_bench(REPO / "configs/bench/study.yaml")
+    study = validate_bench(REPO / "clipindex/configs/bench/study.yaml")
     assert [s.display for s in study.specs] == ["RN50", "RN50x4", "RN50x16", "ViT-B/32",
                                                 "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
     assert study.cfg.methods == ("prompt", "prototype")
     assert study.cfg.ensembles == ("majority",)
-    assert study.dataset_cfg == load_dataset_config(REPO / "configs/datasets/coco-animals.yaml")
-    demo = load_bench_config(REPO / "configs/bench/demo.yaml")
+    assert study.dataset_cfg == load_dataset_config(REPO / "clipindex/configs/datasets/coco-animals.yaml")
+    demo = load_bench_config(REPO / "clipindex/configs/bench/demo.yaml")
     code = demo_config("worlds/demo")
     for field in ("backbones", "methods", "ensembles", "k", "seed", "shots", "recall_ks"):
         assert getattr(demo, field) == getattr(code, field), field
@@ -363,6 +364,14 @@ def test_demo_with_the_tiny_backbones(small_world: Path, tmp_path: Path) -> None
     # trained tiny backbones are well above chance (0.2) on the demo world
     assert tables.loc[("ensemble-majority", "prototype"), "accuracy"] > 0.4
     assert "demo finished in" in res.output
+    # it ends with the next commands, on this run's real store path, which do run
+    store = tmp_path / "indexes" / "demo"
+    nxt = res.stdout[res.stdout.index("next:"):].splitlines()[1:]
+    assert nxt[0].strip() == f"clipindex info {store}"
+    info = CliRunner().invoke(main, shlex.split(nxt[0])[1:])
+    assert info.exit_code == 0, info.output
+    classify = CliRunner().invoke(main, shlex.split(nxt[1])[1:] + ["--json"])
+    assert classify.exit_code == 0, classify.output
     # --json: the whole of stdout is one document, the same tables as tables.csv
     again = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--world",
                                       str(small_world), "--scale", "small", "--workers",

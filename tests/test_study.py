@@ -217,7 +217,7 @@ def planted(small_world: Path, tmp_path_factory) -> dict:
     from clipindex.sources import load_dataset
     from clipindex.store import build_store
 
-    ds = load_dataset(Path(__file__).resolve().parents[1] / "configs/datasets/demo.yaml",
+    ds = load_dataset(Path(__file__).resolve().parents[1] / "clipindex/configs/datasets/demo.yaml",
                       root=small_world, per_class=40, support_per_class=None)
     root = tmp_path_factory.mktemp("dedup") / "photos"
     names = {}
@@ -434,7 +434,7 @@ def _study_recomputed(root: Path, split: str, classes: list[str], n: int, seed: 
 def _study_config(tmp: Path, root: Path, **fields) -> Path:
     import yaml
 
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/datasets/"
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "clipindex/configs/datasets/"
                           "coco-animals-study.yaml").read_text())
     cfg.update(root=str(root), split="val", **fields)
     path = tmp / "study.yaml"
@@ -513,7 +513,7 @@ def test_study_sampler_needs_its_settings_and_default_is_numpy(small_world: Path
         load_dataset_config(_study_config(tmp_path, small_world, drop_multi_target=True))
     with pytest.raises(ConfigError, match="Unknown sampler 'pandas'"):
         load_dataset_config(_study_config(tmp_path, small_world, sampler="pandas"))
-    demo = Path(__file__).resolve().parents[1] / "configs/datasets/demo.yaml"
+    demo = Path(__file__).resolve().parents[1] / "clipindex/configs/datasets/demo.yaml"
     assert load_dataset_config(demo).sampler == "numpy"
     a = load_dataset(demo, root=small_world, per_class=30)
     b = load_dataset(demo, root=small_world, per_class=30, sampler="numpy")

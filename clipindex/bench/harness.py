@@ -29,7 +29,7 @@ Protocols:
 Example
 -------
 >>> from clipindex.bench import run_bench
->>> res = run_bench("configs/bench/demo.yaml", "results/demo")  # doctest: +SKIP
+>>> res = run_bench("demo", "results/demo")  # doctest: +SKIP
 >>> res.tables[["backbone", "method", "accuracy"]].head(2)  # doctest: +SKIP
 """
 
@@ -121,7 +121,7 @@ def validate_bench(config: BenchConfig | str | os.PathLike[str], *,
 
     Example
     -------
-    >>> validate_bench("configs/bench/demo.yaml").protocol  # doctest: +SKIP
+    >>> validate_bench("demo").protocol  # doctest: +SKIP
     'same-rows'
     """
     from clipindex.classifiers import KNN_WEIGHTS
@@ -424,7 +424,7 @@ def run_bench(
     Parameters
     ----------
     config : BenchConfig or path
-        A :class:`BenchConfig` or a bench config YAML (``configs/bench/*.yaml``).
+        A :class:`BenchConfig` or a bench config YAML (``clipindex/configs/bench/*.yaml`` are shipped: ``"demo"``, ``"study"``).
     out : path
         The results folder (``RESULTS``).
     root : path, optional
@@ -449,7 +449,7 @@ def run_bench(
 
     Example
     -------
-    >>> res = run_bench("configs/bench/demo.yaml", "results/demo",
+    >>> res = run_bench("demo", "results/demo",
     ...                 root="worlds/demo")  # doctest: +SKIP
     >>> sorted(res.files)[:2]  # doctest: +SKIP
     ['confusion_few_shot.png', 'confusion_zero_shot.png']

@@ -67,7 +67,7 @@ def main() -> None:
     \b
     Typical session on the bundled demo world:
       clipindex world worlds/demo              # synthetic COCO-format data
-      clipindex build configs/datasets/demo.yaml --root worlds/demo \\
+      clipindex build demo --root worlds/demo \\
           --backbone tiny-vit --backbone tiny-rn
       clipindex classify --index indexes/demo --backbone tiny-vit --method prompt
     """

@@ -80,7 +80,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 
 
 @main.command("build")
-@click.argument("config", type=click.Path(exists=True, path_type=Path))
+@click.argument("config")
 @click.option("--backbone", "backbones", multiple=True, required=True,
               help="Backbone to build (repeatable): ViT-B/32, RN50, tiny-vit, ...")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="indexes",
@@ -136,7 +136,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="Ray: encoder actors (default: one per GPU with --gpus-per-encoder, else 1).")
 @click.option("--gpus-per-encoder", type=click.FloatRange(min=0), default=0.0,
               show_default=True, help="Ray: GPUs each encoder actor reserves (0: CPU actors).")
-def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Path | None,
+def build_command(config: str, backbones: tuple[str, ...], out: Path, root: Path | None,
                   pretrained: str, batch_size: int | None, text_batch_size: int | None,
                   workers: int | None, threads: int | None, decode: str | None,
                   device: str | None, strict: bool, index_kind: str, target_recall: float,
@@ -147,8 +147,10 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
                   gpus_per_encoder: float) -> None:
     """Encode CONFIG's images and captions once per --backbone into FAISS indexes.
 
-    CONFIG is a dataset YAML config, a folder with one sub-folder per class, or a
-    CSV/parquet manifest. An interrupted build resumes from its finished shards.
+    CONFIG is a dataset YAML config, a folder with one sub-folder per class, a
+    CSV/parquet manifest, or the name of a config shipped with clipindex (demo,
+    coco-animals, coco-animals-study; `clipindex configs` lists them). An interrupted
+    build resumes from its finished shards.
     Asking a finished store for another --index-kind, or float32 -> float16, rewrites
     it from its stored vectors without encoding anything. Batch sizes, decode workers
     and torch threads are chosen per backbone from the cores, the model's GFLOPs and the
@@ -157,8 +159,7 @@ def build_command(config: Path, backbones: tuple[str, ...], out: Path, root: Pat
     either engine resumes the other.
 
     \b
-      clipindex build configs/datasets/demo.yaml --root worlds/demo \\
-          --backbone tiny-vit --backbone tiny-rn
+      clipindex build demo --root worlds/demo --backbone tiny-vit --backbone tiny-rn
     """
     from clipindex.store import build_store
 

@@ -59,3 +59,26 @@ def demo(out: str | None, world: str | None, scale: str, seed: int, workers: int
     if res.report is not None:
         click.echo(f"report: {res.report}")
     click.echo(f"demo finished in {res.seconds:.0f} s")
+    click.echo(next_commands(res))
+
+
+def _quoted(path: object) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def next_commands(res) -> str:  # noqa: ANN001 - a clipindex.demo.DemoResult
+    """What to run next, with this run's real paths (the README's Quick start goes on so)."""
+    store = _quoted(res.bench.run["dataset_dir"])
+    names = [b["backbone"] for b in res.bench.run["backbones"]]
+    each = " ".join(f"--backbone {n}" for n in names)
+    lines = ["next:",
+             f"  clipindex info {store}",
+             f"  clipindex classify --index {store} --backbone {names[0]} --method prompt",
+             f"  clipindex classify --index {store} {each} --method prototype "
+             "--ensemble majority",
+             f"  clipindex search \"a photo of a cow in a field\" --index {store} "
+             f"--backbone {names[0]}",
+             f"  clipindex serve --index {store}"]
+    return "\n".join(lines)

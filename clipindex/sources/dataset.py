@@ -39,6 +39,7 @@ from clipindex.config import (
     apply_overrides,
     build_config,
     load_dataset_config,
+    resolve_config_source,
 )
 from clipindex.errors import ConfigError, DataError, UserInputError
 from clipindex.sources.coco import load_coco
@@ -65,7 +66,7 @@ class Dataset:
 
     Examples
     --------
-    >>> ds = load_dataset("configs/datasets/demo.yaml", root="worlds/demo")  # doctest: +SKIP
+    >>> ds = load_dataset("demo", root="worlds/demo")  # doctest: +SKIP
     >>> ds.images.groupby("label").size().tolist()  # doctest: +SKIP
     [200, 200, 200, 200, 200]
     >>> ds.image_paths()[0]  # doctest: +SKIP
@@ -110,7 +111,7 @@ def load_dataset(
     Examples
     --------
     >>> ds = load_dataset("data/fields_roads")  # doctest: +SKIP
-    >>> ds = load_dataset("configs/datasets/coco-animals.yaml", root="~/data/coco",
+    >>> ds = load_dataset("coco-animals", root="~/data/coco",
     ...                   seed=0)  # doctest: +SKIP
     """
     if not isinstance(source, str | os.PathLike | DatasetConfig):
@@ -128,7 +129,8 @@ def load_dataset(
     if isinstance(source, DatasetConfig):
         cfg, data_root, origin = _from_config(source, root, overrides)
     else:
-        cfg, data_root, origin = _resolve(Path(source).expanduser(), root, overrides)
+        path = resolve_config_source(source, "dataset").expanduser()
+        cfg, data_root, origin = _resolve(path, root, overrides)
     built = _BUILDERS[cfg.source](cfg, data_root, origin)
     return assemble(cfg, data_root, built)
 

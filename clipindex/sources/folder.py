@@ -16,7 +16,7 @@ from clipindex.sources.filters import select
 from clipindex.sources.manifest import missing, read_table
 from clipindex.sources.records import Built, header_size, under_root, unknown_class
 
-__all__ = ["IMAGE_EXTENSIONS", "load_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "MARKERS", "load_folder", "refuse_clipindex_folders"]
 
 #: File extensions (lower case) a folder source picks up.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -36,6 +36,28 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+#: Files that mark a folder clipindex wrote, which is never a class-folder dataset:
+#: marker -> (what the folder is, what to give instead).
+MARKERS: dict[str, tuple[str, str]] = {
+    "world.json": ("a demo world", "its dataset config (clipindex build demo --root WORLD)"),
+    "dataset.json": ("a clipindex store", "the images' own source, or search it with --index"),
+    "CURRENT": ("a clipindex store", "the images' own source, or search it with --index"),
+    "manifest.json": ("a clipindex store's backbone folder", "the images' own source"),
+    "run.json": ("a clipindex results folder", "the images' own source (clipindex report "
+                                                "reads this folder)"),
+}
+
+
+def refuse_clipindex_folders(folders: list[Path], origin: str) -> None:
+    """A folder (or class sub-folder) that clipindex wrote is refused in one line naming
+    the marker file found, instead of encoding its PNGs as a class."""
+    for folder in folders:
+        for marker, (what, instead) in MARKERS.items():
+            if (folder / marker).is_file():
+                raise DataError(f"{folder} is {what} (it holds {marker}), not a folder of class "
+                                f"sub-folders ({origin}): give {instead}")
+
+
 
 
 def load_folder(cfg: DatasetConfig, root: Path, origin: str) -> Built:
@@ -45,8 +67,10 @@ def load_folder(cfg: DatasetConfig, root: Path, origin: str) -> Built:
         raise DataError(f"Image folder {base} (from {origin}) does not exist")
     given = (base / "train").is_dir() and (base / "test").is_dir()
     parts = [("support", base / "train"), ("test", base / "test")] if given else [("test", base)]
+    refuse_clipindex_folders([base, *(folder for _, folder in parts)], origin)
     found: dict[str, list[tuple[int, str, Path]]] = {}
     for rank, (split, folder) in enumerate(parts):
+        refuse_clipindex_folders(_class_dirs(folder), origin)
         for cls_dir in _class_dirs(folder):
             files = _image_files(cls_dir)
             found.setdefault(cls_dir.name, []).extend((rank, split, f) for f in files)

@@ -148,7 +148,7 @@ def _load_source(source: Any, root: Any, allow_outside_root: bool) -> Any:
         from clipindex.sources import load_dataset
 
         extra = {"allow_outside_root": True} if allow_outside_root else {}
-        source = load_dataset(Path(source), root=None if root is None else Path(root),
+        source = load_dataset(source, root=None if root is None else Path(root),
                               **extra)
     check_rows(source.images, "images")
     check_rows(source.captions, "captions")

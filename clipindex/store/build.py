@@ -406,7 +406,7 @@ def _prepare(dataset: Any, backbones: Sequence[str] | str, pretrained: str,
         from clipindex.sources import load_dataset
 
         extra = {"allow_outside_root": True} if allow_outside_root else {}
-        dataset = load_dataset(Path(dataset), root=None if root is None else Path(root),
+        dataset = load_dataset(dataset, root=None if root is None else Path(root),
                                **extra)
     targets = resolve_targets(backbones, pretrained)
     check_rows(dataset.images, "images")
@@ -476,7 +476,7 @@ def build_store(
 
     Example
     -------
-    >>> paths = build_store("configs/datasets/demo.yaml", ["tiny-vit"],
+    >>> paths = build_store("demo", ["tiny-vit"],
     ...                     root="worlds/demo", out="indexes")  # doctest: +SKIP
     """
     ray_opts = RayOptions(address=ray_address, encoders=encoders,
