@@ -2,7 +2,8 @@
 
 :func:`run_demo` makes the demo world if it is missing, builds the three tiny backbones'
 stores (encode once) and runs the demo bench (:func:`demo_config`, the same settings as
-the shipped ``demo`` bench config (``clipindex/configs/bench/demo.yaml``): every method, majority and soft ensembles)::
+the shipped ``demo`` bench config, ``clipindex/configs/bench/demo.yaml``: every method,
+majority and soft ensembles)::
 
     OUT/world/      the world (unless --world names another folder)
     OUT/indexes/    the stores
@@ -48,7 +49,7 @@ def _tiny_names() -> tuple[str, ...]:
 
 def demo_config(world: str | os.PathLike[str], *, scale: str = "default",
                 backbones: Sequence[str] | None = None) -> BenchConfig:
-    """The demo bench: the shipped ``demo`` bench config (``clipindex/configs/bench/demo.yaml``) with its dataset inline at ``world``.
+    """The demo bench: the shipped ``demo`` bench config with its dataset inline at ``world``.
 
     Example
     -------

@@ -239,7 +239,7 @@ def demo_store(demo_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("demo-store")
-    config = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "demo.yaml"
+    config = "builtin:demo"
     # The small world has ~42 val images per class; the study's 200 needs scale="default".
     dataset = load_dataset(config, root=demo_world, per_class=DEMO_PER_CLASS,
                            support_per_class=DEMO_SUPPORT)

@@ -257,7 +257,7 @@ def test_no_module_imports_another_packages_private_names() -> None:
     assert not bad, "\n".join(bad)
 
 
-MAX_MODULE_LINES = 520
+MAX_MODULE_LINES = 600  # #37: room to keep doctests; split by concept, not by count
 MAX_FUNCTION_LINES = 60  # body lines, docstring excluded
 LONG_OK = "long because"  # a function's docstring may say why it is longer
 

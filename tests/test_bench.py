@@ -345,7 +345,8 @@ def test_shipped_bench_configs_load_and_match_the_demo() -> None:
                                                 "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
     assert study.cfg.methods == ("prompt", "prototype")
     assert study.cfg.ensembles == ("majority",)
-    assert study.dataset_cfg == load_dataset_config(REPO / "clipindex/configs/datasets/coco-animals.yaml")
+    coco = REPO / "clipindex/configs/datasets/coco-animals.yaml"
+    assert study.dataset_cfg == load_dataset_config(coco)
     demo = load_bench_config(REPO / "clipindex/configs/bench/demo.yaml")
     code = demo_config("worlds/demo")
     for field in ("backbones", "methods", "ensembles", "k", "seed", "shots", "recall_ks"):

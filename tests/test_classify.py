@@ -316,7 +316,7 @@ def imbalanced_tree(world: Path, dest: Path, minority: str = "cow",
 
     from clipindex.sources import load_dataset
 
-    config = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "demo.yaml"
+    config = "builtin:demo"
     images = load_dataset(config, root=world, per_class=None, support_per_class=None).images
     for label, n_train in ((minority, 30), (majority, 93)):
         files = images["file"][images["label"] == label].tolist()

@@ -19,7 +19,7 @@ from clipindex.config import (
 from clipindex.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO / "configs" / "datasets"
+DATASETS = REPO / "clipindex" / "configs" / "datasets"
 
 
 def _write(tmp_path: Path, text: str, name: str = "x.yaml") -> Path:

@@ -25,7 +25,7 @@ from fixtures_store import write_images
 from clipindex.cli import main
 from clipindex.store import build_store, open_index
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "demo.yaml"
+CONFIG = "builtin:demo"
 FAST = {"batch_size": 4, "shard_size": 8, "workers": 0, "progress": False}
 RAY_BIN = Path(sys.executable).parent / "ray"
 

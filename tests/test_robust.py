@@ -521,7 +521,7 @@ def _output_commands(ddir: Path, tmp: Path) -> dict[str, list[object]]:
     results = tmp / "results"
     results.mkdir(exist_ok=True)
     (results / "tables.csv").write_text("")  # a results folder that renders
-    bench = Path(__file__).resolve().parents[1] / "configs" / "bench" / "demo.yaml"
+    bench = "builtin:demo"
     image = COLORS / "red" / "00.jpg"
     return {
         "classify": ["classify", "--index", ddir, "--backbone", "tiny-vit", "--method",

@@ -703,7 +703,7 @@ def top10_figures(val_only_worlds: dict, tmp_path_factory) -> dict:
     from clipindex.store import build_store, open_index
 
     torch.set_num_threads(2)
-    config = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "demo.yaml"
+    config = "builtin:demo"
     prompts = [f"a photo of a {c}" for c in DEMO_CLASSES]
     exact, passes = {}, {}
     for seed in TOP10_WORLD_SEEDS:

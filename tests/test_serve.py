@@ -323,7 +323,7 @@ def test_a_new_build_is_picked_up_between_requests(demo_world: Path, serve_copy:
     # the default index kind: auto, which keeps a store this small exact (flat)
     assert before["generation"] == 1 and before["backbones"][0]["index"]["kind"] == "auto"
     in_flight = store.current()  # a request that started before the new build
-    dataset = load_dataset(REPO / "configs" / "datasets" / "demo.yaml", root=demo_world,
+    dataset = load_dataset("builtin:demo", root=demo_world,
                            per_class=DEMO_PER_CLASS, support_per_class=DEMO_SUPPORT)
     build_store(dataset, ["tiny-vit"], out=tmp_path, index_kind="hnsw", workers=0,
                 progress=False)  # a re-index: a new manifest, written last

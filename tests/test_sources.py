@@ -470,7 +470,8 @@ def test_manifest_errors(tmp_path: Path, text: str, pattern: str) -> None:
 def test_demo_config_matches_the_generators_record(small_world: Path) -> None:
     record = json.loads((small_world / "world.json").read_text())["splits"]["val"]["funnel"]
     per_class = min(200, *record["single_target"].values())
-    ds = load_dataset(REPO / "clipindex/configs/datasets/demo.yaml", root=small_world, per_class=per_class)
+    ds = load_dataset(REPO / "clipindex/configs/datasets/demo.yaml", root=small_world,
+                      per_class=per_class)
     funnel = ds.info["funnel"]
     for stage in ("all_images", "with_class", "without_person", "single_target"):
         assert funnel[stage] == record[stage], stage

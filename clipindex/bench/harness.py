@@ -424,7 +424,8 @@ def run_bench(
     Parameters
     ----------
     config : BenchConfig or path
-        A :class:`BenchConfig` or a bench config YAML (``clipindex/configs/bench/*.yaml`` are shipped: ``"demo"``, ``"study"``).
+        A :class:`BenchConfig`, a bench config YAML, or the name of a shipped one
+        (``"demo"``, ``"study"``: ``clipindex/configs/bench/``).
     out : path
         The results folder (``RESULTS``).
     root : path, optional

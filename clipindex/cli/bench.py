@@ -66,7 +66,7 @@ def as_document(res: BenchResult) -> dict:
 def bench(config: str, out: str, root: str | None, index_root: str | None, protocol: str,
           skip_existing: bool, workers: int | None, group_by: str | None,
           target_accuracy: float, progress: bool, as_json: bool) -> None:
-    """Run the benchmark CONFIG (a YAML file, or a shipped name: demo, study) and write its tables to RESULTS.
+    """Run the benchmark CONFIG (a YAML file, or a shipped name: demo, study); write to RESULTS.
 
     \b
     Every (backbone, method) is evaluated from stored vectors; missing stores are

@@ -73,6 +73,21 @@ def _facts(path: Path) -> dict:
             "images_per_s": (m.get("timings") or {}).get("images_per_s")}
 
 
+def _config_source(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A shipped config's name passes; any other CONFIG must exist (click's usage error)."""
+    from clipindex.config import resolve_config_source
+    from clipindex.errors import ConfigError
+
+    try:
+        path = resolve_config_source(value, "dataset")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not (path.exists() or path.is_symlink()):
+        raise click.BadParameter(f"Path '{value}' does not exist (and is no shipped config "
+                                 "name: clipindex configs lists them).")
+    return value
+
+
 def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value is not None and value < 1:
         raise click.BadParameter("must be at least 1")
@@ -80,7 +95,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 
 
 @main.command("build")
-@click.argument("config")
+@click.argument("config", callback=_config_source)
 @click.option("--backbone", "backbones", multiple=True, required=True,
               help="Backbone to build (repeatable): ViT-B/32, RN50, tiny-vit, ...")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="indexes",
