@@ -12,10 +12,18 @@ report or the CLI.
 
 Every classifier class is a :class:`sklearn.base.BaseEstimator` with
 :class:`~sklearn.base.ClassifierMixin`: ``clone(Cls())`` works, and so do
-``cross_val_score`` and ``Pipeline`` on stored vectors.
+``cross_val_score`` and ``Pipeline`` on stored vectors. Those fitted on plain vectors
+(prototype, caption/image k-NN, linear probe, MLP) pass scikit-learn's
+``check_estimator``; ``EXPECTED_FAILED_CHECKS`` lists any check one of them may fail, and
+why.
 """
 
-from clipindex.classifiers.base import VectorClassifier, normalise, softmax
+from clipindex.classifiers.base import (
+    EXPECTED_FAILED_CHECKS,
+    VectorClassifier,
+    normalise,
+    softmax,
+)
 from clipindex.classifiers.ensemble import (
     MajorityVoteClassifier,
     SoftVoteClassifier,
@@ -32,6 +40,7 @@ from clipindex.classifiers.prompt import PromptClassifier
 from clipindex.classifiers.prototype import PrototypeClassifier
 
 __all__ = [
+    "EXPECTED_FAILED_CHECKS",
     "KNN_WEIGHTS",
     "CaptionKNNClassifier",
     "FittedClassifier",

@@ -11,7 +11,14 @@ Every classifier is a scikit-learn estimator (:class:`sklearn.base.ClassifierMix
 - ``predict_proba(X)`` columns follow ``classes_``; ``predict(X)`` returns
   ``classes_[argmax(predict_proba(X))]`` (a tie goes to the first class in order);
 - using an unfitted model raises :class:`clipindex.errors.NotFittedError`, which is
-  also scikit-learn's :class:`~sklearn.exceptions.NotFittedError`.
+  also scikit-learn's :class:`~sklearn.exceptions.NotFittedError`;
+- the estimators fitted on plain vectors (prototype, k-NN, linear probe, MLP) validate
+  ``X``/``y`` with scikit-learn's own ``validate_data`` and
+  ``check_classification_targets`` (:meth:`VectorClassifier._fit_data`,
+  :meth:`VectorClassifier._predict_data`), so they set ``n_features_in_`` and refuse what
+  scikit-learn refuses (sparse or complex ``X``, no features, NaN/inf, a continuous ``y``)
+  with scikit-learn's messages; a ``ValueError`` among those becomes a one-line
+  :class:`~clipindex.errors.UserInputError` (still a ``ValueError``) naming the input.
 
 Example
 -------
@@ -22,19 +29,37 @@ Example
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from clipindex import errors
 from clipindex.errors import UserInputError
 
-__all__ = ["LOGIT_SCALE", "VectorClassifier", "normalise", "softmax"]
+__all__ = ["EXPECTED_FAILED_CHECKS", "LOGIT_SCALE", "VectorClassifier", "normalise", "softmax"]
 
 #: CLIP's logit scale: ``proba = softmax(LOGIT_SCALE * cosine)`` for prompts and prototypes.
 LOGIT_SCALE = 100.0
+
+#: The estimators fitted on plain vectors, each with the scikit-learn checks
+#: (``sklearn.utils.estimator_checks``) it is known to fail and why (class name -> check
+#: name -> reason; ``parametrize_with_checks(expected_failed_checks=...)`` in
+#: tests/test_sklearn_contract.py). Empty: every check passes. The prompt and vote
+#: classifiers are not listed: their ``X`` is not a plain vector matrix they learn from
+#: (a prompt classifier learns nothing from ``X``; a vote's ``X`` is M probability blocks).
+EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {
+    "CaptionKNNClassifier": {},
+    "ImageKNNClassifier": {},
+    "LinearProbeClassifier": {},
+    "MLPClassifier": {},
+    "PrototypeClassifier": {},
+}
 
 
 def normalise(a: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -89,6 +114,19 @@ def _labels(y: Any, n: int, name: str = "labels") -> np.ndarray:
     return y
 
 
+# scikit-learn's "Expected 2D array, got 1D array instead" prints the whole array; a user's
+# 512-float vector would fill the one-line error.
+_ARRAY_DUMP = re.compile(r"array=.*?(?=Reshape your data)", re.S)
+
+
+def _input_error(exc: ValueError, what: str) -> UserInputError:
+    """scikit-learn's input error as one line naming the input (``what``)."""
+    message = " ".join(_ARRAY_DUMP.sub("", str(exc)).split())
+    if "features, but" in message:
+        message += " Use vectors of the same backbone."
+    return UserInputError(f"{what}: {message}")
+
+
 def _check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise UserInputError(f"{name} must be a positive integer, got {value!r}")
@@ -112,11 +150,38 @@ class VectorClassifier(ClassifierMixin, BaseEstimator):
     _fitted_attr = "classes_"
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, self._fitted_attr):
+        try:
+            check_is_fitted(self, self._fitted_attr)
+        except SklearnNotFittedError as exc:
             raise errors.NotFittedError(
                 f"This {type(self).__name__} is not fitted yet; call fit(...) before "
                 "predict or predict_proba."
-            )
+            ) from exc
+
+    def _fit_data(self, X: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+        """``(X, y)`` checked by scikit-learn for ``fit``: C-contiguous finite float32
+        ``(n, d)`` with ``n, d >= 1``, ``y`` 1-D class labels; sets ``n_features_in_``.
+
+        A ``ValueError`` becomes a :class:`UserInputError` naming ``what``; a
+        ``TypeError`` (sparse ``X``, objects that are no numbers) stays scikit-learn's,
+        as its contract asks.
+        """
+        try:
+            x, yy = validate_data(self, X, y, reset=True, dtype=np.float32, order="C")
+            check_classification_targets(yy)
+        except ValueError as exc:
+            raise _input_error(exc, what) from exc
+        return x, yy
+
+    def _predict_data(self, X: Any, what: str) -> np.ndarray:  # noqa: N803
+        """``X`` checked for ``predict``: as in :meth:`_fit_data`, with the fitted
+        ``n_features_in_`` columns (the classifier must be fitted)."""
+        self._check_fitted()
+        try:
+            x: np.ndarray = validate_data(self, X, reset=False, dtype=np.float32, order="C")
+        except ValueError as exc:
+            raise _input_error(exc, what) from exc
+        return x
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
         """Probabilities ``(n, len(classes_))``, columns in ``classes_`` order."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
@@ -12,8 +13,6 @@ from clipindex.classifiers.base import (
     VectorClassifier,
     _check_choice,
     _check_positive_int,
-    _labels,
-    _matrix,
     softmax,
 )
 from clipindex.errors import UserInputError
@@ -30,11 +29,13 @@ class LinearProbeClassifier(VectorClassifier):
     C : float
         Inverse regularisation strength (scikit-learn's default 1.0; with few support
         rows per class, strong regularisation generalises better than a large C).
-    class_weight : {"auto", "balanced", None}
+    class_weight : {"auto", "balanced", None} or dict
         ``auto`` resolves to ``"balanced"`` when the support classes have different
-        counts and to ``None`` when they are equal (``class_weight_`` records which).
+        counts and to ``None`` when they are equal (``class_weight_`` records which); a
+        dict ``{label: weight}`` is passed to scikit-learn as it is (labels missing from
+        it weigh 1).
     max_iter : int
-        lbfgs iterations.
+        lbfgs iterations; ``n_iter_`` records how many ran.
 
     Example
     -------
@@ -46,7 +47,8 @@ class LinearProbeClassifier(VectorClassifier):
 
     _fitted_attr = "model_"
 
-    def __init__(self, *, C: float = 1.0, class_weight: str | None = "auto",  # noqa: N803
+    def __init__(self, *, C: float = 1.0,  # noqa: N803
+                 class_weight: str | Mapping[Hashable, float] | None = "auto",
                  max_iter: int = 2000) -> None:
         self.C = C
         self.class_weight = class_weight
@@ -54,28 +56,38 @@ class LinearProbeClassifier(VectorClassifier):
 
     def fit(self, X: np.ndarray, y: Vector) -> LinearProbeClassifier:  # noqa: N803
         """Fit the logistic regression; needs at least two classes."""
-        _check_choice(self.class_weight, ("auto", "balanced", None), "class_weight")  # type: ignore[arg-type]
+        if not isinstance(self.class_weight, Mapping):
+            _check_choice(self.class_weight, ("auto", "balanced", None), "class_weight")
         if not self.C > 0:
             raise UserInputError(f"C must be > 0, got {self.C!r}")
-        x = _matrix(X, "image vectors")
-        yy = _labels(y, len(x))
+        max_iter = _check_positive_int(self.max_iter, "max_iter")
+        x, yy = self._fit_data(X, y, "image vectors")
         classes, counts = np.unique(yy, return_counts=True)
         if len(classes) < 2:
-            raise UserInputError("a linear probe needs support rows of at least two classes")
+            raise UserInputError("a linear probe needs support rows of at least two classes; "
+                                 f"got one class ({classes[0]!r})")
         cw = self.class_weight
-        if cw == "auto":
+        if isinstance(cw, Mapping):
+            known = set(classes.tolist())
+            unknown = [c for c in cw if c not in known]
+            if unknown:
+                raise UserInputError(f"class_weight names labels {unknown} that are not "
+                                     f"support classes {classes.tolist()}")
+            cw = dict(cw)
+        elif cw == "auto":
             cw = "balanced" if counts.min() != counts.max() else None
+        model = LogisticRegression(C=float(self.C), class_weight=cw, max_iter=max_iter)
+        model.fit(x, yy)
         self.class_weight_ = cw
-        max_iter = _check_positive_int(self.max_iter, "max_iter")
-        self.model_ = LogisticRegression(C=float(self.C), class_weight=cw, max_iter=max_iter)
-        self.model_.fit(x, yy)
-        self.classes_ = self.model_.classes_
+        self.n_iter_ = model.n_iter_
+        self.classes_ = model.classes_
+        self.model_ = model
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
         """Class probabilities, columns in ``classes_`` order."""
-        self._check_fitted()
-        return self.model_.predict_proba(_matrix(X, "image vectors", self.model_.n_features_in_))
+        x = self._predict_data(X, "image vectors")
+        return self.model_.predict_proba(x)
 
 
 class MLPClassifier(VectorClassifier):
@@ -145,8 +157,8 @@ class MLPClassifier(VectorClassifier):
         """Train with early stopping on the held-out support rows."""
         if not self.lr > 0:
             raise UserInputError(f"lr must be > 0, got {self.lr!r}")
-        x = _matrix(X, "image vectors")
-        self.classes_, target = np.unique(_labels(y, len(x)), return_inverse=True)
+        x, yy = self._fit_data(X, y, "image vectors")
+        self.classes_, target = np.unique(yy, return_inverse=True)
         train, val = self._split(target)
         gen = torch.Generator().manual_seed(int(self.seed))
         model = self._build(x.shape[1], len(self.classes_), gen)
@@ -158,7 +170,7 @@ class MLPClassifier(VectorClassifier):
         finally:
             torch.set_num_threads(threads)
         self.n_epochs_, self.best_val_loss_, self.n_validation_ = done, best, len(val)
-        self.n_features_in_ = x.shape[1]
+        self.n_iter_ = done  # scikit-learn's name for the epochs run
         self.model_ = model.eval()
         return self
 
@@ -196,8 +208,7 @@ class MLPClassifier(VectorClassifier):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
         """Softmax of the head's logits, columns in ``classes_`` order."""
-        self._check_fitted()
-        x = _matrix(X, "image vectors", self.n_features_in_)
+        x = self._predict_data(X, "image vectors")
         with torch.no_grad():
             logits = self.model_(torch.from_numpy(x)).numpy()
         return softmax(logits)

@@ -8,8 +8,6 @@ from clipindex.classifiers.base import (
     VectorClassifier,
     _check_choice,
     _check_positive_int,
-    _labels,
-    _matrix,
 )
 from clipindex.errors import UserInputError
 from clipindex.metrics import Vector
@@ -38,8 +36,7 @@ class _KNNVoter(VectorClassifier):
     def _fit(self, vectors: np.ndarray, labels: Vector, owners: Vector | None) -> None:
         k = _check_positive_int(self.k, "k")
         _check_choice(self.weights, KNN_WEIGHTS, "weights")
-        v = _matrix(vectors, "support vectors")
-        y = _labels(labels, len(v))
+        v, y = self._fit_data(vectors, labels, "support vectors")
         self.classes_, self.label_index_ = np.unique(y, return_inverse=True)
         own = np.arange(len(v)) if owners is None else np.asarray(owners, dtype=np.int64)
         if own.shape != (len(v),):
@@ -57,8 +54,7 @@ class _KNNVoter(VectorClassifier):
         ``query_rows`` (keyword) are the queries' own row ids: support rows owned by the
         same row id (see ``fit``) never vote for it. Leave ``None`` for new images.
         """
-        self._check_fitted()
-        x = _matrix(X, "query vectors", self.index_.d)
+        x = self._predict_data(X, "query vectors")
         extra = 0 if query_rows is None else self.max_owned_
         fetch = min(self.k_ + extra, self.index_.ntotal)
         scores, ids = search_index(self.index_, x, fetch)

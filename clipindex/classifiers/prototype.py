@@ -7,8 +7,6 @@ import numpy as np
 from clipindex.classifiers.base import (
     LOGIT_SCALE,
     VectorClassifier,
-    _labels,
-    _matrix,
     normalise,
     softmax,
 )
@@ -43,8 +41,8 @@ class PrototypeClassifier(VectorClassifier):
 
     def fit(self, X: np.ndarray, y: Vector) -> PrototypeClassifier:  # noqa: N803
         """Average the normalised vectors ``X`` (captions) of each class; normalise again."""
-        v = normalise(_matrix(X, "caption vectors"))
-        labels = _labels(y, len(v), "caption labels")
+        x, labels = self._fit_data(X, y, "caption vectors")
+        v = normalise(x)
         self.classes_ = np.unique(labels)
         self.prototypes_ = normalise(
             np.stack([v[labels == c].mean(axis=0) for c in self.classes_]))
@@ -53,6 +51,5 @@ class PrototypeClassifier(VectorClassifier):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
         """``softmax(100 * X @ W.T)``, columns in ``classes_`` order."""
-        self._check_fitted()
-        x = _matrix(X, "image vectors", self.prototypes_.shape[1])
+        x = self._predict_data(X, "image vectors")
         return softmax(LOGIT_SCALE * (x.astype(np.float64) @ self.prototypes_.T))
