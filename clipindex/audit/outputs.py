@@ -4,9 +4,9 @@
 ``label_issues.csv`` has one row per audited image, most suspect first (``score``
 descending, then ``row_id``): ``rank, row_id, file, split, label, suggested, score,
 issue`` (``suggested != label``), ``p_label`` (the combined probability of the given
-label), ``votes_against`` / ``n_signals`` (how many signals' top class is not the
-label), ``p_label_<signal>`` per signal (``image_<backbone>``, ``caption_<backbone>``),
-``dup_group`` (its conflicting near-duplicate group, 0 for none) and ``outlier_z``.
+label), ``votes_against`` / ``n_signals``, ``dup_group`` (its conflicting near-duplicate
+group, 0 for none), ``outlier_z``, then ``p_label_<signal>`` per signal
+(``image_<backbone>``, ``caption_<backbone>``) and the combined ``p_<class>`` per class.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def issue_frame(images: pd.DataFrame, rows: np.ndarray, labels: np.ndarray,
         "dup_group": [dup_of.get(int(r), 0) for r in rows],
         "outlier_z": np.round(z, 3),
         **{f"p_label_{k}": np.round(v, _DIGITS) for k, v in per_signal.items()},
+        **{f"p_{c}": np.round(pooled[:, j], _DIGITS) for j, c in enumerate(classes)},
     })
     frame = frame.sort_values(["score", "row_id"], ascending=[False, True], kind="stable")
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
