@@ -141,7 +141,7 @@ def _main(argv: list[str] | None = None) -> int:
     k = int(truth.sum())
     if k == 0:
         raise SystemExit("no planted mislabel in this sample: nothing to measure")
-    lines = [f"| contender | hits in top K | precision@K | recall@K | recall@2K | seconds |",
+    lines = ["| contender | hits in top K | precision@K | recall@K | recall@2K | seconds |",
              "|---|---:|---:|---:|---:|---:|"]
     prec: dict[str, float] = {}
     for name, (order, secs) in ranked.items():

@@ -101,7 +101,8 @@ def _markdown(issues: pd.DataFrame, dups: pd.DataFrame, outliers: pd.DataFrame,
     lines += ["", f"## Outliers: far from every class ({len(outliers)}, robust z > "
               f"{summary['settings']['outlier_z']:g})", ""]
     if len(outliers):
-        lines += ["| row_id | file | label | nearest | cosine | z |", "|---:|---|---|---|---:|---:|"]
+        lines += ["| row_id | file | label | nearest | cosine | z |",
+                  "|---:|---|---|---|---:|---:|"]
         lines += [f"| {r.row_id} | {r.file} | {r.label} | {r.nearest} | "
                   f"{r.prototype_cosine:.3f} | {r.outlier_z:.1f} |" for r in outliers.itertuples()]
     else:

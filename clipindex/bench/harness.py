@@ -487,11 +487,9 @@ def run_bench(
     extra, more_md = breakdowns.write_breakdowns(res.records, res.tables, images, out,
                                                  target=target_accuracy, group_by=group_by)
     files.update(extra)
-    if drop_suspects:
-        rows, source = suspects.suspect_rows(ddir, folders, drop_suspects, out, audit=audit)
-        extra, md = suspects.write_without_suspects(res.records, res.tables, rows, source, out)
-        files.update(extra)
-        more_md += md
+    extra, md = suspects.without_suspects(drop_suspects, audit, res, ddir, folders, out)
+    files.update(extra)
+    more_md += md
     leak_files, n_leak = breakdowns.write_leakage(ddir, folders, Path(dataset.root), out)
     files.update(leak_files)
     if n_leak:

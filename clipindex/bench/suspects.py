@@ -21,7 +21,8 @@ import pandas as pd
 
 from clipindex.errors import DataError, UserInputError
 
-__all__ = ["SUSPECT_COLUMNS", "check_drop", "suspect_rows", "write_without_suspects"]
+__all__ = ["SUSPECT_COLUMNS", "check_drop", "suspect_rows", "without_suspects",
+           "write_without_suspects"]
 
 SUSPECT_COLUMNS: tuple[str, ...] = ("backbone", "method", "n", "accuracy", "n_dropped",
                                     "n_kept", "accuracy_kept")
@@ -94,3 +95,14 @@ def write_without_suspects(records: Mapping[str, Mapping[str, Any]],
     md += [f"| {r.backbone} | {r.method} | {r.accuracy} ({r.n}) | {r.accuracy_kept} "
            f"({r.n_kept}) |" for r in frame.itertuples()]
     return {"suspects.csv": write_csv(frame, out / "suspects.csv")}, "\n".join(md) + "\n"
+
+
+def without_suspects(n: int | None, audit: str | os.PathLike[str] | None, outcome: Any,
+                     ddir: Path, backbones: Sequence[str], out: Path
+                     ) -> tuple[dict[str, Path], str]:
+    """What ``run_bench`` adds for ``drop_suspects=n`` (nothing when ``n`` is None):
+    ``outcome`` holds the run's ``records`` and prediction ``tables``."""
+    if not n:
+        return {}, ""
+    rows, source = suspect_rows(ddir, backbones, n, out, audit=audit)
+    return write_without_suspects(outcome.records, outcome.tables, rows, source, out)
