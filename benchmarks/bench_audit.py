@@ -72,8 +72,11 @@ def top_k_hits(order: np.ndarray, truth: np.ndarray, k: int) -> int:
 def cleanlab_order(labels: np.ndarray, proba: np.ndarray) -> np.ndarray:
     """cleanlab's flagged issues by self-confidence, then every other row by its label
     quality score (lowest first)."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
+    try:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError:
+        raise SystemExit("contender (c) needs cleanlab: pip install cleanlab==2.9.0") from None
 
     flagged = find_label_issues(labels, proba, return_indices_ranked_by="self_confidence")
     quality = get_label_quality_scores(labels, proba)
