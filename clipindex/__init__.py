@@ -22,6 +22,7 @@ from clipindex.errors import (  # noqa: E402
 )
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from clipindex.audit import audit_store
     from clipindex.bench import run_bench
     from clipindex.classifiers import (
         CaptionKNNClassifier,
@@ -113,10 +114,11 @@ __all__ = [
     "classification_metrics",
     "recall_at_k_text_to_image",
     "recall_at_k_image_to_text",
-    # search, bench, report, explain
+    # search, audit, bench, report, explain
     "search_text",
     "search_image",
     "search_captions",
+    "audit_store",
     "run_bench",
     "run_demo",
     "write_report",
@@ -152,6 +154,7 @@ _LAZY: dict[str, str] = {
     "search_text": "clipindex.search",
     "search_image": "clipindex.search",
     "search_captions": "clipindex.search",
+    "audit_store": "clipindex.audit",
     "run_bench": "clipindex.bench",
     "run_demo": "clipindex.demo",
     "write_report": "clipindex.report",

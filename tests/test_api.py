@@ -23,7 +23,8 @@ EXPECTED = {
     "majority_vote", "soft_vote", "reject_below", "classify", "classify_images",
     "accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix", "classification_metrics",
     "recall_at_k_text_to_image", "recall_at_k_image_to_text",
-    "search_text", "search_image", "search_captions", "run_bench", "run_demo", "write_report",
+    "search_text", "search_image", "search_captions", "audit_store", "run_bench", "run_demo",
+    "write_report",
     "explain_image",
 }
 CLASSIFIERS = ("PromptClassifier", "PrototypeClassifier", "CaptionKNNClassifier",

@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "clipindex"
 # on a lower floor, never from one on its own floor or above. Units are packages
 # (``clipindex/store``) or the top-level modules; a few modules of a package sit on
 # another floor than the package (``tiny.train`` trains on the demo world).
-FLOORS: dict[str, int] = {
+FLOORS: dict[str, float] = {
     "errors": 0,
     "files": 0,
     "progress": 0,
@@ -35,6 +35,7 @@ FLOORS: dict[str, int] = {
     "store": 4,
     "classifiers": 5,
     "search": 5,
+    "audit": 5.5,  # label audit: above classifiers and search, below bench
     "serve": 6,  # the HTTP service: above search and classifiers, below the CLI
     "explain": 6,
     "bench": 6,

@@ -416,3 +416,31 @@ def test_partial_report_loads_in_headless_chromium(bench_results: Path,
     text = path.read_text(encoding="utf-8")
     assert "Missing:</b> errors.csv is not in" in text
     assert "Missing:</b> retrieval.csv is not in" in text
+
+
+def _section_html(text: str, sid: str) -> str:
+    match = re.search(rf'<section class="card" id="{sid}">(.*?)</section>', text, re.DOTALL)
+    assert match, sid
+    return match.group(1)
+
+
+def test_audit_section_shows_the_top_suspects(bench_results: Path, tmp_path: Path) -> None:
+    """`clipindex audit --out RESULTS/audit` puts its suspects' thumbnails in the report;
+    without it the section says how to get one."""
+    from clipindex.audit import audit_store
+
+    results = _copy_results(bench_results, tmp_path / "results")
+    run = json.loads((results / "run.json").read_text())
+    with pytest.MonkeyPatch.context() as mp:
+        _install(mp)
+        before, _ = build_report(results, options=OPTS)
+        res = audit_store(run["dataset_dir"], list(FAKE_BACKBONES), results / "audit")
+        after, missing = build_report(results, options=OPTS)
+    assert "No label audit in this run" in _section_html(before, "audit")
+    part = _section_html(after, "audit")
+    n_flagged = int(res.issues["issue"].sum())
+    assert n_flagged > 0 and "audit" not in missing
+    assert f"<b>{n_flagged} of {len(res.issues)} audited images</b>" in part
+    assert len(_img_sources(part)) == min(OPTS.gallery, n_flagged)
+    first = res.issues[res.issues["issue"]].iloc[0]
+    assert f"#{first['rank']} label" in part and htmlmod.escape(str(first["file"])) in part

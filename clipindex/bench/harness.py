@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex.bench import breakdowns, outputs, timing
+from clipindex.bench import breakdowns, outputs, suspects, timing
 from clipindex.bench.outputs import (
     METRIC_DIGITS,
     TABLE_COLUMNS,
@@ -227,10 +227,7 @@ def _ensure_stores(plan: BenchPlan, dataset: Any, index_root: Path, *, workers: 
 
 def _manifest_stamp(bdir: Path) -> tuple[int, int] | None:
     m = bdir / "manifest.json"
-    if not m.is_file():
-        return None
-    st = m.stat()
-    return (st.st_mtime_ns, st.st_size)
+    return (m.stat().st_mtime_ns, m.stat().st_size) if m.is_file() else None
 
 
 def _backbone_facts(ddir: Path, folder: str) -> dict[str, Any]:
@@ -418,6 +415,8 @@ def run_bench(
     progress: bool = True,
     group_by: str | None = None,
     target_accuracy: float = breakdowns.DEFAULT_TARGET,
+    drop_suspects: int | None = None,
+    audit: str | os.PathLike[str] | None = None,
 ) -> BenchResult:
     """Run a benchmark: validate, build missing stores, evaluate, write every output.
 
@@ -443,6 +442,9 @@ def run_bench(
         An ``images.parquet`` column: ``groups.csv`` (:mod:`clipindex.bench.breakdowns`).
     target_accuracy : float
         ``tables.md`` names the abstention threshold reaching it (``coverage.csv``).
+    drop_suspects, audit : int, path, optional
+        Accuracy also without an audit's top N suspects: ``suspects.csv`` (from ``audit``
+        or a fresh audit in ``RESULTS/audit``, see :mod:`clipindex.bench.suspects`).
 
     Returns
     -------
@@ -463,6 +465,7 @@ def run_bench(
     iroot = (refuse_store_path(index_root, "--index-root") if index_root is not None
              else out / "indexes")
     breakdowns.check_breakdowns([], None, target_accuracy)
+    suspects.check_drop(drop_suspects, audit)
     dataset, ds_path = _load_data(plan, root, out)
     _check_data(plan, dataset)
     breakdowns.check_breakdowns(dataset.images.columns, group_by, target_accuracy)
@@ -485,6 +488,9 @@ def run_bench(
     extra, more_md = breakdowns.write_breakdowns(res.records, res.tables, images, out,
                                                  target=target_accuracy, group_by=group_by)
     files.update(extra)
+    extra, md = suspects.without_suspects(drop_suspects, audit, res, ddir, folders, out)
+    files.update(extra)
+    more_md += md
     leak_files, n_leak = breakdowns.write_leakage(ddir, folders, Path(dataset.root), out)
     files.update(leak_files)
     if n_leak:
@@ -503,6 +509,7 @@ def run_bench(
         "methods": list(plan.cfg.methods), "ensembles": list(plan.cfg.ensembles),
         "reused_records": res.reused, "versions": outputs.package_versions(),
         "group_by": group_by, "target_accuracy": target_accuracy, "leakage_pairs": n_leak,
+        "drop_suspects": drop_suspects,
         "elapsed_s": round(time.perf_counter() - t_start, 2),
     }
     files["run.json"] = out / "run.json"

@@ -22,6 +22,7 @@ from clipindex.cli import demo  # noqa: E402,F401
 from clipindex.cli import report  # noqa: E402,F401
 from clipindex.cli import serve  # noqa: E402,F401
 from clipindex.cli import dedup  # noqa: E402,F401
+from clipindex.cli import audit  # noqa: E402,F401
 from clipindex.cli import add  # noqa: E402,F401
 from clipindex.cli import compact  # noqa: E402,F401
 from clipindex.cli import configs  # noqa: E402,F401

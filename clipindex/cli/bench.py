@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def where(res: BenchResult) -> str:
     """Where the outputs are, for stdout after the tables."""
     run = res.run
-    extra = ", groups.csv" if "groups.csv" in res.files else ""
+    extra = "".join(f", {n}" for n in ("groups.csv", "suspects.csv") if n in res.files)
     lines = [f"results in {res.out}: tables.md, tables.csv, retrieval.csv, coverage.csv"
              f"{extra}, errors.md, errors.csv, confusion_*.png, records/, predictions/, "
              "run.json",
@@ -60,12 +60,20 @@ def as_document(res: BenchResult) -> dict:
 @click.option("--target-accuracy", "target_accuracy", type=float, default=0.99,
               show_default=True,
               help="tables.md names the abstention threshold whose kept rows reach it.")
+@click.option("--drop-suspects", "drop_suspects", type=click.IntRange(min=1), default=None,
+              metavar="N",
+              help="Also report accuracy without the N images an audit finds most likely "
+                   "mislabeled (suspects.csv); runs `clipindex audit` into RESULTS/audit "
+                   "unless --audit names one.")
+@click.option("--audit", "audit", default=None, type=click.Path(exists=True),
+              help="An audit folder (or its label_issues.csv) for --drop-suspects.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print exactly one JSON document on stdout (notes go to stderr).")
 def bench(config: str, out: str, root: str | None, index_root: str | None, protocol: str,
           skip_existing: bool, workers: int | None, group_by: str | None,
-          target_accuracy: float, progress: bool, as_json: bool) -> None:
+          target_accuracy: float, drop_suspects: int | None, audit: str | None,
+          progress: bool, as_json: bool) -> None:
     """Run the benchmark CONFIG (a YAML file, or a shipped name: demo, study); write to RESULTS.
 
     \b
@@ -73,13 +81,14 @@ def bench(config: str, out: str, root: str | None, index_root: str | None, proto
     built first (encode once). Writes records/, predictions/, tables.csv, tables.md,
     retrieval.csv, coverage.csv (risk-coverage curves), confusion_zero_shot.png,
     confusion_few_shot.png, errors.csv, errors.md, run.json, and with --group-by
-    groups.csv.
+    groups.csv, with --drop-suspects suspects.csv.
     """
     from clipindex.bench import run_bench
 
     res = run_bench(config, out, root=root, index_root=index_root, protocol=protocol,
                     skip_existing=skip_existing, workers=workers, progress=progress,
-                    group_by=group_by, target_accuracy=target_accuracy)
+                    group_by=group_by, target_accuracy=target_accuracy,
+                    drop_suspects=drop_suspects, audit=audit)
     if as_json:
         click.echo(json.dumps(as_document(res)))
         return

@@ -15,6 +15,7 @@ fetched, so it opens from ``file://`` anywhere. Sections (their ``id`` in bracke
 - abstention [``abstention``]: risk-coverage curves and the threshold for a target accuracy;
 - accuracy per group [``groups``]: ``groups.csv`` of ``bench --group-by COLUMN``;
 - leakage [``leakage``]: duplicate pairs straddling support and test, as thumbnails;
+- label audit [``audit``]: the top suspects of ``RESULTS/audit/label_issues.csv``;
 - Grad-CAM [``gradcam``]: a few errors and correct predictions, one ResNet and one ViT;
 - projection [``projection``]: 2-D PCA (or t-SNE) of the image vectors by class.
 
@@ -77,6 +78,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("abstention", "Abstention: accuracy against coverage", _study.abstention),
     Section("groups", "Accuracy per group", _study.groups),
     Section("leakage", "Duplicates across support and test", _study.leakage),
+    Section("audit", "Label audit: likely mislabeled images", _study.audit),
     Section("gradcam", "Interpretability: Grad-CAM", _analysis.gradcam),
     Section("projection", "Embedding projection", _analysis.projection),
 )

@@ -1,4 +1,4 @@
-"""The report's abstention and per-group sections, from ``coverage.csv`` / ``groups.csv``.
+"""The report's abstention, per-group, leakage and label-audit sections.
 
 ``abstention``: one risk-coverage panel per method (accuracy of the kept rows against the
 share kept, a line per backbone and ensemble) and the table of the smallest threshold
@@ -17,7 +17,7 @@ from clipindex.report import _charts as charts
 from clipindex.report._data import Missing, ResultsData
 from clipindex.report._html import figure, table
 
-__all__ = ["abstention", "groups", "leakage", "coverage_chart"]
+__all__ = ["abstention", "audit", "groups", "leakage", "coverage_chart"]
 
 
 def _num(v: Any) -> str:
@@ -111,4 +111,35 @@ def leakage(data: ResultsData, opts: Any) -> str:
     return (f"<p><b>{len(pairs)} duplicate pair(s) straddle support and test</b>: a few-shot "
             "method is tested on a copy of an image it was fitted on, so its accuracy is "
             "optimistic (<code>clipindex dedup</code> lists every pair).</p>"
+            f'<div class="gallery">{"".join(cards)}</div>')
+
+
+def audit(data: ResultsData, opts: Any) -> str:
+    """The top suspects of ``RESULTS/audit/label_issues.csv`` (``clipindex audit --out
+    RESULTS/audit``, or ``bench --drop-suspects``) as thumbnails."""
+    from clipindex.report._html import esc, img_tag
+    from clipindex.report._sections import thumbnail
+
+    if not (data.results / "audit" / "label_issues.csv").is_file():  # optional
+        return ("<p>No label audit in this run: <code>clipindex audit --index STORE "
+                "--backbone B --out RESULTS/audit</code> (or <code>clipindex bench ... "
+                "--drop-suspects N</code>) writes <code>audit/label_issues.csv</code>, and "
+                "this section then shows the images most likely mislabeled.</p>")
+    issues = data.table("audit/label_issues.csv")
+    if issues.empty:
+        raise Missing("rows in audit/label_issues.csv")
+    flagged = issues[issues["issue"].astype(bool)] if "issue" in issues else issues
+    cards = []
+    for r in flagged.head(opts.gallery).itertuples():
+        png = thumbnail(data.image_file(str(r.file)), 160)
+        pic = img_tag(png, str(r.file)) if png else f"<i>{esc(r.file)} unreadable</i>"
+        cards.append(f'<div class="thumb">{pic}<div class="cap">#{int(r.rank)} label '
+                     f'<span class="p">{esc(r.label)}</span> &rarr; suggested <span class="t">'
+                     f'{esc(r.suggested)}</span><br><span class="m">score {float(r.score):.3f}, '
+                     f'{esc(r.file)} ({esc(r.split)})</span></div></div>')
+    return (f"<p><b>{len(flagged)} of {len(issues)} audited images</b> have a suggested label "
+            "other than their own (out-of-fold probes over each backbone's image vectors "
+            "and over the images' captions; <code>audit/audit.md</code> has the evidence "
+            "per signal, near-duplicates with conflicting labels and outliers). The most "
+            "suspect first:</p>"
             f'<div class="gallery">{"".join(cards)}</div>')
