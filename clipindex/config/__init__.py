@@ -69,12 +69,15 @@ __all__ = [
 C = TypeVar("C")
 
 #: Source kinds a dataset config may name (``clipindex.sources`` has one builder per kind).
-SOURCE_KINDS: tuple[str, ...] = ("coco", "folder", "manifest")
+SOURCE_KINDS: tuple[str, ...] = ("coco", "folder", "manifest", "webdataset", "parquet")
 #: How a dataset config draws its per-class sample (``sampler``).
 SAMPLERS: tuple[str, ...] = ("numpy", "study")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_PATH_FIELDS = ("instances", "captions", "images", "causes", "manifest")
+_PATH_FIELDS = ("instances", "captions", "images", "causes", "manifest", "webdataset",
+                "parquet")
+#: The field that names each source kind's data, so ``source`` may be left out.
+_KIND_FIELDS = {"webdataset": "webdataset", "parquet": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,13 @@ class DatasetConfig:
     name : str
         Folder name of the dataset in the store (``OUT/<name>/``).
     source : str
-        ``coco``, ``folder`` or ``manifest``.
+        ``coco``, ``folder``, ``manifest``, ``webdataset`` or ``parquet`` (may be left
+        out when ``webdataset`` or ``parquet`` is given).
     root : str, optional
         Data root; every other path is relative to it. ``None`` means "given
         on the command line" (``--root``) or, for folders/manifests, their own place.
+        Any path field (``root`` included) may be an fsspec URL (``s3://``, ``gs://``,
+        ``http(s)://``, ``file://``).
     instances, captions : str, optional
         COCO instances / captions JSON (``captions`` optional).
     images : str, optional
@@ -123,6 +129,22 @@ class DatasetConfig:
         ``numpy`` (default: ``per_class`` images per class drawn with
         ``numpy.random.default_rng(seed)``) or ``study`` (COCO only: the reference study's
         own pandas selection of caption rows, :mod:`clipindex.sources.study`).
+    webdataset : str, optional
+        Shards (``webdataset`` sources): a path or URL with webdataset's brace notation,
+        ``shards/{00000..00099}.tar``.
+    label_field, caption_field : str
+        webdataset: the sample member (``cls``, ``txt``, any extension) or key of the
+        sample's ``.json`` holding the label (default ``cls``) / caption (default ``txt``).
+    parquet : str, optional
+        A parquet file of image bytes (``parquet`` sources; the Hugging Face ``datasets``
+        layout: an ``image`` struct of ``bytes``/``path``, or a binary column).
+    image_column, label_column, caption_column : str
+        parquet: the columns of the image (default ``image``), label (default ``label``;
+        class-label integers are named by the file's ``datasets`` features) and caption
+        (default: none).
+    storage_options : mapping
+        fsspec options of every URL (``endpoint_url``, ``key``, ``anon``, ...); also
+        ``--storage-option KEY=VALUE``. Secrets are never written to ``dataset.json``.
 
     Examples
     --------
@@ -132,7 +154,7 @@ class DatasetConfig:
     """
 
     name: str
-    source: str
+    source: str | None = None
     root: str | None = None
     instances: str | None = None
     captions: str | None = None
@@ -148,8 +170,27 @@ class DatasetConfig:
     support_per_class: int | None = None
     allow_outside_root: bool = False
     sampler: str = "numpy"
+    webdataset: str | None = None
+    label_field: str = "cls"
+    caption_field: str = "txt"
+    parquet: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+    caption_column: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.source is None:
+            given = [kind for kind, key in _KIND_FIELDS.items() if getattr(self, key)]
+            if len(given) != 1:
+                raise ConfigError("Missing required field 'source' (coco, folder, manifest, "
+                                  "webdataset or parquet)")
+            object.__setattr__(self, "source", given[0])
+        if not isinstance(self.storage_options, Mapping):
+            raise ConfigError("Field 'storage_options' must be a mapping of fsspec options, "
+                              "e.g. {endpoint_url: 'http://127.0.0.1:9000'}")
+        object.__setattr__(self, "storage_options",
+                           {str(k): v for k, v in self.storage_options.items()})
         _check_dataset_config(self)
 
     def path(self, field: str) -> str | None:
@@ -167,6 +208,9 @@ class DatasetConfig:
         if self.split is None:
             raise ConfigError(f"Field '{field}' uses {{split}} but 'split' is not set: set split.")
         return value.replace("{split}", self.split)
+
+    def __hash__(self) -> int:  # storage_options is a dict
+        return hash(tuple((k, repr(v)) for k, v in sorted(self.to_dict().items())))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the fields (tuples become lists)."""
@@ -206,6 +250,9 @@ def _check_dataset_config(cfg: DatasetConfig) -> None:
         raise ConfigError("Missing field 'instances' (the COCO instances JSON) for source coco")
     if cfg.source == "manifest" and cfg.manifest is None:
         raise ConfigError("Missing field 'manifest' (a .csv or .parquet file) for source manifest")
+    for kind, key in _KIND_FIELDS.items():
+        if cfg.source == kind and not getattr(cfg, key):
+            raise ConfigError(f"Missing field '{key}' for source {kind}")
 
 
 # --- the shared loader pattern -------------------------------------------------

@@ -28,6 +28,7 @@ or ``<ExceptionType>: <message>`` for anything else.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -37,7 +38,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipindex.errors import DataError
 
-__all__ = ["DecodeError", "load_rgb", "to_rgb", "failure_reason", "identify"]
+__all__ = ["DecodeError", "decode_rgb_bytes", "load_rgb", "to_rgb", "failure_reason",
+           "identify"]
 
 _WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
@@ -184,6 +186,38 @@ def load_rgb(path: str | os.PathLike[str], *, target_size: int | None = None) ->
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a skipped file
         raise DecodeError(failure_reason(exc), path) from exc
+
+
+def decode_rgb_bytes(data: bytes | BaseException, *, target_size: int | None = None,
+                     name: str | None = None) -> Image.Image:
+    """:func:`load_rgb` for an image already in memory (a tar member, a parquet cell, an
+    object read from a URL): the same modes, orientation, draft and reasons. ``data``
+    may be the exception its read raised (then that is the reason); ``name`` is what the
+    error names.
+
+    Examples
+    --------
+    >>> decode_rgb_bytes(b"").mode
+    Traceback (most recent call last):
+    clipindex.encode.decode.DecodeError: empty file
+    """
+    try:
+        if isinstance(data, BaseException):
+            raise data
+        if not data:
+            raise DecodeError("empty file", name)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            with Image.open(io.BytesIO(data)) as img:
+                if target_size:
+                    _draft(img, target_size)
+                img.load()
+                oriented = ImageOps.exif_transpose(img)
+                return to_rgb(oriented if oriented is not None else img)
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a skipped image
+        raise DecodeError(failure_reason(exc), name) from exc
 
 
 def identify(path: str | os.PathLike[str]) -> str | None:

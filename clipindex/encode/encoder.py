@@ -214,6 +214,12 @@ class Encoder:
         return self._pipeline.from_file
 
     @property
+    def bytes_pipeline(self) -> Callable[[bytes | BaseException], tuple[torch.Tensor, str]]:
+        """The picklable decode + resize/crop step of an image in memory (``bytes ->
+        (uint8 CHW, reason)``): what Ray's decode tasks run on bytes a reader fetched."""
+        return self._pipeline.from_bytes
+
+    @property
     def default_batch_size(self) -> int:
         """The chosen image batch size (:meth:`settings`)."""
         return self.settings().batch_size
@@ -288,7 +294,7 @@ class Encoder:
     def iter_image_batches(
         self, files: Sequence[str | os.PathLike[str]], *, batch_size: int | None = None,
         workers: int | None = None, progress: bool = True, start: int = 0,
-        threads: int | None = None, decode: str | None = None,
+        threads: int | None = None, decode: str | None = None, reader: Any = None,
     ) -> Iterator[ImageBatch]:
         """Encode ``files[start:]`` batch by batch, decoding in worker processes.
 
@@ -310,6 +316,10 @@ class Encoder:
             torch threads while encoding (default: chosen), restored afterwards.
         decode : {"pil", "nvjpeg"}, optional
             Decode route (default: nvjpeg on CUDA, pil on CPU; :mod:`clipindex.encode.pixels`).
+        reader : optional
+            What reads the images' bytes when ``files`` are not local paths (a source's
+            ``Dataset.reader``: ``read_many(files) -> [bytes | Exception]``); each worker
+            reads a whole batch in one call. The PIL route decodes them.
 
         Yields
         ------
@@ -325,7 +335,8 @@ class Encoder:
         chosen = self._check_run(files, start, batch_size=batch_size, workers=workers,
                                  threads=threads, decode=decode)
         paths = [os.fspath(f) for f in files]
-        dataset = ImageFiles(paths, start, self._pipeline, raw_jpeg=chosen.decode == "nvjpeg")
+        dataset = ImageFiles(paths, start, self._pipeline, raw_jpeg=chosen.decode == "nvjpeg",
+                             reader=reader)
         # Arguments are checked now; the generator below starts at the first next().
         return self._batches(dataset, chosen, progress)
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipindex.encode.decode import failure_reason, load_rgb
+from clipindex.encode.decode import decode_rgb_bytes, failure_reason, load_rgb
 from clipindex.errors import ModelLoadError
 
 __all__ = ["ImageFiles", "PixelPipeline", "collate", "device_crops", "split_preprocess"]
@@ -68,6 +68,13 @@ class PixelPipeline:
         except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
             return self.empty(), failure_reason(exc)
 
+    def from_bytes(self, data: bytes | BaseException) -> tuple[torch.Tensor, str]:
+        """PIL route for one image in memory (or the exception reading it raised)."""
+        try:
+            return self(decode_rgb_bytes(data, target_size=self.draft_size)), ""
+        except Exception as exc:  # noqa: BLE001 - a bad image is skipped, never fatal
+            return self.empty(), failure_reason(exc)
+
 
 def _plain_resize(pil_steps: Any) -> int | None:
     steps = list(getattr(pil_steps, "transforms", []))
@@ -90,11 +97,13 @@ class ImageFiles(torch.utils.data.Dataset):
     """
 
     def __init__(self, files: Sequence[str | os.PathLike[str]], start: int,
-                 pipeline: PixelPipeline, raw_jpeg: bool = False) -> None:
+                 pipeline: PixelPipeline, raw_jpeg: bool = False, reader: Any = None) -> None:
         self.files = [os.fspath(f) for f in files]
         self.start = start
         self.pipeline = pipeline
-        self.raw_jpeg = raw_jpeg and pipeline.resize_side is not None
+        self.reader = reader
+        # with a reader, a rejected JPEG could not be re-read by path: PIL route only
+        self.raw_jpeg = raw_jpeg and pipeline.resize_side is not None and reader is None
 
     def __len__(self) -> int:
         return len(self.files) - self.start
@@ -102,7 +111,17 @@ class ImageFiles(torch.utils.data.Dataset):
     def path(self, i: int) -> str:
         return self.files[self.start + i]
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[str, torch.Tensor, str]]:
+        """A whole batch: with a reader, its bytes are read in one ``read_many`` call
+        (parallel, bounded requests), then decoded one by one."""
+        if self.reader is None:
+            return [self[i] for i in indices]
+        datas = self.reader.read_many([self.path(i) for i in indices])
+        return [("pixels", *self.pipeline.from_bytes(d)) for d in datas]
+
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor, str]:
+        if self.reader is not None:
+            return self.__getitems__([i])[0]
         path = self.path(i)
         if self.raw_jpeg:
             try:

@@ -46,7 +46,11 @@ from clipindex.sources.coco import load_coco
 from clipindex.sources.fingerprint import fingerprint
 from clipindex.sources.folder import IMAGE_EXTENSIONS, load_folder
 from clipindex.sources.manifest import MANIFEST_READERS, load_manifest
+from clipindex.sources.parquet import load_parquet_images
 from clipindex.sources.records import Built
+from clipindex.sources.remote import load_remote_folder, load_remote_manifest
+from clipindex.sources.shards import load_webdataset
+from clipindex.sources.storage import is_url, redact
 from clipindex.sources.study import load_study
 
 __all__ = [
@@ -74,10 +78,13 @@ class Dataset:
     """
 
     name: str
-    root: Path
+    root: Path | str  # a URL (str) for remote data
     images: pd.DataFrame
     captions: pd.DataFrame
     info: dict[str, Any]
+    #: Reads the image bytes of rows that are not local files (webdataset shards,
+    #: parquet, URLs): ``read_many(files) -> [bytes | Exception]``; None: local files.
+    reader: Any = None
 
     @property
     def classes(self) -> list[str]:
@@ -85,8 +92,11 @@ class Dataset:
         return list(self.info["classes"])
 
     def image_paths(self) -> list[Path]:
-        """Absolute path of each image, in row-id order."""
-        return [self.root / f for f in self.images["file"]]
+        """Absolute path of each image, in row-id order (local files only)."""
+        if self.reader is not None:
+            raise UserInputError(f"dataset {self.name!r} is not local files: read its "
+                                 "images with dataset.reader.read_many(files)")
+        return [Path(self.root) / f for f in self.images["file"]]
 
 
 def load_dataset(
@@ -100,13 +110,16 @@ def load_dataset(
         A ``.yaml`` dataset config (or the :class:`~clipindex.config.DatasetConfig`
         itself), a folder of class sub-folders (optionally under ``train/`` and
         ``test/``), or a ``.csv``/``.parquet`` manifest with columns ``path``,
-        ``label`` and optionally ``split`` and ``caption``.
+        ``label`` and optionally ``split`` and ``caption``; or webdataset shards
+        (a pattern ending in ``.tar``: ``shards/{00000..00009}.tar``); any of them may be
+        an fsspec URL (``s3://``, ``gs://``, ``http(s)://``, ``file://``).
     root : str or Path, optional
         Data root replacing the config's ``root`` (manifests: the base of their
         paths, default the manifest's folder).
     **overrides
         Fields of :class:`~clipindex.config.DatasetConfig` to replace, e.g.
-        ``per_class=50`` or ``split="val2017"``.
+        ``per_class=50`` or ``split="val2017"``; ``storage_options`` (fsspec options,
+        merged over the config's) and ``label_field``.
 
     Examples
     --------
@@ -126,13 +139,63 @@ def load_dataset(
     if root is not None and not isinstance(root, str | os.PathLike):
         raise UserInputError(f"load_dataset: root must be a path (str or Path) or None; got "
                              f"{type(root).__name__}")
+    options = overrides.pop("storage_options", None) or {}
     if isinstance(source, DatasetConfig):
         cfg, data_root, origin = _from_config(source, root, overrides)
+    elif _remote_or_shards(source):
+        cfg, data_root, origin = _resolve_location(str(source), root, overrides)
     else:
         path = resolve_config_source(source, "dataset").expanduser()
         cfg, data_root, origin = _resolve(path, root, overrides)
-    built = _BUILDERS[cfg.source](cfg, data_root, origin)
+    if options:  # --storage-option: on top of the config's
+        cfg = dataclasses.replace(cfg, storage_options={**cfg.storage_options, **options})
+    if isinstance(data_root, str):
+        builder = _REMOTE_BUILDERS.get(cfg.source)
+        if builder is None:
+            raise ConfigError(f"source {cfg.source} cannot read a URL root yet ({data_root}): "
+                              "copy its annotation files locally, or use a manifest")
+    else:
+        builder = _BUILDERS[cfg.source]
+    built = builder(cfg, data_root, origin)
     return assemble(cfg, data_root, built)
+
+
+def _remote_or_shards(source: Any) -> bool:
+    """A URL, or a webdataset shard pattern (``shards/{00000..00009}.tar``)."""
+    text = os.fspath(source)
+    return is_url(text) or text.lower().endswith(".tar")
+
+
+def _data_root(chosen: str | Path) -> Path | str:
+    """A local root as an absolute Path; a URL root as a string (``file://`` is local)."""
+    text = os.fspath(chosen)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):]).absolute()
+    if is_url(text):
+        return text.rstrip("/")
+    return Path(text).expanduser().absolute()
+
+
+def _resolve_location(source: str, root: str | Path | None, overrides: dict[str, Any]
+                      ) -> tuple[DatasetConfig, Path | str, str]:
+    """A shard pattern, or a URL of a manifest / parquet file / class-folder tree."""
+    text = source[len("file://"):] if source.startswith("file://") else source
+    parent, _, leaf = text.rstrip("/").rpartition("/")
+    stem = leaf.split(".")[0] if "{" not in leaf else (parent.rsplit("/", 1)[-1] or "shards")
+    lower = leaf.lower()
+    if lower.endswith(".tar"):
+        cfg = DatasetConfig(name=_safe_name(stem), source="webdataset", webdataset=text)
+        chosen: Any = root if root is not None else "."
+    elif lower.endswith(".parquet") and "image_column" in overrides:
+        cfg = DatasetConfig(name=_safe_name(stem), source="parquet", parquet=text)
+        chosen = root if root is not None else "."
+    elif lower.endswith((".csv", ".parquet")):
+        cfg = DatasetConfig(name=_safe_name(stem), source="manifest", manifest=leaf)
+        chosen = root if root is not None else parent
+    else:
+        cfg = DatasetConfig(name=_safe_name(leaf), source="folder")
+        chosen = text
+    return apply_overrides(cfg, overrides), _data_root(chosen), source
 
 
 # --- resolving what `source` is ------------------------------------------------
@@ -145,11 +208,15 @@ def _resolve(
     if suffix in (".yaml", ".yml"):
         cfg = load_dataset_config(path, **overrides)
         chosen = root if root is not None else cfg.root
+        if chosen is None and cfg.source in ("webdataset", "parquet"):
+            chosen = "."  # their own paths are relative to the working folder
         if chosen is None:
             raise ConfigError(f"{path} sets no 'root': give the data root (--root DATA_DIR)")
-        data_root = Path(chosen).expanduser().absolute()
+        data_root = _data_root(chosen)
         cfg = dataclasses.replace(cfg, root=str(chosen))
         origin = str(path)
+        if isinstance(data_root, str):
+            return cfg, data_root, origin
     elif path.is_dir():
         if root is not None:
             raise ConfigError(f"--root does not apply to a folder source ({path}): drop it")
@@ -185,9 +252,13 @@ def _from_config(
     # a DatasetConfig made in Python is not type-checked: check its fields as a YAML's
     cfg = apply_overrides(build_config(DatasetConfig, cfg.to_dict(), origin), overrides)
     chosen = root if root is not None else cfg.root
+    if chosen is None and cfg.source in ("webdataset", "parquet"):
+        chosen = "."
     if chosen is None:
         raise ConfigError(f"The {origin} sets no 'root': give the data root (--root DATA_DIR)")
-    data_root = Path(chosen).expanduser().absolute()
+    data_root = _data_root(chosen)
+    if isinstance(data_root, str):
+        return dataclasses.replace(cfg, root=str(chosen)), data_root, origin
     if not data_root.is_dir():
         raise DataError(f"Data root {data_root} is not a folder: set 'root' in the {origin}")
     return dataclasses.replace(cfg, root=str(chosen)), data_root, origin
@@ -200,10 +271,11 @@ def _safe_name(name: str) -> str:
 
 _BASE_COLUMNS = ["row_id", "file", "width", "height", "label", "split"]
 _DTYPES = {"row_id": "int64", "width": "int64", "height": "int64", "coco_id": "int64",
+           "bytes": "int64",
            "area_frac": "float64"}  # fmt: skip
 
 
-def assemble(cfg: DatasetConfig, root: Path, built: Built) -> Dataset:
+def assemble(cfg: DatasetConfig, root: Path | str, built: Built) -> Dataset:
     """Row ids, the two tables in their dtypes, and ``info`` (``dataset.json``)."""
     columns = _BASE_COLUMNS + built.columns
     images = pd.DataFrame(
@@ -224,7 +296,7 @@ def assemble(cfg: DatasetConfig, root: Path, built: Built) -> Dataset:
         "name": cfg.name,
         "source": cfg.source,
         "root": str(root),
-        "config": cfg.to_dict(),
+        "config": {**cfg.to_dict(), "storage_options": redact(cfg.storage_options)},
         "classes": list(built.classes),
         "fingerprint": fingerprint(images, captions),
         "funnel": built.funnel,
@@ -232,7 +304,8 @@ def assemble(cfg: DatasetConfig, root: Path, built: Built) -> Dataset:
         "split_from": built.split_from,
         **built.extra,
     }
-    return Dataset(name=cfg.name, root=root, images=images, captions=captions, info=info)
+    return Dataset(name=cfg.name, root=root, images=images, captions=captions, info=info,
+                   reader=built.reader)
 
 
 def _coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
@@ -240,8 +313,17 @@ def _coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     return (load_study if cfg.sampler == "study" else load_coco)(cfg, root, origin)
 
 
-_BUILDERS: dict[str, Callable[[DatasetConfig, Path, str], Built]] = {
+_BUILDERS: dict[str, Callable[[DatasetConfig, Any, str], Built]] = {
     "coco": _coco,
     "folder": load_folder,
     "manifest": load_manifest,
+    "webdataset": load_webdataset,
+    "parquet": load_parquet_images,
+}
+#: Builders of a URL data root (``root: s3://...``).
+_REMOTE_BUILDERS: dict[str, Callable[[DatasetConfig, Any, str], Built]] = {
+    "folder": load_remote_folder,
+    "manifest": load_remote_manifest,
+    "webdataset": load_webdataset,
+    "parquet": load_parquet_images,
 }

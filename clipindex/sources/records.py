@@ -32,6 +32,9 @@ class Built:
     columns: list[str] = field(default_factory=list)
     #: Extra ``dataset.json`` entries (e.g. ``unknown_category_ids`` of a COCO source).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: What reads the images' bytes when they are not local files (shards, parquet, URLs):
+    #: an object with ``read_many(files) -> [bytes | Exception]`` (:mod:`.storage`).
+    reader: Any = None
 
 
 def unknown_class(name: str, field_name: str, origin: str, available: Iterable[str]) -> DataError:

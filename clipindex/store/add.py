@@ -1,7 +1,8 @@
 """``clipindex add``: bring a store up to date with its changed source, as a new
 generation (:mod:`clipindex.store.generations`), encoding only the new rows.
 
-An image's identity is its file path relative to the source's root. Images of the
+An image's identity is its file path relative to the source's root (with, for remote
+objects and shard members, its ``etag``: a changed object is a new image). Images of the
 source the store lacks become new row ids after the last row; images of the store the
 source lacks are *tombstoned*: they keep their row id, their vectors are zeroed, their
 FAISS entries removed, and no query returns them (``dataset.json``'s ``tombstones``).
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import DataError, IndexMismatchError, UserInputError
-from clipindex.store.build import _settings, _sizes, check_rows, options
+from clipindex.store.build import _settings, _sizes, check_rows, image_inputs, options
 from clipindex.store.generations import (
     commit,
     current_generation,
@@ -108,16 +109,24 @@ class RowPlan:
         return bool(self.added or self.removed or self.removed_captions)
 
 
+def _identity(table: pd.DataFrame) -> pd.Series:
+    """An image's identity: its ``file``, with its ``etag`` when the source records one."""
+    files = table["file"].astype(str)
+    if "etag" in table.columns:
+        return files + "\0" + table["etag"].fillna("").astype(str)
+    return files
+
+
 def plan_rows(images: pd.DataFrame, captions: pd.DataFrame, info: dict[str, Any],
               source: Any) -> RowPlan:
     """Match ``source``'s images to the store's by relative path: new ones appended
     (row ids after the last), gone ones tombstoned with their captions."""
     dead_i, dead_c = tombstones(info)
-    files = images["file"].astype(str)
+    files = _identity(images)
     live = np.ones(len(images), dtype=bool)
     live[dead_i] = False
     src = source.images
-    src_files = src["file"].astype(str)
+    src_files = _identity(src)
     if src_files.duplicated().any():
         raise DataError(f"the source lists {src_files[src_files.duplicated()].iloc[0]!r} "
                         "more than once; an image's identity is its path")
@@ -207,7 +216,7 @@ class _HookCounter(ShardCounter):
             self.hook(f"shard:{label}")
 
 
-def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, root: Path, ddir: Path,
+def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, source: Any, ddir: Path,
                 stamp: dict[str, Any], opts: Any, hook: Hook | None
                 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], int]:
     """Encode the image and caption rows ``target`` lacks into its add-shards; return
@@ -237,7 +246,10 @@ def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, root: Path, dd
     with tqdm(total=img.n, initial=img.done_rows, desc=f"{target.name} new images",
               unit="img", disable=not opts.progress, file=sys.stderr) as bar:
         knobs = {k: settings.get(k) for k in ("threads", "decode") if settings.get(k)}
-        n_img = encode_images(encoder, img, [str(root / f) for f in rel], rel,
+        files, reader = image_inputs(source, rel)
+        if reader is not None:
+            knobs["reader"] = reader
+        n_img = encode_images(encoder, img, files, rel,
                               batch_size=batch, workers=settings.get("workers"),
                               strict=False, counter=counter, bar=bar, **knobs)
     with tqdm(total=cap.n, desc=f"{target.name} new captions", unit="txt",
@@ -254,7 +266,7 @@ def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, root: Path, dd
 
 def _stage_backbone(ddir: Path, cdir: Path, staged: Path, target: Target,
                     m: dict[str, Any], plan: RowPlan, fingerprint: str, generation: int,
-                    root: Path, opts: Any, hook: Hook | None) -> int:
+                    source: Any, opts: Any, hook: Hook | None) -> int:
     """Write one backbone's folder of the new generation into ``staged``; returns the
     image rows it encoded in this run."""
     from clipindex import __version__
@@ -262,7 +274,7 @@ def _stage_backbone(ddir: Path, cdir: Path, staged: Path, target: Target,
     t0 = time.perf_counter()
     stamp = {"generation": generation, "dataset_fingerprint": fingerprint,
              **target.identity, "dim": int(m["dim"])}
-    new_i, new_c, skipped_new, n_encoded = _encode_new(target, m, plan, root, ddir, stamp,
+    new_i, new_c, skipped_new, n_encoded = _encode_new(target, m, plan, source, ddir, stamp,
                                                        opts, hook)
     old, out = cdir / target.folder, staged / target.folder
     out.mkdir(parents=True)
@@ -409,10 +421,9 @@ def add_to_store(
         staged = stage(ddir, new)
         _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
                       [t.folder for t, _ in chosen])
-        data_root = Path(dataset.root)
         for t, m in chosen:
             result.encoded[t.folder] = _stage_backbone(ddir, cdir, staged, t, m, plan, fp,
-                                                       new, data_root, opts, _hook)
+                                                       new, dataset, opts, _hook)
             if _hook:
                 _hook(f"staged:{t.folder}")
         link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables

@@ -68,6 +68,7 @@ __all__ = [
     "build_one",
     "build_store",
     "check_rows",
+    "image_inputs",
     "options",
     "write_tables",
 ]
@@ -128,6 +129,18 @@ def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
 
 
 # ----------------------------------------------------------------------------- dataset
+def image_inputs(dataset: Any, files: Sequence[str] | None = None
+                 ) -> tuple[list[str], Any]:
+    """What the encoder reads for ``files`` (default: every row's ``file``): local paths
+    under the data root, or, for a source with a reader (shards, parquet, URLs), the
+    files themselves and that reader."""
+    rel = dataset.images["file"].astype(str).tolist() if files is None else list(files)
+    reader = getattr(dataset, "reader", None)
+    if reader is not None:
+        return rel, reader
+    return [str(Path(dataset.root) / f) for f in rel], None
+
+
 def check_rows(frame: pd.DataFrame, what: str) -> None:
     if not np.array_equal(frame["row_id"].to_numpy(), np.arange(len(frame))):
         raise DataError(f"{what} row_id must run 0..n-1 in order; the source produced others")
@@ -309,11 +322,13 @@ def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Sh
     from clipindex.progress import bar as tqdm
 
     rel = dataset.images["file"].astype(str).tolist()
-    files = [str(f) for f in dataset.image_paths()]
+    files, reader = image_inputs(dataset)
     with tqdm(total=img.n, initial=img.done_rows, desc=f"{target.name} images", unit="img",
               disable=not opts.progress, file=sys.stderr) as bar:
         t0 = time.perf_counter()
         knobs = {k: settings.get(k) for k in ("threads", "decode") if settings.get(k)}
+        if reader is not None:
+            knobs["reader"] = reader
         n_img = encode_images(encoder, img, files, rel, batch_size=int(settings["batch_size"]),
                               workers=settings.get("workers"), strict=opts.strict,
                               counter=counter, bar=bar, **knobs)

@@ -247,11 +247,12 @@ class StoreView:
     def __init__(self, dataset: Any, dataset_dir: Path, info: dict[str, Any]) -> None:
         from clipindex.store.verify import read_tables
 
-        self.name, self.root, self.info = dataset.name, Path(dataset.root), info
+        self.name, self.root, self.info = dataset.name, dataset.root, info
+        self.reader = getattr(dataset, "reader", None)  # shards, parquet, URLs
         self.images, self.captions = read_tables(dataset_dir, info)
 
     def image_paths(self) -> list[Path]:
-        return [self.root / f for f in self.images["file"]]
+        return [Path(self.root) / f for f in self.images["file"]]
 
 
 def store_view(dataset: Any, dataset_dir: Path, fingerprint: str, rebuild: bool,

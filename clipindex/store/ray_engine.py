@@ -8,7 +8,8 @@ writes the manifest last. Only the encoding runs on the cluster, as Ray Data:
 
 ``from_pandas(rows, files)`` → decode + resize/crop as CPU ``map_batches`` tasks (the
 local build's own per-file step, :attr:`Encoder.pixel_pipeline`, uint8 crops, the same
-skip reasons) → encode in an actor pool (one model per actor: one actor per GPU, or N
+skip reasons; for shards, parquet and URLs each task reads its batch's bytes itself
+through the source's reader, so the inputs need no storage shared with the driver) → encode in an actor pool (one model per actor: one actor per GPU, or N
 CPU actors) → the vectors (not the images) stream back to the driver, which writes each
 shard as soon as all its rows have arrived. Captions go the same way through a text
 actor pool. A killed actor is restarted and its batch retried by Ray (Ray Data's actor
@@ -131,9 +132,15 @@ def ray_session(address: str | None) -> Iterator[Any]:
 
 
 # ----------------------------------------------------------------------------- workers
-def _decode_batch(batch: dict[str, np.ndarray], load: Any) -> dict[str, np.ndarray]:
-    """CPU task: the local build's per-file decode + crop, on a batch of paths."""
-    loaded = [load(str(p)) for p in batch["path"]]
+def _decode_batch(batch: dict[str, np.ndarray], load: Any, reader: Any = None
+                  ) -> dict[str, np.ndarray]:
+    """CPU task: the local build's per-file decode + crop, on a batch of paths; with a
+    source's ``reader`` (shards, parquet, URLs) the task reads the batch's bytes itself
+    (one ``read_many`` call) and ``load`` decodes bytes."""
+    if reader is not None:
+        loaded = [load(d) for d in reader.read_many([str(p) for p in batch["path"]])]
+    else:
+        loaded = [load(str(p)) for p in batch["path"]]
     return {"row": batch["row"],
             "pixels": np.stack([np.asarray(pixels) for pixels, _ in loaded]),
             "reason": np.asarray([reason for _, reason in loaded], dtype=object)}
@@ -315,12 +322,15 @@ def encode_with_ray(dataset: Any, spec: Any, encoder: Any, img: Shards, cap: Sha
     pending, rows = _pending_rows(img)
     first: float | None = None
     rel = dataset.images["file"].astype(str).tolist()
-    files = [str(f) for f in dataset.image_paths()]
+    reader = getattr(dataset, "reader", None)
+    files = rel if reader is not None else [str(f) for f in dataset.image_paths()]
+    decode = ({"load": encoder.bytes_pipeline, "reader": reader} if reader is not None
+              else {"load": encoder.pixel_pipeline})
     t0 = time.perf_counter()
     if len(rows):
         frame = pd.DataFrame({"row": rows, "path": [files[r] for r in rows]})
         ds = (ray.data.from_pandas(_frames(frame, batch))
-              .map_batches(_decode_batch, fn_kwargs={"load": encoder.pixel_pipeline},
+              .map_batches(_decode_batch, fn_kwargs=decode,
                            batch_size=batch, batch_format="numpy", num_cpus=DECODE_CPUS,
                            memory=_decode_memory(encoder, batch))
               .map_batches(_ImageWorker, fn_constructor_kwargs=args, batch_size=batch,
