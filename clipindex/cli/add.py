@@ -9,19 +9,19 @@ from pathlib import Path
 import click
 
 from clipindex.cli._app import main
-from clipindex.cli.build import _positive, _store_notes
+from clipindex.cli.build import _config_source, _positive, _root, _store_notes, storage_option_flags
 
 
 @main.command("add")
-@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("source", callback=_config_source)
 @click.option("--index", "index", required=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="The store to update: OUT/<dataset> as `clipindex build` wrote it.")
 @click.option("--backbone", "backbones", multiple=True,
               help="Backbone to update (repeatable; default every backbone of the store). "
                    "One left out is marked stale until an add names it.")
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Data root, replacing the source's root.")
+@click.option("--root", callback=_root,
+              help="Data root (a folder or a URL), replacing the source's root.")
 @click.option("--pretrained", default="default", show_default=True,
               help="With --backbone: the pretrained tag or checkpoint the store was built with.")
 @click.option("--batch-size", type=int, callback=_positive, help="Images per batch.")
@@ -37,11 +37,12 @@ from clipindex.cli.build import _positive, _store_notes
 @click.option("--verbose", "-v", is_flag=True, help="Log every finished shard.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print exactly one JSON document on stdout (notes go to stderr).")
-def add_command(source: Path, index: Path, backbones: tuple[str, ...], root: Path | None,
+@storage_option_flags
+def add_command(source: str, index: Path, backbones: tuple[str, ...], root: str | None,
                 pretrained: str, batch_size: int | None, workers: int | None,
                 threads: int | None, device: str | None, shard_size: int | None,
                 allow_outside_root: bool, progress: bool, verbose: bool,
-                as_json: bool) -> None:
+                as_json: bool, storage_options: dict, label_field: str | None) -> None:
     """Bring the store --index up to date with SOURCE (what `clipindex build` takes):
     images SOURCE has and the store lacks are encoded and appended as new row ids;
     images the store has and SOURCE lost are tombstoned (never returned, never
@@ -60,7 +61,9 @@ def add_command(source: Path, index: Path, backbones: tuple[str, ...], root: Pat
                               root=root, pretrained=pretrained, batch_size=batch_size,
                               workers=workers, threads=threads, device=device,
                               shard_size=shard_size, progress=progress,
-                              allow_outside_root=allow_outside_root)
+                              allow_outside_root=allow_outside_root,
+                              storage_options=storage_options or None,
+                              label_field=label_field)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     for folder in result.stale:

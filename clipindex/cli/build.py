@@ -73,11 +73,64 @@ def _facts(path: Path) -> dict:
             "images_per_s": (m.get("timings") or {}).get("images_per_s")}
 
 
+def _is_location(value: str) -> bool:
+    """A URL or a webdataset shard pattern: checked when it is read, not as a path."""
+    return "://" in value or value.lower().endswith(".tar")
+
+
+def _root(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--root: a URL, or an existing folder."""
+    if value is None or "://" in value:
+        return value
+    if not Path(value).expanduser().is_dir():
+        raise click.BadParameter(f"Directory '{value}' does not exist.")
+    return value
+
+
+def _storage_options(ctx: click.Context, param: click.Parameter,
+                     values: tuple[str, ...]) -> dict[str, object]:
+    """--storage-option KEY=VALUE (repeatable) -> fsspec options; YAML scalars
+    (``true``, ``3``) are read as such, ``client_kwargs.region_name=x`` nests."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+        node[leaf] = value if isinstance(value, (str, int, float, bool)) else raw
+    return out
+
+
+def storage_option_flags(command: click.Command) -> click.Command:
+    """The --storage-option / --label-field options that build and add share."""
+    command = click.option(
+        "--label-field", metavar="FIELD",
+        help="webdataset shards: the member (cls, txt, ...) or .json key holding the "
+             "label (default cls).")(command)
+    return click.option(
+        "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+        callback=_storage_options,
+        help="fsspec option of every URL (repeatable): endpoint_url=http://..., anon=true, "
+             "key=..., secret=... (default: credentials from the environment).")(command)
+
+
 def _config_source(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """A shipped config's name passes; any other CONFIG must exist (click's usage error)."""
+    """A shipped config's name passes; any other CONFIG must exist (click's usage error),
+    unless it is a URL or a shard pattern."""
     from clipindex.config import resolve_config_source
     from clipindex.errors import ConfigError
 
+    if _is_location(value):
+        return value
     try:
         path = resolve_config_source(value, "dataset")
     except ConfigError as exc:
@@ -100,8 +153,8 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="Backbone to build (repeatable): ViT-B/32, RN50, tiny-vit, ...")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="indexes",
               show_default=True, help="Store root; the dataset goes to OUT/<dataset>.")
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Data root, replacing the config's root.")
+@click.option("--root", callback=_root,
+              help="Data root (a folder or a URL), replacing the config's root.")
 @click.option("--pretrained", default="default", show_default=True,
               help="Pretrained tag, 'none' (random init) or a local checkpoint path.")
 @click.option("--batch-size", type=int, callback=_positive,
@@ -151,7 +204,8 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="Ray: encoder actors (default: one per GPU with --gpus-per-encoder, else 1).")
 @click.option("--gpus-per-encoder", type=click.FloatRange(min=0), default=0.0,
               show_default=True, help="Ray: GPUs each encoder actor reserves (0: CPU actors).")
-def build_command(config: str, backbones: tuple[str, ...], out: Path, root: Path | None,
+@storage_option_flags
+def build_command(config: str, backbones: tuple[str, ...], out: Path, root: str | None,
                   pretrained: str, batch_size: int | None, text_batch_size: int | None,
                   workers: int | None, threads: int | None, decode: str | None,
                   device: str | None, strict: bool, index_kind: str, target_recall: float,
@@ -159,12 +213,16 @@ def build_command(config: str, backbones: tuple[str, ...], out: Path, root: Path
                   shard_size: int | None, rebuild: bool, allow_outside_root: bool,
                   progress: bool, verbose: bool, as_json: bool, engine: str,
                   ray_address: str | None, encoders: int | None,
-                  gpus_per_encoder: float) -> None:
+                  gpus_per_encoder: float, storage_options: dict,
+                  label_field: str | None) -> None:
     """Encode CONFIG's images and captions once per --backbone into FAISS indexes.
 
     CONFIG is a dataset YAML config, a folder with one sub-folder per class, a
-    CSV/parquet manifest, or the name of a config shipped with clipindex (demo,
-    coco-animals, coco-animals-study; `clipindex configs` lists them). An interrupted
+    CSV/parquet manifest, webdataset shards (a pattern ending in .tar:
+    'shards/{00000..00099}.tar', --label-field names the label), or the name of a config
+    shipped with clipindex (demo, coco-animals, coco-animals-study; `clipindex configs`
+    lists them). Any of them, and --root, may be a URL (s3://, gs://, http(s)://,
+    file://; credentials from the environment or --storage-option). An interrupted
     build resumes from its finished shards.
     Asking a finished store for another --index-kind, or float32 -> float16, rewrites
     it from its stored vectors without encoding anything. Batch sizes, decode workers
@@ -187,7 +245,9 @@ def build_command(config: str, backbones: tuple[str, ...], out: Path, root: Path
                             shard_size=shard_size, rebuild=rebuild, progress=progress,
                             allow_outside_root=allow_outside_root, engine=engine,
                             ray_address=ray_address, encoders=encoders,
-                            gpus_per_encoder=gpus_per_encoder)
+                            gpus_per_encoder=gpus_per_encoder,
+                            storage_options=storage_options or None,
+                            label_field=label_field)
     if as_json:
         click.echo(json.dumps({"backbones": [_facts(p) for p in paths]}))
         return

@@ -50,7 +50,7 @@ from clipindex.sources.parquet import load_parquet_images
 from clipindex.sources.records import Built
 from clipindex.sources.remote import load_remote_folder, load_remote_manifest
 from clipindex.sources.shards import load_webdataset
-from clipindex.sources.storage import is_url, redact
+from clipindex.sources.storage import ImageReader, is_url, redact
 from clipindex.sources.study import load_study
 
 __all__ = [
@@ -84,7 +84,7 @@ class Dataset:
     info: dict[str, Any]
     #: Reads the image bytes of rows that are not local files (webdataset shards,
     #: parquet, URLs): ``read_many(files) -> [bytes | Exception]``; None: local files.
-    reader: Any = None
+    reader: ImageReader | None = None
 
     @property
     def classes(self) -> list[str]:

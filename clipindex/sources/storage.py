@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from clipindex.errors import DataError, MissingExtraError
 
@@ -33,6 +33,7 @@ __all__ = [
     "MAX_CONCURRENCY",
     "REMOTE_INSTALL",
     "FileReader",
+    "ImageReader",
     "RangeReader",
     "expand_braces",
     "filesystem",
@@ -48,6 +49,15 @@ MAX_CONCURRENCY = 32
 REMOTE_INSTALL = "pip install 'clipindex[remote]'"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SECRET = re.compile(r"secret|key|token|password|session|credential", re.IGNORECASE)
+
+
+@runtime_checkable
+class ImageReader(Protocol):
+    """What a source hands the encoder for images that are not local files."""
+
+    def read_many(self, files: Sequence[str]) -> list[bytes | BaseException]:
+        """The bytes of each file (or the exception its read raised), in order."""
+        ...
 
 
 def is_url(location: Any) -> bool:

@@ -28,7 +28,14 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import DataError, IndexMismatchError, UserInputError
-from clipindex.store.build import _settings, _sizes, check_rows, image_inputs, options
+from clipindex.store.build import (
+    _settings,
+    _sizes,
+    check_rows,
+    image_inputs,
+    options,
+    source_overrides,
+)
 from clipindex.store.generations import (
     commit,
     current_generation,
@@ -152,13 +159,12 @@ def plan_rows(images: pd.DataFrame, captions: pd.DataFrame, info: dict[str, Any]
                    removed_captions=len(np.setdiff1d(gone_c, dead_c)))
 
 
-def _load_source(source: Any, root: Any, allow_outside_root: bool) -> Any:
+def _load_source(source: Any, root: Any, extra: dict[str, Any]) -> Any:
     if isinstance(source, (str, os.PathLike)):
         from clipindex.sources import load_dataset
 
-        extra = {"allow_outside_root": True} if allow_outside_root else {}
-        source = load_dataset(source, root=None if root is None else Path(root),
-                              **extra)
+        given = None if root is None else (root if "://" in str(root) else Path(root))
+        source = load_dataset(source, root=given, **extra)
     check_rows(source.images, "images")
     check_rows(source.captions, "captions")
     return source
@@ -366,6 +372,8 @@ def add_to_store(
     shard_size: int | None = None,
     progress: bool = True,
     allow_outside_root: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    label_field: str | None = None,
     _hook: Hook | None = None,
 ) -> AddResult:
     """Add a changed source's new images to the store ``index`` (``OUT/<dataset>``) and
@@ -390,7 +398,8 @@ def add_to_store(
                    text_batch_size=None, decode=None, device=device, strict=False,
                    index_kind="flat", dtype="float32", progress=progress)
     read_dataset_info(generation_dir(ddir))  # not a store: one line, before the source
-    dataset = _load_source(source, root, allow_outside_root)
+    dataset = _load_source(source, root, source_overrides(allow_outside_root, storage_options,
+                                                          label_field))
     from clipindex.sources import dataset_fingerprint
 
     source_fp = dataset_fingerprint(dataset)

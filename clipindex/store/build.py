@@ -70,6 +70,7 @@ __all__ = [
     "check_rows",
     "image_inputs",
     "options",
+    "source_overrides",
     "write_tables",
 ]
 
@@ -412,17 +413,27 @@ def _once(action: Any) -> Any:
     return run
 
 
+def source_overrides(allow_outside_root: bool, storage_options: dict[str, Any] | None,
+                     label_field: str | None) -> dict[str, Any]:
+    """The dataset fields a build or an add given a source path replaces."""
+    extra: dict[str, Any] = {"allow_outside_root": True} if allow_outside_root else {}
+    if storage_options:
+        extra["storage_options"] = dict(storage_options)
+    if label_field:
+        extra["label_field"] = label_field
+    return extra
+
+
 def _prepare(dataset: Any, backbones: Sequence[str] | str, pretrained: str,
-             root: str | os.PathLike[str] | None, allow_outside_root: bool = False
+             root: str | os.PathLike[str] | None, extra: dict[str, Any]
              ) -> tuple[Any, list[Target]]:
     """Load the dataset (when given a source) and resolve every backbone; check the
     tables. Everything that can fail on the user's input fails here, before writing."""
     if isinstance(dataset, (str, os.PathLike)):
         from clipindex.sources import load_dataset
 
-        extra = {"allow_outside_root": True} if allow_outside_root else {}
-        dataset = load_dataset(dataset, root=None if root is None else Path(root),
-                               **extra)
+        given = None if root is None else (root if "://" in str(root) else Path(root))
+        dataset = load_dataset(dataset, root=given, **extra)
     targets = resolve_targets(backbones, pretrained)
     check_rows(dataset.images, "images")
     check_rows(dataset.captions, "captions")
@@ -457,6 +468,8 @@ def build_store(
     ray_address: str | None = None,
     encoders: int | None = None,
     gpus_per_encoder: float = 0.0,
+    storage_options: dict[str, Any] | None = None,
+    label_field: str | None = None,
     _stop_after_shards: int | None = None,
     _ray_hooks: dict[str, Any] | None = None,
 ) -> list[Path]:
@@ -480,7 +493,9 @@ def build_store(
     rows per resumable shard (a multiple of ``batch_size``, default ~4096); ``rebuild``
     replaces the tables of a folder holding another version of the dataset;
     ``allow_outside_root`` accepts image paths outside the data root (a source given by
-    path; recorded in ``dataset.json``).
+    path; recorded in ``dataset.json``). A source, and ``root``, may be fsspec URLs or
+    webdataset shards (``shards/{00000..00009}.tar``); ``storage_options`` (fsspec
+    options, over the config's) and ``label_field`` (shards) apply to a source path.
     ``engine="ray"`` encodes on Ray Data (:mod:`clipindex.store.ray_engine`): it joins
     the cluster at ``ray_address`` (or ``RAY_ADDRESS``), else starts a local Ray; the
     pool has ``encoders`` actors (default: one per GPU when ``gpus_per_encoder > 0``,
@@ -504,7 +519,8 @@ def build_store(
                    engine=engine, ray=ray_opts, auto=auto)
     refuse_store_path(opts.out)  # OUT holds dataset folders and is never inside one
     source = dataset if isinstance(dataset, (str, os.PathLike)) else "SOURCE"
-    loaded, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)
+    loaded, targets = _prepare(dataset, backbones, pretrained, root, source_overrides(
+        allow_outside_root, storage_options, label_field))
     fingerprint = dataset_fingerprint(loaded)
     ddir = opts.out / loaded.name
     with build_lock(ddir):  # one build per dataset folder
