@@ -9,4 +9,5 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Fixture plugins (one module each); append yours.
-pytest_plugins = ["fixtures_store", "fixtures_world", "fixtures_robust", "fixtures_serve"]
+pytest_plugins = ["fixtures_store", "fixtures_world", "fixtures_robust", "fixtures_serve",
+                  "fixtures_remote"]

@@ -10,6 +10,7 @@ the decoded pixels, so it depends on the image content and nothing else.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -86,10 +87,13 @@ class FakeEncoder:
         self._proj = np.random.default_rng(seed % 2**32).standard_normal((8 * 8 * 3, FAKE_DIM))
         self._delay = float(os.environ.get("FAKE_ENCODER_DELAY", "0"))
 
-    def _one(self, path: str) -> np.ndarray:
+    def _one(self, path: Any) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(path) as im:
+        if isinstance(path, BaseException):
+            raise path
+        source = io.BytesIO(path) if isinstance(path, bytes) else path
+        with Image.open(source) as im:
             im.load()
             pixels = np.asarray(im.convert("RGB").resize((8, 8)), dtype=np.float64) / 255.0
         v = (pixels.reshape(-1) - 0.5) @ self._proj
@@ -97,15 +101,15 @@ class FakeEncoder:
 
     def iter_image_batches(self, files: Sequence[Any], *, batch_size: int | None = None,
                            workers: int | None = None, progress: bool = True,
-                           start: int = 0) -> Iterator[FakeBatch]:
+                           start: int = 0, reader: Any = None) -> Iterator[FakeBatch]:
         bs = batch_size or self.default_batch_size
         for b in range(start, len(files), bs):
-            chunk = files[b:b + bs]
+            chunk = files[b:b + bs] if reader is None else reader.read_many(files[b:b + bs])
             out = np.zeros((len(chunk), FAKE_DIM), dtype=np.float32)
             skipped = []
             for j, f in enumerate(chunk):
                 try:
-                    out[j] = self._one(str(f))
+                    out[j] = self._one(f if isinstance(f, (bytes, BaseException)) else str(f))
                 except Exception as exc:  # noqa: BLE001 - the real encoder skips any failure
                     skipped.append((b + j, f"{type(exc).__name__}: {exc}"))
             if self._delay:
