@@ -317,3 +317,25 @@ def test_a_local_ray_runs_its_workers_at_niceness_zero():
                          text=True, timeout=180, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "nice 0" in out.stdout.splitlines()[-1], out.stdout
+
+
+@pytest.mark.slow
+def test_ray_decode_tasks_read_s3_shards_themselves(ray_address, moto_s3, demo_images,
+                                                    tmp_path):
+    """Inputs on S3 (moto): the decode tasks read the shards' byte ranges themselves (the
+    driver's process never opens an image), and the store equals a local build."""
+    from fixtures_remote import write_shards
+
+    fs = moto_s3.fs()
+    for shard in write_shards(demo_images, tmp_path / "shards"):
+        fs.pipe(f"{moto_s3.bucket}/ray-shards/{shard.name}", shard.read_bytes())
+        shard.unlink()  # nothing local to fall back on
+    pattern = moto_s3.url("ray-shards/{00000..00002}.tar")
+    ray_ = build_store(pattern, ["tiny-vit"], out=tmp_path / "ray", engine="ray",
+                       storage_options=moto_s3.options, **FAST)
+    local = build_store(demo_images.manifest, ["tiny-vit"], out=tmp_path / "local", **FAST)
+    a, b = open_index(ray_[0].parent, "tiny-vit"), open_index(local[0].parent, "tiny-vit")
+    assert a.manifest["engine"] == "ray" and a.manifest["skipped"] == []
+    assert a.images["label"].tolist() == b.images["label"].tolist()
+    cos = np.sum(a.image_vectors * b.image_vectors, axis=1)
+    assert cos.min() >= 0.9999
