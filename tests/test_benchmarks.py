@@ -342,3 +342,19 @@ def test_gpu_session_scripts_reject_bad_input_in_one_line(tmp_path: Path) -> Non
         assert done.returncode == 2 and done.stdout == ""
         assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
     assert not any(tmp_path.iterdir())  # nothing fetched, installed or written
+
+
+def test_remote_script_writes_its_section(bench_env: dict[str, Path]) -> None:
+    # moto's S3 server in its own process on loopback, as `python benchmarks/bench_remote.py`
+    results = bench_env["results"].with_name("RESULTS-remote.md")
+    done = subprocess.run([sys.executable, str(BENCH / "bench_remote.py"), "--quick",
+                           "--repeats", "1", "--results", str(results), "--workdir",
+                           str(bench_env["work"])],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = _section(results.read_text(), "bench_remote")
+    ratios = _ratios(lines)
+    assert len(ratios) == 1 and RATIO.match(ratios[0]), ratios
+    assert ratios[0].endswith("x build from S3 (moto, loopback) over local disk, images/s")
+    rows = [line for line in lines if line.startswith("| 1 |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["local", "s3"]
