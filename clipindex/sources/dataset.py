@@ -150,12 +150,12 @@ def load_dataset(
     if options:  # --storage-option: on top of the config's
         cfg = dataclasses.replace(cfg, storage_options={**cfg.storage_options, **options})
     if isinstance(data_root, str):
-        builder = _REMOTE_BUILDERS.get(cfg.source)
+        builder = _REMOTE_BUILDERS.get(str(cfg.source))
         if builder is None:
             raise ConfigError(f"source {cfg.source} cannot read a URL root yet ({data_root}): "
                               "copy its annotation files locally, or use a manifest")
     else:
-        builder = _BUILDERS[cfg.source]
+        builder = _BUILDERS[str(cfg.source)]
     built = builder(cfg, data_root, origin)
     return assemble(cfg, data_root, built)
 
@@ -203,7 +203,7 @@ def _resolve_location(source: str, root: str | Path | None, overrides: dict[str,
 
 def _resolve(
     path: Path, root: str | Path | None, overrides: dict[str, Any]
-) -> tuple[DatasetConfig, Path, str]:
+) -> tuple[DatasetConfig, Path | str, str]:
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         cfg = load_dataset_config(path, **overrides)
@@ -247,7 +247,7 @@ def _resolve(
 
 def _from_config(
     cfg: DatasetConfig, root: str | Path | None, overrides: dict[str, Any]
-) -> tuple[DatasetConfig, Path, str]:
+) -> tuple[DatasetConfig, Path | str, str]:
     origin = f"dataset config {cfg.name!r}"
     # a DatasetConfig made in Python is not type-checked: check its fields as a YAML's
     cfg = apply_overrides(build_config(DatasetConfig, cfg.to_dict(), origin), overrides)

@@ -102,7 +102,8 @@ def _label_names(pf: Any, column: str) -> list[str] | None:
     return [str(n) for n in names] if names else None
 
 
-def _read_columns(pf: Any, cfg: DatasetConfig, location: str) -> tuple[list[str], list[Any]]:
+def _read_columns(pf: Any, cfg: DatasetConfig, location: str
+                  ) -> tuple[list[str | None], list[Any]]:
     names = pf.schema_arrow.names
     wanted = [c for c in (cfg.image_column, cfg.label_column, cfg.caption_column) if c]
     for col in wanted:
@@ -125,7 +126,7 @@ def load_parquet_images(cfg: DatasetConfig, root: Path | str, origin: str) -> Bu
     pf = _open(location, cfg.storage_options)
     labels, texts = _read_columns(pf, cfg, location)
     sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else []
+    starts = [0, *np.cumsum(sizes)[:-1].tolist()] if sizes else []
     tag = object_identity([location], cfg.storage_options).get(location, (0, ""))[1]
     name = location.rstrip("/").rsplit("/", 1)[-1]
     present = list(dict.fromkeys(v for v in labels if v))

@@ -103,7 +103,7 @@ def list_shard(location: str, options: Mapping[str, Any]) -> Iterator[dict[str, 
             else:
                 member = tar.extractfile(info)
                 sample[ext] = member.read() if member is not None else b""
-            tar.members = []  # stream mode: keep no history
+            tar.members = []  # type: ignore[attr-defined]  # stream mode: no history
     if sample:
         yield sample
 

@@ -163,7 +163,7 @@ def _load_source(source: Any, root: Any, extra: dict[str, Any]) -> Any:
     if isinstance(source, (str, os.PathLike)):
         from clipindex.sources import load_dataset
 
-        given = None if root is None else (root if "://" in str(root) else Path(root))
+        given = None if root is None else (str(root) if "://" in str(root) else Path(root))
         source = load_dataset(source, root=given, **extra)
     check_rows(source.images, "images")
     check_rows(source.captions, "captions")

@@ -432,7 +432,7 @@ def _prepare(dataset: Any, backbones: Sequence[str] | str, pretrained: str,
     if isinstance(dataset, (str, os.PathLike)):
         from clipindex.sources import load_dataset
 
-        given = None if root is None else (root if "://" in str(root) else Path(root))
+        given = None if root is None else (str(root) if "://" in str(root) else Path(root))
         dataset = load_dataset(dataset, root=given, **extra)
     targets = resolve_targets(backbones, pretrained)
     check_rows(dataset.images, "images")

@@ -9,7 +9,8 @@ writes the manifest last. Only the encoding runs on the cluster, as Ray Data:
 ``from_pandas(rows, files)`` → decode + resize/crop as CPU ``map_batches`` tasks (the
 local build's own per-file step, :attr:`Encoder.pixel_pipeline`, uint8 crops, the same
 skip reasons; for shards, parquet and URLs each task reads its batch's bytes itself
-through the source's reader, so the inputs need no storage shared with the driver) → encode in an actor pool (one model per actor: one actor per GPU, or N
+through the source's reader, so the inputs need no storage shared with the driver) →
+encode in an actor pool (one model per actor: one actor per GPU, or N
 CPU actors) → the vectors (not the images) stream back to the driver, which writes each
 shard as soon as all its rows have arrived. Captions go the same way through a text
 actor pool. A killed actor is restarted and its batch retried by Ray (Ray Data's actor
