@@ -142,13 +142,14 @@ def fake_model_facts(spec: Any) -> Any:
 
 
 def install_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Route clipindex's backbone registry, model facts and encoder loading to the
-    stand-ins."""
-    from clipindex.encode import backbones, facts
+    """Route clipindex's backbone registry, model facts, weights check and encoder
+    loading to the stand-ins."""
+    from clipindex.encode import backbones, facts, hub
     from clipindex.encode import encoder as encoders
 
     monkeypatch.setattr(backbones, "resolve_backbone", fake_resolve)
     monkeypatch.setattr(facts, "model_facts", fake_model_facts)
+    monkeypatch.setattr(hub, "check_weights", lambda *a: None)  # no hub for stand-ins
     monkeypatch.setattr(encoders, "load_encoder", fake_load_encoder)
 
 

@@ -22,7 +22,6 @@ import torch
 from fixtures_robust import COLORS, assert_one_line_error, run_cli
 from fixtures_store import (
     FAKE_GFLOPS,
-    dataset_from_files,
     install_fakes,
     write_images,
 )
@@ -250,3 +249,22 @@ def test_the_help_examples_are_what_the_tuning_chooses() -> None:
     assert batch("ViT-B/32", "cpu") == batch("RN50", "cpu") == 32
     assert batch("tiny-vit", "cpu", "default") == batch("tiny-rn", "cpu", "default") == 256
     assert batch("ViT-B/32", "cuda") == 1024 and batch("ViT-L/14@336px", "cuda") == 256
+
+
+def test_unfetchable_tag_weights_are_refused_before_the_tables(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipindex.encode import encoder as encoders
+    from clipindex.encode.hub import check_weights
+    from clipindex.errors import ModelLoadError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        check_weights("ViT-B-32", "openai", "ViT-B/32")
+        pytest.skip("ViT-B/32's openai weights are in this machine's hub cache")
+    except ModelLoadError:
+        pass
+    monkeypatch.setattr(encoders, "load_encoder", lambda *a, **kw: pytest.fail("loaded"))
+    out = tmp_path / "out"
+    res = run_cli("build", COLORS, "--backbone", "ViT-B/32", "--out", out, *FAST)
+    assert_one_line_error(res, "ViT-B/32", "HF_HUB_OFFLINE is set", "--pretrained")
+    assert _tree(out) is None

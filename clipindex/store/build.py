@@ -420,9 +420,9 @@ def build_store(
     loaded, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)
     fingerprint = dataset_fingerprint(loaded)
     # The knobs against what each backbone will use: nothing is written before this.
-    plans = plan_encoding(opts, targets, n_images=len(loaded.images),
-                          n_captions=len(loaded.captions))
     ddir = opts.out / loaded.name
+    plans = plan_encoding(opts, targets, n_images=len(loaded.images),
+                          n_captions=len(loaded.captions), dataset_dir=ddir)
     with build_lock(ddir):  # one build per dataset folder
         publish(ddir)  # an add killed after its commit: finish it first
         loaded, fingerprint = store_view(loaded, ddir, fingerprint, rebuild, source)

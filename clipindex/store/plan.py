@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from clipindex.errors import UserInputError
-from clipindex.store.manifest import DTYPES, Target
+from clipindex.store.manifest import DTYPES, MANIFEST, Target
 from clipindex.store.ray_engine import ENGINES, RayOptions
 from clipindex.store.tuning import AutoSettings, choose_index
 
@@ -88,8 +88,9 @@ class BuildOptions:
 def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
             ) -> BuildOptions:
     """:class:`BuildOptions` from a caller's values (integers as integers)."""
-    ints = {name: None if kw.get(name) is None else int(kw[name])
-            for name in ("workers", "threads", "text_batch_size") if name in kw}
+    ints: dict[str, int | None] = {
+        name: None if kw.get(name) is None else int(kw[name])
+        for name in ("workers", "threads", "text_batch_size") if name in kw}
     return BuildOptions(out=Path(out), batch_size=None if batch_size is None else int(batch_size),
                         shard_size=None if shard_size is None else int(shard_size),
                         **{**kw, **ints})
@@ -156,18 +157,28 @@ def _plan_one(opts: BuildOptions, target: Target, device: str) -> EncodePlan:
 
 
 def plan_encoding(opts: BuildOptions, targets: Sequence[Target], *, n_images: int,
-                  n_captions: int) -> dict[str, EncodePlan]:
+                  n_captions: int, dataset_dir: Path | None = None
+                  ) -> dict[str, EncodePlan]:
     """Each backbone's :class:`EncodePlan` (by folder), every knob checked against what
     the build will use; the one place a build or an add refuses a combination.
 
     The model's skeleton (:func:`clipindex.encode.facts.model_facts`, no weights) is
     built only when a check needs it: a ``shard_size`` without ``batch_size``, or an
     ``auto`` index with a memory budget (checked with the rows the store will hold).
+    With ``dataset_dir``, a backbone without a finished store there will be encoded, so
+    its pretrained tag's weights must be cached or fetchable
+    (:func:`clipindex.encode.hub.check_weights`).
     """
     device = _device(opts)
     plans = {}
     for target in targets:
         plans[target.folder] = _plan_one(opts, target, device)
+        spec = target.spec
+        if (dataset_dir is not None and spec.source == "tag" and spec.pretrained
+                and not (dataset_dir / target.folder / MANIFEST).exists()):
+            from clipindex.encode import hub
+
+            hub.check_weights(spec.model, spec.pretrained, spec.display)
         if opts.index_kind == "auto" and opts.auto.max_memory is not None:
             from clipindex.encode import facts
 
