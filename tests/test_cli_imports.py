@@ -86,3 +86,13 @@ def test_listed_choices_are_the_librarys() -> None:
     assert _choices("search", "target") == tuple(TARGETS)
     assert _choices("world", "scale") == tuple(sorted(SCALES))
     assert _default("dedup", "threshold") == DEFAULT_THRESHOLD
+
+
+def test_batch_size_help_states_the_librarys_rule() -> None:
+    from clipindex.cli import _choices
+    from clipindex.encode import tuning
+
+    assert _choices.CPU_BATCH_GFLOPS == tuning.CPU_BATCH_GFLOPS
+    assert _choices.CUDA_BATCH_GFLOPS == tuning.CUDA_BATCH_GFLOPS
+    assert _choices.CPU_BATCH_RANGE == tuning.CPU_BATCH_RANGE
+    assert _choices.CUDA_BATCH_RANGE == tuning.CUDA_BATCH_RANGE

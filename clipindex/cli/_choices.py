@@ -30,3 +30,7 @@ PROJECTIONS = ("pca", "tsne", "umap")
 SEARCH_TARGETS = ("images", "captions")
 #: clipindex.world.SCALES (its keys, sorted)
 WORLD_SCALES = ("default", "small", "training")
+#: clipindex.encode.tuning.CPU_BATCH_GFLOPS, CPU_BATCH_RANGE
+CPU_BATCH_GFLOPS, CPU_BATCH_RANGE = 384, (8, 256)
+#: clipindex.encode.tuning.CUDA_BATCH_GFLOPS, CUDA_BATCH_RANGE
+CUDA_BATCH_GFLOPS, CUDA_BATCH_RANGE = 131072, (32, 1024)

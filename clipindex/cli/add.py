@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from clipindex.cli._app import main
-from clipindex.cli.build import _positive, _store_notes
+from clipindex.cli.build import BATCH_HELP, SHARD_HELP, _positive, _store_notes
 
 
 @main.command("add")
@@ -24,12 +24,11 @@ from clipindex.cli.build import _positive, _store_notes
               help="Data root, replacing the source's root.")
 @click.option("--pretrained", default="default", show_default=True,
               help="With --backbone: the pretrained tag or checkpoint the store was built with.")
-@click.option("--batch-size", type=int, callback=_positive, help="Images per batch.")
+@click.option("--batch-size", type=int, callback=_positive, help=BATCH_HELP)
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding processes.")
 @click.option("--threads", type=int, callback=_positive, help="torch threads while encoding.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda if available.")
-@click.option("--shard-size", type=int, callback=_positive,
-              help="Rows per resumable shard (a multiple of --batch-size).")
+@click.option("--shard-size", type=int, callback=_positive, help=SHARD_HELP)
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths that resolve outside the data root.")
 @click.option("--progress/--no-progress", default=True, show_default=True,

@@ -11,6 +11,26 @@ from pathlib import Path
 import click
 
 from clipindex.cli._app import main
+from clipindex.cli._choices import (
+    CPU_BATCH_GFLOPS,
+    CPU_BATCH_RANGE,
+    CUDA_BATCH_GFLOPS,
+    CUDA_BATCH_RANGE,
+)
+
+#: ``--batch-size`` of build and add: how the default is chosen (static: ``--help``
+#: imports no torch; :func:`clipindex.encode.tuning.choose_settings` is the rule).
+BATCH_HELP = (
+    "Images per batch. Default: chosen per backbone from its GFLOPs per image and the "
+    f"device, a power of two holding about {CPU_BATCH_GFLOPS:,} GFLOPs on CPU "
+    f"({CPU_BATCH_RANGE[0]}-{CPU_BATCH_RANGE[1]} images: 32 for ViT-B/32 and RN50, 256 "
+    f"for the tiny backbones) and {CUDA_BATCH_GFLOPS:,} on CUDA ({CUDA_BATCH_RANGE[0]}-"
+    f"{CUDA_BATCH_RANGE[1]}: 1024 for ViT-B/32, 256 for ViT-L/14@336px); the first note "
+    "of an encoding says what was chosen.")
+#: ``--shard-size`` of build and add.
+SHARD_HELP = ("Rows per resumable shard (default: about 4096, a multiple of the batch size). "
+              "Given, it must be a multiple of the batch size, given or chosen: checked "
+              "before anything is written or any model loaded.")
 
 _INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "pq", "ivfpq")
 
@@ -104,9 +124,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="Data root, replacing the config's root.")
 @click.option("--pretrained", default="default", show_default=True,
               help="Pretrained tag, 'none' (random init) or a local checkpoint path.")
-@click.option("--batch-size", type=int, callback=_positive,
-              help="Images per batch (default: chosen from the model's GFLOPs and the "
-                   "device; on CUDA halved on out-of-memory).")
+@click.option("--batch-size", type=int, callback=_positive, help=BATCH_HELP)
 @click.option("--text-batch-size", type=int, callback=_positive,
               help="Captions per batch (default: 256 on CPU, 1024 on CUDA).")
 @click.option("--workers", type=click.IntRange(min=0),
@@ -128,8 +146,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="auto: memory budget of each FAISS index (e.g. 4GB); over it, IVF-PQ.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage precision of the vectors.")
-@click.option("--shard-size", type=int, callback=_positive,
-              help="Rows per resumable shard (a multiple of --batch-size).")
+@click.option("--shard-size", type=int, callback=_positive, help=SHARD_HELP)
 @click.option("--rebuild", is_flag=True,
               help="Replace a store built from another version of the dataset.")
 @click.option("--allow-outside-root", is_flag=True,

@@ -9,7 +9,9 @@ registry of local backbone sources, whose built-in entries are the tiny demo bac
 sizes chosen from the cores, the model's GFLOPs and the device), ``create.py`` (model
 creation without initialising weights a checkpoint overwrites) and
 ``queries.py`` (:func:`encode_query_images`: the one route by which search and classify
-turn query image files into vectors, each file decoded once).
+turn query image files into vectors, each file decoded once) and ``facts.py`` (a model's
+GFLOPs, dim and input size from its skeleton on ``meta``, and the settings it will get,
+known before its weights load).
 May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.tiny`` (its registry:
 names, shipped folders, model configs). Never ``clipindex.world`` nor anything above it
 in the pipeline.

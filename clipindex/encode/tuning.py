@@ -42,8 +42,10 @@ from clipindex.errors import UserInputError
 
 __all__ = [
     "CPU_BATCH_GFLOPS",
+    "CPU_BATCH_RANGE",
     "CPU_GFLOPS_PER_CORE",
     "CUDA_BATCH_GFLOPS",
+    "CUDA_BATCH_RANGE",
     "DECODE_SECONDS",
     "DECODES",
     "EncodeSettings",
@@ -60,6 +62,9 @@ CPU_GFLOPS_PER_CORE = 40.0
 #: Work per CPU batch; per CUDA batch.
 CPU_BATCH_GFLOPS = 384.0
 CUDA_BATCH_GFLOPS = float(2**17)
+#: Smallest and largest chosen image batch on CPU; on CUDA.
+CPU_BATCH_RANGE = (8, 256)
+CUDA_BATCH_RANGE = (32, 1024)
 #: Decode routes: PIL in the workers, or file bytes from the workers + nvJPEG on the device.
 DECODES = ("pil", "nvjpeg")
 _TEXT_BATCH = {"cpu": 256, "cuda": 1024}
@@ -186,11 +191,11 @@ def choose_settings(gflops: float, device: str | torch.device = "cpu", *,
     cores = usable_cores() if cores is None else max(1, int(cores))
     if kind == "cuda":
         workers, threads = max(1, cores - 1), 1
-        batch = _power_of_two(CUDA_BATCH_GFLOPS / max(gflops, 1e-9), 32, 1024)
+        batch = _power_of_two(CUDA_BATCH_GFLOPS / max(gflops, 1e-9), *CUDA_BATCH_RANGE)
         decode = "nvjpeg"
     else:
         workers, threads = _split_cores(cores, gflops)
-        batch = _power_of_two(CPU_BATCH_GFLOPS / max(gflops, 1e-9), 8, 256)
+        batch = _power_of_two(CPU_BATCH_GFLOPS / max(gflops, 1e-9), *CPU_BATCH_RANGE)
         decode = "pil"
     chosen = EncodeSettings(
         threads=threads, workers=workers, batch_size=batch,

@@ -6,7 +6,9 @@ resumable shards and the encode loops (``shards.py``), store generations, tombst
 and their atomic commit (``generations.py``), ``clipindex add`` (``add.py``:
 :func:`add_to_store`; FAISS updates in ``update.py``), ``clipindex compact``
 (``compact.py``: :func:`compact_store`), the finished matrices and FAISS
-files (``outputs.py``), building (``build.py``: :func:`build_store`), re-indexing from
+files (``outputs.py``), building (``build.py``: :func:`build_store`), the knobs of a
+build or an add checked against what each backbone will use before anything is written
+(``plan.py``), re-indexing from
 stored vectors (``reindex.py``), choosing and tuning ``--index-kind auto`` and exact
 rescoring (``tuning.py``), reading (``reader.py``: :class:`BackboneIndex`,
 :func:`open_index`, :func:`list_backbones`, :func:`store_info`) and FAISS

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import DataError, IndexMismatchError, UserInputError
-from clipindex.store.build import _settings, _sizes, check_rows, options
+from clipindex.store.build import check_rows
 from clipindex.store.generations import (
     commit,
     current_generation,
@@ -52,6 +52,7 @@ from clipindex.store.manifest import (
     write_manifest,
     write_parquet,
 )
+from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, options, plan_encoding
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
 from clipindex.store.update import update_index
 from clipindex.store.verify import read_dataset_info, read_tables
@@ -208,7 +209,8 @@ class _HookCounter(ShardCounter):
 
 
 def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, root: Path, ddir: Path,
-                stamp: dict[str, Any], opts: Any, hook: Hook | None
+                stamp: dict[str, Any], opts: BuildOptions, encoding: EncodePlan,
+                hook: Hook | None
                 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], int]:
     """Encode the image and caption rows ``target`` lacks into its add-shards; return
     them, their skipped inputs (store row ids) and the image rows encoded now."""
@@ -223,8 +225,8 @@ def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, root: Path, dd
     if have_i == len(plan.images) and have_c == len(plan.captions):
         return np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32), [], 0
     encoder = load_encoder_for(target.spec, opts.device)
-    settings = _settings(opts, encoder)
-    batch, shard = _sizes(opts, settings)
+    settings = chosen_settings(opts, encoder, encoding)
+    batch, shard = encoding.sizes(settings["batch_size"])
     sdir = ddir / target.folder / ADD_SHARDS
     sdir.mkdir(parents=True, exist_ok=True)
     img = Shards("images", sdir, len(plan.images) - have_i, shard, {**stamp, "first": have_i})
@@ -254,7 +256,8 @@ def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, root: Path, dd
 
 def _stage_backbone(ddir: Path, cdir: Path, staged: Path, target: Target,
                     m: dict[str, Any], plan: RowPlan, fingerprint: str, generation: int,
-                    root: Path, opts: Any, hook: Hook | None) -> int:
+                    root: Path, opts: BuildOptions, encoding: EncodePlan, hook: Hook | None
+                    ) -> int:
     """Write one backbone's folder of the new generation into ``staged``; returns the
     image rows it encoded in this run."""
     from clipindex import __version__
@@ -263,7 +266,7 @@ def _stage_backbone(ddir: Path, cdir: Path, staged: Path, target: Target,
     stamp = {"generation": generation, "dataset_fingerprint": fingerprint,
              **target.identity, "dim": int(m["dim"])}
     new_i, new_c, skipped_new, n_encoded = _encode_new(target, m, plan, root, ddir, stamp,
-                                                       opts, hook)
+                                                       opts, encoding, hook)
     old, out = cdir / target.folder, staged / target.folder
     out.mkdir(parents=True)
     skipped = sorted([*m.get("skipped", []), *skipped_new], key=lambda s: s["row_id"])
@@ -377,11 +380,8 @@ def add_to_store(
     opts = options(ddir.parent, batch_size, shard_size, workers=workers, threads=threads,
                    text_batch_size=None, decode=None, device=device, strict=False,
                    index_kind="flat", dtype="float32", progress=progress)
-    read_dataset_info(generation_dir(ddir))  # not a store: one line, before the source
-    dataset = _load_source(source, root, allow_outside_root)
-    from clipindex.sources import dataset_fingerprint
-
-    source_fp = dataset_fingerprint(dataset)
+    dataset, source_fp, encodings = _checked(source, ddir, opts, backbones, pretrained,
+                                             root, allow_outside_root)
     with build_lock(ddir):
         publish(ddir)  # an add killed after its commit: finish it first
         cur = current_generation(ddir)
@@ -389,6 +389,7 @@ def add_to_store(
         info = read_dataset_info(cdir)
         images, captions = read_tables(cdir, info)
         chosen = _targets(cdir, ddir, backbones, pretrained)
+        encodings = _plans(opts, chosen, dataset, encodings)  # an add came in between
         plan = plan_rows(images, captions, info, dataset)
         from clipindex.sources import fingerprint as table_fingerprint
 
@@ -412,7 +413,8 @@ def add_to_store(
         data_root = Path(dataset.root)
         for t, m in chosen:
             result.encoded[t.folder] = _stage_backbone(ddir, cdir, staged, t, m, plan, fp,
-                                                       new, data_root, opts, _hook)
+                                                       new, data_root, opts,
+                                                       encodings[t.folder], _hook)
             if _hook:
                 _hook(f"staged:{t.folder}")
         link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables
@@ -428,6 +430,31 @@ def add_to_store(
         result.stale = _stale(generation_dir(ddir), ddir, fp)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def _checked(source: Any, ddir: Path, opts: BuildOptions, backbones: Sequence[str] | None,
+             pretrained: str, root: Any, allow_outside_root: bool
+             ) -> tuple[Any, str, dict[str, EncodePlan]]:
+    """The source, its fingerprint and each backbone's checked plan, read before the
+    lock (a file it writes): bad input leaves the store exactly as it was."""
+    from clipindex.sources import dataset_fingerprint
+
+    read_dataset_info(generation_dir(ddir))  # not a store: one line, before the source
+    dataset = _load_source(source, root, allow_outside_root)
+    source_fp = dataset_fingerprint(dataset)
+    plans = _plans(opts, _targets(generation_dir(ddir), ddir, backbones, pretrained),
+                   dataset, {})
+    return dataset, source_fp, plans
+
+
+def _plans(opts: BuildOptions, chosen: list[tuple[Target, dict[str, Any]]], dataset: Any,
+           known: dict[str, EncodePlan]) -> dict[str, EncodePlan]:
+    """``known`` with the checked :class:`EncodePlan` of every chosen backbone it lacks."""
+    todo = [t for t, _ in chosen if t.folder not in known]
+    if not todo:
+        return known
+    return {**known, **plan_encoding(opts, todo, n_images=len(dataset.images),
+                                     n_captions=len(dataset.captions))}
 
 
 def _stale(cdir: Path, ddir: Path, fingerprint: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Building a store: :func:`build_store` and the steps of one backbone's build.
 
-A build validates every knob and backbone name before writing anything, holds the
+A build validates every knob and backbone name, and the knobs against the settings it
+will use (:mod:`clipindex.store.plan`), before writing anything, holds the
 dataset folder's lock (:mod:`clipindex.store.lock`), writes the dataset tables, then per
 backbone: leaves a finished store alone ("up to date"), re-indexes one that only needs
 another index kind or dtype (:mod:`clipindex.store.reindex`), or encodes it shard by
@@ -17,7 +18,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,6 @@ from clipindex.sources import dataset_fingerprint
 from clipindex.store.generations import publish, snapshot_build, store_view, tombstones
 from clipindex.store.lock import build_lock
 from clipindex.store.manifest import (
-    DTYPES,
     FORMAT_VERSION,
     MANIFEST,
     READERS,
@@ -49,7 +48,8 @@ from clipindex.store.manifest import (
 )
 from clipindex.store.outputs import write_outputs
 from clipindex.store.owned import refuse_store_path
-from clipindex.store.ray_engine import ENGINES, RayOptions, encode_with_ray, ray_session
+from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, options, plan_encoding
+from clipindex.store.ray_engine import RayOptions, encode_with_ray, ray_session
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
 from clipindex.store.tuning import (
@@ -73,58 +73,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("clipindex.store")
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    out: Path
-    batch_size: int | None
-    shard_size: int | None
-    workers: int | None
-    threads: int | None
-    text_batch_size: int | None
-    decode: str | None
-    device: str | None
-    strict: bool
-    index_kind: str
-    dtype: str
-    progress: bool
-    engine: str = "local"
-    ray: RayOptions = field(default_factory=RayOptions)
-    auto: AutoSettings = AutoSettings()
-
-
-def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
-            ) -> BuildOptions:
-    """Validate the build knobs before anything is read or written."""
-    from clipindex.encode import DECODES
-    from clipindex.store.indexes import INDEX_KINDS
-
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size),
-                        ("threads", kw["threads"]), ("text_batch_size", kw["text_batch_size"])):
-        if value is not None and int(value) < 1:
-            raise UserInputError(f"{name} must be >= 1, got {value}")
-    if batch_size and shard_size and int(shard_size) % int(batch_size):
-        raise UserInputError(
-            f"shard_size ({shard_size}) must be a positive multiple of batch_size ({batch_size})")
-    if kw["index_kind"] not in (*INDEX_KINDS, "auto"):
-        raise UserInputError(
-            f"Unknown index kind {kw['index_kind']!r}. Known: auto, {', '.join(INDEX_KINDS)}")
-    if kw["decode"] is not None and kw["decode"] not in DECODES:
-        raise UserInputError(f"decode must be one of {', '.join(DECODES)}, got {kw['decode']!r}")
-    if kw["dtype"] not in DTYPES:
-        raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {kw['dtype']!r}")
-    if kw.get("engine", "local") not in ENGINES:
-        raise UserInputError(
-            f"Unknown engine {kw['engine']!r}. Known: {', '.join(ENGINES)}")
-    if "ray" in kw:
-        kw["ray"].check()
-    if kw.get("engine") == "ray":
-        from clipindex.store.ray_engine import import_ray
-
-        import_ray()  # a missing extra fails before anything is written
-    return BuildOptions(out=Path(out), batch_size=batch_size and int(batch_size),
-                        shard_size=shard_size and int(shard_size), **kw)
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -216,30 +164,6 @@ def _same_index(m: dict[str, Any], opts: BuildOptions) -> bool:
         for t in ("images", "captions"))
 
 
-def _settings(opts: BuildOptions, encoder: Any) -> dict[str, Any]:
-    """The encoding knobs: the encoder's choice (:meth:`Encoder.settings`, from the
-    cores, the model's GFLOPs and the device) with what the caller gave on top."""
-    given = {"batch_size": opts.batch_size, "workers": opts.workers,
-             "threads": opts.threads, "text_batch_size": opts.text_batch_size,
-             "decode": opts.decode}
-    choose = getattr(encoder, "settings", None)
-    if choose is None:  # an encoder without a chooser: its default batch, the rest given
-        return {**given, "batch_size": opts.batch_size or int(encoder.default_batch_size)}
-    chosen = choose(**given)
-    log.info("%s", chosen.note(encoder.spec.display))
-    return chosen.as_dict()
-
-
-def _sizes(opts: BuildOptions, settings: dict[str, Any]) -> tuple[int, int]:
-    """Batch size (chosen when not given) and a shard size aligned to it."""
-    batch = int(settings["batch_size"])
-    shard = opts.shard_size or batch * max(1, 4096 // batch)
-    if shard % batch:
-        raise UserInputError(
-            f"shard_size ({shard}) must be a positive multiple of batch_size ({batch})")
-    return batch, shard
-
-
 def _kept(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions) -> bool:
     """Leave a finished store alone, or re-index it from its stored vectors; False
     when it must be encoded."""
@@ -260,9 +184,15 @@ def _kept(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions) -> b
 
 
 def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions,
-              counter: ShardCounter, before_encode: Any = None) -> Path:
+              counter: ShardCounter, before_encode: Any = None,
+              plan: EncodePlan | None = None) -> Path:
     """Build (or resume, re-index, or leave alone when up to date) one backbone's store;
-    ``before_encode()`` runs only when it must be encoded (a Ray build starts Ray there)."""
+    ``before_encode()`` runs only when it must be encoded (a Ray build starts Ray there);
+    ``plan`` is what :func:`~clipindex.store.plan.plan_encoding` checked (default: made
+    and checked now)."""
+    if plan is None:
+        plan = plan_encoding(opts, [target], n_images=len(dataset.images),
+                             n_captions=len(dataset.captions))[target.folder]
     bdir = opts.out / dataset.name / target.folder
     if _kept(bdir, target, fingerprint, opts):
         return bdir
@@ -272,12 +202,8 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     (bdir / TEXT_CACHE).unlink(missing_ok=True)  # derived from the old weights
     # A Ray driver needs the model only for its facts (dim, preprocessing): on the CPU.
     encoder = load_encoder_for(target.spec, "cpu" if opts.engine == "ray" else opts.device)
-    settings = _settings(opts, encoder)
-    if opts.engine == "ray" and opts.ray.gpus_per_encoder > 0 and opts.batch_size is None:
-        from clipindex.encode.encoder import DEFAULT_BATCH_SIZE
-
-        settings["batch_size"] = DEFAULT_BATCH_SIZE["cuda"]  # GPU actors, a CPU driver
-    batch, shard = _sizes(opts, settings)
+    settings = chosen_settings(opts, encoder, plan)
+    batch, shard = plan.sizes(settings["batch_size"])
     stamp = {"dataset_fingerprint": fingerprint, **target.identity,
              "dim": int(encoder.embed_dim)}
     sdir = bdir / "shards"
@@ -401,7 +327,9 @@ def _prepare(dataset: Any, backbones: Sequence[str] | str, pretrained: str,
              root: str | os.PathLike[str] | None, allow_outside_root: bool = False
              ) -> tuple[Any, list[Target]]:
     """Load the dataset (when given a source) and resolve every backbone; check the
-    tables. Everything that can fail on the user's input fails here, before writing."""
+    tables. With :func:`~clipindex.store.plan.plan_encoding` (the knobs against what
+    each backbone will use), everything that can fail on the user's input fails here,
+    before writing."""
     if isinstance(dataset, (str, os.PathLike)):
         from clipindex.sources import load_dataset
 
@@ -491,7 +419,10 @@ def build_store(
     source = dataset if isinstance(dataset, (str, os.PathLike)) else "SOURCE"
     loaded, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)
     fingerprint = dataset_fingerprint(loaded)
+    # The knobs against what each backbone will use: nothing is written before this.
     ddir = opts.out / loaded.name
+    plans = plan_encoding(opts, targets, n_images=len(loaded.images),
+                          n_captions=len(loaded.captions), dataset_dir=ddir)
     with build_lock(ddir):  # one build per dataset folder
         publish(ddir)  # an add killed after its commit: finish it first
         loaded, fingerprint = store_view(loaded, ddir, fingerprint, rebuild, source)
@@ -500,7 +431,7 @@ def build_store(
         with ExitStack() as stack:  # Ray starts only once a backbone needs encoding
             start = _once(lambda: stack.enter_context(ray_session(ray_address))) \
                 if engine == "ray" else None
-            paths = [build_one(loaded, t, fingerprint, opts, counter, start)
+            paths = [build_one(loaded, t, fingerprint, opts, counter, start, plans[t.folder])
                      for t in targets]
         snapshot_build(ddir, {"built": [t.folder for t in targets], "time": time.time()})
         return paths
