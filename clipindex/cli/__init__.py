@@ -24,6 +24,7 @@ from clipindex.cli import serve  # noqa: E402,F401
 from clipindex.cli import dedup  # noqa: E402,F401
 from clipindex.cli import add  # noqa: E402,F401
 from clipindex.cli import compact  # noqa: E402,F401
+from clipindex.cli import importing  # noqa: E402,F401
 # isort: on
 
 __all__ = ["main"]
