@@ -246,7 +246,7 @@ def _open(index_dir: str | os.PathLike[str], backbones: Sequence[str] | str) -> 
         raise UserInputError("give at least one backbone (--backbone NAME)")
     if len(set(names)) != len(names):
         raise UserInputError(f"a backbone is listed twice: {names}")
-    return [open_index(index_dir, b) for b in names]
+    return [b if hasattr(b, "image_vectors") else open_index(index_dir, b) for b in names]
 
 
 @dataclass(frozen=True)
@@ -401,7 +401,7 @@ def classify(
     ----------
     index_dir : path
         The store's dataset folder (``OUT/<dataset>``).
-    backbones : str or list of str
+    backbones : str or list of str (or of stores ``open_index`` opened: not reopened)
         One backbone, or several combined by ``ensemble``.
     method : {"prompt", "prototype", "caption-knn", "image-knn", "linear-probe", "mlp"}
     ensemble : {"majority", "soft"}, optional
