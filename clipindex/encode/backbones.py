@@ -27,9 +27,9 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clipindex.errors import UserInputError
 

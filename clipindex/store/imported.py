@@ -230,6 +230,7 @@ def _copy_vectors(parts: list[Part], role: str, path: Path, n: int, dim: int, dt
     start = 0
     for part in parts:
         source = part.images if role == "images" else part.captions
+        assert source is not None  # scan_layout: text parts exist for every part or none
         array = np.load(source, mmap_mode="r")
         for lo in range(0, part.rows, _ROWS):
             block = np.asarray(array[lo:lo + _ROWS], dtype=np.float32)
