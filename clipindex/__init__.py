@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         add_to_store,
         build_store,
         compact_store,
+        import_store,
         open_index,
         store_info,
     )
@@ -90,6 +91,7 @@ __all__ = [
     "build_store",
     "add_to_store",
     "compact_store",
+    "import_store",
     "open_index",
     "store_info",
     # classifiers (scikit-learn estimators on stored vectors)
@@ -139,6 +141,7 @@ _LAZY: dict[str, str] = {
     "build_store": "clipindex.store",
     "add_to_store": "clipindex.store",
     "compact_store": "clipindex.store",
+    "import_store": "clipindex.store",
     "open_index": "clipindex.store",
     "store_info": "clipindex.store",
     **{name: "clipindex.classifiers" for name in (

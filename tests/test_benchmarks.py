@@ -342,3 +342,17 @@ def test_gpu_session_scripts_reject_bad_input_in_one_line(tmp_path: Path) -> Non
         assert done.returncode == 2 and done.stdout == ""
         assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
     assert not any(tmp_path.iterdir())  # nothing fetched, installed or written
+
+
+def test_classify_script_writes_its_section(tmp_path: Path, small_world: Path) -> None:
+    (tmp_path / "world-small-0").symlink_to(small_world)  # the session's world, not a new one
+    results = tmp_path / "RESULTS.md"
+    bench = _module("bench_classify")
+    assert bench.main(["--quick", "--results", str(results), "--workdir", str(tmp_path)]) == 0
+    lines = _section(results.read_text(), "bench_classify")
+    ratios = _ratios(lines)
+    assert len(ratios) == 2 and all(RATIO.match(r) for r in ratios), ratios
+    whole = [line for line in lines if line.startswith("classify: ")]
+    assert [line.rsplit(", ", 2)[1] for line in whole] == ["prompt", "prototype"]
+    assert all(re.match(r"^classify: \d+\.\d\d ms whole call, \w+, demo store$", w)
+               for w in whole)

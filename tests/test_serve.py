@@ -98,7 +98,15 @@ def test_image_search_equals_the_cli_with_that_file(client: TestClient, serve_co
                     "-k", "4")
     strip = [{k: v for k, v in h.items() if k != "query"} for h in cli]
     assert [{k: v for k, v in h.items() if k != "query"} for h in posted.json()] == strip
-    assert [{k: v for k, v in h.items() if k != "query"} for h in like.json()] == strip
+    # like= searches the row's stored vector (no file re-encoded): the same hits, scores
+    # equal to float rounding (the stored vector was encoded in a batch), and exactly
+    # what `clipindex search --like` answers
+    liked = [{k: v for k, v in h.items() if k not in ("query", "score")} for h in like.json()]
+    assert liked == [{k: v for k, v in h.items() if k != "score"} for h in strip]
+    assert [h["score"] for h in like.json()] == pytest.approx([h["score"] for h in cli],
+                                                              abs=1e-5)
+    assert like.json() == _cli_json("--like", "17", "--index", str(serve_copy), "--backbone",
+                                    "tiny-rn", "-k", "4")
     assert cli[0]["row_id"] == 17 and cli[0]["score"] > 0.999  # it finds itself
     assert posted.json()[0]["query"] == "upload:mine.jpg"
 

@@ -105,6 +105,14 @@ def _records(result: SearchResult) -> str:
     help="Query image (image→image or, with --to captions, image→text). Repeatable.",
 )
 @click.option(
+    "--like",
+    "like",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="Search by a stored image: its row id (its stored vector; no file read, no model "
+    "call; the row itself is the first hit, cosine 1). Repeatable.",
+)
+@click.option(
     "--queries-file",
     type=click.Path(),
     default=None,
@@ -153,6 +161,7 @@ def search_command(
     k: int,
     offset: int,
     images: tuple[str, ...],
+    like: tuple[int, ...],
     queries_file: str | None,
     target: str,
     where: tuple[str, ...],
@@ -164,12 +173,14 @@ def search_command(
     term_weight: float,
     as_json: bool,
 ) -> None:
-    """Search a store by text QUERY, by --image, or by a --queries-file.
+    """Search a store by text QUERY, by --image, by a stored image (--like ROW_ID), or by a
+    --queries-file.
 
     \b
     Examples:
       clipindex search "a dog carrying a frisbee" --index indexes/demo --backbone tiny-vit
       clipindex search --image q.jpg --index indexes/demo --backbone tiny-vit --to captions
+      clipindex search --like 42 --index indexes/demo --backbone tiny-vit -k 5
       clipindex search "a photo of a cow" --index indexes/demo --backbone tiny-vit \\
           --backbone tiny-rn --where split=test -k 5 --json
       clipindex search "a photo of a cow" --subtract "grass" --index indexes/demo \
@@ -192,6 +203,7 @@ def search_command(
         device=device,
         terms=terms,
         offset=offset,
+        like=list(like),
     )
     for note in result.notes:
         echo_err(f"Note: {note}")

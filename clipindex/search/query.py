@@ -56,6 +56,7 @@ __all__ = [
     "search_image",
     "search_captions",
     "read_queries_file",
+    "like_problem",
     "Terms",
 ]
 
@@ -164,8 +165,43 @@ def _check_images(paths: ImagePaths) -> list[Path]:
     return check_query_images(paths)
 
 
-def _query_vectors(index: _Index, texts: list[str], images: list[Path]) -> np.ndarray:
-    """One text call and one image call per backbone; rows follow ``texts + images``."""
+def like_problem(indexes: Sequence[_Index], row: Any) -> tuple[str, str] | None:
+    """Why image row ``row`` cannot be a ``like`` query, as ``(kind, message)`` with kind
+    ``range`` (no such row), ``removed`` (tombstoned) or ``skipped`` (no vector: a
+    skipped input); None when every backbone holds its vector."""
+    first = indexes[0]
+    n = len(first.images)
+    if isinstance(row, bool) or not isinstance(row, (int, np.integer)) or not 0 <= row < n:
+        return "range", f"No image row {row!r}: row ids are 0..{n - 1}."
+    from clipindex.store.generations import tombstones
+
+    if int(row) in set(tombstones(getattr(first, "dataset_info", {}) or {})[0].tolist()):
+        return "removed", f"Image row {row} was removed from the store (tombstoned)."
+    for index in indexes:
+        if not bool(np.asarray(index.image_valid)[int(row)]):
+            return "skipped", (f"Image row {row} has no vector in {backbone_name(index, 0)} "
+                               "(skipped at build: unreadable or a zero vector).")
+    return None
+
+
+def _check_like(indexes: Sequence[_Index], like: Sequence[int] | int | None) -> list[int]:
+    rows = [] if like is None else [like] if isinstance(like, (int, np.integer)) else list(like)
+    for row in rows:
+        problem = like_problem(indexes, row)
+        if problem is not None:
+            raise UserInputError(problem[1])
+    return [int(r) for r in rows]
+
+
+def _like_labels(index: _Index, like: list[int]) -> list[str]:
+    files = index.images["file"].to_numpy()
+    return [str(files[r]) for r in like]
+
+
+def _query_vectors(index: _Index, texts: list[str], images: list[Path],
+                   like: Sequence[int] = ()) -> np.ndarray:
+    """One text call and one image call per backbone, then the stored vectors of the
+    ``like`` rows (no file read, no model call); rows follow ``texts + images + like``."""
     parts = []
     if texts:
         parts.append(np.asarray(index.text_vectors(texts), dtype=np.float32))
@@ -173,12 +209,16 @@ def _query_vectors(index: _Index, texts: list[str], images: list[Path]) -> np.nd
         from clipindex.encode import encode_query_images
 
         parts.append(encode_query_images(index.encoder(), images))
+    if len(like):
+        parts.append(np.asarray(index.image_vectors[np.asarray(like, dtype=np.int64)],
+                                dtype=np.float32))
     return np.concatenate(parts, axis=0)
 
 
-def _queries(texts: Sequence[str] | str | None, images: ImagePaths) -> tuple[list[str], list[Path]]:
+def _queries(texts: Sequence[str] | str | None, images: ImagePaths, like: bool = False
+             ) -> tuple[list[str], list[Path]]:
     texts_, images_ = _clean_texts(texts), _check_images(images)
-    if not texts_ and not images_:
+    if not texts_ and not images_ and not like:
         raise UserInputError(
             "Nothing to search for: give a text query, --image PATH or --queries-file FILE."
         )
@@ -205,6 +245,7 @@ def search_indexes(
     device: str | None = None,
     terms: Terms | None = None,
     offset: int = 0,
+    like: Sequence[int] | int | None = None,
 ) -> SearchResult:
     """Search one backbone, or fuse several by reciprocal rank fusion.
 
@@ -232,6 +273,12 @@ def search_indexes(
     offset : int
         Paging: skip each query's first ``offset`` hits (``k + offset`` are ranked; the
         hits keep their ranks, so page 2 of ``k=10`` is ``offset=10``, ranks 11-20).
+    like : image row id(s), optional
+        Stored images as queries (after ``texts + images``; labelled by their file):
+        each backbone's stored vector of the row, so no file is read and no model is
+        called. As for a query image that is in the store, the row itself is the first
+        hit (cosine 1). A removed, skipped or unknown row is a :class:`UserInputError`
+        (:func:`like_problem`).
 
     Returns
     -------
@@ -250,13 +297,14 @@ def search_indexes(
         raise UserInputError(f"offset must be a whole number >= 0, got {offset!r}.")
     k = _check_k(k) + int(offset)
     _check_target(target)
-    texts_, images_ = _queries(texts, images)
+    like_ = _check_like(indexes, like)
+    texts_, images_ = _queries(texts, images, bool(like_))
     terms = terms if terms is not None and not terms.empty else None
     term_images = (_check_images(list(terms.add_images + terms.subtract_images))
                    if terms is not None else [])
     check_aligned(indexes)
     rows, available = allowed_rows(indexes, target, where)
-    labels = texts_ + [str(p) for p in images_]
+    labels = texts_ + [str(p) for p in images_] + _like_labels(indexes[0], like_)
     if terms is not None:
         labels = [terms.label(q) for q in labels]
     n_avail = int(available.sum())
@@ -266,7 +314,7 @@ def search_indexes(
         valid = np.asarray(index.image_valid if target == "images" else index.caption_valid)
         pool = int((valid & available).sum())
         want = min(k if len(indexes) == 1 else max(k, depth), pool)
-        queries = _query_vectors(index, texts_, images_)
+        queries = _query_vectors(index, texts_, images_, like_)
         if terms is not None:
             queries = combine(queries, *term_vectors(index, terms, term_images))
         rankings.append(rank(index, queries, want, target, rows, device=device))
@@ -375,10 +423,12 @@ def search_store(
     device: str | None = None,
     terms: Terms | None = None,
     offset: int = 0,
+    like: Sequence[int] | None = None,
 ) -> SearchResult:
     """Open ``dataset_dir`` for every backbone and search it (what ``clipindex search`` runs).
 
-    Queries are ``texts``, then the lines of ``queries_file``, then ``images``.
+    Queries are ``texts``, then the lines of ``queries_file``, then ``images``, then the
+    stored images ``like`` (row ids; see :func:`search_indexes`).
 
     Examples
     --------
@@ -389,9 +439,10 @@ def search_store(
     all_texts = _clean_texts(texts)
     if queries_file is not None:
         all_texts += read_queries_file(queries_file)
-    if not all_texts and not images:
+    if not all_texts and not images and not like:
         raise UserInputError(
-            "Nothing to search for: give a text query, --image PATH or --queries-file FILE."
+            "Nothing to search for: give a text query, --image PATH, --like ROW_ID or "
+            "--queries-file FILE."
         )
     _check_images(images)
     names = [backbones] if isinstance(backbones, str) else list(dict.fromkeys(backbones))
@@ -399,4 +450,5 @@ def search_store(
         raise UserInputError("Give at least one --backbone.")
     indexes = [_open_index(dataset_dir, name) for name in names]
     return search_indexes(indexes, texts=all_texts, images=images, k=k, target=target,
-                          where=where, device=device, terms=terms, offset=offset)
+                          where=where, device=device, terms=terms, offset=offset,
+                          like=like)

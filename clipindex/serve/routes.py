@@ -107,12 +107,9 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
         if like is None:
             found = answers.search(snap, text=q, k=k, offset=offset, backbones=backbone,
                                    where=where, target=to)
-        else:
-            path = media.image_file(snap, like)
-            found = answers.search(snap, image=path, label=str(snap.first.images["file"]
-                                                               .iloc[like]),
-                                   k=k, offset=offset, backbones=backbone, where=where,
-                                   target=to)
+        else:  # the row's stored vectors: no file read, no model call
+            found = answers.search(snap, like=like, k=k, offset=offset, backbones=backbone,
+                                   where=where, target=to)
         return _search_response(*found)
 
     @app.post("/search")
