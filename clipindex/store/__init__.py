@@ -9,8 +9,8 @@ and their atomic commit (``generations.py``), ``clipindex add`` (``add.py``:
 files (``outputs.py``), building (``build.py``: :func:`build_store`), the knobs of a
 build or an add checked against what each backbone will use before anything is written
 (``plan.py``), re-indexing from stored vectors (``reindex.py``), importing clip-retrieval's
-embeddings (``imported.py``: :func:`import_store`), choosing and tuning ``--index-kind auto`` and exact
-rescoring (``tuning.py``), reading (``reader.py``: :class:`BackboneIndex`,
+embeddings (``imported.py``: :func:`import_store`), choosing and tuning ``--index-kind
+auto`` and exact rescoring (``tuning.py``), reading (``reader.py``: :class:`BackboneIndex`,
 :func:`open_index`, :func:`list_backbones`, :func:`store_info`) and FAISS
 (``indexes.py``, the only module of the package that imports ``faiss``).
 May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.sources``,
