@@ -1,7 +1,7 @@
 """Classifying on stored vectors: clipindex's estimators and its whole ``classify`` call
 against a numpy reference (normalise, mean, matmul, argmax), on the demo store.
 
-The demo store is ``configs/datasets/demo.yaml`` on a default-scale demo world (seed 0;
+The demo store is the shipped ``demo`` dataset config on a default-scale demo world (seed 0;
 1,000 images, 5,000 captions) built once with ``tiny-vit`` (cached in ``--workdir``).
 Two comparisons per method (``prompt``: zero-shot from the class prompts' text vectors;
 ``prototype``: mean caption vector of the support images per class), measured in the
@@ -34,7 +34,7 @@ import _common as common  # noqa: E402
 
 SECTION = "bench_classify"
 BACKBONE = "tiny-vit"
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "demo.yaml"
+CONFIG = "builtin:demo"  # the shipped dataset config
 
 
 def demo_store(workdir: Path, quick: bool) -> Path:

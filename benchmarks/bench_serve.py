@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 SECTION = "bench_serve"
-CONFIG = common.HERE.parent / "configs" / "datasets" / "demo.yaml"
+CONFIG = "builtin:demo"  # the shipped dataset config
 CLASSES = ("cat", "dog", "cow", "sheep", "horse")
 PLACES = ("in a field", "on a road", "inside a house", "on a beach", "near a fence",
           "in the grass", "next to a car", "under a tree", "in the snow", "by a bench")
