@@ -108,6 +108,7 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
             found = answers.search(snap, text=q, k=k, offset=offset, backbones=backbone,
                                    where=where, target=to)
         else:
+            media.live_row(snap, like)  # a removed row is no query either
             path = media.image_file(snap, like)
             found = answers.search(snap, image=path, label=str(snap.first.images["file"]
                                                                .iloc[like]),

@@ -54,6 +54,7 @@ from clipindex.store.verify import (
     read_dataset_info,
     read_tables,
     table_damage,
+    unsealed_damage,
 )
 
 __all__ = ["BackboneIndex", "Hits", "advise_random", "list_backbones", "open_index",
@@ -99,7 +100,9 @@ class BackboneIndex:
     / ``caption_vectors`` are float32 (row i = row id i, zero rows for skipped images):
     the memory map itself for a float32 store, a float32 copy made on first use for a
     float16 one (searching never makes it). ``image_valid`` / ``caption_valid`` are
-    False for rows a query must never return.
+    False for rows a query must never return; ``image_removed`` / ``caption_removed``
+    are True for the tombstoned ones among them (removed from the source by ``clipindex
+    add``: no route or command shows them, not even by row id).
 
     Example
     -------
@@ -124,7 +127,17 @@ class BackboneIndex:
         self.image_valid[[int(s["row_id"]) for s in manifest.get("skipped", [])]] = False
         self.caption_valid = np.ones(len(captions), dtype=bool)
         dead_images, dead_captions = gens.tombstones(dataset_info)  # removed by `clipindex add`
+        for dead, n in ((dead_images, len(images)), (dead_captions, len(captions))):
+            if len(dead) and (dead.min() < 0 or dead.max() >= n):
+                raise Damage(path.parent / "dataset.json",
+                             f"is damaged (a tombstone names row {int(dead.max())} of {n})"
+                             ).error()
         self.image_valid[dead_images], self.caption_valid[dead_captions] = False, False
+        #: Rows removed from the source (tombstoned): no query, route or command shows them.
+        self.image_removed = np.zeros(len(images), dtype=bool)
+        self.image_removed[dead_images] = True
+        self.caption_removed = np.zeros(len(captions), dtype=bool)
+        self.caption_removed[dead_captions] = True
         self._indexes = faiss_indexes
         self._device_copies: dict[tuple[str, str, str], Any] = {}
         self._encoders: dict[str | None, Any] = {}
@@ -327,11 +340,15 @@ def list_backbones(dataset_dir: str | os.PathLike[str], *, unfinished: bool = Fa
     >>> list_backbones("indexes/demo")  # doctest: +SKIP
     ['tiny-rn', 'tiny-vit', 'tiny-vit2']
     """
-    root = Path(dataset_dir) if unfinished else gens.generation_dir(dataset_dir)  # builds: top
-    if not root.is_dir():
-        return []
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                  and (d / MANIFEST).is_file() != unfinished)
+    def listed(root: Path) -> list[str]:
+        if not root.is_dir():
+            return []
+        return sorted(d.name for d in root.iterdir() if d.is_dir()
+                      and not d.name.startswith(".") and (d / MANIFEST).is_file() != unfinished)
+
+    if unfinished:  # builds run at the top level
+        return listed(Path(dataset_dir))
+    return gens.read_committed(dataset_dir, listed)
 
 
 def _is_dir(path: Path) -> bool:
@@ -399,7 +416,13 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     >>> idx.image_vectors.shape  # doctest: +SKIP
     (1000, 64)
     """
-    root = gens.generation_dir(dataset_dir)  # the committed generation (`clipindex add`)
+    # The committed generation (`clipindex add`), read again if a compact drops it.
+    return gens.read_committed(
+        dataset_dir, lambda root: _open_generation(root, backbone, pretrained, verify, mmap))
+
+
+def _open_generation(root: Path, backbone: str, pretrained: str, verify: bool, mmap: bool
+                     ) -> BackboneIndex:
     info = read_dataset_info(root)
     bdir = _backbone_dir(root, check_backbone_name(backbone), pretrained)
     if not (bdir / MANIFEST).is_file():
@@ -461,6 +484,8 @@ def _dataset_damage(root: Path, info: dict[str, Any], verify: bool) -> list[str]
             read_tables(root, info)
         except DamagedStoreError as exc:
             damage = [str(exc)]
+    if not damage and verify:  # written before dataset.json had a seal
+        damage = [d.message() for d in unsealed_damage(root, info)]
     return damage
 
 
@@ -497,13 +522,19 @@ def store_info(dataset_dir: str | os.PathLike[str], *, verify: bool = False) -> 
     ... # doctest: +SKIP
     ['tiny-rn', 'tiny-vit', 'tiny-vit2']
     """
-    root = gens.generation_dir(dataset_dir)
+    return gens.read_committed(dataset_dir,
+                               lambda root: _generation_info(dataset_dir, root, verify))
+
+
+def _generation_info(dataset_dir: str | os.PathLike[str], root: Path, verify: bool
+                     ) -> dict[str, Any]:
+    top = Path(dataset_dir)
     info = read_dataset_info(root)
     tables = _dataset_damage(root, info, verify)
     n_images, n_captions = _table_rows(root, bool(tables))
     backbones = [_backbone_entry(root / f, info, verify) for f in list_backbones(root)]
     damaged = tables + [m for b in backbones for m in b["damaged"]]
-    top = Path(dataset_dir)  # unfinished builds run at the top level
+    # unfinished builds run at the top level
     damaged += [_orphan_damage(top / f).message()
                 for f in list_backbones(top, unfinished=True) if _orphaned(top / f)]
     return {"path": str(dataset_dir), "dataset": info, **gens.generation_facts(info),
