@@ -58,8 +58,8 @@ def serve_command(ctx: click.Context, index_dir: str, backbones: tuple[str, ...]
     Examples:
       clipindex serve --index indexes/demo                 # http://127.0.0.1:8000/
       clipindex serve --index indexes/demo --backbone tiny-vit --port 9000
-      CLIPINDEX_SERVE_TOKEN="$(openssl rand -hex 16)" clipindex serve --index \
-          indexes/demo --host 0.0.0.0 --allow-host search.example.org
+      export CLIPINDEX_SERVE_TOKEN="$(openssl rand -hex 16)"
+      clipindex serve --index indexes/demo --host 0.0.0.0 --allow-host search.example.org
     """
     from clipindex.serve import ServeOptions, exposure_warning, run_server
 

@@ -9,7 +9,7 @@ and their atomic commit (``generations.py``), ``clipindex add`` (``add.py``:
 files (``outputs.py``), building (``build.py``: :func:`build_store`), re-indexing from
 stored vectors (``reindex.py``), choosing and tuning ``--index-kind auto`` and exact
 rescoring (``tuning.py``), reading (``reader.py``: :class:`BackboneIndex`,
-:func:`open_index`, :func:`list_backbones`, :func:`store_info`) and FAISS
+:func:`open_index`, :func:`list_backbones`; ``summary.py``: :func:`store_info`) and FAISS
 (``indexes.py``, the only module of the package that imports ``faiss``).
 May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.sources``,
 ``clipindex.encode``. Never classifiers, search, bench, report or the CLI.
@@ -19,8 +19,9 @@ from clipindex.store.add import add_to_store
 from clipindex.store.build import build_store
 from clipindex.store.compact import compact_store
 from clipindex.store.manifest import FORMAT_VERSION
-from clipindex.store.reader import BackboneIndex, list_backbones, open_index, store_info
+from clipindex.store.reader import BackboneIndex, list_backbones, open_index
 from clipindex.store.shards import BuildInterrupted
+from clipindex.store.summary import store_info
 
 __all__ = [
     "FORMAT_VERSION",

@@ -33,14 +33,15 @@ from clipindex.errors import DamagedStoreError, UserInputError
 from clipindex.store.manifest import (
     DATASET_SEAL,
     MANIFEST,
+    OUTPUT_FILES,
     TABLE_FILES,
     check_seal,
     read_json,
     sha256_file,
 )
 
-__all__ = ["FIX", "Damage", "check_backbone", "check_file", "read_dataset_info",
-           "read_tables", "table_damage", "unsealed_damage"]
+__all__ = ["FIX", "Damage", "check_backbone", "check_file", "orphan_damage", "orphaned",
+           "read_dataset_info", "read_tables", "table_damage", "unsealed_damage"]
 
 #: What every damage message tells the user to do.
 FIX = ("rerun `clipindex build ... --rebuild` to rewrite it (`clipindex info --verify DIR` "
@@ -184,3 +185,15 @@ def check_backbone(bdir: Path, manifest: dict[str, Any], verify: bool) -> list[D
         if problem:
             out.append(Damage(bdir / name, problem))
     return out
+
+
+def orphaned(bdir: Path) -> bool:
+    """A folder without a manifest that holds a finished build's files and no shards:
+    its manifest was lost (a build writes the manifest before it removes its shards)."""
+    return (not (bdir / MANIFEST).exists() and not (bdir / "shards").exists()
+            and any((bdir / f).exists() for f in OUTPUT_FILES))
+
+
+def orphan_damage(bdir: Path) -> Damage:
+    return Damage(bdir / MANIFEST, "is missing, but the folder holds a finished build's "
+                  "files")
