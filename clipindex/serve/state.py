@@ -169,6 +169,21 @@ def store_signature(index_dir: str | Path, folders: Sequence[str]) -> tuple[Any,
     return tuple(parts)
 
 
+def _open_one_generation(index_dir: str, names: Sequence[str], open_index: Callable[..., Any]
+                         ) -> tuple[list[Any], tuple[Any, ...]]:
+    """Every backbone of ``names`` opened from one generation, and the signature of that
+    generation: opened again (a few times) when a commit came between two opens. Past
+    that, the signature of the last try, which the next check sees change."""
+    for _ in range(5):
+        opened = [open_index(index_dir, name) for name in names]
+        signature = store_signature(index_dir, [bi.name for bi in opened])
+        where = {str(Path(bi.path).parent) for bi in opened}
+        if where == {signature[0]}:
+            break
+        log.info("%s: a new generation was committed while opening; opening it", index_dir)
+    return opened, signature
+
+
 def open_snapshot(options: ServeOptions, generation: int = 1) -> Snapshot:
     """Open every served backbone once, load its encoder and warm its text tower."""
     import torch
@@ -182,9 +197,7 @@ def open_snapshot(options: ServeOptions, generation: int = 1) -> Snapshot:
             f"{options.index_dir} holds no finished backbone: build one with `clipindex build`")
     torch.set_num_threads(options.threads)
     lock = threading.Lock()
-    opened = [open_index(options.index_dir, name) for name in names]
-    folders = [bi.name for bi in opened]
-    signature = store_signature(options.index_dir, folders)
+    opened, signature = _open_one_generation(options.index_dir, names, open_index)
     served = {}
     for name, bi in zip(names, opened, strict=True):
         bi.encoder()
