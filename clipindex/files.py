@@ -30,8 +30,11 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
-    """Write ``path`` via ``write(fh)`` (a binary file object) atomically.
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object], *,
+                 make_parents: bool = True) -> Path:
+    """Write ``path`` via ``write(fh)`` (a binary file object) atomically; its folder is
+    created first unless ``make_parents`` is False (then a missing folder is a
+    ``FileNotFoundError`` and nothing is written).
 
     Example
     -------
@@ -41,7 +44,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     b'hi'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

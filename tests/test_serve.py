@@ -326,7 +326,8 @@ def test_a_new_build_is_picked_up_between_requests(demo_world: Path, serve_copy:
     store_dir = copy_store(serve_copy, tmp_path)
     store = ServedStore(ServeOptions(index_dir=str(store_dir), backbones=("tiny-vit",),
                                      reload_interval=0))
-    client = TestClient(create_app(store=store), raise_server_exceptions=False)
+    client = TestClient(create_app(store=store), raise_server_exceptions=False,
+                        base_url="http://127.0.0.1")  # a Host the server answers
     before = client.get("/info").json()
     # the default index kind: auto, which keeps a store this small exact (flat)
     assert before["generation"] == 1 and before["backbones"][0]["index"]["kind"] == "auto"
@@ -360,7 +361,8 @@ def test_a_mapped_file_truncated_in_place_is_a_503_not_a_crash(serve_copy: Path,
     store_dir = copy_store(serve_copy, tmp_path)
     store = ServedStore(ServeOptions(index_dir=str(store_dir), backbones=("tiny-vit",),
                                      reload_interval=0))
-    client = TestClient(create_app(store=store), raise_server_exceptions=False)
+    client = TestClient(create_app(store=store), raise_server_exceptions=False,
+                        base_url="http://127.0.0.1")  # a Host the server answers
     params = {"q": "a cow in a field", "k": 5, "to": "captions"}
     before = client.get("/search", params=params).json()
     path = store_dir / "tiny-vit" / "captions.npy"

@@ -60,8 +60,9 @@ def create_app(options: ServeOptions | None = None, *, store: ServedStore | None
     """The FastAPI application over one store (``options``, or an open ``store``).
 
     Opening loads every served backbone once and warms its text tower. Middleware, from
-    the outside in: security headers, CORS (only with ``cors_origins``), the bearer
-    token (only with ``token``), the body limit.
+    the outside in: security headers, the ``Host`` allow-list, CORS (only with
+    ``cors_origins``), the bearer token (only with ``token``), the in-flight limit, the
+    body limit.
     """
     _require()
     from fastapi import FastAPI
@@ -70,7 +71,14 @@ def create_app(options: ServeOptions | None = None, *, store: ServedStore | None
     from clipindex import __version__
     from clipindex.serve import routes
     from clipindex.serve.errors import install_handlers
-    from clipindex.serve.guards import BearerAuth, BodyLimit, SecurityHeaders
+    from clipindex.serve.guards import (
+        BearerAuth,
+        BodyLimit,
+        HostGuard,
+        InFlightLimit,
+        SecurityHeaders,
+    )
+    from clipindex.serve.options import allowed_hosts
 
     if store is None:
         if options is None:
@@ -83,12 +91,15 @@ def create_app(options: ServeOptions | None = None, *, store: ServedStore | None
     install_handlers(app)
     routes.add_routes(app, store, static_files())
     app.add_middleware(BodyLimit, max_bytes=opts.max_upload_bytes)
+    app.add_middleware(InFlightLimit, limit=opts.max_in_flight)
     if opts.token:
         app.add_middleware(BearerAuth, token=opts.token)
     if opts.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(opts.cors_origins),
                            allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    names, any_ip = allowed_hosts(opts.host, opts.allow_hosts)
+    app.add_middleware(HostGuard, names=names, any_ip=any_ip)
     app.add_middleware(SecurityHeaders)
     return app
 

@@ -108,6 +108,7 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
             found = answers.search(snap, text=q, k=k, offset=offset, backbones=backbone,
                                    where=where, target=to)
         else:  # the row's stored vectors: no file read, no model call
+            media.live_row(snap, like)  # a removed row is no query either
             found = answers.search(snap, like=like, k=k, offset=offset, backbones=backbone,
                                    where=where, target=to)
         return _search_response(*found)

@@ -11,7 +11,7 @@ build or an add checked against what each backbone will use before anything is w
 (``plan.py``), re-indexing from stored vectors (``reindex.py``), importing clip-retrieval's
 embeddings (``imported.py``: :func:`import_store`), choosing and tuning ``--index-kind
 auto`` and exact rescoring (``tuning.py``), reading (``reader.py``: :class:`BackboneIndex`,
-:func:`open_index`, :func:`list_backbones`, :func:`store_info`) and FAISS
+:func:`open_index`, :func:`list_backbones`; ``summary.py``: :func:`store_info`) and FAISS
 (``indexes.py``, the only module of the package that imports ``faiss``).
 May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.sources``,
 ``clipindex.encode``. Never classifiers, search, bench, report or the CLI.
@@ -22,8 +22,9 @@ from clipindex.store.build import build_store
 from clipindex.store.compact import compact_store
 from clipindex.store.imported import import_store
 from clipindex.store.manifest import FORMAT_VERSION
-from clipindex.store.reader import BackboneIndex, list_backbones, open_index, store_info
+from clipindex.store.reader import BackboneIndex, list_backbones, open_index
 from clipindex.store.shards import BuildInterrupted
+from clipindex.store.summary import store_info
 
 __all__ = [
     "FORMAT_VERSION",

@@ -48,7 +48,7 @@ from clipindex.store.manifest import (
     read_manifest,
     resolve_targets,
     table_records,
-    write_json,
+    write_dataset_info,
     write_manifest,
     write_parquet,
 )
@@ -85,7 +85,13 @@ class AddResult:
     seconds: float = 0.0
 
     def line(self) -> str:
-        return f"encoded {self.added} new images, removed {self.removed}"
+        """What was encoded (per backbone where they differ: a catch-up add encodes the
+        rows a stale backbone lacks, not only the rows added now) and removed."""
+        counts = set(self.encoded.values())
+        if len(counts) <= 1:
+            return f"encoded {counts.pop() if counts else 0} new images, removed {self.removed}"
+        each = ", ".join(f"{k} {v}" for k, v in sorted(self.encoded.items()))
+        return f"encoded new images ({each}), removed {self.removed}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -335,7 +341,7 @@ def _stage_tables(cdir: Path, staged: Path, info: dict[str, Any], plan: RowPlan,
              "added_captions": plan.added_captions,
              "removed_captions": plan.removed_captions, "backbones": backbones,
              "time": round(time.time(), 3)}
-    write_json(staged / "dataset.json", {
+    write_dataset_info(staged / "dataset.json", {
         **info, "fingerprint": fingerprint, "source_fingerprint": source_fp,
         "tables": tables, "generation": generation,
         "tombstones": {"images": plan.dead_images.tolist(),
@@ -472,6 +478,6 @@ def _record_source(cdir: Path, ddir: Path, info: dict[str, Any], source_fp: str,
     their fingerprint are unchanged)."""
     if info.get("source_fingerprint") == source_fp or info.get("fingerprint") == source_fp:
         return
-    write_json(cdir / "dataset.json", {**info, "source_fingerprint": source_fp})
+    write_dataset_info(cdir / "dataset.json", {**info, "source_fingerprint": source_fp})
     if cur:
         publish(ddir)

@@ -42,7 +42,7 @@ from clipindex.store.manifest import (
     resolve_targets,
     same_source,
     table_records,
-    write_json,
+    write_dataset_info,
     write_manifest,
     write_parquet,
 )
@@ -129,7 +129,7 @@ def write_tables(dataset: Any, dataset_dir: Path, fingerprint: str, rebuild: boo
     info.setdefault("name", dataset.name)
     info["fingerprint"] = fingerprint
     info["tables"] = table_records(dataset_dir)
-    write_json(meta, info)
+    write_dataset_info(meta, info)
 
 
 # ----------------------------------------------------------------------------- one backbone
