@@ -258,7 +258,7 @@ def test_serve_like_equals_cli_like_without_image_files(imported: Any) -> None:
     ddir, raw = imported
     assert not Path("/data/photos/00003.jpg").exists()
     opts = ServeOptions(index_dir=str(ddir))
-    with TestClient(create_app(store=ServedStore(opts))) as client:
+    with TestClient(create_app(store=ServedStore(opts)), base_url="http://127.0.0.1") as client:
         served = client.get("/search", params={"like": 3, "k": 6})
         assert served.status_code == 200, served.text
         cli = run("search", "--like", 3, "--index", ddir, "--backbone", BACKBONE, "-k", 6,
