@@ -395,9 +395,8 @@ def heldout_demo(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("explain-world") / "world"
     make_world(root, seed=HELDOUT_SEED, scale="small", progress=False)
-    repo = Path(__file__).resolve().parents[1]
     # demo.yaml's protocol with every image of the small world (~40 per class).
-    return load_dataset(repo / "configs" / "datasets" / "demo.yaml", root=root, per_class=None)
+    return load_dataset("builtin:demo", root=root, per_class=None)
 
 
 def cam_in_box(dataset, backbone: str) -> dict[str, float]:
