@@ -43,6 +43,7 @@ from clipindex.store.manifest import (
     load_encoder_for,
     normalise_rows,
     read_manifest,
+    stored_route,
     text_cache_key,
     weights_identity,
 )
@@ -314,6 +315,7 @@ def _load_matching_encoder(manifest: dict[str, Any], device: str | None) -> Any:
         raise IndexMismatchError(
             f"{spec.name} encodes dim {encoder.embed_dim} but the store holds dim "
             f"{manifest['dim']}; rebuild the store with clipindex build")
+    encoder.decode_route = stored_route(manifest)  # query files decoded as the store's were
     return encoder
 
 
@@ -473,6 +475,8 @@ def _backbone_entry(bdir: Path, info: dict[str, Any], verify: bool) -> dict[str,
     except DamagedStoreError as exc:
         return {"backbone_folder": bdir.name, "stale": False, "damaged": [str(exc)]}
     entry = {k: manifest.get(k) for k in keys}
+    entry["decode_route"], entry["decode_route_recorded"] = (stored_route(manifest),
+                                                             "decode_route" in manifest)
     entry["stale_reason"] = gens.stale_reason(manifest, info)
     entry["stale"], entry["generation"] = bool(entry["stale_reason"]), manifest.get("generation", 0)
     entry["damaged"] = [d.message() for d in check_backbone(bdir, manifest, verify)]
