@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
-
 from fixtures_robust import assert_one_line_error, run_cli
+from PIL import Image, ImageOps
 
 BOUND = 0.9999
 TINY = ("tiny-vit", "tiny-rn", "tiny-vit-s")
@@ -266,9 +265,14 @@ def test_random_init_vit_b32_and_rn50_see_open_clips_pixels(photos: Path) -> Non
             ref = _unit(model.eval().encode_image(x))
         torch.manual_seed(RANDOM_INIT_SEED)
         encoder = load_encoder(name, pretrained="none", device="cpu")
-        seen = []
+        seen: list[torch.Tensor] = []
         encode_image = encoder.model.encode_image
-        encoder.model.encode_image = lambda t, f=encode_image: (seen.append(t.clone()), f(t))[1]
+
+        def spy(t: torch.Tensor, f=encode_image, s=seen) -> torch.Tensor:
+            s.append(t.clone())  # the normalised input clipindex gives the model
+            return f(t)
+
+        encoder.model.encode_image = spy
         vectors, _ = encoder.encode_images(files, workers=0, progress=False)
         assert torch.equal(torch.cat(seen).contiguous(), x), name
         assert (vectors * ref).sum(1).min() >= BOUND, name
