@@ -385,6 +385,8 @@ def _parse(argv: list[str] | None) -> Any:
     parser.add_argument("--seed", type=int, default=0, help="demo world seed")
     parser.add_argument("--no-creation", action="store_true",
                         help="skip the model-creation timings (a run per backbone)")
+    parser.add_argument("--scale", choices=("small", "default"),
+                        help="demo world scale (default: small on CPU, default on CUDA)")
     parser.add_argument("--decode-routes", action="store_true",
                         help="time only the default decode vs --decode draft")
     parser.add_argument("--section", default=None,
