@@ -170,6 +170,21 @@ def test_open_script_writes_its_section(tmp_path: Path) -> None:
     assert float(row.split("|")[2]) > 10  # MB of files: the store was really written
 
 
+def test_encode_decode_routes_writes_its_section(bench_env: dict[str, Path]) -> None:
+    """``--decode-routes``: the default decode vs --decode draft, one ratio per backbone;
+    the shipped tiny-vit-s (48 px input) draft-decodes the world's larger JPEGs, so its
+    vectors move (cosine under the 0.9999 bound of the default route)."""
+    encode = _module("bench_encode")
+    assert encode.main([*_args(bench_env), "--backbones", "tiny-vit-s,tiny-vit",
+                        "--pretrained", "default", "--decode-routes"]) == 0
+    lines = _section(bench_env["results"].read_text(), "bench_encode_decode_cpu")
+    ratios = _ratios(lines)
+    assert len(ratios) == 2 and all(RATIO.match(r) for r in ratios), ratios
+    assert "tiny-vit-s cpu build with --decode draft over the default" in ratios[0]
+    (row,) = [line for line in lines if line.startswith("| tiny-vit-s")]
+    assert float(row.split("|")[8]) < 0.9999  # draft is not the reference's pixels
+
+
 def test_encode_cuda_mode_structure() -> None:
     # No GPU here: check the GPU mode's settings and that its backbones resolve (no load).
     from clipindex.encode.backbones import resolve_backbone

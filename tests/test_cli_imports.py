@@ -69,6 +69,7 @@ def test_listed_choices_are_the_librarys() -> None:
     from clipindex.classifiers.runner import ENSEMBLES, METHODS
     from clipindex.classifiers.templates import TEMPLATE_SETS
     from clipindex.demo import DEMO_PER_CLASS
+    from clipindex.encode import DECODES
     from clipindex.explain import METHODS as EXPLAIN_METHODS
     from clipindex.report import PROJECTIONS
     from clipindex.search import TARGETS
@@ -81,6 +82,7 @@ def test_listed_choices_are_the_librarys() -> None:
     assert _choices("classify", "weights") == tuple(KNN_WEIGHTS)
     assert _choices("classify", "templates") == tuple(TEMPLATE_SETS)
     assert _choices("demo", "scale") == tuple(sorted(DEMO_PER_CLASS))
+    assert _choices("build", "decode") == _choices("add", "decode") == tuple(DECODES)
     assert _choices("explain", "method") == tuple(sorted(EXPLAIN_METHODS))
     assert _choices("report", "projection") == tuple(sorted(PROJECTIONS))
     assert _choices("search", "target") == tuple(TARGETS)

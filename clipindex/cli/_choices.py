@@ -18,6 +18,8 @@ ENSEMBLES = ("majority", "soft")
 KNN_WEIGHTS = ("uniform", "similarity")
 #: clipindex.classifiers.templates.TEMPLATE_SETS (its keys)
 TEMPLATE_SETS = ("default", "imagenet")
+#: clipindex.encode.DECODES (build --decode, add --decode)
+DECODES = ("pil", "nvjpeg", "draft")
 #: clipindex.demo.DEMO_PER_CLASS (its keys, sorted)
 DEMO_SCALES = ("default", "small")
 #: clipindex.search.dedup.DEFAULT_THRESHOLD

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from clipindex.cli._app import main
+from clipindex.cli._choices import DECODES
 from clipindex.cli.build import BATCH_HELP, SHARD_HELP, _positive, _store_notes
 
 
@@ -28,6 +29,9 @@ from clipindex.cli.build import BATCH_HELP, SHARD_HELP, _positive, _store_notes
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding processes.")
 @click.option("--threads", type=int, callback=_positive, help="torch threads while encoding.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda if available.")
+@click.option("--decode", type=click.Choice(DECODES),
+              help="Decoder of the new images; it must give the store's decode route "
+                   "(draft for a draft store; default: the store's route).")
 @click.option("--shard-size", type=int, callback=_positive, help=SHARD_HELP)
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths that resolve outside the data root.")
@@ -38,7 +42,8 @@ from clipindex.cli.build import BATCH_HELP, SHARD_HELP, _positive, _store_notes
               help="Print exactly one JSON document on stdout (notes go to stderr).")
 def add_command(source: Path, index: Path, backbones: tuple[str, ...], root: Path | None,
                 pretrained: str, batch_size: int | None, workers: int | None,
-                threads: int | None, device: str | None, shard_size: int | None,
+                threads: int | None, device: str | None, decode: str | None,
+                shard_size: int | None,
                 allow_outside_root: bool, progress: bool, verbose: bool,
                 as_json: bool) -> None:
     """Bring the store --index up to date with SOURCE (what `clipindex build` takes):
@@ -58,7 +63,7 @@ def add_command(source: Path, index: Path, backbones: tuple[str, ...], root: Pat
         result = add_to_store(source, index=index, backbones=list(backbones) or None,
                               root=root, pretrained=pretrained, batch_size=batch_size,
                               workers=workers, threads=threads, device=device,
-                              shard_size=shard_size, progress=progress,
+                              shard_size=shard_size, progress=progress, decode=decode,
                               allow_outside_root=allow_outside_root)
     if as_json:
         click.echo(json.dumps(result.to_dict()))

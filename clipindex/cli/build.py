@@ -16,6 +16,7 @@ from clipindex.cli._choices import (
     CPU_BATCH_RANGE,
     CUDA_BATCH_GFLOPS,
     CUDA_BATCH_RANGE,
+    DECODES,
 )
 
 #: ``--batch-size`` of build and add: how the default is chosen (static: ``--help``
@@ -69,7 +70,8 @@ def _summary(path: Path) -> str:
     if m.get("engine") == "ray":
         engine = f" (ray, {m.get('ray', {}).get('actors', '?')} encoder actor(s))"
     return (f"{path}: {m['n_images']} images, {m['n_captions']} captions, "
-            f"{m['n_skipped']} skipped, dim {m['dim']}, {speed_text}{engine}")
+            f"{m['n_skipped']} skipped, dim {m['dim']}, {speed_text}{engine}, decode "
+            f"{m.get('decode_route') or 'draft (not recorded)'}")
 
 
 def _dataset_note(dataset_dir: Path) -> str | None:
@@ -89,6 +91,7 @@ def _facts(path: Path) -> dict:
     keys = ("backbone_folder", "display_name", "weights", "n_images", "n_captions",
             "n_skipped", "dim", "dtype", "image_size", "params")
     return {"path": str(path), **{k: m.get(k) for k in keys},
+            "decode_route": m.get("decode_route") or "draft",
             "index_kind": (m.get("index") or {}).get("kind"),
             "images_per_s": (m.get("timings") or {}).get("images_per_s")}
 
@@ -132,9 +135,12 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
                    "cores and the model's cost).")
 @click.option("--threads", type=int, callback=_positive,
               help="torch threads while encoding (default: the cores the workers leave).")
-@click.option("--decode", type=click.Choice(["pil", "nvjpeg"]),
-              help="Decode JPEGs with PIL in the workers, or with nvJPEG on the device "
-                   "(default: nvjpeg on CUDA, pil on CPU).")
+@click.option("--decode", type=click.Choice(DECODES),
+              help="pil: PIL in the workers; nvjpeg: nvJPEG on the device (both full "
+                   "decodes: open_clip's own vectors); draft: PIL's reduced-scale JPEG "
+                   "decode, faster but not open_clip's pixels (README 'Decode route'). "
+                   "Default: nvjpeg on CUDA, pil on CPU; a built store keeps its route "
+                   "unless --rebuild.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda if available.")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image.")
 @click.option("--index-kind", type=click.Choice(_INDEX_KINDS), default="auto", show_default=True,

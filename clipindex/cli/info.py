@@ -43,6 +43,10 @@ def _backbone_lines(b: dict[str, Any]) -> list[str]:
             + (f", STALE ({b.get('stale_reason') or 'dataset changed; rebuild'})"
                if b.get("stale") else ""))
     out = [line]
+    if b.get("decode_route"):
+        from clipindex.store.routes import route_note
+
+        out.append("    " + route_note(b["decode_route"], b.get("decode_route_recorded", True)))
     for target in ("images", "captions"):
         out += _index_lines(target, index.get(target))
     for message in b.get("damaged") or []:

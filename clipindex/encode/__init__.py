@@ -4,7 +4,7 @@ Owns: ``backbones.py`` (study names, open_clip names and tags, local checkpoints
 registry of local backbone sources, whose built-in entries are the tiny demo backbones),
 ``decode.py`` (robust decoding with a reason for every rejected file), ``encoder.py``
 (:class:`Encoder`, :func:`load_encoder`, batched encoding with decode workers),
-``pixels.py`` (the PIL and nvJPEG decode routes to uint8 crops), ``text.py``
+``pixels.py`` (the PIL, nvJPEG and PIL-draft decoders to uint8 crops), ``text.py``
 (length-sorted, trimmed caption batches), ``tuning.py`` (threads, workers and batch
 sizes chosen from the cores, the model's GFLOPs and the device), ``create.py`` (model
 creation without initialising weights a checkpoint overwrites) and
@@ -39,7 +39,14 @@ from clipindex.encode.encoder import (
     resolve_precision,
 )
 from clipindex.encode.queries import QueryImageError, check_query_images, encode_query_images
-from clipindex.encode.tuning import DECODES, EncodeSettings, choose_settings, usable_cores
+from clipindex.encode.tuning import (
+    DECODE_ROUTES,
+    DECODES,
+    EncodeSettings,
+    choose_settings,
+    decode_route,
+    usable_cores,
+)
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -67,6 +74,8 @@ __all__ = [
     "check_query_images",
     "encode_query_images",
     "DECODES",
+    "DECODE_ROUTES",
+    "decode_route",
     "EncodeSettings",
     "choose_settings",
     "usable_cores",

@@ -28,7 +28,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -177,6 +177,9 @@ class Encoder:
         if precision != "fp32":
             _low_precision_weights(self.model, _PRECISIONS[precision])
         self.batch_limit: int | None = None
+        #: ``reference`` or ``draft`` (:data:`~clipindex.encode.tuning.DECODE_ROUTES`): the
+        #: decoder when none is given (a store's encoder takes the store's route)
+        self.decode_route = "reference"
         self._mean_t = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
         self._std_t = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
         self.embed_dim = self._find_embed_dim()  # may encode one blank image: needs the above
@@ -202,15 +205,20 @@ class Encoder:
 
         Keyword overrides (``threads``, ``workers``, ``batch_size``, ``text_batch_size``,
         ``decode``) replace the chosen values when not ``None``
-        (:func:`clipindex.encode.tuning.choose_settings`).
+        (:func:`clipindex.encode.tuning.choose_settings`); with no ``decode``, an encoder
+        whose ``decode_route`` is ``draft`` decodes in draft mode.
         """
+        if overrides.get("decode") is None and self.decode_route == "draft":
+            overrides["decode"] = "draft"
         return choose_settings(self.gflops, self.device, resnet=self.channels_last,
                                **overrides)
 
     @property
     def pixel_pipeline(self) -> Callable[[str | os.PathLike[str]], tuple[torch.Tensor, str]]:
         """The picklable per-file decode + resize/crop step (``path -> (uint8 CHW,
-        reason)``): what the PIL decode workers and Ray's decode tasks run."""
+        reason)``) of :attr:`decode_route`: what the PIL workers and Ray's tasks run."""
+        if self.decode_route == "draft":
+            return partial(self._pipeline.from_file, draft=True)
         return self._pipeline.from_file
 
     @property
@@ -308,8 +316,10 @@ class Encoder:
             First index to encode (resuming an interrupted build).
         threads : int, optional
             torch threads while encoding (default: chosen), restored afterwards.
-        decode : {"pil", "nvjpeg"}, optional
-            Decode route (default: nvjpeg on CUDA, pil on CPU; :mod:`clipindex.encode.pixels`).
+        decode : {"pil", "nvjpeg", "draft"}, optional
+            Decoder (default: nvjpeg on CUDA, pil on CPU, both open_clip's pixels; draft:
+            PIL's reduced-scale JPEG decode, faster, not open_clip's pixels;
+            :mod:`clipindex.encode.pixels`).
 
         Yields
         ------
@@ -325,7 +335,8 @@ class Encoder:
         chosen = self._check_run(files, start, batch_size=batch_size, workers=workers,
                                  threads=threads, decode=decode)
         paths = [os.fspath(f) for f in files]
-        dataset = ImageFiles(paths, start, self._pipeline, raw_jpeg=chosen.decode == "nvjpeg")
+        dataset = ImageFiles(paths, start, self._pipeline, raw_jpeg=chosen.decode == "nvjpeg",
+                             draft=chosen.decode == "draft")
         # Arguments are checked now; the generator below starts at the first next().
         return self._batches(dataset, chosen, progress)
 

@@ -1,10 +1,16 @@
-"""From image files to uint8 crops: the two decode routes of the encoder.
+"""From image files to uint8 crops: the three decoders of the encoder.
 
-- ``pil`` (default on CPU): DataLoader workers decode with
-  :func:`clipindex.encode.decode.load_rgb` (PIL, JPEG draft mode) and resize/center-crop
-  with the very PIL steps of open_clip's ``preprocess``; they send **uint8** CHW crops
-  (4× less to copy between processes than float). Normalisation and the float
-  conversion happen on the device (:meth:`Encoder.encode_pixels`).
+- ``pil`` (default on CPU): DataLoader workers decode the whole file with
+  :func:`clipindex.encode.decode.load_rgb` and resize/center-crop with the very PIL
+  steps of open_clip's ``preprocess``; they send **uint8** CHW crops (4× less to copy
+  between processes than float). Normalisation and the float conversion happen on the
+  device (:meth:`Encoder.encode_pixels`) with ``ToTensor``'s and ``Normalize``'s own
+  arithmetic, so the crop is open_clip's to the bit and the vector equals
+  ``encode_image(preprocess(Image.open(f).convert("RGB")))`` (of the upright image).
+- ``draft`` (an explicit speed option, never a default): as ``pil``, but JPEGs are
+  decoded at a reduced DCT scale (``Image.draft``, :func:`load_rgb`'s ``target_size``).
+  Faster on large photos, and *not* open_clip's pixels: the store records it
+  (``decode_route: draft``) and its queries are decoded the same way.
 - ``nvjpeg`` (default on CUDA): workers only read the files; JPEG bytes are decoded in
   one batched ``torchvision.io.decode_jpeg(..., device=...)`` call on the encoder's
   device (nvJPEG on a GPU; the same call runs on CPU, which is how CI tests it), then
@@ -61,10 +67,11 @@ class PixelPipeline:
             raise ValueError(f"preprocessing gave {array.shape[:2]}, expected {self.input_size}")
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
-    def from_file(self, path: str) -> tuple[torch.Tensor, str]:
-        """PIL route for one file: ``(uint8 crop, "")`` or ``(zeros, reason)``."""
+    def from_file(self, path: str, draft: bool = False) -> tuple[torch.Tensor, str]:
+        """PIL route for one file: ``(uint8 crop, "")`` or ``(zeros, reason)``; with
+        ``draft`` a JPEG is decoded at a reduced scale (the ``draft`` decoder)."""
         try:
-            return self(load_rgb(path, target_size=self.draft_size)), ""
+            return self(load_rgb(path, target_size=self.draft_size if draft else None)), ""
         except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
             return self.empty(), failure_reason(exc)
 
@@ -86,15 +93,16 @@ class ImageFiles(torch.utils.data.Dataset):
 
     ``kind`` is ``"pixels"`` (a uint8 CHW crop; zeros when ``reason`` is set) or, with
     ``raw_jpeg``, ``"jpeg"`` (the file's bytes as a uint8 tensor, decoded later on the
-    device).
+    device). ``draft``: PIL decodes JPEGs in draft mode (the ``draft`` decoder).
     """
 
     def __init__(self, files: Sequence[str | os.PathLike[str]], start: int,
-                 pipeline: PixelPipeline, raw_jpeg: bool = False) -> None:
+                 pipeline: PixelPipeline, raw_jpeg: bool = False, draft: bool = False) -> None:
         self.files = [os.fspath(f) for f in files]
         self.start = start
         self.pipeline = pipeline
         self.raw_jpeg = raw_jpeg and pipeline.resize_side is not None
+        self.draft = bool(draft) and not self.raw_jpeg
 
     def __len__(self) -> int:
         return len(self.files) - self.start
@@ -112,7 +120,7 @@ class ImageFiles(torch.utils.data.Dataset):
                     return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8), ""
             except OSError:
                 pass  # the PIL route gives the reason
-        return ("pixels", *self.pipeline.from_file(path))
+        return ("pixels", *self.pipeline.from_file(path, draft=self.draft))
 
 
 def collate(items: list[tuple[str, torch.Tensor, str]]) -> list[tuple[str, torch.Tensor, str]]:

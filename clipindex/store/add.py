@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,7 @@ from clipindex.store.manifest import (
     write_parquet,
 )
 from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, options, plan_encoding
+from clipindex.store.routes import add_decoder
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
 from clipindex.store.update import update_index
 from clipindex.store.verify import read_dataset_info, read_tables
@@ -363,6 +364,7 @@ def add_to_store(
     shard_size: int | None = None,
     progress: bool = True,
     allow_outside_root: bool = False,
+    decode: str | None = None,
     _hook: Hook | None = None,
 ) -> AddResult:
     """Add a changed source's new images to the store ``index`` (``OUT/<dataset>``) and
@@ -373,8 +375,11 @@ def add_to_store(
     another folder holding the same relative paths. ``backbones`` (default: every
     backbone of the store) are updated; the others are left stale (refused by queries
     until a later add names them). ``batch_size``, ``workers``, ``threads``, ``device``
-    and ``shard_size`` are the build's encoding knobs. Rerunning an interrupted add
-    finishes it; an add with nothing to do writes nothing.
+    and ``shard_size`` are the build's encoding knobs. New images are decoded by each
+    store's own route (``decode_route``; :mod:`clipindex.store.routes`): ``decode``
+    (``pil``, ``nvjpeg``, ``draft``) may pick the decoder of that route, and one of the
+    other route is a :class:`UserInputError`. Rerunning an interrupted add finishes it;
+    an add with nothing to do writes nothing.
 
     Example
     -------
@@ -384,7 +389,7 @@ def add_to_store(
     t0 = time.perf_counter()
     ddir = Path(index)
     opts = options(ddir.parent, batch_size, shard_size, workers=workers, threads=threads,
-                   text_batch_size=None, decode=None, device=device, strict=False,
+                   text_batch_size=None, decode=decode, device=device, strict=False,
                    index_kind="flat", dtype="float32", progress=progress)
     dataset, source_fp, encodings = _checked(source, ddir, opts, backbones, pretrained,
                                              root, allow_outside_root)
@@ -396,6 +401,7 @@ def add_to_store(
         images, captions = read_tables(cdir, info)
         chosen = _targets(cdir, ddir, backbones, pretrained)
         encodings = _plans(opts, chosen, dataset, encodings)  # an add came in between
+        decoders = {t.folder: add_decoder(m, decode, t.folder) for t, m in chosen}
         plan = plan_rows(images, captions, info, dataset)
         from clipindex.sources import fingerprint as table_fingerprint
 
@@ -418,9 +424,9 @@ def add_to_store(
                       [t.folder for t, _ in chosen])
         data_root = Path(dataset.root)
         for t, m in chosen:
-            result.encoded[t.folder] = _stage_backbone(ddir, cdir, staged, t, m, plan, fp,
-                                                       new, data_root, opts,
-                                                       encodings[t.folder], _hook)
+            result.encoded[t.folder] = _stage_backbone(
+                ddir, cdir, staged, t, m, plan, fp, new, data_root,
+                replace(opts, decode=decoders[t.folder]), encodings[t.folder], _hook)
             if _hook:
                 _hook(f"staged:{t.folder}")
         link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables

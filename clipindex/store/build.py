@@ -41,6 +41,7 @@ from clipindex.store.manifest import (
     read_manifest,
     resolve_targets,
     same_source,
+    stored_route,
     table_records,
     write_dataset_info,
     write_manifest,
@@ -51,6 +52,7 @@ from clipindex.store.owned import refuse_store_path
 from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, options, plan_encoding
 from clipindex.store.ray_engine import RayOptions, encode_with_ray, ray_session
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
+from clipindex.store.routes import build_route
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
 from clipindex.store.tuning import (
     DEFAULT_TARGET_RECALL,
@@ -145,6 +147,7 @@ def _up_to_date(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions
     current = {**m, "format_version": FORMAT_VERSION} if m["format_version"] in READERS else m
     same = (same_source(current, target, fingerprint)
             and m.get("dtype") == opts.dtype
+            and stored_route(m) == build_route(bdir, opts.decode, opts.rebuild)
             and _same_index(m, opts))
     return same and not check_backbone(bdir, m, verify=False)
 
@@ -168,13 +171,15 @@ def _kept(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions) -> b
     """Leave a finished store alone, or re-index it from its stored vectors; False
     when it must be encoded."""
     if _up_to_date(bdir, target, fingerprint, opts):
-        log.info("%s: up to date (%s)", target.name, bdir)
+        draft = opts.decode is None and build_route(bdir, None, opts.rebuild) == "draft"
+        log.info("%s: up to date (%s)%s", target.name, bdir, "; decoded in draft mode: "
+                 "--rebuild re-encodes it the reference way" if draft else "")
         for leftover in ("shards", REINDEX_DIR):  # killed right after the manifest
             shutil.rmtree(bdir / leftover, ignore_errors=True)
         return True
     shutil.rmtree(bdir / REINDEX_DIR, ignore_errors=True)  # an interrupted re-index
     old = reusable(bdir, target, fingerprint, opts.dtype)
-    if old is None:
+    if old is None or stored_route(old) != build_route(bdir, opts.decode, opts.rebuild):
         return False
     reindex(bdir, old, dtype=opts.dtype, index_kind=opts.index_kind, settings=opts.auto)
     log.info("%s: re-indexed %s from its stored vectors (%s %s -> %s %s), nothing "
@@ -194,6 +199,7 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
         plan = plan_encoding(opts, [target], n_images=len(dataset.images),
                              n_captions=len(dataset.captions))[target.folder]
     bdir = opts.out / dataset.name / target.folder
+    route = build_route(bdir, opts.decode, opts.rebuild)
     if _kept(bdir, target, fingerprint, opts):
         return bdir
     if before_encode is not None:
@@ -202,13 +208,14 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     (bdir / TEXT_CACHE).unlink(missing_ok=True)  # derived from the old weights
     # A Ray driver needs the model only for its facts (dim, preprocessing): on the CPU.
     encoder = load_encoder_for(target.spec, "cpu" if opts.engine == "ray" else opts.device)
+    encoder.decode_route = route  # no --decode: draft for a draft route (Ray's tasks too)
     settings = chosen_settings(opts, encoder, plan)
     batch, shard = plan.sizes(settings["batch_size"])
     stamp = {"dataset_fingerprint": fingerprint, **target.identity,
              "dim": int(encoder.embed_dim)}
     sdir = bdir / "shards"
     sdir.mkdir(parents=True, exist_ok=True)
-    img = Shards("images", sdir, len(dataset.images), shard, stamp)
+    img = Shards("images", sdir, len(dataset.images), shard, {**stamp, "decode_route": route})
     cap = Shards("captions", sdir, len(dataset.captions), shard, stamp)
     img.scan()
     cap.scan()
@@ -223,7 +230,7 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     timings.update(shards_reused=reused, batch_size=batch, shard_size=shard,
                    workers=settings.get("workers"), settings=settings)
     manifest = _finish(bdir, target, encoder, img, cap, fingerprint=fingerprint,
-                       opts=opts, timings=timings)
+                       opts=opts, timings=timings, route=route)
     log.info("%s: built %s (%d images, %d captions, %d skipped)", target.name, bdir,
              img.n, cap.n, len(manifest["skipped"]))
     return bdir
@@ -281,7 +288,8 @@ def _encode_ray(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Sh
 
 
 def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, *,
-            fingerprint: str, opts: BuildOptions, timings: dict[str, Any]) -> dict[str, Any]:
+            fingerprint: str, opts: BuildOptions, timings: dict[str, Any], route: str
+            ) -> dict[str, Any]:
     """Assemble the matrices, write npy + faiss, then (last, atomically) the manifest."""
     dim = int(encoder.embed_dim)
     images, skipped = img.assemble(dim)
@@ -301,7 +309,7 @@ def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, 
     manifest = build_manifest(
         target, encoder, fingerprint=fingerprint, dtype=opts.dtype,
         counts=(len(images), len(captions)), index=index, files=file_records(bdir),
-        timings=timings, device=opts.device, skipped=skipped)
+        timings=timings, device=opts.device, skipped=skipped, decode_route=route)
     manifest["engine"] = opts.engine
     if ray_record is not None:
         manifest["ray"] = ray_record
@@ -380,10 +388,13 @@ def build_store(
     CSV/parquet manifest; ``root`` overrides its data root). ``backbones`` are names
     :func:`clipindex.encode.resolve_backbone` knows, with ``pretrained`` (``"default"``,
     a tag, ``"none"`` or a checkpoint path). ``batch_size``, ``workers``, ``threads``
-    (torch threads while encoding), ``text_batch_size``, ``decode`` (``"pil"`` or
-    ``"nvjpeg"``) and ``device`` are encoding knobs (``None``: chosen per backbone from
+    (torch threads while encoding), ``text_batch_size``, ``decode`` and ``device`` are
+    encoding knobs (``None``: chosen per backbone from
     the cores, the model's GFLOPs and the device, :meth:`Encoder.settings`, and logged
-    in one line; the manifest's ``timings.settings`` records them); ``strict`` makes the first
+    in one line; the manifest's ``timings.settings`` records them). ``decode``: ``"pil"``
+    or ``"nvjpeg"`` (full decodes: open_clip's vectors, ``decode_route: reference``) or
+    ``"draft"`` (faster, not open_clip's pixels); ``None`` keeps a finished store's route
+    (:mod:`clipindex.store.routes`). ``strict`` makes the first
     unreadable image a :class:`DataError` instead of a skipped row; ``index_kind`` is
     ``"auto"`` (exact ``flat`` for small stores, else an IVF kind chosen from N, dim and
     ``max_index_memory`` (bytes or ``"4GB"``) and tuned to ``target_recall`` recall@10 on
@@ -391,7 +402,8 @@ def build_store(
     ``"ivf"``, ``"hnsw"``, ``"pq"`` or ``"ivfpq"`` (approximate kinds record recall@10);
     ``dtype`` (``"float32"``/``"float16"``) is the stored precision; ``shard_size`` the
     rows per resumable shard (a multiple of ``batch_size``, default ~4096); ``rebuild``
-    replaces the tables of a folder holding another version of the dataset;
+    replaces the tables of a folder holding another version of the dataset and
+    re-encodes a draft store the reference way (unless ``decode="draft"``);
     ``allow_outside_root`` accepts image paths outside the data root (a source given by
     path; recorded in ``dataset.json``).
     ``engine="ray"`` encodes on Ray Data (:mod:`clipindex.store.ray_engine`): it joins
@@ -414,7 +426,7 @@ def build_store(
     opts = options(out, batch_size, shard_size, workers=workers, threads=threads,
                    text_batch_size=text_batch_size, decode=decode, device=device,
                    strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
-                   engine=engine, ray=ray_opts, auto=auto)
+                   engine=engine, ray=ray_opts, auto=auto, rebuild=bool(rebuild))
     refuse_store_path(opts.out)  # OUT holds dataset folders and is never inside one
     source = dataset if isinstance(dataset, (str, os.PathLike)) else "SOURCE"
     loaded, targets = _prepare(dataset, backbones, pretrained, root, allow_outside_root)

@@ -60,6 +60,7 @@ __all__ = [
     "same_source",
     "seal",
     "sha256_file",
+    "stored_route",
     "table_records",
     "text_cache_key",
     "weights_identity",
@@ -379,10 +380,24 @@ def _jsonable(value: Any) -> Any:
     return _int_or_none(value)
 
 
+def stored_route(manifest: dict[str, Any]) -> str:
+    """How a store's image vectors were decoded (its ``decode_route``): ``reference``
+    (open_clip's transform on a full decode) or ``draft``; a manifest written before
+    clipindex recorded it holds draft-decoded vectors (the only route there was).
+
+    Examples
+    --------
+    >>> stored_route({}), stored_route({"decode_route": "reference"})
+    ('draft', 'reference')
+    """
+    return str(manifest.get("decode_route") or "draft")
+
+
 def build_manifest(target: Target, encoder: Any, *, fingerprint: str, dtype: str,
                    counts: tuple[int, int], index: dict[str, Any],
                    files: dict[str, Any], timings: dict[str, Any], device: str | None,
-                   skipped: list[dict[str, Any]]) -> dict[str, Any]:
+                   skipped: list[dict[str, Any]], decode_route: str = "reference"
+                   ) -> dict[str, Any]:
     """The manifest of a freshly encoded backbone folder (keys in their stored order)."""
     weights = str(target.identity["weights"])
     return {
@@ -403,6 +418,7 @@ def build_manifest(target: Target, encoder: Any, *, fingerprint: str, dtype: str
         "n_captions": int(counts[1]),
         "n_skipped": len(skipped),
         "dataset_fingerprint": fingerprint,
+        "decode_route": decode_route,
         "index": index,
         "files": files,
         "timings": timings,

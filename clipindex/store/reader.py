@@ -41,6 +41,7 @@ from clipindex.store.manifest import (
     load_encoder_for,
     normalise_rows,
     read_manifest,
+    stored_route,
     text_cache_key,
     weights_identity,
 )
@@ -324,6 +325,7 @@ def _load_matching_encoder(manifest: dict[str, Any], device: str | None) -> Any:
         raise IndexMismatchError(
             f"{spec.name} encodes dim {encoder.embed_dim} but the store holds dim "
             f"{manifest['dim']}; rebuild the store with clipindex build")
+    encoder.decode_route = stored_route(manifest)  # query files decoded as the store's were
     return encoder
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from clipindex.errors import DamagedStoreError
 from clipindex.store import generations as gens
-from clipindex.store.manifest import read_manifest
+from clipindex.store.manifest import read_manifest, stored_route
 from clipindex.store.reader import list_backbones
 from clipindex.store.verify import (
     check_backbone,
@@ -60,6 +60,8 @@ def _backbone_entry(bdir: Path, info: dict[str, Any], verify: bool) -> dict[str,
     except DamagedStoreError as exc:
         return {"backbone_folder": bdir.name, "stale": False, "damaged": [str(exc)]}
     entry = {k: manifest.get(k) for k in keys}
+    entry["decode_route"], entry["decode_route_recorded"] = (stored_route(manifest),
+                                                             "decode_route" in manifest)
     entry["stale_reason"] = gens.stale_reason(manifest, info)
     entry["stale"], entry["generation"] = bool(entry["stale_reason"]), manifest.get("generation", 0)
     entry["damaged"] = [d.message() for d in check_backbone(bdir, manifest, verify)]
