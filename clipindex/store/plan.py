@@ -53,6 +53,7 @@ class BuildOptions:
     progress: bool
     engine: str = "local"
     ray: RayOptions = field(default_factory=RayOptions)
+    rebuild: bool = False
     auto: AutoSettings = AutoSettings()
 
     def __post_init__(self) -> None:
