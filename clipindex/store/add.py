@@ -54,6 +54,7 @@ from clipindex.store.manifest import (
 )
 from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, options, plan_encoding
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.space import check_space, matrix_bytes, reserved_memmap
 from clipindex.store.update import update_index
 from clipindex.store.verify import read_dataset_info, read_tables
 
@@ -305,8 +306,7 @@ def _extend(old: Path, path: Path, new: np.ndarray, ok: np.ndarray, dtype: str
     map), then ``new``, with the rows not ``ok`` (tombstoned, skipped) zeroed; returns it
     memory-mapped read-only."""
     stored = np.load(old, mmap_mode="r")
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
-                                    shape=(len(ok), stored.shape[1]))
+    out = reserved_memmap(path, dtype, (len(ok), stored.shape[1]))  # never a SIGBUS
     for start in range(0, len(stored), 65536):
         stop = min(start + 65536, len(stored))
         out[start:stop] = stored[start:stop]
@@ -407,17 +407,21 @@ def add_to_store(
             result.seconds = round(time.perf_counter() - t0, 3)
             return result
         new = cur + 1
+        check_space(ddir, _needs(chosen, plan))
         staged = stage(ddir, new)
-        _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
-                      [t.folder for t, _ in chosen])
-        data_root = Path(dataset.root)
-        for t, m in chosen:
-            result.encoded[t.folder] = _stage_backbone(ddir, cdir, staged, t, m, plan, fp,
-                                                       new, data_root, opts,
-                                                       encodings[t.folder], _hook)
-            if _hook:
-                _hook(f"staged:{t.folder}")
-        link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables
+        try:
+            _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
+                          [t.folder for t, _ in chosen])
+            for t, m in chosen:
+                result.encoded[t.folder] = _stage_backbone(
+                    ddir, cdir, staged, t, m, plan, fp, new, Path(dataset.root), opts,
+                    encodings[t.folder], _hook)
+                if _hook:
+                    _hook(f"staged:{t.folder}")
+            link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables
+        except Exception:  # a full disk, say: the half-staged generation is no use
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         if _hook:
             _hook("staged")
         commit(ddir, new, staged, _hook)
@@ -430,6 +434,15 @@ def add_to_store(
         result.stale = _stale(generation_dir(ddir), ddir, fp)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def _needs(chosen: list[tuple[Target, dict[str, Any]]], plan: RowPlan) -> int:
+    """Bytes a new generation writes: each chosen backbone's two matrices, their
+    indexes (about as large as flat ones) and the new rows' shards."""
+    rows = len(plan.images) + len(plan.captions)
+    added = plan.added + plan.added_captions
+    return sum(2 * matrix_bytes(rows, int(m["dim"]), str(m.get("dtype", "float32")))
+               + matrix_bytes(added, int(m["dim"])) for _, m in chosen)
 
 
 def _checked(source: Any, ddir: Path, opts: BuildOptions, backbones: Sequence[str] | None,

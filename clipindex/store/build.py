@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import DataError, UserInputError
+from clipindex.errors import DataError, UserInputError, os_faults
 from clipindex.sources import dataset_fingerprint
 from clipindex.store.generations import publish, snapshot_build, store_view, tombstones
 from clipindex.store.lock import build_lock
@@ -52,6 +52,7 @@ from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, opti
 from clipindex.store.ray_engine import RayOptions, encode_with_ray, ray_session
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.space import check_space, matrix_bytes
 from clipindex.store.tuning import (
     DEFAULT_TARGET_RECALL,
     AutoSettings,
@@ -212,21 +213,29 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     cap = Shards("captions", sdir, len(dataset.captions), shard, stamp)
     img.scan()
     cap.scan()
+    needs = _needs(img, cap, int(encoder.embed_dim), opts.dtype)
+    check_space(bdir, needs)
     reused = len(img.done) + len(cap.done)
     if reused:
         log.info("%s: reusing %d finished shard(s) (%d image, %d caption)",
                  target.name, reused, len(img.done), len(cap.done))
-    if opts.engine == "ray":
-        timings = _encode_ray(dataset, target, encoder, img, cap, opts, settings, counter)
-    else:
-        timings = _encode_all(dataset, target, encoder, img, cap, opts, settings, counter)
-    timings.update(shards_reused=reused, batch_size=batch, shard_size=shard,
-                   workers=settings.get("workers"), settings=settings)
-    manifest = _finish(bdir, target, encoder, img, cap, fingerprint=fingerprint,
-                       opts=opts, timings=timings)
+    with os_faults(bdir, needs=needs):  # a full disk names what the whole build needs
+        encode = _encode_ray if opts.engine == "ray" else _encode_all
+        timings = encode(dataset, target, encoder, img, cap, opts, settings, counter)
+        timings.update(shards_reused=reused, batch_size=batch, shard_size=shard,
+                       workers=settings.get("workers"), settings=settings)
+        manifest = _finish(bdir, target, encoder, img, cap, fingerprint=fingerprint,
+                           opts=opts, timings=timings)
     log.info("%s: built %s (%d images, %d captions, %d skipped)", target.name, bdir,
              img.n, cap.n, len(manifest["skipped"]))
     return bdir
+
+
+def _needs(img: Shards, cap: Shards, dim: int, dtype: str) -> int:
+    """Bytes a backbone's build still writes: the unfinished shards, then both matrices
+    and their indexes (about as large as flat ones) beside the shards."""
+    todo = img.n + cap.n - img.done_rows - cap.done_rows
+    return matrix_bytes(todo, dim) + 2 * matrix_bytes(img.n + cap.n, dim, dtype)
 
 
 def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Shards,

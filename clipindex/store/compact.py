@@ -8,6 +8,7 @@ store's, so they cannot be renumbered with them; update it first with ``clipinde
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from clipindex.store.manifest import (
     write_parquet,
 )
 from clipindex.store.outputs import write_outputs
+from clipindex.store.space import check_space, matrix_bytes
 from clipindex.store.tuning import AutoSettings
 from clipindex.store.verify import read_dataset_info, read_tables
 
@@ -126,7 +128,6 @@ def compact_store(index: str | Path) -> CompactResult:
     >>> compact_store("indexes/photos").line()  # doctest: +SKIP
     'compacted indexes/photos into generation 3: removed 2 tombstoned images ...'
     """
-    from clipindex.sources import fingerprint as table_fingerprint
     from clipindex.store.reader import list_backbones
 
     ddir = Path(index)
@@ -151,24 +152,42 @@ def compact_store(index: str | Path) -> CompactResult:
         images, captions = read_tables(cdir, info)
         imgs, caps, keep_i, keep_c = _renumber(images, captions, dead_i, dead_c)
         new = cur + 1
+        rows = int(keep_i.sum() + keep_c.sum())
+        check_space(ddir, sum(2 * matrix_bytes(rows, int(m["dim"]), str(m["dtype"]))
+                              for m in manifests.values()))
         staged = stage(ddir, new)
-        write_parquet(staged / "images.parquet", imgs)
-        write_parquet(staged / "captions.parquet", caps)
-        fp = table_fingerprint(imgs, caps)
-        entry = {"generation": new, "compacted": True, "removed": int((~keep_i).sum()),
-                 "removed_captions": int((~keep_c).sum()), "time": round(time.time(), 3)}
-        write_json(staged / "dataset.json", {
-            **{k: v for k, v in info.items() if k != "tombstones"}, "fingerprint": fp,
-            "source_fingerprint": info.get("source_fingerprint", info["fingerprint"]),
-            "tables": table_records(staged), "generation": new,
-            "history": [*info.get("history", []), entry]})
-        for folder, m in manifests.items():
-            _compact_backbone(cdir, staged, folder, m, keep_i, keep_c, fp, new)
+        try:
+            fp = _stage_compacted(staged, info, imgs, caps, keep_i, keep_c, new)
+            for folder, m in manifests.items():
+                _compact_backbone(cdir, staged, folder, m, keep_i, keep_c, fp, new)
+        except Exception:  # a full disk, say: the half-staged generation is no use
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         commit(ddir, new, staged)
         publish(ddir)
         drop_generations(ddir, keep=new)
         return CompactResult(str(ddir), new, int((~keep_i).sum()), int((~keep_c).sum()),
                              old_gens, before, disk_bytes(ddir))
+
+
+def _stage_compacted(staged: Path, info: dict[str, Any], imgs: pd.DataFrame,
+                     caps: pd.DataFrame, keep_i: np.ndarray, keep_c: np.ndarray,
+                     new: int) -> str:
+    """Write the renumbered tables and ``dataset.json`` into ``staged``; their
+    fingerprint."""
+    from clipindex.sources import fingerprint as table_fingerprint
+
+    write_parquet(staged / "images.parquet", imgs)
+    write_parquet(staged / "captions.parquet", caps)
+    fp = table_fingerprint(imgs, caps)
+    entry = {"generation": new, "compacted": True, "removed": int((~keep_i).sum()),
+             "removed_captions": int((~keep_c).sum()), "time": round(time.time(), 3)}
+    write_json(staged / "dataset.json", {
+        **{k: v for k, v in info.items() if k != "tombstones"}, "fingerprint": fp,
+        "source_fingerprint": info.get("source_fingerprint", info["fingerprint"]),
+        "tables": table_records(staged), "generation": new,
+        "history": [*info.get("history", []), entry]})
+    return fp
 
 
 def _generations(ddir: Path) -> list[int]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from clipindex.errors import UserInputError
+from clipindex.errors import UserInputError, os_faults
 
 __all__ = ["LOCK_NAME", "build_lock"]
 
@@ -22,16 +22,19 @@ def build_lock(dataset_dir: Path) -> Iterator[None]:
     with a :class:`UserInputError` naming the holder's pid, instead of interleaving
     shards and tables. The lock is ``flock`` on a hidden file, released by the kernel
     when its holder exits, killed or not, so it never goes stale. Where ``fcntl`` is
-    missing (Windows) builds are not locked.
+    missing (Windows) builds are not locked. A folder that cannot be written (read-only
+    file system, no permission, disk full) fails here, before anything is written, with
+    a :class:`~clipindex.errors.ResourceError` naming it.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    dataset_dir.mkdir(parents=True, exist_ok=True)
     path = dataset_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    with os_faults(path):
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -41,8 +44,9 @@ def build_lock(dataset_dir: Path) -> Iterator[None]:
                 f"another clipindex build (pid {holder}) is writing {dataset_dir}; wait "
                 "for it to finish, or build into another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with os_faults(path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
         finally:
