@@ -173,7 +173,9 @@ def os_fault(exc: BaseException, path: str | os.PathLike[str] | None = None, *,
     >>> str(os_fault(OSError(30, "Read-only file system"), "/s/a.npy")).split(":")[0]
     '/s/a.npy is on a read-only file system'
     """
-    if isinstance(exc, ResourceError):
+    if isinstance(exc, ResourceError):  # an outer operation may know a larger need
+        if needs and exc.errno in _DISK_FULL and needs > (exc.needs or 0):
+            return disk_full(exc.path or path or "?", needs=needs, code=exc.errno)
         return exc
     code = getattr(exc, "errno", None)
     if not isinstance(exc, OSError) or code not in OS_FAULTS:
@@ -238,13 +240,9 @@ def os_faults(path: str | os.PathLike[str], *, needs: int | None = None) -> Iter
     """
     try:
         yield
-    except ResourceError as exc:  # the outer operation knows the larger need
-        if needs and exc.errno in _DISK_FULL and needs > (exc.needs or 0):
-            raise disk_full(exc.path or path, needs=needs, code=exc.errno) from exc
-        raise
-    except OSError as exc:
+    except (ResourceError, OSError) as exc:
         fault = os_fault(exc, path, needs=needs)
-        if fault is None:
+        if fault is None or fault is exc:
             raise
         raise fault from exc
 

@@ -215,6 +215,43 @@ def test_build_on_a_full_disk_is_one_line_and_resumes(
     assert 0 < failed < len(LEAVES), results
 
 
+MEMMAP = r"""
+import sys
+from pathlib import Path
+import numpy as np
+path, how = Path(sys.argv[1]), sys.argv[2]
+if how == "plain":  # what `add` did before: a sparse map, written past the disk's end
+    out = np.lib.format.open_memmap(path, mode="w+", dtype="float32", shape=(4096, 64))
+else:
+    from clipindex.errors import ResourceError
+    from clipindex.store.space import reserved_memmap
+    try:
+        out = reserved_memmap(path, "float32", (4096, 64))
+    except ResourceError as exc:
+        print("ERROR", exc, "EXISTS", path.exists())
+        raise SystemExit(0)
+out[:] = 1.0
+out.flush()
+print("WROTE")
+"""
+
+
+def test_a_memory_map_past_the_free_space_is_an_error_not_a_sigbus(
+        tmp_path: Path, tmpfs: Callable[[Path, str], Path]) -> None:
+    mnt = tmpfs(tmp_path / "mnt", "1m")  # a 1 MB matrix on a disk with ~256 KB free
+    _fill(mnt, 64 * PAGE)
+    run = [sys.executable, "-c", MEMMAP, str(mnt / "m.npy")]
+    plain = subprocess.run([*run, "plain"], capture_output=True, text=True, timeout=120,
+                           env=_env())
+    assert plain.returncode == -7, (plain.returncode, plain.stdout)  # SIGBUS: the premise
+    (mnt / "m.npy").unlink()
+    res = subprocess.run([*run, "reserved"], capture_output=True, text=True, timeout=120,
+                         env=_env())
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.startswith("ERROR no space left") and "needs about 1.0 MB" in res.stdout
+    assert res.stdout.strip().endswith("EXISTS False")  # the partial file is removed
+
+
 # Injected where no tmpfs can be mounted (and everywhere: they pin the messages).
 def test_injected_disk_full_in_a_memory_map_and_in_faiss(
         use_fake_encoders: type[FakeEncoder], images: tuple[Path, Path],

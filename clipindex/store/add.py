@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import DataError, IndexMismatchError, UserInputError
+from clipindex.errors import (
+    DataError,
+    IndexMismatchError,
+    UserInputError,
+    os_fault,
+    os_faults,
+)
 from clipindex.store.build import check_rows
 from clipindex.store.generations import (
     commit,
@@ -406,9 +412,10 @@ def add_to_store(
             result.stale = _stale(cdir, ddir, fp)
             result.seconds = round(time.perf_counter() - t0, 3)
             return result
-        new = cur + 1
-        check_space(ddir, _needs(chosen, plan))
-        staged = stage(ddir, new)
+        new, needs = cur + 1, _needs(chosen, plan)
+        check_space(ddir, needs)
+        with os_faults(ddir, needs=needs):  # a full disk names what the add needs
+            staged = stage(ddir, new)
         try:
             _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
                           [t.folder for t, _ in chosen])
@@ -419,9 +426,12 @@ def add_to_store(
                 if _hook:
                     _hook(f"staged:{t.folder}")
             link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables
-        except Exception:  # a full disk, say: the half-staged generation is no use
+        except Exception as exc:  # a full disk, say: the half-staged generation is no use
             shutil.rmtree(staged, ignore_errors=True)
-            raise
+            fault = os_fault(exc, staged, needs=needs)
+            if fault is None or fault is exc:
+                raise
+            raise fault from exc
         if _hook:
             _hook("staged")
         commit(ddir, new, staged, _hook)

@@ -52,7 +52,7 @@ from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, opti
 from clipindex.store.ray_engine import RayOptions, encode_with_ray, ray_session
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
-from clipindex.store.space import check_space, matrix_bytes
+from clipindex.store.space import check_space, matrix_bytes, naming_needs
 from clipindex.store.tuning import (
     DEFAULT_TARGET_RECALL,
     AutoSettings,
@@ -236,6 +236,16 @@ def _needs(img: Shards, cap: Shards, dim: int, dtype: str) -> int:
     and their indexes (about as large as flat ones) beside the shards."""
     todo = img.n + cap.n - img.done_rows - cap.done_rows
     return matrix_bytes(todo, dim) + 2 * matrix_bytes(img.n + cap.n, dim, dtype)
+
+
+def _build_needs(dataset: Any, targets: Sequence[Target], dtype: str) -> int:
+    """Bytes a whole build writes (shards, matrices, indexes of every backbone), from
+    each model's skeleton (named when the disk fills before a model is loaded)."""
+    from clipindex.encode import facts
+
+    rows = len(dataset.images) + len(dataset.captions)
+    dims = [facts.model_facts(t.spec).embed_dim for t in targets]
+    return sum(matrix_bytes(rows, d) + 2 * matrix_bytes(rows, d, dtype) for d in dims)
 
 
 def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Shards,
@@ -432,7 +442,8 @@ def build_store(
     ddir = opts.out / loaded.name
     plans = plan_encoding(opts, targets, n_images=len(loaded.images),
                           n_captions=len(loaded.captions), dataset_dir=ddir)
-    with build_lock(ddir):  # one build per dataset folder
+    with naming_needs(ddir, lambda: _build_needs(loaded, targets, opts.dtype)), \
+            build_lock(ddir):  # one build per dataset folder
         publish(ddir)  # an add killed after its commit: finish it first
         loaded, fingerprint = store_view(loaded, ddir, fingerprint, rebuild, source)
         write_tables(loaded, ddir, fingerprint, rebuild)

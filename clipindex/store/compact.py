@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import UserInputError
+from clipindex.errors import UserInputError, os_faults
 from clipindex.store.generations import (
     commit,
     current_generation,
@@ -153,16 +153,18 @@ def compact_store(index: str | Path) -> CompactResult:
         imgs, caps, keep_i, keep_c = _renumber(images, captions, dead_i, dead_c)
         new = cur + 1
         rows = int(keep_i.sum() + keep_c.sum())
-        check_space(ddir, sum(2 * matrix_bytes(rows, int(m["dim"]), str(m["dtype"]))
-                              for m in manifests.values()))
-        staged = stage(ddir, new)
-        try:
-            fp = _stage_compacted(staged, info, imgs, caps, keep_i, keep_c, new)
-            for folder, m in manifests.items():
-                _compact_backbone(cdir, staged, folder, m, keep_i, keep_c, fp, new)
-        except Exception:  # a full disk, say: the half-staged generation is no use
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
+        needs = sum(2 * matrix_bytes(rows, int(m["dim"]), str(m["dtype"]))
+                    for m in manifests.values())
+        check_space(ddir, needs)
+        with os_faults(ddir, needs=needs):  # a full disk names what compacting needs
+            staged = stage(ddir, new)
+            try:
+                fp = _stage_compacted(staged, info, imgs, caps, keep_i, keep_c, new)
+                for folder, m in manifests.items():
+                    _compact_backbone(cdir, staged, folder, m, keep_i, keep_c, fp, new)
+            except Exception:  # a full disk, say: the half-staged generation is no use
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
         commit(ddir, new, staged)
         publish(ddir)
         drop_generations(ddir, keep=new)

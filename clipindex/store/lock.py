@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,7 +47,11 @@ def build_lock(dataset_dir: Path) -> Iterator[None]:
             ) from None
         with os_faults(path):
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as exc:  # the pid is a courtesy: a full disk is named later,
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # with the space needed
+                    raise
         try:
             yield
         finally:

@@ -15,13 +15,15 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from clipindex.errors import disk_full, os_faults
+from clipindex.errors import ResourceError, disk_full, os_faults
 
-__all__ = ["check_space", "matrix_bytes", "reserved_memmap"]
+__all__ = ["check_space", "matrix_bytes", "naming_needs", "reserved_memmap"]
 
 #: Slack for the tables, records and file-system metadata around the matrices.
 _SLACK = 1 << 16
@@ -78,3 +80,15 @@ def _allocate(fd: int) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # cannot reserve here
             raise
+
+
+@contextmanager
+def naming_needs(path: str | os.PathLike[str], estimate: Callable[[], int]) -> Iterator[None]:
+    """A disk-full :class:`~clipindex.errors.ResourceError` raised inside without the
+    space needed gets ``estimate()`` (computed only then: it may build a model skeleton)."""
+    try:
+        yield
+    except ResourceError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or exc.needs:
+            raise
+        raise disk_full(exc.path or path, needs=estimate(), code=exc.errno) from exc
