@@ -411,8 +411,10 @@ def test_build_and_add_under_a_low_descriptor_limit_end_in_time(
     assert res.returncode == 0, res.stderr[-3000:]
     assert "encoded 16 new images" in res.stdout + res.stderr
     # Too few descriptors for a worker: one line at once, naming the limit and the fix.
+    more = tmp_path / "more"
+    write_images(more, 40)
     for args in (["build", colors, "--backbone", "tiny-vit", "--out", tmp_path / "low",
-                  *knobs], ["add", colors, "--index", out / "colors", *knobs]):
+                  *knobs], ["add", more, "--index", out / "colors", *knobs]):
         res = _clipindex(args, 20, timeout=120)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2, res.stderr[-3000:]
