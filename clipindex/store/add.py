@@ -412,26 +412,9 @@ def add_to_store(
             result.stale = _stale(cdir, ddir, fp)
             result.seconds = round(time.perf_counter() - t0, 3)
             return result
-        new, needs = cur + 1, _needs(chosen, plan)
-        check_space(ddir, needs)
-        with os_faults(ddir, needs=needs):  # a full disk names what the add needs
-            staged = stage(ddir, new)
-        try:
-            _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
-                          [t.folder for t, _ in chosen])
-            for t, m in chosen:
-                result.encoded[t.folder] = _stage_backbone(
-                    ddir, cdir, staged, t, m, plan, fp, new, Path(dataset.root), opts,
-                    encodings[t.folder], _hook)
-                if _hook:
-                    _hook(f"staged:{t.folder}")
-            link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables
-        except Exception as exc:  # a full disk, say: the half-staged generation is no use
-            shutil.rmtree(staged, ignore_errors=True)
-            fault = os_fault(exc, staged, needs=needs)
-            if fault is None or fault is exc:
-                raise
-            raise fault from exc
+        new = cur + 1
+        staged = _stage_generation(ddir, cdir, new, chosen, plan, info, source_fp, fp,
+                                   result, Path(dataset.root), opts, encodings, _hook)
         if _hook:
             _hook("staged")
         commit(ddir, new, staged, _hook)
@@ -444,6 +427,37 @@ def add_to_store(
         result.stale = _stale(generation_dir(ddir), ddir, fp)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def _stage_generation(ddir: Path, cdir: Path, new: int,
+                      chosen: list[tuple[Target, dict[str, Any]]], plan: RowPlan,
+                      info: dict[str, Any], source_fp: str, fp: str, result: AddResult,
+                      data_root: Path, opts: BuildOptions,
+                      encodings: dict[str, EncodePlan], hook: Hook | None) -> Path:
+    """Write generation ``new`` into its staging folder (counting what each backbone
+    encoded in ``result``); a failure removes the staging folder, and a full disk names
+    the space the add needs."""
+    needs = _needs(chosen, plan)
+    check_space(ddir, needs)
+    with os_faults(ddir, needs=needs):  # a full disk names what the add needs
+        staged = stage(ddir, new)
+    try:
+        _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
+                      [t.folder for t, _ in chosen])
+        for t, m in chosen:
+            result.encoded[t.folder] = _stage_backbone(
+                ddir, cdir, staged, t, m, plan, fp, new, data_root, opts,
+                encodings[t.folder], hook)
+            if hook:
+                hook(f"staged:{t.folder}")
+        link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables
+    except Exception as exc:  # a full disk, say: the half-staged generation is no use
+        shutil.rmtree(staged, ignore_errors=True)
+        fault = os_fault(exc, staged, needs=needs)
+        if fault is None or fault is exc:
+            raise
+        raise fault from exc
+    return staged
 
 
 def _needs(chosen: list[tuple[Target, dict[str, Any]]], plan: RowPlan) -> int:
