@@ -27,14 +27,17 @@ What :func:`load_rgb` does, and why:
   0.899 (tiny-vit-s, 48 px input: the coarsest draft scale), and 1 / 1 / 9 of the 950
   zero-shot test predictions changed.
 
-Every failure, whatever PIL or the OS raises, becomes ``DecodeError(reason)`` with a
-short reason: ``missing file``, ``empty file``, ``cannot identify image file``,
-``truncated image file``, ``decompression bomb``, ``not a file``, ``permission denied``,
-or ``<ExceptionType>: <message>`` for anything else.
+Every failure of the file, whatever PIL or the OS raises, becomes ``DecodeError(reason)``
+with a short reason (an OS fault of the machine, no descriptor left or an I/O error, is
+raised as :class:`~clipindex.errors.ResourceError` instead): ``missing file``, ``empty
+file``, ``cannot identify image file``, ``truncated image file``, ``decompression bomb``,
+``not a file``, ``permission denied``, or ``<ExceptionType>: <message>`` for anything
+else.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from pathlib import Path
@@ -42,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from clipindex.errors import DataError
+from clipindex.errors import DataError, os_fault
 
 __all__ = ["DecodeError", "load_rgb", "to_rgb", "failure_reason", "identify"]
 
@@ -50,6 +53,9 @@ _WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _MAX_REASON = 160
+#: OS errors that are the machine's (descriptor limits, a failing disk), raised as
+#: :class:`~clipindex.errors.ResourceError` instead of skipping every file after them.
+_MACHINE = frozenset({errno.EMFILE, errno.ENFILE, errno.EIO})
 
 
 class DecodeError(DataError):
@@ -191,6 +197,10 @@ def load_rgb(path: str | os.PathLike[str], *, target_size: int | None = None) ->
             return _open_decoded(path, target_size)
     except DecodeError:
         raise
+    except OSError as exc:
+        if exc.errno in _MACHINE:  # the machine's fault, not the file's: stop the run
+            raise os_fault(exc, path) from exc  # type: ignore[misc]
+        raise DecodeError(failure_reason(exc), path) from exc
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a skipped file
         raise DecodeError(failure_reason(exc), path) from exc
 

@@ -42,9 +42,12 @@ from clipindex.encode.fusion import fold_batchnorm
 from clipindex.encode.pixels import (
     ImageFiles,
     PixelPipeline,
+    check_descriptors,
     collate,
     device_crops,
     split_preprocess,
+    worker_batches,
+    worker_timeout,
 )
 from clipindex.encode.text import encode_tokens
 from clipindex.encode.tuning import EncodeSettings, choose_settings, model_gflops, torch_threads
@@ -344,9 +347,11 @@ class Encoder:
                  progress: bool) -> Iterator[ImageBatch]:
         if len(dataset) == 0:
             return
+        check_descriptors(chosen.workers)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=chosen.batch_size, shuffle=False, num_workers=chosen.workers,
             collate_fn=collate, persistent_workers=False,
+            timeout=worker_timeout(chosen.batch_size) if chosen.workers else 0,
         )
         from clipindex.progress import bar as tqdm
 
@@ -357,7 +362,7 @@ class Encoder:
         encode = self.encode_with_backoff if chosen.auto_batch else self.encode_pixels
         try:
             with torch_threads(chosen.threads):
-                for items in loader:
+                for items in worker_batches(loader):  # a worker's fault: raised, no wait
                     paths = [dataset.path(position - dataset.start + i)
                              for i in range(len(items))]
                     pixels, reasons = device_crops(items, paths, self._pipeline, self.device,

@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import DataError, IndexMismatchError, UserInputError
+from clipindex.errors import (
+    DataError,
+    IndexMismatchError,
+    UserInputError,
+    os_fault,
+    os_faults,
+)
 from clipindex.store.build import check_rows
 from clipindex.store.generations import (
     commit,
@@ -55,6 +61,7 @@ from clipindex.store.manifest import (
 from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, options, plan_encoding
 from clipindex.store.routes import add_decoder
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.space import check_space, matrix_bytes, reserved_memmap
 from clipindex.store.update import update_index
 from clipindex.store.verify import read_dataset_info, read_tables
 
@@ -312,8 +319,7 @@ def _extend(old: Path, path: Path, new: np.ndarray, ok: np.ndarray, dtype: str
     map), then ``new``, with the rows not ``ok`` (tombstoned, skipped) zeroed; returns it
     memory-mapped read-only."""
     stored = np.load(old, mmap_mode="r")
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
-                                    shape=(len(ok), stored.shape[1]))
+    out = reserved_memmap(path, dtype, (len(ok), stored.shape[1]))  # never a SIGBUS
     for start in range(0, len(stored), 65536):
         stop = min(start + 65536, len(stored))
         out[start:stop] = stored[start:stop]
@@ -419,17 +425,9 @@ def add_to_store(
             result.seconds = round(time.perf_counter() - t0, 3)
             return result
         new = cur + 1
-        staged = stage(ddir, new)
-        _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
-                      [t.folder for t, _ in chosen])
-        data_root = Path(dataset.root)
-        for t, m in chosen:
-            result.encoded[t.folder] = _stage_backbone(
-                ddir, cdir, staged, t, m, plan, fp, new, data_root,
-                replace(opts, decode=decoders[t.folder]), encodings[t.folder], _hook)
-            if _hook:
-                _hook(f"staged:{t.folder}")
-        link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables
+        staged = _stage_generation(ddir, cdir, new, chosen, plan, info, source_fp, fp,
+                                   result, Path(dataset.root), opts, encodings, decoders,
+                                   _hook)
         if _hook:
             _hook("staged")
         commit(ddir, new, staged, _hook)
@@ -442,6 +440,48 @@ def add_to_store(
         result.stale = _stale(generation_dir(ddir), ddir, fp)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def _stage_generation(ddir: Path, cdir: Path, new: int,
+                      chosen: list[tuple[Target, dict[str, Any]]], plan: RowPlan,
+                      info: dict[str, Any], source_fp: str, fp: str, result: AddResult,
+                      data_root: Path, opts: BuildOptions,
+                      encodings: dict[str, EncodePlan], decoders: dict[str, str | None],
+                      hook: Hook | None) -> Path:
+    """Write generation ``new`` into its staging folder (counting what each backbone
+    encoded in ``result``; each backbone's new images decoded by its ``decoders`` entry,
+    the store's route); a failure removes the staging folder, and a full disk names the
+    space the add needs."""
+    needs = _needs(chosen, plan)
+    check_space(ddir, needs)
+    with os_faults(ddir, needs=needs):  # a full disk names what the add needs
+        staged = stage(ddir, new)
+    try:
+        _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
+                      [t.folder for t, _ in chosen])
+        for t, m in chosen:
+            result.encoded[t.folder] = _stage_backbone(
+                ddir, cdir, staged, t, m, plan, fp, new, data_root,
+                replace(opts, decode=decoders[t.folder]), encodings[t.folder], hook)
+            if hook:
+                hook(f"staged:{t.folder}")
+        link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables
+    except Exception as exc:  # a full disk, say: the half-staged generation is no use
+        shutil.rmtree(staged, ignore_errors=True)
+        fault = os_fault(exc, staged, needs=needs)
+        if fault is None or fault is exc:
+            raise
+        raise fault from exc
+    return staged
+
+
+def _needs(chosen: list[tuple[Target, dict[str, Any]]], plan: RowPlan) -> int:
+    """Bytes a new generation writes: each chosen backbone's two matrices, their
+    indexes (about as large as flat ones) and the new rows' shards."""
+    rows = len(plan.images) + len(plan.captions)
+    added = plan.added + plan.added_captions
+    return sum(2 * matrix_bytes(rows, int(m["dim"]), str(m.get("dtype", "float32")))
+               + matrix_bytes(added, int(m["dim"])) for _, m in chosen)
 
 
 def _checked(source: Any, ddir: Path, opts: BuildOptions, backbones: Sequence[str] | None,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import DataError, UserInputError
+from clipindex.errors import DataError, UserInputError, os_faults
 from clipindex.sources import dataset_fingerprint
 from clipindex.store.generations import publish, snapshot_build, store_view, tombstones
 from clipindex.store.lock import build_lock
@@ -54,6 +54,7 @@ from clipindex.store.ray_engine import RayOptions, encode_with_ray, ray_session
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.routes import build_route
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.space import check_space, matrix_bytes, naming_needs
 from clipindex.store.tuning import (
     DEFAULT_TARGET_RECALL,
     AutoSettings,
@@ -219,21 +220,39 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     cap = Shards("captions", sdir, len(dataset.captions), shard, stamp)
     img.scan()
     cap.scan()
+    needs = _needs(img, cap, int(encoder.embed_dim), opts.dtype)
+    check_space(bdir, needs)
     reused = len(img.done) + len(cap.done)
     if reused:
         log.info("%s: reusing %d finished shard(s) (%d image, %d caption)",
                  target.name, reused, len(img.done), len(cap.done))
-    if opts.engine == "ray":
-        timings = _encode_ray(dataset, target, encoder, img, cap, opts, settings, counter)
-    else:
-        timings = _encode_all(dataset, target, encoder, img, cap, opts, settings, counter)
-    timings.update(shards_reused=reused, batch_size=batch, shard_size=shard,
-                   workers=settings.get("workers"), settings=settings)
-    manifest = _finish(bdir, target, encoder, img, cap, fingerprint=fingerprint,
-                       opts=opts, timings=timings, route=route)
+    with os_faults(bdir, needs=needs):  # a full disk names what the whole build needs
+        encode = _encode_ray if opts.engine == "ray" else _encode_all
+        timings = encode(dataset, target, encoder, img, cap, opts, settings, counter)
+        timings.update(shards_reused=reused, batch_size=batch, shard_size=shard,
+                       workers=settings.get("workers"), settings=settings)
+        manifest = _finish(bdir, target, encoder, img, cap, fingerprint=fingerprint,
+                           opts=opts, timings=timings, route=route)
     log.info("%s: built %s (%d images, %d captions, %d skipped)", target.name, bdir,
              img.n, cap.n, len(manifest["skipped"]))
     return bdir
+
+
+def _needs(img: Shards, cap: Shards, dim: int, dtype: str) -> int:
+    """Bytes a backbone's build still writes: the unfinished shards, then both matrices
+    and their indexes (about as large as flat ones) beside the shards."""
+    todo = img.n + cap.n - img.done_rows - cap.done_rows
+    return matrix_bytes(todo, dim) + 2 * matrix_bytes(img.n + cap.n, dim, dtype)
+
+
+def _build_needs(dataset: Any, targets: Sequence[Target], dtype: str) -> int:
+    """Bytes a whole build writes (shards, matrices, indexes of every backbone), from
+    each model's skeleton (named when the disk fills before a model is loaded)."""
+    from clipindex.encode import facts
+
+    rows = len(dataset.images) + len(dataset.captions)
+    dims = [facts.model_facts(t.spec).embed_dim for t in targets]
+    return sum(matrix_bytes(rows, d) + 2 * matrix_bytes(rows, d, dtype) for d in dims)
 
 
 def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Shards,
@@ -435,7 +454,8 @@ def build_store(
     ddir = opts.out / loaded.name
     plans = plan_encoding(opts, targets, n_images=len(loaded.images),
                           n_captions=len(loaded.captions), dataset_dir=ddir)
-    with build_lock(ddir):  # one build per dataset folder
+    with naming_needs(ddir, lambda: _build_needs(loaded, targets, opts.dtype)), \
+            build_lock(ddir):  # one build per dataset folder
         publish(ddir)  # an add killed after its commit: finish it first
         loaded, fingerprint = store_view(loaded, ddir, fingerprint, rebuild, source)
         write_tables(loaded, ddir, fingerprint, rebuild)

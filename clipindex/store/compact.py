@@ -12,6 +12,7 @@ writes nothing.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import UserInputError
+from clipindex.errors import UserInputError, os_faults
 from clipindex.store.generations import (
     commit,
     current_generation,
@@ -44,6 +45,7 @@ from clipindex.store.manifest import (
     write_parquet,
 )
 from clipindex.store.outputs import write_outputs
+from clipindex.store.space import check_space, matrix_bytes
 from clipindex.store.tuning import AutoSettings
 from clipindex.store.verify import read_dataset_info, read_tables
 
@@ -152,7 +154,6 @@ def compact_store(index: str | Path) -> CompactResult:
     >>> compact_store("indexes/photos").line()  # doctest: +SKIP
     'compacted indexes/photos into generation 3: removed 2 tombstoned images ...'
     """
-    from clipindex.sources import fingerprint as table_fingerprint
     from clipindex.store.reader import list_backbones
 
     ddir = Path(index)
@@ -179,22 +180,43 @@ def compact_store(index: str | Path) -> CompactResult:
         images, captions = read_tables(cdir, info)
         imgs, caps, keep_i, keep_c = _renumber(images, captions, dead_i, dead_c)
         new = cur + 1
-        staged = stage(ddir, new)
-        write_parquet(staged / "images.parquet", imgs)
-        write_parquet(staged / "captions.parquet", caps)
-        fp = table_fingerprint(imgs, caps)
-        entry = {"generation": new, "compacted": True, "removed": int((~keep_i).sum()),
-                 "removed_captions": int((~keep_c).sum()), "time": round(time.time(), 3)}
-        write_dataset_info(staged / "dataset.json", {
-            **{k: v for k, v in info.items() if k != "tombstones"}, "fingerprint": fp,
-            "source_fingerprint": info.get("source_fingerprint", info["fingerprint"]),
-            "tables": table_records(staged), "generation": new,
-            "history": [*info.get("history", []), entry]})
-        for folder, m in manifests.items():
-            _compact_backbone(cdir, staged, folder, m, keep_i, keep_c, fp, new)
+        rows = int(keep_i.sum() + keep_c.sum())
+        needs = sum(2 * matrix_bytes(rows, int(m["dim"]), str(m["dtype"]))
+                    for m in manifests.values())
+        check_space(ddir, needs)
+        with os_faults(ddir, needs=needs):  # a full disk names what compacting needs
+            staged = stage(ddir, new)
+            try:
+                fp = _stage_compacted(staged, info, imgs, caps, keep_i, keep_c, new)
+                for folder, m in manifests.items():
+                    _compact_backbone(cdir, staged, folder, m, keep_i, keep_c, fp, new)
+            except Exception:  # a full disk, say: the half-staged generation is no use
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
         commit(ddir, new, staged)
         publish(ddir)
         older = [g for g in generations_on_disk(ddir) if g != new]
         drop_generations(ddir, keep=new)
         return CompactResult(str(ddir), new, int((~keep_i).sum()), int((~keep_c).sum()),
                              older, before, disk_bytes(ddir))
+
+
+def _stage_compacted(staged: Path, info: dict[str, Any], imgs: pd.DataFrame,
+                     caps: pd.DataFrame, keep_i: np.ndarray, keep_c: np.ndarray,
+                     new: int) -> str:
+    """Write the renumbered tables and ``dataset.json`` into ``staged``; their
+    fingerprint."""
+    from clipindex.sources import fingerprint as table_fingerprint
+
+    write_parquet(staged / "images.parquet", imgs)
+    write_parquet(staged / "captions.parquet", caps)
+    fp = table_fingerprint(imgs, caps)
+    entry = {"generation": new, "compacted": True, "removed": int((~keep_i).sum()),
+             "removed_captions": int((~keep_c).sum()), "time": round(time.time(), 3)}
+    write_dataset_info(staged / "dataset.json", {
+        **{k: v for k, v in info.items() if k != "tombstones"}, "fingerprint": fp,
+        "source_fingerprint": info.get("source_fingerprint", info["fingerprint"]),
+        "tables": table_records(staged), "generation": new,
+        "history": [*info.get("history", []), entry]})
+    return fp
+
