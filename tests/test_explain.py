@@ -390,8 +390,8 @@ MAX_CORRECT = 24
 @pytest.fixture(scope="module")
 def heldout_demo(tmp_path_factory):
     """The test rows of a small demo world the tiny backbones never saw."""
+    from clipindex.demo.world import make_world
     from clipindex.sources import load_dataset
-    from clipindex.world import make_world
 
     root = tmp_path_factory.mktemp("explain-world") / "world"
     make_world(root, seed=HELDOUT_SEED, scale="small", progress=False)

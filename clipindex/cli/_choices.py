@@ -28,5 +28,5 @@ EXPLAIN_METHODS = ("prompt", "prototype")
 PROJECTIONS = ("pca", "tsne", "umap")
 #: clipindex.search.TARGETS
 SEARCH_TARGETS = ("images", "captions")
-#: clipindex.world.SCALES (its keys, sorted)
+#: clipindex.demo.world.SCALES (its keys, sorted)
 WORLD_SCALES = ("default", "small", "training")

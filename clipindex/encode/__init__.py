@@ -11,8 +11,8 @@ creation without initialising weights a checkpoint overwrites) and
 ``queries.py`` (:func:`encode_query_images`: the one route by which search and classify
 turn query image files into vectors, each file decoded once).
 May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.tiny`` (its registry:
-names, shipped folders, model configs). Never ``clipindex.world`` nor anything above it
-in the pipeline.
+names, shipped folders, model configs). Never ``clipindex.demo`` (the demo world, the tiny
+backbones' training) nor anything above it in the pipeline.
 """
 
 from clipindex.encode.backbones import (
@@ -31,7 +31,6 @@ from clipindex.encode.encoder import (
     DEFAULT_BATCH_SIZE,
     Encoder,
     ImageBatch,
-    default_workers,
     load_encoder,
     resolve_device,
     resolve_precision,
@@ -57,7 +56,6 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "Encoder",
     "ImageBatch",
-    "default_workers",
     "load_encoder",
     "resolve_device",
     "resolve_precision",
