@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     )
     from clipindex.classifiers.runner import classify, classify_images
     from clipindex.demo import run_demo
+    from clipindex.demo.world import make_world
     from clipindex.encode import Encoder, load_encoder, resolve_backbone
     from clipindex.errors import NotFittedError
     from clipindex.explain import explain_image
@@ -63,7 +64,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         open_index,
         store_info,
     )
-    from clipindex.world import make_world
 
 # The public API, pinned (tests/test_api.py): the pipeline's stages in order.
 __all__ = [
@@ -133,7 +133,7 @@ _LAZY: dict[str, str] = {
     "NotFittedError": "clipindex.errors",
     "Dataset": "clipindex.sources",
     "load_dataset": "clipindex.sources",
-    "make_world": "clipindex.world",
+    "make_world": "clipindex.demo.world",
     "Encoder": "clipindex.encode",
     "load_encoder": "clipindex.encode",
     "resolve_backbone": "clipindex.encode",

@@ -69,12 +69,12 @@ def test_listed_choices_are_the_librarys() -> None:
     from clipindex.classifiers.runner import ENSEMBLES, METHODS
     from clipindex.classifiers.templates import TEMPLATE_SETS
     from clipindex.demo import DEMO_PER_CLASS
+    from clipindex.demo.world import SCALES
     from clipindex.encode import DECODES
     from clipindex.explain import METHODS as EXPLAIN_METHODS
     from clipindex.report import PROJECTIONS
     from clipindex.search import TARGETS
     from clipindex.search.dedup import DEFAULT_THRESHOLD
-    from clipindex.world import SCALES
 
     assert _choices("bench", "protocol") == tuple(PROTOCOLS)
     assert _choices("classify", "method") == tuple(METHODS)

@@ -30,7 +30,7 @@ EXPLAIN_METHODS = ("prompt", "prototype")
 PROJECTIONS = ("pca", "tsne", "umap")
 #: clipindex.search.TARGETS
 SEARCH_TARGETS = ("images", "captions")
-#: clipindex.world.SCALES (its keys, sorted)
+#: clipindex.demo.world.SCALES (its keys, sorted)
 WORLD_SCALES = ("default", "small", "training")
 #: clipindex.encode.tuning.CPU_BATCH_GFLOPS, CPU_BATCH_RANGE
 CPU_BATCH_GFLOPS, CPU_BATCH_RANGE = 384, (8, 256)

@@ -13,8 +13,8 @@ turn query image files into vectors, each file decoded once) and ``facts.py`` (a
 GFLOPs, dim and input size from its skeleton on ``meta``, and the settings it will get,
 known before its weights load).
 May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.tiny`` (its registry:
-names, shipped folders, model configs). Never ``clipindex.world`` nor anything above it
-in the pipeline.
+names, shipped folders, model configs). Never ``clipindex.demo`` (the demo world, the tiny
+backbones' training) nor anything above it in the pipeline.
 """
 
 from clipindex.encode.backbones import (
@@ -33,7 +33,6 @@ from clipindex.encode.encoder import (
     DEFAULT_BATCH_SIZE,
     Encoder,
     ImageBatch,
-    default_workers,
     load_encoder,
     resolve_device,
     resolve_precision,
@@ -66,7 +65,6 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "Encoder",
     "ImageBatch",
-    "default_workers",
     "load_encoder",
     "resolve_device",
     "resolve_precision",

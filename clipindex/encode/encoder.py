@@ -60,7 +60,6 @@ __all__ = [
     "load_encoder",
     "resolve_device",
     "resolve_precision",
-    "default_workers",
 ]
 
 #: The batch sizes before issue 21 (kept for callers); builds now use :meth:`Encoder.settings`.
@@ -104,12 +103,6 @@ def resolve_precision(device: torch.device, precision: str | None = None) -> str
     if device.type == "cpu" and precision != "fp32":
         raise UserInputError(f"Precision {precision!r} needs CUDA; on CPU use fp32.")
     return precision
-
-
-def default_workers() -> int:
-    """Decoding worker processes for a model whose cost is unknown: ``min(4, cpu count)``
-    (an :class:`Encoder` chooses its own, :meth:`Encoder.settings`)."""
-    return min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

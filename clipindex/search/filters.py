@@ -29,6 +29,10 @@ from clipindex.errors import UserInputError
 __all__ = ["Condition", "parse_where", "where_mask"]
 
 _WHERE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|=|<|>)\s*(.*?)\s*$")
+_SYNTAX = "write COLUMN=VALUE, COLUMN!=VALUE, COLUMN=A,B or COLUMN<NUMBER (also <=, >, >=)"
+_OP_CHARS = "=<>!"
+#: Operators people write from other languages, and the one they meant.
+_MEANT = {"==": "=", "!==": "!=", "=>": ">=", "=<": "<=", "<>": "!=", "===": "="}
 _ORDER_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "<": operator.lt,
     "<=": operator.le,
@@ -65,14 +69,23 @@ def parse_where(expressions: Sequence[str] | str | None) -> tuple[Condition, ...
     for text in expressions:
         match = _WHERE_RE.match(text)
         if match is None or not match.group(3):
-            raise UserInputError(
-                f"Cannot read --where {text!r}: write COLUMN=VALUE, COLUMN!=VALUE, "
-                "COLUMN=A,B or COLUMN<NUMBER (also <=, >, >=)."
-            )
+            raise UserInputError(f"Cannot read --where {text!r}: {_SYNTAX}.")
         column, op, value = match.groups()
+        if value[0] in _OP_CHARS:  # ``label==cow`` would otherwise look for "=cow"
+            _bad_operator(text, column, op, value)
         values = tuple(v.strip() for v in value.split(",")) if op in ("=", "!=") else (value,)
         conditions.append(Condition(column, op, values))
     return tuple(conditions)
+
+
+def _bad_operator(text: str, column: str, op: str, value: str) -> None:
+    """Refuse an operator clipindex does not have (``==``, ``=>``, ...), naming the fix."""
+    rest = value.lstrip(_OP_CHARS + " ")
+    written = op + value[: len(value) - len(rest)].replace(" ", "")
+    meant = _MEANT.get(written)
+    fix = f" (did you mean {column}{meant}{rest}?)" if meant and rest else ""
+    raise UserInputError(
+        f"Cannot read --where {text!r}: {written!r} is not an operator{fix}; {_SYNTAX}.")
 
 
 def _coerce(values: Sequence[str], series: pd.Series, text: str) -> list[Any]:

@@ -14,7 +14,6 @@ Routes (every error is a 4xx ``{"error": "..."}``; see the README's ``clipindex 
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from typing import Any
 
@@ -46,13 +45,6 @@ def static_files() -> dict[str, tuple[bytes, str]]:
         if entry.is_file() and suffix in _STATIC_TYPES:
             out[entry.name] = (entry.read_bytes(), _STATIC_TYPES[suffix])
     return out
-
-
-def _json(payload: Any, headers: dict[str, str] | None = None) -> Any:
-    from starlette.responses import Response
-
-    return Response(json.dumps(payload, ensure_ascii=False, default=str),
-                    media_type="application/json", headers=headers)
 
 
 def create_app(options: ServeOptions | None = None, *, store: ServedStore | None = None
