@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from clipindex.search.ranking import SearchableIndex, table_of
-from clipindex.store.tables import FirstCaptions, StoreTable
+from clipindex.store.tables import FirstCaptions
 
 __all__ = ["HitTable", "backbone_name", "first_captions", "hit_table", "hits_frame",
            "table_of"]

@@ -20,8 +20,8 @@ from clipindex.search.filters import coded_mask
 from clipindex.store.tables import StoreTable
 
 __all__ = ["SearchableIndex", "Selection", "allowed_rows", "check_aligned", "is_exact",
-           "n_valid", "rank", "select_rows", "stored_vectors", "table_of", "target_table", "valid_rows",
-           "where_rows"]
+           "n_valid", "rank", "select_rows", "stored_vectors", "table_of", "target_table",
+           "valid_rows", "where_rows"]
 
 
 class _Encoder(Protocol):

@@ -47,6 +47,7 @@ from clipindex.store.manifest import (
     weights_identity,
 )
 from clipindex.store.queries import Hits, check_backbone_name, query_matrix
+from clipindex.store.tables import FirstCaptions, StoreTable
 from clipindex.store.textcache import TextCache
 from clipindex.store.verify import (
     Damage,
@@ -56,7 +57,6 @@ from clipindex.store.verify import (
     read_tables,
     table_damage,
 )
-from clipindex.store.tables import FirstCaptions, StoreTable
 
 __all__ = ["BackboneIndex", "Hits", "advise_random", "list_backbones", "open_index",
            "store_info"]
