@@ -58,8 +58,11 @@ def tables(n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 def write_store(ddir: Path, n: int, *, kind: str = "flat", dim: int = 64,
                 dtype: str = "float32", folder: str = "synthetic",
                 template: dict[str, Any] | None = None, texts: list[str] | tuple[str, ...] = (),
-                seed: int = 0) -> Path:
-    """``ddir`` (``OUT/<dataset>``) with one backbone folder of ``n`` rows; returns it."""
+                seed: int = 0, reuse: Path | None = None) -> Path:
+    """``ddir`` (``OUT/<dataset>``) with one backbone folder of ``n`` rows; returns it.
+    ``reuse``: a backbone folder this function wrote with the same ``n``, ``kind``,
+    ``dim``, ``dtype`` and ``seed``, whose matrices and FAISS files are copied (an auto
+    index of 1M rows takes minutes to tune)."""
     from clipindex.sources import fingerprint
     from clipindex.store.manifest import (
         FORMAT_VERSION,
@@ -86,10 +89,17 @@ def write_store(ddir: Path, n: int, *, kind: str = "flat", dim: int = 64,
     del images, captions
     bdir = ddir / folder
     bdir.mkdir()
-    x_img, x_cap = clustered(n, dim, seed), clustered(n, dim, seed + 1)
-    index = write_outputs(bdir, x_img, x_cap, np.ones(n, bool), dtype, kind,
-                          AutoSettings(queries=200) if kind == "auto" else None)
-    del x_img, x_cap
+    if reuse is not None and (reuse / "manifest.json").is_file():
+        from clipindex.store.manifest import OUTPUT_FILES, read_manifest
+
+        for name in OUTPUT_FILES:
+            shutil.copyfile(reuse / name, bdir / name)
+        index = read_manifest(reuse)["index"]
+    else:
+        x_img, x_cap = clustered(n, dim, seed), clustered(n, dim, seed + 1)
+        index = write_outputs(bdir, x_img, x_cap, np.ones(n, bool), dtype, kind,
+                              AutoSettings(queries=200) if kind == "auto" else None)
+        del x_img, x_cap
     manifest = {k: v for k, v in (template or {}).items() if k in IDENTITY}
     manifest.setdefault("backbone", folder)
     manifest.setdefault("weights", "none")

@@ -529,7 +529,7 @@ def _overhead_main(args: Any) -> int:
     sizes = [int(s) for s in args.overhead_sizes.split(",") if s.strip()]
     kinds = [k.strip() for k in args.overhead_kinds.split(",") if k.strip()]
     if args.quick:
-        sizes, args.repeats = [2000, 20000], 50
+        sizes, args.repeats = [2000, 5000], 50
     info = common.machine_info()
     lines = ["| rows (images + captions) | index | raw FAISS p50 (ms) | search_indexes p50 "
              "(ms) | overhead (ms) | open_index (ms) | first query after open (ms) |",

@@ -268,8 +268,11 @@ def big_store(args: Any, demo: Path, kind: str, texts: list[str]) -> Path:
     ddir = Path(args.workdir) / f"serve-{kind}-{args.big}" / "synthetic"
     if "tiny-vit" not in (list_backbones(ddir) if ddir.is_dir() else []):
         common.log(f"writing a {kind} store of {args.big:,} rows")
+        reuse = Path(args.workdir) / f"overhead-{kind}-{args.big}" / "synthetic-store" / \
+            "synthetic"  # bench_search --overhead's store: same rows, vectors, index
         _bigstore.write_store(ddir, args.big, kind=kind, folder="tiny-vit",
-                              template=read_manifest(demo / "tiny-vit"), texts=texts)
+                              template=read_manifest(demo / "tiny-vit"), texts=texts,
+                              reuse=reuse)
     return ddir
 
 
