@@ -26,7 +26,7 @@ import pandas as pd
 
 from clipindex.errors import UserInputError
 
-__all__ = ["Condition", "parse_where", "where_mask"]
+__all__ = ["Condition", "coded_mask", "condition_hit", "parse_where", "where_mask"]
 
 _WHERE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|=|<|>)\s*(.*?)\s*$")
 _SYNTAX = "write COLUMN=VALUE, COLUMN!=VALUE, COLUMN=A,B or COLUMN<NUMBER (also <=, >, >=)"
@@ -117,26 +117,57 @@ def where_mask(table: pd.DataFrame, expressions: Sequence[str] | str | None) -> 
     """
     mask = np.ones(len(table), dtype=bool)
     for cond in parse_where(expressions):
-        text = f"{cond.column}{cond.op}{','.join(cond.values)}"
+        text = _text(cond)
         if cond.column not in table.columns:
+            raise _unknown(cond, text, [str(c) for c in table.columns])
+        mask &= condition_hit(table[cond.column], cond, text)
+    return mask
+
+
+def _text(cond: Condition) -> str:
+    return f"{cond.column}{cond.op}{','.join(cond.values)}"
+
+
+def _unknown(cond: Condition, text: str, columns: Sequence[str]) -> UserInputError:
+    return UserInputError(f"Unknown column {cond.column!r} in --where {text}. "
+                          f"Columns: {', '.join(columns)}.")
+
+
+def condition_hit(series: pd.Series, cond: Condition, text: str | None = None) -> np.ndarray:
+    """Boolean array: which values of ``series`` satisfy ``cond`` (elementwise, so it
+    may be evaluated on a column's distinct values and spread to its rows)."""
+    text = _text(cond) if text is None else text
+    if cond.op in _ORDER_OPS:
+        if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
             raise UserInputError(
-                f"Unknown column {cond.column!r} in --where {text}. "
-                f"Columns: {', '.join(map(str, table.columns))}."
+                f"--where {text}: {cond.op} needs a numeric column; "
+                f"{cond.column!r} is not numeric (use = or !=)."
             )
-        series = table[cond.column]
-        if cond.op in _ORDER_OPS:
-            if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
-                raise UserInputError(
-                    f"--where {text}: {cond.op} needs a numeric column; "
-                    f"{cond.column!r} is not numeric (use = or !=)."
-                )
-            (value,) = _coerce(cond.values, series, text)
-            hit = _ORDER_OPS[cond.op](series.to_numpy(dtype=float), value)
-        else:
-            values = _coerce(cond.values, series, text)
-            column = series if values and not isinstance(values[0], str) else series.astype(str)
-            hit = column.isin(values).to_numpy()
-            if cond.op == "!=":
-                hit = ~hit
-        mask &= np.asarray(hit, dtype=bool)
+        (value,) = _coerce(cond.values, series, text)
+        hit = _ORDER_OPS[cond.op](series.to_numpy(dtype=float), value)
+    else:
+        values = _coerce(cond.values, series, text)
+        column = series if values and not isinstance(values[0], str) else series.astype(str)
+        hit = column.isin(values).to_numpy()
+        if cond.op == "!=":
+            hit = ~hit
+    return np.asarray(hit, dtype=bool)
+
+
+def coded_mask(codes: Callable[[str], tuple[np.ndarray, pd.Series]], columns: Sequence[str],
+               expressions: Sequence[str] | str | None, n_rows: int,
+               spread: Callable[[str, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """:func:`where_mask` on a table held as per-column codes: ``codes(column)`` is
+    ``(codes, values)`` with the column equal to ``values[codes]`` (made once per open),
+    so a query evaluates each expression on the distinct values and gathers, and no
+    column of Python objects is built. ``spread(column, hit)`` maps a column's
+    per-row hits to the table's rows (a caption filtered on its image's column)."""
+    mask = np.ones(n_rows, dtype=bool)
+    for cond in parse_where(expressions):
+        text = _text(cond)
+        if cond.column not in columns:
+            raise _unknown(cond, text, columns)
+        row_codes, values = codes(cond.column)
+        hit = condition_hit(values, cond, text)[row_codes]
+        mask &= hit if spread is None else spread(cond.column, hit)
     return mask

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,14 +35,16 @@ import pandas as pd
 
 from clipindex.errors import UserInputError
 from clipindex.search.arithmetic import Terms, combine, term_vectors
-from clipindex.search.frames import backbone_name, hits_frame
+from clipindex.search.frames import HitTable, backbone_name, hit_table
 from clipindex.search.fusion import RRF_DEPTH, RRF_K, rrf_fuse
 from clipindex.search.ranking import (
     SearchableIndex,
-    allowed_rows,
     check_aligned,
     is_exact,
     rank,
+    select_rows,
+    stored_vectors,
+    table_of,
 )
 
 __all__ = [
@@ -72,8 +75,9 @@ class SearchResult:
 
     Attributes
     ----------
-    frame : pandas.DataFrame
-        One row per hit (see the module docstring for the columns).
+    hits : HitTable (or a DataFrame)
+        One row per hit as columns of Python values (see the module docstring for the
+        columns); :attr:`frame` is the DataFrame, :meth:`records` the JSON dicts.
     notes : tuple of str
         Things the user should know (k larger than the collection, fusion).
     score_kind : str
@@ -84,29 +88,32 @@ class SearchResult:
         (rescored exactly: the cosines are exact, the set may miss a true neighbour).
     """
 
-    frame: pd.DataFrame
+    hits: HitTable | pd.DataFrame
     notes: tuple[str, ...] = field(default_factory=tuple)
     score_kind: str = "cosine"
     exhaustive: bool = True
+
+    @property
+    def table(self) -> HitTable:
+        hits = self.hits
+        return hits if isinstance(hits, HitTable) else HitTable.from_frame(hits)
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """One row per hit (built on first use; ``records`` never builds it)."""
+        return self.hits if isinstance(self.hits, pd.DataFrame) else self.hits.frame()
 
     def records(self) -> list[dict[str, Any]]:
         """The hits as JSON-ready dicts, each with ``score_kind``, ``exact`` and
         ``exhaustive``: the list that
         ``clipindex search --json`` prints and ``clipindex serve``'s ``/search`` returns
-        (missing values are ``None``)."""
-        records = cast(list[dict[str, Any]], self.frame.to_dict(orient="records"))
-        for record in records:  # plain Python values (to_dict unboxes numpy); NaN -> None
-            for key, value in record.items():
-                if value is not None and not isinstance(value, (list, dict)) and \
-                        pd.isna(value):
-                    record[key] = None
-            record["score_kind"] = self.score_kind
-            # "exact": the score is an exact cosine from the stored vectors (an RRF score
-            # is not a cosine); "exhaustive": the rows are the exact top-k (False on
-            # approximate indexes, whose candidates are rescored exactly).
-            record["exact"] = self.score_kind == "cosine"
-            record["exhaustive"] = self.exhaustive
-        return records
+        (plain Python values; missing values are ``None``)."""
+        # "exact": the score is an exact cosine from the stored vectors (an RRF score
+        # is not a cosine); "exhaustive": the rows are the exact top-k (False on
+        # approximate indexes, whose candidates are rescored exactly).
+        extra = {"score_kind": self.score_kind, "exact": self.score_kind == "cosine",
+                 "exhaustive": self.exhaustive}
+        return [record | extra for record in self.table.records()]
 
 
 # ----------------------------------------------------------------------------- queries
@@ -170,7 +177,7 @@ def like_problem(indexes: Sequence[_Index], row: Any) -> tuple[str, str] | None:
     ``range`` (no such row), ``removed`` (tombstoned) or ``skipped`` (no vector: a
     skipped input); None when every backbone holds its vector."""
     first = indexes[0]
-    n = len(first.images)
+    n = len(first.image_valid)  # not len(first.images): that would decode the table
     if isinstance(row, bool) or not isinstance(row, (int, np.integer)) or not 0 <= row < n:
         return "range", f"No image row {row!r}: row ids are 0..{n - 1}."
     from clipindex.store.generations import tombstones
@@ -194,8 +201,9 @@ def _check_like(indexes: Sequence[_Index], like: Sequence[int] | int | None) -> 
 
 
 def _like_labels(index: _Index, like: list[int]) -> list[str]:
-    files = index.images["file"].to_numpy()
-    return [str(files[r]) for r in like]
+    if not like:
+        return []
+    return [str(f) for f in table_of(index, "images").take("file", np.asarray(like))]
 
 
 def _query_vectors(index: _Index, texts: list[str], images: list[Path],
@@ -210,8 +218,8 @@ def _query_vectors(index: _Index, texts: list[str], images: list[Path],
 
         parts.append(encode_query_images(index.encoder(), images))
     if len(like):
-        parts.append(np.asarray(index.image_vectors[np.asarray(like, dtype=np.int64)],
-                                dtype=np.float32))
+        stored = stored_vectors(index, "images")  # a float16 store stays float16
+        parts.append(np.asarray(stored[np.asarray(like, dtype=np.int64)], dtype=np.float32))
     return np.concatenate(parts, axis=0)
 
 
@@ -303,40 +311,33 @@ def search_indexes(
     term_images = (_check_images(list(terms.add_images + terms.subtract_images))
                    if terms is not None else [])
     check_aligned(indexes)
-    rows, available = allowed_rows(indexes, target, where)
+    selection = select_rows(indexes, target, where, k)
     labels = texts_ + [str(p) for p in images_] + _like_labels(indexes[0], like_)
     if terms is not None:
         labels = [terms.label(q) for q in labels]
-    n_avail = int(available.sum())
-    notes = _k_note(k, n_avail, target, where)
+    n_avail = selection.n_avail
+    notes = _k_note(k, n_avail, target, where) if n_avail is not None else []
     rankings = []
-    for index in indexes:
-        valid = np.asarray(index.image_valid if target == "images" else index.caption_valid)
-        pool = int((valid & available).sum())
+    for index, pool in zip(indexes, selection.pool, strict=True):
         want = min(k if len(indexes) == 1 else max(k, depth), pool)
         queries = _query_vectors(index, texts_, images_, like_)
         if terms is not None:
             queries = combine(queries, *term_vectors(index, terms, term_images))
-        rankings.append(rank(index, queries, want, target, rows, device=device))
+        rankings.append(rank(index, queries, want, target, selection.rows, device=device))
     exhaustive = all(is_exact(index, target) for index in indexes)
     if len(indexes) == 1:
         scores, ids = rankings[0]
-        return SearchResult(_page(hits_frame(indexes[0], target, labels, scores, ids), offset),
+        return SearchResult(hit_table(indexes[0], target, labels, scores, ids, offset),
                             tuple(notes), exhaustive=exhaustive)
     names = [backbone_name(index, i) for i, index in enumerate(indexes)]
-    scores, ids = rrf_fuse([r[1] for r in rankings], min(k, n_avail))
+    scores, ids = rrf_fuse([r[1] for r in rankings], k if n_avail is None else min(k, n_avail))
     notes.append(
         f"Fused {len(indexes)} backbones ({', '.join(names)}) by reciprocal rank "
         f"fusion (k={RRF_K}, top {max(k, depth)} per backbone): score is the RRF "
         "score sum(1/(60+rank)), not a cosine."
     )
-    frame = _page(hits_frame(indexes[0], target, labels, scores, ids), offset)
-    return SearchResult(frame, tuple(notes), score_kind="rrf", exhaustive=exhaustive)
-
-
-def _page(frame: pd.DataFrame, offset: int) -> pd.DataFrame:
-    """The hits after each query's first ``offset`` (ranks kept)."""
-    return frame[frame["rank"] > offset].reset_index(drop=True) if offset else frame
+    hits = hit_table(indexes[0], target, labels, scores, ids, offset)
+    return SearchResult(hits, tuple(notes), score_kind="rrf", exhaustive=exhaustive)
 
 
 def _with_notes(result: SearchResult) -> pd.DataFrame:

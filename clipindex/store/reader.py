@@ -45,7 +45,8 @@ from clipindex.store.manifest import (
     text_cache_key,
     weights_identity,
 )
-from clipindex.store.queries import check_backbone_name, query_matrix
+from clipindex.store.queries import Hits, check_backbone_name, query_matrix
+from clipindex.store.tables import FirstCaptions, StoreTable
 from clipindex.store.textcache import TextCache
 from clipindex.store.verify import (
     Damage,
@@ -53,7 +54,7 @@ from clipindex.store.verify import (
     orphan_damage,
     orphaned,
     read_dataset_info,
-    read_tables,
+    read_store_tables,
 )
 
 __all__ = ["BackboneIndex", "Hits", "advise_random", "list_backbones", "open_index"]
@@ -63,30 +64,6 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- reading
 _TARGETS = ("images", "captions")
-
-
-class Hits(tuple):
-    """``(scores, ids)`` of :meth:`BackboneIndex.search`, unpacking as a plain pair, plus
-    what they are: ``exact`` (the scores are exact cosines computed from the stored
-    vectors) and ``exhaustive`` (the ids are the exact top-k: a flat index; on an
-    approximate index they are its top candidates, recall@10 in the manifest)."""
-
-    exact: bool
-    exhaustive: bool
-
-    def __new__(cls, scores: np.ndarray, ids: np.ndarray, *, exact: bool,
-                exhaustive: bool) -> Hits:
-        self = super().__new__(cls, (scores, ids))
-        self.exact, self.exhaustive = bool(exact), bool(exhaustive)
-        return self
-
-    @property
-    def scores(self) -> np.ndarray:
-        return self[0]
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self[1]
 
 
 class BackboneIndex:
@@ -109,14 +86,14 @@ class BackboneIndex:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], dataset_info: dict[str, Any],
-                 images: pd.DataFrame, captions: pd.DataFrame, vectors: dict[str, np.ndarray],
-                 faiss_indexes: dict[str, Any], index_mmapped: dict[str, bool] | None = None
-                 ) -> None:
+                 images: pd.DataFrame | StoreTable, captions: pd.DataFrame | StoreTable,
+                 vectors: dict[str, np.ndarray], faiss_indexes: dict[str, Any],
+                 index_mmapped: dict[str, bool] | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.dataset_info = dataset_info
-        self.images = images
-        self.captions = captions
+        self._tables = {t: v if isinstance(v, StoreTable) else StoreTable.from_frame(v)
+                        for t, v in (("images", images), ("captions", captions))}
         #: The stored matrices as on disk (memory maps; float16 for a float16 store).
         self.stored = dict(vectors)
         self._float32: dict[str, np.ndarray] = {}
@@ -136,10 +113,38 @@ class BackboneIndex:
         self.image_removed[dead_images] = True
         self.caption_removed = np.zeros(len(captions), dtype=bool)
         self.caption_removed[dead_captions] = True
+        # Fixed from here on: a query counts them once (n_valid), never per query.
+        self.image_valid.flags.writeable = self.caption_valid.flags.writeable = False
+        self._n_valid = {"images": int(self.image_valid.sum()),
+                         "captions": int(self.caption_valid.sum())}
+        self._first_captions: FirstCaptions | None = None
         self._indexes = faiss_indexes
         self._device_copies: dict[tuple[str, str, str], Any] = {}
         self._encoders: dict[str | None, Any] = {}
         self._text_cache: dict[str, np.ndarray] | None = None
+
+    # The tables as DataFrames, decoded on first use (a query reads rows by id: `table`).
+    images = property(lambda self: self._tables["images"].frame, doc="The image table.")
+    captions = property(lambda self: self._tables["captions"].frame, doc="The caption table.")
+
+    def table(self, target: str) -> StoreTable:
+        """The ``images`` or ``captions`` table, read by row id (:mod:`clipindex.store.tables`)."""
+        return self._tables[target]
+
+    def n_valid(self, target: str) -> int:
+        """How many ``target`` rows a query may return (counted once at open)."""
+        return self._n_valid[target]
+
+    def first_captions(self, image_rows: np.ndarray) -> np.ndarray:
+        """The first valid caption row of each of ``image_rows`` (-1: none); a tombstoned
+        caption is never one. Nothing is scanned per query (see
+        :class:`~clipindex.store.tables.FirstCaptions`)."""
+        if self._first_captions is None:
+            caps = self._tables["captions"]
+            owner = caps.ints("image_row_id") if "image_row_id" in caps else np.zeros(0, int)
+            self._first_captions = FirstCaptions(owner, self.caption_valid[:len(owner)],
+                                                 len(self.image_valid))
+        return self._first_captions(image_rows)
 
     def _vectors(self, target: str) -> np.ndarray:
         if target not in self._float32:
@@ -436,7 +441,7 @@ def _open_generation(root: Path, backbone: str, pretrained: str, verify: bool, m
     damage = check_backbone(bdir, manifest, verify)
     if damage:
         raise damage[0].error()
-    images, captions = read_tables(root, info)
+    images, captions = read_store_tables(root, info)  # columns decoded on first use
     vectors = {t: load_matrix(bdir / f"{t}.npy") for t in _TARGETS}
     for t, table in (("images", images), ("captions", captions)):
         if vectors[t].shape != (len(table), manifest["dim"]):

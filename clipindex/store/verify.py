@@ -22,6 +22,7 @@ and the fix. This module never imports FAISS or a model.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,11 @@ from clipindex.store.manifest import (
     read_json,
     sha256_file,
 )
+from clipindex.store.tables import StoreTable
 
 __all__ = ["FIX", "Damage", "check_backbone", "check_file", "orphan_damage", "orphaned",
-           "read_dataset_info", "read_tables", "table_damage", "unsealed_damage"]
+           "read_dataset_info", "read_store_tables", "read_tables", "table_damage",
+           "unsealed_damage"]
 
 #: What every damage message tells the user to do.
 FIX = ("rerun `clipindex build ... --rebuild` to rewrite it (`clipindex info --verify DIR` "
@@ -152,8 +155,48 @@ def table_damage(dataset_dir: Path, info: dict[str, Any], verify: bool = True
 
 def read_tables(dataset_dir: Path, info: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both tables, checked (format 2: sha256; format 1: the dataset fingerprint)."""
+    images, captions = read_store_tables(dataset_dir, info)
+    return images.frame, captions.frame
+
+
+def _table_bytes(dataset_dir: Path, name: str, record: Any) -> bytes:
+    """The bytes of one format-2 table, checked against its record (the bytes parsed are
+    the bytes hashed); a missing or unreadable file gets :func:`check_file`'s message."""
+    path = dataset_dir / name
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = None
+    problem = None
+    if data is None or not isinstance(record, dict):
+        problem = check_file(path, record, verify=True) or "is unreadable"
+    elif len(data) != record.get("bytes"):
+        problem = (f"has {len(data)} bytes, not the {record.get('bytes')} its build "
+                   "recorded (truncated or replaced)")
+    elif hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        problem = "does not match its recorded sha256 (changed or corrupted since the build)"
+    if problem:
+        raise Damage(path, problem).error()
+    return data
+
+
+def read_store_tables(dataset_dir: Path, info: dict[str, Any]) -> tuple[StoreTable, StoreTable]:
+    """Both tables as :class:`~clipindex.store.tables.StoreTable` (format 2: their bytes
+    hashed and kept, columns decoded on first use; format 1: decoded and checked against
+    the dataset fingerprint)."""
     from clipindex.sources import fingerprint
 
+    tables = info.get("tables")
+    if isinstance(tables, dict):
+        out = []
+        for name in TABLE_FILES:
+            data = _table_bytes(dataset_dir, name, tables.get(name))
+            try:
+                out.append(StoreTable.from_parquet(data))
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds on bad bytes
+                raise Damage(dataset_dir / name,
+                             f"is unreadable ({type(exc).__name__})").error() from None
+        return out[0], out[1]
     damage = table_damage(dataset_dir, info)
     if damage:
         raise damage[0].error()
@@ -165,11 +208,11 @@ def read_tables(dataset_dir: Path, info: dict[str, Any]) -> tuple[pd.DataFrame, 
             raise Damage(dataset_dir / name,
                          f"is unreadable ({type(exc).__name__})").error() from None
     images, captions = frames
-    if "tables" not in info and fingerprint(images, captions) != info["fingerprint"]:
+    if fingerprint(images, captions) != info["fingerprint"]:
         raise Damage(dataset_dir / "images.parquet",
                      "or captions.parquet does not match dataset.json's fingerprint "
                      "(edited since the build)").error()
-    return images, captions
+    return StoreTable.from_frame(images), StoreTable.from_frame(captions)
 
 
 def check_backbone(bdir: Path, manifest: dict[str, Any], verify: bool) -> list[Damage]:
