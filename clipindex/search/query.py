@@ -205,7 +205,7 @@ def _check_vectors(indexes: Sequence[_Index], vectors: Any) -> np.ndarray:
         array = np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError):
         raise UserInputError("Query vectors must be numbers.") from None
-    dim = int(indexes[0].dim)
+    dim = int(indexes[0].manifest["dim"])
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2 or array.shape[1] != dim:

@@ -188,9 +188,9 @@ def _query_kind(query: KnnQuery, max_chars: int) -> tuple[str, Any]:
     kind, value = next(iter(present.items()))
     if kind == "text" and len(value) > max_chars:
         raise ApiError(422, f"text is over {max_chars} characters.")
-    if kind == "image":
+    if isinstance(value, str) and kind == "image":
         try:
-            value = base64.b64decode(value, validate=True)
+            return kind, base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise ApiError(422, "image is not valid base64.") from None
     return kind, value
@@ -212,16 +212,18 @@ def knn_answer(snapshot: Snapshot, query: KnnQuery, options: ServeOptions, base_
                      f"returning at most {options.max_k}.")
         k = options.max_k
     target = "images" if query.modality == "image" else "captions"
-    common = {"k": k, "backbones": backbones, "target": target}
     if kind == "text":
-        records, found = answers.search(snapshot, text=value, **common)
+        records, found = answers.search(snapshot, text=value, k=k, backbones=backbones,
+                                        target=target)
     elif kind == "embedding_input":
-        records, found = answers.search(snapshot, vectors=[value], **common)
+        records, found = answers.search(snapshot, vectors=[value], k=k,
+                                        backbones=backbones, target=target)
     else:
         from clipindex.serve.uploads import upload_file
 
         with upload_file(value, options.max_pixels) as path:
-            records, found = answers.search(snapshot, image=path, **common)
+            records, found = answers.search(snapshot, image=path, k=k, backbones=backbones,
+                                            target=target)
     return _entries(snapshot, records, query, target, base_url, backbones[0]), notes + found
 
 
