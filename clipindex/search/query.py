@@ -200,6 +200,32 @@ def _check_like(indexes: Sequence[_Index], like: Sequence[int] | int | None) -> 
     return [int(r) for r in rows]
 
 
+def _check_vectors(indexes: Sequence[_Index], vectors: Any) -> np.ndarray:
+    """Query vectors as a float32 ``(n, dim)`` matrix, L2-normalised; they are in one
+    backbone's space, so only one backbone may be searched with them."""
+    if vectors is None:
+        return np.zeros((0, 0), dtype=np.float32)
+    if len(indexes) != 1:
+        raise UserInputError("A query vector is in one backbone's space: search one "
+                             f"backbone with it, not {len(indexes)}.")
+    try:
+        array = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise UserInputError("Query vectors must be numbers.") from None
+    dim = int(indexes[0].manifest["dim"])
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise UserInputError(f"A query vector must have {dim} numbers (the backbone's dim), "
+                             f"got shape {tuple(array.shape)}.")
+    if not np.isfinite(array).all():
+        raise UserInputError("A query vector holds NaN or infinite values.")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    if not (norms > 0).all():
+        raise UserInputError("A query vector is all zeros.")
+    return array / norms
+
+
 def _like_labels(index: _Index, like: list[int]) -> list[str]:
     if not like:
         return []
@@ -207,9 +233,11 @@ def _like_labels(index: _Index, like: list[int]) -> list[str]:
 
 
 def _query_vectors(index: _Index, texts: list[str], images: list[Path],
-                   like: Sequence[int] = ()) -> np.ndarray:
+                   like: Sequence[int] = (), vectors: np.ndarray | None = None
+                   ) -> np.ndarray:
     """One text call and one image call per backbone, then the stored vectors of the
-    ``like`` rows (no file read, no model call); rows follow ``texts + images + like``."""
+    ``like`` rows (no file read, no model call) and the given ``vectors``; rows follow
+    ``texts + images + like + vectors``."""
     parts = []
     if texts:
         parts.append(np.asarray(index.text_vectors(texts), dtype=np.float32))
@@ -220,6 +248,8 @@ def _query_vectors(index: _Index, texts: list[str], images: list[Path],
     if len(like):
         stored = stored_vectors(index, "images")  # a float16 store stays float16
         parts.append(np.asarray(stored[np.asarray(like, dtype=np.int64)], dtype=np.float32))
+    if vectors is not None and len(vectors):
+        parts.append(vectors)
     return np.concatenate(parts, axis=0)
 
 
@@ -254,6 +284,7 @@ def search_indexes(
     terms: Terms | None = None,
     offset: int = 0,
     like: Sequence[int] | int | None = None,
+    vectors: Any = None,
 ) -> SearchResult:
     """Search one backbone, or fuse several by reciprocal rank fusion.
 
@@ -287,6 +318,9 @@ def search_indexes(
         called. As for a query image that is in the store, the row itself is the first
         hit (cosine 1). A removed, skipped or unknown row is a :class:`UserInputError`
         (:func:`like_problem`).
+    vectors : array-like ``(n, dim)`` or ``(dim,)``, optional
+        Query vectors already in the backbone's space (one backbone only), searched
+        last and labelled ``vector <i>``; L2-normalised here.
 
     Returns
     -------
@@ -306,13 +340,15 @@ def search_indexes(
     k = _check_k(k) + int(offset)
     _check_target(target)
     like_ = _check_like(indexes, like)
-    texts_, images_ = _queries(texts, images, bool(like_))
+    vectors_ = _check_vectors(indexes, vectors)
+    texts_, images_ = _queries(texts, images, bool(like_) or len(vectors_) > 0)
     terms = terms if terms is not None and not terms.empty else None
     term_images = (_check_images(list(terms.add_images + terms.subtract_images))
                    if terms is not None else [])
     check_aligned(indexes)
     selection = select_rows(indexes, target, where, k)
-    labels = texts_ + [str(p) for p in images_] + _like_labels(indexes[0], like_)
+    labels = texts_ + [str(p) for p in images_] + _like_labels(indexes[0], like_) + \
+        [f"vector {i}" for i in range(len(vectors_))]
     if terms is not None:
         labels = [terms.label(q) for q in labels]
     n_avail = selection.n_avail
@@ -320,7 +356,7 @@ def search_indexes(
     rankings = []
     for index, pool in zip(indexes, selection.pool, strict=True):
         want = min(k if len(indexes) == 1 else max(k, depth), pool)
-        queries = _query_vectors(index, texts_, images_, like_)
+        queries = _query_vectors(index, texts_, images_, like_, vectors_)
         if terms is not None:
             queries = combine(queries, *term_vectors(index, terms, term_images))
         rankings.append(rank(index, queries, want, target, selection.rows, device=device))

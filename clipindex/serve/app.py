@@ -9,6 +9,8 @@ Routes (every error is a 4xx ``{"error": "..."}``; see the README's ``clipindex 
 - ``POST /classify`` with an upload and ``method`` → label, probabilities, abstain;
 - ``GET /images/{row_id}``, ``GET /thumbs/{row_id}``: files the tables name, only;
 - ``GET /health``, ``GET /info``, ``POST /reload``, ``GET /openapi.json``;
+- clip-retrieval's ``POST /knn-service``, ``POST /metadata``, ``GET /indices-list``
+  (:mod:`clipindex.serve.knn`), so its ``ClipClient`` and web front work unchanged;
 - ``GET /`` and ``/static/{name}``: the web page, from files shipped in the package.
 """
 

@@ -9,7 +9,8 @@ and their atomic commit (``generations.py``), ``clipindex add`` (``add.py``:
 files (``outputs.py``), building (``build.py``: :func:`build_store`), the knobs of a
 build or an add checked against what each backbone will use before anything is written
 (``plan.py``), re-indexing from stored vectors (``reindex.py``), importing clip-retrieval's
-embeddings (``imported.py``: :func:`import_store`), choosing and tuning ``--index-kind
+embeddings (``imported.py``: :func:`import_store`) and writing them back out
+(``exported.py``: :func:`export_store`), choosing and tuning ``--index-kind
 auto`` and exact rescoring (``tuning.py``), reading (``reader.py``: :class:`BackboneIndex`,
 :func:`open_index`, :func:`list_backbones`; ``summary.py``: :func:`store_info`) and FAISS
 (``indexes.py``, the only module of the package that imports ``faiss``).
@@ -20,6 +21,7 @@ May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.sources``,
 from clipindex.store.add import add_to_store
 from clipindex.store.build import build_store
 from clipindex.store.compact import compact_store
+from clipindex.store.exported import export_store
 from clipindex.store.imported import import_store
 from clipindex.store.manifest import FORMAT_VERSION
 from clipindex.store.reader import BackboneIndex, list_backbones, open_index
@@ -33,6 +35,7 @@ __all__ = [
     "add_to_store",
     "build_store",
     "compact_store",
+    "export_store",
     "import_store",
     "list_backbones",
     "open_index",
