@@ -135,18 +135,23 @@ def image_metadata(snapshot: Snapshot, rows: Sequence[int], base_url: str
     own ``url`` column when it has one and the row a value, else ``BASE/images/ROW``)
     and every other column of the images table but ``row_id``. Reads only these rows."""
     from clipindex.search.frames import first_captions
+    from clipindex.search.ranking import table_of
 
     index = snapshot.first
     rows_ = np.asarray(list(rows), dtype=np.int64)
-    table = index.images.iloc[rows_]
-    captions = first_captions(index, rows_)
+    images = table_of(index, "images")  # by row id: no whole column is decoded
+    columns = {c: images.take(c, rows_) for c in images.columns if c != "row_id"}
+    caption_rows = first_captions(index, rows_)
+    has = caption_rows >= 0
+    texts = np.full(len(rows_), "", dtype=object)
+    if has.any():
+        texts[has] = table_of(index, "captions").take("text", caption_rows[has])
     out = []
-    for row, record, caption in zip(rows_.tolist(), table.to_dict(orient="records"),
-                                    captions, strict=True):
-        meta = {k: _plain(v) for k, v in record.items() if k != "row_id"}
+    for i, row in enumerate(rows_.tolist()):
+        meta = {c: _plain(values[i]) for c, values in columns.items()}
         link = f"{base_url.rstrip('/')}/images/{row}"
         meta["url"] = meta.get("url") or link
-        meta["caption"] = str(caption)
+        meta["caption"] = str(texts[i])
         out.append(meta)
     return out
 
