@@ -11,7 +11,7 @@ LOCK := requirements/dev.lock
 PIP_TOOLS := pip==26.3 pip-tools==7.7.0
 LOCKENV := .lockenv
 
-.PHONY: venv lock browser demo test test-fast lint clean
+.PHONY: venv lock browser demo test test-fast lint docs clean
 
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
@@ -56,5 +56,10 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check clipindex tests benchmarks
 
+# The docs site (MkDocs + Material, API reference by mkdocstrings) into site/; --strict: a
+# broken link or anchor fails. `$(BIN)/mkdocs serve` previews it.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 clean:
-	rm -rf demo-out .pytest_cache $(LOCKENV)
+	rm -rf demo-out .pytest_cache site $(LOCKENV)

@@ -274,7 +274,7 @@ def demo_world(workdir: Path, scale: str, seed: int = 0) -> Path:
     """A demo world under ``workdir`` (made once, reused while the generator is the same)."""
     import json
 
-    from clipindex.world import GENERATOR_VERSION, make_world
+    from clipindex.demo.world import GENERATOR_VERSION, make_world
 
     folder = Path(workdir) / f"world-{scale}-{seed}"
     record = folder / "world.json"

@@ -41,10 +41,10 @@ BASELINE = "tiny-vit"
 def world_and_store(workdir: Path, quick: bool, seed: int) -> Path:
     """The demo store (val split, 200 per class; ``--quick``: the small world, 40)."""
     from clipindex.demo import demo_config
+    from clipindex.demo.world import make_world
+    from clipindex.demo.world.knobs import SCALES, Scale
     from clipindex.sources import load_dataset
     from clipindex.store import build_store
-    from clipindex.world import make_world
-    from clipindex.world.knobs import SCALES, Scale
 
     if quick:
         world = common.demo_world(workdir, "small", seed)

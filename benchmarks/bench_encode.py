@@ -24,6 +24,11 @@ the same size). On CUDA (``--device cuda``: ViT-B-32 and ViT-L-14-336 from 12k J
 the contenders are the PIL uint8 route and the nvJPEG route. With ``--repeats R`` paths
 alternate R times and median rates are used.
 
+``--decode-routes`` times only the build's decoders, back to back: the default (a full
+decode, open_clip's own pixels) vs ``--decode draft`` (JPEG draft mode), alternating
+rounds, with the cosine of the draft vectors to the default ones (section
+``bench_encode_decode_<device>``).
+
 Run: ``python benchmarks/bench_encode.py`` (CPU: ViT-B/32, RN50, ViT-B/16, RN50x4; 300
 images, 100 for the larger two; ~15 minutes on 2 idle cores), ``--device cuda`` on a
 GPU machine, or ``--quick``.
@@ -200,6 +205,45 @@ def bench_backbone(name: str, n_images: int, args: Any, world: Path,
             "same_tensors_min": float(same.min()), "encoder": encoder}
 
 
+def bench_decode_routes(name: str, n_images: int, args: Any, world: Path,
+                        first: str) -> dict[str, Any]:
+    """The build's default decoder vs ``--decode draft`` on one backbone, same files."""
+    from clipindex.encode import load_encoder
+
+    files = image_files(world, n_images)
+    common.log(f"encode: loading {name} ({args.pretrained})")
+    encoder = load_encoder(name, pretrained=args.pretrained, device=args.device)
+    settings = encoder.settings()
+    runs = {"build": lambda: build_defaults(encoder, files),
+            "build_draft": lambda: build_defaults(encoder, files, decode="draft")}
+    build_defaults(encoder, files[:2], workers=0)  # warm-up
+    rates, vectors = _timed(encoder, runs, {k: len(files) for k in runs}, args.repeats,
+                            first, name)
+    cos = _cos(vectors["build"], vectors["build_draft"])
+    return {"backbone": encoder.spec.display, "image_size": encoder.image_size,
+            "settings": settings, "n": len(files), "rates": rates,
+            "cosine_min": float(cos.min()), "under": int((cos < 0.9999).sum())}
+
+
+def report_decode(rows: list[dict[str, Any]], args: Any) -> tuple[list[str], list[str]]:
+    lines = ["| backbone | input | images | default decode (img/s) | --decode draft (img/s) "
+             "| draft / default | chosen settings | draft vs default: min cosine | "
+             "cosine < 0.9999 |", "|---|---|---|---|---|---|---|---|---|"]
+    ratios = []
+    for r in rows:
+        s, rate = r["settings"], r["rates"]
+        lines.append(
+            f"| {r['backbone']} | {r['image_size']} | {r['n']} | {rate['build']:.1f} | "
+            f"{rate['build_draft']:.1f} | {rate['build_draft'] / rate['build']:.2f}x | "
+            f"batch {s.batch_size}, {s.workers} worker(s), {s.threads} thread(s), "
+            f"{s.decode} | {r['cosine_min']:.4f} | {r['under']} of {r['n']} |")
+        ratios.append(common.ratio_line(
+            rate["build_draft"] / rate["build"],
+            f"{r['backbone']} {args.kind} build with --decode draft over the default "
+            "(reference) decode, images/s"))
+    return lines, ratios
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
@@ -341,6 +385,10 @@ def _parse(argv: list[str] | None) -> Any:
     parser.add_argument("--seed", type=int, default=0, help="demo world seed")
     parser.add_argument("--no-creation", action="store_true",
                         help="skip the model-creation timings (a run per backbone)")
+    parser.add_argument("--scale", choices=("small", "default"),
+                        help="demo world scale (default: small on CPU, default on CUDA)")
+    parser.add_argument("--decode-routes", action="store_true",
+                        help="time only the default decode vs --decode draft")
     parser.add_argument("--section", default=None,
                         help="RESULTS.md section to write (default bench_encode_<device>): "
                              "a run of one backbone can keep another run's section")
@@ -383,6 +431,8 @@ def _main(argv: list[str] | None = None) -> int:
     info = common.machine_info(args.device)
     world = common.demo_world(args.workdir, args.scale, args.seed)
     plan = _plan(args)
+    if args.decode_routes:
+        return _main_decode(args, info, world, plan)
     creation = None if args.no_creation else bench_creation(plan[0][0], args)
     rows = [bench_backbone(name, n, args, world, "loop" if i % 2 == 0 else "build")
             for i, (name, n) in enumerate(plan)]
@@ -391,6 +441,26 @@ def _main(argv: list[str] | None = None) -> int:
     print("\n".join(lines + [""] + ratios))
     if not args.no_write:
         _write(args, info, lines, ratios)
+    return 0
+
+
+def _main_decode(args: Any, info: dict[str, Any], world: Path,
+                 plan: list[tuple[str, int]]) -> int:
+    rows = [bench_decode_routes(name, n, args, world, "build" if i % 2 == 0 else "build_draft")
+            for i, (name, n) in enumerate(plan)]
+    lines, ratios = report_decode(rows, args)
+    print("\n".join(lines + [""] + ratios))
+    if not args.no_write:
+        head = [f"- command: `{common.command_line()}`", *common.machine_lines(info),
+                f"- JPEG files of a demo world (`--scale {args.scale}`, seed {args.seed}; "
+                f"160-640 px), weights `--pretrained {args.pretrained}`; both paths are "
+                "`Encoder.encode_images` with the chosen settings, the default decoder "
+                "(full decode: open_clip's pixels) vs `decode=\"draft\"` (JPEG draft mode); "
+                f"rates are medians of {args.repeats} alternating round(s)", ""]
+        common.write_section(args.section or f"bench_encode_decode_{args.kind}",
+                             f"Decoding: the build's default (reference) decode vs "
+                             f"--decode draft ({args.kind})", head + lines, ratios,
+                             args.results)
     return 0
 
 

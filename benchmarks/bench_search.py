@@ -29,7 +29,15 @@ the exact top-10, at 1 and 2 threads.
   cuda`` runs without faiss-gpu), the vectors moved there once (not timed), against
   ``flat`` on the CPU.
 
-Run: ``python benchmarks/bench_search.py`` (1M: ~2-4 GB RAM) or ``--quick``.
+With ``--overhead`` it measures instead what clipindex adds to the engine for one query
+(issue 33): on synthetic stores of ``--overhead-sizes`` rows (images and captions, dim
+64, ``benchmarks/_bigstore.py``; flat and auto), the p50 of ``search_indexes`` over an
+open store (text vector from the store's cache, ranking, exact rescoring, the hits'
+metadata and first captions) minus the p50 of the raw FAISS ``index.search`` of the same
+query vector on the same index file, measured alternately; and ``open_index``'s time.
+
+Run: ``python benchmarks/bench_search.py`` (1M: ~2-4 GB RAM) or ``--quick``;
+``python benchmarks/bench_search.py --overhead`` (stores kept in ``--workdir``).
 """
 
 from __future__ import annotations
@@ -336,11 +344,17 @@ def _parser() -> Any:
                              "bench_search_<size> beyond): a run of a few contenders can "
                              "write its own section and leave the full run's alone")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overhead", action="store_true",
+                        help="measure search_indexes over raw FAISS instead (issue 33)")
+    parser.add_argument("--overhead-sizes", default="10000,100000,1000000")
+    parser.add_argument("--overhead-kinds", default="flat,auto")
     return parser
 
 
 def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.overhead:
+        return _overhead_main(args)
     chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
     if unknown := sorted(set(chosen) - set(BUILDERS)):
         raise SystemExit(f"unknown contender(s) {unknown}: choose from {tuple(BUILDERS)}")
@@ -459,6 +473,132 @@ def common_memory(text: str) -> int | None:
     from clipindex.store.tuning import parse_memory
 
     return parse_memory(text)
+
+
+
+# ----------------------------------------------------------------------------- overhead
+OVERHEAD_SECTION = "bench_search_overhead"
+OVERHEAD_TEXTS = [f"a photo of a {c} number {i}" for i in range(20)
+                  for c in ("cat", "dog", "cow", "sheep", "horse")]
+
+
+def overhead_store(workdir: Path, n: int, kind: str) -> Path:
+    """The synthetic store of ``n`` rows and ``kind``, written once and kept."""
+    import _bigstore
+
+    from clipindex.store import list_backbones
+
+    ddir = workdir / f"overhead-{kind}-{n}" / "synthetic-store"
+    if "synthetic" not in list_backbones(ddir) if ddir.is_dir() else True:
+        common.log(f"writing a {kind} store of {n:,} rows")
+        _bigstore.write_store(ddir, n, kind=kind, texts=OVERHEAD_TEXTS)
+    return ddir
+
+
+def measure_overhead(ddir: Path, repeats: int) -> dict[str, float]:
+    """p50 of search_indexes and of the raw FAISS search (alternating), open time."""
+    from clipindex.search import search_indexes
+    from clipindex.store import open_index
+    from clipindex.store.indexes import load_index
+
+    open_index(ddir, "synthetic")  # warm-up: page cache, imports
+    opens = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        index = open_index(ddir, "synthetic")
+        opens.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    search_indexes(index, texts=OVERHEAD_TEXTS[:1], k=K)
+    first = time.perf_counter() - t0
+    raw = load_index(ddir / "synthetic" / "images.faiss", mmap=True)
+    vectors = index.text_vectors(OVERHEAD_TEXTS)
+    ours, theirs, ours_cpu, theirs_cpu = [], [], [], []
+    for i in range(repeats):
+        j = i % len(OVERHEAD_TEXTS)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        raw.search(vectors[j:j + 1], K)
+        t1, c1 = time.perf_counter(), time.thread_time()
+        search_indexes(index, texts=[OVERHEAD_TEXTS[j]], k=K)
+        ours.append(time.perf_counter() - t1)
+        ours_cpu.append(time.thread_time() - c1)
+        theirs.append(t1 - t0)
+        theirs_cpu.append(c1 - c0)
+    return {"ours": float(np.median(ours)), "raw": float(np.median(theirs)),
+            "ours_cpu": float(np.median(ours_cpu)), "raw_cpu": float(np.median(theirs_cpu)),
+            "beyond": _beyond_faiss(index, vectors, repeats),
+            "open": float(np.median(opens)), "first": first}
+
+
+def _beyond_faiss(index: Any, vectors: np.ndarray, repeats: int) -> float:
+    """Thread CPU p50 of search_indexes with the FAISS answers replayed (recorded once):
+    clipindex's own work per query, without the scan's effect on the CPU caches."""
+    from clipindex.search import search_indexes
+
+    n = len(OVERHEAD_TEXTS)
+    fetch = {}
+    real = index.search
+
+    def record(q: np.ndarray, k: int, **kw: Any) -> Any:
+        fetch[len(fetch)] = real(q, k, **kw)
+        return fetch[len(fetch) - 1]
+
+    index.search = record
+    for j in range(n):
+        search_indexes(index, texts=[OVERHEAD_TEXTS[j]], k=K)
+    times, state = [], [0]
+    index.search = lambda q, k, **kw: fetch[state[0]]
+    try:
+        for i in range(repeats):
+            state[0] = i % n
+            c0 = time.thread_time()
+            search_indexes(index, texts=[OVERHEAD_TEXTS[state[0]]], k=K)
+            times.append(time.thread_time() - c0)
+    finally:
+        del index.search
+    return float(np.median(times))
+
+
+def _overhead_main(args: Any) -> int:
+    sizes = [int(s) for s in args.overhead_sizes.split(",") if s.strip()]
+    kinds = [k.strip() for k in args.overhead_kinds.split(",") if k.strip()]
+    if args.quick:
+        sizes, args.repeats = [2000, 5000], 50
+    info = common.machine_info()
+    lines = ["| rows (images + captions) | index | raw FAISS p50 (ms) | search_indexes p50 "
+             "(ms) | overhead (ms) | overhead, thread CPU time (ms) | beyond FAISS, FAISS "
+             "replayed, thread CPU (ms) | open_index (ms) | first query after open (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    ratios = []
+    for kind in kinds:
+        for n in sizes:
+            f = measure_overhead(overhead_store(args.workdir, n, kind), args.repeats)
+            over = (f["ours"] - f["raw"]) * 1e3
+            cpu = (f["ours_cpu"] - f["raw_cpu"]) * 1e3
+            lines.append(f"| {n:,} | {kind} | {f['raw'] * 1e3:.2f} | {f['ours'] * 1e3:.2f} | "
+                         f"{over:.2f} | {cpu:.2f} | {f['beyond'] * 1e3:.2f} | "
+                         f"{f['open'] * 1e3:.0f} | "
+                         f"{f['first'] * 1e3:.0f} |")
+            ratios.append(f"overhead: {over:.2f} ms clipindex search_indexes over raw FAISS, "
+                          f"1-query p50, {_fmt_n(n)} rows {kind}")
+            if n == max(sizes) and kind == kinds[0]:
+                ratios.append(f"open: {f['open'] * 1e3:.0f} ms open_index, {_fmt_n(n)} rows")
+            print(lines[-1], flush=True)
+    print("\n".join(lines + [""] + ratios))
+    if not args.no_write:
+        head = [f"- command: `{common.command_line()}`", *common.machine_lines(info),
+                "- stores: synthetic (benchmarks/_bigstore.py), N images + N captions, dim "
+                "64 float32, clustered unit vectors, written by the store's own writers; "
+                f"p50 over {args.repeats} single text queries (vectors from the store's "
+                "text cache), k=10, the raw FAISS search and search_indexes alternating on "
+                "the same query vector and index file; open_index: median of 3 after a "
+                "warm-up (files in the page cache); the overhead is the difference of the "
+                "wall-time p50s (the ratio lines) and, less sensitive to other jobs on "
+                "the cores, of the p50s of the calling thread's CPU time; 'beyond FAISS': "
+                "search_indexes with each query's FAISS answer recorded once and replayed "
+                "(the work clipindex adds, without the scan evicting the CPU caches)", ""]
+        common.write_section(OVERHEAD_SECTION, "Query cost: search_indexes over raw FAISS",
+                             head + lines, ratios, args.results)
+    return 0
 
 
 if __name__ == "__main__":

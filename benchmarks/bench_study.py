@@ -37,7 +37,7 @@ import _common as common  # noqa: E402
 from bench_encode import study_loop  # noqa: E402
 
 SECTION = "bench_study"
-CONFIG = common.HERE.parent / "configs" / "datasets" / "demo.yaml"
+CONFIG = "builtin:demo"  # the shipped dataset config
 
 
 def load_demo(world: Path, per_class: int | None) -> Any:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     )
     from clipindex.classifiers.runner import classify, classify_images
     from clipindex.demo import run_demo
+    from clipindex.demo.world import make_world
     from clipindex.encode import Encoder, load_encoder, resolve_backbone
     from clipindex.errors import NotFittedError
     from clipindex.explain import explain_image
@@ -59,10 +60,11 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         add_to_store,
         build_store,
         compact_store,
+        export_store,
+        import_store,
         open_index,
         store_info,
     )
-    from clipindex.world import make_world
 
 # The public API, pinned (tests/test_api.py): the pipeline's stages in order.
 __all__ = [
@@ -90,6 +92,8 @@ __all__ = [
     "build_store",
     "add_to_store",
     "compact_store",
+    "export_store",
+    "import_store",
     "open_index",
     "store_info",
     # classifiers (scikit-learn estimators on stored vectors)
@@ -131,7 +135,7 @@ _LAZY: dict[str, str] = {
     "NotFittedError": "clipindex.errors",
     "Dataset": "clipindex.sources",
     "load_dataset": "clipindex.sources",
-    "make_world": "clipindex.world",
+    "make_world": "clipindex.demo.world",
     "Encoder": "clipindex.encode",
     "load_encoder": "clipindex.encode",
     "resolve_backbone": "clipindex.encode",
@@ -139,6 +143,8 @@ _LAZY: dict[str, str] = {
     "build_store": "clipindex.store",
     "add_to_store": "clipindex.store",
     "compact_store": "clipindex.store",
+    "export_store": "clipindex.store",
+    "import_store": "clipindex.store",
     "open_index": "clipindex.store",
     "store_info": "clipindex.store",
     **{name: "clipindex.classifiers" for name in (

@@ -9,7 +9,10 @@ imports nothing of clipindex), so every layer can use it.
 A write goes to a temporary file in the target's folder, is fsynced, then renamed over
 the target, so a reader sees the old file or the new one, never half of one. The result
 gets ordinary permissions (0o666 less the umask, like ``open(path, "w")``), not the
-0o600 that :func:`tempfile.mkstemp` gives.
+0o600 that :func:`tempfile.mkstemp` gives. An ``OSError`` that is a fault of the machine
+(disk full, read-only file system, no permission, open-file limit, I/O error) is raised
+as :class:`clipindex.errors.ResourceError` naming the target, after the temporary file
+is removed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from clipindex.errors import os_faults
+
 __all__ = ["atomic_write", "atomic_write_bytes", "read_json", "write_json_atomic"]
 
 
@@ -30,8 +35,13 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
-    """Write ``path`` via ``write(fh)`` (a binary file object) atomically.
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object], *,
+                 make_parents: bool = True, needs: int | None = None) -> Path:
+    """Write ``path`` via ``write(fh)`` (a binary file object) atomically; its folder is
+    created first unless ``make_parents`` is False (then a missing folder is a
+    ``FileNotFoundError`` and nothing is written).
+
+    ``needs``: the bytes it will take, if known (named when the disk is full).
 
     Example
     -------
@@ -41,24 +51,26 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     b'hi'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with os_faults(path, needs=needs):
+        if make_parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
-    return atomic_write(path, lambda fh: fh.write(data))
+    return atomic_write(path, lambda fh: fh.write(data), needs=len(data))
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, sort_keys: bool = True,

@@ -61,7 +61,9 @@ __all__ = [
 
 
 def _pair(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
-    t, p = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    if not (t.dtype.kind == "U" and p.dtype.kind == "U"):  # strings compare as they are
+        t, p = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
     if t.ndim != 1 or t.shape != p.shape:
         raise UserInputError(
             f"y_true and y_pred must be 1-D and equally long: {t.shape} vs {p.shape}"
@@ -99,13 +101,24 @@ def confusion_matrix(
     [[0, 1], [0, 1]]
     """
     t, p = _pair(y_true, y_pred)
-    pos = {c: i for i, c in enumerate(classes)}
-    ti = np.array([pos.get(v, -1) for v in t], dtype=np.int64)
-    pi = np.array([pos.get(v, -1) for v in p], dtype=np.int64)
+    ti, pi = _codes(t, classes), _codes(p, classes)
     ok = (ti >= 0) & (pi >= 0)
-    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    np.add.at(cm, (ti[ok], pi[ok]), 1)
-    return cm
+    n = len(classes)
+    return np.bincount(ti[ok] * n + pi[ok], minlength=n * n).reshape(n, n).astype(np.int64)
+
+
+def _codes(values: np.ndarray, classes: Vector) -> np.ndarray:
+    """The position of each value in ``classes`` (-1 when absent), vectorised for
+    string labels (a search in the sorted classes) and by a dict otherwise."""
+    listed = list(classes)
+    if values.dtype.kind in "US" and all(isinstance(c, str) for c in listed) and listed:
+        cls = np.asarray(listed)
+        order = np.argsort(cls, kind="stable")
+        ranked = cls[order]
+        at = np.minimum(np.searchsorted(ranked, values), len(ranked) - 1)
+        return np.where(ranked[at] == values, order[at], -1).astype(np.int64)
+    pos = {c: i for i, c in enumerate(listed)}
+    return np.array([pos.get(v, -1) for v in values], dtype=np.int64)
 
 
 def per_class(
@@ -118,7 +131,10 @@ def per_class(
     >>> per_class(["a", "b"], ["a", "a"], ["a", "b"])["a"]
     {'precision': 0.5, 'recall': 1.0, 'f1': 0.6666666666666666, 'support': 1}
     """
-    cm = confusion_matrix(y_true, y_pred, classes)
+    return _per_class(confusion_matrix(y_true, y_pred, classes), classes)
+
+
+def _per_class(cm: np.ndarray, classes: Vector) -> dict[Any, dict[str, float]]:
     tp = np.diag(cm).astype(np.float64)
     precision = _ratio(tp, cm.sum(axis=0))
     recall = _ratio(tp, cm.sum(axis=1))
@@ -210,14 +226,16 @@ def classification_metrics(
     if u.shape != t.shape:
         raise UserInputError(f"uncertain must have one flag per row ({len(t)})")
     classes = list(classes)
+    cm = confusion_matrix(t, p, classes)  # once: per_class and macro_f1 read it
+    pc = _per_class(cm, classes)
     return {
         "n": int(len(t)),
         "classes": classes,
         "accuracy": accuracy(t, p),
         "balanced_accuracy": balanced_accuracy(t, p, classes),
-        "macro_f1": macro_f1(t, p, classes),
-        "per_class": per_class(t, p, classes),
-        "confusion": confusion_matrix(t, p, classes).tolist(),
+        "macro_f1": float(np.mean([pc[c]["f1"] for c in classes])) if classes else float("nan"),
+        "per_class": pc,
+        "confusion": cm.tolist(),
         "coverage": coverage(u),
         "accuracy_covered": accuracy_covered(t, p, u),
         "n_uncertain": int(u.sum()),

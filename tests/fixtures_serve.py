@@ -52,11 +52,13 @@ def served_snapshot(serve_copy: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def serve_app(serve_copy: Path, served_snapshot: Any) -> Callable[..., Any]:
-    """``serve_app(**options)``: an app over the session's snapshot with those options."""
+    """``serve_app(**options)``: an app over the session's snapshot with those options
+    (the test client's Host, ``testserver``, allowed unless ``allow_hosts`` is given)."""
     from clipindex.serve import ServedStore, ServeOptions, create_app
 
     def make(**options: Any) -> Any:
-        opts = ServeOptions(index_dir=str(serve_copy), **options)
+        opts = ServeOptions(index_dir=str(serve_copy),
+                            **{"allow_hosts": ("testserver",), **options})
         return create_app(store=ServedStore(opts, opener=lambda o, g: served_snapshot))
 
     return make

@@ -134,12 +134,26 @@ def fake_load_encoder(spec: Any, *, pretrained: Any = "default", device: Any = N
     return FakeEncoder(spec, device)
 
 
+#: GFLOPs per image the stand-ins claim: a CPU build chooses batch 128 for them.
+FAKE_GFLOPS = 3.0
+
+
+def fake_model_facts(spec: Any) -> Any:
+    """What :func:`clipindex.encode.facts.model_facts` says of a stand-in backbone."""
+    from clipindex.encode.facts import ModelFacts
+
+    return ModelFacts(gflops=FAKE_GFLOPS, input_size=(8, 8), embed_dim=FAKE_DIM, resnet=False)
+
+
 def install_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Route clipindex's backbone registry and encoder loading to the stand-ins."""
-    from clipindex.encode import backbones
+    """Route clipindex's backbone registry, model facts, weights check and encoder
+    loading to the stand-ins."""
+    from clipindex.encode import backbones, facts, hub
     from clipindex.encode import encoder as encoders
 
     monkeypatch.setattr(backbones, "resolve_backbone", fake_resolve)
+    monkeypatch.setattr(facts, "model_facts", fake_model_facts)
+    monkeypatch.setattr(hub, "check_weights", lambda *a: None)  # no hub for stand-ins
     monkeypatch.setattr(encoders, "load_encoder", fake_load_encoder)
 
 

@@ -14,7 +14,7 @@ import pytest
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a small demo world (seed 0), generated once per session."""
-    from clipindex.world import make_world
+    from clipindex.demo.world import make_world
 
     out = tmp_path_factory.mktemp("small-world") / "world"
     return make_world(out, seed=0, scale="small", progress=False)
@@ -27,7 +27,7 @@ HELD_OUT_SEEDS = (1, 2)
 @pytest.fixture(scope="session")
 def val_only_scale():
     """The default scale without its train split: the same val images, a fifth the work."""
-    from clipindex.world.knobs import SCALES, Scale
+    from clipindex.demo.world.knobs import SCALES, Scale
 
     return Scale("default-val-only", train_per_class=0,
                  val_per_class=SCALES["default"].val_per_class)
@@ -40,7 +40,7 @@ def val_only_worlds(tmp_path_factory: pytest.TempPathFactory, val_only_scale) ->
     Seed 0's val split is the one ``clipindex demo`` indexes; seeds in ``HELD_OUT_SEEDS``
     are worlds the tiny backbones never saw.
     """
-    from clipindex.world import make_world
+    from clipindex.demo.world import make_world
 
     class _Worlds(dict):
         def __missing__(self, seed: int) -> Path:

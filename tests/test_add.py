@@ -344,7 +344,7 @@ def test_compact_renumbers_keeps_results_and_frees_disk(
     out = json.loads(res.stdout)
     assert (out["removed_images"], out["removed_captions"], out["generation"]) == (3, 6, 3)
     assert out["freed_bytes"] > 0 and out["bytes_after"] < out["bytes_before"]
-    assert out["dropped_generations"] == [0, 1, 2]
+    assert out["dropped_generations"] == [1, 2]  # folders: generation 0 was the top level
     assert sorted(p.name for p in (ddir / ".generations").iterdir()) == ["g3"]
     new = _open(ddir)
     assert new.images["row_id"].tolist() == list(range(len(rel) - 3))

@@ -17,7 +17,7 @@ EXPECTED = {
     "Dataset", "load_dataset", "make_world",
     "Encoder", "load_encoder", "resolve_backbone",
     "BackboneIndex", "build_store", "add_to_store", "compact_store", "open_index",
-    "store_info",
+    "store_info", "import_store", "export_store",
     "PromptClassifier", "PrototypeClassifier", "CaptionKNNClassifier", "ImageKNNClassifier",
     "LinearProbeClassifier", "MLPClassifier", "MajorityVoteClassifier", "SoftVoteClassifier",
     "majority_vote", "soft_vote", "reject_below", "classify", "classify_images",

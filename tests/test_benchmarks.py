@@ -170,6 +170,21 @@ def test_open_script_writes_its_section(tmp_path: Path) -> None:
     assert float(row.split("|")[2]) > 10  # MB of files: the store was really written
 
 
+def test_encode_decode_routes_writes_its_section(bench_env: dict[str, Path]) -> None:
+    """``--decode-routes``: the default decode vs --decode draft, one ratio per backbone;
+    the shipped tiny-vit-s (48 px input) draft-decodes the world's larger JPEGs, so its
+    vectors move (cosine under the 0.9999 bound of the default route)."""
+    encode = _module("bench_encode")
+    assert encode.main([*_args(bench_env), "--backbones", "tiny-vit-s,tiny-vit",
+                        "--pretrained", "default", "--decode-routes"]) == 0
+    lines = _section(bench_env["results"].read_text(), "bench_encode_decode_cpu")
+    ratios = _ratios(lines)
+    assert len(ratios) == 2 and all(RATIO.match(r) for r in ratios), ratios
+    assert "tiny-vit-s cpu build with --decode draft over the default" in ratios[0]
+    (row,) = [line for line in lines if line.startswith("| tiny-vit-s")]
+    assert float(row.split("|")[8]) < 0.9999  # draft is not the reference's pixels
+
+
 def test_encode_cuda_mode_structure() -> None:
     # No GPU here: check the GPU mode's settings and that its backbones resolve (no load).
     from clipindex.encode.backbones import resolve_backbone
@@ -191,18 +206,32 @@ def test_encode_cuda_mode_structure() -> None:
 
 @pytest.mark.slow
 def test_bench_serve_writes_its_section(bench_env: dict[str, Path]) -> None:
-    """A real ``clipindex serve`` under the quick bounded load: no error, two ratios."""
+    """A real ``clipindex serve`` and the minimal FastAPI+FAISS app under the quick bounded
+    load, on the demo store and a synthetic flat store: no error, the issue's ratios."""
     serve = _module("bench_serve")
-    assert serve.main(_args(bench_env)) == 0  # non-zero when any request failed
+    assert serve.main([*_args(bench_env), "--stores", "demo,flat"]) == 0  # any failure: 1
     lines = _section(bench_env["results"].read_text(), "bench_serve")
     assert any(line.startswith("- machine: ") for line in lines)
-    rows = [line.split("|")[1:-1] for line in lines if line.startswith(("| HTTP",
-                                                                        "| in-process"))]
-    assert [(r[0].strip(), int(r[1])) for r in rows] == [
-        ("in-process", 1), ("HTTP", 1), ("in-process", 16), ("HTTP", 16)]
-    assert all(int(r[3]) == 0 and int(r[2]) == 24 and float(r[4]) > 0 for r in rows)
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines
+            if line.startswith(("| demo", "| 5k"))]
+    sides = ["in-process", "minimal FastAPI+FAISS", "clipindex serve"]
+    assert [(r[0], r[1], int(r[2])) for r in rows] == [
+        (store, side, c) for store in ("demo", "5k flat") for c in (1, 16) for side in sides]
+    assert all(int(r[4]) == 0 and int(r[3]) == 24 and float(r[5]) > 0 for r in rows)
     ratios = _ratios(lines)
-    assert len(ratios) == 4 and all(RATIO.match(r) for r in ratios), ratios
+    assert len(ratios) == 8 and all(RATIO.match(r) for r in ratios), ratios
+    assert any(r.endswith("requests/s, 5k flat, 16 clients") for r in ratios)
+
+
+def test_bench_search_overhead_writes_its_section(bench_env: dict[str, Path]) -> None:
+    """search_indexes over raw FAISS on quick synthetic stores: overhead and open lines."""
+    search = _module("bench_search")
+    assert search.main([*_args(bench_env), "--overhead", "--overhead-kinds", "flat"]) == 0
+    lines = _section(bench_env["results"].read_text(), "bench_search_overhead")
+    over = [line for line in lines if line.startswith("overhead: ")]
+    assert [line.rsplit(", ", 1)[1] for line in over] == ["2k rows flat", "5k rows flat"]
+    assert all(re.match(r"overhead: -?\d+\.\d\d ms ", line) for line in over)
+    assert any(re.match(r"open: \d+ ms open_index, 5k rows", line) for line in lines)
 
 
 @pytest.mark.slow
@@ -358,3 +387,17 @@ def test_remote_script_writes_its_section(bench_env: dict[str, Path]) -> None:
     assert ratios[0].endswith("x build from S3 (moto, loopback) over local disk, images/s")
     rows = [line for line in lines if line.startswith("| 1 |")]
     assert [r.split("|")[2].strip() for r in rows] == ["local", "s3"]
+
+
+def test_classify_script_writes_its_section(tmp_path: Path, small_world: Path) -> None:
+    (tmp_path / "world-small-0").symlink_to(small_world)  # the session's world, not a new one
+    results = tmp_path / "RESULTS.md"
+    bench = _module("bench_classify")
+    assert bench.main(["--quick", "--results", str(results), "--workdir", str(tmp_path)]) == 0
+    lines = _section(results.read_text(), "bench_classify")
+    ratios = _ratios(lines)
+    assert len(ratios) == 2 and all(RATIO.match(r) for r in ratios), ratios
+    whole = [line for line in lines if line.startswith("classify: ")]
+    assert [line.rsplit(", ", 2)[1] for line in whole] == ["prompt", "prototype"]
+    assert all(re.match(r"^classify: \d+\.\d\d ms whole call, \w+, demo store$", w)
+               for w in whole)

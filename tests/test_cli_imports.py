@@ -69,11 +69,12 @@ def test_listed_choices_are_the_librarys() -> None:
     from clipindex.classifiers.runner import ENSEMBLES, METHODS
     from clipindex.classifiers.templates import TEMPLATE_SETS
     from clipindex.demo import DEMO_PER_CLASS
+    from clipindex.demo.world import SCALES
+    from clipindex.encode import DECODES
     from clipindex.explain import METHODS as EXPLAIN_METHODS
     from clipindex.report import PROJECTIONS
     from clipindex.search import TARGETS
     from clipindex.search.dedup import DEFAULT_THRESHOLD
-    from clipindex.world import SCALES
 
     assert _choices("bench", "protocol") == tuple(PROTOCOLS)
     assert _choices("classify", "method") == tuple(METHODS)
@@ -81,8 +82,19 @@ def test_listed_choices_are_the_librarys() -> None:
     assert _choices("classify", "weights") == tuple(KNN_WEIGHTS)
     assert _choices("classify", "templates") == tuple(TEMPLATE_SETS)
     assert _choices("demo", "scale") == tuple(sorted(DEMO_PER_CLASS))
+    assert _choices("build", "decode") == _choices("add", "decode") == tuple(DECODES)
     assert _choices("explain", "method") == tuple(sorted(EXPLAIN_METHODS))
     assert _choices("report", "projection") == tuple(sorted(PROJECTIONS))
     assert _choices("search", "target") == tuple(TARGETS)
     assert _choices("world", "scale") == tuple(sorted(SCALES))
     assert _default("dedup", "threshold") == DEFAULT_THRESHOLD
+
+
+def test_batch_size_help_states_the_librarys_rule() -> None:
+    from clipindex.cli import _choices
+    from clipindex.encode import tuning
+
+    assert _choices.CPU_BATCH_GFLOPS == tuning.CPU_BATCH_GFLOPS
+    assert _choices.CUDA_BATCH_GFLOPS == tuning.CUDA_BATCH_GFLOPS
+    assert _choices.CPU_BATCH_RANGE == tuning.CPU_BATCH_RANGE
+    assert _choices.CUDA_BATCH_RANGE == tuning.CUDA_BATCH_RANGE

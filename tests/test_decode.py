@@ -110,7 +110,7 @@ def test_exif_orientation_is_applied(tmp_path: Path, scene: np.ndarray) -> None:
     np.testing.assert_array_equal(np.asarray(out), expected)
 
 
-def test_jpeg_draft_reduces_only_while_resize_noise(tmp_path: Path) -> None:
+def test_jpeg_draft_reduces_scale_only_when_asked(tmp_path: Path) -> None:
     big = Image.fromarray(_scene(640, 480, seed=1)).resize((640, 480))
     big.save(tmp_path / "big.jpg", quality=95)
     full = load_rgb(tmp_path / "big.jpg")

@@ -31,6 +31,7 @@ from clipindex.explain import (
     resolve_layer,
 )
 from clipindex.explain.cam import _RESIZE_MODES, _Geometry, _to_original
+from clipindex.explain.runs import stored_label
 
 CLASSES = ("cat", "dog", "cow")
 _TEXT_CFG = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
@@ -324,6 +325,24 @@ def test_cli_explain_image_writes_a_png_that_opens(stand_in, tmp_path):
     assert (tmp_path / "y.png").is_file()
 
 
+def test_cli_explain_json_gives_the_stored_label_of_a_store_image(stand_in, tmp_path):
+    """#37: an image of the store got ``"true": null``; it gets its table label."""
+    res = _cli("explain", str(tmp_path / "img5.png"), "--index", str(tmp_path / "store"),
+               "--backbone", "b", "--out", str(tmp_path / "a.png"), "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["true"] == "cow" and doc["caption"].startswith("true cow / pred")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    _picture(40, 36, seed=9).save(outside / "img5.png")  # same name, not the store's file
+    res = _cli("explain", str(outside / "img5.png"), "--index", str(tmp_path / "store"),
+               "--backbone", "b", "--out", str(tmp_path / "b.png"), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["true"] is None
+    assert stored_label(stand_in, tmp_path / "img0.png") == "cat"
+    assert stored_label(stand_in, tmp_path / "nope.png") is None
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -390,14 +409,13 @@ MAX_CORRECT = 24
 @pytest.fixture(scope="module")
 def heldout_demo(tmp_path_factory):
     """The test rows of a small demo world the tiny backbones never saw."""
+    from clipindex.demo.world import make_world
     from clipindex.sources import load_dataset
-    from clipindex.world import make_world
 
     root = tmp_path_factory.mktemp("explain-world") / "world"
     make_world(root, seed=HELDOUT_SEED, scale="small", progress=False)
-    repo = Path(__file__).resolve().parents[1]
     # demo.yaml's protocol with every image of the small world (~40 per class).
-    return load_dataset(repo / "configs" / "datasets" / "demo.yaml", root=root, per_class=None)
+    return load_dataset("builtin:demo", root=root, per_class=None)
 
 
 def cam_in_box(dataset, backbone: str) -> dict[str, float]:
@@ -455,7 +473,7 @@ def test_cli_explain_on_the_demo_store(demo_store, tmp_path):
     res = _cli("explain", str(image), "--index", str(demo_store), "--backbone", "tiny-rn",
                "--out", str(out))
     assert res.exit_code == 0, res.output
-    assert "cam: " in res.output
+    assert "cam: " in res.output and f"true {row['label']} / pred" in res.output
     with Image.open(out) as png, Image.open(image) as original:
         assert png.size == original.size
     panel = gradcam_panel([(e.image, e.cam, e.caption())

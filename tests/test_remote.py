@@ -209,3 +209,44 @@ def test_cli_build_from_s3_shards(s3_data, tmp_path, use_fake_encoders):
     res = CliRunner().invoke(main, ["build", missing, *args[2:], *opts])
     assert res.exit_code == 2 and "00003.tar does not exist" in res.output
     assert "Traceback" not in res.output
+
+
+# ----------------------------------------------------------------------------- decoders
+def test_reader_bytes_take_the_draft_decoder_and_report_machine_faults(tmp_path):
+    import errno
+    import io
+
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from clipindex.encode.pixels import ImageFiles, PixelPipeline
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray((rng.random((900, 1200, 3)) * 255).astype(np.uint8)).save(buf, "JPEG")
+    path = tmp_path / "big.jpg"
+    path.write_bytes(buf.getvalue())
+    pipe = PixelPipeline(T.Compose([T.Resize(96, interpolation=T.InterpolationMode.BICUBIC),
+                                    T.CenterCrop(96)]), (96, 96))
+
+    class Reader:
+        def __init__(self, data):
+            self.data = data
+
+        def read_many(self, files):
+            return [self.data for _ in files]
+
+    crops = {}
+    for draft in (False, True):
+        kind, crop, reason = ImageFiles(["shard.tar#0"], 0, pipe, draft=draft,
+                                        reader=Reader(buf.getvalue()))[0]
+        local = ImageFiles([str(path)], 0, pipe, draft=draft)[0][1]
+        assert (kind, reason) == ("pixels", "") and bool((crop == local).all())
+        crops[draft] = crop
+    assert not bool((crops[True] == crops[False]).all())  # draft is a reduced-scale decode
+    fault = ImageFiles(["shard.tar#0"], 0, pipe, reader=Reader(
+        OSError(errno.EMFILE, "Too many open files"))).__getitems__([0])
+    assert len(fault) == 1 and fault[0][:2] == ("fault", errno.EMFILE)
+    assert "shard.tar#0" in fault[0][2]
+    gone = ImageFiles(["a.jpg"], 0, pipe, reader=Reader(FileNotFoundError(2, "gone")))[0]
+    assert gone[0] == "pixels" and gone[2] == "missing file"

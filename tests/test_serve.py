@@ -98,7 +98,15 @@ def test_image_search_equals_the_cli_with_that_file(client: TestClient, serve_co
                     "-k", "4")
     strip = [{k: v for k, v in h.items() if k != "query"} for h in cli]
     assert [{k: v for k, v in h.items() if k != "query"} for h in posted.json()] == strip
-    assert [{k: v for k, v in h.items() if k != "query"} for h in like.json()] == strip
+    # like= searches the row's stored vector (no file re-encoded): the same hits, scores
+    # equal to float rounding (the stored vector was encoded in a batch), and exactly
+    # what `clipindex search --like` answers
+    liked = [{k: v for k, v in h.items() if k not in ("query", "score")} for h in like.json()]
+    assert liked == [{k: v for k, v in h.items() if k != "score"} for h in strip]
+    assert [h["score"] for h in like.json()] == pytest.approx([h["score"] for h in cli],
+                                                              abs=1e-5)
+    assert like.json() == _cli_json("--like", "17", "--index", str(serve_copy), "--backbone",
+                                    "tiny-rn", "-k", "4")
     assert cli[0]["row_id"] == 17 and cli[0]["score"] > 0.999  # it finds itself
     assert posted.json()[0]["query"] == "upload:mine.jpg"
 
@@ -318,7 +326,8 @@ def test_a_new_build_is_picked_up_between_requests(demo_world: Path, serve_copy:
     store_dir = copy_store(serve_copy, tmp_path)
     store = ServedStore(ServeOptions(index_dir=str(store_dir), backbones=("tiny-vit",),
                                      reload_interval=0))
-    client = TestClient(create_app(store=store), raise_server_exceptions=False)
+    client = TestClient(create_app(store=store), raise_server_exceptions=False,
+                        base_url="http://127.0.0.1")  # a Host the server answers
     before = client.get("/info").json()
     # the default index kind: auto, which keeps a store this small exact (flat)
     assert before["generation"] == 1 and before["backbones"][0]["index"]["kind"] == "auto"
@@ -352,7 +361,8 @@ def test_a_mapped_file_truncated_in_place_is_a_503_not_a_crash(serve_copy: Path,
     store_dir = copy_store(serve_copy, tmp_path)
     store = ServedStore(ServeOptions(index_dir=str(store_dir), backbones=("tiny-vit",),
                                      reload_interval=0))
-    client = TestClient(create_app(store=store), raise_server_exceptions=False)
+    client = TestClient(create_app(store=store), raise_server_exceptions=False,
+                        base_url="http://127.0.0.1")  # a Host the server answers
     params = {"q": "a cow in a field", "k": 5, "to": "captions"}
     before = client.get("/search", params=params).json()
     path = store_dir / "tiny-vit" / "captions.npy"

@@ -89,3 +89,23 @@ def test_linear_probe_class_weight_dict_and_n_iter() -> None:
         LinearProbeClassifier(class_weight={"z": 2.0}).fit(x, y)
     mlp = MLPClassifier(max_epochs=7, patience=100).fit(x, y)
     assert mlp.n_iter_ == mlp.n_epochs_ == 7
+
+
+@pytest.mark.parametrize("make", [PrototypeClassifier, LinearProbeClassifier, ImageKNNClassifier])
+def test_the_stored_vector_fast_path_answers_as_the_checked_path(make) -> None:
+    # float32 C-contiguous arrays skip scikit-learn's array checks (their cost is several
+    # times the classifier's own work); other inputs take the full checks: same answers.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((60, 12)).astype(np.float32)
+    y = np.array(["a", "b", "c"] * 20)
+    q = rng.standard_normal((25, 12)).astype(np.float32)
+    fast, checked = make().fit(x, y), make().fit(x.astype(np.float64).tolist(), list(y))
+    assert fast.n_features_in_ == checked.n_features_in_ == 12
+    np.testing.assert_array_equal(fast.predict(q), checked.predict(q.tolist()))
+    np.testing.assert_allclose(fast.predict_proba(q), checked.predict_proba(q.tolist()),
+                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(fast.predict(q), fast.classes_[fast.predict_proba(q).argmax(1)])
+    with pytest.raises(UserInputError, match="X has 11 features"):
+        fast.predict(q[:, :11].copy())
+    with pytest.raises(UserInputError):
+        make().fit(np.where(x > 2, np.nan, x).astype(np.float32), y)

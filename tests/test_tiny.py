@@ -19,9 +19,9 @@ import torch
 from fixtures_world import HELD_OUT_SEEDS
 
 from clipindex import tiny
+from clipindex.demo.evaluate import summarize, zero_shot_predictions
+from clipindex.demo.world import GENERATOR_VERSION
 from clipindex.errors import UserInputError
-from clipindex.tiny.evaluate import summarize, zero_shot_predictions
-from clipindex.world import GENERATOR_VERSION
 
 
 @pytest.fixture(scope="session")
@@ -145,9 +145,9 @@ def test_mismatched_world_version_warns(tmp_path: Path):
 
 
 def test_held_out_val_is_the_default_scale_val(val_only_scale):
-    from clipindex.world import WorldKnobs
-    from clipindex.world.knobs import SCALES
-    from clipindex.world.plan import plan_split
+    from clipindex.demo.world import WorldKnobs
+    from clipindex.demo.world.knobs import SCALES
+    from clipindex.demo.world.plan import plan_split
 
     for seed in HELD_OUT_SEEDS:
         assert plan_split(seed, "val", val_only_scale, WorldKnobs()) == plan_split(
@@ -180,8 +180,8 @@ def test_backbones_disagree_on_held_out_seed(held_out: dict, seed: int):
 def test_evaluation_equals_a_direct_zero_shot_recomputation(small_world: Path):
     """The store + prompt classifier route predicts what encoding the study images and
     the prompts directly and taking the nearest prompt predicts."""
+    from clipindex.demo.evaluate import STUDY_TEMPLATE, study_dataset
     from clipindex.encode import load_encoder
-    from clipindex.tiny.evaluate import STUDY_TEMPLATE, study_dataset
 
     torch.set_num_threads(2)
     run = zero_shot_predictions(small_world, [tiny.checkpoint_dir("tiny-rn")])
@@ -206,8 +206,8 @@ def test_each_cause_lowers_accuracy_for_two_backbones(pooled: dict):
 
 def test_training_script_smoke(tmp_path: Path):
     """A few steps on a small world write a loadable folder with the record filled in."""
-    from clipindex.tiny.train import train_and_save
-    from clipindex.world import make_world
+    from clipindex.demo.train import train_and_save
+    from clipindex.demo.world import make_world
 
     world = make_world(tmp_path / "w", seed=0, scale="small", progress=False)
     records = train_and_save(world, ["tiny-vit-s"], seed=3, out=tmp_path / "ckpt",
@@ -218,7 +218,7 @@ def test_training_script_smoke(tmp_path: Path):
         GENERATOR_VERSION, 0, 3, 3)
     assert rec["world_scale"] == "small"
     # The recorded figure is the product's evaluation of the saved folder, recomputed here.
-    from clipindex.tiny.evaluate import evaluate_world
+    from clipindex.demo.evaluate import evaluate_world
 
     again = evaluate_world(world, [tmp_path / "ckpt" / "tiny-vit-s"])
     assert rec["val"]["accuracy"] == round(again["accuracy"]["tiny-vit-s"], 4)
@@ -235,7 +235,7 @@ def test_same_animal_loss_counts_every_caption_of_the_animal_as_positive():
     """With no animals named it is ClipLoss; with animals it rewards grouping by animal."""
     from open_clip.loss import ClipLoss
 
-    from clipindex.tiny.train import same_animal_loss
+    from clipindex.demo.train import same_animal_loss
 
     gen = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(8, 16, generator=gen), dim=-1)
@@ -257,8 +257,8 @@ def test_same_animal_loss_counts_every_caption_of_the_animal_as_positive():
 def test_training_reads_the_animal_from_captions_not_labels(small_world: Path):
     """Each train image's animal comes from its caption words (synonyms and plurals
     included); captions naming no animal, or several, give -1."""
-    from clipindex.tiny.train import load_train_data, named_animal
-    from clipindex.world.knobs import TARGET_CLASSES
+    from clipindex.demo.train import load_train_data, named_animal
+    from clipindex.demo.world.knobs import TARGET_CLASSES
 
     assert named_animal(["Two kitties indoors.", "a house cat"]) == TARGET_CLASSES.index("cat")
     assert named_animal(["A herd of cattle", "calves"]) == TARGET_CLASSES.index("cow")

@@ -22,10 +22,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from clipindex.cli import main
+from clipindex.demo.world import GENERATOR_VERSION, SCALES, Scale, WorldKnobs, make_world
+from clipindex.demo.world.knobs import HOME_CONTEXTS
+from clipindex.demo.world.plan import plan_split
 from clipindex.errors import UserInputError
-from clipindex.world import GENERATOR_VERSION, SCALES, Scale, WorldKnobs, make_world
-from clipindex.world.knobs import HOME_CONTEXTS
-from clipindex.world.plan import plan_split
 
 SPLITS = ("train", "val")
 TARGETS = {17: "cat", 18: "dog", 19: "horse", 20: "sheep", 21: "cow"}
@@ -350,7 +350,7 @@ def test_a_killed_run_leaves_nothing_that_blocks_the_next(tmp_path: Path) -> Non
     import time
 
     target = tmp_path / "world"
-    code = ("from clipindex.world import make_world; "
+    code = ("from clipindex.demo.world import make_world; "
             f"make_world({str(target)!r}, seed=0, scale='small', progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 60
@@ -403,8 +403,8 @@ def test_installed_command_one_line_error(tmp_path: Path) -> None:
 
 
 def test_captions_keep_each_animal_with_its_own_pose_and_colour() -> None:
-    from clipindex.world.captions import make_captions
-    from clipindex.world.plan import AnimalSpec, ImagePlan
+    from clipindex.demo.world.captions import make_captions
+    from clipindex.demo.world.plan import AnimalSpec, ImagePlan
 
     dog = AnimalSpec("dog", "golden", None, "sitting", 0.0)
     horse = AnimalSpec("horse", "black", None, "standing", 0.0)

@@ -140,6 +140,19 @@ def _check_choice(value: Any, choices: Sequence[Any], name: str) -> Any:
     return value
 
 
+def _plain_vectors(X: Any) -> bool:  # noqa: N803
+    """A finite, C-contiguous float32 ``(n, d)`` ndarray with ``n, d >= 1``: exactly what
+    scikit-learn's checks would return unchanged."""
+    return (type(X) is np.ndarray and X.dtype == np.float32 and X.ndim == 2
+            and X.shape[0] > 0 and X.shape[1] > 0 and X.flags.c_contiguous
+            and bool(np.isfinite(X).all()))
+
+
+def _plain_labels(y: Any, n: int) -> bool:
+    """A 1-D ndarray of ``n`` strings, integers or booleans: class labels for certain."""
+    return type(y) is np.ndarray and y.ndim == 1 and len(y) == n and y.dtype.kind in "USiub"
+
+
 class VectorClassifier(ClassifierMixin, BaseEstimator):
     """Base of the classifiers: the fitted check and ``predict`` from ``predict_proba``.
 
@@ -166,6 +179,12 @@ class VectorClassifier(ClassifierMixin, BaseEstimator):
         ``TypeError`` (sparse ``X``, objects that are no numbers) stays scikit-learn's,
         as its contract asks.
         """
+        if _plain_vectors(X) and _plain_labels(y, len(X)):
+            # The stored-vector path (what classify runs): already what the checks below
+            # would return, so only n_features_in_ is set (skip_check_array); the full
+            # checks cost 0.2-0.5 ms a call, several times the classifier's own work.
+            x, yy = validate_data(self, X, y, reset=True, skip_check_array=True)
+            return x, yy
         try:
             x, yy = validate_data(self, X, y, reset=True, dtype=np.float32, order="C")
             check_classification_targets(yy)
@@ -177,6 +196,9 @@ class VectorClassifier(ClassifierMixin, BaseEstimator):
         """``X`` checked for ``predict``: as in :meth:`_fit_data`, with the fitted
         ``n_features_in_`` columns (the classifier must be fitted)."""
         self._check_fitted()
+        if (_plain_vectors(X) and X.shape[1] == getattr(self, "n_features_in_", None)
+                and not hasattr(self, "feature_names_in_")):
+            return X  # as validate_data would return it (see _fit_data)
         try:
             x: np.ndarray = validate_data(self, X, reset=False, dtype=np.float32, order="C")
         except ValueError as exc:

@@ -40,15 +40,31 @@ def prediction_table(row_ids: Vector, files: Sequence[str] | Vector, true: Vecto
     ``proba`` columns follow ``classes``; ``uncertain`` defaults to all False.
     """
     ids = np.asarray(row_ids, dtype=np.int64)
-    cols: dict[str, Any] = {"row_id": ids, "file": list(files)}
+    cols: dict[str, Any] = {"row_id": ids, "file": _strings(files, keep_missing=True)}
     if true is not None:
-        cols["true"] = np.asarray(true).astype(str)
-    cols["predicted"] = np.asarray(predicted).astype(str)
+        cols["true"] = _strings(true)
+    cols["predicted"] = _strings(predicted)
     for j, c in enumerate(classes):
         cols[f"p_{c}"] = np.asarray(proba[:, j], dtype=np.float64)
     cols["uncertain"] = (np.zeros(len(ids), dtype=bool) if uncertain is None
                          else np.asarray(uncertain).astype(bool))
-    return pd.DataFrame(cols)
+    return pd.DataFrame(cols, copy=False)
+
+
+def _strings(values: Any, keep_missing: bool = False) -> Any:
+    """A column of strings as pandas' string array, made from the few distinct values
+    (``take``): a table of labels costs what its classes cost, not what its rows do.
+    ``keep_missing`` keeps None/NaN (file names), else every value is ``str(value)``."""
+    if isinstance(values, (pd.Series, pd.api.extensions.ExtensionArray)) and \
+            pd.api.types.is_string_dtype(values.dtype) and keep_missing:
+        return pd.array(values, copy=False) if isinstance(values, pd.Series) else values
+    array = np.asarray(values, dtype=object if keep_missing else None)
+    if not keep_missing and array.dtype.kind != "U":
+        array = array.astype(str)
+    if keep_missing:
+        return list(array)
+    uniq, inverse = np.unique(array, return_inverse=True)
+    return pd.array(uniq, dtype="str").take(inverse.ravel())
 
 
 def ensemble_table(kind: str, tables: Sequence[pd.DataFrame], classes: Sequence[str]

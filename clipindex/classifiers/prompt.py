@@ -151,3 +151,9 @@ class PromptClassifier(VectorClassifier):
         self._check_fitted()
         x = _matrix(X, "image vectors", self.class_vectors_.shape[1])
         return softmax(LOGIT_SCALE * (x.astype(np.float64) @ self.class_vectors_.T))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        """The class of the largest logit: ``argmax(predict_proba)`` without the softmax."""
+        self._check_fitted()
+        x = _matrix(X, "image vectors", self.class_vectors_.shape[1])
+        return self.classes_[np.argmax(x.astype(np.float64) @ self.class_vectors_.T, axis=1)]

@@ -53,3 +53,9 @@ class PrototypeClassifier(VectorClassifier):
         """``softmax(100 * X @ W.T)``, columns in ``classes_`` order."""
         x = self._predict_data(X, "image vectors")
         return softmax(LOGIT_SCALE * (x.astype(np.float64) @ self.prototypes_.T))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        """The class of the nearest prototype: ``argmax(predict_proba)`` without the
+        softmax."""
+        x = self._predict_data(X, "image vectors")
+        return self.classes_[np.argmax(x.astype(np.float64) @ self.prototypes_.T, axis=1)]

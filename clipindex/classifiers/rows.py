@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 from clipindex.errors import UserInputError
 
 __all__ = ["ROWS", "parse_classes", "store_classes", "pick_classes", "draw_shots",
-           "split_rows"]
+           "split_rows", "image_labels"]
 
 #: What ``classify(rows=...)`` predicts: the test rows, or every usable row.
 ROWS = ("test", "all")
@@ -55,11 +56,43 @@ def parse_classes(spec: str | Sequence[str] | None) -> tuple[list[str] | None, d
     return labels, names
 
 
+#: Per opened store: (its images table, label strings, split strings, row ids). A run
+#: reads them instead of converting pandas columns on every call (a classify call on
+#: stored vectors costs about a millisecond: the conversions were most of it).
+_COLUMNS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
+def _columns(bi: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    images = bi.images
+    try:
+        hit = _COLUMNS.get(bi)
+    except TypeError:  # not weak-referenceable: nothing cached
+        hit = None
+    if hit is not None and hit[0] is images:
+        return hit[1], hit[2], hit[3]
+    labels = images["label"].astype(str).to_numpy().astype(str)
+    split = (images["split"].astype(str).to_numpy().astype(str) if "split" in images
+             else np.full(len(images), ""))
+    ids = images["row_id"].to_numpy(np.int64)
+    for a in (labels, split, ids):
+        a.flags.writeable = False
+    try:
+        _COLUMNS[bi] = (images, labels, split, ids)
+    except TypeError:
+        pass
+    return labels, split, ids
+
+
+def image_labels(bi: Any) -> np.ndarray:
+    """The images' labels as strings (read-only; cached per opened store)."""
+    return _columns(bi)[0]
+
+
 def store_classes(bi: Any) -> list[str]:
     """The store's classes: ``dataset.json``'s order, then any other label, sorted."""
     known = [str(c) for c in bi.dataset_info.get("classes") or []]
     seen = set(known)
-    known += sorted({str(v) for v in bi.images["label"]} - seen)
+    known += sorted({str(v) for v in image_labels(bi).tolist()} - seen)
     return known
 
 
@@ -100,15 +133,16 @@ def split_rows(bi_list: list[Any], classes: list[str], shots: int | None, seed: 
     """(support row ids, predicted row ids); see the module docstring for ``rows``."""
     if rows not in ROWS:
         raise UserInputError(f"Unknown rows {rows!r}. Known: {', '.join(ROWS)}")
-    images = bi_list[0].images
-    valid = np.logical_and.reduce([np.asarray(b.image_valid, bool) for b in bi_list])
-    labels = images["label"].astype(str).to_numpy()
+    labels, split, row_ids = _columns(bi_list[0])
+    valid = np.asarray(bi_list[0].image_valid, bool)
+    for b in bi_list[1:]:
+        valid = valid & np.asarray(b.image_valid, bool)
     usable = valid & np.isin(labels, classes)
-    ids = images["row_id"].to_numpy(np.int64)[usable]
+    ids = row_ids[usable]
     if shots is not None:
         support = draw_shots(labels[usable], ids, classes, shots, seed)
         test = np.setdiff1d(ids, support)
     else:
-        split = images["split"].astype(str).to_numpy()[usable]
+        split = split[usable]
         support, test = ids[split == "support"], ids[split == "test"]
     return support, (ids if rows == "all" else test)

@@ -44,7 +44,7 @@ from clipindex.classifiers.predictions import (
 )
 from clipindex.classifiers.prompt import PromptClassifier
 from clipindex.classifiers.prototype import PrototypeClassifier
-from clipindex.classifiers.rows import ROWS, parse_classes, pick_classes, split_rows
+from clipindex.classifiers.rows import ROWS, image_labels, parse_classes, pick_classes, split_rows
 from clipindex.classifiers.templates import DEFAULT_TEMPLATE, check_template, get_templates
 from clipindex.errors import DataError, UserInputError
 from clipindex.metrics import Vector, classification_metrics
@@ -246,7 +246,7 @@ def _open(index_dir: str | os.PathLike[str], backbones: Sequence[str] | str) -> 
         raise UserInputError("give at least one backbone (--backbone NAME)")
     if len(set(names)) != len(names):
         raise UserInputError(f"a backbone is listed twice: {names}")
-    return [open_index(index_dir, b) for b in names]
+    return [b if hasattr(b, "image_vectors") else open_index(index_dir, b) for b in names]
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ def _prepare_opened(bis: list[Any], method: str, req: _Request) -> _Run:
         return _Run(bis, method, req, cls, support[:0], test, opts)
     support, test = split_rows(bis, cls, req.shots, req.seed, req.rows)
     if method != "prompt":
-        have = set(bis[0].images["label"].astype(str).to_numpy()[support])
+        have = set(image_labels(bis[0])[support].tolist())
         lacking = [c for c in cls if c not in have]
         if lacking:
             raise DataError(
@@ -327,7 +327,7 @@ def _prepare_opened(bis: list[Any], method: str, req: _Request) -> _Run:
 
 
 def _predictors(run: _Run) -> list[Predictor]:
-    labels = run.bis[0].images["label"].astype(str).to_numpy()[run.support]
+    labels = image_labels(run.bis[0])[run.support]
     return [METHODS[run.method](bi, run.support, labels, run.classes, run.options)
             for bi in run.bis]
 
@@ -401,7 +401,7 @@ def classify(
     ----------
     index_dir : path
         The store's dataset folder (``OUT/<dataset>``).
-    backbones : str or list of str
+    backbones : str or list of str (or of stores ``open_index`` opened: not reopened)
         One backbone, or several combined by ``ensemble``.
     method : {"prompt", "prototype", "caption-knn", "image-knn", "linear-probe", "mlp"}
     ensemble : {"majority", "soft"}, optional
@@ -454,13 +454,13 @@ def classify(
             "no test rows: the store has no split == 'test' rows for these classes; use "
             "--shots K to draw a support set and test on the rest")
     images = run.bis[0].images
-    true = images["label"].astype(str).to_numpy()[run.test]
+    true = image_labels(run.bis[0])[run.test]
     probas = [p(bi.image_vectors[run.test], run.test)
               for p, bi in zip(_predictors(run), run.bis, strict=True)]
     pred, proba, uncertain = _combine(run, probas)
     metrics = classification_metrics(true, pred, run.classes, uncertain)
     metrics.update(_settings(run))
-    table = prediction_table(run.test, images["file"].to_numpy()[run.test], true, pred, proba,
+    table = prediction_table(run.test, images["file"].array.take(run.test), true, pred, proba,
                              run.classes, uncertain=uncertain)
     if group_by is not None:
         metrics["groups"] = group_table(table, images, group_by).to_dict(orient="records")

@@ -26,6 +26,8 @@ from clipindex.cli import audit  # noqa: E402,F401
 from clipindex.cli import add  # noqa: E402,F401
 from clipindex.cli import compact  # noqa: E402,F401
 from clipindex.cli import configs  # noqa: E402,F401
+from clipindex.cli import importing  # noqa: E402,F401
+from clipindex.cli import exporting  # noqa: E402,F401
 # isort: on
 
 __all__ = ["main"]

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from clipindex import __version__
-from clipindex.errors import ClipindexError
+from clipindex.errors import ClipindexError, os_fault
 
 
 class _Warnings(logging.Handler):
@@ -52,6 +52,12 @@ class _Group(click.Group):
             where = exc.ctx.command_path if exc.ctx is not None else "clipindex"
             message = " ".join(exc.format_message().split())
             click.echo(f"Error: {message} (see `{where} --help`)", err=True)
+            sys.exit(2)
+        except OSError as exc:  # a fault of the machine the library did not name itself
+            fault = os_fault(exc)
+            if fault is None:
+                raise
+            click.echo(f"Error: {' '.join(str(fault).split())}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("Interrupted; finished shards are kept and a rerun resumes.", err=True)

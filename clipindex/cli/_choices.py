@@ -18,6 +18,8 @@ ENSEMBLES = ("majority", "soft")
 KNN_WEIGHTS = ("uniform", "similarity")
 #: clipindex.classifiers.templates.TEMPLATE_SETS (its keys)
 TEMPLATE_SETS = ("default", "imagenet")
+#: clipindex.encode.DECODES (build --decode, add --decode)
+DECODES = ("pil", "nvjpeg", "draft")
 #: clipindex.demo.DEMO_PER_CLASS (its keys, sorted)
 DEMO_SCALES = ("default", "small")
 #: clipindex.search.dedup.DEFAULT_THRESHOLD
@@ -28,5 +30,9 @@ EXPLAIN_METHODS = ("prompt", "prototype")
 PROJECTIONS = ("pca", "tsne", "umap")
 #: clipindex.search.TARGETS
 SEARCH_TARGETS = ("images", "captions")
-#: clipindex.world.SCALES (its keys, sorted)
+#: clipindex.demo.world.SCALES (its keys, sorted)
 WORLD_SCALES = ("default", "small", "training")
+#: clipindex.encode.tuning.CPU_BATCH_GFLOPS, CPU_BATCH_RANGE
+CPU_BATCH_GFLOPS, CPU_BATCH_RANGE = 384, (8, 256)
+#: clipindex.encode.tuning.CUDA_BATCH_GFLOPS, CUDA_BATCH_RANGE
+CUDA_BATCH_GFLOPS, CUDA_BATCH_RANGE = 131072, (32, 1024)

@@ -9,7 +9,16 @@ from pathlib import Path
 import click
 
 from clipindex.cli._app import main
-from clipindex.cli.build import _config_source, _positive, _root, _store_notes, storage_option_flags
+from clipindex.cli._choices import DECODES
+from clipindex.cli.build import (
+    BATCH_HELP,
+    SHARD_HELP,
+    _config_source,
+    _positive,
+    _root,
+    _store_notes,
+    storage_option_flags,
+)
 
 
 @main.command("add")
@@ -24,12 +33,14 @@ from clipindex.cli.build import _config_source, _positive, _root, _store_notes, 
               help="Data root (a folder or a URL), replacing the source's root.")
 @click.option("--pretrained", default="default", show_default=True,
               help="With --backbone: the pretrained tag or checkpoint the store was built with.")
-@click.option("--batch-size", type=int, callback=_positive, help="Images per batch.")
+@click.option("--batch-size", type=int, callback=_positive, help=BATCH_HELP)
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding processes.")
 @click.option("--threads", type=int, callback=_positive, help="torch threads while encoding.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda if available.")
-@click.option("--shard-size", type=int, callback=_positive,
-              help="Rows per resumable shard (a multiple of --batch-size).")
+@click.option("--decode", type=click.Choice(DECODES),
+              help="Decoder of the new images; it must give the store's decode route "
+                   "(draft for a draft store; default: the store's route).")
+@click.option("--shard-size", type=int, callback=_positive, help=SHARD_HELP)
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths that resolve outside the data root.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
@@ -40,7 +51,8 @@ from clipindex.cli.build import _config_source, _positive, _root, _store_notes, 
 @storage_option_flags
 def add_command(source: str, index: Path, backbones: tuple[str, ...], root: str | None,
                 pretrained: str, batch_size: int | None, workers: int | None,
-                threads: int | None, device: str | None, shard_size: int | None,
+                threads: int | None, device: str | None, decode: str | None,
+                shard_size: int | None,
                 allow_outside_root: bool, progress: bool, verbose: bool,
                 as_json: bool, storage_options: dict, label_field: str | None) -> None:
     """Bring the store --index up to date with SOURCE (what `clipindex build` takes):
@@ -60,7 +72,7 @@ def add_command(source: str, index: Path, backbones: tuple[str, ...], root: str 
         result = add_to_store(source, index=index, backbones=list(backbones) or None,
                               root=root, pretrained=pretrained, batch_size=batch_size,
                               workers=workers, threads=threads, device=device,
-                              shard_size=shard_size, progress=progress,
+                              shard_size=shard_size, progress=progress, decode=decode,
                               allow_outside_root=allow_outside_root,
                               storage_options=storage_options or None,
                               label_field=label_field)

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from clipindex.cli._app import main
+from clipindex.cli._choices import (
+    CPU_BATCH_GFLOPS,
+    CPU_BATCH_RANGE,
+    CUDA_BATCH_GFLOPS,
+    CUDA_BATCH_RANGE,
+    DECODES,
+)
+
+#: ``--batch-size`` of build and add: how the default is chosen (static: ``--help``
+#: imports no torch; :func:`clipindex.encode.tuning.choose_settings` is the rule).
+BATCH_HELP = (
+    "Images per batch. Default: chosen per backbone from its GFLOPs per image and the "
+    f"device, a power of two holding about {CPU_BATCH_GFLOPS:,} GFLOPs on CPU "
+    f"({CPU_BATCH_RANGE[0]}-{CPU_BATCH_RANGE[1]} images: 32 for ViT-B/32 and RN50, 256 "
+    f"for the tiny backbones) and {CUDA_BATCH_GFLOPS:,} on CUDA ({CUDA_BATCH_RANGE[0]}-"
+    f"{CUDA_BATCH_RANGE[1]}: 1024 for ViT-B/32, 256 for ViT-L/14@336px); the first note "
+    "of an encoding says what was chosen.")
+#: ``--shard-size`` of build and add.
+SHARD_HELP = ("Rows per resumable shard (default: about 4096, a multiple of the batch size). "
+              "Given, it must be a multiple of the batch size, given or chosen: checked "
+              "before anything is written or any model loaded.")
 
 _INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "pq", "ivfpq")
 
@@ -49,7 +71,8 @@ def _summary(path: Path) -> str:
     if m.get("engine") == "ray":
         engine = f" (ray, {m.get('ray', {}).get('actors', '?')} encoder actor(s))"
     return (f"{path}: {m['n_images']} images, {m['n_captions']} captions, "
-            f"{m['n_skipped']} skipped, dim {m['dim']}, {speed_text}{engine}")
+            f"{m['n_skipped']} skipped, dim {m['dim']}, {speed_text}{engine}, decode "
+            f"{m.get('decode_route') or 'draft (not recorded)'}")
 
 
 def _dataset_note(dataset_dir: Path) -> str | None:
@@ -69,8 +92,12 @@ def _facts(path: Path) -> dict:
     keys = ("backbone_folder", "display_name", "weights", "n_images", "n_captions",
             "n_skipped", "dim", "dtype", "image_size", "params")
     return {"path": str(path), **{k: m.get(k) for k in keys},
+            "decode_route": m.get("decode_route") or "draft",
             "index_kind": (m.get("index") or {}).get("kind"),
             "images_per_s": (m.get("timings") or {}).get("images_per_s")}
+
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _is_location(value: str) -> bool:
@@ -110,7 +137,7 @@ def _storage_options(ctx: click.Context, param: click.Parameter,
     return out
 
 
-def storage_option_flags(command: click.Command) -> click.Command:
+def storage_option_flags(command: F) -> F:
     """The --storage-option / --label-field options that build and add share."""
     command = click.option(
         "--label-field", metavar="FIELD",
@@ -157,9 +184,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="Data root (a folder or a URL), replacing the config's root.")
 @click.option("--pretrained", default="default", show_default=True,
               help="Pretrained tag, 'none' (random init) or a local checkpoint path.")
-@click.option("--batch-size", type=int, callback=_positive,
-              help="Images per batch (default: chosen from the model's GFLOPs and the "
-                   "device; on CUDA halved on out-of-memory).")
+@click.option("--batch-size", type=int, callback=_positive, help=BATCH_HELP)
 @click.option("--text-batch-size", type=int, callback=_positive,
               help="Captions per batch (default: 256 on CPU, 1024 on CUDA).")
 @click.option("--workers", type=click.IntRange(min=0),
@@ -167,9 +192,12 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
                    "cores and the model's cost).")
 @click.option("--threads", type=int, callback=_positive,
               help="torch threads while encoding (default: the cores the workers leave).")
-@click.option("--decode", type=click.Choice(["pil", "nvjpeg"]),
-              help="Decode JPEGs with PIL in the workers, or with nvJPEG on the device "
-                   "(default: nvjpeg on CUDA, pil on CPU).")
+@click.option("--decode", type=click.Choice(DECODES),
+              help="pil: PIL in the workers; nvjpeg: nvJPEG on the device (both full "
+                   "decodes: open_clip's own vectors); draft: PIL's reduced-scale JPEG "
+                   "decode, faster but not open_clip's pixels (README 'Decode route'). "
+                   "Default: nvjpeg on CUDA, pil on CPU; a built store keeps its route "
+                   "unless --rebuild.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda if available.")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image.")
 @click.option("--index-kind", type=click.Choice(_INDEX_KINDS), default="auto", show_default=True,
@@ -181,8 +209,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="auto: memory budget of each FAISS index (e.g. 4GB); over it, IVF-PQ.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage precision of the vectors.")
-@click.option("--shard-size", type=int, callback=_positive,
-              help="Rows per resumable shard (a multiple of --batch-size).")
+@click.option("--shard-size", type=int, callback=_positive, help=SHARD_HELP)
 @click.option("--rebuild", is_flag=True,
               help="Replace a store built from another version of the dataset.")
 @click.option("--allow-outside-root", is_flag=True,

@@ -65,8 +65,8 @@ def _report(result: ClassifyResult) -> str:
 @click.option("--method", required=True, type=click.Choice(CLASSIFY_METHODS),
               help="Classifier to fit on the support rows.")
 @click.option("--ensemble", type=click.Choice(ENSEMBLES), default=None,
-              help="How several backbones vote: majority (ties by summed probability) "
-                   "or soft (mean probability).")
+              help="How two or more backbones vote: majority (ties by summed "
+                   "probability) or soft (mean probability).")
 @click.option("--shots", type=int, default=None,
               help="Draw K support images per class (with --seed) and test on the rest.")
 @click.option("--k", "k", type=int, default=10, show_default=True,
@@ -120,6 +120,10 @@ def classify_command(index_dir: str, backbones: tuple[str, ...], method: str,
     from clipindex.classifiers.runner import classify, classify_images, write_predictions
     from clipindex.store.owned import refuse_store_path
 
+    if ensemble and len(set(backbones)) < 2:
+        raise UserInputError(
+            f"--ensemble {ensemble} combines two or more backbones, and one is given "
+            f"({backbones[0]}): add --backbone NAME, or drop --ensemble")
     if out:
         refuse_store_path(out)  # before the work: write_predictions checks again
     options: dict[str, Any] = dict(ensemble=ensemble, shots=shots, k=k, seed=seed, classes=classes,

@@ -32,17 +32,19 @@ def _backbone_lines(b: dict[str, Any]) -> list[str]:
         return [f"  {b['backbone_folder']}: DAMAGED: {m}" for m in b.get("damaged") or []]
     t = b.get("timings") or {}
     index = b.get("index") or {}
-    recall = (index.get("images") or {}).get("recall_at_10")
     speed = t.get("images_per_s")
     line = (f"  {b['backbone_folder']}: {b.get('display_name')}, dim {b.get('dim')} "
             f"{b.get('dtype')}, {b.get('n_images')} images, {b.get('n_captions')} captions, "
             f"{b.get('n_skipped')} skipped, index {index.get('kind')}"
-            + (f" (recall@10 {recall:.3f})" if recall is not None else "")
             + (f", {speed:,.0f} images/s" if speed else "")
             + (f", params {b['params']:,}" if b.get("params") else "")
             + (f", STALE ({b.get('stale_reason') or 'dataset changed; rebuild'})"
                if b.get("stale") else ""))
     out = [line]
+    if b.get("decode_route"):
+        from clipindex.store.routes import route_note
+
+        out.append("    " + route_note(b["decode_route"], b.get("decode_route_recorded", True)))
     for target in ("images", "captions"):
         out += _index_lines(target, index.get(target))
     for message in b.get("damaged") or []:
@@ -88,18 +90,27 @@ def _check_line(info: dict[str, Any]) -> str:
             "checked by size and date). `clipindex info --verify` hashes every file")
 
 
+_KNOBS = ("nlist", "nprobe", "hnsw_m", "ef_search", "pq_m", "pq_nbits", "opq",
+          "rerank_factor")
+
+
 def _index_lines(target: str, desc: Any) -> list[str]:
-    """What ``auto`` chose and tuned for one matrix (nothing for other kinds)."""
-    if not isinstance(desc, dict) or desc.get("chosen_by") != "auto":
+    """One matrix's index: its kind (what ``auto`` chose), knobs and the recall@10
+    measured against exact search at build, for every kind (flat is exact)."""
+    if not isinstance(desc, dict) or not desc.get("kind"):
         return []
-    knobs = ", ".join(f"{k}={desc[k]}" for k in ("nlist", "nprobe", "ef_search", "pq_m",
-                                                 "opq", "rerank_factor") if k in desc)
-    line = f"    {target} index: auto -> {desc.get('kind')}" + (f" ({knobs})" if knobs else "")
+    knobs = ", ".join(f"{k}={desc[k]}" for k in _KNOBS if k in desc)
+    kind = (f"auto -> {desc['kind']}" if desc.get("chosen_by") == "auto" else desc["kind"])
+    line = f"    {target} index: {kind}" + (f" ({knobs})" if knobs else "")
     by_query = desc.get("recall_at_10_by_query") or {}
     if by_query:
         got = ", ".join(f"{q.replace('_', ' ')} {r:.3f}" for q, r in by_query.items())
         line += (f"; recall@10 {got} (target {desc.get('target_recall')}"
                  + ("" if desc.get("reached", True) else ", NOT reached") + ")")
+    elif isinstance(desc.get("recall_at_10"), (int, float)):
+        line += f"; recall@10 {desc['recall_at_10']:.3f} (measured at build vs exact search)"
+    elif desc["kind"] == "flat":
+        line += "; exact"
     if desc.get("p50_ms") is not None:
         line += f"; p50 {desc['p50_ms']:.2f} ms"
     if desc.get("memory_bytes") is not None:

@@ -74,6 +74,22 @@ def _table(result: SearchResult, target: str) -> str:
     return "\n".join(lines)
 
 
+def _every_backbone(index_dir: str) -> list[str]:
+    """The store's finished backbones (no ``--backbone``): all of them, fused by RRF."""
+    from clipindex.errors import UserInputError
+    from clipindex.store import list_backbones
+
+    names = list_backbones(index_dir)
+    if not names:
+        raise UserInputError(
+            f"{index_dir} holds no finished backbone: build one with `clipindex build`, "
+            "or give --index the dataset folder of a store (OUT/<dataset>)")
+    if len(names) > 1:
+        echo_err(f"Note: no --backbone: searching all {len(names)} backbones of the store "
+                 f"({', '.join(names)}), fused by reciprocal rank fusion")
+    return names
+
+
 def _records(result: SearchResult) -> str:
     return json.dumps(result.records(), ensure_ascii=False, default=str)
 
@@ -90,9 +106,9 @@ def _records(result: SearchResult) -> str:
 @click.option(
     "--backbone",
     "backbones",
-    required=True,
     multiple=True,
-    help="Backbone to search; give several to fuse them by reciprocal rank fusion.",
+    help="Backbone to search; give several to fuse them by reciprocal rank fusion. "
+    "[default: every backbone of the store, fused, as `clipindex serve` does]",
 )
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Hits per query.")
 @click.option("--offset", "offset", type=int, default=0, show_default=True,
@@ -103,6 +119,14 @@ def _records(result: SearchResult) -> str:
     multiple=True,
     type=click.Path(),
     help="Query image (image→image or, with --to captions, image→text). Repeatable.",
+)
+@click.option(
+    "--like",
+    "like",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="Search by a stored image: its row id (its stored vector; no file read, no model "
+    "call; the row itself is the first hit, cosine 1). Repeatable.",
 )
 @click.option(
     "--queries-file",
@@ -153,6 +177,7 @@ def search_command(
     k: int,
     offset: int,
     images: tuple[str, ...],
+    like: tuple[int, ...],
     queries_file: str | None,
     target: str,
     where: tuple[str, ...],
@@ -164,12 +189,15 @@ def search_command(
     term_weight: float,
     as_json: bool,
 ) -> None:
-    """Search a store by text QUERY, by --image, or by a --queries-file.
+    """Search a store by text QUERY, by --image, by a stored image (--like ROW_ID), or by a
+    --queries-file.
 
     \b
     Examples:
+      clipindex search "a dog carrying a frisbee" --index indexes/demo
       clipindex search "a dog carrying a frisbee" --index indexes/demo --backbone tiny-vit
       clipindex search --image q.jpg --index indexes/demo --backbone tiny-vit --to captions
+      clipindex search --like 42 --index indexes/demo --backbone tiny-vit -k 5
       clipindex search "a photo of a cow" --index indexes/demo --backbone tiny-vit \\
           --backbone tiny-rn --where split=test -k 5 --json
       clipindex search "a photo of a cow" --subtract "grass" --index indexes/demo \
@@ -180,9 +208,10 @@ def search_command(
 
     terms = Terms(add=add, subtract=subtract, add_images=add_images,
                   subtract_images=subtract_images, weight=term_weight)
+    names = list(backbones) or _every_backbone(index_dir)
     result = search_store(
         index_dir,
-        list(backbones),
+        names,
         texts=[query] if query is not None else None,
         images=list(images),
         queries_file=queries_file,
@@ -192,6 +221,7 @@ def search_command(
         device=device,
         terms=terms,
         offset=offset,
+        like=list(like),
     )
     for note in result.notes:
         echo_err(f"Note: {note}")

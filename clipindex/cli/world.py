@@ -51,7 +51,7 @@ def world(directory: str, seed: int, scale: str, force: bool, progress: bool,
     DIRECTORY/annotations/instances_{train,val}.json, captions_{train,val}.json,
     causes_{train,val}.json, DIRECTORY/{train,val}/*.jpg and DIRECTORY/world.json.
     """
-    from clipindex.world import make_world
+    from clipindex.demo.world import make_world
 
     root = make_world(directory, seed=seed, scale=scale, force=force, progress=progress)
     record = json.loads((root / "world.json").read_text(encoding="utf-8"))

@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clipindex.errors import UserInputError
 
@@ -42,6 +43,7 @@ __all__ = [
     "register_backbone",
     "registered_backbone",
     "registered_backbones",
+    "config_facts",
 ]
 
 # study name -> open_clip model name, in the study's order (smallest to largest per family).
@@ -354,3 +356,35 @@ def _with_explicit_weights(
     suffix = "" if choice == default_tag else f"__{choice}"
     return BackboneSpec(f"{model}{suffix}", display, model, choice, "tag",
                         quick_gelu=_tag_quick_gelu(model, choice))
+
+
+def config_facts(spec: BackboneSpec) -> dict[str, Any] | None:
+    """``dim``, ``image_size`` and ``context_length`` of ``spec``'s model from its open_clip
+    config, without building the model or reading weights (``clipindex import`` checks
+    the dim of vectors it did not encode); None when no config names them.
+
+    Examples
+    --------
+    >>> config_facts(resolve_backbone("ViT-B/32", "none"))["dim"]
+    512
+    """
+    import json
+
+    import open_clip
+
+    if spec.model.startswith(LOCAL_DIR_PREFIX):
+        path = Path(spec.model[len(LOCAL_DIR_PREFIX):]) / "open_clip_config.json"
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8")).get("model_cfg")
+        except (OSError, ValueError):
+            return None
+    else:
+        entry = registered_backbone(spec.model) if spec.tiny else None
+        if entry is not None:
+            entry.prepare()  # registers its model config with open_clip
+        cfg = open_clip.get_model_config(spec.model)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("embed_dim"), int):
+        return None
+    return {"dim": int(cfg["embed_dim"]),
+            "image_size": (cfg.get("vision_cfg") or {}).get("image_size"),
+            "context_length": (cfg.get("text_cfg") or {}).get("context_length")}

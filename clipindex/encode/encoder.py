@@ -28,7 +28,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -42,9 +42,12 @@ from clipindex.encode.fusion import fold_batchnorm
 from clipindex.encode.pixels import (
     ImageFiles,
     PixelPipeline,
+    check_descriptors,
     collate,
     device_crops,
     split_preprocess,
+    worker_batches,
+    worker_timeout,
 )
 from clipindex.encode.text import encode_tokens
 from clipindex.encode.tuning import EncodeSettings, choose_settings, model_gflops, torch_threads
@@ -57,7 +60,6 @@ __all__ = [
     "load_encoder",
     "resolve_device",
     "resolve_precision",
-    "default_workers",
 ]
 
 #: The batch sizes before issue 21 (kept for callers); builds now use :meth:`Encoder.settings`.
@@ -101,12 +103,6 @@ def resolve_precision(device: torch.device, precision: str | None = None) -> str
     if device.type == "cpu" and precision != "fp32":
         raise UserInputError(f"Precision {precision!r} needs CUDA; on CPU use fp32.")
     return precision
-
-
-def default_workers() -> int:
-    """Decoding worker processes for a model whose cost is unknown: ``min(4, cpu count)``
-    (an :class:`Encoder` chooses its own, :meth:`Encoder.settings`)."""
-    return min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -177,6 +173,9 @@ class Encoder:
         if precision != "fp32":
             _low_precision_weights(self.model, _PRECISIONS[precision])
         self.batch_limit: int | None = None
+        #: ``reference`` or ``draft`` (:data:`~clipindex.encode.tuning.DECODE_ROUTES`): the
+        #: decoder when none is given (a store's encoder takes the store's route)
+        self.decode_route = "reference"
         self._mean_t = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
         self._std_t = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
         self.embed_dim = self._find_embed_dim()  # may encode one blank image: needs the above
@@ -202,21 +201,29 @@ class Encoder:
 
         Keyword overrides (``threads``, ``workers``, ``batch_size``, ``text_batch_size``,
         ``decode``) replace the chosen values when not ``None``
-        (:func:`clipindex.encode.tuning.choose_settings`).
+        (:func:`clipindex.encode.tuning.choose_settings`); with no ``decode``, an encoder
+        whose ``decode_route`` is ``draft`` decodes in draft mode.
         """
+        if overrides.get("decode") is None and self.decode_route == "draft":
+            overrides["decode"] = "draft"
         return choose_settings(self.gflops, self.device, resnet=self.channels_last,
                                **overrides)
 
     @property
     def pixel_pipeline(self) -> Callable[[str | os.PathLike[str]], tuple[torch.Tensor, str]]:
         """The picklable per-file decode + resize/crop step (``path -> (uint8 CHW,
-        reason)``): what the PIL decode workers and Ray's decode tasks run."""
+        reason)``) of :attr:`decode_route`: what the PIL workers and Ray's tasks run."""
+        if self.decode_route == "draft":
+            return partial(self._pipeline.from_file, draft=True)
         return self._pipeline.from_file
 
     @property
     def bytes_pipeline(self) -> Callable[[bytes | BaseException], tuple[torch.Tensor, str]]:
         """The picklable decode + resize/crop step of an image in memory (``bytes ->
-        (uint8 CHW, reason)``): what Ray's decode tasks run on bytes a reader fetched."""
+        (uint8 CHW, reason)``) of :attr:`decode_route`: what Ray's decode tasks run on
+        bytes a reader fetched."""
+        if self.decode_route == "draft":
+            return partial(self._pipeline.from_bytes, draft=True)
         return self._pipeline.from_bytes
 
     @property
@@ -314,12 +321,15 @@ class Encoder:
             First index to encode (resuming an interrupted build).
         threads : int, optional
             torch threads while encoding (default: chosen), restored afterwards.
-        decode : {"pil", "nvjpeg"}, optional
-            Decode route (default: nvjpeg on CUDA, pil on CPU; :mod:`clipindex.encode.pixels`).
+        decode : {"pil", "nvjpeg", "draft"}, optional
+            Decoder (default: nvjpeg on CUDA, pil on CPU, both open_clip's pixels; draft:
+            PIL's reduced-scale JPEG decode, faster, not open_clip's pixels;
+            :mod:`clipindex.encode.pixels`).
         reader : optional
             What reads the images' bytes when ``files`` are not local paths (a source's
             ``Dataset.reader``: ``read_many(files) -> [bytes | Exception]``); each worker
-            reads a whole batch in one call. The PIL route decodes them.
+            reads a whole batch in one call. The PIL route decodes them (``draft`` too:
+            reduced-scale JPEG decode of the bytes; ``nvjpeg`` falls back to ``pil``).
 
         Yields
         ------
@@ -336,7 +346,7 @@ class Encoder:
                                  threads=threads, decode=decode)
         paths = [os.fspath(f) for f in files]
         dataset = ImageFiles(paths, start, self._pipeline, raw_jpeg=chosen.decode == "nvjpeg",
-                             reader=reader)
+                             draft=chosen.decode == "draft", reader=reader)
         # Arguments are checked now; the generator below starts at the first next().
         return self._batches(dataset, chosen, progress)
 
@@ -344,9 +354,11 @@ class Encoder:
                  progress: bool) -> Iterator[ImageBatch]:
         if len(dataset) == 0:
             return
+        check_descriptors(chosen.workers)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=chosen.batch_size, shuffle=False, num_workers=chosen.workers,
             collate_fn=collate, persistent_workers=False,
+            timeout=worker_timeout(chosen.batch_size) if chosen.workers else 0,
         )
         from clipindex.progress import bar as tqdm
 
@@ -357,7 +369,7 @@ class Encoder:
         encode = self.encode_with_backoff if chosen.auto_batch else self.encode_pixels
         try:
             with torch_threads(chosen.threads):
-                for items in loader:
+                for items in worker_batches(loader):  # a worker's fault: raised, no wait
                     paths = [dataset.path(position - dataset.start + i)
                              for i in range(len(items))]
                     pixels, reasons = device_crops(items, paths, self._pipeline, self.device,

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from clipindex.errors import ModelLoadError
 
-__all__ = ["PROBE_SECONDS", "hub_guard", "hub_reachable", "quiet_hub"]
+__all__ = ["PROBE_SECONDS", "check_weights", "hub_guard", "hub_reachable", "quiet_hub"]
 
 #: How long the reachability probe of the hub may take.
 PROBE_SECONDS = 3.0
@@ -113,12 +113,7 @@ def hub_guard(model: str, tag: str, display: str) -> contextlib.AbstractContextM
     in the local hub cache nor fetchable (offline or the hub unreachable). Returns the
     context to load them in: the hub's chatter silenced and, when they are cached but the
     hub cannot be reached, the hub switched offline (no minute of retries first)."""
-    import open_clip
-
-    cfg: dict[str, Any] = open_clip.get_pretrained_cfg(model, tag) or {}
-    repo = str(cfg.get("hf_hub") or "").strip("/")
-    url = str(cfg.get("url") or "")
-    endpoint = _endpoint() if repo else url
+    repo, url, endpoint = _where(model, tag)
     if repo and _cached(repo):
         if _offline() or hub_reachable(endpoint):
             return quiet_hub()
@@ -126,16 +121,47 @@ def hub_guard(model: str, tag: str, display: str) -> contextlib.AbstractContextM
         stack.enter_context(quiet_hub())
         stack.enter_context(_forced_offline())
         return stack
-    if not repo and url and os.path.isfile(
-            os.path.expanduser(os.path.join("~", ".cache", "clip", os.path.basename(url)))):
+    if not repo and _in_clip_cache(url):
         return quiet_hub()  # open_clip's own download cache
+    _refuse_unfetchable(repo, url, endpoint, tag, display)
+    return quiet_hub()
+
+
+def check_weights(model: str, tag: str, display: str) -> None:
+    """Raise the :class:`ModelLoadError` :func:`hub_guard` would, loading nothing: cached
+    weights pass at once; otherwise only when they can be fetched (a build checks this
+    before it writes anything)."""
+    repo, url, endpoint = _where(model, tag)
+    if not (repo or url):  # a tag open_clip does not know: its loading says so
+        return
+    if (repo and _cached(repo)) or (not repo and _in_clip_cache(url)):
+        return
+    _refuse_unfetchable(repo, url, endpoint, tag, display)
+
+
+def _where(model: str, tag: str) -> tuple[str, str, str]:
+    """(hub repo, download url, endpoint to probe) of ``model``/``tag``'s weights."""
+    import open_clip
+
+    cfg: dict[str, Any] = open_clip.get_pretrained_cfg(model, tag) or {}
+    repo = str(cfg.get("hf_hub") or "").strip("/")
+    url = str(cfg.get("url") or "")
+    return repo, url, _endpoint() if repo else url
+
+
+def _in_clip_cache(url: str) -> bool:
+    return bool(url) and os.path.isfile(
+        os.path.expanduser(os.path.join("~", ".cache", "clip", os.path.basename(url))))
+
+
+def _refuse_unfetchable(repo: str, url: str, endpoint: str, tag: str, display: str) -> None:
     source = f"huggingface.co/{repo}" if repo else url
     if _offline():
         why = "HF_HUB_OFFLINE is set and they are not in the local cache"
     elif not hub_reachable(endpoint):
         why = f"the hub ({endpoint}) cannot be reached"
     else:
-        return quiet_hub()
+        return
     raise ModelLoadError(
         f"Could not load pretrained weights {tag!r} for {display}: {why}. Download the "
         f"checkpoint elsewhere{f' (from {source})' if source else ''} and pass "

@@ -10,7 +10,7 @@ The rule (DESIGN "Speed": decoding overlaps encoding, threads and workers share 
 cores):
 
 - **Cores split by cost.** One image costs about :data:`DECODE_SECONDS` of one core to
-  decode and resize (PIL, draft mode) and ``gflops / CPU_GFLOPS_PER_CORE`` core-seconds
+  decode and resize (PIL) and ``gflops / CPU_GFLOPS_PER_CORE`` core-seconds
   to encode on CPU. The decode share ``f`` of the total is what the workers need; they
   get ``ceil(cores * f)`` processes (at least one on two cores or more, so decoding of
   the next batch overlaps encoding of this one) and torch keeps every core the workers
@@ -42,28 +42,53 @@ from clipindex.errors import UserInputError
 
 __all__ = [
     "CPU_BATCH_GFLOPS",
+    "CPU_BATCH_RANGE",
     "CPU_GFLOPS_PER_CORE",
     "CUDA_BATCH_GFLOPS",
+    "CUDA_BATCH_RANGE",
     "DECODE_SECONDS",
     "DECODES",
+    "DECODE_ROUTES",
     "EncodeSettings",
+    "decode_route",
     "choose_settings",
     "model_gflops",
     "torch_threads",
     "usable_cores",
 ]
 
-#: Core-seconds to decode + resize one photo with PIL in draft mode (~200 images/s/core).
+#: Core-seconds to decode + resize one photo with PIL (~200 images/s/core; measured in
+#: draft mode, a full decode of a large photo costs more: a planning constant).
 DECODE_SECONDS = 1 / 200
 #: Assumed fp32 throughput of one CPU core (a planning constant, not a measurement).
 CPU_GFLOPS_PER_CORE = 40.0
 #: Work per CPU batch; per CUDA batch.
 CPU_BATCH_GFLOPS = 384.0
 CUDA_BATCH_GFLOPS = float(2**17)
-#: Decode routes: PIL in the workers, or file bytes from the workers + nvJPEG on the device.
-DECODES = ("pil", "nvjpeg")
+#: Smallest and largest chosen image batch on CPU; on CUDA.
+CPU_BATCH_RANGE = (8, 256)
+CUDA_BATCH_RANGE = (32, 1024)
+#: Decoders: PIL in the workers, file bytes from the workers + nvJPEG on the device (both
+#: full decodes: open_clip's pixels), or PIL with JPEG draft mode (reduced-scale DCT
+#: decode: faster, *not* open_clip's pixels; an explicit option only).
+DECODES = ("pil", "nvjpeg", "draft")
+#: What a store's vectors are (its manifest's ``decode_route``): ``reference`` (open_clip's
+#: own transform on a full decode: ``pil`` or ``nvjpeg``) or ``draft``.
+DECODE_ROUTES = ("reference", "draft")
 _TEXT_BATCH = {"cpu": 256, "cuda": 1024}
 _GFLOPS_CACHE: dict[tuple[str, tuple[int, ...]], float] = {}
+
+
+def decode_route(decode: str | None) -> str:
+    """The route (:data:`DECODE_ROUTES`) a decoder gives: ``draft`` for ``"draft"``,
+    else ``reference`` (``None``: the chosen decoder, ``pil`` or ``nvjpeg``).
+
+    Examples
+    --------
+    >>> decode_route("nvjpeg"), decode_route("draft")
+    ('reference', 'draft')
+    """
+    return "draft" if decode == "draft" else "reference"
 
 
 def usable_cores() -> int:
@@ -109,7 +134,7 @@ class EncodeSettings:
 
     ``threads`` torch threads, ``workers`` decode processes (0: in-process),
     ``batch_size`` images per batch, ``text_batch_size`` captions per batch,
-    ``decode`` (``pil``/``nvjpeg``), ``channels_last``, ``auto_batch`` (halve the batch
+    ``decode`` (``pil``/``nvjpeg``/``draft``), ``channels_last``, ``auto_batch`` (halve the batch
     on out-of-memory), and what they were chosen from: ``cores``, ``gflops``,
     ``device``, ``overridden`` (the fields given by the caller).
     """
@@ -186,11 +211,11 @@ def choose_settings(gflops: float, device: str | torch.device = "cpu", *,
     cores = usable_cores() if cores is None else max(1, int(cores))
     if kind == "cuda":
         workers, threads = max(1, cores - 1), 1
-        batch = _power_of_two(CUDA_BATCH_GFLOPS / max(gflops, 1e-9), 32, 1024)
+        batch = _power_of_two(CUDA_BATCH_GFLOPS / max(gflops, 1e-9), *CUDA_BATCH_RANGE)
         decode = "nvjpeg"
     else:
         workers, threads = _split_cores(cores, gflops)
-        batch = _power_of_two(CPU_BATCH_GFLOPS / max(gflops, 1e-9), 8, 256)
+        batch = _power_of_two(CPU_BATCH_GFLOPS / max(gflops, 1e-9), *CPU_BATCH_RANGE)
         decode = "pil"
     chosen = EncodeSettings(
         threads=threads, workers=workers, batch_size=batch,

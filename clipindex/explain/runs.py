@@ -32,6 +32,7 @@ __all__ = [
     "explain_image",
     "explain_rows",
     "save_png",
+    "stored_label",
     "write_explanation",
 ]
 
@@ -171,6 +172,8 @@ def explain_image(
     """Grad-CAM of one image toward a class of a store (default: its predicted class).
 
     ``index`` is a ``BackboneIndex`` or a dataset folder (then ``backbone`` is needed).
+    ``true`` defaults to the stored label when ``image`` is a file of the store
+    (:func:`stored_label`).
 
     Example
     -------
@@ -188,7 +191,34 @@ def explain_image(
     best = int(np.argmax(probs))
     target = target or vectors.classes[best]
     cam = explain(img, encoder, vectors.vector(target), layer=layer)
+    if true is None and not isinstance(image, Image.Image):
+        true = stored_label(index, image)
     return Explanation(img, cam, target, vectors.classes[best], float(probs[best]), true)
+
+
+def stored_label(index: Any, image: str | Path) -> str | None:
+    """The images table's label of ``image`` when it is one of the store's files (its
+    path, resolved, is the data root's ``file``), else None (not in the store, unlabelled).
+
+    Example
+    -------
+    >>> stored_label(index, "worlds/demo/val/000123.jpg")  # doctest: +SKIP
+    'cow'
+    """
+    table = getattr(index, "images", None)
+    if table is None or "file" not in table.columns or "label" not in table.columns:
+        return None
+    path = Path(image).expanduser().resolve()
+    names = {path.as_posix()}
+    root = (getattr(index, "dataset_info", None) or {}).get("root")
+    if root:
+        try:
+            names.add(path.relative_to(Path(str(root)).expanduser().resolve()).as_posix())
+        except ValueError:
+            pass  # outside the data root: only an absolute ``file`` can match
+    hits = table.loc[table["file"].astype(str).isin(names), "label"].dropna().astype(str)
+    hits = hits[hits != ""]
+    return hits.iloc[0] if len(hits) else None
 
 
 def _image_path(index: Any, file: str, data_root: str | None = None) -> Path:

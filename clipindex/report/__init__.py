@@ -40,7 +40,7 @@ from pathlib import Path
 from clipindex.errors import DamagedStoreError, UserInputError
 from clipindex.report import _analysis, _sections, _study
 from clipindex.report._analysis import PROJECTIONS
-from clipindex.report._data import Missing, ResultsData
+from clipindex.report._data import Missing, ResultsData, check_results_folder
 from clipindex.report._html import notice, page, section
 
 __all__ = ["PROJECTIONS", "SECTIONS", "ReportOptions", "Section", "build_report",
@@ -174,6 +174,7 @@ def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | 
     from clipindex.files import atomic_write_bytes
     from clipindex.store.owned import refuse_store_path
 
+    check_results_folder(results)  # a store passed as RESULTS is named as such, first
     path = refuse_store_path(Path(out) if out is not None else Path(results) / "report.html")
     html, _ = build_report(results, projection=projection, options=options)
     return atomic_write_bytes(path, html.encode("utf-8"))

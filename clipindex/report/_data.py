@@ -20,7 +20,7 @@ import pandas as pd
 
 from clipindex.errors import UserInputError
 
-__all__ = ["Missing", "ResultsData", "ENSEMBLE_PREFIX", "KNOWN_FILES"]
+__all__ = ["Missing", "ResultsData", "ENSEMBLE_PREFIX", "KNOWN_FILES", "check_results_folder"]
 
 ENSEMBLE_PREFIX = "ensemble-"
 #: Files whose presence says "this is a bench results folder".
@@ -60,18 +60,37 @@ def _shape_problem(obj: Any, fields: dict[str, tuple[type, ...]]) -> str:
     return ""
 
 
+_RESULTS_FOLDER = ("a results folder is what `clipindex bench CONFIG --out RESULTS` or "
+                   "`clipindex demo` writes (run.json, tables.csv, records/, ...)")
+
+
+def check_results_folder(results: str | os.PathLike[str]) -> Path:
+    """``results`` as a Path when it looks like a bench results folder; else a one-line
+    :class:`UserInputError` saying what it is instead (no folder, a store, or neither)."""
+    from clipindex.store.owned import store_folder_of
+
+    path = Path(results)
+    if not path.is_dir():
+        raise UserInputError(f"{path} is not a folder: pass a RESULTS folder; "
+                             f"{_RESULTS_FOLDER}.")
+    store = store_folder_of(path)
+    if store is not None:
+        inside = "" if store == path.resolve() else f" (inside the store {store})"
+        raise UserInputError(
+            f"{path} is a store{inside}, not a results folder: {_RESULTS_FOLDER}; "
+            "run `clipindex bench` on this store's config first.")
+    if not any((path / f).exists() for f in KNOWN_FILES):
+        raise UserInputError(
+            f"{path} is not a results folder (it holds none of {', '.join(KNOWN_FILES)}): "
+            f"{_RESULTS_FOLDER}.")
+    return path
+
+
 class ResultsData:
     """Lazy access to a results folder and the store its ``run.json`` names."""
 
     def __init__(self, results: str | os.PathLike[str]) -> None:
-        self.results = Path(results)
-        if not self.results.is_dir():
-            raise UserInputError(f"{self.results} is not a folder: pass the RESULTS folder "
-                                 "that `clipindex bench` or `clipindex demo` wrote.")
-        if not any((self.results / f).exists() for f in KNOWN_FILES):
-            raise UserInputError(
-                f"{self.results} holds none of {', '.join(KNOWN_FILES)}: pass the RESULTS "
-                "folder that `clipindex bench` or `clipindex demo` wrote.")
+        self.results = check_results_folder(results)
 
     # ------------------------------------------------------------------ results folder
     def path(self, name: str, detail: str = "") -> Path:

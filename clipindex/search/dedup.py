@@ -9,6 +9,9 @@
 - **leakage**: a pair with one row in ``support`` and the other in ``test``: a few-shot
   classifier is then tested on (a copy of) an image it was fitted on.
 
+Rows removed from the store (tombstoned by ``clipindex add``) are in no pair, exact or
+near, before and after ``clipindex compact``.
+
 The default threshold (:data:`DEFAULT_THRESHOLD`, 0.9975) was chosen on the demo world
 (`clipindex demo`'s store: 1,000 images of the seed-0 world's ``val`` split): it is just
 above the highest cosine between two distinct images for tiny-vit (0.9970) and tiny-vit-s
@@ -130,8 +133,10 @@ def find_duplicates(index: Any, *, threshold: float = DEFAULT_THRESHOLD,
     if not base.is_dir():
         raise UserInputError(f"data root {base} is not a folder: give --root DATA_DIR to "
                              "hash the image files")
-    exact, unreadable = _exact_pairs(images, base)
-    _say_unreadable(unreadable, len(images), base, require_files)
+    removed = np.asarray(getattr(index, "image_removed", np.zeros(len(images), bool)), bool)
+    live = images[~removed] if removed.any() else images  # removed rows are in no pair
+    exact, unreadable = _exact_pairs(live, base)
+    _say_unreadable(unreadable, len(live), base, require_files)
     near = _near_pairs(index, float(threshold))
     vectors = np.asarray(index.image_vectors)
     by_id = images.set_index("row_id")

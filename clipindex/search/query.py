@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,14 +35,16 @@ import pandas as pd
 
 from clipindex.errors import UserInputError
 from clipindex.search.arithmetic import Terms, combine, term_vectors
-from clipindex.search.frames import backbone_name, hits_frame
+from clipindex.search.frames import HitTable, backbone_name, hit_table
 from clipindex.search.fusion import RRF_DEPTH, RRF_K, rrf_fuse
 from clipindex.search.ranking import (
     SearchableIndex,
-    allowed_rows,
     check_aligned,
     is_exact,
     rank,
+    select_rows,
+    stored_vectors,
+    table_of,
 )
 
 __all__ = [
@@ -56,6 +59,7 @@ __all__ = [
     "search_image",
     "search_captions",
     "read_queries_file",
+    "like_problem",
     "Terms",
 ]
 
@@ -71,8 +75,9 @@ class SearchResult:
 
     Attributes
     ----------
-    frame : pandas.DataFrame
-        One row per hit (see the module docstring for the columns).
+    hits : HitTable (or a DataFrame)
+        One row per hit as columns of Python values (see the module docstring for the
+        columns); :attr:`frame` is the DataFrame, :meth:`records` the JSON dicts.
     notes : tuple of str
         Things the user should know (k larger than the collection, fusion).
     score_kind : str
@@ -83,29 +88,32 @@ class SearchResult:
         (rescored exactly: the cosines are exact, the set may miss a true neighbour).
     """
 
-    frame: pd.DataFrame
+    hits: HitTable | pd.DataFrame
     notes: tuple[str, ...] = field(default_factory=tuple)
     score_kind: str = "cosine"
     exhaustive: bool = True
+
+    @property
+    def table(self) -> HitTable:
+        hits = self.hits
+        return hits if isinstance(hits, HitTable) else HitTable.from_frame(hits)
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """One row per hit (built on first use; ``records`` never builds it)."""
+        return self.hits if isinstance(self.hits, pd.DataFrame) else self.hits.frame()
 
     def records(self) -> list[dict[str, Any]]:
         """The hits as JSON-ready dicts, each with ``score_kind``, ``exact`` and
         ``exhaustive``: the list that
         ``clipindex search --json`` prints and ``clipindex serve``'s ``/search`` returns
-        (missing values are ``None``)."""
-        records = cast(list[dict[str, Any]], self.frame.to_dict(orient="records"))
-        for record in records:  # plain Python values (to_dict unboxes numpy); NaN -> None
-            for key, value in record.items():
-                if value is not None and not isinstance(value, (list, dict)) and \
-                        pd.isna(value):
-                    record[key] = None
-            record["score_kind"] = self.score_kind
-            # "exact": the score is an exact cosine from the stored vectors (an RRF score
-            # is not a cosine); "exhaustive": the rows are the exact top-k (False on
-            # approximate indexes, whose candidates are rescored exactly).
-            record["exact"] = self.score_kind == "cosine"
-            record["exhaustive"] = self.exhaustive
-        return records
+        (plain Python values; missing values are ``None``)."""
+        # "exact": the score is an exact cosine from the stored vectors (an RRF score
+        # is not a cosine); "exhaustive": the rows are the exact top-k (False on
+        # approximate indexes, whose candidates are rescored exactly).
+        extra = {"score_kind": self.score_kind, "exact": self.score_kind == "cosine",
+                 "exhaustive": self.exhaustive}
+        return [record | extra for record in self.table.records()]
 
 
 # ----------------------------------------------------------------------------- queries
@@ -164,8 +172,72 @@ def _check_images(paths: ImagePaths) -> list[Path]:
     return check_query_images(paths)
 
 
-def _query_vectors(index: _Index, texts: list[str], images: list[Path]) -> np.ndarray:
-    """One text call and one image call per backbone; rows follow ``texts + images``."""
+def like_problem(indexes: Sequence[_Index], row: Any) -> tuple[str, str] | None:
+    """Why image row ``row`` cannot be a ``like`` query, as ``(kind, message)`` with kind
+    ``range`` (no such row), ``removed`` (tombstoned) or ``skipped`` (no vector: a
+    skipped input); None when every backbone holds its vector."""
+    first = indexes[0]
+    n = len(first.image_valid)  # not len(first.images): that would decode the table
+    if isinstance(row, bool) or not isinstance(row, (int, np.integer)) or not 0 <= row < n:
+        return "range", f"No image row {row!r}: row ids are 0..{n - 1}."
+    from clipindex.store.generations import tombstones
+
+    if int(row) in set(tombstones(getattr(first, "dataset_info", {}) or {})[0].tolist()):
+        return "removed", f"Image row {row} was removed from the store (tombstoned)."
+    for index in indexes:
+        if not bool(np.asarray(index.image_valid)[int(row)]):
+            return "skipped", (f"Image row {row} has no vector in {backbone_name(index, 0)} "
+                               "(skipped at build: unreadable or a zero vector).")
+    return None
+
+
+def _check_like(indexes: Sequence[_Index], like: Sequence[int] | int | None) -> list[int]:
+    rows = [] if like is None else [like] if isinstance(like, (int, np.integer)) else list(like)
+    for row in rows:
+        problem = like_problem(indexes, row)
+        if problem is not None:
+            raise UserInputError(problem[1])
+    return [int(r) for r in rows]
+
+
+def _check_vectors(indexes: Sequence[_Index], vectors: Any) -> np.ndarray:
+    """Query vectors as a float32 ``(n, dim)`` matrix, L2-normalised; they are in one
+    backbone's space, so only one backbone may be searched with them."""
+    if vectors is None:
+        return np.zeros((0, 0), dtype=np.float32)
+    if len(indexes) != 1:
+        raise UserInputError("A query vector is in one backbone's space: search one "
+                             f"backbone with it, not {len(indexes)}.")
+    try:
+        array = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise UserInputError("Query vectors must be numbers.") from None
+    dim = int(indexes[0].manifest["dim"])
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise UserInputError(f"A query vector must have {dim} numbers (the backbone's dim), "
+                             f"got shape {tuple(array.shape)}.")
+    if not np.isfinite(array).all():
+        raise UserInputError("A query vector holds NaN or infinite values.")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    if not (norms > 0).all():
+        raise UserInputError("A query vector is all zeros.")
+    return array / norms
+
+
+def _like_labels(index: _Index, like: list[int]) -> list[str]:
+    if not like:
+        return []
+    return [str(f) for f in table_of(index, "images").take("file", np.asarray(like))]
+
+
+def _query_vectors(index: _Index, texts: list[str], images: list[Path],
+                   like: Sequence[int] = (), vectors: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """One text call and one image call per backbone, then the stored vectors of the
+    ``like`` rows (no file read, no model call) and the given ``vectors``; rows follow
+    ``texts + images + like + vectors``."""
     parts = []
     if texts:
         parts.append(np.asarray(index.text_vectors(texts), dtype=np.float32))
@@ -173,12 +245,18 @@ def _query_vectors(index: _Index, texts: list[str], images: list[Path]) -> np.nd
         from clipindex.encode import encode_query_images
 
         parts.append(encode_query_images(index.encoder(), images))
+    if len(like):
+        stored = stored_vectors(index, "images")  # a float16 store stays float16
+        parts.append(np.asarray(stored[np.asarray(like, dtype=np.int64)], dtype=np.float32))
+    if vectors is not None and len(vectors):
+        parts.append(vectors)
     return np.concatenate(parts, axis=0)
 
 
-def _queries(texts: Sequence[str] | str | None, images: ImagePaths) -> tuple[list[str], list[Path]]:
+def _queries(texts: Sequence[str] | str | None, images: ImagePaths, like: bool = False
+             ) -> tuple[list[str], list[Path]]:
     texts_, images_ = _clean_texts(texts), _check_images(images)
-    if not texts_ and not images_:
+    if not texts_ and not images_ and not like:
         raise UserInputError(
             "Nothing to search for: give a text query, --image PATH or --queries-file FILE."
         )
@@ -205,6 +283,8 @@ def search_indexes(
     device: str | None = None,
     terms: Terms | None = None,
     offset: int = 0,
+    like: Sequence[int] | int | None = None,
+    vectors: Any = None,
 ) -> SearchResult:
     """Search one backbone, or fuse several by reciprocal rank fusion.
 
@@ -232,6 +312,15 @@ def search_indexes(
     offset : int
         Paging: skip each query's first ``offset`` hits (``k + offset`` are ranked; the
         hits keep their ranks, so page 2 of ``k=10`` is ``offset=10``, ranks 11-20).
+    like : image row id(s), optional
+        Stored images as queries (after ``texts + images``; labelled by their file):
+        each backbone's stored vector of the row, so no file is read and no model is
+        called. As for a query image that is in the store, the row itself is the first
+        hit (cosine 1). A removed, skipped or unknown row is a :class:`UserInputError`
+        (:func:`like_problem`).
+    vectors : array-like ``(n, dim)`` or ``(dim,)``, optional
+        Query vectors already in the backbone's space (one backbone only), searched
+        last and labelled ``vector <i>``; L2-normalised here.
 
     Returns
     -------
@@ -250,45 +339,41 @@ def search_indexes(
         raise UserInputError(f"offset must be a whole number >= 0, got {offset!r}.")
     k = _check_k(k) + int(offset)
     _check_target(target)
-    texts_, images_ = _queries(texts, images)
+    like_ = _check_like(indexes, like)
+    vectors_ = _check_vectors(indexes, vectors)
+    texts_, images_ = _queries(texts, images, bool(like_) or len(vectors_) > 0)
     terms = terms if terms is not None and not terms.empty else None
     term_images = (_check_images(list(terms.add_images + terms.subtract_images))
                    if terms is not None else [])
     check_aligned(indexes)
-    rows, available = allowed_rows(indexes, target, where)
-    labels = texts_ + [str(p) for p in images_]
+    selection = select_rows(indexes, target, where, k)
+    labels = texts_ + [str(p) for p in images_] + _like_labels(indexes[0], like_) + \
+        [f"vector {i}" for i in range(len(vectors_))]
     if terms is not None:
         labels = [terms.label(q) for q in labels]
-    n_avail = int(available.sum())
-    notes = _k_note(k, n_avail, target, where)
+    n_avail = selection.n_avail
+    notes = _k_note(k, n_avail, target, where) if n_avail is not None else []
     rankings = []
-    for index in indexes:
-        valid = np.asarray(index.image_valid if target == "images" else index.caption_valid)
-        pool = int((valid & available).sum())
+    for index, pool in zip(indexes, selection.pool, strict=True):
         want = min(k if len(indexes) == 1 else max(k, depth), pool)
-        queries = _query_vectors(index, texts_, images_)
+        queries = _query_vectors(index, texts_, images_, like_, vectors_)
         if terms is not None:
             queries = combine(queries, *term_vectors(index, terms, term_images))
-        rankings.append(rank(index, queries, want, target, rows, device=device))
+        rankings.append(rank(index, queries, want, target, selection.rows, device=device))
     exhaustive = all(is_exact(index, target) for index in indexes)
     if len(indexes) == 1:
         scores, ids = rankings[0]
-        return SearchResult(_page(hits_frame(indexes[0], target, labels, scores, ids), offset),
+        return SearchResult(hit_table(indexes[0], target, labels, scores, ids, offset),
                             tuple(notes), exhaustive=exhaustive)
     names = [backbone_name(index, i) for i, index in enumerate(indexes)]
-    scores, ids = rrf_fuse([r[1] for r in rankings], min(k, n_avail))
+    scores, ids = rrf_fuse([r[1] for r in rankings], k if n_avail is None else min(k, n_avail))
     notes.append(
         f"Fused {len(indexes)} backbones ({', '.join(names)}) by reciprocal rank "
         f"fusion (k={RRF_K}, top {max(k, depth)} per backbone): score is the RRF "
         "score sum(1/(60+rank)), not a cosine."
     )
-    frame = _page(hits_frame(indexes[0], target, labels, scores, ids), offset)
-    return SearchResult(frame, tuple(notes), score_kind="rrf", exhaustive=exhaustive)
-
-
-def _page(frame: pd.DataFrame, offset: int) -> pd.DataFrame:
-    """The hits after each query's first ``offset`` (ranks kept)."""
-    return frame[frame["rank"] > offset].reset_index(drop=True) if offset else frame
+    hits = hit_table(indexes[0], target, labels, scores, ids, offset)
+    return SearchResult(hits, tuple(notes), score_kind="rrf", exhaustive=exhaustive)
 
 
 def _with_notes(result: SearchResult) -> pd.DataFrame:
@@ -375,10 +460,12 @@ def search_store(
     device: str | None = None,
     terms: Terms | None = None,
     offset: int = 0,
+    like: Sequence[int] | None = None,
 ) -> SearchResult:
     """Open ``dataset_dir`` for every backbone and search it (what ``clipindex search`` runs).
 
-    Queries are ``texts``, then the lines of ``queries_file``, then ``images``.
+    Queries are ``texts``, then the lines of ``queries_file``, then ``images``, then the
+    stored images ``like`` (row ids; see :func:`search_indexes`).
 
     Examples
     --------
@@ -389,9 +476,10 @@ def search_store(
     all_texts = _clean_texts(texts)
     if queries_file is not None:
         all_texts += read_queries_file(queries_file)
-    if not all_texts and not images:
+    if not all_texts and not images and not like:
         raise UserInputError(
-            "Nothing to search for: give a text query, --image PATH or --queries-file FILE."
+            "Nothing to search for: give a text query, --image PATH, --like ROW_ID or "
+            "--queries-file FILE."
         )
     _check_images(images)
     names = [backbones] if isinstance(backbones, str) else list(dict.fromkeys(backbones))
@@ -399,4 +487,5 @@ def search_store(
         raise UserInputError("Give at least one --backbone.")
     indexes = [_open_index(dataset_dir, name) for name in names]
     return search_indexes(indexes, texts=all_texts, images=images, k=k, target=target,
-                          where=where, device=device, terms=terms, offset=offset)
+                          where=where, device=device, terms=terms, offset=offset,
+                          like=like)

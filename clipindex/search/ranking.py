@@ -9,16 +9,19 @@ the lower row id.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from clipindex.errors import DataError, UserInputError
-from clipindex.search.filters import where_mask
+from clipindex.search.filters import coded_mask
+from clipindex.store.tables import StoreTable
 
-__all__ = ["SearchableIndex", "allowed_rows", "check_aligned", "is_exact", "rank",
-           "target_table"]
+__all__ = ["SearchableIndex", "Selection", "allowed_rows", "check_aligned", "is_exact",
+           "n_valid", "rank", "select_rows", "stored_vectors", "table_of", "target_table",
+           "valid_rows", "where_rows"]
 
 
 class _Encoder(Protocol):
@@ -78,9 +81,10 @@ def rank(
     from the stored vectors, so they are exact cosines whatever the index kind.
     ``device`` (``cuda``) searches on the GPU (``BackboneIndex.search(device=)``).
     """
-    vectors = index.image_vectors if target == "images" else index.caption_vectors
-    valid = np.asarray(index.image_valid if target == "images" else index.caption_valid, bool)
-    n_invalid = int((~valid).sum()) if rows is None else int((~valid[rows]).sum())
+    vectors = stored_vectors(index, target)
+    valid = valid_rows(index, target)
+    n_invalid = len(valid) - n_valid(index, target) if rows is None \
+        else int((~valid[rows]).sum())
     pool = len(valid) if rows is None else len(rows)
     fetch = k + n_invalid
     if not is_exact(index, target):
@@ -96,7 +100,8 @@ def rank(
         allowed = np.zeros(len(valid), dtype=bool)
         allowed[rows] = True
         good[good] = allowed[ids[good]]
-    short = good.sum(axis=1) < min(k, _n_allowed(valid, rows))
+    short = good.sum(axis=1) < min(k, n_valid(index, target) if rows is None
+                                   else _n_allowed(valid, rows))
     if short.any():  # an approximate index found too few rows that pass: exact fallback
         ids, good = _exhaustive_ids(q, short, ids, good, vectors, valid, rows, fetch)
     safe = np.where(good, ids, 0)
@@ -140,25 +145,116 @@ def _exhaustive_ids(q: np.ndarray, short: np.ndarray, ids: np.ndarray, good: np.
     return out, out >= 0
 
 
+def table_of(index: SearchableIndex, target: str) -> StoreTable:
+    """``target``'s table read by row id: the store's own (columns cached per open) or,
+    for a stand-in index that has only DataFrames, a view of them."""
+    table = getattr(index, "table", None)
+    if callable(table):
+        return table(target)
+    return StoreTable.from_frame(index.images if target == "images" else index.captions)
+
+
+def valid_rows(index: SearchableIndex, target: str) -> np.ndarray:
+    """The rows of ``target`` a query may return (skipped and tombstoned rows are False)."""
+    return np.asarray(index.image_valid if target == "images" else index.caption_valid, bool)
+
+
+def n_valid(index: SearchableIndex, target: str) -> int:
+    """How many rows :func:`valid_rows` holds: counted once per open by the store
+    (``BackboneIndex.n_valid``), counted here for a stand-in index."""
+    counted = getattr(index, "n_valid", None)
+    return int(counted(target)) if callable(counted) else int(valid_rows(index, target).sum())
+
+
+def n_rows(index: SearchableIndex, target: str) -> int:
+    """Rows of ``target``'s table (from the valid mask: no table is decoded)."""
+    return len(index.image_valid if target == "images" else index.caption_valid)
+
+
+def stored_vectors(index: SearchableIndex, target: str) -> np.ndarray:
+    """The stored matrix of ``target`` as on disk (a float16 store stays float16: rows
+    are converted when gathered, the exact values of the float32 copy, which is never
+    made for a query)."""
+    stored = getattr(index, "stored", None)
+    if isinstance(stored, dict) and target in stored:
+        return stored[target]
+    return index.image_vectors if target == "images" else index.caption_vectors
+
+
+def where_rows(index: SearchableIndex, target: str, where: Sequence[str] | str) -> np.ndarray:
+    """The mask of ``target`` rows that pass ``--where``, evaluated on the tables' cached
+    per-column codes (for captions, the image table's columns too, through each
+    caption's image)."""
+    table = table_of(index, target)
+    if target == "images":
+        return coded_mask(table.codes, table.columns, where, len(table))
+    images = table_of(index, "images")
+    extra = [c for c in images.columns if c not in table.columns]
+    owner = table.ints("image_row_id") if extra else None
+
+    def codes(column: str) -> tuple[np.ndarray, pd.Series]:
+        return (images if column in extra else table).codes(column)
+
+    def spread(column: str, hit: np.ndarray) -> np.ndarray:
+        return hit[owner] if column in extra else hit
+
+    return coded_mask(codes, table.columns + extra, where, len(table), spread)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a search may return: ``rows`` (the ids passed to the index, None for all),
+    ``n_avail`` (rows any backbone can return; None: at least ``k``, not counted) and
+    ``pool`` (per backbone, the rows it can return)."""
+
+    rows: np.ndarray | None
+    n_avail: int | None
+    pool: tuple[int, ...]
+
+
+def select_rows(indexes: Sequence[SearchableIndex], target: str,
+                where: Sequence[str] | str | None, k: int) -> Selection:
+    """The rows a search of ``k`` hits may return. Without ``where`` nothing is scanned:
+    the counts are the store's (counted once per open); the union of several backbones'
+    valid rows is only counted when ``k`` exceeds every backbone's own count."""
+    noun = target if target == "images" else "captions"
+    if where:
+        mask = where_rows(indexes[0], target, where)
+        if not mask.any():
+            raise DataError(f"No {noun} match --where {' and '.join(_as_list(where))}.")
+        rows = np.flatnonzero(mask).astype(np.int64)
+        pool = tuple(int(valid_rows(i, target)[rows].sum()) for i in indexes)
+        union = np.zeros(len(rows), dtype=bool)
+        for index in indexes:
+            union |= valid_rows(index, target)[rows]
+        n_avail: int | None = int(union.sum())
+    else:
+        rows = None
+        pool = tuple(n_valid(i, target) for i in indexes)
+        n_avail = pool[0] if len(indexes) == 1 else None
+        if n_avail is None and k > max(pool):
+            union = np.zeros(n_rows(indexes[0], target), dtype=bool)
+            for index in indexes:
+                union |= valid_rows(index, target)
+            n_avail = int(union.sum())
+    if not (n_avail if n_avail is not None else max(pool)):
+        raise DataError(f"No searchable {noun}: every selected row was skipped by the build.")
+    return Selection(rows, n_avail, pool)
+
+
 def allowed_rows(
     indexes: Sequence[SearchableIndex], target: str, where: Sequence[str] | str | None
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """(rows passed to the index or None for all, the mask of rows any backbone can return)."""
-    n_rows = len(indexes[0].images if target == "images" else indexes[0].captions)
-    if where:
-        mask = where_mask(target_table(indexes[0], target), where)
-    else:
-        mask = np.ones(n_rows, dtype=bool)
-    noun = target if target == "images" else "captions"
-    if where and not mask.any():
-        raise DataError(f"No {noun} match --where {' and '.join(_as_list(where))}.")
-    valid = np.zeros(n_rows, dtype=bool)
+    selection = select_rows(indexes, target, where, 0)
+    valid = np.zeros(n_rows(indexes[0], target), dtype=bool)
     for index in indexes:
-        valid |= np.asarray(index.image_valid if target == "images" else index.caption_valid)
-    if not (mask & valid).any():
-        raise DataError(f"No searchable {noun}: every selected row was skipped by the build.")
-    rows = np.flatnonzero(mask).astype(np.int64) if where else None
-    return rows, mask & valid
+        valid |= valid_rows(index, target)
+    if selection.rows is None:
+        return None, valid
+    mask = np.zeros(len(valid), dtype=bool)
+    mask[selection.rows] = True
+    return selection.rows, mask & valid
 
 
 def _as_list(value: Sequence[str] | str) -> list[str]:
@@ -166,9 +262,11 @@ def _as_list(value: Sequence[str] | str) -> list[str]:
 
 
 def check_aligned(indexes: Sequence[SearchableIndex]) -> None:
-    n_images, n_captions = len(indexes[0].images), len(indexes[0].captions)
+    """Backbones fused together hold the same rows (their valid masks have the tables'
+    lengths, so no table is decoded to check)."""
+    n_images, n_captions = n_rows(indexes[0], "images"), n_rows(indexes[0], "captions")
     for index in indexes[1:]:
-        if len(index.images) != n_images or len(index.captions) != n_captions:
+        if n_rows(index, "images") != n_images or n_rows(index, "captions") != n_captions:
             raise UserInputError(
                 "Backbones to fuse must belong to the same dataset folder "
                 "(their image and caption tables differ)."

@@ -56,15 +56,21 @@ def _check_where(where: Sequence[str] | None) -> list[str]:
 
 
 def search(snapshot: Snapshot, *, text: str | None = None, image: Path | None = None,
-           label: str | None = None, k: int = 10, offset: int = 0,
+           like: int | None = None, vectors: Any = None, label: str | None = None,
+           k: int = 10, offset: int = 0,
            backbones: Sequence[str] | None = None, where: Sequence[str] | None = None,
            target: str = "images") -> tuple[list[dict[str, Any]], list[str]]:
     """The hits (``clipindex search --json``'s records) and notes of one query.
 
     ``offset`` skips the first hits after ranking (``k + offset`` are ranked, the hits
     keep their ranks); ``label`` replaces an image query's file name in ``query``.
+    ``like`` is a stored image row searched by its stored vectors (no file, no model):
+    an unknown or removed row is a 404, a skipped one (no vector) a 400. ``vectors``
+    are query vectors in the (one) searched backbone's space (clip-retrieval's
+    ``embedding_input``).
     """
     from clipindex.search import search_indexes
+    from clipindex.search.query import like_problem
 
     pin_threads(snapshot.threads)
     indexes = snapshot.pick(backbones)
@@ -79,6 +85,15 @@ def search(snapshot: Snapshot, *, text: str | None = None, image: Path | None = 
             result = search_indexes(indexes, images=[image], k=k, offset=offset,
                                     target=target,
                                     where=where_ or None)
+    elif like is not None:
+        problem = like_problem(indexes, like)
+        if problem is not None:
+            raise ApiError(400 if problem[0] == "skipped" else 404, problem[1])
+        result = search_indexes(indexes, like=[like], k=k, offset=offset, target=target,
+                                where=where_ or None)
+    elif vectors is not None:
+        result = search_indexes(indexes, vectors=vectors, k=k, offset=offset, target=target,
+                                where=where_ or None)
     else:
         raise ApiError(422, "Give a text or an image to search for.")
     records = result.records()

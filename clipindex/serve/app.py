@@ -9,12 +9,13 @@ Routes (every error is a 4xx ``{"error": "..."}``; see the README's ``clipindex 
 - ``POST /classify`` with an upload and ``method`` → label, probabilities, abstain;
 - ``GET /images/{row_id}``, ``GET /thumbs/{row_id}``: files the tables name, only;
 - ``GET /health``, ``GET /info``, ``POST /reload``, ``GET /openapi.json``;
+- clip-retrieval's ``POST /knn-service``, ``POST /metadata``, ``GET /indices-list``
+  (:mod:`clipindex.serve.knn`), so its ``ClipClient`` and web front work unchanged;
 - ``GET /`` and ``/static/{name}``: the web page, from files shipped in the package.
 """
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from typing import Any
 
@@ -48,20 +49,14 @@ def static_files() -> dict[str, tuple[bytes, str]]:
     return out
 
 
-def _json(payload: Any, headers: dict[str, str] | None = None) -> Any:
-    from starlette.responses import Response
-
-    return Response(json.dumps(payload, ensure_ascii=False, default=str),
-                    media_type="application/json", headers=headers)
-
-
 def create_app(options: ServeOptions | None = None, *, store: ServedStore | None = None
                ) -> Any:
     """The FastAPI application over one store (``options``, or an open ``store``).
 
     Opening loads every served backbone once and warms its text tower. Middleware, from
-    the outside in: security headers, CORS (only with ``cors_origins``), the bearer
-    token (only with ``token``), the body limit.
+    the outside in: security headers, the ``Host`` allow-list, CORS (only with
+    ``cors_origins``), the bearer token (only with ``token``), the in-flight limit, the
+    body limit.
     """
     _require()
     from fastapi import FastAPI
@@ -70,7 +65,14 @@ def create_app(options: ServeOptions | None = None, *, store: ServedStore | None
     from clipindex import __version__
     from clipindex.serve import routes
     from clipindex.serve.errors import install_handlers
-    from clipindex.serve.guards import BearerAuth, BodyLimit, SecurityHeaders
+    from clipindex.serve.guards import (
+        BearerAuth,
+        BodyLimit,
+        HostGuard,
+        InFlightLimit,
+        SecurityHeaders,
+    )
+    from clipindex.serve.options import allowed_hosts
 
     if store is None:
         if options is None:
@@ -83,12 +85,15 @@ def create_app(options: ServeOptions | None = None, *, store: ServedStore | None
     install_handlers(app)
     routes.add_routes(app, store, static_files())
     app.add_middleware(BodyLimit, max_bytes=opts.max_upload_bytes)
+    app.add_middleware(InFlightLimit, limit=opts.max_in_flight)
     if opts.token:
         app.add_middleware(BearerAuth, token=opts.token)
     if opts.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(opts.cors_origins),
                            allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    names, any_ip = allowed_hosts(opts.host, opts.allow_hosts)
+    app.add_middleware(HostGuard, names=names, any_ip=any_ip)
     app.add_middleware(SecurityHeaders)
     return app
 

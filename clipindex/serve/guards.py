@@ -8,17 +8,27 @@
   ``Authorization: Bearer TOKEN`` (compared in constant time); otherwise a 401.
 - :class:`SecurityHeaders`: ``nosniff``, no referrer, no framing, and a content
   security policy that lets the page load only its own files.
+- :class:`HostGuard`: a request whose ``Host`` names no allowed host is a 421 (DNS
+  rebinding: a page of ``evil.example`` resolved to 127.0.0.1 sends ``Host:
+  evil.example``); see :func:`clipindex.serve.options.allowed_hosts`.
+- :class:`InFlightLimit`: at most ``limit`` requests are handled at once, counted from
+  complete headers (and a passed token) to the last byte of the answer; past it a 503.
+  Idle or half-open connections hold no slot (they are closed by the connection guard
+  of :mod:`clipindex.serve.connections`), so they cannot starve ``/health`` or anyone.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, MutableMapping
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from clipindex.serve.errors import error_body
+from clipindex.serve.options import is_ip
 
-__all__ = ["PUBLIC_PATHS", "BearerAuth", "BodyLimit", "SecurityHeaders", "is_public"]
+__all__ = ["PUBLIC_PATHS", "BearerAuth", "BodyLimit", "HostGuard", "InFlightLimit",
+           "SecurityHeaders", "host_name", "is_public"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -134,3 +144,64 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def host_name(value: bytes) -> str:
+    """The host of a ``Host`` header value, lower case, without port or brackets."""
+    text = value.decode("latin-1").strip().lower()
+    if text.startswith("["):  # [::1]:8000
+        return text[1:text.find("]")] if "]" in text else text
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+class HostGuard:
+    """Answer only requests whose ``Host`` is allowed (421 otherwise; see the module
+    docstring). A request without ``Host`` (HTTP/1.0, never a browser) passes."""
+
+    def __init__(self, app: ASGIApp, names: Iterable[str], any_ip: bool = False) -> None:
+        self.app = app
+        self.names = frozenset(names)
+        self.any_name = "*" in self.names
+        self.any_ip = any_ip
+
+    def allows(self, name: str) -> bool:
+        """Whether a request for host ``name`` (see :func:`host_name`) is answered."""
+        if self.any_name or name in self.names:
+            return True
+        if not is_ip(name):
+            return False
+        return self.any_ip or ipaddress.ip_address(name).is_loopback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = next((v for k, v in scope.get("headers", ()) if k == b"host"), None)
+            if given is not None and not self.allows(host_name(given)):
+                shown = host_name(given)[:80]
+                await _refuse(send, 421, f"This server does not answer for host {shown!r}; "
+                              f"start it with --allow-host {shown} to allow that name.")
+                return
+        await self.app(scope, receive, send)
+
+
+class InFlightLimit:
+    """At most ``limit`` requests in the app at once; a 503 past it (see the module
+    docstring). The app runs on one event loop: a plain counter is enough."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            await _refuse(send, 503, f"The server is handling {self.limit} requests; retry "
+                          "in a moment.", [(b"retry-after", b"1")])
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

@@ -1,6 +1,7 @@
 """The images a server shows: only files the store's tables name, inside the data root.
 
-A request names a row id (an integer, checked against the table); the file is the
+A request names a row id (an integer, checked against the table; a row removed from
+the store by ``clipindex add`` is a 404 like one that never existed); the file is the
 table's ``file`` of that row joined to the data root, resolved (symlinks included) and
 refused unless it stays inside the root. No string from a request is ever part of a
 path. Thumbnails are made on the fly through :func:`clipindex.encode.load_rgb` (the
@@ -16,18 +17,30 @@ from pathlib import Path
 from clipindex.serve.errors import ApiError
 from clipindex.serve.state import LRU, Snapshot
 
-__all__ = ["IMAGE_TYPES", "Thumbnails", "image_file", "media_type"]
+__all__ = ["IMAGE_TYPES", "Thumbnails", "image_file", "live_row", "media_type"]
 
 #: Media types a stored image may be served as; anything else goes as a download.
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp",
                          "image/tiff"})
 
 
+def live_row(snapshot: Snapshot, row_id: int) -> None:
+    """A 404 :class:`ApiError` unless image row ``row_id`` exists and was not removed
+    from the store (tombstoned by ``clipindex add``: no route serves it)."""
+    first = snapshot.first
+    n = len(first.images)
+    if not 0 <= row_id < n:
+        raise ApiError(404, f"No image row {row_id}: row ids are 0..{n - 1}.")
+    removed = getattr(first, "image_removed", None)
+    if removed is not None and bool(removed[row_id]):
+        raise ApiError(404, f"Image row {row_id} was removed from the store.")
+
+
 def image_file(snapshot: Snapshot, row_id: int) -> Path:
-    """The file of image row ``row_id``; a 404 :class:`ApiError` for anything else."""
+    """The file of image row ``row_id``; a 404 :class:`ApiError` for anything else (a
+    row out of range or removed, a file outside the data root)."""
     images = snapshot.first.images
-    if not 0 <= row_id < len(images):
-        raise ApiError(404, f"No image row {row_id}: row ids are 0..{len(images) - 1}.")
+    live_row(snapshot, row_id)
     if snapshot.data_root is None:
         raise ApiError(404, "The store names no data root; start serve with --root DATA_DIR.")
     root = snapshot.data_root

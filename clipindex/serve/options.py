@@ -11,10 +11,37 @@ from typing import Any
 
 from clipindex.errors import UserInputError
 
-__all__ = ["LOOPBACK", "ServeOptions", "is_loopback"]
+__all__ = ["LOOPBACK", "LOOPBACK_NAMES", "ServeOptions", "allowed_hosts", "is_ip",
+           "is_loopback"]
 
 LOOPBACK = "127.0.0.1"
 _MB = 1024 * 1024
+
+
+#: Host names every server answers to (a request's ``Host`` header, port stripped).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def is_ip(name: str) -> bool:
+    """Whether ``name`` is an IP address literal (no brackets)."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def allowed_hosts(host: str, extra: tuple[str, ...] = ()) -> tuple[frozenset[str], bool]:
+    """The ``Host`` names a server bound to ``host`` answers to, and whether any IP
+    literal is allowed too. By default: the loopback names, any loopback address, and
+    the bound address; bound to every interface (``0.0.0.0``, ``::``) any IP literal
+    (a DNS-rebinding page can only send a name it owns, never a bare address); ``extra``
+    (``--allow-host``) adds names, ``*`` allows every name."""
+    names = {*LOOPBACK_NAMES, *(h.strip().lower().strip("[]") for h in extra if h.strip())}
+    if host not in _WILDCARDS:
+        names.add(host.lower().strip("[]"))
+    return frozenset(names), host in _WILDCARDS
 
 
 def is_loopback(host: str) -> bool:
@@ -49,6 +76,10 @@ class ServeOptions:
     threads : CPU threads one request may use for FAISS and torch (default 1: a server
         gets its parallelism from concurrent requests, not from each one)
     cors_origins : origins allowed by CORS (empty: CORS off)
+    host : the address the server binds (what the ``Host`` allow-list starts from)
+    allow_hosts : more ``Host`` names to answer (``--allow-host``; see :func:`allowed_hosts`)
+    max_in_flight : requests handled at once; past it a request gets a 503 (idle and
+        half-open connections never count)
     """
 
     index_dir: str
@@ -66,10 +97,13 @@ class ServeOptions:
     reject_below: float = 0.5
     threads: int = 1
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    host: str = LOOPBACK
+    allow_hosts: tuple[str, ...] = field(default_factory=tuple)
+    max_in_flight: int = 64
 
     def __post_init__(self) -> None:
         for name in ("max_k", "max_upload_bytes", "max_query_chars", "max_pixels",
-                     "thumb_size", "thumb_cache", "text_cache", "threads"):
+                     "thumb_size", "thumb_cache", "text_cache", "threads", "max_in_flight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserInputError(f"{name} must be a positive whole number, got {value!r}")
@@ -92,6 +126,6 @@ class ServeOptions:
         raw: dict[str, Any] = json.loads(text if text is not None
                                          else os.environ["CLIPINDEX_SERVE_OPTIONS"])
         names = {f.name for f in fields(cls)}
-        for key in ("backbones", "cors_origins"):
+        for key in ("backbones", "cors_origins", "allow_hosts"):
             raw[key] = tuple(raw.get(key) or ())
         return cls(**{k: v for k, v in raw.items() if k in names})

@@ -107,12 +107,10 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
         if like is None:
             found = answers.search(snap, text=q, k=k, offset=offset, backbones=backbone,
                                    where=where, target=to)
-        else:
-            path = media.image_file(snap, like)
-            found = answers.search(snap, image=path, label=str(snap.first.images["file"]
-                                                               .iloc[like]),
-                                   k=k, offset=offset, backbones=backbone, where=where,
-                                   target=to)
+        else:  # the row's stored vectors: no file read, no model call
+            media.live_row(snap, like)  # a removed row is no query either
+            found = answers.search(snap, like=like, k=k, offset=offset, backbones=backbone,
+                                   where=where, target=to)
         return _search_response(*found)
 
     @app.post("/search")
@@ -176,6 +174,8 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=300"})
 
+    add_knn_routes(app, store)
+
     @app.get("/", include_in_schema=False)
     def page() -> Any:
         body, kind = static["index.html"]
@@ -187,3 +187,48 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
             raise ApiError(404, "No such file.")
         body, kind = static[name]
         return Response(body, media_type=kind, headers={"Cache-Control": "no-cache"})
+
+
+def _body(model: Any) -> dict[str, Any]:
+    """OpenAPI for a JSON body read by hand (clip-retrieval's clients send JSON with no
+    or a ``text/plain`` content type, which FastAPI's own body parsing refuses)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()}}}}
+
+
+def add_knn_routes(app: Any, store: ServedStore) -> None:
+    """clip-retrieval's routes (:mod:`clipindex.serve.knn`): ``POST /knn-service``,
+    ``POST /metadata``, ``GET /indices-list``; the same middleware guards them."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
+    from starlette.concurrency import run_in_threadpool
+
+    from clipindex.serve import knn
+
+    opts = store.options
+
+    async def parse(request: Request, model: Any) -> Any:
+        try:
+            return model.model_validate_json(await request.body() or b"null")
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+
+    @app.get("/indices-list")
+    def indices_list() -> list[str]:
+        return knn.indices(store.current())
+
+    @app.post("/knn-service", openapi_extra=_body(knn.KnnQuery))
+    async def knn_service(request: Request) -> Any:
+        query = await parse(request, knn.KnnQuery)
+        snap = store.current()
+        found = await run_in_threadpool(knn.knn_answer, snap, query, opts,
+                                        str(request.base_url))
+        return _search_response(*found)
+
+    @app.post("/metadata", openapi_extra=_body(knn.MetadataQuery))
+    async def metadata(request: Request) -> Any:
+        query = await parse(request, knn.MetadataQuery)
+        snap = store.current()
+        return _search_response(await run_in_threadpool(
+            knn.metadata_answer, snap, query, opts, str(request.base_url)), [])

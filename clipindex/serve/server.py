@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from clipindex.errors import UserInputError
 from clipindex.serve.options import ServeOptions, is_loopback
 
-__all__ = ["ENV", "app_from_env", "exposure_warning", "run_server"]
+__all__ = ["ENV", "app_from_env", "connection_settings", "exposure_warning", "run_server"]
 
 ENV = "CLIPINDEX_SERVE_OPTIONS"
-#: Connections uvicorn serves at once; past it new ones get a 503 at once.
-LIMIT_CONCURRENCY = 64
+
+
+def connection_settings() -> dict[str, Any]:
+    """uvicorn settings of every server: the h11 protocol with the connection guard
+    (:mod:`clipindex.serve.connections`: header timeout, idle-first connection cap)
+    instead of uvicorn's ``limit_concurrency``, which counted idle sockets; requests in
+    flight are bounded by the app (``max_in_flight``)."""
+    from clipindex.serve.connections import GuardedH11Protocol
+
+    return dict(http=GuardedH11Protocol, timeout_keep_alive=5, server_header=False,
+                proxy_headers=False)
 
 
 def exposure_warning(host: str, token: str | None) -> str | None:
@@ -53,9 +63,10 @@ def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 80
         raise UserInputError(f"--port must be in 0..65535, got {port}")
     if workers < 1:
         raise UserInputError(f"--workers must be at least 1, got {workers}")
+    if options.host != host:  # the Host allow-list starts from the bound address
+        options = replace(options, host=host)
     common: dict[str, Any] = dict(host=host, port=port, log_level=log_level,
-                                  limit_concurrency=LIMIT_CONCURRENCY, timeout_keep_alive=5,
-                                  server_header=False, proxy_headers=False)
+                                  **connection_settings())
     if workers == 1:
         from clipindex.serve.app import create_app
 

@@ -7,10 +7,11 @@ when it starts and keeps it to the end, so a reload never changes the store unde
 request in flight: it finishes on the old snapshot, the next request gets the new one.
 
 :class:`ServedStore` checks, between requests and at most every ``reload_interval``
-seconds, the signature of the files a new build or generation rewrites (each served
-backbone's ``manifest.json``, which is written last and atomically, and the dataset's
-``dataset.json`` / tables); when it changed, the first request to notice opens a new
-snapshot while the others go on with the old one. ``POST /reload`` forces the same.
+seconds, the signature of the files a new build or generation rewrites (the generation
+``CURRENT`` names, each served backbone's ``manifest.json`` in it, which is written last
+and atomically, and the dataset's ``dataset.json`` / tables); when it changed, the
+first request to notice opens a new snapshot while the others go on with the old one.
+``POST /reload`` forces the same.
 """
 
 from __future__ import annotations
@@ -151,12 +152,36 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 
 def store_signature(index_dir: str | Path, folders: Sequence[str]) -> tuple[Any, ...]:
-    """What changes when a build, a re-index or a new generation finishes: the (mtime,
-    size) of the dataset's files and of each backbone's ``manifest.json``."""
-    root = Path(index_dir)
-    parts: list[Any] = [_stat(root / name) for name in _DATASET_FILES]
+    """What changes when a build, a re-index or a new generation finishes: the folder
+    ``CURRENT`` names (a generation is committed by that one write, before the top-level
+    copies are replaced: an add killed in between is still seen) and the (mtime, size)
+    of its dataset files and of each backbone's ``manifest.json``."""
+    from clipindex.store.generations import CURRENT, generation_dir
+
+    top = Path(index_dir)
+    try:
+        root = generation_dir(top)
+    except Exception as exc:  # noqa: BLE001 - a damaged CURRENT: a reload says why
+        return ("CURRENT unreadable", str(exc))
+    parts: list[Any] = [str(root), _stat(top / CURRENT)]
+    parts += [_stat(root / name) for name in _DATASET_FILES]
     parts += [_stat(root / folder / "manifest.json") for folder in folders]
     return tuple(parts)
+
+
+def _open_one_generation(index_dir: str, names: Sequence[str], open_index: Callable[..., Any]
+                         ) -> tuple[list[Any], tuple[Any, ...]]:
+    """Every backbone of ``names`` opened from one generation, and the signature of that
+    generation: opened again (a few times) when a commit came between two opens. Past
+    that, the signature of the last try, which the next check sees change."""
+    for _ in range(5):
+        opened = [open_index(index_dir, name) for name in names]
+        signature = store_signature(index_dir, [bi.name for bi in opened])
+        where = {str(Path(bi.path).parent) for bi in opened}
+        if where == {signature[0]}:
+            break
+        log.info("%s: a new generation was committed while opening; opening it", index_dir)
+    return opened, signature
 
 
 def open_snapshot(options: ServeOptions, generation: int = 1) -> Snapshot:
@@ -172,9 +197,7 @@ def open_snapshot(options: ServeOptions, generation: int = 1) -> Snapshot:
             f"{options.index_dir} holds no finished backbone: build one with `clipindex build`")
     torch.set_num_threads(options.threads)
     lock = threading.Lock()
-    opened = [open_index(options.index_dir, name) for name in names]
-    folders = [bi.name for bi in opened]
-    signature = store_signature(options.index_dir, folders)
+    opened, signature = _open_one_generation(options.index_dir, names, open_index)
     served = {}
     for name, bi in zip(names, opened, strict=True):
         bi.encoder()

@@ -8,7 +8,7 @@ and every store manifest record), what a builder returns (``records.py``) and th
 :class:`Dataset` with its assembly (``dataset.py``: :func:`load_dataset`).
 May import: ``clipindex.errors``, ``clipindex.config``, ``clipindex.files``. Nothing
 above it in the pipeline (encode, store, classifiers, search, bench, ...), nor
-``clipindex.world`` (a demo world is read as the COCO files it writes).
+``clipindex.demo`` (a demo world is read as the COCO files it writes).
 """
 
 from clipindex.sources.dataset import IMAGE_EXTENSIONS, Dataset, load_dataset

@@ -25,7 +25,7 @@ from clipindex.sources.filters import box_area, class_pools, largest_annotation,
 from clipindex.sources.records import Built, require_file, under_root
 
 __all__ = ["captions_for", "causes_beside", "image_record", "load_coco", "load_instances",
-           "read_captions", "read_causes", "read_json", "read_tags", "sidecar_tags", "tag_rows",
+           "read_captions", "read_json", "read_tags", "sidecar_tags", "tag_rows",
            "unknown_categories"]
 
 log = logging.getLogger(__name__)
@@ -209,19 +209,14 @@ def causes_beside(instances: Path) -> Path | None:
     return path if path != instances and path.is_file() else None
 
 
-def read_causes(path: Path) -> dict[int, list[str]]:
-    """The demo world's sidecar: image id -> failure causes applied to it.
-
-    Format (``clipindex.world``): ``{"images": {"<image id>": {"causes": [...], ...}}}``;
-    a plain ``{"<image id>": [...]}`` mapping is read too.
-    """
-    return {i: tags["causes"] for i, tags in read_tags(path).items()}
-
-
 def read_tags(path: Path) -> dict[int, dict[str, Any]]:
     """The sidecar's tags per image id: ``causes`` (a list) and ``context`` (the
     scene's context, ``field``/``road``/``indoor``/``beach``/``snow``; None when the
-    entry has none, as in the plain mapping format)."""
+    entry has none, as in the plain mapping format).
+
+    Format (the demo world's, ``clipindex.demo.world``): ``{"images": {"<image id>":
+    {"causes": [...], ...}}}``; a plain ``{"<image id>": [...]}`` mapping is read too.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -2,7 +2,9 @@
 
 Row order: by class (config order, else sorted folder names), then ``support`` before
 ``test`` (``train/``/``test/`` layout), then by path. An optional ``captions.csv``
-(``file``, ``caption``) beside the class folders gives captions.
+(``file``, ``caption``) beside the class folders gives captions. An image (or class
+folder) that is a symlink leading outside the data root is refused unless
+``allow_outside_root``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,20 @@ def refuse_clipindex_folders(folders: list[Path], origin: str) -> None:
                                 f"sub-folders ({origin}): give {instead}")
 
 
+def _refuse_outside(files: list[Path], root: Path, origin: str, allow: bool) -> None:
+    """A file (or class folder) that is a symlink leading outside the data root is
+    refused as COCO files, manifests and ``captions.csv`` refuse a path outside it (a
+    one-line :class:`DataError`), unless ``allow_outside_root``."""
+    if allow:
+        return
+    top = root.resolve()
+    for path in files:
+        real = path.resolve()
+        if not real.is_relative_to(top):
+            raise DataError(
+                f"{origin}: {path.relative_to(root).as_posix()!r} is a link to {real}, "
+                f"outside the data root {top}; move the file under the root, or pass "
+                "--allow-outside-root (recorded in dataset.json) to accept it")
 
 
 def load_folder(cfg: DatasetConfig, root: Path, origin: str) -> Built:
@@ -73,6 +89,7 @@ def load_folder(cfg: DatasetConfig, root: Path, origin: str) -> Built:
         refuse_clipindex_folders(_class_dirs(folder), origin)
         for cls_dir in _class_dirs(folder):
             files = _image_files(cls_dir)
+            _refuse_outside(files, root, origin, cfg.allow_outside_root)
             found.setdefault(cls_dir.name, []).extend((rank, split, f) for f in files)
     found = {c: sorted(v, key=lambda t: (t[0], t[2])) for c, v in found.items() if v}
     classes = list(cfg.classes) or sorted(found)

@@ -6,10 +6,13 @@ resumable shards and the encode loops (``shards.py``), store generations, tombst
 and their atomic commit (``generations.py``), ``clipindex add`` (``add.py``:
 :func:`add_to_store`; FAISS updates in ``update.py``), ``clipindex compact``
 (``compact.py``: :func:`compact_store`), the finished matrices and FAISS
-files (``outputs.py``), building (``build.py``: :func:`build_store`), re-indexing from
-stored vectors (``reindex.py``), choosing and tuning ``--index-kind auto`` and exact
-rescoring (``tuning.py``), reading (``reader.py``: :class:`BackboneIndex`,
-:func:`open_index`, :func:`list_backbones`, :func:`store_info`) and FAISS
+files (``outputs.py``), building (``build.py``: :func:`build_store`), the knobs of a
+build or an add checked against what each backbone will use before anything is written
+(``plan.py``), re-indexing from stored vectors (``reindex.py``), importing clip-retrieval's
+embeddings (``imported.py``: :func:`import_store`) and writing them back out
+(``exported.py``: :func:`export_store`), choosing and tuning ``--index-kind
+auto`` and exact rescoring (``tuning.py``), reading (``reader.py``: :class:`BackboneIndex`,
+:func:`open_index`, :func:`list_backbones`; ``summary.py``: :func:`store_info`) and FAISS
 (``indexes.py``, the only module of the package that imports ``faiss``).
 May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.sources``,
 ``clipindex.encode``. Never classifiers, search, bench, report or the CLI.
@@ -18,9 +21,12 @@ May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.sources``,
 from clipindex.store.add import add_to_store
 from clipindex.store.build import build_store
 from clipindex.store.compact import compact_store
+from clipindex.store.exported import export_store
+from clipindex.store.imported import import_store
 from clipindex.store.manifest import FORMAT_VERSION
-from clipindex.store.reader import BackboneIndex, list_backbones, open_index, store_info
+from clipindex.store.reader import BackboneIndex, list_backbones, open_index
 from clipindex.store.shards import BuildInterrupted
+from clipindex.store.summary import store_info
 
 __all__ = [
     "FORMAT_VERSION",
@@ -29,6 +35,8 @@ __all__ = [
     "add_to_store",
     "build_store",
     "compact_store",
+    "export_store",
+    "import_store",
     "list_backbones",
     "open_index",
     "store_info",

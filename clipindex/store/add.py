@@ -20,22 +20,21 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import DataError, IndexMismatchError, UserInputError
-from clipindex.store.build import (
-    _settings,
-    _sizes,
-    check_rows,
-    image_inputs,
-    options,
-    source_overrides,
+from clipindex.errors import (
+    DataError,
+    IndexMismatchError,
+    UserInputError,
+    os_fault,
+    os_faults,
 )
+from clipindex.store.build import check_rows, image_inputs, source_overrides
 from clipindex.store.generations import (
     commit,
     current_generation,
@@ -56,11 +55,14 @@ from clipindex.store.manifest import (
     read_manifest,
     resolve_targets,
     table_records,
-    write_json,
+    write_dataset_info,
     write_manifest,
     write_parquet,
 )
+from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, options, plan_encoding
+from clipindex.store.routes import add_decoder
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.space import check_space, matrix_bytes, reserved_memmap
 from clipindex.store.update import update_index
 from clipindex.store.verify import read_dataset_info, read_tables
 
@@ -92,7 +94,13 @@ class AddResult:
     seconds: float = 0.0
 
     def line(self) -> str:
-        return f"encoded {self.added} new images, removed {self.removed}"
+        """What was encoded (per backbone where they differ: a catch-up add encodes the
+        rows a stale backbone lacks, not only the rows added now) and removed."""
+        counts = set(self.encoded.values())
+        if len(counts) <= 1:
+            return f"encoded {counts.pop() if counts else 0} new images, removed {self.removed}"
+        each = ", ".join(f"{k} {v}" for k, v in sorted(self.encoded.items()))
+        return f"encoded new images ({each}), removed {self.removed}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,7 +231,8 @@ class _HookCounter(ShardCounter):
 
 
 def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, source: Any, ddir: Path,
-                stamp: dict[str, Any], opts: Any, hook: Hook | None
+                stamp: dict[str, Any], opts: BuildOptions, encoding: EncodePlan,
+                hook: Hook | None
                 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], int]:
     """Encode the image and caption rows ``target`` lacks into its add-shards; return
     them, their skipped inputs (store row ids) and the image rows encoded now."""
@@ -238,8 +247,8 @@ def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, source: Any, d
     if have_i == len(plan.images) and have_c == len(plan.captions):
         return np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32), [], 0
     encoder = load_encoder_for(target.spec, opts.device)
-    settings = _settings(opts, encoder)
-    batch, shard = _sizes(opts, settings)
+    settings = chosen_settings(opts, encoder, encoding)
+    batch, shard = encoding.sizes(settings["batch_size"])
     sdir = ddir / target.folder / ADD_SHARDS
     sdir.mkdir(parents=True, exist_ok=True)
     img = Shards("images", sdir, len(plan.images) - have_i, shard, {**stamp, "first": have_i})
@@ -272,7 +281,8 @@ def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, source: Any, d
 
 def _stage_backbone(ddir: Path, cdir: Path, staged: Path, target: Target,
                     m: dict[str, Any], plan: RowPlan, fingerprint: str, generation: int,
-                    source: Any, opts: Any, hook: Hook | None) -> int:
+                    source: Any, opts: BuildOptions, encoding: EncodePlan,
+                    hook: Hook | None) -> int:
     """Write one backbone's folder of the new generation into ``staged``; returns the
     image rows it encoded in this run."""
     from clipindex import __version__
@@ -281,7 +291,7 @@ def _stage_backbone(ddir: Path, cdir: Path, staged: Path, target: Target,
     stamp = {"generation": generation, "dataset_fingerprint": fingerprint,
              **target.identity, "dim": int(m["dim"])}
     new_i, new_c, skipped_new, n_encoded = _encode_new(target, m, plan, source, ddir, stamp,
-                                                       opts, hook)
+                                                       opts, encoding, hook)
     old, out = cdir / target.folder, staged / target.folder
     out.mkdir(parents=True)
     skipped = sorted([*m.get("skipped", []), *skipped_new], key=lambda s: s["row_id"])
@@ -320,8 +330,7 @@ def _extend(old: Path, path: Path, new: np.ndarray, ok: np.ndarray, dtype: str
     map), then ``new``, with the rows not ``ok`` (tombstoned, skipped) zeroed; returns it
     memory-mapped read-only."""
     stored = np.load(old, mmap_mode="r")
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
-                                    shape=(len(ok), stored.shape[1]))
+    out = reserved_memmap(path, dtype, (len(ok), stored.shape[1]))  # never a SIGBUS
     for start in range(0, len(stored), 65536):
         stop = min(start + 65536, len(stored))
         out[start:stop] = stored[start:stop]
@@ -350,7 +359,7 @@ def _stage_tables(cdir: Path, staged: Path, info: dict[str, Any], plan: RowPlan,
              "added_captions": plan.added_captions,
              "removed_captions": plan.removed_captions, "backbones": backbones,
              "time": round(time.time(), 3)}
-    write_json(staged / "dataset.json", {
+    write_dataset_info(staged / "dataset.json", {
         **info, "fingerprint": fingerprint, "source_fingerprint": source_fp,
         "tables": tables, "generation": generation,
         "tombstones": {"images": plan.dead_images.tolist(),
@@ -374,6 +383,7 @@ def add_to_store(
     allow_outside_root: bool = False,
     storage_options: dict[str, Any] | None = None,
     label_field: str | None = None,
+    decode: str | None = None,
     _hook: Hook | None = None,
 ) -> AddResult:
     """Add a changed source's new images to the store ``index`` (``OUT/<dataset>``) and
@@ -384,8 +394,11 @@ def add_to_store(
     another folder holding the same relative paths. ``backbones`` (default: every
     backbone of the store) are updated; the others are left stale (refused by queries
     until a later add names them). ``batch_size``, ``workers``, ``threads``, ``device``
-    and ``shard_size`` are the build's encoding knobs. Rerunning an interrupted add
-    finishes it; an add with nothing to do writes nothing.
+    and ``shard_size`` are the build's encoding knobs. New images are decoded by each
+    store's own route (``decode_route``; :mod:`clipindex.store.routes`): ``decode``
+    (``pil``, ``nvjpeg``, ``draft``) may pick the decoder of that route, and one of the
+    other route is a :class:`UserInputError`. Rerunning an interrupted add finishes it;
+    an add with nothing to do writes nothing.
 
     Example
     -------
@@ -395,14 +408,11 @@ def add_to_store(
     t0 = time.perf_counter()
     ddir = Path(index)
     opts = options(ddir.parent, batch_size, shard_size, workers=workers, threads=threads,
-                   text_batch_size=None, decode=None, device=device, strict=False,
+                   text_batch_size=None, decode=decode, device=device, strict=False,
                    index_kind="flat", dtype="float32", progress=progress)
-    read_dataset_info(generation_dir(ddir))  # not a store: one line, before the source
-    dataset = _load_source(source, root, source_overrides(allow_outside_root, storage_options,
-                                                          label_field))
-    from clipindex.sources import dataset_fingerprint
-
-    source_fp = dataset_fingerprint(dataset)
+    dataset, source_fp, encodings = _checked(
+        source, ddir, opts, backbones, pretrained, root,
+        source_overrides(allow_outside_root, storage_options, label_field))
     with build_lock(ddir):
         publish(ddir)  # an add killed after its commit: finish it first
         cur = current_generation(ddir)
@@ -410,6 +420,8 @@ def add_to_store(
         info = read_dataset_info(cdir)
         images, captions = read_tables(cdir, info)
         chosen = _targets(cdir, ddir, backbones, pretrained)
+        encodings = _plans(opts, chosen, dataset, encodings)  # an add came in between
+        decoders = {t.folder: add_decoder(m, decode, t.folder) for t, m in chosen}
         plan = plan_rows(images, captions, info, dataset)
         from clipindex.sources import fingerprint as table_fingerprint
 
@@ -427,15 +439,8 @@ def add_to_store(
             result.seconds = round(time.perf_counter() - t0, 3)
             return result
         new = cur + 1
-        staged = stage(ddir, new)
-        _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
-                      [t.folder for t, _ in chosen])
-        for t, m in chosen:
-            result.encoded[t.folder] = _stage_backbone(ddir, cdir, staged, t, m, plan, fp,
-                                                       new, dataset, opts, _hook)
-            if _hook:
-                _hook(f"staged:{t.folder}")
-        link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables
+        staged = _stage_generation(ddir, cdir, new, chosen, plan, info, source_fp, fp,
+                                   result, dataset, opts, encodings, decoders, _hook)
         if _hook:
             _hook("staged")
         commit(ddir, new, staged, _hook)
@@ -448,6 +453,73 @@ def add_to_store(
         result.stale = _stale(generation_dir(ddir), ddir, fp)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def _stage_generation(ddir: Path, cdir: Path, new: int,
+                      chosen: list[tuple[Target, dict[str, Any]]], plan: RowPlan,
+                      info: dict[str, Any], source_fp: str, fp: str, result: AddResult,
+                      source: Any, opts: BuildOptions,
+                      encodings: dict[str, EncodePlan], decoders: dict[str, str | None],
+                      hook: Hook | None) -> Path:
+    """Write generation ``new`` into its staging folder (counting what each backbone
+    encoded in ``result``; each backbone's new images decoded by its ``decoders`` entry,
+    the store's route); a failure removes the staging folder, and a full disk names the
+    space the add needs."""
+    needs = _needs(chosen, plan)
+    check_space(ddir, needs)
+    with os_faults(ddir, needs=needs):  # a full disk names what the add needs
+        staged = stage(ddir, new)
+    try:
+        _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
+                      [t.folder for t, _ in chosen])
+        for t, m in chosen:
+            result.encoded[t.folder] = _stage_backbone(
+                ddir, cdir, staged, t, m, plan, fp, new, source,
+                replace(opts, decode=decoders[t.folder]), encodings[t.folder], hook)
+            if hook:
+                hook(f"staged:{t.folder}")
+        link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables
+    except Exception as exc:  # a full disk, say: the half-staged generation is no use
+        shutil.rmtree(staged, ignore_errors=True)
+        fault = os_fault(exc, staged, needs=needs)
+        if fault is None or fault is exc:
+            raise
+        raise fault from exc
+    return staged
+
+
+def _needs(chosen: list[tuple[Target, dict[str, Any]]], plan: RowPlan) -> int:
+    """Bytes a new generation writes: each chosen backbone's two matrices, their
+    indexes (about as large as flat ones) and the new rows' shards."""
+    rows = len(plan.images) + len(plan.captions)
+    added = plan.added + plan.added_captions
+    return sum(2 * matrix_bytes(rows, int(m["dim"]), str(m.get("dtype", "float32")))
+               + matrix_bytes(added, int(m["dim"])) for _, m in chosen)
+
+
+def _checked(source: Any, ddir: Path, opts: BuildOptions, backbones: Sequence[str] | None,
+             pretrained: str, root: Any, extra: dict[str, Any]
+             ) -> tuple[Any, str, dict[str, EncodePlan]]:
+    """The source, its fingerprint and each backbone's checked plan, read before the
+    lock (a file it writes): bad input leaves the store exactly as it was."""
+    from clipindex.sources import dataset_fingerprint
+
+    read_dataset_info(generation_dir(ddir))  # not a store: one line, before the source
+    dataset = _load_source(source, root, extra)
+    source_fp = dataset_fingerprint(dataset)
+    plans = _plans(opts, _targets(generation_dir(ddir), ddir, backbones, pretrained),
+                   dataset, {})
+    return dataset, source_fp, plans
+
+
+def _plans(opts: BuildOptions, chosen: list[tuple[Target, dict[str, Any]]], dataset: Any,
+           known: dict[str, EncodePlan]) -> dict[str, EncodePlan]:
+    """``known`` with the checked :class:`EncodePlan` of every chosen backbone it lacks."""
+    todo = [t for t, _ in chosen if t.folder not in known]
+    if not todo:
+        return known
+    return {**known, **plan_encoding(opts, todo, n_images=len(dataset.images),
+                                     n_captions=len(dataset.captions))}
 
 
 def _stale(cdir: Path, ddir: Path, fingerprint: str) -> list[str]:
@@ -465,6 +537,6 @@ def _record_source(cdir: Path, ddir: Path, info: dict[str, Any], source_fp: str,
     their fingerprint are unchanged)."""
     if info.get("source_fingerprint") == source_fp or info.get("fingerprint") == source_fp:
         return
-    write_json(cdir / "dataset.json", {**info, "source_fingerprint": source_fp})
+    write_dataset_info(cdir / "dataset.json", {**info, "source_fingerprint": source_fp})
     if cur:
         publish(ddir)

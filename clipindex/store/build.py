@@ -1,6 +1,7 @@
 """Building a store: :func:`build_store` and the steps of one backbone's build.
 
-A build validates every knob and backbone name before writing anything, holds the
+A build validates every knob and backbone name, and the knobs against the settings it
+will use (:mod:`clipindex.store.plan`), before writing anything, holds the
 dataset folder's lock (:mod:`clipindex.store.lock`), writes the dataset tables, then per
 backbone: leaves a finished store alone ("up to date"), re-indexes one that only needs
 another index kind or dtype (:mod:`clipindex.store.reindex`), or encodes it shard by
@@ -17,19 +18,17 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import DataError, UserInputError
+from clipindex.errors import DataError, UserInputError, os_faults
 from clipindex.sources import dataset_fingerprint
 from clipindex.store.generations import publish, snapshot_build, store_view, tombstones
 from clipindex.store.lock import build_lock
 from clipindex.store.manifest import (
-    DTYPES,
     FORMAT_VERSION,
     MANIFEST,
     READERS,
@@ -42,16 +41,20 @@ from clipindex.store.manifest import (
     read_manifest,
     resolve_targets,
     same_source,
+    stored_route,
     table_records,
-    write_json,
+    write_dataset_info,
     write_manifest,
     write_parquet,
 )
 from clipindex.store.outputs import write_outputs
 from clipindex.store.owned import refuse_store_path
-from clipindex.store.ray_engine import ENGINES, RayOptions, encode_with_ray, ray_session
+from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, options, plan_encoding
+from clipindex.store.ray_engine import RayOptions, encode_with_ray, ray_session
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
+from clipindex.store.routes import build_route
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.space import check_space, matrix_bytes, naming_needs
 from clipindex.store.tuning import (
     DEFAULT_TARGET_RECALL,
     AutoSettings,
@@ -75,58 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("clipindex.store")
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    out: Path
-    batch_size: int | None
-    shard_size: int | None
-    workers: int | None
-    threads: int | None
-    text_batch_size: int | None
-    decode: str | None
-    device: str | None
-    strict: bool
-    index_kind: str
-    dtype: str
-    progress: bool
-    engine: str = "local"
-    ray: RayOptions = field(default_factory=RayOptions)
-    auto: AutoSettings = AutoSettings()
-
-
-def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
-            ) -> BuildOptions:
-    """Validate the build knobs before anything is read or written."""
-    from clipindex.encode import DECODES
-    from clipindex.store.indexes import INDEX_KINDS
-
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size),
-                        ("threads", kw["threads"]), ("text_batch_size", kw["text_batch_size"])):
-        if value is not None and int(value) < 1:
-            raise UserInputError(f"{name} must be >= 1, got {value}")
-    if batch_size and shard_size and int(shard_size) % int(batch_size):
-        raise UserInputError(
-            f"shard_size ({shard_size}) must be a positive multiple of batch_size ({batch_size})")
-    if kw["index_kind"] not in (*INDEX_KINDS, "auto"):
-        raise UserInputError(
-            f"Unknown index kind {kw['index_kind']!r}. Known: auto, {', '.join(INDEX_KINDS)}")
-    if kw["decode"] is not None and kw["decode"] not in DECODES:
-        raise UserInputError(f"decode must be one of {', '.join(DECODES)}, got {kw['decode']!r}")
-    if kw["dtype"] not in DTYPES:
-        raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {kw['dtype']!r}")
-    if kw.get("engine", "local") not in ENGINES:
-        raise UserInputError(
-            f"Unknown engine {kw['engine']!r}. Known: {', '.join(ENGINES)}")
-    if "ray" in kw:
-        kw["ray"].check()
-    if kw.get("engine") == "ray":
-        from clipindex.store.ray_engine import import_ray
-
-        import_ray()  # a missing extra fails before anything is written
-    return BuildOptions(out=Path(out), batch_size=batch_size and int(batch_size),
-                        shard_size=shard_size and int(shard_size), **kw)
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -195,7 +146,7 @@ def write_tables(dataset: Any, dataset_dir: Path, fingerprint: str, rebuild: boo
     info.setdefault("name", dataset.name)
     info["fingerprint"] = fingerprint
     info["tables"] = table_records(dataset_dir)
-    write_json(meta, info)
+    write_dataset_info(meta, info)
 
 
 # ----------------------------------------------------------------------------- one backbone
@@ -211,6 +162,7 @@ def _up_to_date(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions
     current = {**m, "format_version": FORMAT_VERSION} if m["format_version"] in READERS else m
     same = (same_source(current, target, fingerprint)
             and m.get("dtype") == opts.dtype
+            and stored_route(m) == build_route(bdir, opts.decode, opts.rebuild)
             and _same_index(m, opts))
     return same and not check_backbone(bdir, m, verify=False)
 
@@ -230,41 +182,19 @@ def _same_index(m: dict[str, Any], opts: BuildOptions) -> bool:
         for t in ("images", "captions"))
 
 
-def _settings(opts: BuildOptions, encoder: Any) -> dict[str, Any]:
-    """The encoding knobs: the encoder's choice (:meth:`Encoder.settings`, from the
-    cores, the model's GFLOPs and the device) with what the caller gave on top."""
-    given = {"batch_size": opts.batch_size, "workers": opts.workers,
-             "threads": opts.threads, "text_batch_size": opts.text_batch_size,
-             "decode": opts.decode}
-    choose = getattr(encoder, "settings", None)
-    if choose is None:  # an encoder without a chooser: its default batch, the rest given
-        return {**given, "batch_size": opts.batch_size or int(encoder.default_batch_size)}
-    chosen = choose(**given)
-    log.info("%s", chosen.note(encoder.spec.display))
-    return chosen.as_dict()
-
-
-def _sizes(opts: BuildOptions, settings: dict[str, Any]) -> tuple[int, int]:
-    """Batch size (chosen when not given) and a shard size aligned to it."""
-    batch = int(settings["batch_size"])
-    shard = opts.shard_size or batch * max(1, 4096 // batch)
-    if shard % batch:
-        raise UserInputError(
-            f"shard_size ({shard}) must be a positive multiple of batch_size ({batch})")
-    return batch, shard
-
-
 def _kept(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions) -> bool:
     """Leave a finished store alone, or re-index it from its stored vectors; False
     when it must be encoded."""
     if _up_to_date(bdir, target, fingerprint, opts):
-        log.info("%s: up to date (%s)", target.name, bdir)
+        draft = opts.decode is None and build_route(bdir, None, opts.rebuild) == "draft"
+        log.info("%s: up to date (%s)%s", target.name, bdir, "; decoded in draft mode: "
+                 "--rebuild re-encodes it the reference way" if draft else "")
         for leftover in ("shards", REINDEX_DIR):  # killed right after the manifest
             shutil.rmtree(bdir / leftover, ignore_errors=True)
         return True
     shutil.rmtree(bdir / REINDEX_DIR, ignore_errors=True)  # an interrupted re-index
     old = reusable(bdir, target, fingerprint, opts.dtype)
-    if old is None:
+    if old is None or stored_route(old) != build_route(bdir, opts.decode, opts.rebuild):
         return False
     reindex(bdir, old, dtype=opts.dtype, index_kind=opts.index_kind, settings=opts.auto)
     log.info("%s: re-indexed %s from its stored vectors (%s %s -> %s %s), nothing "
@@ -274,10 +204,17 @@ def _kept(bdir: Path, target: Target, fingerprint: str, opts: BuildOptions) -> b
 
 
 def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions,
-              counter: ShardCounter, before_encode: Any = None) -> Path:
+              counter: ShardCounter, before_encode: Any = None,
+              plan: EncodePlan | None = None) -> Path:
     """Build (or resume, re-index, or leave alone when up to date) one backbone's store;
-    ``before_encode()`` runs only when it must be encoded (a Ray build starts Ray there)."""
+    ``before_encode()`` runs only when it must be encoded (a Ray build starts Ray there);
+    ``plan`` is what :func:`~clipindex.store.plan.plan_encoding` checked (default: made
+    and checked now)."""
+    if plan is None:
+        plan = plan_encoding(opts, [target], n_images=len(dataset.images),
+                             n_captions=len(dataset.captions))[target.folder]
     bdir = opts.out / dataset.name / target.folder
+    route = build_route(bdir, opts.decode, opts.rebuild)
     if _kept(bdir, target, fingerprint, opts):
         return bdir
     if before_encode is not None:
@@ -286,35 +223,50 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
     (bdir / TEXT_CACHE).unlink(missing_ok=True)  # derived from the old weights
     # A Ray driver needs the model only for its facts (dim, preprocessing): on the CPU.
     encoder = load_encoder_for(target.spec, "cpu" if opts.engine == "ray" else opts.device)
-    settings = _settings(opts, encoder)
-    if opts.engine == "ray" and opts.ray.gpus_per_encoder > 0 and opts.batch_size is None:
-        from clipindex.encode.encoder import DEFAULT_BATCH_SIZE
-
-        settings["batch_size"] = DEFAULT_BATCH_SIZE["cuda"]  # GPU actors, a CPU driver
-    batch, shard = _sizes(opts, settings)
+    encoder.decode_route = route  # no --decode: draft for a draft route (Ray's tasks too)
+    settings = chosen_settings(opts, encoder, plan)
+    batch, shard = plan.sizes(settings["batch_size"])
     stamp = {"dataset_fingerprint": fingerprint, **target.identity,
              "dim": int(encoder.embed_dim)}
     sdir = bdir / "shards"
     sdir.mkdir(parents=True, exist_ok=True)
-    img = Shards("images", sdir, len(dataset.images), shard, stamp)
+    img = Shards("images", sdir, len(dataset.images), shard, {**stamp, "decode_route": route})
     cap = Shards("captions", sdir, len(dataset.captions), shard, stamp)
     img.scan()
     cap.scan()
+    needs = _needs(img, cap, int(encoder.embed_dim), opts.dtype)
+    check_space(bdir, needs)
     reused = len(img.done) + len(cap.done)
     if reused:
         log.info("%s: reusing %d finished shard(s) (%d image, %d caption)",
                  target.name, reused, len(img.done), len(cap.done))
-    if opts.engine == "ray":
-        timings = _encode_ray(dataset, target, encoder, img, cap, opts, settings, counter)
-    else:
-        timings = _encode_all(dataset, target, encoder, img, cap, opts, settings, counter)
-    timings.update(shards_reused=reused, batch_size=batch, shard_size=shard,
-                   workers=settings.get("workers"), settings=settings)
-    manifest = _finish(bdir, target, encoder, img, cap, fingerprint=fingerprint,
-                       opts=opts, timings=timings)
+    with os_faults(bdir, needs=needs):  # a full disk names what the whole build needs
+        encode = _encode_ray if opts.engine == "ray" else _encode_all
+        timings = encode(dataset, target, encoder, img, cap, opts, settings, counter)
+        timings.update(shards_reused=reused, batch_size=batch, shard_size=shard,
+                       workers=settings.get("workers"), settings=settings)
+        manifest = _finish(bdir, target, encoder, img, cap, fingerprint=fingerprint,
+                           opts=opts, timings=timings, route=route)
     log.info("%s: built %s (%d images, %d captions, %d skipped)", target.name, bdir,
              img.n, cap.n, len(manifest["skipped"]))
     return bdir
+
+
+def _needs(img: Shards, cap: Shards, dim: int, dtype: str) -> int:
+    """Bytes a backbone's build still writes: the unfinished shards, then both matrices
+    and their indexes (about as large as flat ones) beside the shards."""
+    todo = img.n + cap.n - img.done_rows - cap.done_rows
+    return matrix_bytes(todo, dim) + 2 * matrix_bytes(img.n + cap.n, dim, dtype)
+
+
+def _build_needs(dataset: Any, targets: Sequence[Target], dtype: str) -> int:
+    """Bytes a whole build writes (shards, matrices, indexes of every backbone), from
+    each model's skeleton (named when the disk fills before a model is loaded)."""
+    from clipindex.encode import facts
+
+    rows = len(dataset.images) + len(dataset.captions)
+    dims = [facts.model_facts(t.spec).embed_dim for t in targets]
+    return sum(matrix_bytes(rows, d) + 2 * matrix_bytes(rows, d, dtype) for d in dims)
 
 
 def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Shards,
@@ -371,7 +323,8 @@ def _encode_ray(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Sh
 
 
 def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, *,
-            fingerprint: str, opts: BuildOptions, timings: dict[str, Any]) -> dict[str, Any]:
+            fingerprint: str, opts: BuildOptions, timings: dict[str, Any], route: str
+            ) -> dict[str, Any]:
     """Assemble the matrices, write npy + faiss, then (last, atomically) the manifest."""
     dim = int(encoder.embed_dim)
     images, skipped = img.assemble(dim)
@@ -391,7 +344,7 @@ def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, 
     manifest = build_manifest(
         target, encoder, fingerprint=fingerprint, dtype=opts.dtype,
         counts=(len(images), len(captions)), index=index, files=file_records(bdir),
-        timings=timings, device=opts.device, skipped=skipped)
+        timings=timings, device=opts.device, skipped=skipped, decode_route=route)
     manifest["engine"] = opts.engine
     if ray_record is not None:
         manifest["ray"] = ray_record
@@ -428,7 +381,9 @@ def _prepare(dataset: Any, backbones: Sequence[str] | str, pretrained: str,
              root: str | os.PathLike[str] | None, extra: dict[str, Any]
              ) -> tuple[Any, list[Target]]:
     """Load the dataset (when given a source) and resolve every backbone; check the
-    tables. Everything that can fail on the user's input fails here, before writing."""
+    tables. With :func:`~clipindex.store.plan.plan_encoding` (the knobs against what
+    each backbone will use), everything that can fail on the user's input fails here,
+    before writing."""
     if isinstance(dataset, (str, os.PathLike)):
         from clipindex.sources import load_dataset
 
@@ -480,10 +435,13 @@ def build_store(
     CSV/parquet manifest; ``root`` overrides its data root). ``backbones`` are names
     :func:`clipindex.encode.resolve_backbone` knows, with ``pretrained`` (``"default"``,
     a tag, ``"none"`` or a checkpoint path). ``batch_size``, ``workers``, ``threads``
-    (torch threads while encoding), ``text_batch_size``, ``decode`` (``"pil"`` or
-    ``"nvjpeg"``) and ``device`` are encoding knobs (``None``: chosen per backbone from
+    (torch threads while encoding), ``text_batch_size``, ``decode`` and ``device`` are
+    encoding knobs (``None``: chosen per backbone from
     the cores, the model's GFLOPs and the device, :meth:`Encoder.settings`, and logged
-    in one line; the manifest's ``timings.settings`` records them); ``strict`` makes the first
+    in one line; the manifest's ``timings.settings`` records them). ``decode``: ``"pil"``
+    or ``"nvjpeg"`` (full decodes: open_clip's vectors, ``decode_route: reference``) or
+    ``"draft"`` (faster, not open_clip's pixels); ``None`` keeps a finished store's route
+    (:mod:`clipindex.store.routes`). ``strict`` makes the first
     unreadable image a :class:`DataError` instead of a skipped row; ``index_kind`` is
     ``"auto"`` (exact ``flat`` for small stores, else an IVF kind chosen from N, dim and
     ``max_index_memory`` (bytes or ``"4GB"``) and tuned to ``target_recall`` recall@10 on
@@ -491,7 +449,8 @@ def build_store(
     ``"ivf"``, ``"hnsw"``, ``"pq"`` or ``"ivfpq"`` (approximate kinds record recall@10);
     ``dtype`` (``"float32"``/``"float16"``) is the stored precision; ``shard_size`` the
     rows per resumable shard (a multiple of ``batch_size``, default ~4096); ``rebuild``
-    replaces the tables of a folder holding another version of the dataset;
+    replaces the tables of a folder holding another version of the dataset and
+    re-encodes a draft store the reference way (unless ``decode="draft"``);
     ``allow_outside_root`` accepts image paths outside the data root (a source given by
     path; recorded in ``dataset.json``). A source, and ``root``, may be fsspec URLs or
     webdataset shards (``shards/{00000..00009}.tar``); ``storage_options`` (fsspec
@@ -516,14 +475,18 @@ def build_store(
     opts = options(out, batch_size, shard_size, workers=workers, threads=threads,
                    text_batch_size=text_batch_size, decode=decode, device=device,
                    strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
-                   engine=engine, ray=ray_opts, auto=auto)
+                   engine=engine, ray=ray_opts, auto=auto, rebuild=bool(rebuild))
     refuse_store_path(opts.out)  # OUT holds dataset folders and is never inside one
     source = dataset if isinstance(dataset, (str, os.PathLike)) else "SOURCE"
     loaded, targets = _prepare(dataset, backbones, pretrained, root, source_overrides(
         allow_outside_root, storage_options, label_field))
     fingerprint = dataset_fingerprint(loaded)
+    # The knobs against what each backbone will use: nothing is written before this.
     ddir = opts.out / loaded.name
-    with build_lock(ddir):  # one build per dataset folder
+    plans = plan_encoding(opts, targets, n_images=len(loaded.images),
+                          n_captions=len(loaded.captions), dataset_dir=ddir)
+    with naming_needs(ddir, lambda: _build_needs(loaded, targets, opts.dtype)), \
+            build_lock(ddir):  # one build per dataset folder
         publish(ddir)  # an add killed after its commit: finish it first
         loaded, fingerprint = store_view(loaded, ddir, fingerprint, rebuild, source)
         write_tables(loaded, ddir, fingerprint, rebuild)
@@ -531,7 +494,7 @@ def build_store(
         with ExitStack() as stack:  # Ray starts only once a backbone needs encoding
             start = _once(lambda: stack.enter_context(ray_session(ray_address))) \
                 if engine == "ray" else None
-            paths = [build_one(loaded, t, fingerprint, opts, counter, start)
+            paths = [build_one(loaded, t, fingerprint, opts, counter, start, plans[t.folder])
                      for t in targets]
         snapshot_build(ddir, {"built": [t.folder for t in targets], "time": time.time()})
         return paths

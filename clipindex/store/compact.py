@@ -4,10 +4,15 @@ re-tuned), then every older generation is dropped and the disk it held is freed.
 
 A stale backbone (left out of an add) makes compact refuse: its rows are not the
 store's, so they cannot be renumbered with them; update it first with ``clipindex add``.
+
+With no tombstoned row, compact writes no generation: it only drops the generations
+older than the current one, and with none of those it says there is nothing to do and
+writes nothing.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,13 +21,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex.errors import UserInputError
+from clipindex.errors import UserInputError, os_faults
 from clipindex.store.generations import (
     commit,
     current_generation,
     disk_bytes,
     drop_generations,
     generation_dir,
+    generations_on_disk,
     link_or_copy,
     publish,
     stage,
@@ -34,11 +40,12 @@ from clipindex.store.manifest import (
     file_records,
     read_manifest,
     table_records,
-    write_json,
+    write_dataset_info,
     write_manifest,
     write_parquet,
 )
 from clipindex.store.outputs import write_outputs
+from clipindex.store.space import check_space, matrix_bytes
 from clipindex.store.tuning import AutoSettings
 from clipindex.store.verify import read_dataset_info, read_tables
 
@@ -47,8 +54,9 @@ __all__ = ["CompactResult", "compact_store"]
 
 @dataclass
 class CompactResult:
-    """What compact did: rows dropped, the generation written, bytes before / after
-    (each inode counted once) and freed."""
+    """What compact did: rows dropped, the generation it leaves current (a new one when
+    rows were dropped), the older generations it removed, bytes before / after (each
+    inode counted once) and freed."""
 
     path: str
     generation: int
@@ -62,14 +70,34 @@ class CompactResult:
     def freed_bytes(self) -> int:
         return self.bytes_before - self.bytes_after
 
+    @property
+    def changed(self) -> bool:
+        """Whether compact removed anything (False: it wrote nothing)."""
+        return bool(self.removed_images or self.removed_captions or self.dropped_generations)
+
+    def _size(self) -> str:
+        freed = self.freed_bytes
+        if freed >= 0:
+            return f"freed {freed / 1e6:,.2f} MB ({freed:,} bytes)"
+        return f"used {-freed / 1e6:,.2f} MB more ({-freed:,} bytes)"
+
     def line(self) -> str:
+        if not self.changed:
+            return (f"nothing to compact in {self.path}: no tombstoned rows and no older "
+                    f"generation (generation {self.generation} kept as it is; nothing "
+                    "written)")
+        dropped = (f"dropped {len(self.dropped_generations)} old generation(s) "
+                   f"({', '.join(f'g{g}' for g in self.dropped_generations)})"
+                   if self.dropped_generations else "dropped no old generation")
+        if not (self.removed_images or self.removed_captions):
+            return (f"compacted {self.path}: no tombstoned rows (generation "
+                    f"{self.generation} kept), {dropped}, {self._size()}")
         return (f"compacted {self.path} into generation {self.generation}: removed "
                 f"{self.removed_images} tombstoned images and {self.removed_captions} "
-                f"captions, dropped {len(self.dropped_generations)} old generation(s), "
-                f"freed {self.freed_bytes / 1e6:,.2f} MB ({self.freed_bytes:,} bytes)")
+                f"captions, {dropped}, {self._size()}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "freed_bytes": self.freed_bytes}
+        return {**asdict(self), "freed_bytes": self.freed_bytes, "changed": self.changed}
 
 
 def _renumber(images: pd.DataFrame, captions: pd.DataFrame, dead_i: np.ndarray,
@@ -126,7 +154,6 @@ def compact_store(index: str | Path) -> CompactResult:
     >>> compact_store("indexes/photos").line()  # doctest: +SKIP
     'compacted indexes/photos into generation 3: removed 2 tombstoned images ...'
     """
-    from clipindex.sources import fingerprint as table_fingerprint
     from clipindex.store.reader import list_backbones
 
     ddir = Path(index)
@@ -145,35 +172,51 @@ def compact_store(index: str | Path) -> CompactResult:
                 f"first with `clipindex add SOURCE --index {ddir} --backbone {stale[0]}`, "
                 "then compact")
         dead_i, dead_c = tombstones(info)
-        old_gens = _generations(ddir)
-        if cur == 0 and not len(dead_i) and not len(dead_c):
-            return CompactResult(str(ddir), 0, 0, 0, [], before, before)
+        if not len(dead_i) and not len(dead_c):  # no row to drop: no new generation
+            older = [g for g in generations_on_disk(ddir) if g != cur]
+            if older:
+                drop_generations(ddir, keep=cur)
+            return CompactResult(str(ddir), cur, 0, 0, older, before, disk_bytes(ddir))
         images, captions = read_tables(cdir, info)
         imgs, caps, keep_i, keep_c = _renumber(images, captions, dead_i, dead_c)
         new = cur + 1
-        staged = stage(ddir, new)
-        write_parquet(staged / "images.parquet", imgs)
-        write_parquet(staged / "captions.parquet", caps)
-        fp = table_fingerprint(imgs, caps)
-        entry = {"generation": new, "compacted": True, "removed": int((~keep_i).sum()),
-                 "removed_captions": int((~keep_c).sum()), "time": round(time.time(), 3)}
-        write_json(staged / "dataset.json", {
-            **{k: v for k, v in info.items() if k != "tombstones"}, "fingerprint": fp,
-            "source_fingerprint": info.get("source_fingerprint", info["fingerprint"]),
-            "tables": table_records(staged), "generation": new,
-            "history": [*info.get("history", []), entry]})
-        for folder, m in manifests.items():
-            _compact_backbone(cdir, staged, folder, m, keep_i, keep_c, fp, new)
+        rows = int(keep_i.sum() + keep_c.sum())
+        needs = sum(2 * matrix_bytes(rows, int(m["dim"]), str(m["dtype"]))
+                    for m in manifests.values())
+        check_space(ddir, needs)
+        with os_faults(ddir, needs=needs):  # a full disk names what compacting needs
+            staged = stage(ddir, new)
+            try:
+                fp = _stage_compacted(staged, info, imgs, caps, keep_i, keep_c, new)
+                for folder, m in manifests.items():
+                    _compact_backbone(cdir, staged, folder, m, keep_i, keep_c, fp, new)
+            except Exception:  # a full disk, say: the half-staged generation is no use
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
         commit(ddir, new, staged)
         publish(ddir)
+        older = [g for g in generations_on_disk(ddir) if g != new]
         drop_generations(ddir, keep=new)
         return CompactResult(str(ddir), new, int((~keep_i).sum()), int((~keep_c).sum()),
-                             old_gens, before, disk_bytes(ddir))
+                             older, before, disk_bytes(ddir))
 
 
-def _generations(ddir: Path) -> list[int]:
-    base = ddir / ".generations"
-    if not base.is_dir():
-        return [0]
-    return [0] + sorted(int(d.name[1:]) for d in base.iterdir()
-                        if d.is_dir() and d.name[1:].isdigit())
+def _stage_compacted(staged: Path, info: dict[str, Any], imgs: pd.DataFrame,
+                     caps: pd.DataFrame, keep_i: np.ndarray, keep_c: np.ndarray,
+                     new: int) -> str:
+    """Write the renumbered tables and ``dataset.json`` into ``staged``; their
+    fingerprint."""
+    from clipindex.sources import fingerprint as table_fingerprint
+
+    write_parquet(staged / "images.parquet", imgs)
+    write_parquet(staged / "captions.parquet", caps)
+    fp = table_fingerprint(imgs, caps)
+    entry = {"generation": new, "compacted": True, "removed": int((~keep_i).sum()),
+             "removed_captions": int((~keep_c).sum()), "time": round(time.time(), 3)}
+    write_dataset_info(staged / "dataset.json", {
+        **{k: v for k, v in info.items() if k != "tombstones"}, "fingerprint": fp,
+        "source_fingerprint": info.get("source_fingerprint", info["fingerprint"]),
+        "tables": table_records(staged), "generation": new,
+        "history": [*info.get("history", []), entry]})
+    return fp
+

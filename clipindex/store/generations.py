@@ -19,6 +19,17 @@ the ``CURRENT`` write is staging: a killed add leaves the previous generation wh
 Readers (:func:`clipindex.store.open_index`, ``store_info``, ``list_backbones``)
 resolve :func:`generation_dir` first.
 
+A generation a reader resolved may vanish under it: ``clipindex compact`` commits a new
+one and then drops every older one. Readers go through :func:`read_committed`, which
+*retries on vanish*: a read that fails while ``CURRENT`` moved is done again on the new
+generation (a failure with ``CURRENT`` unchanged is a real one and raised as it was).
+Chosen over a grace period or reader leases because it needs no clock, writes nothing
+(a read-only store, or one shared over NFS, is read as it is) and cannot leak: the
+writer always commits ``CURRENT`` before it removes anything, so every vanish is seen
+as a move of ``CURRENT``. A reader that already opened keeps its memory-mapped files
+(their inodes live on) and never writes into a dropped folder (its text cache is not
+saved there, see :mod:`clipindex.store.textcache`).
+
 Tombstones (rows removed from the source) live in ``dataset.json``'s ``tombstones``
 (``{"images": [...], "captions": [...]}``, cumulative, row ids never reused); the store's
 ``fingerprint`` then covers the tables and the tombstones (:func:`store_fingerprint`), so
@@ -34,17 +45,25 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from clipindex.errors import IndexMismatchError
 from clipindex.files import read_json
-from clipindex.store.manifest import MANIFEST, OUTPUT_FILES, TABLE_FILES, TEXT_CACHE, write_json
+from clipindex.store.manifest import (
+    MANIFEST,
+    OUTPUT_FILES,
+    TABLE_FILES,
+    TEXT_CACHE,
+    write_dataset_info,
+    write_json,
+)
 
 __all__ = ["CURRENT", "GENERATIONS", "RETRAIN_FACTOR", "commit", "current_generation",
            "disk_bytes", "drop_generations", "generation_dir", "generation_facts",
-           "link_or_copy", "link_unchanged", "publish", "snapshot_build", "stage",
+           "generations_on_disk", "link_or_copy", "link_unchanged", "publish",
+           "read_committed", "snapshot_build", "stage",
            "stale_error", "stale_reason", "store_fingerprint", "store_view", "tombstones",
            "StoreView"]
 
@@ -62,6 +81,35 @@ _BACKBONE_FILES = (*OUTPUT_FILES, TEXT_CACHE, MANIFEST)
 Hook = Callable[[str], None]
 
 
+def generations_on_disk(dataset_dir: Path) -> list[int]:
+    """The committed-looking generations of a store (``.generations/g<N>`` folders that
+    hold a ``dataset.json``), oldest first."""
+    base = Path(dataset_dir) / GENERATIONS
+    try:
+        found = [int(d.name[1:]) for d in base.iterdir()
+                 if d.name[:1] == "g" and d.name[1:].isdigit() and d.is_dir()]
+    except OSError:
+        return []
+    return sorted(g for g in found if (base / f"g{g}" / "dataset.json").is_file())
+
+
+def _current_error(dataset_dir: Path, what: str) -> IndexMismatchError:
+    """A damaged ``CURRENT``, naming the generations on disk and the write that fixes it
+    (rerunning add or compact cannot: they read ``CURRENT`` first)."""
+    path = Path(dataset_dir) / CURRENT
+    gens = generations_on_disk(Path(dataset_dir))
+    if not gens:
+        fix = (f"the store holds no generation folder: remove {path} (the top-level files "
+               "are then read as generation 0) or rebuild with `clipindex build ... "
+               "--rebuild`")
+    else:
+        listed = ", ".join(f"g{g}" for g in gens[-5:])
+        fix = (f"the store holds generation(s) {listed} under {path.parent / GENERATIONS}; "
+               f"point CURRENT at the newest with `echo '{{\"generation\": {gens[-1]}}}' > "
+               f"{path}` (then check it with `clipindex info --verify {path.parent}`)")
+    return IndexMismatchError(f"{path} {what}; {fix}")
+
+
 def current_generation(dataset_dir: Path) -> int:
     """The committed generation of a store (0: never added to, no ``CURRENT``)."""
     try:
@@ -69,13 +117,40 @@ def current_generation(dataset_dir: Path) -> int:
     except FileNotFoundError:
         return 0
     except (OSError, ValueError):
-        raise IndexMismatchError(
-            f"{Path(dataset_dir) / CURRENT} is unreadable; rerun the last `clipindex add` "
-            "to rewrite it") from None
+        raise _current_error(Path(dataset_dir), "is unreadable (not JSON)") from None
     gen = rec.get("generation") if isinstance(rec, dict) else None
     if not isinstance(gen, int) or isinstance(gen, bool) or gen < 0:
-        raise IndexMismatchError(f"{Path(dataset_dir) / CURRENT} is damaged ({rec!r})")
+        shown = repr(rec) if len(repr(rec)) <= 60 else repr(rec)[:59] + "…"
+        raise _current_error(Path(dataset_dir), f"is damaged ({shown} names no generation)")
     return gen
+
+
+T = TypeVar("T")
+#: How many times :func:`read_committed` reads again after ``CURRENT`` moved.
+READ_ATTEMPTS = 8
+
+
+def _current_marker(dataset_dir: Path) -> bytes | None:
+    try:
+        return (dataset_dir / CURRENT).read_bytes()
+    except OSError:
+        return None
+
+
+def read_committed(dataset_dir: str | os.PathLike[str], read: Callable[[Path], T]) -> T:
+    """``read(generation_dir(dataset_dir))``, done again when it fails while ``CURRENT``
+    moved (a compact dropped the generation it was reading; see the module docstring).
+    A failure with ``CURRENT`` unchanged is raised as it is."""
+    root = Path(dataset_dir)
+    for attempt in range(READ_ATTEMPTS):
+        before = _current_marker(root)
+        try:
+            return read(generation_dir(root))
+        except Exception:
+            if attempt == READ_ATTEMPTS - 1 or _current_marker(root) == before:
+                raise
+            log.debug("%s: CURRENT moved during a read; reading the new generation", root)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def generation_dir(dataset_dir: str | os.PathLike[str]) -> Path:
@@ -204,7 +279,8 @@ def snapshot_build(dataset_dir: Path, note: dict[str, Any]) -> int | None:
     info = read_json(staged / "dataset.json")
     (staged / "dataset.json").unlink()
     history = [*info.get("history", []), {"generation": new, **note}]
-    write_json(staged / "dataset.json", {**info, "generation": new, "history": history})
+    write_dataset_info(staged / "dataset.json",
+                       {**info, "generation": new, "history": history})
     commit(dataset_dir, new, staged)
     publish(dataset_dir)
     return new

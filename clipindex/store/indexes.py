@@ -34,7 +34,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from clipindex.errors import IndexMismatchError, UserInputError
+from clipindex.errors import IndexMismatchError, UserInputError, os_error_from_text, os_faults
 from clipindex.store.torchsearch import (
     allowed_mask,
     torch_search,  # re-exported: the device search
@@ -449,11 +449,15 @@ def save_index(index: faiss.Index, path: str | os.PathLike[str]) -> Path:
     # temp file is synced and renamed over ``path``: a reader sees the old or the new.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        faiss.write_index(index, str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        with os_faults(path):
+            try:
+                faiss.write_index(index, str(tmp))
+            except RuntimeError as exc:  # an OS fault as FAISS words it: a ResourceError
+                raise (os_error_from_text(exc, path) or exc) from exc
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

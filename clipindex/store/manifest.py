@@ -11,7 +11,9 @@ Format 2 adds, over format 1: ``tables`` in ``dataset.json`` (sha256 + bytes of 
 parquet tables), ``mtime_ns`` beside each file's sha256 and bytes (so an open checks
 large files by size and date and hashes only those whose date moved),
 ``checkpoint_stamp`` (size and date of local weights: a reopen re-hashes them only when
-they moved) and ``manifest_sha256``, the manifest's seal (:func:`seal`).
+they moved) and ``manifest_sha256``, the manifest's seal (:func:`seal`). Within format 2,
+``dataset.json`` gained its own seal, ``dataset_sha256`` (:func:`write_dataset_info`);
+one without it (written before) is read as before.
 
 A reader goes through :func:`read_manifest`, which refuses a manifest of a newer format
 ("upgrade clipindex") and brings every older format it knows (``READERS``) to the
@@ -35,6 +37,7 @@ from clipindex.errors import DamagedStoreError, IndexMismatchError, UserInputErr
 from clipindex.files import atomic_write, read_json, write_json_atomic
 
 __all__ = [
+    "DATASET_SEAL",
     "DTYPES",
     "FORMAT_VERSION",
     "MANIFEST",
@@ -57,11 +60,13 @@ __all__ = [
     "same_source",
     "seal",
     "sha256_file",
+    "stored_route",
     "table_records",
     "text_cache_key",
     "weights_identity",
     "weights_stamp",
     "upgrade_manifest",
+    "write_dataset_info",
     "write_json",
     "write_manifest",
     "write_npy",
@@ -75,6 +80,9 @@ MANIFEST = "manifest.json"
 #: The dataset-level tables ``dataset.json`` hashes (format 2).
 TABLE_FILES = ("images.parquet", "captions.parquet")
 SEAL = "manifest_sha256"
+#: The seal of ``dataset.json`` (:func:`write_dataset_info`); a store written before it
+#: has none and still opens (see :mod:`clipindex.store.verify`).
+DATASET_SEAL = "dataset_sha256"
 #: Query texts a backbone folder encoded on demand (derived data: rebuilt when stale).
 TEXT_CACHE = "text_cache.npz"
 DTYPES = ("float32", "float16")
@@ -142,22 +150,29 @@ def table_records(dataset_dir: Path) -> dict[str, dict[str, Any]]:
                 "bytes": (dataset_dir / f).stat().st_size} for f in TABLE_FILES}
 
 
-def _canonical(manifest: dict[str, Any]) -> bytes:
-    body = {k: v for k, v in manifest.items() if k != SEAL}
+def _canonical(manifest: dict[str, Any], key: str = SEAL) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != key}
     return json.dumps(body, sort_keys=True, separators=(",", ":"),
                       default=json_default).encode("utf-8")
 
 
-def seal(manifest: dict[str, Any]) -> dict[str, Any]:
-    """``manifest`` with ``manifest_sha256``: the sha256 of its other keys (canonical
-    JSON), so a changed byte that still parses is caught on open."""
-    return {**{k: v for k, v in manifest.items() if k != SEAL},
-            SEAL: hashlib.sha256(_canonical(manifest)).hexdigest()}
+def seal(manifest: dict[str, Any], key: str = SEAL) -> dict[str, Any]:
+    """``manifest`` with ``manifest_sha256`` (or ``key``): the sha256 of its other keys
+    (canonical JSON), so a changed byte that still parses is caught on open."""
+    return {**{k: v for k, v in manifest.items() if k != key},
+            key: hashlib.sha256(_canonical(manifest, key)).hexdigest()}
 
 
-def check_seal(manifest: dict[str, Any]) -> bool:
-    """Whether ``manifest``'s seal matches its content."""
-    return manifest.get(SEAL) == hashlib.sha256(_canonical(manifest)).hexdigest()
+def check_seal(manifest: dict[str, Any], key: str = SEAL) -> bool:
+    """Whether ``manifest``'s seal (``key``) matches its content."""
+    return manifest.get(key) == hashlib.sha256(_canonical(manifest, key)).hexdigest()
+
+
+def write_dataset_info(path: Path, info: dict[str, Any]) -> Path:
+    """Write ``dataset.json`` sealed (``dataset_sha256``, :data:`DATASET_SEAL`): every
+    field that changes answers (the tombstones, the fingerprint, the tables' hashes, the
+    data root) is covered, so an edit is caught on open (an older seal is replaced)."""
+    return write_json(path, seal(info, DATASET_SEAL))
 
 
 # ----------------------------------------------------------------------------- versions
@@ -365,10 +380,24 @@ def _jsonable(value: Any) -> Any:
     return _int_or_none(value)
 
 
+def stored_route(manifest: dict[str, Any]) -> str:
+    """How a store's image vectors were decoded (its ``decode_route``): ``reference``
+    (open_clip's transform on a full decode) or ``draft``; a manifest written before
+    clipindex recorded it holds draft-decoded vectors (the only route there was).
+
+    Examples
+    --------
+    >>> stored_route({}), stored_route({"decode_route": "reference"})
+    ('draft', 'reference')
+    """
+    return str(manifest.get("decode_route") or "draft")
+
+
 def build_manifest(target: Target, encoder: Any, *, fingerprint: str, dtype: str,
                    counts: tuple[int, int], index: dict[str, Any],
                    files: dict[str, Any], timings: dict[str, Any], device: str | None,
-                   skipped: list[dict[str, Any]]) -> dict[str, Any]:
+                   skipped: list[dict[str, Any]], decode_route: str = "reference"
+                   ) -> dict[str, Any]:
     """The manifest of a freshly encoded backbone folder (keys in their stored order)."""
     weights = str(target.identity["weights"])
     return {
@@ -389,6 +418,7 @@ def build_manifest(target: Target, encoder: Any, *, fingerprint: str, dtype: str
         "n_captions": int(counts[1]),
         "n_skipped": len(skipped),
         "dataset_fingerprint": fingerprint,
+        "decode_route": decode_route,
         "index": index,
         "files": files,
         "timings": timings,

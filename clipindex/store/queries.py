@@ -1,6 +1,7 @@
 """What :meth:`~clipindex.store.BackboneIndex.search` and :func:`open_index` accept, checked
 before any FAISS call: a query matrix of the store's dim with finite values, a backbone
-named by a non-empty string. A wrong one is a one-line clipindex error naming the fix."""
+named by a non-empty string. A wrong one is a one-line clipindex error naming the fix.
+What it returns: :class:`Hits`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from clipindex.errors import IndexMismatchError, UserInputError
 
-__all__ = ["check_backbone_name", "query_matrix"]
+__all__ = ["Hits", "check_backbone_name", "query_matrix"]
 
 
 def query_matrix(queries: Any, dim: int, name: str) -> np.ndarray:
@@ -43,3 +44,27 @@ def check_backbone_name(backbone: Any) -> str:
         raise UserInputError(f"backbone must be a name such as 'tiny-vit' or 'ViT-B-32', "
                              f"got {backbone!r}")
     return backbone
+
+
+class Hits(tuple):
+    """``(scores, ids)`` of :meth:`BackboneIndex.search`, unpacking as a plain pair, plus
+    what they are: ``exact`` (the scores are exact cosines computed from the stored
+    vectors) and ``exhaustive`` (the ids are the exact top-k: a flat index; on an
+    approximate index they are its top candidates, recall@10 in the manifest)."""
+
+    exact: bool
+    exhaustive: bool
+
+    def __new__(cls, scores: np.ndarray, ids: np.ndarray, *, exact: bool,
+                exhaustive: bool) -> Hits:
+        self = super().__new__(cls, (scores, ids))
+        self.exact, self.exhaustive = bool(exact), bool(exhaustive)
+        return self
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self[0]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self[1]

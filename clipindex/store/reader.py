@@ -1,5 +1,5 @@
-"""Reading a store: :func:`open_index` (a :class:`BackboneIndex`), :func:`list_backbones`
-and :func:`store_info`.
+"""Reading a store: :func:`open_index` (a :class:`BackboneIndex`) and
+:func:`list_backbones` (:func:`clipindex.store.summary.store_info` describes a store).
 
 Layout::
 
@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import (
-    DamagedStoreError,
     IncompleteIndexError,
     IndexMismatchError,
     UserInputError,
@@ -38,56 +37,33 @@ from clipindex.store import generations as gens
 from clipindex.store.loading import advise_random, load_faiss, load_matrix
 from clipindex.store.manifest import (
     MANIFEST,
-    OUTPUT_FILES,
     TEXT_CACHE,
     load_encoder_for,
     normalise_rows,
     read_manifest,
+    stored_route,
     text_cache_key,
     weights_identity,
 )
-from clipindex.store.queries import check_backbone_name, query_matrix
+from clipindex.store.queries import Hits, check_backbone_name, query_matrix
+from clipindex.store.tables import FirstCaptions, StoreTable
 from clipindex.store.textcache import TextCache
 from clipindex.store.verify import (
     Damage,
     check_backbone,
+    orphan_damage,
+    orphaned,
     read_dataset_info,
-    read_tables,
-    table_damage,
+    read_store_tables,
 )
 
-__all__ = ["BackboneIndex", "Hits", "advise_random", "list_backbones", "open_index",
-           "store_info"]
+__all__ = ["BackboneIndex", "Hits", "advise_random", "list_backbones", "open_index"]
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- reading
 _TARGETS = ("images", "captions")
-
-
-class Hits(tuple):
-    """``(scores, ids)`` of :meth:`BackboneIndex.search`, unpacking as a plain pair, plus
-    what they are: ``exact`` (the scores are exact cosines computed from the stored
-    vectors) and ``exhaustive`` (the ids are the exact top-k: a flat index; on an
-    approximate index they are its top candidates, recall@10 in the manifest)."""
-
-    exact: bool
-    exhaustive: bool
-
-    def __new__(cls, scores: np.ndarray, ids: np.ndarray, *, exact: bool,
-                exhaustive: bool) -> Hits:
-        self = super().__new__(cls, (scores, ids))
-        self.exact, self.exhaustive = bool(exact), bool(exhaustive)
-        return self
-
-    @property
-    def scores(self) -> np.ndarray:
-        return self[0]
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self[1]
 
 
 class BackboneIndex:
@@ -99,7 +75,9 @@ class BackboneIndex:
     / ``caption_vectors`` are float32 (row i = row id i, zero rows for skipped images):
     the memory map itself for a float32 store, a float32 copy made on first use for a
     float16 one (searching never makes it). ``image_valid`` / ``caption_valid`` are
-    False for rows a query must never return.
+    False for rows a query must never return; ``image_removed`` / ``caption_removed``
+    are True for the tombstoned ones among them (removed from the source by ``clipindex
+    add``: no route or command shows them, not even by row id).
 
     Example
     -------
@@ -108,14 +86,14 @@ class BackboneIndex:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], dataset_info: dict[str, Any],
-                 images: pd.DataFrame, captions: pd.DataFrame, vectors: dict[str, np.ndarray],
-                 faiss_indexes: dict[str, Any], index_mmapped: dict[str, bool] | None = None
-                 ) -> None:
+                 images: pd.DataFrame | StoreTable, captions: pd.DataFrame | StoreTable,
+                 vectors: dict[str, np.ndarray], faiss_indexes: dict[str, Any],
+                 index_mmapped: dict[str, bool] | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.dataset_info = dataset_info
-        self.images = images
-        self.captions = captions
+        self._tables = {t: v if isinstance(v, StoreTable) else StoreTable.from_frame(v)
+                        for t, v in (("images", images), ("captions", captions))}
         #: The stored matrices as on disk (memory maps; float16 for a float16 store).
         self.stored = dict(vectors)
         self._float32: dict[str, np.ndarray] = {}
@@ -124,11 +102,49 @@ class BackboneIndex:
         self.image_valid[[int(s["row_id"]) for s in manifest.get("skipped", [])]] = False
         self.caption_valid = np.ones(len(captions), dtype=bool)
         dead_images, dead_captions = gens.tombstones(dataset_info)  # removed by `clipindex add`
+        for dead, n in ((dead_images, len(images)), (dead_captions, len(captions))):
+            if len(dead) and (dead.min() < 0 or dead.max() >= n):
+                raise Damage(path.parent / "dataset.json",
+                             f"is damaged (a tombstone names row {int(dead.max())} of {n})"
+                             ).error()
         self.image_valid[dead_images], self.caption_valid[dead_captions] = False, False
+        #: Rows removed from the source (tombstoned): no query, route or command shows them.
+        self.image_removed = np.zeros(len(images), dtype=bool)
+        self.image_removed[dead_images] = True
+        self.caption_removed = np.zeros(len(captions), dtype=bool)
+        self.caption_removed[dead_captions] = True
+        # Fixed from here on: a query counts them once (n_valid), never per query.
+        self.image_valid.flags.writeable = self.caption_valid.flags.writeable = False
+        self._n_valid = {"images": int(self.image_valid.sum()),
+                         "captions": int(self.caption_valid.sum())}
+        self._first_captions: FirstCaptions | None = None
         self._indexes = faiss_indexes
         self._device_copies: dict[tuple[str, str, str], Any] = {}
         self._encoders: dict[str | None, Any] = {}
         self._text_cache: dict[str, np.ndarray] | None = None
+
+    # The tables as DataFrames, decoded on first use (a query reads rows by id: `table`).
+    images = property(lambda self: self._tables["images"].frame, doc="The image table.")
+    captions = property(lambda self: self._tables["captions"].frame, doc="The caption table.")
+
+    def table(self, target: str) -> StoreTable:
+        """The ``images`` or ``captions`` table, read by row id (:mod:`clipindex.store.tables`)."""
+        return self._tables[target]
+
+    def n_valid(self, target: str) -> int:
+        """How many ``target`` rows a query may return (counted once at open)."""
+        return self._n_valid[target]
+
+    def first_captions(self, image_rows: np.ndarray) -> np.ndarray:
+        """The first valid caption row of each of ``image_rows`` (-1: none); a tombstoned
+        caption is never one. Nothing is scanned per query (see
+        :class:`~clipindex.store.tables.FirstCaptions`)."""
+        if self._first_captions is None:
+            caps = self._tables["captions"]
+            owner = caps.ints("image_row_id") if "image_row_id" in caps else np.zeros(0, int)
+            self._first_captions = FirstCaptions(owner, self.caption_valid[:len(owner)],
+                                                 len(self.image_valid))
+        return self._first_captions(image_rows)
 
     def _vectors(self, target: str) -> np.ndarray:
         if target not in self._float32:
@@ -314,6 +330,7 @@ def _load_matching_encoder(manifest: dict[str, Any], device: str | None) -> Any:
         raise IndexMismatchError(
             f"{spec.name} encodes dim {encoder.embed_dim} but the store holds dim "
             f"{manifest['dim']}; rebuild the store with clipindex build")
+    encoder.decode_route = stored_route(manifest)  # query files decoded as the store's were
     return encoder
 
 
@@ -327,11 +344,15 @@ def list_backbones(dataset_dir: str | os.PathLike[str], *, unfinished: bool = Fa
     >>> list_backbones("indexes/demo")  # doctest: +SKIP
     ['tiny-rn', 'tiny-vit', 'tiny-vit2']
     """
-    root = Path(dataset_dir) if unfinished else gens.generation_dir(dataset_dir)  # builds: top
-    if not root.is_dir():
-        return []
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                  and (d / MANIFEST).is_file() != unfinished)
+    def listed(root: Path) -> list[str]:
+        if not root.is_dir():
+            return []
+        return sorted(d.name for d in root.iterdir() if d.is_dir()
+                      and not d.name.startswith(".") and (d / MANIFEST).is_file() != unfinished)
+
+    if unfinished:  # builds run at the top level
+        return listed(Path(dataset_dir))
+    return gens.read_committed(dataset_dir, listed)
 
 
 def _is_dir(path: Path) -> bool:
@@ -399,12 +420,18 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     >>> idx.image_vectors.shape  # doctest: +SKIP
     (1000, 64)
     """
-    root = gens.generation_dir(dataset_dir)  # the committed generation (`clipindex add`)
+    # The committed generation (`clipindex add`), read again if a compact drops it.
+    return gens.read_committed(
+        dataset_dir, lambda root: _open_generation(root, backbone, pretrained, verify, mmap))
+
+
+def _open_generation(root: Path, backbone: str, pretrained: str, verify: bool, mmap: bool
+                     ) -> BackboneIndex:
     info = read_dataset_info(root)
     bdir = _backbone_dir(root, check_backbone_name(backbone), pretrained)
     if not (bdir / MANIFEST).is_file():
-        if _orphaned(bdir):
-            raise _orphan_damage(bdir).error()
+        if orphaned(bdir):
+            raise orphan_damage(bdir).error()
         raise IncompleteIndexError(
             f"{bdir} was not finished (no manifest.json); rerun `clipindex build ... "
             f"--backbone {backbone}` with the same --out to resume it")
@@ -414,7 +441,7 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
     damage = check_backbone(bdir, manifest, verify)
     if damage:
         raise damage[0].error()
-    images, captions = read_tables(root, info)
+    images, captions = read_store_tables(root, info)  # columns decoded on first use
     vectors = {t: load_matrix(bdir / f"{t}.npy") for t in _TARGETS}
     for t, table in (("images", images), ("captions", captions)):
         if vectors[t].shape != (len(table), manifest["dim"]):
@@ -426,88 +453,3 @@ def open_index(dataset_dir: str | os.PathLike[str], backbone: str, *,
         faiss_indexes[t], mapped[t] = load_faiss(bdir / f"{t}.faiss", mmap)
     return BackboneIndex(bdir, manifest, info, images, captions, vectors, faiss_indexes,
                          mapped)
-
-
-def _orphaned(bdir: Path) -> bool:
-    """A folder without a manifest that holds a finished build's files and no shards:
-    its manifest was lost (a build writes the manifest before it removes its shards)."""
-    return (not (bdir / MANIFEST).exists() and not (bdir / "shards").exists()
-            and any((bdir / f).exists() for f in OUTPUT_FILES))
-
-
-def _orphan_damage(bdir: Path) -> Damage:
-    return Damage(bdir / MANIFEST, "is missing, but the folder holds a finished build's "
-                  "files")
-
-
-def _table_rows(root: Path, damaged: bool) -> tuple[int | None, int | None]:
-    if damaged:
-        return None, None
-    import pyarrow.parquet as pq
-
-    rows = []
-    for name in ("images", "captions"):
-        try:
-            rows.append(pq.ParquetFile(root / f"{name}.parquet").metadata.num_rows)
-        except Exception:  # noqa: BLE001 - reported through the tables' check
-            rows.append(None)
-    return rows[0], rows[1]
-
-
-def _dataset_damage(root: Path, info: dict[str, Any], verify: bool) -> list[str]:
-    damage = [d.message() for d in table_damage(root, info)]
-    if not damage and verify and "tables" not in info:  # format 1: the fingerprint
-        try:
-            read_tables(root, info)
-        except DamagedStoreError as exc:
-            damage = [str(exc)]
-    return damage
-
-
-def _backbone_entry(bdir: Path, info: dict[str, Any], verify: bool) -> dict[str, Any]:
-    keys = ("backbone_folder", "display_name", "model_name", "pretrained", "weights", "dim",
-            "dtype", "n_images", "n_captions", "n_skipped", "params", "image_size",
-            "context_length", "device", "index", "timings", "skipped", "format_version")
-    try:
-        manifest = read_manifest(bdir)
-    except DamagedStoreError as exc:
-        return {"backbone_folder": bdir.name, "stale": False, "damaged": [str(exc)]}
-    entry = {k: manifest.get(k) for k in keys}
-    entry["stale_reason"] = gens.stale_reason(manifest, info)
-    entry["stale"], entry["generation"] = bool(entry["stale_reason"]), manifest.get("generation", 0)
-    entry["damaged"] = [d.message() for d in check_backbone(bdir, manifest, verify)]
-    return entry
-
-
-def store_info(dataset_dir: str | os.PathLike[str], *, verify: bool = False) -> dict[str, Any]:
-    """A JSON-ready summary of a dataset store: funnel, counts, backbones, skipped inputs,
-    and what is damaged.
-
-    Every file is checked as :func:`open_index` checks it (tables and manifests hashed,
-    large files by size and mtime); ``verify=True`` hashes every file against its
-    recorded sha256 (``clipindex info --verify``). ``damaged`` lists one message per
-    damaged file (each backbone entry has its own ``damaged`` too); ``verified`` says
-    whether the contents were hashed. A format-1 store has no table hashes: its tables
-    are checked against the dataset fingerprint with ``verify`` only
-    (``tables_verified``).
-
-    Example
-    -------
-    >>> [b["backbone_folder"] for b in store_info("indexes/demo")["backbones"]]
-    ... # doctest: +SKIP
-    ['tiny-rn', 'tiny-vit', 'tiny-vit2']
-    """
-    root = gens.generation_dir(dataset_dir)
-    info = read_dataset_info(root)
-    tables = _dataset_damage(root, info, verify)
-    n_images, n_captions = _table_rows(root, bool(tables))
-    backbones = [_backbone_entry(root / f, info, verify) for f in list_backbones(root)]
-    damaged = tables + [m for b in backbones for m in b["damaged"]]
-    top = Path(dataset_dir)  # unfinished builds run at the top level
-    damaged += [_orphan_damage(top / f).message()
-                for f in list_backbones(top, unfinished=True) if _orphaned(top / f)]
-    return {"path": str(dataset_dir), "dataset": info, **gens.generation_facts(info),
-            "n_images": n_images, "n_captions": n_captions,
-            "backbones": backbones, "unfinished": list_backbones(top, unfinished=True),
-            "verified": bool(verify), "tables_verified": "tables" in info or bool(verify),
-            "damaged": damaged}

@@ -11,7 +11,9 @@ Layout (uncompressed ``.npz``, no pickles): ``key`` (the identity above), ``offs
 variable-length, a 100,000-character query costs its own bytes and no other entry's),
 ``vectors`` (float32, n x dim) and ``checksum`` (sha256 of the rest). The cache holds at
 most ``max_bytes`` (default 64 MB, ``CLIPINDEX_TEXT_CACHE_MB`` to change); past it the
-least recently used entries are dropped.
+least recently used entries are dropped. A cache is only written into a folder that
+still exists: a reader holding a generation that ``clipindex compact`` dropped keeps
+its entries in memory and never recreates the folder.
 """
 
 from __future__ import annotations
@@ -108,7 +110,10 @@ class TextCache:
         arrays = {"key": np.array(self.key), "offsets": offsets, "text": text,
                   "vectors": vectors,
                   "checksum": np.array(_checksum(self.key, offsets, text, vectors))}
-        try:
-            atomic_write(self.path, lambda fh: np.savez(fh, **arrays))
+        try:  # never creates the folder: a generation a compact dropped stays gone
+            atomic_write(self.path, lambda fh: np.savez(fh, **arrays), make_parents=False)
+        except FileNotFoundError:
+            log.debug("not writing the text cache %s: its folder was removed (a compact "
+                      "dropped this generation)", self.path)
         except OSError as exc:  # a read-only store still answers queries
             log.warning("could not write the text cache %s: %s", self.path, exc)

@@ -3,7 +3,11 @@
 What an open checks (:func:`check_backbone`, :func:`read_tables`), and what it costs:
 
 - ``dataset.json`` and ``manifest.json`` must parse as the objects they are; a format-2
-  manifest must match its seal (``manifest_sha256``).
+  manifest must match its seal (``manifest_sha256``), and so must ``dataset.json``
+  (``dataset_sha256``: its tombstones, fingerprint, table hashes and root change
+  answers). A ``dataset.json`` written before it had a seal still opens;
+  ``verify=True`` then checks its tombstones against its fingerprint, which covers
+  them (:func:`unsealed_damage`), and the next add, compact or build seals it.
 - The two parquet tables (small: a few bytes per row) are hashed on every open against
   ``dataset.json``'s ``tables``; a format-1 store, which has no table hashes, has its
   tables checked against the dataset fingerprint instead (slower: it serialises rows).
@@ -18,6 +22,7 @@ and the fix. This module never imports FAISS or a model.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +31,20 @@ from typing import Any
 import pandas as pd
 
 from clipindex.errors import DamagedStoreError, UserInputError
-from clipindex.store.manifest import MANIFEST, TABLE_FILES, read_json, sha256_file
+from clipindex.store.manifest import (
+    DATASET_SEAL,
+    MANIFEST,
+    OUTPUT_FILES,
+    TABLE_FILES,
+    check_seal,
+    read_json,
+    sha256_file,
+)
+from clipindex.store.tables import StoreTable
 
-__all__ = ["FIX", "Damage", "check_backbone", "check_file", "read_dataset_info",
-           "read_tables", "table_damage"]
+__all__ = ["FIX", "Damage", "check_backbone", "check_file", "orphan_damage", "orphaned",
+           "read_dataset_info", "read_store_tables", "read_tables", "table_damage",
+           "unsealed_damage"]
 
 #: What every damage message tells the user to do.
 FIX = ("rerun `clipindex build ... --rebuild` to rewrite it (`clipindex info --verify DIR` "
@@ -92,7 +107,32 @@ def read_dataset_info(dataset_dir: Path) -> dict[str, Any]:
         raise Damage(meta, "is unreadable (not valid JSON)").error() from None
     if not isinstance(info, dict) or not isinstance(info.get("fingerprint"), str):
         raise Damage(meta, "is damaged (not an object with a fingerprint)").error()
+    if DATASET_SEAL in info and not check_seal(info, DATASET_SEAL):
+        raise Damage(meta, f"is damaged (its content, e.g. its tombstones, does not match "
+                     f"its {DATASET_SEAL} seal: edited since it was written)").error()
     return info
+
+
+def unsealed_damage(dataset_dir: Path, info: dict[str, Any]) -> list[Damage]:
+    """For a ``dataset.json`` without a seal (written before it had one): whether its
+    tombstones are the ones its fingerprint covers (it is the tables' fingerprint with
+    the tombstones, :func:`clipindex.store.generations.store_fingerprint`). Reads and
+    serialises the tables: ``verify`` only. [] for a sealed one."""
+    from clipindex.sources import fingerprint
+    from clipindex.store.generations import store_fingerprint, tombstones
+
+    if DATASET_SEAL in info:
+        return []
+    try:
+        images, captions = read_tables(dataset_dir, info)
+        dead_i, dead_c = tombstones(info)
+    except (DamagedStoreError, TypeError, ValueError):
+        return []  # the tables' own damage is reported by their check
+    if store_fingerprint(fingerprint(images, captions), dead_i, dead_c) != info["fingerprint"]:
+        return [Damage(dataset_dir / "dataset.json",
+                       "is damaged (its tombstones or tables do not match its fingerprint: "
+                       "edited since it was written)")]
+    return []
 
 
 def table_damage(dataset_dir: Path, info: dict[str, Any], verify: bool = True
@@ -115,8 +155,48 @@ def table_damage(dataset_dir: Path, info: dict[str, Any], verify: bool = True
 
 def read_tables(dataset_dir: Path, info: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both tables, checked (format 2: sha256; format 1: the dataset fingerprint)."""
+    images, captions = read_store_tables(dataset_dir, info)
+    return images.frame, captions.frame
+
+
+def _table_bytes(dataset_dir: Path, name: str, record: Any) -> bytes:
+    """The bytes of one format-2 table, checked against its record (the bytes parsed are
+    the bytes hashed); a missing or unreadable file gets :func:`check_file`'s message."""
+    path = dataset_dir / name
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = None
+    problem = None
+    if data is None or not isinstance(record, dict):
+        problem = check_file(path, record, verify=True) or "is unreadable"
+    elif len(data) != record.get("bytes"):
+        problem = (f"has {len(data)} bytes, not the {record.get('bytes')} its build "
+                   "recorded (truncated or replaced)")
+    elif hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        problem = "does not match its recorded sha256 (changed or corrupted since the build)"
+    if problem:
+        raise Damage(path, problem).error()
+    return data
+
+
+def read_store_tables(dataset_dir: Path, info: dict[str, Any]) -> tuple[StoreTable, StoreTable]:
+    """Both tables as :class:`~clipindex.store.tables.StoreTable` (format 2: their bytes
+    hashed and kept, columns decoded on first use; format 1: decoded and checked against
+    the dataset fingerprint)."""
     from clipindex.sources import fingerprint
 
+    tables = info.get("tables")
+    if isinstance(tables, dict):
+        out = []
+        for name in TABLE_FILES:
+            data = _table_bytes(dataset_dir, name, tables.get(name))
+            try:
+                out.append(StoreTable.from_parquet(data))
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds on bad bytes
+                raise Damage(dataset_dir / name,
+                             f"is unreadable ({type(exc).__name__})").error() from None
+        return out[0], out[1]
     damage = table_damage(dataset_dir, info)
     if damage:
         raise damage[0].error()
@@ -128,11 +208,11 @@ def read_tables(dataset_dir: Path, info: dict[str, Any]) -> tuple[pd.DataFrame, 
             raise Damage(dataset_dir / name,
                          f"is unreadable ({type(exc).__name__})").error() from None
     images, captions = frames
-    if "tables" not in info and fingerprint(images, captions) != info["fingerprint"]:
+    if fingerprint(images, captions) != info["fingerprint"]:
         raise Damage(dataset_dir / "images.parquet",
                      "or captions.parquet does not match dataset.json's fingerprint "
                      "(edited since the build)").error()
-    return images, captions
+    return StoreTable.from_frame(images), StoreTable.from_frame(captions)
 
 
 def check_backbone(bdir: Path, manifest: dict[str, Any], verify: bool) -> list[Damage]:
@@ -148,3 +228,15 @@ def check_backbone(bdir: Path, manifest: dict[str, Any], verify: bool) -> list[D
         if problem:
             out.append(Damage(bdir / name, problem))
     return out
+
+
+def orphaned(bdir: Path) -> bool:
+    """A folder without a manifest that holds a finished build's files and no shards:
+    its manifest was lost (a build writes the manifest before it removes its shards)."""
+    return (not (bdir / MANIFEST).exists() and not (bdir / "shards").exists()
+            and any((bdir / f).exists() for f in OUTPUT_FILES))
+
+
+def orphan_damage(bdir: Path) -> Damage:
+    return Damage(bdir / MANIFEST, "is missing, but the folder holds a finished build's "
+                  "files")

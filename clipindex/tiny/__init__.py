@@ -15,10 +15,10 @@ and ``open_clip.get_tokenizer("tiny-vit")`` work like any built-in model.
 
 Owns: the backbones' registry (names, shipped folders, open_clip model configs, the
 training record); :mod:`clipindex.encode.backbones` registers them as ordinary local
-backbones. May import: ``clipindex.errors`` only. Never ``clipindex.world``: the world
+backbones. May import: ``clipindex.errors`` only. Never ``clipindex.demo``: the world
 generator version a check compares with is passed in (``check_world_version``), so
-loading a backbone imports no world module. ``tiny.train`` and ``tiny.evaluate`` sit
-above the store and the classifiers (they train on / evaluate with a demo world).
+loading a backbone imports no world module. Training and scoring them on a demo world
+is the demo's (:mod:`clipindex.demo.train`, :mod:`clipindex.demo.evaluate`).
 
 Examples
 --------
@@ -109,7 +109,7 @@ def read_record(folder: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ModelLoadError(
-            f"{path} is missing: train the backbone with `python -m clipindex.tiny.train`"
+            f"{path} is missing: train the backbone with `python -m clipindex.demo.train`"
         ) from exc
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"{path} is not valid JSON ({exc}); retrain the backbone") from exc
@@ -120,14 +120,14 @@ def check_world_version(folder: str | Path, generator_version: str | None) -> bo
 
     ``generator_version`` is the version of the world at hand: a world folder's
     ``world.json["generator_version"]`` (:func:`world_version_of`) or
-    ``clipindex.world.GENERATOR_VERSION``. The check belongs where a demo world is used
+    ``clipindex.demo.world.GENERATOR_VERSION``. The check belongs where a demo world is used
     with the backbones (training, evaluation, the demo), never on the model-loading
     path: loading a backbone must not import the world generator. Returns True when
     the versions match (``None``, an unknown version, counts as another one).
 
     Examples
     --------
-    >>> from clipindex.world import GENERATOR_VERSION  # doctest: +SKIP
+    >>> from clipindex.demo.world import GENERATOR_VERSION  # doctest: +SKIP
     >>> check_world_version(checkpoint_dir("tiny-vit"), GENERATOR_VERSION)  # doctest: +SKIP
     True
     """
@@ -138,7 +138,7 @@ def check_world_version(folder: str | Path, generator_version: str | None) -> bo
         f"Tiny backbone {Path(folder).name!r} was trained on demo-world generator version "
         f"{trained_on!r}, but this world was made by generator version "
         f"{generator_version!r}; its accuracy on it may differ. Retrain it with "
-        "`python -m clipindex.tiny.train --world DIR --all`.",
+        "`python -m clipindex.demo.train --world DIR --all`.",
         UserWarning,
         stacklevel=2,
     )

@@ -16,11 +16,8 @@ from typing import Any
 
 import tqdm
 
-from clipindex.errors import UserInputError
-from clipindex.files import atomic_write_bytes
-from clipindex.progress import bar as progress_bar
-from clipindex.world.captions import make_captions
-from clipindex.world.knobs import (
+from clipindex.demo.world.captions import make_captions
+from clipindex.demo.world.knobs import (
     CATEGORIES,
     CATEGORY_IDS,
     CAUSES,
@@ -30,13 +27,18 @@ from clipindex.world.knobs import (
     WorldKnobs,
     resolve_scale,
 )
-from clipindex.world.plan import SPLITS, ImagePlan, image_rng, plan_split
-from clipindex.world.render import noise_bank, render_image
+from clipindex.demo.world.plan import SPLITS, ImagePlan, image_rng, plan_split
+from clipindex.demo.world.render import noise_bank, render_image
+from clipindex.errors import UserInputError
+from clipindex.files import atomic_write_bytes
+from clipindex.progress import bar as progress_bar
 
 __all__ = ["make_world", "funnel", "OUTPUTS"]
 
 #: What a world folder holds; ``force=True`` replaces exactly these.
 OUTPUTS = ("world.json", "annotations", *SPLITS)
+# "clipindex.world" below names the generator in the files it writes (its name before it
+# moved into clipindex.demo); kept so that a seed's output, and GENERATOR_VERSION, hold.
 _INFO = {
     "description": "clipindex synthetic demo world (COCO format)",
     "version": GENERATOR_VERSION,

@@ -17,7 +17,7 @@ whenever the output for a seed changes.
 Examples
 --------
 >>> import tempfile
->>> from clipindex.world import make_world
+>>> from clipindex.demo.world import make_world
 >>> root = make_world(tempfile.mkdtemp() + "/w", scale="small", progress=False)
 >>> (root / "annotations" / "instances_val.json").is_file()
 True
@@ -25,8 +25,8 @@ True
 
 from __future__ import annotations
 
-from clipindex.world.build import funnel, make_world
-from clipindex.world.knobs import (
+from clipindex.demo.world.build import funnel, make_world
+from clipindex.demo.world.knobs import (
     CATEGORIES,
     CAUSES,
     GENERATOR_VERSION,

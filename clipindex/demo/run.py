@@ -34,7 +34,7 @@ from clipindex.bench import BenchResult, run_bench
 from clipindex.config import BenchConfig, DatasetConfig
 from clipindex.errors import ModelLoadError
 
-__all__ = ["DEMO_PER_CLASS", "DemoResult", "demo_config", "run_demo"]
+__all__ = ["DEMO_METHODS", "DEMO_PER_CLASS", "DemoResult", "demo_config", "run_demo"]
 
 #: Images sampled per class from the world's val split, by world scale (None: all).
 DEMO_PER_CLASS: dict[str, int | None] = {"default": 200, "small": None}
@@ -94,11 +94,11 @@ def _check_tiny_weights(backbones: Sequence[str]) -> None:
             if not weights.is_file():
                 raise ModelLoadError(
                     f"tiny backbone {name!r} has no weights ({weights} is missing); train "
-                    "them with `python -m clipindex.tiny.train --world DIR --all`")
+                    "them with `python -m clipindex.demo.train --world DIR --all`")
 
 
 def _ensure_world(world: Path, scale: str, seed: int, progress: bool) -> tuple[bool, str | None]:
-    from clipindex.world import make_world
+    from clipindex.demo.world import make_world
 
     record = world / "world.json"
     if record.is_file():

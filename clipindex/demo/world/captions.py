@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipindex.world.plan import AnimalSpec, ImagePlan
+from clipindex.demo.world.plan import AnimalSpec, ImagePlan
 
 __all__ = ["make_captions", "CAPTIONS_PER_IMAGE", "CLASS_WORDS"]
 
@@ -227,8 +227,8 @@ def make_captions(plan: ImagePlan, rng: np.random.Generator) -> list[str]:
 
     Examples
     --------
-    >>> from clipindex.world.knobs import SCALES, WorldKnobs
-    >>> from clipindex.world.plan import image_rng, plan_split
+    >>> from clipindex.demo.world.knobs import SCALES, WorldKnobs
+    >>> from clipindex.demo.world.plan import image_rng, plan_split
     >>> plan = plan_split(0, "val", SCALES["small"], WorldKnobs())[0]
     >>> len(make_captions(plan, image_rng(0, "val", 0, 2)))
     5

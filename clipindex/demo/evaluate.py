@@ -10,8 +10,8 @@ photo of a {}"): the same figures ``clipindex demo`` reports.
 backbones are held to (accuracy, pairwise disagreement, accuracy per failure cause vs
 clean images).
 
-Sits above store and classifiers (``tiny.evaluate``'s floor in docs/architecture.md);
-the product path never imports it.
+Part of the demo package (above store and classifiers, docs/architecture.md); the
+product path never imports it.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Body parameters of the demo world's animals: the class prototypes, their real sizes
-and bounding extents, and the look-alike blend that :mod:`clipindex.world.bodies` draws.
+and bounding extents, and the look-alike blend that :mod:`clipindex.demo.world.bodies` draws.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from clipindex.world.knobs import LOOKALIKE
+from clipindex.demo.world.knobs import LOOKALIKE
 
 __all__ = ["REAL_SIZE", "body_params", "extent"]
 

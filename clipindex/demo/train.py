@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m clipindex.tiny.train --world DIR --all          # the three, into the package
-    python -m clipindex.tiny.train --world DIR --name tiny-vit --seed 0 --out /tmp/ckpts
+    python -m clipindex.demo.train --world DIR --all          # the three, into the package
+    python -m clipindex.demo.train --world DIR --name tiny-vit --seed 0 --out /tmp/ckpts
 
 The shipped ViTs learnt from a seed-0 world of scale ``training`` (16,940 train images;
 on the ~4.2k of ``default`` they overfit), tiny-rn from the ``default`` one (it did worse
@@ -11,7 +11,7 @@ on more images in its 600 steps); both worlds share the ``val`` split.
 
 Only ``train`` images and captions are read for learning; the ``val`` split of the same
 world is used afterwards to report the figures recorded in ``clipindex.json``, measured
-by the product itself (:mod:`clipindex.tiny.evaluate`: a store of the study images and
+by the product itself (:mod:`clipindex.demo.evaluate`: a store of the study images and
 the ``prompt`` classifier on it), plus any ``--eval-world`` folders (e.g. worlds made
 with seeds not used for training). Every random
 step is seeded: weights (``torch.manual_seed``), data order, caption choice and crops.
@@ -35,21 +35,22 @@ import click
 import numpy as np
 import torch
 
+from clipindex.demo.evaluate import STUDY_TEMPLATE, evaluate_world
+from clipindex.demo.world.captions import CLASS_WORDS
+from clipindex.demo.world.knobs import TARGET_CLASSES
 from clipindex.errors import DataError
 from clipindex.files import write_json_atomic
 from clipindex.tiny import CONFIGS_DIR, RECORD_FILE, TINY_BACKBONES
 from clipindex.tiny.configs import ARCHITECTURES, CONTEXT_LENGTH, model_cfg
-from clipindex.tiny.evaluate import STUDY_TEMPLATE, evaluate_world
 from clipindex.tiny.tokenizer import build_tokenizer, save_tokenizer, words_of
-from clipindex.world.captions import CLASS_WORDS
-from clipindex.world.knobs import TARGET_CLASSES
 
 __all__ = ["TrainConfig", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_CROP", "TrainData",
            "DEFAULT_SAME_ANIMAL", "named_animal", "same_animal_loss",
            "load_train_data", "train_backbone", "save_backbone", "train_and_save",
-           "record_figures", "install_backbone", "write_registry_config"]
+           "record_figures", "write_registry_config"]
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+#: Where the shipped tiny backbones live (``clipindex/tiny/``): the default ``--out``.
+PACKAGE_DIR = CONFIGS_DIR.parent
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 # Fixed step counts (not wall-clock budgets) keep training deterministic; each takes
@@ -326,19 +327,6 @@ def write_registry_config(folder: str | Path) -> Path:
     path = CONFIGS_DIR / f"{folder.name}.json"
     _write_json(path, config["model_cfg"])
     return path
-
-
-def install_backbone(folder: str | Path) -> Path:
-    """Copy a trained folder (e.g. from ``--out``) into the package, with its registry config."""
-    folder = Path(folder)
-    if folder.name not in TINY_BACKBONES:
-        raise DataError(f"{folder}: the folder name must be one of {', '.join(TINY_BACKBONES)}")
-    tmp = Path(tempfile.mkdtemp(dir=PACKAGE_DIR, prefix=f".{folder.name}."))
-    shutil.copytree(folder, tmp, dirs_exist_ok=True)
-    os.chmod(tmp, 0o755)
-    final = _swap_in(tmp, PACKAGE_DIR / folder.name)
-    write_registry_config(final)
-    return final
 
 
 def _figures(summary: dict, name: str, world_seed: Any) -> dict:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from clipindex.world.bodies import (
+from clipindex.demo.world.bodies import (
     REAL_SIZE,
     Painter,
     body_params,
@@ -24,9 +24,9 @@ from clipindex.world.bodies import (
     extent,
     ground_offset,
 )
-from clipindex.world.knobs import WorldKnobs
-from clipindex.world.plan import COLOURS, ImagePlan, image_rng
-from clipindex.world.scenes import draw_background, draw_clutter
+from clipindex.demo.world.knobs import WorldKnobs
+from clipindex.demo.world.plan import COLOURS, ImagePlan, image_rng
+from clipindex.demo.world.scenes import draw_background, draw_clutter
 
 __all__ = ["render_image", "noise_bank"]
 
@@ -272,8 +272,8 @@ def render_image(
 
     Examples
     --------
-    >>> from clipindex.world.knobs import SCALES
-    >>> from clipindex.world.plan import plan_split
+    >>> from clipindex.demo.world.knobs import SCALES
+    >>> from clipindex.demo.world.plan import plan_split
     >>> k = WorldKnobs()
     >>> plan = plan_split(0, "val", SCALES["small"], k)[0]
     >>> jpeg, anns = render_image(plan, 0, k, noise_bank(0, k))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from clipindex.world.knobs import (
+from clipindex.demo.world.knobs import (
     CONTEXTS,
     DISTRACTORS,
     HOME_CONTEXTS,
@@ -258,7 +258,7 @@ def plan_split(seed: int, split: str, scale: Scale, knobs: WorldKnobs) -> list[I
 
     Examples
     --------
-    >>> from clipindex.world.knobs import SCALES
+    >>> from clipindex.demo.world.knobs import SCALES
     >>> plans = plan_split(0, "val", SCALES["small"], WorldKnobs())
     >>> sum(p.kind == "single" for p in plans) == 5 * SCALES["small"].val_per_class
     True

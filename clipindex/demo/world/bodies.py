@@ -6,7 +6,7 @@ pixels (scale, offset, mirror) and paints the silhouette on a mask as well, so t
 bounding box and area of each object come from its own pixels. Classes of one plan
 share the drawing code and differ only in parameters; a look-alike rendering blends
 the parameters toward the other class (``drift``; the parameters themselves are
-:mod:`clipindex.world.species`).
+:mod:`clipindex.demo.world.species`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ImageDraw
 
-from clipindex.world.species import REAL_SIZE, body_params, extent
+from clipindex.demo.world.species import REAL_SIZE, body_params, extent
 
 __all__ = ["REAL_SIZE", "Painter", "body_params", "draw_animal", "draw_person", "draw_object",
            "extent"]

@@ -1,0 +1,205 @@
+"""The settings of a build or an add, resolved and checked before anything is written.
+
+:class:`BuildOptions` holds every knob a caller gives (``clipindex build``/``add`` and
+:func:`~clipindex.store.build_store`/:func:`~clipindex.store.add_to_store` alike) and
+checks each one on its own when it is made. :func:`plan_encoding` then resolves what
+the build will actually use per backbone, and checks the knobs against it: the device
+(``--device cuda`` without CUDA), the batch size the build would choose when none is
+given (from the model's GFLOPs on that device, read off its skeleton without loading
+weights: :mod:`clipindex.encode.facts`) against ``--shard-size``, and
+``--max-index-memory`` against the store's rows and the model's dimension. Both
+:func:`~clipindex.store.build_store` and :func:`~clipindex.store.add_to_store` call it
+before they take the dataset folder's lock, so a bad combination leaves the output
+folder exactly as it was (not even created) and loads no model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipindex.errors import UserInputError
+from clipindex.store.manifest import DTYPES, MANIFEST, Target
+from clipindex.store.ray_engine import ENGINES, RayOptions
+from clipindex.store.tuning import AutoSettings, choose_index
+
+__all__ = ["DEFAULT_SHARD_ROWS", "BuildOptions", "EncodePlan", "chosen_settings", "options",
+           "plan_encoding"]
+
+log = logging.getLogger("clipindex.store")
+
+#: Rows per shard when ``shard_size`` is not given (rounded down to a multiple of the batch).
+DEFAULT_SHARD_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Every knob of a build (or an add), checked on its own when made."""
+
+    out: Path
+    batch_size: int | None
+    shard_size: int | None
+    workers: int | None
+    threads: int | None
+    text_batch_size: int | None
+    decode: str | None
+    device: str | None
+    strict: bool
+    index_kind: str
+    dtype: str
+    progress: bool
+    engine: str = "local"
+    ray: RayOptions = field(default_factory=RayOptions)
+    rebuild: bool = False
+    auto: AutoSettings = AutoSettings()
+
+    def __post_init__(self) -> None:
+        from clipindex.encode import DECODES
+        from clipindex.store.indexes import INDEX_KINDS
+
+        for name in ("batch_size", "shard_size", "threads", "text_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserInputError(f"{name} must be >= 1, got {value}")
+        if self.workers is not None and self.workers < 0:
+            raise UserInputError(f"workers must be 0 or more, got {self.workers}")
+        if self.batch_size and self.shard_size and self.shard_size % self.batch_size:
+            raise UserInputError(f"shard_size ({self.shard_size}) must be a positive "
+                                 f"multiple of batch_size ({self.batch_size})")
+        if self.index_kind not in (*INDEX_KINDS, "auto"):
+            raise UserInputError(
+                f"Unknown index kind {self.index_kind!r}. Known: auto, {', '.join(INDEX_KINDS)}")
+        if self.decode is not None and self.decode not in DECODES:
+            raise UserInputError(
+                f"decode must be one of {', '.join(DECODES)}, got {self.decode!r}")
+        if self.dtype not in DTYPES:
+            raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.engine not in ENGINES:
+            raise UserInputError(f"Unknown engine {self.engine!r}. Known: {', '.join(ENGINES)}")
+        self.ray.check()
+        if self.engine == "ray":
+            from clipindex.store.ray_engine import import_ray
+
+            import_ray()  # a missing extra fails before anything is written
+
+
+def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
+            ) -> BuildOptions:
+    """:class:`BuildOptions` from a caller's values (integers as integers)."""
+    ints: dict[str, int | None] = {
+        name: None if kw.get(name) is None else int(kw[name])
+        for name in ("workers", "threads", "text_batch_size") if name in kw}
+    return BuildOptions(out=Path(out), batch_size=None if batch_size is None else int(batch_size),
+                        shard_size=None if shard_size is None else int(shard_size),
+                        **{**kw, **ints})
+
+
+@dataclass(frozen=True)
+class EncodePlan:
+    """One backbone's encoding as checked before the build writes anything.
+
+    ``device``: the device its settings are chosen for (``cpu``/``cuda``; a Ray driver
+    chooses on ``cpu``); ``batch_size``: fixed before the model loads (given, the Ray
+    GPU actors' default, or chosen from the model's facts because a shard size was
+    given), else ``None`` (chosen from the loaded model by the same rule);
+    ``shard_size``: given, else ``None`` (~:data:`DEFAULT_SHARD_ROWS` rows aligned to
+    the batch).
+    """
+
+    device: str
+    batch_size: int | None
+    shard_size: int | None
+
+    def sizes(self, chosen_batch: int) -> tuple[int, int]:
+        """(batch, shard): the planned batch, else ``chosen_batch``, and the shard."""
+        batch = self.batch_size or int(chosen_batch)
+        shard = self.shard_size or batch * max(1, DEFAULT_SHARD_ROWS // batch)
+        if shard % batch:  # plan_encoding refused this pair: never the user's input here
+            raise RuntimeError(f"shard size {shard} is no multiple of batch size {batch}")
+        return batch, shard
+
+
+def _given(opts: BuildOptions) -> dict[str, Any]:
+    return {"batch_size": opts.batch_size, "workers": opts.workers, "threads": opts.threads,
+            "text_batch_size": opts.text_batch_size, "decode": opts.decode}
+
+
+def _device(opts: BuildOptions) -> str:
+    """The device settings are chosen for: resolved here, so ``--device cuda`` on a
+    machine without CUDA fails before anything is written. A Ray driver loads the
+    model on the CPU (its actors resolve their own device on the cluster)."""
+    if opts.engine == "ray":
+        return "cpu"
+    from clipindex.encode import resolve_device
+
+    return resolve_device(opts.device).type
+
+
+def _plan_one(opts: BuildOptions, target: Target, device: str) -> EncodePlan:
+    from clipindex.encode import DEFAULT_BATCH_SIZE
+
+    batch, why = opts.batch_size, ""
+    if batch is None and opts.engine == "ray" and opts.ray.gpus_per_encoder > 0:
+        batch, why = DEFAULT_BATCH_SIZE["cuda"], "the default of GPU encoder actors"
+    if batch is None and opts.shard_size is not None:
+        from clipindex.encode import facts
+
+        batch = facts.planned_settings(target.spec, device, **_given(opts)).batch_size
+        why = f"chosen for {target.spec.display} on {device}"
+    if opts.shard_size is not None and batch is not None and opts.shard_size % batch:
+        raise UserInputError(
+            f"shard_size ({opts.shard_size}) must be a positive multiple of batch_size "
+            f"({batch}, {why}); pass --batch-size, or a --shard-size that is a multiple "
+            f"of {batch}")
+    return EncodePlan(device=device, batch_size=batch, shard_size=opts.shard_size)
+
+
+def plan_encoding(opts: BuildOptions, targets: Sequence[Target], *, n_images: int,
+                  n_captions: int, dataset_dir: Path | None = None
+                  ) -> dict[str, EncodePlan]:
+    """Each backbone's :class:`EncodePlan` (by folder), every knob checked against what
+    the build will use; the one place a build or an add refuses a combination.
+
+    The model's skeleton (:func:`clipindex.encode.facts.model_facts`, no weights) is
+    built only when a check needs it: a ``shard_size`` without ``batch_size``, or an
+    ``auto`` index with a memory budget (checked with the rows the store will hold).
+    With ``dataset_dir``, a backbone without a finished store there will be encoded, so
+    its pretrained tag's weights must be cached or fetchable
+    (:func:`clipindex.encode.hub.check_weights`).
+    """
+    device = _device(opts)
+    plans = {}
+    for target in targets:
+        plans[target.folder] = _plan_one(opts, target, device)
+        spec = target.spec
+        if (dataset_dir is not None and spec.source == "tag" and spec.pretrained
+                and not (dataset_dir / target.folder / MANIFEST).exists()):
+            from clipindex.encode import hub
+
+            hub.check_weights(spec.model, spec.pretrained, spec.display)
+        if opts.index_kind == "auto" and opts.auto.max_memory is not None:
+            from clipindex.encode import facts
+
+            dim = facts.model_facts(target.spec).embed_dim
+            for n in (n_images, n_captions):
+                choose_index(n, dim, opts.auto)  # a budget too small: one line, now
+    return plans
+
+
+def chosen_settings(opts: BuildOptions, encoder: Any, plan: EncodePlan) -> dict[str, Any]:
+    """The encoding knobs: the encoder's choice (:meth:`Encoder.settings`, from the
+    cores, the model's GFLOPs and the device) with what the caller gave on top, the
+    batch (and shard) being the plan's."""
+    given = _given(opts)
+    choose = getattr(encoder, "settings", None)
+    if choose is None:  # an encoder without a chooser: its default batch, the rest given
+        chosen = {**given, "batch_size": opts.batch_size or int(encoder.default_batch_size)}
+    else:
+        picked = choose(**given)
+        log.info("%s", picked.note(encoder.spec.display))
+        chosen = picked.as_dict()
+    chosen["batch_size"] = plan.sizes(chosen["batch_size"])[0]
+    return chosen
