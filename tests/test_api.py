@@ -166,8 +166,8 @@ def _readme_block(heading: str) -> str:
 
 
 def test_readme_sklearn_route_runs_on_a_store(demo_store) -> None:
-    """The docs' scikit-learn example (docs/python-api.md), run as written on the demo store: the probe and
-    the prototypes it fits beat chance on the rows it did not fit on."""
+    """The docs' scikit-learn example (docs/python-api.md), run as written on the demo
+    store: the probe and the prototypes it fits beat chance on the rows it did not fit on."""
     code = _readme_block("## The scikit-learn route").replace('"indexes/demo"',
                                                                repr(str(demo_store)))
     scope: dict = {}
