@@ -160,18 +160,18 @@ def test_cli_usage_errors_are_one_line_with_exit_2(tmp_path) -> None:
 def _readme_block(heading: str) -> str:
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "python-api.md").read_text()
     section = text.split(heading, 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def test_readme_sklearn_route_runs_on_a_store(demo_store) -> None:
-    """The README's scikit-learn example, run as written on the demo store: the probe and
-    the prototypes it fits beat chance on the rows it did not fit on."""
-    code = _readme_block("### The scikit-learn route").replace('"indexes/demo"',
+    """The docs' scikit-learn example (docs/python-api.md), run as written on the demo
+    store: the probe and the prototypes it fits beat chance on the rows it did not fit on."""
+    code = _readme_block("## The scikit-learn route").replace('"indexes/demo"',
                                                                repr(str(demo_store)))
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    exec(compile(code, "python-api.md", "exec"), scope)  # noqa: S102 - our own docs
     assert scope["accuracy"] > 0.5  # five classes: chance is 0.2
     held = scope["usable"] & ~scope["support"]
     proto_acc = (scope["proto"].predict(scope["X"][held]) == scope["y"][held]).mean()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "dev.lock"
+NODEPS = ROOT / "requirements" / "nodeps.txt"
 
 
 def _norm(name: str) -> str:
@@ -15,7 +16,8 @@ def _norm(name: str) -> str:
 
 
 def _locked() -> dict[str, str]:
-    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", LOCK.read_text(), flags=re.M)
+    text = LOCK.read_text() + NODEPS.read_text()
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", text, flags=re.M)
     return {_norm(name): version for name, version in pins}
 
 
@@ -34,6 +36,7 @@ def test_make_venv_installs_the_lock_and_the_library_keeps_ranges() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert "LOCK := requirements/dev.lock" in makefile
     assert "pip install -q -r $(LOCK)" in makefile
+    assert "pip install -q --no-deps -r $(NODEPS)" in makefile
     assert "--no-deps --no-build-isolation -e ." in makefile
     pyproject = (ROOT / "pyproject.toml").read_text()
     start = pyproject.index("dependencies = [")
