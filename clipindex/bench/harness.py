@@ -84,7 +84,7 @@ ENSEMBLE_PREFIX = "ensemble-"
 def _as_config(config: BenchConfig | str | os.PathLike[str]) -> BenchConfig:
     if isinstance(config, BenchConfig):
         return config
-    return load_bench_config(Path(config))
+    return load_bench_config(os.fspath(config))
 
 
 @dataclass(frozen=True)
