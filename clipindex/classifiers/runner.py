@@ -137,18 +137,20 @@ def _support_captions(bi: Any, rows: np.ndarray, labels: np.ndarray) -> tuple[np
             f"({', '.join(CAPTION_METHODS)}) cannot run; use prompt, image-knn, "
             "linear-probe or mlp"
         )
-    label_of = dict(zip(rows.tolist(), labels.tolist(), strict=True))
+    classes, codes = np.unique(np.asarray(labels), return_inverse=True)
+    code_of = np.full(len(bi.image_valid), -1, dtype=np.int64)  # image row -> class code
+    code_of[rows] = codes.ravel()
     owner = caps["image_row_id"].to_numpy(np.int64)
-    keep = np.isin(owner, rows) & np.asarray(bi.caption_valid, bool)
-    missing = sorted(set(labels) - {label_of[r] for r in owner[keep]})
+    keep = (code_of[owner] >= 0) & np.asarray(bi.caption_valid, bool)
+    kept = code_of[owner[keep]]
+    missing = sorted(set(classes[np.setdiff1d(np.arange(len(classes)), kept)].tolist()))
     if missing:
         raise DataError(
             f"no support image of class(es) {', '.join(missing)} has a caption; caption "
             "methods need captions for every class (or use another --method)"
         )
     cap_rows = caps["row_id"].to_numpy(np.int64)[keep]
-    return (bi.caption_vectors[cap_rows], np.array([label_of[r] for r in owner[keep]]),
-            owner[keep])
+    return bi.caption_vectors[cap_rows], classes[kept], owner[keep]
 
 
 def _prompt(bi: Any, rows: np.ndarray, labels: np.ndarray, classes: list[str],
