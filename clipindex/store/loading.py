@@ -21,7 +21,8 @@ from clipindex.store.verify import Damage
 #: Where a process's open descriptors are named (Linux); see :class:`LazyFaiss`.
 PROC_FD = Path("/proc/self/fd")
 
-__all__ = ["LazyFaiss", "advise_random", "load_faiss", "load_matrix", "mapped_files", "shrunk_in_place"]
+__all__ = ["LazyFaiss", "advise_random", "load_faiss", "load_matrix", "mapped_files",
+           "shrunk_in_place"]
 
 
 def advise_random(matrix: np.ndarray) -> np.ndarray:
