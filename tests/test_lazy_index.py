@@ -92,3 +92,46 @@ def test_an_unread_index_truncated_in_place_is_seen_before_it_is_read(store):
     assert "captions.faiss was truncated" in shrunk_in_place(files)
     with pytest.raises(DamagedStoreError, match="captions.faiss is unreadable"):
         idx.search(np.asarray(idx.stored["captions"][:1], np.float32), 3, target="captions")
+
+
+# ----------------------------------------------------------------------------- one rescoring
+class _OneRescoring:
+    """The store as rank saw it before: hits without ``rescored`` (so rank rescored
+    them a second time)."""
+
+    def __init__(self, index):
+        self._index = index
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
+
+    def search(self, *args, **kwargs):
+        scores, ids = self._index.search(*args, **kwargs)
+        return scores, ids
+
+
+@pytest.mark.parametrize(("kind", "dtype"), [("ivf", "float32"), ("hnsw", "float32"),
+                                             ("hnsw", "float16"), ("pq", "float32")])
+def test_rank_does_not_rescore_twice_and_hits_stay_identical(tmp_path, use_fake_encoders,
+                                                             kind, dtype):
+    """An index that rescored its candidates (hnsw, pq: rerank factor > 1) hands rank
+    scores it keeps; on IVF-Flat (factor 1, FAISS's own scores) rank still rescores.
+    Either way hits equal, bit for bit, those of rescoring twice, with and without rows
+    (a filter) and with tombstone-like invalid rows."""
+    from fixtures_store import make_image_dataset
+
+    from clipindex.search.ranking import rank
+
+    ds = make_image_dataset(tmp_path / "data", n_per_class=45)
+    build_store(ds, ["fake-a"], out=tmp_path / "out", index_kind=kind, dtype=dtype, **KW)
+    idx = open_index(tmp_path / "out" / "toy", "fake-a")
+    for target in ("images", "captions"):
+        q = np.asarray(idx.stored[target][:9], dtype=np.float32)
+        hits = idx.search(q, 12, target=target)
+        assert hits.rescored == (kind != "ivf")
+        for rows in (None, np.arange(0, len(idx.stored[target]), 2, dtype=np.int64)):
+            new = rank(idx, q, 10, target, rows)
+            old = rank(_OneRescoring(idx), q, 10, target, rows)
+            np.testing.assert_array_equal(new[1], old[1])
+            np.testing.assert_array_equal(new[0], old[0])
+            assert (new[1] >= 0).all()

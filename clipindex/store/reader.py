@@ -253,9 +253,12 @@ class BackboneIndex:
         if factor <= 0:
             return Hits(*search_index(self.faiss_index(target), q, k, rows=sel),
                         exact=scores_are_exact(self.faiss_index(target)), exhaustive=False)
-        scores, ids = rescored_search(self.faiss_index(target), self.stored[target], q, k,
+        index = self.faiss_index(target)
+        scores, ids = rescored_search(index, self.stored[target], q, k,
                                       rerank=int(factor), rows=sel)
-        return Hits(scores, ids, exact=True, exhaustive=False)
+        # rescored_search returns FAISS's own answer for IVF-Flat at factor 1
+        rescored = int(factor) > 1 or not scores_are_exact(index)
+        return Hits(scores, ids, exact=True, exhaustive=False, rescored=rescored)
 
     def _device_search(self, q: np.ndarray, k: int, target: str, rows: np.ndarray | None,
                        device: str) -> tuple[np.ndarray, np.ndarray]:
