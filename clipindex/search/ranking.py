@@ -78,7 +78,8 @@ def rank(
 
     ``rows`` are the allowed row ids (``None``: all). ``k`` must not exceed their
     number. Candidates come from ``index.search``; their scores are recomputed
-    from the stored vectors, so they are exact cosines whatever the index kind.
+    from the stored vectors, so they are exact cosines whatever the index kind (an
+    index that rescored them already, ``Hits.rescored``, is not rescored twice).
     ``device`` (``cuda``) searches on the GPU (``BackboneIndex.search(device=)``).
     """
     vectors = stored_vectors(index, target)
@@ -92,8 +93,8 @@ def rank(
     fetch = min(fetch, pool)
     q = np.ascontiguousarray(queries, dtype=np.float32)
     on = {"device": device} if device is not None else {}
-    _, ids = index.search(q, fetch, target=target, rows=rows, **on)
-    ids = np.asarray(ids, dtype=np.int64)
+    found = index.search(q, fetch, target=target, rows=rows, **on)
+    ids = np.asarray(found[1], dtype=np.int64)
     good = ids >= 0
     good[good] = valid[ids[good]]
     if rows is not None:
@@ -104,9 +105,14 @@ def rank(
                                    else _n_allowed(valid, rows))
     if short.any():  # an approximate index found too few rows that pass: exact fallback
         ids, good = _exhaustive_ids(q, short, ids, good, vectors, valid, rows, fetch)
-    safe = np.where(good, ids, 0)
-    scores = np.einsum("qd,qkd->qk", q, np.asarray(vectors[safe], dtype=np.float32))
-    scores = np.where(good, scores, -np.inf)
+    if getattr(found, "rescored", False) and not short.any():
+        # The index rescored these very ids from the stored vectors (hnsw, pq kinds):
+        # the same einsum again would give the same numbers.
+        scores = np.where(good, np.asarray(found[0], dtype=np.float32), -np.inf)
+    else:
+        safe = np.where(good, ids, 0)
+        scores = np.einsum("qd,qkd->qk", q, np.asarray(vectors[safe], dtype=np.float32))
+        scores = np.where(good, scores, -np.inf)
     # Highest score first; ties by row id so results are deterministic.
     order = np.lexsort((np.where(good, ids, np.iinfo(np.int64).max), -scores), axis=1)
     ids = np.take_along_axis(np.where(good, ids, -1), order, axis=1)[:, :k]

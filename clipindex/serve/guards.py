@@ -2,7 +2,8 @@
 
 - :class:`BodyLimit`: a body over ``max_bytes`` is a 413 (refused from its
   ``Content-Length`` before a byte is read, or as soon as a chunked body passes the
-  limit); bodies are read into memory, at most ``max_bytes`` each.
+  limit); bodies are read into memory, at most ``max_bytes`` each. A request with
+  neither header has no body (HTTP/1.1) and passes straight through.
 - :class:`BearerAuth`: with a token, every route but :data:`PUBLIC_PATHS` (``/health``
   and the page's own static files, which hold no store data) needs
   ``Authorization: Bearer TOKEN`` (compared in constant time); otherwise a 401.
@@ -69,7 +70,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         too_big = f"The request body is over the limit of {self.max_bytes:,} bytes."
+        bodied = False  # without these headers HTTP/1.1 has no body: nothing to read
         for name, value in scope.get("headers", ()):
+            bodied = bodied or name in (b"content-length", b"transfer-encoding")
             if name == b"content-length":
                 try:
                     declared = int(value)
@@ -79,6 +82,9 @@ class BodyLimit:
                 if declared > self.max_bytes:
                     await _refuse(send, 413, too_big)
                     return
+        if not bodied:
+            await self.app(scope, receive, send)
+            return
         chunks, total, more = [], 0, True
         while more:
             message = await receive()

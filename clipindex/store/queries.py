@@ -50,15 +50,20 @@ class Hits(tuple):
     """``(scores, ids)`` of :meth:`BackboneIndex.search`, unpacking as a plain pair, plus
     what they are: ``exact`` (the scores are exact cosines computed from the stored
     vectors) and ``exhaustive`` (the ids are the exact top-k: a flat index; on an
-    approximate index they are its top candidates, recall@10 in the manifest)."""
+    approximate index they are its top candidates, recall@10 in the manifest);
+    ``rescored``: the scores were computed here from the stored vectors (float32 numpy
+    dot products, :func:`~clipindex.store.tuning.rescored_search`), not by FAISS, so a
+    caller that rescores the same ids the same way would get the very same numbers."""
 
     exact: bool
     exhaustive: bool
+    rescored: bool
 
     def __new__(cls, scores: np.ndarray, ids: np.ndarray, *, exact: bool,
-                exhaustive: bool) -> Hits:
+                exhaustive: bool, rescored: bool = False) -> Hits:
         self = super().__new__(cls, (scores, ids))
         self.exact, self.exhaustive = bool(exact), bool(exhaustive)
+        self.rescored = bool(rescored)
         return self
 
     @property

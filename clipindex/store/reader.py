@@ -34,7 +34,7 @@ from clipindex.errors import (
     UserInputError,
 )
 from clipindex.store import generations as gens
-from clipindex.store.loading import advise_random, load_faiss, load_matrix
+from clipindex.store.loading import LazyFaiss, advise_random, load_matrix
 from clipindex.store.manifest import (
     MANIFEST,
     TEXT_CACHE,
@@ -71,7 +71,9 @@ class BackboneIndex:
 
     Built by :func:`open_index`. The stored matrices are memory-mapped read-only
     (``np.load(mmap_mode="r")``: opening a store of any size costs almost no resident
-    memory) and so are the FAISS indexes (``index_mmapped`` says which). ``image_vectors``
+    memory) and so are the FAISS indexes (``index_mmapped`` says which), each read on
+    its first query (:class:`~clipindex.store.loading.LazyFaiss`: from the file checked
+    at open). ``image_vectors``
     / ``caption_vectors`` are float32 (row i = row id i, zero rows for skipped images):
     the memory map itself for a float32 store, a float32 copy made on first use for a
     float16 one (searching never makes it). ``image_valid`` / ``caption_valid`` are
@@ -89,6 +91,7 @@ class BackboneIndex:
                  images: pd.DataFrame | StoreTable, captions: pd.DataFrame | StoreTable,
                  vectors: dict[str, np.ndarray], faiss_indexes: dict[str, Any],
                  index_mmapped: dict[str, bool] | None = None) -> None:
+        # faiss_indexes: LazyFaiss files (open_index) or indexes already in memory
         self.path = path
         self.manifest = manifest
         self.dataset_info = dataset_info
@@ -97,7 +100,11 @@ class BackboneIndex:
         #: The stored matrices as on disk (memory maps; float16 for a float16 store).
         self.stored = dict(vectors)
         self._float32: dict[str, np.ndarray] = {}
-        self.index_mmapped = dict(index_mmapped or {})
+        mapped = dict(index_mmapped or {})
+        #: The FAISS file of each target, read on first use.
+        self.faiss_files = {t: v if isinstance(v, LazyFaiss) else
+                            LazyFaiss.loaded(v, bool(mapped.get(t)), path / f"{t}.faiss")
+                            for t, v in faiss_indexes.items()}
         self.image_valid = np.ones(len(images), dtype=bool)
         self.image_valid[[int(s["row_id"]) for s in manifest.get("skipped", [])]] = False
         self.caption_valid = np.ones(len(captions), dtype=bool)
@@ -118,7 +125,6 @@ class BackboneIndex:
         self._n_valid = {"images": int(self.image_valid.sum()),
                          "captions": int(self.caption_valid.sum())}
         self._first_captions: FirstCaptions | None = None
-        self._indexes = faiss_indexes
         self._device_copies: dict[tuple[str, str, str], Any] = {}
         self._encoders: dict[str | None, Any] = {}
         self._text_cache: dict[str, np.ndarray] | None = None
@@ -126,6 +132,15 @@ class BackboneIndex:
     # The tables as DataFrames, decoded on first use (a query reads rows by id: `table`).
     images = property(lambda self: self._tables["images"].frame, doc="The image table.")
     captions = property(lambda self: self._tables["captions"].frame, doc="The caption table.")
+
+    @property
+    def index_mmapped(self) -> dict[str, bool]:
+        """Whether each FAISS index is memory-mapped (reads the ones not read yet)."""
+        return {t: f.mapped for t, f in self.faiss_files.items()}
+
+    def faiss_index(self, target: str) -> Any:
+        """The FAISS index of ``target``, read on first use."""
+        return self.faiss_files[target].get()
 
     def table(self, target: str) -> StoreTable:
         """The ``images`` or ``captions`` table, read by row id (:mod:`clipindex.store.tables`)."""
@@ -231,16 +246,19 @@ class BackboneIndex:
         desc = self.index_description(target)
         kind = str(desc.get("kind", "flat"))
         if kind == "flat":
-            return Hits(*search_index(self._indexes[target], q, k, rows=sel), exact=True,
+            return Hits(*search_index(self.faiss_index(target), q, k, rows=sel), exact=True,
                         exhaustive=True)
         factor = desc.get("rerank_factor", RERANK_FACTOR.get(kind, 4)) \
             if rerank_factor is None else int(rerank_factor)
         if factor <= 0:
-            return Hits(*search_index(self._indexes[target], q, k, rows=sel),
-                        exact=scores_are_exact(self._indexes[target]), exhaustive=False)
-        scores, ids = rescored_search(self._indexes[target], self.stored[target], q, k,
+            return Hits(*search_index(self.faiss_index(target), q, k, rows=sel),
+                        exact=scores_are_exact(self.faiss_index(target)), exhaustive=False)
+        index = self.faiss_index(target)
+        scores, ids = rescored_search(index, self.stored[target], q, k,
                                       rerank=int(factor), rows=sel)
-        return Hits(scores, ids, exact=True, exhaustive=False)
+        # rescored_search returns FAISS's own answer for IVF-Flat at factor 1
+        rescored = int(factor) > 1 or not scores_are_exact(index)
+        return Hits(scores, ids, exact=True, exhaustive=False, rescored=rescored)
 
     def _device_search(self, q: np.ndarray, k: int, target: str, rows: np.ndarray | None,
                        device: str) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +270,7 @@ class BackboneIndex:
         copies = self._device_copies
         if where != "cpu" and rows is None:  # faiss-gpu has no id selectors: rows go to torch
             if (target, "faiss", where) not in copies:
-                copies[(target, "faiss", where)] = to_faiss_gpu(self._indexes[target])
+                copies[(target, "faiss", where)] = to_faiss_gpu(self.faiss_index(target))
             gpu = copies[(target, "faiss", where)]
             if gpu is not None:
                 return search_index(gpu, q, k)
@@ -448,8 +466,6 @@ def _open_generation(root: Path, backbone: str, pretrained: str, verify: bool, m
             raise Damage(bdir / f"{t}.npy",
                          f"has shape {vectors[t].shape} but {t}.parquet has {len(table)} "
                          f"rows of dim {manifest['dim']}").error()
-    faiss_indexes, mapped = {}, {}
-    for t in _TARGETS:
-        faiss_indexes[t], mapped[t] = load_faiss(bdir / f"{t}.faiss", mmap)
-    return BackboneIndex(bdir, manifest, info, images, captions, vectors, faiss_indexes,
-                         mapped)
+    # Opened now, read on first use (a query of images never reads captions.faiss).
+    faiss_files = {t: LazyFaiss(bdir / f"{t}.faiss", mmap) for t in _TARGETS}
+    return BackboneIndex(bdir, manifest, info, images, captions, vectors, faiss_files)
