@@ -468,3 +468,245 @@ def test_a_worker_out_of_descriptors_reports_once_and_the_parent_stops(
     with pytest.raises(ResourceError, match="timed out"):
         enc.encode_images(files, workers=1, batch_size=8, progress=False)
     assert time.perf_counter() - t0 < 30
+
+
+# ----------------------------------------------------------------------------- world, bench,
+# report, explain, serve: a read-only or full output folder is one line too (issue #35)
+@pytest.fixture
+def read_only(tmpfs: Callable[[Path, str], Path]) -> Callable[..., Path]:
+    """``make(where, fill=None)``: a tmpfs at ``where`` (``fill(mnt)`` writes into it
+    first), remounted read-only."""
+    def make(where: Path, fill: Callable[[Path], None] | None = None) -> Path:
+        mnt = tmpfs(where, "64m")
+        if fill is not None:
+            fill(mnt)
+        res = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True,
+                             text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        return mnt
+    return make
+
+
+def _read_only_line(res: Any, path: Path) -> str:
+    line = assert_one_line_error(res, "read-only file system", str(path))
+    assert "remount" in line, line
+    return line
+
+
+def test_world_into_a_read_only_or_full_folder_is_one_line(
+        tmp_path: Path, tmpfs: Callable[[Path, str], Path],
+        read_only: Callable[..., Path]) -> None:
+    ro = read_only(tmp_path / "ro")
+    _read_only_line(run_cli("world", ro / "w", "--scale", "small", "--no-progress"), ro)
+    full = tmpfs(tmp_path / "full", "1m")  # a small world takes ~14 MB
+    res = run_cli("world", full / "w", "--scale", "small", "--no-progress")
+    line = assert_one_line_error(res, "no space left", str(full), "needs about")
+    assert "MB" in line.split("needs about")[1].split(";")[0], line
+    assert not any(p.name.startswith(".world-staging") for p in (full / "w").iterdir())
+
+
+def test_world_injected_read_only_and_disk_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipindex.demo.world import build as world_build
+
+    for code, needle in ((errno.EROFS, "read-only file system"),
+                         (errno.EACCES, "permission denied"),
+                         (errno.ENOSPC, "no space left")):
+        def refuse(*a: Any, code: int = code, **k: Any) -> None:
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(world_build, "_install", refuse)
+        out = tmp_path / f"w{code}"
+        res = run_cli("world", out, "--scale", "small", "--no-progress")
+        assert_one_line_error(res, needle, str(out))
+
+
+@pytest.fixture(scope="module")
+def bench_config(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-backbone, one-method bench on the small world with a stand-in encoder."""
+    import yaml
+
+    from clipindex.demo import demo_config
+
+    cfg = demo_config(small_world, scale="small", backbones=("fake-a",)).to_dict()
+    cfg.update(methods=["prompt"], retrieval=False, ensembles=[])
+    path = tmp_path_factory.mktemp("bench-cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_results(bench_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fixtures_store import install_fakes
+
+    out = tmp_path_factory.mktemp("bench-results") / "results"
+    with pytest.MonkeyPatch.context() as mp:
+        install_fakes(mp)
+        res = run_cli("bench", bench_config, "--out", out, "--workers", "0",
+                      "--no-progress")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_bench_into_a_read_only_folder_is_one_line(
+        use_fake_encoders: type[FakeEncoder], bench_config: Path, bench_results: Path,
+        tmp_path: Path, read_only: Callable[..., Path]) -> None:
+    ro = read_only(tmp_path / "ro")
+    res = run_cli("bench", bench_config, "--out", ro / "results", "--index-root",
+                  bench_results / "indexes", "--workers", "0", "--no-progress")
+    _read_only_line(res, ro)
+    # the stores themselves on a read-only disk, results elsewhere: still one line or done
+    idx = read_only(tmp_path / "idx", lambda m: shutil.copytree(bench_results / "indexes",
+                                                                 m / "indexes"))
+    res = run_cli("bench", bench_config, "--out", tmp_path / "results", "--index-root",
+                  idx / "indexes", "--workers", "0", "--no-progress")
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exc_info
+    assert res.exit_code == 0 or res.stderr.startswith("Error: "), res.output
+
+
+def test_bench_injected_read_only_out(
+        use_fake_encoders: type[FakeEncoder], bench_config: Path, bench_results: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipindex import files
+
+    real = files.atomic_write_bytes
+    out = tmp_path / "results"
+
+    def refuse(path: Any, *a: Any, **k: Any) -> Any:
+        if str(path).startswith(str(out)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(files, "atomic_write_bytes", refuse)
+    res = run_cli("bench", bench_config, "--out", out, "--index-root",
+                  bench_results / "indexes", "--workers", "0", "--no-progress")
+    _read_only_line(res, out)
+
+
+def test_report_into_a_read_only_folder_is_one_line(
+        bench_results: Path, tmp_path: Path, read_only: Callable[..., Path]) -> None:
+    ro = read_only(tmp_path / "ro")
+    _read_only_line(run_cli("report", bench_results, "--out", ro / "report.html"), ro)
+    # RESULTS itself read-only: the default RESULTS/report.html cannot be written
+    res_ro = read_only(tmp_path / "res", lambda m: shutil.copytree(bench_results,
+                                                                    m / "results"))
+    _read_only_line(run_cli("report", res_ro / "results"), res_ro)
+
+
+def test_report_injected_permission_denied(
+        bench_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+    import types
+
+    from clipindex import files
+
+    out = tmp_path / "r.html"
+
+    def mkstemp(*a: Any, dir: Any = None, **k: Any) -> Any:
+        if str(dir) == str(tmp_path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+        return tempfile.mkstemp(*a, dir=dir, **k)
+
+    monkeypatch.setattr(files, "tempfile", types.SimpleNamespace(mkstemp=mkstemp))
+    res = run_cli("report", bench_results, "--out", out)
+    line = assert_one_line_error(res, "permission denied", str(tmp_path))
+    assert "chmod" in line, line
+
+
+def test_explain_into_a_read_only_folder_is_one_line(
+        colors_store: Path, tmp_path: Path, read_only: Callable[..., Path]) -> None:
+    image = next((colors_store.parent.parent / "data" / "colors").rglob("*.jpg"))
+    ro = read_only(tmp_path / "ro")
+    res = run_cli("explain", image, "--index", colors_store, "--backbone", "tiny-vit",
+                  "--out", ro / "x.png")
+    _read_only_line(res, ro)
+
+
+def test_explain_injected_read_only(colors_store: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    image = next((colors_store.parent.parent / "data" / "colors").rglob("*.jpg"))
+    out = tmp_path / "x.png"
+
+    def refuse(self: Any, fp: Any, *a: Any, **k: Any) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))  # a write to a file object
+
+    monkeypatch.setattr(Image.Image, "save", refuse)
+    res = run_cli("explain", image, "--index", colors_store, "--backbone", "tiny-vit",
+                  "--out", out)
+    _read_only_line(res, out)
+
+
+SERVE = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import pytest
+from fixtures_store import install_fakes
+install_fakes(pytest.MonkeyPatch())
+from clipindex.cli import main
+main(sys.argv[2:], prog_name="clipindex")
+"""
+
+
+def test_serve_on_a_read_only_store_answers(
+        images: tuple[Path, Path], tmp_path: Path,
+        read_only: Callable[..., Path]) -> None:
+    """A store on a read-only file system: serve starts and answers text searches (the
+    query vectors are kept in memory, nothing is written), or fails in one line at start."""
+    import socket
+    import time
+    import urllib.request
+
+    base, _ = images
+    built = _store_in_subprocess(base, tmp_path / "built")
+    mnt = read_only(tmp_path / "ro", lambda m: shutil.copytree(built, m / built.name))
+    ddir = mnt / built.name
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(TESTS), "serve", "--index", str(ddir),
+         "--port", str(port), "--root", str(base), "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        if proc.poll() is not None:  # failed at start: one line, exit 2
+            err = proc.stderr.read()
+            lines = err.strip().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1, err
+            assert lines[0].startswith("Error: ") and str(mnt) in lines[0], err
+            return
+        for q in ("cat", "a photo of a dog", "cat"):
+            with urllib.request.urlopen(f"{url}/search?q={q.replace(' ', '+')}&k=3",
+                                        timeout=60) as r:
+                body = json.loads(r.read())
+            assert r.status == 200 and len(body) == 3, body
+            assert {"rank", "score"} <= set(body[0]), body
+        assert proc.poll() is None  # still serving
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    _no_traceback(err)
+
+
+def _store_in_subprocess(images_dir: Path, out: Path) -> Path:
+    """A ``fake-a`` store built by the CLI (as the server's subprocess will see it)."""
+    res = subprocess.run([sys.executable, "-c", SERVE, str(TESTS), "build",
+                          str(images_dir), "--backbone", "fake-a", "--out", str(out),
+                          "--workers", "0", "--no-progress"],
+                         capture_output=True, text=True, timeout=180, env=_env())
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out / images_dir.name
