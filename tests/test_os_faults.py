@@ -389,7 +389,7 @@ def _clipindex(args: list[Any], limit: int, timeout: float = 180
 
 @pytest.fixture(scope="module")
 def colors(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """48 small JPEGs in class folders (enough for several batches of 8)."""
+    """48 small JPEGs in class folders: one batch of 48 decoded images."""
     root = tmp_path_factory.mktemp("fd-images") / "colors"
     write_images(root, 24)
     return root
@@ -398,24 +398,30 @@ def colors(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_build_and_add_under_a_low_descriptor_limit_end_in_time(
         colors: Path, tmp_path: Path) -> None:
+    """Under ``ulimit -n 64`` a batch of 48 images sent by a decode worker used to need
+    a descriptor per image tensor: the worker's feeder thread died on EMFILE and the
+    parent waited for ever (checked at 115e276: build and add both hung past 90 s).
+    With batch 64 the 48 images go as one batch, so this setup meets that case."""
     out = tmp_path / "indexes"
-    knobs = ["--workers", "1", "--batch-size", "8", "--no-progress"]
+    knobs = ["--workers", "1", "--batch-size", "64", "--no-progress"]
     # Row 7: `ulimit -n 64` used to hang with a worker spinning on EMFILE; it now builds.
-    res = _clipindex(["build", colors, "--backbone", "tiny-vit", "--out", out, *knobs], 64)
+    res = _clipindex(["build", colors, "--backbone", "tiny-vit", "--out", out, *knobs], 64,
+                     timeout=90)
     assert res.returncode == 0, res.stderr[-3000:]
     _no_traceback(res.stderr)
-    # Row 6: the same for `add` (16 new images encoded by a real decode worker).
+    # Row 6: the same for `add` (48 new images encoded by a real decode worker).
     grown = tmp_path / "grown"
-    write_images(grown, 32)
-    res = _clipindex(["add", grown, "--index", out / "colors", *knobs], 64)
+    write_images(grown, 48)
+    res = _clipindex(["add", grown, "--index", out / "colors", *knobs], 64, timeout=90)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "encoded 16 new images" in res.stdout + res.stderr
+    assert "encoded 48 new images" in res.stdout + res.stderr
+    _no_traceback(res.stderr)
     # Too few descriptors for a worker: one line at once, naming the limit and the fix.
     more = tmp_path / "more"
-    write_images(more, 40)
+    write_images(more, 56)  # 16 images beyond `grown`
     for args in (["build", colors, "--backbone", "tiny-vit", "--out", tmp_path / "low",
                   *knobs], ["add", more, "--index", out / "colors", *knobs]):
-        res = _clipindex(args, 20, timeout=120)
+        res = _clipindex(args, 20, timeout=60)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2, res.stderr[-3000:]
         assert lines[-1].startswith("Error: too many open files"), res.stderr[-3000:]
