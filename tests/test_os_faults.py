@@ -716,3 +716,39 @@ def _store_in_subprocess(images_dir: Path, out: Path) -> Path:
                          capture_output=True, text=True, timeout=180, env=_env())
     assert res.returncode == 0, res.stderr[-2000:]
     return out / images_dir.name
+
+
+def test_text_search_on_a_read_only_store_answers_with_one_warning(
+        use_fake_encoders: type[FakeEncoder], images: tuple[Path, Path], tmp_path: Path,
+        read_only: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query-text cache is a convenience: a store that cannot be written still
+    answers `search` and `classify`, with one warning instead of an error."""
+    base, _ = images
+    built = _store(base, tmp_path / "built")
+    mnt = read_only(tmp_path / "ro", lambda m: shutil.copytree(built, m / built.name))
+    ddir = mnt / built.name
+    for args in (["search", "a cat", "--index", ddir, "-k", "2", "--json"],
+                 ["classify", "--index", ddir, "--backbone", "fake-a", "--method",
+                  "prompt"]):
+        res = run_cli(*args)
+        assert res.exit_code == 0, (res.output, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Warning: query text vectors are "
+                                                       "not cached"), res.stderr
+        assert "read-only file system" in lines[0] and str(ddir) in lines[0], lines[0]
+    assert not (ddir / "fake-a" / "text_cache.npz").exists()
+    # injected: a full disk under the cache is a warning too; EIO stays an error
+    from clipindex.store import textcache
+
+    for code, ok in ((errno.ENOSPC, True), (errno.EIO, False)):
+        def refuse(self: Any, cache: Any, code: int = code) -> None:
+            from clipindex.errors import os_fault
+
+            raise os_fault(OSError(code, os.strerror(code)), built / "fake-a")
+
+        monkeypatch.setattr(textcache.TextCache, "save", refuse)
+        res = run_cli("search", "a dog", "--index", built, "-k", "2", "--json")
+        if ok:
+            assert res.exit_code == 0 and "no space left" in res.stderr, res.stderr
+        else:
+            assert_one_line_error(res, "input/output error")
