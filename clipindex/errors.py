@@ -180,7 +180,8 @@ def os_fault(exc: BaseException, path: str | os.PathLike[str] | None = None, *,
     code = getattr(exc, "errno", None)
     if not isinstance(exc, OSError) or code not in OS_FAULTS:
         return None
-    where = os.fspath(exc.filename if exc.filename is not None else (path or "?"))
+    named = exc.filename if isinstance(exc.filename, (str, os.PathLike)) else None
+    where = os.fspath(named if named is not None else (path or "?"))  # not a file object
     if code in _DISK_FULL:
         return disk_full(where, needs=needs, code=code)
     if code == _errno.EROFS:

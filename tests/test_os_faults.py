@@ -389,7 +389,7 @@ def _clipindex(args: list[Any], limit: int, timeout: float = 180
 
 @pytest.fixture(scope="module")
 def colors(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """48 small JPEGs in class folders (enough for several batches of 8)."""
+    """48 small JPEGs in class folders: one batch of 48 decoded images."""
     root = tmp_path_factory.mktemp("fd-images") / "colors"
     write_images(root, 24)
     return root
@@ -398,24 +398,30 @@ def colors(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_build_and_add_under_a_low_descriptor_limit_end_in_time(
         colors: Path, tmp_path: Path) -> None:
+    """Under ``ulimit -n 64`` a batch of 48 images sent by a decode worker used to need
+    a descriptor per image tensor: the worker's feeder thread died on EMFILE and the
+    parent waited for ever (checked at 115e276: build and add both hung past 90 s).
+    With batch 64 the 48 images go as one batch, so this setup meets that case."""
     out = tmp_path / "indexes"
-    knobs = ["--workers", "1", "--batch-size", "8", "--no-progress"]
+    knobs = ["--workers", "1", "--batch-size", "64", "--no-progress"]
     # Row 7: `ulimit -n 64` used to hang with a worker spinning on EMFILE; it now builds.
-    res = _clipindex(["build", colors, "--backbone", "tiny-vit", "--out", out, *knobs], 64)
+    res = _clipindex(["build", colors, "--backbone", "tiny-vit", "--out", out, *knobs], 64,
+                     timeout=90)
     assert res.returncode == 0, res.stderr[-3000:]
     _no_traceback(res.stderr)
-    # Row 6: the same for `add` (16 new images encoded by a real decode worker).
+    # Row 6: the same for `add` (48 new images encoded by a real decode worker).
     grown = tmp_path / "grown"
-    write_images(grown, 32)
-    res = _clipindex(["add", grown, "--index", out / "colors", *knobs], 64)
+    write_images(grown, 48)
+    res = _clipindex(["add", grown, "--index", out / "colors", *knobs], 64, timeout=90)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "encoded 16 new images" in res.stdout + res.stderr
+    assert "encoded 48 new images" in res.stdout + res.stderr
+    _no_traceback(res.stderr)
     # Too few descriptors for a worker: one line at once, naming the limit and the fix.
     more = tmp_path / "more"
-    write_images(more, 40)
+    write_images(more, 56)  # 16 images beyond `grown`
     for args in (["build", colors, "--backbone", "tiny-vit", "--out", tmp_path / "low",
                   *knobs], ["add", more, "--index", out / "colors", *knobs]):
-        res = _clipindex(args, 20, timeout=120)
+        res = _clipindex(args, 20, timeout=60)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2, res.stderr[-3000:]
         assert lines[-1].startswith("Error: too many open files"), res.stderr[-3000:]
@@ -468,3 +474,297 @@ def test_a_worker_out_of_descriptors_reports_once_and_the_parent_stops(
     with pytest.raises(ResourceError, match="timed out"):
         enc.encode_images(files, workers=1, batch_size=8, progress=False)
     assert time.perf_counter() - t0 < 30
+
+
+# ----------------------------------------------------------------------------- world, bench,
+# report, explain, serve: a read-only or full output folder is one line too (issue #35)
+@pytest.fixture
+def read_only(tmpfs: Callable[[Path, str], Path]) -> Callable[..., Path]:
+    """``make(where, fill=None)``: a tmpfs at ``where`` (``fill(mnt)`` writes into it
+    first), remounted read-only."""
+    def make(where: Path, fill: Callable[[Path], None] | None = None) -> Path:
+        mnt = tmpfs(where, "64m")
+        if fill is not None:
+            fill(mnt)
+        res = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True,
+                             text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        return mnt
+    return make
+
+
+def _read_only_line(res: Any, path: Path) -> str:
+    line = assert_one_line_error(res, "read-only file system", str(path))
+    assert "remount" in line, line
+    return line
+
+
+def test_world_into_a_read_only_or_full_folder_is_one_line(
+        tmp_path: Path, tmpfs: Callable[[Path, str], Path],
+        read_only: Callable[..., Path]) -> None:
+    ro = read_only(tmp_path / "ro")
+    _read_only_line(run_cli("world", ro / "w", "--scale", "small", "--no-progress"), ro)
+    full = tmpfs(tmp_path / "full", "1m")  # a small world takes ~14 MB
+    res = run_cli("world", full / "w", "--scale", "small", "--no-progress")
+    line = assert_one_line_error(res, "no space left", str(full), "needs about")
+    assert "MB" in line.split("needs about")[1].split(";")[0], line
+    assert not any(p.name.startswith(".world-staging") for p in (full / "w").iterdir())
+
+
+def test_world_injected_read_only_and_disk_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipindex.demo.world import build as world_build
+
+    for code, needle in ((errno.EROFS, "read-only file system"),
+                         (errno.EACCES, "permission denied"),
+                         (errno.ENOSPC, "no space left")):
+        def refuse(*a: Any, code: int = code, **k: Any) -> None:
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(world_build, "_install", refuse)
+        out = tmp_path / f"w{code}"
+        res = run_cli("world", out, "--scale", "small", "--no-progress")
+        assert_one_line_error(res, needle, str(out))
+
+
+@pytest.fixture(scope="module")
+def bench_config(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-backbone, one-method bench on the small world with a stand-in encoder."""
+    import yaml
+
+    from clipindex.demo import demo_config
+
+    cfg = demo_config(small_world, scale="small", backbones=("fake-a",)).to_dict()
+    cfg.update(methods=["prompt"], retrieval=False, ensembles=[])
+    path = tmp_path_factory.mktemp("bench-cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_results(bench_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fixtures_store import install_fakes
+
+    out = tmp_path_factory.mktemp("bench-results") / "results"
+    with pytest.MonkeyPatch.context() as mp:
+        install_fakes(mp)
+        res = run_cli("bench", bench_config, "--out", out, "--workers", "0",
+                      "--no-progress")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_bench_into_a_read_only_folder_is_one_line(
+        use_fake_encoders: type[FakeEncoder], bench_config: Path, bench_results: Path,
+        tmp_path: Path, read_only: Callable[..., Path]) -> None:
+    ro = read_only(tmp_path / "ro")
+    res = run_cli("bench", bench_config, "--out", ro / "results", "--index-root",
+                  bench_results / "indexes", "--workers", "0", "--no-progress")
+    _read_only_line(res, ro)
+    # the stores themselves on a read-only disk, results elsewhere: still one line or done
+    idx = read_only(tmp_path / "idx", lambda m: shutil.copytree(bench_results / "indexes",
+                                                                 m / "indexes"))
+    res = run_cli("bench", bench_config, "--out", tmp_path / "results", "--index-root",
+                  idx / "indexes", "--workers", "0", "--no-progress")
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exc_info
+    assert res.exit_code == 0 or res.stderr.startswith("Error: "), res.output
+
+
+def test_bench_injected_read_only_out(
+        use_fake_encoders: type[FakeEncoder], bench_config: Path, bench_results: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipindex import files
+
+    real = files.atomic_write_bytes
+    out = tmp_path / "results"
+
+    def refuse(path: Any, *a: Any, **k: Any) -> Any:
+        if str(path).startswith(str(out)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(files, "atomic_write_bytes", refuse)
+    res = run_cli("bench", bench_config, "--out", out, "--index-root",
+                  bench_results / "indexes", "--workers", "0", "--no-progress")
+    _read_only_line(res, out)
+
+
+def test_report_into_a_read_only_folder_is_one_line(
+        bench_results: Path, tmp_path: Path, read_only: Callable[..., Path]) -> None:
+    ro = read_only(tmp_path / "ro")
+    _read_only_line(run_cli("report", bench_results, "--out", ro / "report.html"), ro)
+    # RESULTS itself read-only: the default RESULTS/report.html cannot be written
+    res_ro = read_only(tmp_path / "res", lambda m: shutil.copytree(bench_results,
+                                                                    m / "results"))
+    _read_only_line(run_cli("report", res_ro / "results"), res_ro)
+
+
+def test_report_injected_permission_denied(
+        bench_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+    import types
+
+    from clipindex import files
+
+    out = tmp_path / "r.html"
+
+    def mkstemp(*a: Any, dir: Any = None, **k: Any) -> Any:
+        if str(dir) == str(tmp_path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+        return tempfile.mkstemp(*a, dir=dir, **k)
+
+    monkeypatch.setattr(files, "tempfile", types.SimpleNamespace(mkstemp=mkstemp))
+    res = run_cli("report", bench_results, "--out", out)
+    line = assert_one_line_error(res, "permission denied", str(tmp_path))
+    assert "chmod" in line, line
+
+
+def test_explain_into_a_read_only_folder_is_one_line(
+        colors_store: Path, tmp_path: Path, read_only: Callable[..., Path]) -> None:
+    image = next((colors_store.parent.parent / "data" / "colors").rglob("*.jpg"))
+    ro = read_only(tmp_path / "ro")
+    res = run_cli("explain", image, "--index", colors_store, "--backbone", "tiny-vit",
+                  "--out", ro / "x.png")
+    _read_only_line(res, ro)
+
+
+def test_explain_injected_read_only(colors_store: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+    import types
+
+    from clipindex import files
+
+    image = next((colors_store.parent.parent / "data" / "colors").rglob("*.jpg"))
+    out = tmp_path / "x.png"
+
+    def mkstemp(*a: Any, dir: Any = None, **k: Any) -> Any:
+        if str(dir) == str(tmp_path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+        return tempfile.mkstemp(*a, dir=dir, **k)
+
+    monkeypatch.setattr(files, "tempfile", types.SimpleNamespace(mkstemp=mkstemp))
+    res = run_cli("explain", image, "--index", colors_store, "--backbone", "tiny-vit",
+                  "--out", out)
+    _read_only_line(res, tmp_path)
+
+
+SERVE = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import pytest
+from fixtures_store import install_fakes
+install_fakes(pytest.MonkeyPatch())
+from clipindex.cli import main
+main(sys.argv[2:], prog_name="clipindex")
+"""
+
+
+def test_serve_on_a_read_only_store_answers(
+        images: tuple[Path, Path], tmp_path: Path,
+        read_only: Callable[..., Path]) -> None:
+    """A store on a read-only file system: serve starts and answers text searches (the
+    query vectors are kept in memory, nothing is written to the store)."""
+    import socket
+    import time
+    import urllib.request
+
+    base, _ = images
+    built = _store_in_subprocess(base, tmp_path / "built")
+    mnt = read_only(tmp_path / "ro", lambda m: shutil.copytree(built, m / built.name))
+    ddir = mnt / built.name
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(TESTS), "serve", "--index", str(ddir),
+         "--port", str(port), "--root", str(base), "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read()  # it serves: nothing is written
+        for q in ("cat", "a photo of a dog", "cat"):
+            with urllib.request.urlopen(f"{url}/search?q={q.replace(' ', '+')}&k=3",
+                                        timeout=60) as r:
+                body = json.loads(r.read())
+            assert r.status == 200 and len(body) == 3, body
+            assert {"rank", "score"} <= set(body[0]), body
+        assert proc.poll() is None  # still serving
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    _no_traceback(err)
+
+
+def _store_in_subprocess(images_dir: Path, out: Path) -> Path:
+    """A ``fake-a`` store built by the CLI (as the server's subprocess will see it)."""
+    res = subprocess.run([sys.executable, "-c", SERVE, str(TESTS), "build",
+                          str(images_dir), "--backbone", "fake-a", "--out", str(out),
+                          "--workers", "0", "--no-progress"],
+                         capture_output=True, text=True, timeout=180, env=_env())
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out / images_dir.name
+
+
+def test_text_search_on_a_read_only_store_answers_with_one_warning(
+        use_fake_encoders: type[FakeEncoder], images: tuple[Path, Path], tmp_path: Path,
+        read_only: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query-text cache is a convenience: a store that cannot be written still
+    answers `search` and `classify`, with one warning instead of an error."""
+    base, _ = images
+    built = _store(base, tmp_path / "built")
+    mnt = read_only(tmp_path / "ro", lambda m: shutil.copytree(built, m / built.name))
+    ddir = mnt / built.name
+    for args in (["search", "a cat", "--index", ddir, "-k", "2", "--json"],
+                 ["classify", "--index", ddir, "--backbone", "fake-a", "--method",
+                  "prompt"]):
+        res = run_cli(*args)
+        assert res.exit_code == 0, (res.output, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Warning: query text vectors are "
+                                                       "not cached"), res.stderr
+        assert "read-only file system" in lines[0] and str(ddir) in lines[0], lines[0]
+    assert not (ddir / "fake-a" / "text_cache.npz").exists()
+    # injected: a full disk under the cache is a warning too; EIO stays an error
+    from clipindex.store import textcache
+
+    for code, ok in ((errno.ENOSPC, True), (errno.EIO, False)):
+        def refuse(self: Any, cache: Any, code: int = code) -> None:
+            from clipindex.errors import os_fault
+
+            raise os_fault(OSError(code, os.strerror(code)), built / "fake-a")
+
+        monkeypatch.setattr(textcache.TextCache, "save", refuse)
+        res = run_cli("search", "a dog", "--index", built, "-k", "2", "--json")
+        if ok:
+            assert res.exit_code == 0 and "no space left" in res.stderr, res.stderr
+        else:
+            assert_one_line_error(res, "input/output error")
+
+
+def test_report_and_explain_on_a_full_disk_name_the_space_needed(
+        bench_results: Path, colors_store: Path, tmp_path: Path,
+        tmpfs: Callable[[Path, str], Path]) -> None:
+    mnt = tmpfs(tmp_path / "full", "1m")
+    _fill(mnt, 0)
+    line = assert_one_line_error(run_cli("report", bench_results, "--out",
+                                         mnt / "report.html"),
+                                 "no space left", str(mnt), "needs about")
+    assert "--out" in line, line
+    image = next((colors_store.parent.parent / "data" / "colors").rglob("*.jpg"))
+    assert_one_line_error(run_cli("explain", image, "--index", colors_store, "--backbone",
+                                  "tiny-vit", "--out", mnt / "x.png"),
+                          "no space left", str(mnt), "needs about")
+    assert not [p for p in mnt.iterdir() if p.name != "filler"]  # no partial file left

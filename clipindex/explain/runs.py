@@ -263,10 +263,15 @@ def explain_rows(
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write a PNG atomically (:func:`clipindex.files.atomic_write`)."""
-    from clipindex.files import atomic_write
+    """Write a PNG atomically (:func:`clipindex.files.atomic_write_bytes`); encoded
+    first, so a full disk's error names the bytes it needs."""
+    import io
 
-    return atomic_write(path, lambda fh: image.save(fh, format="PNG"))
+    from clipindex.files import atomic_write_bytes
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def write_explanation(

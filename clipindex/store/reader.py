@@ -19,6 +19,7 @@ is :mod:`clipindex.search`'s (``search_text(index, ...)``); the store never impo
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ import pandas as pd
 from clipindex.errors import (
     IncompleteIndexError,
     IndexMismatchError,
+    ResourceError,
     UserInputError,
 )
 from clipindex.store import generations as gens
@@ -330,7 +332,17 @@ class BackboneIndex:
         return TextCache(self.path / TEXT_CACHE, text_cache_key(self.manifest), self.dim)
 
     def _save_text_cache(self, cache: dict[str, np.ndarray]) -> None:
-        self._cache_file().save(cache)
+        """Write the cache; a store that cannot be written (read-only, no permission,
+        full disk) keeps the vectors in memory for this run and says so once."""
+        if getattr(self, "_cache_unwritable", False):
+            return
+        try:
+            self._cache_file().save(cache)
+        except ResourceError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.EIO):
+                raise
+            self._cache_unwritable = True
+            log.warning("query text vectors are not cached on disk: %s", exc)
 
 
 def _load_matching_encoder(manifest: dict[str, Any], device: str | None) -> Any:

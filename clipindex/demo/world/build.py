@@ -29,7 +29,7 @@ from clipindex.demo.world.knobs import (
 )
 from clipindex.demo.world.plan import SPLITS, ImagePlan, image_rng, plan_split
 from clipindex.demo.world.render import noise_bank, render_image
-from clipindex.errors import UserInputError
+from clipindex.errors import UserInputError, os_fault
 from clipindex.files import atomic_write_bytes
 from clipindex.progress import bar as progress_bar
 
@@ -112,7 +112,22 @@ def _check_target(out_dir: Path, force: bool) -> None:
         probe.touch()
         probe.unlink()
     except OSError as exc:
+        fault = os_fault(exc, out_dir)  # read-only, no permission, full: what to do
+        if fault is not None:
+            raise fault from None
         raise UserInputError(f"Cannot write to {out_dir}: {exc.strerror or exc}.") from None
+
+
+def _world_bytes(stage: Path, n_images: int) -> int | None:
+    """About the bytes a whole world takes, from the images staged before the disk
+    filled (None when none were)."""
+    try:
+        sizes = [p.stat().st_size for p in stage.rglob("*.jpg")]
+    except OSError:
+        return None
+    if not sizes or not n_images:
+        return None
+    return int(sum(sizes) / len(sizes) * n_images * 1.1)  # and the annotation files
 
 
 def _image_records(
@@ -308,6 +323,7 @@ def make_world(
     stage = out / f".world-staging-{os.getpid()}"
     if stage.exists():
         shutil.rmtree(stage)
+    n_images = 0
     try:
         (stage / "annotations").mkdir(parents=True)
         n_images = sum(len(plan_split(seed, s, sc, knobs)) for s in SPLITS)
@@ -319,6 +335,9 @@ def make_world(
         _install(stage, out)
         write_json(out / "world.json", _world_record(seed, sc, knobs, splits))
     except OSError as exc:
+        fault = os_fault(exc, out, needs=_world_bytes(stage, n_images))
+        if fault is not None:
+            raise fault from None
         raise UserInputError(f"Cannot write the world to {out}: {exc.strerror or exc}.") from None
     finally:
         if stage.exists():
