@@ -209,7 +209,7 @@ def test_bad_input_gives_the_local_engines_errors(broken_folder, tmp_path):
         _one_line_error(res, "nope")
     res = CliRunner().invoke(main, ["build", str(broken_folder), "--backbone", "tiny-vit",
                                     "--engine", "ray", "--encoders", "0"])
-    assert res.exit_code == 2 and "at least 1" in res.output
+    assert res.exit_code == 2 and "encoders must be a positive integer, got 0" in res.output
     assert not (tmp_path / "o").exists()
 
 

@@ -14,7 +14,6 @@ from clipindex.cli.build import (
     BATCH_HELP,
     SHARD_HELP,
     _config_source,
-    _positive,
     _root,
     _store_notes,
     storage_option_flags,
@@ -33,14 +32,14 @@ from clipindex.cli.build import (
               help="Data root (a folder or a URL), replacing the source's root.")
 @click.option("--pretrained", default="default", show_default=True,
               help="With --backbone: the pretrained tag or checkpoint the store was built with.")
-@click.option("--batch-size", type=int, callback=_positive, help=BATCH_HELP)
+@click.option("--batch-size", type=int, help=BATCH_HELP)
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding processes.")
-@click.option("--threads", type=int, callback=_positive, help="torch threads while encoding.")
+@click.option("--threads", type=int, help="torch threads while encoding.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda if available.")
 @click.option("--decode", type=click.Choice(DECODES),
               help="Decoder of the new images; it must give the store's decode route "
                    "(draft for a draft store; default: the store's route).")
-@click.option("--shard-size", type=int, callback=_positive, help=SHARD_HELP)
+@click.option("--shard-size", type=int, help=SHARD_HELP)
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths that resolve outside the data root.")
 @click.option("--progress/--no-progress", default=True, show_default=True,

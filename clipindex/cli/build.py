@@ -18,6 +18,7 @@ from clipindex.cli._choices import (
     CUDA_BATCH_GFLOPS,
     CUDA_BATCH_RANGE,
     DECODES,
+    TEXT_BATCH_SIZES,
 )
 
 #: ``--batch-size`` of build and add: how the default is chosen (static: ``--help``
@@ -168,12 +169,6 @@ def _config_source(ctx: click.Context, param: click.Parameter, value: str) -> st
     return value
 
 
-def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is not None and value < 1:
-        raise click.BadParameter("must be at least 1")
-    return value
-
-
 @main.command("build")
 @click.argument("config", callback=_config_source)
 @click.option("--backbone", "backbones", multiple=True, required=True,
@@ -184,13 +179,14 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="Data root (a folder or a URL), replacing the config's root.")
 @click.option("--pretrained", default="default", show_default=True,
               help="Pretrained tag, 'none' (random init) or a local checkpoint path.")
-@click.option("--batch-size", type=int, callback=_positive, help=BATCH_HELP)
-@click.option("--text-batch-size", type=int, callback=_positive,
-              help="Captions per batch (default: 256 on CPU, 1024 on CUDA).")
+@click.option("--batch-size", type=int, help=BATCH_HELP)
+@click.option("--text-batch-size", type=int,
+              help=f"Captions per batch (default: {TEXT_BATCH_SIZES[0]} on CPU, "
+                   f"{TEXT_BATCH_SIZES[1]} on CUDA).")
 @click.option("--workers", type=click.IntRange(min=0),
               help="Decoding processes (0: decode in-process; default: chosen from the "
                    "cores and the model's cost).")
-@click.option("--threads", type=int, callback=_positive,
+@click.option("--threads", type=int,
               help="torch threads while encoding (default: the cores the workers leave).")
 @click.option("--decode", type=click.Choice(DECODES),
               help="pil: PIL in the workers; nvjpeg: nvJPEG on the device (both full "
@@ -209,7 +205,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="auto: memory budget of each FAISS index (e.g. 4GB); over it, IVF-PQ.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage precision of the vectors.")
-@click.option("--shard-size", type=int, callback=_positive, help=SHARD_HELP)
+@click.option("--shard-size", type=int, help=SHARD_HELP)
 @click.option("--rebuild", is_flag=True,
               help="Replace a store built from another version of the dataset.")
 @click.option("--allow-outside-root", is_flag=True,
@@ -227,7 +223,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 @click.option("--ray-address", metavar="ADDRESS",
               help="Ray cluster to join (e.g. ray://head:10001 or auto); default RAY_ADDRESS, "
                    "else a local Ray for this build.")
-@click.option("--encoders", type=int, callback=_positive,
+@click.option("--encoders", type=int,
               help="Ray: encoder actors (default: one per GPU with --gpus-per-encoder, else 1).")
 @click.option("--gpus-per-encoder", type=click.FloatRange(min=0), default=0.0,
               show_default=True, help="Ray: GPUs each encoder actor reserves (0: CPU actors).")

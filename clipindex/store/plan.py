@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipindex.checks import choice, non_negative_int, positive_int
 from clipindex.errors import UserInputError
 from clipindex.store.manifest import DTYPES, MANIFEST, Target
 from clipindex.store.ray_engine import ENGINES, RayOptions
@@ -61,24 +62,18 @@ class BuildOptions:
         from clipindex.store.indexes import INDEX_KINDS
 
         for name in ("batch_size", "shard_size", "threads", "text_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserInputError(f"{name} must be >= 1, got {value}")
-        if self.workers is not None and self.workers < 0:
-            raise UserInputError(f"workers must be 0 or more, got {self.workers}")
+            if getattr(self, name) is not None:
+                positive_int(name, getattr(self, name))
+        if self.workers is not None:
+            non_negative_int("workers", self.workers)
         if self.batch_size and self.shard_size and self.shard_size % self.batch_size:
             raise UserInputError(f"shard_size ({self.shard_size}) must be a positive "
                                  f"multiple of batch_size ({self.batch_size})")
-        if self.index_kind not in (*INDEX_KINDS, "auto"):
-            raise UserInputError(
-                f"Unknown index kind {self.index_kind!r}. Known: auto, {', '.join(INDEX_KINDS)}")
-        if self.decode is not None and self.decode not in DECODES:
-            raise UserInputError(
-                f"decode must be one of {', '.join(DECODES)}, got {self.decode!r}")
-        if self.dtype not in DTYPES:
-            raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.engine not in ENGINES:
-            raise UserInputError(f"Unknown engine {self.engine!r}. Known: {', '.join(ENGINES)}")
+        choice("index kind", self.index_kind, ("auto", *INDEX_KINDS))
+        if self.decode is not None:
+            choice("decode", self.decode, DECODES)
+        choice("dtype", self.dtype, DTYPES)
+        choice("engine", self.engine, ENGINES)
         self.ray.check()
         if self.engine == "ray":
             from clipindex.store.ray_engine import import_ray
