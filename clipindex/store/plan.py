@@ -23,8 +23,9 @@ from typing import Any
 
 from clipindex.checks import choice, non_negative_int, positive_int
 from clipindex.errors import UserInputError
+from clipindex.store.engines import Engine, engine_for
 from clipindex.store.manifest import DTYPES, MANIFEST, Target
-from clipindex.store.ray_engine import ENGINES, RayOptions
+from clipindex.store.ray_engine import RayOptions
 from clipindex.store.tuning import AutoSettings, choose_index
 
 __all__ = ["DEFAULT_SHARD_ROWS", "BuildOptions", "EncodePlan", "chosen_settings", "options",
@@ -73,12 +74,13 @@ class BuildOptions:
         if self.decode is not None:
             choice("decode", self.decode, DECODES)
         choice("dtype", self.dtype, DTYPES)
-        choice("engine", self.engine, ENGINES)
         self.ray.check()
-        if self.engine == "ray":
-            from clipindex.store.ray_engine import import_ray
+        self.runner.check(self)  # e.g. a missing ray extra, before anything is written
 
-            import_ray()  # a missing extra fails before anything is written
+    @property
+    def runner(self) -> Engine:
+        """The :class:`~clipindex.store.engines.Engine` that encodes (``engine``)."""
+        return engine_for(self.engine)
 
 
 def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
@@ -123,22 +125,14 @@ def _given(opts: BuildOptions) -> dict[str, Any]:
 
 
 def _device(opts: BuildOptions) -> str:
-    """The device settings are chosen for: resolved here, so ``--device cuda`` on a
-    machine without CUDA fails before anything is written. A Ray driver loads the
-    model on the CPU (its actors resolve their own device on the cluster)."""
-    if opts.engine == "ray":
-        return "cpu"
-    from clipindex.encode import resolve_device
-
-    return resolve_device(opts.device).type
+    """The device settings are chosen for, resolved by the engine before anything is
+    written (``--device cuda`` without CUDA fails here; a Ray driver chooses on the
+    CPU, its actors resolve their own device on the cluster)."""
+    return opts.runner.planning_device(opts)
 
 
 def _plan_one(opts: BuildOptions, target: Target, device: str) -> EncodePlan:
-    from clipindex.encode import DEFAULT_BATCH_SIZE
-
-    batch, why = opts.batch_size, ""
-    if batch is None and opts.engine == "ray" and opts.ray.gpus_per_encoder > 0:
-        batch, why = DEFAULT_BATCH_SIZE["cuda"], "the default of GPU encoder actors"
+    batch, why = opts.runner.fixed_batch(opts)
     if batch is None and opts.shard_size is not None:
         from clipindex.encode import facts
 
