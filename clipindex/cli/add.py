@@ -65,16 +65,18 @@ def add_command(source: str, index: Path, backbones: tuple[str, ...], root: str 
       clipindex add photos/ --index indexes/photos
       clipindex add photos/ --index indexes/photos --backbone tiny-vit --json
     """
-    from clipindex.store import add_to_store
+    from clipindex.store.add import add_options, add_with_options
 
+    # The library's settings, made (and checked) once; click checked only the types.
+    opts = add_options(index, batch_size=batch_size, shard_size=shard_size, workers=workers,
+                       threads=threads, device=device, decode=decode, progress=progress)
     with _store_notes(verbose):
-        result = add_to_store(source, index=index, backbones=list(backbones) or None,
-                              root=root, pretrained=pretrained, batch_size=batch_size,
-                              workers=workers, threads=threads, device=device,
-                              shard_size=shard_size, progress=progress, decode=decode,
-                              allow_outside_root=allow_outside_root,
-                              storage_options=storage_options or None,
-                              label_field=label_field)
+        result = add_with_options(source, opts, index=index,
+                                  backbones=list(backbones) or None, root=root,
+                                  pretrained=pretrained,
+                                  allow_outside_root=allow_outside_root,
+                                  storage_options=storage_options or None,
+                                  label_field=label_field)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     for folder in result.stale:

@@ -18,6 +18,7 @@ from clipindex.cli._choices import (
     CUDA_BATCH_GFLOPS,
     CUDA_BATCH_RANGE,
     DECODES,
+    TARGET_RECALL,
     TEXT_BATCH_SIZES,
 )
 
@@ -199,7 +200,8 @@ def _config_source(ctx: click.Context, param: click.Parameter, value: str) -> st
 @click.option("--index-kind", type=click.Choice(_INDEX_KINDS), default="auto", show_default=True,
               help="FAISS index: auto (exact flat for small stores, else IVF / IVF-PQ tuned "
                    "to --target-recall), exact flat, or approximate (recall@10 in the manifest).")
-@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95,
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True),
+              default=TARGET_RECALL,
               show_default=True, help="auto: recall@10 vs exact search the knobs are tuned to.")
 @click.option("--max-index-memory", default=None,
               help="auto: memory budget of each FAISS index (e.g. 4GB); over it, IVF-PQ.")
@@ -257,20 +259,22 @@ def build_command(config: str, backbones: tuple[str, ...], out: Path, root: str 
     \b
       clipindex build demo --root worlds/demo --backbone tiny-vit --backbone tiny-rn
     """
-    from clipindex.store import build_store
+    from clipindex.store.build import build_with_options
+    from clipindex.store.plan import build_options
 
+    # The library's settings, made (and checked) once; click checked only the types.
+    opts = build_options(out, batch_size=batch_size, shard_size=shard_size, workers=workers,
+                         threads=threads, text_batch_size=text_batch_size, decode=decode,
+                         device=device, strict=strict, index_kind=index_kind,
+                         target_recall=target_recall, max_index_memory=max_index_memory,
+                         dtype=dtype, rebuild=rebuild, progress=progress, engine=engine,
+                         ray_address=ray_address, encoders=encoders,
+                         gpus_per_encoder=gpus_per_encoder)
     with _store_notes(verbose):
-        paths = build_store(config, list(backbones), out=out, root=root, pretrained=pretrained,
-                            batch_size=batch_size, workers=workers, device=device,
-                            threads=threads, text_batch_size=text_batch_size, decode=decode,
-                            strict=strict, index_kind=index_kind, dtype=dtype,
-                            target_recall=target_recall, max_index_memory=max_index_memory,
-                            shard_size=shard_size, rebuild=rebuild, progress=progress,
-                            allow_outside_root=allow_outside_root, engine=engine,
-                            ray_address=ray_address, encoders=encoders,
-                            gpus_per_encoder=gpus_per_encoder,
-                            storage_options=storage_options or None,
-                            label_field=label_field)
+        paths = build_with_options(config, list(backbones), opts, root=root,
+                                   pretrained=pretrained, allow_outside_root=allow_outside_root,
+                                   storage_options=storage_options or None,
+                                   label_field=label_field)
     if as_json:
         click.echo(json.dumps({"backbones": [_facts(p) for p in paths]}))
         return

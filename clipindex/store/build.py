@@ -49,17 +49,21 @@ from clipindex.store.manifest import (
 )
 from clipindex.store.outputs import write_outputs
 from clipindex.store.owned import refuse_store_path
-from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, options, plan_encoding
-from clipindex.store.ray_engine import RayOptions
+from clipindex.store.plan import (
+    BuildOptions,
+    EncodePlan,
+    build_options,
+    chosen_settings,
+    options,
+    plan_encoding,
+)
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.routes import build_route
 from clipindex.store.shards import ShardCounter, Shards
 from clipindex.store.space import check_space, matrix_bytes, naming_needs
 from clipindex.store.tuning import (
     DEFAULT_TARGET_RECALL,
-    AutoSettings,
     choose_index,
-    parse_memory,
 )
 from clipindex.store.verify import check_backbone
 
@@ -70,6 +74,7 @@ __all__ = [
     "BuildOptions",
     "build_one",
     "build_store",
+    "build_with_options",
     "check_rows",
     "image_inputs",
     "options",
@@ -403,14 +408,34 @@ def build_store(
     >>> paths = build_store("demo", ["tiny-vit"],
     ...                     root="worlds/demo", out="indexes")  # doctest: +SKIP
     """
-    ray_opts = RayOptions(address=ray_address, encoders=encoders,
-                          gpus_per_encoder=float(gpus_per_encoder), **(_ray_hooks or {}))
-    auto = AutoSettings(target_recall=float(target_recall),
-                        max_memory=parse_memory(max_index_memory))
-    opts = options(out, batch_size, shard_size, workers=workers, threads=threads,
-                   text_batch_size=text_batch_size, decode=decode, device=device,
-                   strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
-                   engine=engine, ray=ray_opts, auto=auto, rebuild=bool(rebuild))
+    opts = build_options(out, batch_size=batch_size, shard_size=shard_size, workers=workers,
+                         threads=threads, text_batch_size=text_batch_size, decode=decode,
+                         device=device, strict=strict, index_kind=index_kind,
+                         target_recall=target_recall, max_index_memory=max_index_memory,
+                         dtype=dtype, rebuild=rebuild, progress=progress, engine=engine,
+                         ray_address=ray_address, encoders=encoders,
+                         gpus_per_encoder=gpus_per_encoder, ray_hooks=_ray_hooks)
+    return build_with_options(dataset, backbones, opts, root=root, pretrained=pretrained,
+                              allow_outside_root=allow_outside_root,
+                              storage_options=storage_options, label_field=label_field,
+                              _stop_after_shards=_stop_after_shards)
+
+
+def build_with_options(
+    dataset: Dataset | str | os.PathLike[str],
+    backbones: Sequence[str] | str,
+    opts: BuildOptions,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    pretrained: str = "default",
+    allow_outside_root: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    label_field: str | None = None,
+    _stop_after_shards: int | None = None,
+) -> list[Path]:
+    """:func:`build_store` with its settings already made (and checked) as
+    :class:`~clipindex.store.plan.BuildOptions`
+    (:func:`~clipindex.store.plan.build_options`): what ``clipindex build`` calls."""
     refuse_store_path(opts.out)  # OUT holds dataset folders and is never inside one
     source = dataset if isinstance(dataset, (str, os.PathLike)) else "SOURCE"
     loaded, targets = _prepare(dataset, backbones, pretrained, root, source_overrides(
@@ -423,8 +448,8 @@ def build_store(
     with naming_needs(ddir, lambda: _build_needs(loaded, targets, opts.dtype)), \
             build_lock(ddir):  # one build per dataset folder
         publish(ddir)  # an add killed after its commit: finish it first
-        loaded, fingerprint = store_view(loaded, ddir, fingerprint, rebuild, source)
-        write_tables(loaded, ddir, fingerprint, rebuild)
+        loaded, fingerprint = store_view(loaded, ddir, fingerprint, opts.rebuild, source)
+        write_tables(loaded, ddir, fingerprint, opts.rebuild)
         counter = ShardCounter(_stop_after_shards)
         with ExitStack() as stack:  # the session (Ray) starts once a backbone needs encoding
             start = _once(lambda: stack.enter_context(opts.runner.session(opts)))

@@ -26,10 +26,15 @@ from clipindex.errors import UserInputError
 from clipindex.store.engines import Engine, engine_for
 from clipindex.store.manifest import DTYPES, MANIFEST, Target
 from clipindex.store.ray_engine import RayOptions
-from clipindex.store.tuning import AutoSettings, choose_index
+from clipindex.store.tuning import (
+    DEFAULT_TARGET_RECALL,
+    AutoSettings,
+    choose_index,
+    parse_memory,
+)
 
-__all__ = ["DEFAULT_SHARD_ROWS", "BuildOptions", "EncodePlan", "chosen_settings", "options",
-           "plan_encoding"]
+__all__ = ["DEFAULT_SHARD_ROWS", "BuildOptions", "EncodePlan", "build_options",
+           "chosen_settings", "options", "plan_encoding"]
 
 log = logging.getLogger("clipindex.store")
 
@@ -92,6 +97,29 @@ def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
     return BuildOptions(out=Path(out), batch_size=None if batch_size is None else int(batch_size),
                         shard_size=None if shard_size is None else int(shard_size),
                         **{**kw, **ints})
+
+
+def build_options(out: Any = "indexes", *, batch_size: int | None = None,
+                  shard_size: int | None = None, workers: int | None = None,
+                  threads: int | None = None, text_batch_size: int | None = None,
+                  decode: str | None = None, device: str | None = None, strict: bool = False,
+                  index_kind: str = "auto", target_recall: float = DEFAULT_TARGET_RECALL,
+                  max_index_memory: int | str | None = None, dtype: str = "float32",
+                  rebuild: bool = False, progress: bool = True, engine: str = "local",
+                  ray_address: str | None = None, encoders: int | None = None,
+                  gpus_per_encoder: float = 0.0, ray_hooks: dict[str, Any] | None = None
+                  ) -> BuildOptions:
+    """:class:`BuildOptions` from :func:`~clipindex.store.build_store`'s keywords (the
+    same names and defaults), checked once: what ``clipindex build`` makes and hands to
+    :func:`~clipindex.store.build.build_with_options`."""
+    ray_opts = RayOptions(address=ray_address, encoders=encoders,
+                          gpus_per_encoder=float(gpus_per_encoder), **(ray_hooks or {}))
+    auto = AutoSettings(target_recall=float(target_recall),
+                        max_memory=parse_memory(max_index_memory))
+    return options(out, batch_size, shard_size, workers=workers, threads=threads,
+                   text_batch_size=text_batch_size, decode=decode, device=device,
+                   strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
+                   engine=engine, ray=ray_opts, auto=auto, rebuild=bool(rebuild))
 
 
 @dataclass(frozen=True)
