@@ -73,7 +73,7 @@ def non_negative(name: str, value: Any, *, error: type[UserInputError] = UserInp
     >>> non_negative("gpus_per_encoder", 0.5)
     0.5
     """
-    if isinstance(value, bool) or not isinstance(value, Real) or not value >= 0:
+    if isinstance(value, bool) or not isinstance(value, Real) or not float(value) >= 0:
         raise error(f"{name} must be 0 or more, got {value!r}")
     return float(value)
 
