@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from clipindex.checks import positive_int
 from clipindex.errors import UserInputError
 
 # A 1-D run of labels, row ids or flags: a list, tuple or numpy array.
@@ -244,8 +245,7 @@ def classification_metrics(
 
 # --------------------------------------------------------------------------- retrieval
 def _ranks_topk(scores: np.ndarray, k: int) -> np.ndarray:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise UserInputError(f"K must be a positive integer, got {k!r}")
+    positive_int("K", k)
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2:
         raise UserInputError(f"scores must be a 2-D array, got shape {s.shape}")

@@ -25,6 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "clipindex"
 FLOORS: dict[str, float] = {
     "errors": 0,
     "files": 0.5,  # atomic writes raise errors' ResourceError
+    "checks": 0.5,  # the shared checks of a caller's values raise errors' UserInputError
     "progress": 0,
     "config": 1,
     "metrics": 1,

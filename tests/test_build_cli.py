@@ -208,7 +208,7 @@ def test_bad_data_is_a_one_line_error_and_leaves_nothing(case, tmp_path, use_fak
 
 def test_cli_rejects_bad_values(folder, tmp_path):
     res = _run("build", folder, "--backbone", "x", "--batch-size", "0")
-    assert res.exit_code == 2 and "must be at least 1" in res.output
+    assert res.exit_code == 2 and "batch_size must be a positive integer, got 0" in res.output
     res = _run("build", folder, "--backbone", "x", "--index-kind", "annoy")
     assert res.exit_code == 2 and "annoy" in res.output
     res = _run("info", tmp_path)

@@ -209,7 +209,7 @@ def test_bad_input_gives_the_local_engines_errors(broken_folder, tmp_path):
         _one_line_error(res, "nope")
     res = CliRunner().invoke(main, ["build", str(broken_folder), "--backbone", "tiny-vit",
                                     "--engine", "ray", "--encoders", "0"])
-    assert res.exit_code == 2 and "at least 1" in res.output
+    assert res.exit_code == 2 and "encoders must be a positive integer, got 0" in res.output
     assert not (tmp_path / "o").exists()
 
 
@@ -239,7 +239,7 @@ def test_ray_starts_only_when_a_backbone_needs_encoding(tmp_path, monkeypatch,
 
     from fixtures_store import make_image_dataset
 
-    import clipindex.store.build as build_mod
+    import clipindex.store.engines as engines_mod
 
     ds = make_image_dataset(tmp_path / "data", n_per_class=3)
     kw = {"out": tmp_path / "out", "batch_size": 2, "shard_size": 2, "workers": 0,
@@ -259,8 +259,8 @@ def test_ray_starts_only_when_a_backbone_needs_encoding(tmp_path, monkeypatch,
         events.append("encode")
         raise RuntimeError("stand-in: encoding reached")
 
-    monkeypatch.setattr(build_mod, "ray_session", fake_session)
-    monkeypatch.setattr(build_mod, "_encode_ray", fake_encode)
+    monkeypatch.setattr(engines_mod, "ray_session", fake_session)
+    monkeypatch.setattr(engines_mod, "encode_with_ray", fake_encode)
     before = use_fake_encoders.encoded_images
     paths = build_store(ds, ["fake-a"], engine="ray", **kw)
     assert events == [] and paths == [tmp_path / "out" / "toy" / "fake-a"]

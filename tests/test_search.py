@@ -379,7 +379,7 @@ def test_k_larger_than_collection_returns_everything_with_a_note(fake):
 
 @pytest.mark.parametrize("k", [0, -3, 2.5, True])
 def test_bad_k(fake, k):
-    with pytest.raises(UserInputError, match="k must be a positive whole number"):
+    with pytest.raises(UserInputError, match="k must be a positive integer"):
         search_text(fake, "a cat", k=k)
 
 
@@ -517,8 +517,8 @@ def test_cli_k_larger_than_collection(cli_fakes):
     [
         (["--backbone", "fake1"], "Nothing to search for"),
         (["", "--backbone", "fake1"], "Empty text query"),
-        (["a cat", "--backbone", "fake1", "-k", "0"], "k must be a positive whole number"),
-        (["a cat", "--backbone", "fake1", "-k", "-2"], "k must be a positive whole number"),
+        (["a cat", "--backbone", "fake1", "-k", "0"], "k must be a positive integer"),
+        (["a cat", "--backbone", "fake1", "-k", "-2"], "k must be a positive integer"),
         (["--image", "nope.jpg", "--backbone", "fake1"], "Cannot read query image 'nope.jpg'"),
         (["a cat", "--backbone", "fake1", "--where", "colour=red"], "Unknown column 'colour'"),
         (["--queries-file", "missing.txt", "--backbone", "fake1"], "Cannot read queries file"),

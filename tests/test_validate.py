@@ -137,7 +137,7 @@ def test_library_build_checks_workers_before_writing(
     from clipindex.store import build_store
 
     out = tmp_path / "out"
-    with pytest.raises(UserInputError, match="workers must be 0 or more"):
+    with pytest.raises(UserInputError, match="workers must be a non-negative integer"):
         build_store(stores["data"], ["fake-a"], out=out, workers=-1, progress=False)
     assert _tree(out) is None and not no_model
 
@@ -184,7 +184,7 @@ def test_library_add_checks_workers_before_the_lock(
     from clipindex.store import add_to_store
 
     before = _tree(stores["store"])
-    with pytest.raises(UserInputError, match="workers must be 0 or more"):
+    with pytest.raises(UserInputError, match="workers must be a non-negative integer"):
         add_to_store(stores["more"], index=stores["store"], workers=-1, progress=False)
     assert _tree(stores["store"]) == before and not no_model
 

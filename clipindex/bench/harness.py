@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from clipindex.bench import breakdowns, outputs, suspects, timing
@@ -60,6 +59,7 @@ from clipindex.bench.outputs import (
     write_csv,
     write_json,
 )
+from clipindex.checks import positive_int
 from clipindex.config import (
     BenchConfig,
     DatasetConfig,
@@ -107,9 +107,8 @@ def _check_names(names: Sequence[str], known: Sequence[str], what: str) -> None:
 
 
 def _check_int(value: Any, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                              or value < 1):
-        raise ConfigError(f"Field '{name}' must be a positive integer, got {value!r}")
+    if value is not None:
+        positive_int(f"Field '{name}'", value, error=ConfigError)
 
 
 def validate_bench(config: BenchConfig | str | os.PathLike[str], *,

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from clipindex.checks import positive_int
 from clipindex.errors import DataError, UserInputError
 
 __all__ = ["SUSPECT_COLUMNS", "check_drop", "suspect_rows", "without_suspects",
@@ -34,8 +35,7 @@ def check_drop(n: int | None, audit: str | os.PathLike[str] | None) -> None:
         if audit is not None:
             raise UserInputError("--audit is read only with --drop-suspects N")
         return
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise UserInputError(f"--drop-suspects must be a positive integer, got {n!r}")
+    positive_int("--drop-suspects", n)
     if audit is not None and not _issues_file(Path(audit)).is_file():
         raise UserInputError(f"--audit {audit}: no label_issues.csv there; give the folder "
                              "`clipindex audit --out` wrote, or its label_issues.csv")

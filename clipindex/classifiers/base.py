@@ -40,6 +40,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from clipindex import errors
+from clipindex.checks import positive_int
 from clipindex.errors import UserInputError
 
 __all__ = ["EXPECTED_FAILED_CHECKS", "LOGIT_SCALE", "VectorClassifier", "normalise", "softmax"]
@@ -128,9 +129,7 @@ def _input_error(exc: ValueError, what: str) -> UserInputError:
 
 
 def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise UserInputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return positive_int(name, value)
 
 
 def _check_choice(value: Any, choices: Sequence[Any], name: str) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from clipindex.checks import positive_int
 from clipindex.errors import UserInputError
 
 __all__ = ["ROWS", "parse_classes", "store_classes", "pick_classes", "draw_shots",
@@ -113,8 +114,7 @@ def pick_classes(bi: Any, wanted: list[str] | None) -> list[str]:
 def draw_shots(labels: np.ndarray, rows: np.ndarray, classes: list[str], shots: int,
                seed: int) -> np.ndarray:
     """``shots`` rows per class drawn with ``seed`` (sorted), at least one left over."""
-    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
-        raise UserInputError(f"--shots must be a positive integer, got {shots!r}")
+    positive_int("--shots", shots)
     rng = np.random.default_rng(seed)
     picked = []
     for c in classes:

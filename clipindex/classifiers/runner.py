@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipindex.checks import positive_int
 from clipindex.classifiers import abstain as A
 from clipindex.classifiers import ensemble as E
 from clipindex.classifiers.base import normalise
@@ -226,8 +227,7 @@ class _Request:
 
 def _options(req: _Request, names: Mapping[str, str]) -> MethodOptions:
     k = req.k
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise UserInputError(f"k must be a positive integer, got {k!r}")
+    positive_int("k", k)
     if req.weights not in KNN_WEIGHTS:
         raise UserInputError(
             f"Unknown weights {req.weights!r}. Known: {', '.join(KNN_WEIGHTS)}")

@@ -14,7 +14,6 @@ from clipindex.cli.build import (
     BATCH_HELP,
     SHARD_HELP,
     _config_source,
-    _positive,
     _root,
     _store_notes,
     storage_option_flags,
@@ -33,14 +32,14 @@ from clipindex.cli.build import (
               help="Data root (a folder or a URL), replacing the source's root.")
 @click.option("--pretrained", default="default", show_default=True,
               help="With --backbone: the pretrained tag or checkpoint the store was built with.")
-@click.option("--batch-size", type=int, callback=_positive, help=BATCH_HELP)
+@click.option("--batch-size", type=int, help=BATCH_HELP)
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding processes.")
-@click.option("--threads", type=int, callback=_positive, help="torch threads while encoding.")
+@click.option("--threads", type=int, help="torch threads while encoding.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda if available.")
 @click.option("--decode", type=click.Choice(DECODES),
               help="Decoder of the new images; it must give the store's decode route "
                    "(draft for a draft store; default: the store's route).")
-@click.option("--shard-size", type=int, callback=_positive, help=SHARD_HELP)
+@click.option("--shard-size", type=int, help=SHARD_HELP)
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths that resolve outside the data root.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
@@ -66,16 +65,18 @@ def add_command(source: str, index: Path, backbones: tuple[str, ...], root: str 
       clipindex add photos/ --index indexes/photos
       clipindex add photos/ --index indexes/photos --backbone tiny-vit --json
     """
-    from clipindex.store import add_to_store
+    from clipindex.store.add import add_options, add_with_options
 
+    # The library's settings, made (and checked) once; click checked only the types.
+    opts = add_options(index, batch_size=batch_size, shard_size=shard_size, workers=workers,
+                       threads=threads, device=device, decode=decode, progress=progress)
     with _store_notes(verbose):
-        result = add_to_store(source, index=index, backbones=list(backbones) or None,
-                              root=root, pretrained=pretrained, batch_size=batch_size,
-                              workers=workers, threads=threads, device=device,
-                              shard_size=shard_size, progress=progress, decode=decode,
-                              allow_outside_root=allow_outside_root,
-                              storage_options=storage_options or None,
-                              label_field=label_field)
+        result = add_with_options(source, opts, index=index,
+                                  backbones=list(backbones) or None, root=root,
+                                  pretrained=pretrained,
+                                  allow_outside_root=allow_outside_root,
+                                  storage_options=storage_options or None,
+                                  label_field=label_field)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     for folder in result.stale:

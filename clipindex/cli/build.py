@@ -18,6 +18,8 @@ from clipindex.cli._choices import (
     CUDA_BATCH_GFLOPS,
     CUDA_BATCH_RANGE,
     DECODES,
+    TARGET_RECALL,
+    TEXT_BATCH_SIZES,
 )
 
 #: ``--batch-size`` of build and add: how the default is chosen (static: ``--help``
@@ -168,12 +170,6 @@ def _config_source(ctx: click.Context, param: click.Parameter, value: str) -> st
     return value
 
 
-def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is not None and value < 1:
-        raise click.BadParameter("must be at least 1")
-    return value
-
-
 @main.command("build")
 @click.argument("config", callback=_config_source)
 @click.option("--backbone", "backbones", multiple=True, required=True,
@@ -184,13 +180,14 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="Data root (a folder or a URL), replacing the config's root.")
 @click.option("--pretrained", default="default", show_default=True,
               help="Pretrained tag, 'none' (random init) or a local checkpoint path.")
-@click.option("--batch-size", type=int, callback=_positive, help=BATCH_HELP)
-@click.option("--text-batch-size", type=int, callback=_positive,
-              help="Captions per batch (default: 256 on CPU, 1024 on CUDA).")
+@click.option("--batch-size", type=int, help=BATCH_HELP)
+@click.option("--text-batch-size", type=int,
+              help=f"Captions per batch (default: {TEXT_BATCH_SIZES[0]} on CPU, "
+                   f"{TEXT_BATCH_SIZES[1]} on CUDA).")
 @click.option("--workers", type=click.IntRange(min=0),
               help="Decoding processes (0: decode in-process; default: chosen from the "
                    "cores and the model's cost).")
-@click.option("--threads", type=int, callback=_positive,
+@click.option("--threads", type=int,
               help="torch threads while encoding (default: the cores the workers leave).")
 @click.option("--decode", type=click.Choice(DECODES),
               help="pil: PIL in the workers; nvjpeg: nvJPEG on the device (both full "
@@ -203,13 +200,14 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 @click.option("--index-kind", type=click.Choice(_INDEX_KINDS), default="auto", show_default=True,
               help="FAISS index: auto (exact flat for small stores, else IVF / IVF-PQ tuned "
                    "to --target-recall), exact flat, or approximate (recall@10 in the manifest).")
-@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95,
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True),
+              default=TARGET_RECALL,
               show_default=True, help="auto: recall@10 vs exact search the knobs are tuned to.")
 @click.option("--max-index-memory", default=None,
               help="auto: memory budget of each FAISS index (e.g. 4GB); over it, IVF-PQ.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage precision of the vectors.")
-@click.option("--shard-size", type=int, callback=_positive, help=SHARD_HELP)
+@click.option("--shard-size", type=int, help=SHARD_HELP)
 @click.option("--rebuild", is_flag=True,
               help="Replace a store built from another version of the dataset.")
 @click.option("--allow-outside-root", is_flag=True,
@@ -227,7 +225,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 @click.option("--ray-address", metavar="ADDRESS",
               help="Ray cluster to join (e.g. ray://head:10001 or auto); default RAY_ADDRESS, "
                    "else a local Ray for this build.")
-@click.option("--encoders", type=int, callback=_positive,
+@click.option("--encoders", type=int,
               help="Ray: encoder actors (default: one per GPU with --gpus-per-encoder, else 1).")
 @click.option("--gpus-per-encoder", type=click.FloatRange(min=0), default=0.0,
               show_default=True, help="Ray: GPUs each encoder actor reserves (0: CPU actors).")
@@ -261,20 +259,22 @@ def build_command(config: str, backbones: tuple[str, ...], out: Path, root: str 
     \b
       clipindex build demo --root worlds/demo --backbone tiny-vit --backbone tiny-rn
     """
-    from clipindex.store import build_store
+    from clipindex.store.build import build_with_options
+    from clipindex.store.plan import build_options
 
+    # The library's settings, made (and checked) once; click checked only the types.
+    opts = build_options(out, batch_size=batch_size, shard_size=shard_size, workers=workers,
+                         threads=threads, text_batch_size=text_batch_size, decode=decode,
+                         device=device, strict=strict, index_kind=index_kind,
+                         target_recall=target_recall, max_index_memory=max_index_memory,
+                         dtype=dtype, rebuild=rebuild, progress=progress, engine=engine,
+                         ray_address=ray_address, encoders=encoders,
+                         gpus_per_encoder=gpus_per_encoder)
     with _store_notes(verbose):
-        paths = build_store(config, list(backbones), out=out, root=root, pretrained=pretrained,
-                            batch_size=batch_size, workers=workers, device=device,
-                            threads=threads, text_batch_size=text_batch_size, decode=decode,
-                            strict=strict, index_kind=index_kind, dtype=dtype,
-                            target_recall=target_recall, max_index_memory=max_index_memory,
-                            shard_size=shard_size, rebuild=rebuild, progress=progress,
-                            allow_outside_root=allow_outside_root, engine=engine,
-                            ray_address=ray_address, encoders=encoders,
-                            gpus_per_encoder=gpus_per_encoder,
-                            storage_options=storage_options or None,
-                            label_field=label_field)
+        paths = build_with_options(config, list(backbones), opts, root=root,
+                                   pretrained=pretrained, allow_outside_root=allow_outside_root,
+                                   storage_options=storage_options or None,
+                                   label_field=label_field)
     if as_json:
         click.echo(json.dumps({"backbones": [_facts(p) for p in paths]}))
         return

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipindex.checks import positive_int
 from clipindex.encode.backbones import BackboneSpec, resolve_backbone
 from clipindex.encode.create import create_model
 from clipindex.encode.decode import to_rgb
@@ -50,7 +51,13 @@ from clipindex.encode.pixels import (
     worker_timeout,
 )
 from clipindex.encode.text import encode_tokens
-from clipindex.encode.tuning import EncodeSettings, choose_settings, model_gflops, torch_threads
+from clipindex.encode.tuning import (
+    DEFAULT_BATCH_SIZE,
+    EncodeSettings,
+    choose_settings,
+    model_gflops,
+    torch_threads,
+)
 from clipindex.errors import UserInputError
 
 __all__ = [
@@ -62,8 +69,6 @@ __all__ = [
     "resolve_precision",
 ]
 
-#: The batch sizes before issue 21 (kept for callers); builds now use :meth:`Encoder.settings`.
-DEFAULT_BATCH_SIZE = {"cpu": 256, "cuda": 1024}
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -425,9 +430,8 @@ class Encoder:
         >>> enc.encode_pil([Image.new("RGB", (64, 48))]).shape  # doctest: +SKIP
         (1, 512)
         """
-        size = self.default_batch_size if batch_size is None else int(batch_size)
-        if size < 1:
-            raise UserInputError(f"batch size must be at least 1, got {size}.")
+        size = positive_int("batch_size", self.default_batch_size if batch_size is None
+                            else batch_size)
         parts = [np.zeros((0, self.embed_dim), dtype=np.float32)]
         for begin in range(0, len(images), size):
             chunk = [self._pipeline(to_rgb(img)) for img in images[begin:begin + size]]
@@ -453,8 +457,8 @@ class Encoder:
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise UserInputError("every text to encode must be a string.")
-        if batch_size is not None and batch_size < 1:
-            raise UserInputError(f"batch size must be at least 1, got {batch_size}.")
+        if batch_size is not None:
+            positive_int("batch_size", batch_size)
         if not texts:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         size = batch_size or choose_settings(0.0, self.device).text_batch_size

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from clipindex.errors import UserInputError
+from clipindex.checks import choice, non_negative_int, positive_int
 
 __all__ = [
     "CPU_BATCH_GFLOPS",
@@ -49,6 +49,8 @@ __all__ = [
     "DECODE_SECONDS",
     "DECODES",
     "DECODE_ROUTES",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_TEXT_BATCH_SIZE",
     "EncodeSettings",
     "decode_route",
     "choose_settings",
@@ -75,7 +77,12 @@ DECODES = ("pil", "nvjpeg", "draft")
 #: What a store's vectors are (its manifest's ``decode_route``): ``reference`` (open_clip's
 #: own transform on a full decode: ``pil`` or ``nvjpeg``) or ``draft``.
 DECODE_ROUTES = ("reference", "draft")
-_TEXT_BATCH = {"cpu": 256, "cuda": 1024}
+#: Captions per text batch by device kind (every default batch size lives in this module).
+DEFAULT_TEXT_BATCH_SIZE = {"cpu": 256, "cuda": 1024}
+#: Image batch by device kind when no model cost is known: the batch sizes before issue 21
+#: (kept for callers; the Ray engine's GPU actors start from the CUDA one). Builds use
+#: :func:`choose_settings`.
+DEFAULT_BATCH_SIZE = {"cpu": 256, "cuda": 1024}
 _GFLOPS_CACHE: dict[tuple[str, tuple[int, ...]], float] = {}
 
 
@@ -219,7 +226,8 @@ def choose_settings(gflops: float, device: str | torch.device = "cpu", *,
         decode = "pil"
     chosen = EncodeSettings(
         threads=threads, workers=workers, batch_size=batch,
-        text_batch_size=_TEXT_BATCH[kind], decode=decode, channels_last=bool(resnet),
+        text_batch_size=DEFAULT_TEXT_BATCH_SIZE[kind], decode=decode,
+        channels_last=bool(resnet),
         auto_batch=kind == "cuda", cores=cores, gflops=float(gflops), device=kind)
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(given) - {"threads", "workers", "batch_size", "text_batch_size", "decode",
@@ -235,13 +243,12 @@ def choose_settings(gflops: float, device: str | torch.device = "cpu", *,
 
 def _check(given: dict[str, Any]) -> None:
     for name in ("threads", "batch_size", "text_batch_size"):
-        if name in given and int(given[name]) < 1:
-            raise UserInputError(f"{name} must be at least 1, got {given[name]}.")
-    if "workers" in given and int(given["workers"]) < 0:
-        raise UserInputError(f"workers must be 0 or more, got {given['workers']}.")
-    if "decode" in given and given["decode"] not in DECODES:
-        raise UserInputError(f"decode must be one of {', '.join(DECODES)}, "
-                             f"got {given['decode']!r}.")
+        if name in given:
+            given[name] = positive_int(name, given[name])
+    if "workers" in given:
+        given["workers"] = non_negative_int("workers", given["workers"])
+    if "decode" in given:
+        choice("decode", given["decode"], DECODES)
 
 
 @contextmanager

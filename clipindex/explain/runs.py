@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from clipindex.checks import positive_int
 from clipindex.errors import DataError, UserInputError
 from clipindex.explain.cam import explain, image_embedding, load_image
 from clipindex.explain.pictures import gradcam_panel, overlay
@@ -363,8 +364,7 @@ def explain_errors(
     >>> explain_errors("results/demo", "tiny-rn", limit=4)   # doctest: +SKIP
     [PosixPath('results/demo/gradcam/tiny-rn/000_val_000123.png'), ...]
     """
-    if limit < 1:
-        raise UserInputError(f"--limit must be at least 1, got {limit}.")
+    positive_int("--limit", limit)
     from clipindex.progress import bar as tqdm
     from clipindex.store.owned import refuse_store_path
 

@@ -33,6 +33,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
+from clipindex.checks import positive_int
 from clipindex.errors import UserInputError
 from clipindex.search.arithmetic import Terms, combine, term_vectors
 from clipindex.search.frames import HitTable, backbone_name, hit_table
@@ -159,9 +160,7 @@ def _check_target(target: str) -> None:
 
 
 def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise UserInputError(f"k must be a positive whole number, got {k!r}.")
-    return int(k)
+    return positive_int("k", k)
 
 
 def _check_images(paths: ImagePaths) -> list[Path]:

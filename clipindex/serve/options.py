@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from clipindex.checks import non_negative, positive_int
 from clipindex.errors import UserInputError
 
 __all__ = ["LOOPBACK", "LOOPBACK_NAMES", "ServeOptions", "allowed_hosts", "is_ip",
@@ -104,11 +105,8 @@ class ServeOptions:
     def __post_init__(self) -> None:
         for name in ("max_k", "max_upload_bytes", "max_query_chars", "max_pixels",
                      "thumb_size", "thumb_cache", "text_cache", "threads", "max_in_flight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserInputError(f"{name} must be a positive whole number, got {value!r}")
-        if self.reload_interval < 0:
-            raise UserInputError(f"reload_interval must be >= 0, got {self.reload_interval}")
+            positive_int(name, getattr(self, name))
+        non_negative("reload_interval", self.reload_interval)
         if not 0.0 <= self.reject_below <= 1.0:
             raise UserInputError(f"reject_below must be in [0, 1], got {self.reject_below}")
         if self.token is not None and len(self.token) < 8:

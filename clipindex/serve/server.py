@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from clipindex.checks import positive_int
 from clipindex.errors import UserInputError
 from clipindex.serve.options import ServeOptions, is_loopback
 
@@ -61,8 +62,7 @@ def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 80
 
     if not 0 <= port <= 65535:
         raise UserInputError(f"--port must be in 0..65535, got {port}")
-    if workers < 1:
-        raise UserInputError(f"--workers must be at least 1, got {workers}")
+    positive_int("--workers", workers)
     if options.host != host:  # the Host allow-list starts from the bound address
         options = replace(options, host=host)
     common: dict[str, Any] = dict(host=host, port=port, log_level=log_level,

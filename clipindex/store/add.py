@@ -69,7 +69,8 @@ from clipindex.store.verify import read_dataset_info, read_tables
 if TYPE_CHECKING:
     from clipindex.sources import Dataset
 
-__all__ = ["ADD_SHARDS", "AddResult", "RowPlan", "add_to_store", "plan_rows"]
+__all__ = ["ADD_SHARDS", "AddResult", "RowPlan", "add_options", "add_to_store",
+           "add_with_options", "plan_rows"]
 
 log = logging.getLogger("clipindex.store")
 
@@ -405,11 +406,46 @@ def add_to_store(
     >>> add_to_store("photos/", index="indexes/photos").line()  # doctest: +SKIP
     'encoded 4 new images, removed 1'
     """
+    opts = add_options(index, batch_size=batch_size, shard_size=shard_size, workers=workers,
+                       threads=threads, device=device, decode=decode, progress=progress)
+    return add_with_options(source, opts, index=index, backbones=backbones, root=root,
+                            pretrained=pretrained, allow_outside_root=allow_outside_root,
+                            storage_options=storage_options, label_field=label_field,
+                            _hook=_hook)
+
+
+def add_options(index: str | os.PathLike[str], *, batch_size: int | None = None,
+                shard_size: int | None = None, workers: int | None = None,
+                threads: int | None = None, device: str | None = None,
+                decode: str | None = None, progress: bool = True) -> BuildOptions:
+    """The :class:`~clipindex.store.plan.BuildOptions` of an add to the store ``index``
+    from :func:`add_to_store`'s encoding keywords, checked once: what ``clipindex add``
+    makes and hands to :func:`add_with_options`."""
+    return options(Path(index).parent, batch_size, shard_size, workers=workers,
+                   threads=threads, text_batch_size=None, decode=decode, device=device,
+                   strict=False, index_kind="flat", dtype="float32", progress=progress)
+
+
+def add_with_options(
+    source: Dataset | str | os.PathLike[str],
+    opts: BuildOptions,
+    *,
+    index: str | os.PathLike[str],
+    backbones: Sequence[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    pretrained: str = "default",
+    allow_outside_root: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    label_field: str | None = None,
+    _hook: Hook | None = None,
+) -> AddResult:
+    """:func:`add_to_store` with its settings made (and checked) by :func:`add_options`.
+
+    One sequence from the checks to the published generation: lock, plan, stage,
+    commit, publish."""
     t0 = time.perf_counter()
     ddir = Path(index)
-    opts = options(ddir.parent, batch_size, shard_size, workers=workers, threads=threads,
-                   text_batch_size=None, decode=decode, device=device, strict=False,
-                   index_kind="flat", dtype="float32", progress=progress)
+    decode = opts.decode
     dataset, source_fp, encodings = _checked(
         source, ddir, opts, backbones, pretrained, root,
         source_overrides(allow_outside_root, storage_options, label_field))

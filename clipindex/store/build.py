@@ -14,10 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ import pandas as pd
 
 from clipindex.errors import DataError, UserInputError, os_faults
 from clipindex.sources import dataset_fingerprint
+from clipindex.store.engines import image_inputs
 from clipindex.store.generations import publish, snapshot_build, store_view, tombstones
 from clipindex.store.lock import build_lock
 from clipindex.store.manifest import (
@@ -49,17 +49,21 @@ from clipindex.store.manifest import (
 )
 from clipindex.store.outputs import write_outputs
 from clipindex.store.owned import refuse_store_path
-from clipindex.store.plan import BuildOptions, EncodePlan, chosen_settings, options, plan_encoding
-from clipindex.store.ray_engine import RayOptions, encode_with_ray, ray_session
+from clipindex.store.plan import (
+    BuildOptions,
+    EncodePlan,
+    build_options,
+    chosen_settings,
+    options,
+    plan_encoding,
+)
 from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.routes import build_route
-from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
+from clipindex.store.shards import ShardCounter, Shards
 from clipindex.store.space import check_space, matrix_bytes, naming_needs
 from clipindex.store.tuning import (
     DEFAULT_TARGET_RECALL,
-    AutoSettings,
     choose_index,
-    parse_memory,
 )
 from clipindex.store.verify import check_backbone
 
@@ -70,6 +74,7 @@ __all__ = [
     "BuildOptions",
     "build_one",
     "build_store",
+    "build_with_options",
     "check_rows",
     "image_inputs",
     "options",
@@ -81,18 +86,6 @@ log = logging.getLogger("clipindex.store")
 
 
 # ----------------------------------------------------------------------------- dataset
-def image_inputs(dataset: Any, files: Sequence[str] | None = None
-                 ) -> tuple[list[str], Any]:
-    """What the encoder reads for ``files`` (default: every row's ``file``): local paths
-    under the data root, or, for a source with a reader (shards, parquet, URLs), the
-    files themselves and that reader."""
-    rel = dataset.images["file"].astype(str).tolist() if files is None else list(files)
-    reader = getattr(dataset, "reader", None)
-    if reader is not None:
-        return rel, reader
-    return [str(Path(dataset.root) / f) for f in rel], None
-
-
 def check_rows(frame: pd.DataFrame, what: str) -> None:
     if not np.array_equal(frame["row_id"].to_numpy(), np.arange(len(frame))):
         raise DataError(f"{what} row_id must run 0..n-1 in order; the source produced others")
@@ -207,7 +200,8 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
               counter: ShardCounter, before_encode: Any = None,
               plan: EncodePlan | None = None) -> Path:
     """Build (or resume, re-index, or leave alone when up to date) one backbone's store;
-    ``before_encode()`` runs only when it must be encoded (a Ray build starts Ray there);
+    ``before_encode()`` runs only when it must be encoded (a build enters its engine's
+    session there: a Ray build starts Ray); the engine (``opts.runner``) encodes;
     ``plan`` is what :func:`~clipindex.store.plan.plan_encoding` checked (default: made
     and checked now)."""
     if plan is None:
@@ -221,8 +215,7 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
         before_encode()
     (bdir / MANIFEST).unlink(missing_ok=True)  # stale: rebuild, never half-open
     (bdir / TEXT_CACHE).unlink(missing_ok=True)  # derived from the old weights
-    # A Ray driver needs the model only for its facts (dim, preprocessing): on the CPU.
-    encoder = load_encoder_for(target.spec, "cpu" if opts.engine == "ray" else opts.device)
+    encoder = load_encoder_for(target.spec, opts.runner.encoder_device(opts))
     encoder.decode_route = route  # no --decode: draft for a draft route (Ray's tasks too)
     settings = chosen_settings(opts, encoder, plan)
     batch, shard = plan.sizes(settings["batch_size"])
@@ -241,8 +234,8 @@ def build_one(dataset: Any, target: Target, fingerprint: str, opts: BuildOptions
         log.info("%s: reusing %d finished shard(s) (%d image, %d caption)",
                  target.name, reused, len(img.done), len(cap.done))
     with os_faults(bdir, needs=needs):  # a full disk names what the whole build needs
-        encode = _encode_ray if opts.engine == "ray" else _encode_all
-        timings = encode(dataset, target, encoder, img, cap, opts, settings, counter)
+        timings = opts.runner.encode(dataset, target, encoder, img, cap, opts, settings,
+                                     counter)
         timings.update(shards_reused=reused, batch_size=batch, shard_size=shard,
                        workers=settings.get("workers"), settings=settings)
         manifest = _finish(bdir, target, encoder, img, cap, fingerprint=fingerprint,
@@ -267,59 +260,6 @@ def _build_needs(dataset: Any, targets: Sequence[Target], dtype: str) -> int:
     rows = len(dataset.images) + len(dataset.captions)
     dims = [facts.model_facts(t.spec).embed_dim for t in targets]
     return sum(matrix_bytes(rows, d) + 2 * matrix_bytes(rows, d, dtype) for d in dims)
-
-
-def _encode_all(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Shards,
-                opts: BuildOptions, settings: dict[str, Any], counter: ShardCounter
-                ) -> dict[str, Any]:
-    from clipindex.progress import bar as tqdm
-
-    rel = dataset.images["file"].astype(str).tolist()
-    files, reader = image_inputs(dataset)
-    with tqdm(total=img.n, initial=img.done_rows, desc=f"{target.name} images", unit="img",
-              disable=not opts.progress, file=sys.stderr) as bar:
-        t0 = time.perf_counter()
-        knobs = {k: settings.get(k) for k in ("threads", "decode") if settings.get(k)}
-        if reader is not None:
-            knobs["reader"] = reader
-        n_img = encode_images(encoder, img, files, rel, batch_size=int(settings["batch_size"]),
-                              workers=settings.get("workers"), strict=opts.strict,
-                              counter=counter, bar=bar, **knobs)
-        t_img = time.perf_counter() - t0
-    with tqdm(total=cap.n, desc=f"{target.name} captions", unit="txt",
-              disable=not opts.progress, file=sys.stderr) as bar:
-        t0 = time.perf_counter()
-        texts = dataset.captions["text"].astype(str).tolist()
-        n_cap = encode_captions(encoder, cap, texts, counter, bar,
-                                batch_size=settings.get("text_batch_size"),
-                                threads=settings.get("threads"))
-        t_cap = time.perf_counter() - t0
-    return {
-        "image_encode_seconds": round(t_img, 4), "images_encoded": n_img,
-        "images_per_s": round(n_img / t_img, 2) if n_img and t_img > 0 else None,
-        "caption_encode_seconds": round(t_cap, 4), "captions_encoded": n_cap,
-    }
-
-
-def _encode_ray(dataset: Any, target: Target, encoder: Any, img: Shards, cap: Shards,
-                opts: BuildOptions, settings: dict[str, Any], counter: ShardCounter
-                ) -> dict[str, Any]:
-    from clipindex.progress import bar as tqdm
-
-    @contextmanager
-    def bars(total: int, initial: int, what: str) -> Iterator[Any]:
-        with tqdm(total=total, initial=initial, desc=f"{target.name} {what}", unit="row",
-                  disable=not opts.progress, file=sys.stderr) as bar:
-            yield bar
-
-    device = opts.device or ("cuda" if opts.ray.gpus_per_encoder > 0 else "cpu")
-    batch = int(settings["batch_size"])
-    return encode_with_ray(dataset, target.spec, encoder, img, cap, batch=batch,
-                           text_batch=int(settings.get("text_batch_size") or batch),
-                           device=device, strict=opts.strict,
-                           progress=opts.progress, counter=counter, ray_opts=opts.ray,
-                           bars=bars, threads=settings.get("threads") if device == "cpu"
-                           else None)
 
 
 def _finish(bdir: Path, target: Target, encoder: Any, img: Shards, cap: Shards, *,
@@ -468,14 +408,34 @@ def build_store(
     >>> paths = build_store("demo", ["tiny-vit"],
     ...                     root="worlds/demo", out="indexes")  # doctest: +SKIP
     """
-    ray_opts = RayOptions(address=ray_address, encoders=encoders,
-                          gpus_per_encoder=float(gpus_per_encoder), **(_ray_hooks or {}))
-    auto = AutoSettings(target_recall=float(target_recall),
-                        max_memory=parse_memory(max_index_memory))
-    opts = options(out, batch_size, shard_size, workers=workers, threads=threads,
-                   text_batch_size=text_batch_size, decode=decode, device=device,
-                   strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
-                   engine=engine, ray=ray_opts, auto=auto, rebuild=bool(rebuild))
+    opts = build_options(out, batch_size=batch_size, shard_size=shard_size, workers=workers,
+                         threads=threads, text_batch_size=text_batch_size, decode=decode,
+                         device=device, strict=strict, index_kind=index_kind,
+                         target_recall=target_recall, max_index_memory=max_index_memory,
+                         dtype=dtype, rebuild=rebuild, progress=progress, engine=engine,
+                         ray_address=ray_address, encoders=encoders,
+                         gpus_per_encoder=gpus_per_encoder, ray_hooks=_ray_hooks)
+    return build_with_options(dataset, backbones, opts, root=root, pretrained=pretrained,
+                              allow_outside_root=allow_outside_root,
+                              storage_options=storage_options, label_field=label_field,
+                              _stop_after_shards=_stop_after_shards)
+
+
+def build_with_options(
+    dataset: Dataset | str | os.PathLike[str],
+    backbones: Sequence[str] | str,
+    opts: BuildOptions,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    pretrained: str = "default",
+    allow_outside_root: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    label_field: str | None = None,
+    _stop_after_shards: int | None = None,
+) -> list[Path]:
+    """:func:`build_store` with its settings already made (and checked) as
+    :class:`~clipindex.store.plan.BuildOptions`
+    (:func:`~clipindex.store.plan.build_options`): what ``clipindex build`` calls."""
     refuse_store_path(opts.out)  # OUT holds dataset folders and is never inside one
     source = dataset if isinstance(dataset, (str, os.PathLike)) else "SOURCE"
     loaded, targets = _prepare(dataset, backbones, pretrained, root, source_overrides(
@@ -488,12 +448,11 @@ def build_store(
     with naming_needs(ddir, lambda: _build_needs(loaded, targets, opts.dtype)), \
             build_lock(ddir):  # one build per dataset folder
         publish(ddir)  # an add killed after its commit: finish it first
-        loaded, fingerprint = store_view(loaded, ddir, fingerprint, rebuild, source)
-        write_tables(loaded, ddir, fingerprint, rebuild)
+        loaded, fingerprint = store_view(loaded, ddir, fingerprint, opts.rebuild, source)
+        write_tables(loaded, ddir, fingerprint, opts.rebuild)
         counter = ShardCounter(_stop_after_shards)
-        with ExitStack() as stack:  # Ray starts only once a backbone needs encoding
-            start = _once(lambda: stack.enter_context(ray_session(ray_address))) \
-                if engine == "ray" else None
+        with ExitStack() as stack:  # the session (Ray) starts once a backbone needs encoding
+            start = _once(lambda: stack.enter_context(opts.runner.session(opts)))
             paths = [build_one(loaded, t, fingerprint, opts, counter, start, plans[t.folder])
                      for t in targets]
         snapshot_build(ddir, {"built": [t.folder for t in targets], "time": time.time()})

@@ -34,6 +34,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from clipindex.checks import positive_int
 from clipindex.errors import IndexMismatchError, UserInputError, os_error_from_text, os_faults
 from clipindex.store.torchsearch import (
     allowed_mask,
@@ -345,8 +346,7 @@ def search_index(
             f"query vectors have dim {q.shape[1]} but the index holds dim {index.d}; "
             "encode the queries with the same backbone as the store"
         )
-    if k < 1:
-        raise UserInputError(f"k must be >= 1, got {k}")
+    positive_int("k", k)
     params = _search_params(index, rows)
     if rows is not None and params is None:
         scores, ids = _search_filtered(index, q, int(k), rows)

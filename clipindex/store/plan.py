@@ -21,13 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipindex.checks import choice, non_negative_int, positive_int
 from clipindex.errors import UserInputError
+from clipindex.store.engines import Engine, engine_for
 from clipindex.store.manifest import DTYPES, MANIFEST, Target
-from clipindex.store.ray_engine import ENGINES, RayOptions
-from clipindex.store.tuning import AutoSettings, choose_index
+from clipindex.store.ray_engine import RayOptions
+from clipindex.store.tuning import (
+    DEFAULT_TARGET_RECALL,
+    AutoSettings,
+    choose_index,
+    parse_memory,
+)
 
-__all__ = ["DEFAULT_SHARD_ROWS", "BuildOptions", "EncodePlan", "chosen_settings", "options",
-           "plan_encoding"]
+__all__ = ["DEFAULT_SHARD_ROWS", "BuildOptions", "EncodePlan", "build_options",
+           "chosen_settings", "options", "plan_encoding"]
 
 log = logging.getLogger("clipindex.store")
 
@@ -61,29 +68,24 @@ class BuildOptions:
         from clipindex.store.indexes import INDEX_KINDS
 
         for name in ("batch_size", "shard_size", "threads", "text_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserInputError(f"{name} must be >= 1, got {value}")
-        if self.workers is not None and self.workers < 0:
-            raise UserInputError(f"workers must be 0 or more, got {self.workers}")
+            if getattr(self, name) is not None:
+                positive_int(name, getattr(self, name))
+        if self.workers is not None:
+            non_negative_int("workers", self.workers)
         if self.batch_size and self.shard_size and self.shard_size % self.batch_size:
             raise UserInputError(f"shard_size ({self.shard_size}) must be a positive "
                                  f"multiple of batch_size ({self.batch_size})")
-        if self.index_kind not in (*INDEX_KINDS, "auto"):
-            raise UserInputError(
-                f"Unknown index kind {self.index_kind!r}. Known: auto, {', '.join(INDEX_KINDS)}")
-        if self.decode is not None and self.decode not in DECODES:
-            raise UserInputError(
-                f"decode must be one of {', '.join(DECODES)}, got {self.decode!r}")
-        if self.dtype not in DTYPES:
-            raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.engine not in ENGINES:
-            raise UserInputError(f"Unknown engine {self.engine!r}. Known: {', '.join(ENGINES)}")
+        choice("index kind", self.index_kind, ("auto", *INDEX_KINDS))
+        if self.decode is not None:
+            choice("decode", self.decode, DECODES)
+        choice("dtype", self.dtype, DTYPES)
         self.ray.check()
-        if self.engine == "ray":
-            from clipindex.store.ray_engine import import_ray
+        self.runner.check(self)  # e.g. a missing ray extra, before anything is written
 
-            import_ray()  # a missing extra fails before anything is written
+    @property
+    def runner(self) -> Engine:
+        """The :class:`~clipindex.store.engines.Engine` that encodes (``engine``)."""
+        return engine_for(self.engine)
 
 
 def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
@@ -95,6 +97,29 @@ def options(out: Any, batch_size: int | None, shard_size: int | None, **kw: Any
     return BuildOptions(out=Path(out), batch_size=None if batch_size is None else int(batch_size),
                         shard_size=None if shard_size is None else int(shard_size),
                         **{**kw, **ints})
+
+
+def build_options(out: Any = "indexes", *, batch_size: int | None = None,
+                  shard_size: int | None = None, workers: int | None = None,
+                  threads: int | None = None, text_batch_size: int | None = None,
+                  decode: str | None = None, device: str | None = None, strict: bool = False,
+                  index_kind: str = "auto", target_recall: float = DEFAULT_TARGET_RECALL,
+                  max_index_memory: int | str | None = None, dtype: str = "float32",
+                  rebuild: bool = False, progress: bool = True, engine: str = "local",
+                  ray_address: str | None = None, encoders: int | None = None,
+                  gpus_per_encoder: float = 0.0, ray_hooks: dict[str, Any] | None = None
+                  ) -> BuildOptions:
+    """:class:`BuildOptions` from :func:`~clipindex.store.build_store`'s keywords (the
+    same names and defaults), checked once: what ``clipindex build`` makes and hands to
+    :func:`~clipindex.store.build.build_with_options`."""
+    ray_opts = RayOptions(address=ray_address, encoders=encoders,
+                          gpus_per_encoder=float(gpus_per_encoder), **(ray_hooks or {}))
+    auto = AutoSettings(target_recall=float(target_recall),
+                        max_memory=parse_memory(max_index_memory))
+    return options(out, batch_size, shard_size, workers=workers, threads=threads,
+                   text_batch_size=text_batch_size, decode=decode, device=device,
+                   strict=strict, index_kind=index_kind, dtype=dtype, progress=progress,
+                   engine=engine, ray=ray_opts, auto=auto, rebuild=bool(rebuild))
 
 
 @dataclass(frozen=True)
@@ -128,22 +153,14 @@ def _given(opts: BuildOptions) -> dict[str, Any]:
 
 
 def _device(opts: BuildOptions) -> str:
-    """The device settings are chosen for: resolved here, so ``--device cuda`` on a
-    machine without CUDA fails before anything is written. A Ray driver loads the
-    model on the CPU (its actors resolve their own device on the cluster)."""
-    if opts.engine == "ray":
-        return "cpu"
-    from clipindex.encode import resolve_device
-
-    return resolve_device(opts.device).type
+    """The device settings are chosen for, resolved by the engine before anything is
+    written (``--device cuda`` without CUDA fails here; a Ray driver chooses on the
+    CPU, its actors resolve their own device on the cluster)."""
+    return opts.runner.planning_device(opts)
 
 
 def _plan_one(opts: BuildOptions, target: Target, device: str) -> EncodePlan:
-    from clipindex.encode import DEFAULT_BATCH_SIZE
-
-    batch, why = opts.batch_size, ""
-    if batch is None and opts.engine == "ray" and opts.ray.gpus_per_encoder > 0:
-        batch, why = DEFAULT_BATCH_SIZE["cuda"], "the default of GPU encoder actors"
+    batch, why = opts.runner.fixed_batch(opts)
     if batch is None and opts.shard_size is not None:
         from clipindex.encode import facts
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from clipindex.checks import non_negative, positive_int
 from clipindex.errors import DataError, MissingExtraError, UserInputError
 from clipindex.store.manifest import load_encoder_for, normalise_rows
 from clipindex.store.shards import ShardCounter, Shards
@@ -72,14 +73,10 @@ class RayOptions:
     batch_delay: float = 0.0
 
     def check(self) -> RayOptions:
-        if self.encoders is not None and int(self.encoders) < 1:
-            raise UserInputError(f"--encoders must be at least 1, got {self.encoders}")
-        if self.gpus_per_encoder < 0:
-            raise UserInputError(
-                f"--gpus-per-encoder must be 0 or more, got {self.gpus_per_encoder}")
-        if int(self.cpus_per_encoder) < 1:
-            raise UserInputError(
-                f"cpus per encoder must be at least 1, got {self.cpus_per_encoder}")
+        if self.encoders is not None:
+            positive_int("encoders", self.encoders)
+        non_negative("gpus_per_encoder", self.gpus_per_encoder)
+        positive_int("cpus_per_encoder", self.cpus_per_encoder)
         return self
 
 

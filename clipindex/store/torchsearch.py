@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from clipindex.checks import positive_int
 from clipindex.errors import IndexMismatchError, UserInputError
 
 __all__ = ["as_matrix", "read_only_tensor", "torch_search"]
@@ -78,8 +79,7 @@ def torch_search(
     import torch
 
     q_np = as_matrix(queries, "queries")
-    if k < 1:
-        raise UserInputError(f"k must be >= 1, got {k}")
+    positive_int("k", k)
     x = vectors if isinstance(vectors, torch.Tensor) else read_only_tensor(vectors)
     x = x.to(device)
     if q_np.shape[1] != x.shape[1]:

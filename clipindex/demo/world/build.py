@@ -16,6 +16,7 @@ from typing import Any
 
 import tqdm
 
+from clipindex.checks import non_negative_int
 from clipindex.demo.world.captions import make_captions
 from clipindex.demo.world.knobs import (
     CATEGORIES,
@@ -313,8 +314,7 @@ def make_world(
     >>> sorted(p.name for p in root.iterdir())
     ['annotations', 'train', 'val', 'world.json']
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UserInputError(f"seed must be a non-negative integer, got {seed!r}.")
+    seed = non_negative_int("seed", seed)
     sc = resolve_scale(scale)
     knobs = knobs if knobs is not None else WorldKnobs()
     out = Path(out_dir)
