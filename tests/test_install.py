@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sysconfig
 from importlib.metadata import distributions
 from pathlib import Path
 
@@ -24,7 +25,11 @@ def _locked() -> dict[str, str]:
 def test_the_venv_is_the_lock() -> None:
     # Every package this suite runs with is pinned at the installed version, and every pin
     # is installed: a package released tomorrow cannot change what CI tests.
-    installed = {_norm(d.metadata["Name"]): d.version for d in distributions()}
+    # only what pip installed into this venv: ray puts its vendored psutil (ray/
+    # thirdparty_files) on sys.path once it is imported, which is not an installed package
+    site = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+    installed = {_norm(d.metadata["Name"]): d.version for d in distributions()
+                 if Path(str(d.locate_file(""))).resolve() in site}
     installed.pop("clipindex")
     installed.pop("pip", None)  # the venv's own installer, not a dependency
     locked = _locked()
