@@ -89,11 +89,24 @@ def image_labels(bi: Any) -> np.ndarray:
     return _columns(bi)[0]
 
 
+_DISTINCT: dict[int, tuple[np.ndarray, frozenset[str]]] = {}
+
+
+def _distinct(labels: np.ndarray) -> frozenset[str]:
+    """The distinct labels of a cached (read-only) label column, made once per column."""
+    hit = _DISTINCT.get(id(labels))
+    if hit is None or hit[0] is not labels:
+        if len(_DISTINCT) > 64:  # stores come and go: keep the cache small
+            _DISTINCT.clear()
+        hit = _DISTINCT[id(labels)] = (labels, frozenset(np.unique(labels).tolist()))
+    return hit[1]
+
+
 def store_classes(bi: Any) -> list[str]:
     """The store's classes: ``dataset.json``'s order, then any other label, sorted."""
     known = [str(c) for c in bi.dataset_info.get("classes") or []]
     seen = set(known)
-    known += sorted({str(v) for v in image_labels(bi).tolist()} - seen)
+    known += sorted(_distinct(image_labels(bi)) - seen)
     return known
 
 
