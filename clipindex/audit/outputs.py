@@ -12,6 +12,7 @@ group, 0 for none), ``outlier_z``, then ``p_label_<signal>`` per signal
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import pandas as pd
 
 from clipindex.files import atomic_write_bytes, write_json_atomic
 
-__all__ = ["ISSUE_COLUMNS", "OUTLIER_COLUMNS", "FILES", "finish", "issue_frame", "to_json"]
+__all__ = ["ISSUE_COLUMNS", "OUTLIER_COLUMNS", "FILES", "AuditResult", "finish", "issue_frame",
+           "to_json"]
 
 #: The leading columns of ``label_issues.csv`` (the ``p_label_<signal>`` columns follow).
 ISSUE_COLUMNS: tuple[str, ...] = ("rank", "row_id", "file", "split", "label", "suggested",
@@ -30,6 +32,19 @@ OUTLIER_COLUMNS: tuple[str, ...] = ("row_id", "file", "split", "label", "nearest
                                     "prototype_cosine", "outlier_z")
 FILES = ("label_issues.csv", "duplicates.csv", "outliers.csv", "audit.md", "audit.json")
 _DIGITS = 6
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """What :func:`audit_store` found: ``issues`` (``label_issues.csv``, every audited row,
+    most suspect first), ``duplicates`` (near-duplicate groups with conflicting labels),
+    ``outliers``, a JSON-ready ``summary`` and the written ``files``."""
+
+    issues: pd.DataFrame
+    duplicates: pd.DataFrame
+    outliers: pd.DataFrame
+    summary: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def issue_frame(images: pd.DataFrame, rows: np.ndarray, labels: np.ndarray,
@@ -126,8 +141,6 @@ def to_json(issues: pd.DataFrame, dups: pd.DataFrame, outliers: pd.DataFrame,
 def finish(issues: pd.DataFrame, dups: pd.DataFrame, proto: np.ndarray, z: np.ndarray,
            summary: dict[str, Any], out: Path | None, outlier_z: float) -> Any:
     """Fill the duplicates' suggestions and the outliers, write the files into ``out``."""
-    from clipindex.audit.run import AuditResult
-
     suggested = dict(zip(issues["row_id"], issues["suggested"], strict=True))
     dups = dups.assign(suggested=[suggested[int(r)] for r in dups["row_id"]])
     outliers = _outliers(issues, proto, z, outlier_z)

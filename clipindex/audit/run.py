@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pandas as pd
 
 from clipindex.audit import signals
 from clipindex.audit.duplicates import duplicate_groups
+from clipindex.audit.outputs import AuditResult, finish, issue_frame
 from clipindex.errors import DataError, UserInputError
 from clipindex.search.dedup import DEFAULT_THRESHOLD
 
@@ -48,19 +49,6 @@ class AuditSettings:
             raise UserInputError(f"C must be > 0, got {self.C!r}")
         if not float(self.outlier_z) > 0:
             raise UserInputError(f"the outlier z-score must be > 0, got {self.outlier_z!r}")
-
-
-@dataclass(frozen=True)
-class AuditResult:
-    """What :func:`audit_store` found: ``issues`` (``label_issues.csv``, every audited row,
-    most suspect first), ``duplicates`` (near-duplicate groups with conflicting labels),
-    ``outliers``, a JSON-ready ``summary`` and the written ``files``."""
-
-    issues: pd.DataFrame
-    duplicates: pd.DataFrame
-    outliers: pd.DataFrame
-    summary: dict[str, Any]
-    files: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,7 +124,6 @@ def _pool_groups(p: np.ndarray, pos: dict[int, int], dups: pd.DataFrame) -> np.n
 def _issue_table(indexes: Sequence[Any], r: _Rows, sig: dict[str, np.ndarray],
                  dups: pd.DataFrame, z: np.ndarray) -> pd.DataFrame:
     """``label_issues.csv``: every audited row, the combined score and each signal."""
-    from clipindex.audit.outputs import issue_frame
 
     stacked = np.stack(list(sig.values()))
     mean = np.nanmean(stacked, axis=0)
@@ -179,7 +166,6 @@ def audit_store(dataset_dir: str | os.PathLike[str], backbones: Sequence[str],
     >>> res = audit_store("indexes/demo", ["tiny-vit", "tiny-rn"], "audit")  # doctest: +SKIP
     >>> res.issues[["row_id", "label", "suggested", "score"]].head(3)  # doctest: +SKIP
     """
-    from clipindex.audit.outputs import finish
     from clipindex.store import open_index
     from clipindex.store.owned import refuse_store_path
 

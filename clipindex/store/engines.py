@@ -26,15 +26,16 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from clipindex.checks import choice
 from clipindex.store.manifest import Target
 from clipindex.store.ray_engine import encode_with_ray, import_ray, ray_session
 from clipindex.store.shards import ShardCounter, Shards, encode_captions, encode_images
 
-if TYPE_CHECKING:
-    from clipindex.store.plan import BuildOptions
+#: A :class:`clipindex.store.plan.BuildOptions` (plan imports this module to pick the
+#: engine, so the type is named here, not imported: no import cycle).
+BuildOptions = Any
 
 __all__ = ["ENGINES", "Engine", "LocalEngine", "RayEngine", "engine_for", "image_inputs"]
 

@@ -38,16 +38,12 @@ a backbone left out of an add no longer matches it and is *stale*.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
-
-import numpy as np
 
 from clipindex.errors import IndexMismatchError
 from clipindex.files import read_json
@@ -56,6 +52,8 @@ from clipindex.store.manifest import (
     OUTPUT_FILES,
     TABLE_FILES,
     TEXT_CACHE,
+    store_fingerprint,
+    tombstones,
     write_dataset_info,
     write_json,
 )
@@ -372,25 +370,6 @@ def store_view(dataset: Any, dataset_dir: Path, fingerprint: str, rebuild: bool,
 
 
 # ----------------------------------------------------------------------------- tombstones
-def tombstones(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Tombstoned image and caption row ids recorded in ``dataset.json``."""
-    rec = info.get("tombstones") or {}
-    return (np.asarray(rec.get("images", []), dtype=np.int64),
-            np.asarray(rec.get("captions", []), dtype=np.int64))
-
-
-def store_fingerprint(table_fingerprint: str, dead_images: Iterable[int],
-                      dead_captions: Iterable[int]) -> str:
-    """The fingerprint of a store's rows: the tables' fingerprint alone without
-    tombstones (a store never added to), else the tables and the tombstones."""
-    dead_i, dead_c = sorted(int(r) for r in dead_images), sorted(int(r) for r in dead_captions)
-    if not dead_i and not dead_c:
-        return table_fingerprint
-    text = json.dumps({"tables": table_fingerprint, "images": dead_i, "captions": dead_c},
-                      separators=(",", ":"))
-    return hashlib.sha256(b"clipindex-store-v1" + text.encode()).hexdigest()
-
-
 def stale_reason(manifest: dict[str, Any], info: dict[str, Any]) -> str | None:
     """Why a backbone's rows are not the store's (None: current)."""
     if manifest.get("dataset_fingerprint") == info.get("fingerprint"):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from clipindex.errors import DamagedStoreError, IndexMismatchError, UserInputErr
 from clipindex.files import atomic_write, read_json, write_json_atomic
 
 __all__ = [
+    "store_fingerprint",
+    "tombstones",
     "DATASET_SEAL",
     "DTYPES",
     "FORMAT_VERSION",
@@ -438,3 +440,22 @@ def write_manifest(bdir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     sealed = seal(manifest)
     write_json(bdir / MANIFEST, sealed)
     return sealed
+
+
+def tombstones(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Tombstoned image and caption row ids recorded in ``dataset.json``."""
+    rec = info.get("tombstones") or {}
+    return (np.asarray(rec.get("images", []), dtype=np.int64),
+            np.asarray(rec.get("captions", []), dtype=np.int64))
+
+
+def store_fingerprint(table_fingerprint: str, dead_images: Iterable[int],
+                      dead_captions: Iterable[int]) -> str:
+    """The fingerprint of a store's rows: the tables' fingerprint alone without
+    tombstones (a store never added to), else the tables and the tombstones."""
+    dead_i, dead_c = sorted(int(r) for r in dead_images), sorted(int(r) for r in dead_captions)
+    if not dead_i and not dead_c:
+        return table_fingerprint
+    text = json.dumps({"tables": table_fingerprint, "images": dead_i, "captions": dead_c},
+                      separators=(",", ":"))
+    return hashlib.sha256(b"clipindex-store-v1" + text.encode()).hexdigest()

@@ -39,6 +39,8 @@ from clipindex.store.manifest import (
     check_seal,
     read_json,
     sha256_file,
+    store_fingerprint,
+    tombstones,
 )
 from clipindex.store.tables import StoreTable
 
@@ -116,10 +118,9 @@ def read_dataset_info(dataset_dir: Path) -> dict[str, Any]:
 def unsealed_damage(dataset_dir: Path, info: dict[str, Any]) -> list[Damage]:
     """For a ``dataset.json`` without a seal (written before it had one): whether its
     tombstones are the ones its fingerprint covers (it is the tables' fingerprint with
-    the tombstones, :func:`clipindex.store.generations.store_fingerprint`). Reads and
+    the tombstones, :func:`clipindex.store.manifest.store_fingerprint`). Reads and
     serialises the tables: ``verify`` only. [] for a sealed one."""
     from clipindex.sources import fingerprint
-    from clipindex.store.generations import store_fingerprint, tombstones
 
     if DATASET_SEAL in info:
         return []
