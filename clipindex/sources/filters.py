@@ -22,7 +22,7 @@ import numpy as np
 from clipindex.config import DatasetConfig
 from clipindex.errors import ConfigError, DataError
 
-__all__ = ["box_area", "class_pools", "largest_annotation", "select"]
+__all__ = ["box_area", "class_pools", "largest_annotation", "sample_rows", "select"]
 
 
 def class_pools(
@@ -112,3 +112,29 @@ def select(
             )
         support[c] = {int(i) for i in rng.choice(len(rows), k, replace=False)}
     return sampled, support
+
+
+def sample_rows(rows: dict[str, dict[str, Any]], cfg: DatasetConfig, origin: str, what: str,
+                *, given_split: bool
+                ) -> tuple[list[str], dict[str, set[int]], dict[str, tuple[str, int]],
+                           dict[str, Any]]:
+    """The classes, support draw and chosen rows of a table of rows (``rel -> {"label":
+    ...}``, a manifest's or a remote folder's): ``classes`` checked against the labels
+    (two at least; ``what`` names the table in the error), then :func:`select`.
+    ``chosen`` maps each sampled ``rel`` to ``(class, index in its sample)``; the last
+    item is the funnel (``all_images``, ``with_class``, ``sampled``)."""
+    from clipindex.sources.records import unknown_class
+
+    labels = list(dict.fromkeys(e["label"] for e in rows.values()))
+    classes = list(cfg.classes) or sorted(labels)
+    for c in classes:
+        if c not in labels:
+            raise unknown_class(c, "classes", origin, sorted(labels))
+    if len(classes) < 2:
+        raise DataError(f"{what} has {len(classes)} class(es): a classifier needs two")
+    pools = {c: [rel for rel, e in rows.items() if e["label"] == c] for c in classes}
+    sampled, support = select(pools, cfg, origin, given_split=given_split)
+    chosen = {rel: (c, j) for c, rels in sampled.items() for j, rel in enumerate(rels)}
+    funnel = {"all_images": len(rows), "with_class": {c: len(v) for c, v in pools.items()},
+              "sampled": {c: len(v) for c, v in sampled.items()}}
+    return classes, support, chosen, funnel

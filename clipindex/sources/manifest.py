@@ -16,8 +16,8 @@ import pandas as pd
 
 from clipindex.config import DatasetConfig
 from clipindex.errors import DataError
-from clipindex.sources.filters import select
-from clipindex.sources.records import Built, header_size, require_file, under_root, unknown_class
+from clipindex.sources.filters import sample_rows
+from clipindex.sources.records import Built, header_size, require_file, under_root
 
 __all__ = ["MANIFEST_READERS", "SPLIT_ALIASES", "load_manifest", "missing", "read_table"]
 
@@ -99,16 +99,8 @@ def load_manifest(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     if None in splits and len(splits) > 1:
         raise DataError(f"Manifest {path}: some rows have a split and others none; fill them all")
     given = None not in splits
-    labels = list(dict.fromkeys(e["label"] for e in rows.values()))
-    classes = list(cfg.classes) or sorted(labels)
-    for c in classes:
-        if c not in labels:
-            raise unknown_class(c, "classes", origin, sorted(labels))
-    if len(classes) < 2:
-        raise DataError(f"Manifest {path} has {len(classes)} class(es): a classifier needs two")
-    pools = {c: [rel for rel, e in rows.items() if e["label"] == c] for c in classes}
-    sampled, support = select(pools, cfg, origin, given_split=given)
-    chosen = {rel: (c, j) for c, rels in sampled.items() for j, rel in enumerate(rels)}
+    classes, support, chosen, funnel = sample_rows(rows, cfg, origin, f"Manifest {path}",
+                                                   given_split=given)
     records: list[dict[str, Any]] = []
     captions: list[tuple[int, str]] = []
     for rel, entry in rows.items():  # manifest order
@@ -119,10 +111,5 @@ def load_manifest(cfg: DatasetConfig, root: Path, origin: str) -> Built:
         width, height = header_size(root / rel)
         captions += [(len(records), t) for t in texts.get(rel, [])]
         records.append({"file": rel, "width": width, "height": height, "label": c, "split": split})
-    funnel = {
-        "all_images": len(rows),
-        "with_class": {c: len(v) for c, v in pools.items()},
-        "sampled": {c: len(v) for c, v in sampled.items()},
-    }
     split_from = "given" if given else ("drawn" if cfg.support_per_class is not None else "none")
     return Built(classes, records, captions, funnel, split_from)

@@ -19,9 +19,9 @@ import pandas as pd
 
 from clipindex.config import DatasetConfig
 from clipindex.errors import DataError
-from clipindex.sources.filters import select
+from clipindex.sources.filters import sample_rows
 from clipindex.sources.manifest import SPLIT_ALIASES, missing
-from clipindex.sources.records import Built, unknown_class
+from clipindex.sources.records import Built
 from clipindex.sources.storage import (
     FileReader,
     filesystem,
@@ -63,16 +63,8 @@ def _relative(root: str, path: str, where: str, allow: bool) -> str:
 
 def _assemble(cfg: DatasetConfig, root: str, origin: str, rows: dict[str, dict[str, Any]],
               texts: dict[str, list[str]], given: bool) -> Built:
-    labels = list(dict.fromkeys(e["label"] for e in rows.values()))
-    classes = list(cfg.classes) or sorted(labels)
-    for c in classes:
-        if c not in labels:
-            raise unknown_class(c, "classes", origin, sorted(labels))
-    if len(classes) < 2:
-        raise DataError(f"{origin} has {len(classes)} class(es): a classifier needs two")
-    pools = {c: [rel for rel, e in rows.items() if e["label"] == c] for c in classes}
-    sampled, support = select(pools, cfg, origin, given_split=given)
-    chosen = {rel: (c, j) for c, rels in sampled.items() for j, rel in enumerate(rels)}
+    classes, support, chosen, funnel = sample_rows(rows, cfg, origin, origin,
+                                                   given_split=given)
     tags = object_identity([join(root, rel) for rel in chosen], cfg.storage_options)
     records: list[dict[str, Any]] = []
     captions: list[tuple[int, str]] = []
@@ -85,8 +77,6 @@ def _assemble(cfg: DatasetConfig, root: str, origin: str, rows: dict[str, dict[s
         captions += [(len(records), t) for t in texts.get(rel, [])]
         records.append({"file": rel, "width": 0, "height": 0, "label": c, "split": split,
                         "bytes": size, "etag": tag})
-    funnel = {"all_images": len(rows), "with_class": {c: len(v) for c, v in pools.items()},
-              "sampled": {c: len(v) for c, v in sampled.items()}}
     split_from = "given" if given else ("drawn" if cfg.support_per_class is not None else "none")
     return Built(classes, records, captions, funnel, split_from, columns=["bytes", "etag"],
                  reader=FileReader(root, cfg.storage_options))
