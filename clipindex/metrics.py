@@ -102,10 +102,23 @@ def confusion_matrix(
     [[0, 1], [0, 1]]
     """
     t, p = _pair(y_true, y_pred)
-    ti, pi = _codes(t, classes), _codes(p, classes)
+    return _confusion(_codes(t, classes), _codes(p, classes), len(classes))
+
+
+def _confusion(ti: np.ndarray, pi: np.ndarray, n: int) -> np.ndarray:
+    """The confusion matrix of coded labels (-1: outside the classes, not counted)."""
     ok = (ti >= 0) & (pi >= 0)
-    n = len(classes)
     return np.bincount(ti[ok] * n + pi[ok], minlength=n * n).reshape(n, n).astype(np.int64)
+
+
+def _balanced_from_codes(ti: np.ndarray, cm: np.ndarray) -> float:
+    """:func:`balanced_accuracy` over listed classes from the true labels' codes and the
+    confusion matrix: recall_c = rows of c predicted c / rows of c, over present c."""
+    support = np.bincount(ti[ti >= 0], minlength=len(cm))
+    present = support > 0
+    if not present.any():
+        return float("nan")
+    return float(np.mean(np.diag(cm)[present] / support[present]))
 
 
 def _codes(values: np.ndarray, classes: Vector) -> np.ndarray:
@@ -227,13 +240,16 @@ def classification_metrics(
     if u.shape != t.shape:
         raise UserInputError(f"uncertain must have one flag per row ({len(t)})")
     classes = list(classes)
-    cm = confusion_matrix(t, p, classes)  # once: per_class and macro_f1 read it
+    # The labels are coded once; every figure below is read from the codes' counts (the
+    # same numbers as accuracy / balanced_accuracy / per_class computed one by one).
+    ti = _codes(t, classes)
+    cm = _confusion(ti, _codes(p, classes), len(classes))
     pc = _per_class(cm, classes)
     return {
         "n": int(len(t)),
         "classes": classes,
         "accuracy": accuracy(t, p),
-        "balanced_accuracy": balanced_accuracy(t, p, classes),
+        "balanced_accuracy": _balanced_from_codes(ti, cm),
         "macro_f1": float(np.mean([pc[c]["f1"] for c in classes])) if classes else float("nan"),
         "per_class": pc,
         "confusion": cm.tolist(),

@@ -25,6 +25,7 @@ from clipindex.classifiers import (
     normalise,
     reject_below,
     soft_vote,
+    softmax,
     vote_shares,
 )
 from clipindex.classifiers.templates import IMAGENET_TEMPLATES, get_templates
@@ -411,3 +412,28 @@ def test_pipeline_and_grid_search() -> None:
     assert grid.best_estimator_[-1].k == grid.best_params_["imageknnclassifier__k"]
     xt, yt = imbalanced(15, 60, 60)
     assert grid.score(xt, yt) > 0.8
+
+
+@pytest.mark.parametrize("shape", [(950, 5), (20, 8), (3, 5), (10, 9), (400, 2)])
+def test_softmax_column_major_path_gives_the_same_bits(shape) -> None:
+    # Few classes and many rows take a column-major route (numpy's short row-wise
+    # reductions are slow); its sums of < 8 terms must equal the plain formula bit for bit.
+    z = np.random.default_rng(3).normal(0, 30, shape)
+    plain = np.exp(z - z.max(axis=1, keepdims=True))
+    plain = plain / plain.sum(axis=1, keepdims=True)
+    got = softmax(z)
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, plain)
+
+
+def test_prototype_means_are_the_masked_means_bit_for_bit() -> None:
+    # fit groups each class's rows by one stable sort: the same rows in the same order as
+    # a boolean mask per class, so the prototypes are exactly those of the mask means.
+    rng = np.random.default_rng(5)
+    caps = unit(rng, 300) * rng.uniform(0.5, 2, (300, 1)).astype(np.float32)
+    y = rng.choice(["sheep", "cat", "dog", "cow", "horse"], 300)
+    clf = PrototypeClassifier().fit(caps, y)
+    v = normalise(caps)
+    ref = normalise(np.stack([v[y == c].mean(axis=0) for c in np.unique(y)]))
+    np.testing.assert_array_equal(clf.prototypes_, ref)
+    assert clf.n_captions_.tolist() == [int((y == c).sum()) for c in np.unique(y)]

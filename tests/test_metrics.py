@@ -125,3 +125,22 @@ def test_recall_any_caption_counts() -> None:
     assert recall_at_k_image_to_text(s, [0, 0, 1], 1) == 1.0
     with pytest.raises(UserInputError, match="K must be a positive integer"):
         recall_at_k_image_to_text(s, [0, 0, 1], 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_classification_metrics_equal_the_one_by_one_functions(seed: int) -> None:
+    # classification_metrics codes the labels once; each figure must be what the
+    # single-purpose function gives, labels outside the classes included.
+    rng = np.random.default_rng(seed)
+    t = rng.choice(CLASSES + ["person"], 300)
+    p = np.where(rng.random(300) < 0.5, t, rng.choice(CLASSES + ["bird"], 300))
+    u = rng.random(300) < 0.2
+    m = classification_metrics(t, p, CLASSES, u)
+    assert m["accuracy"] == accuracy(t, p)
+    assert m["balanced_accuracy"] == balanced_accuracy(t, p, CLASSES)
+    assert m["macro_f1"] == macro_f1(t, p, CLASSES)
+    assert m["confusion"] == confusion_matrix(t, p, CLASSES).tolist()
+    assert m["per_class"] == per_class(t, p, CLASSES)
+    assert m["accuracy_covered"] == accuracy_covered(t, p, u)
+    assert m["coverage"] == coverage(u)
+    assert math.isnan(classification_metrics(["x"], ["x"], CLASSES)["balanced_accuracy"])

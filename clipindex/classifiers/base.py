@@ -85,6 +85,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     [[0.5, 0.5]]
     """
     z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 2 and z.shape[1] < 8 < z.shape[0]:
+        # Few classes, many rows: numpy's row-wise reductions over a short C-ordered axis
+        # cost ~10x their work (30 us for 950 x 5); a column-major copy reduces column by
+        # column. Sums of <= 8 terms are sequential in both layouts: the same bits.
+        z = np.array(z, order="F", copy=True)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return np.ascontiguousarray(z)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

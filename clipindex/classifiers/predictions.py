@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,9 +42,10 @@ def prediction_table(row_ids: Vector, files: Sequence[str] | Vector, true: Vecto
     """
     ids = np.asarray(row_ids, dtype=np.int64)
     cols: dict[str, Any] = {"row_id": ids, "file": _strings(files, keep_missing=True)}
+    vocab = _vocab(tuple(str(c) for c in classes))
     if true is not None:
-        cols["true"] = _strings(true)
-    cols["predicted"] = _strings(predicted)
+        cols["true"] = _strings(true, vocab=vocab)
+    cols["predicted"] = _strings(predicted, vocab=vocab)
     for j, c in enumerate(classes):
         cols[f"p_{c}"] = np.asarray(proba[:, j], dtype=np.float64)
     cols["uncertain"] = (np.zeros(len(ids), dtype=bool) if uncertain is None
@@ -51,10 +53,37 @@ def prediction_table(row_ids: Vector, files: Sequence[str] | Vector, true: Vecto
     return pd.DataFrame(cols, copy=False)
 
 
-def _strings(values: Any, keep_missing: bool = False) -> Any:
+class _Vocab:
+    """The run's classes, sorted once: labels are coded by a binary search into them."""
+
+    def __init__(self, classes: Sequence[str]) -> None:
+        names = np.asarray([str(c) for c in classes])
+        self.order = np.argsort(names, kind="stable")
+        self.sorted = names[self.order]
+        self.array = pd.array(names, dtype="str")
+
+    def column(self, array: np.ndarray) -> Any:
+        """``array`` (strings) as a string column taken from the classes, or None when a
+        value is not one of them."""
+        if not len(self.sorted) or array.dtype.kind != "U" or array.ndim != 1:
+            return None
+        at = np.minimum(np.searchsorted(self.sorted, array), len(self.sorted) - 1)
+        if not (self.sorted[at] == array).all():
+            return None
+        return self.array.take(self.order[at])
+
+
+@functools.lru_cache(maxsize=32)
+def _vocab(classes: tuple[str, ...]) -> _Vocab:
+    """The :class:`_Vocab` of a run's classes, made once per class list."""
+    return _Vocab(classes)
+
+
+def _strings(values: Any, keep_missing: bool = False, vocab: _Vocab | None = None) -> Any:
     """A column of strings as pandas' string array, made from the few distinct values
     (``take``): a table of labels costs what its classes cost, not what its rows do.
-    ``keep_missing`` keeps None/NaN (file names), else every value is ``str(value)``."""
+    ``keep_missing`` keeps None/NaN (file names), else every value is ``str(value)``;
+    ``vocab`` (the run's classes) codes labels without sorting the rows."""
     if isinstance(values, (pd.Series, pd.api.extensions.ExtensionArray)) and \
             pd.api.types.is_string_dtype(values.dtype) and keep_missing:
         return pd.array(values, copy=False) if isinstance(values, pd.Series) else values
@@ -63,6 +92,9 @@ def _strings(values: Any, keep_missing: bool = False) -> Any:
         array = array.astype(str)
     if keep_missing:
         return list(array)
+    coded = vocab.column(array) if vocab is not None else None
+    if coded is not None:
+        return coded
     uniq, inverse = np.unique(array, return_inverse=True)
     return pd.array(uniq, dtype="str").take(inverse.ravel())
 

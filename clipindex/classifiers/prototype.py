@@ -43,10 +43,15 @@ class PrototypeClassifier(VectorClassifier):
         """Average the normalised vectors ``X`` (captions) of each class; normalise again."""
         x, labels = self._fit_data(X, y, "caption vectors")
         v = normalise(x)
-        self.classes_ = np.unique(labels)
+        self.classes_, codes = np.unique(labels, return_inverse=True)
+        counts = np.bincount(codes.ravel(), minlength=len(self.classes_))
+        # Each class's rows as one slice of a stable sort: the same rows in the same
+        # order as v[labels == c], without comparing every label to every class.
+        grouped = v[np.argsort(codes.ravel(), kind="stable")]
+        ends = np.cumsum(counts)
         self.prototypes_ = normalise(
-            np.stack([v[labels == c].mean(axis=0) for c in self.classes_]))
-        self.n_captions_ = np.array([(labels == c).sum() for c in self.classes_])
+            np.stack([grouped[e - n:e].mean(axis=0) for n, e in zip(counts, ends, strict=True)]))
+        self.n_captions_ = counts
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803

@@ -26,7 +26,7 @@ from clipindex.checks import positive_int
 from clipindex.errors import UserInputError
 
 __all__ = ["ROWS", "parse_classes", "store_classes", "pick_classes", "draw_shots",
-           "split_rows", "image_labels"]
+           "split_rows", "image_labels", "label_codes", "caption_columns"]
 
 #: What ``classify(rows=...)`` predicts: the test rows, or every usable row.
 ROWS = ("test", "all")
@@ -57,31 +57,46 @@ def parse_classes(spec: str | Sequence[str] | None) -> tuple[list[str] | None, d
     return labels, names
 
 
-#: Per opened store: (its images table, label strings, split strings, row ids). A run
-#: reads them instead of converting pandas columns on every call (a classify call on
-#: stored vectors costs about a millisecond: the conversions were most of it).
+#: Per opened store: (its images table, label strings, split strings, row ids, distinct
+#: labels, each row's code into them). A run reads them instead of converting pandas
+#: columns on every call (a classify call on stored vectors costs about a millisecond:
+#: the conversions were most of it).
 _COLUMNS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+#: Per opened store: (its captions table, owner image row, caption row id, valid flag).
+_CAPTIONS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
-def _columns(bi: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    images = bi.images
+def _cached(cache: weakref.WeakKeyDictionary[Any, tuple[Any, ...]], bi: Any, table: Any,
+            make: Any) -> tuple[Any, ...]:
+    """``make(table)`` (read-only arrays), kept per opened store while ``table`` is its
+    table (an object that is not weak-referenceable is not cached)."""
     try:
-        hit = _COLUMNS.get(bi)
-    except TypeError:  # not weak-referenceable: nothing cached
+        hit = cache.get(bi)
+    except TypeError:
         hit = None
-    if hit is not None and hit[0] is images:
-        return hit[1], hit[2], hit[3]
+    if hit is not None and hit[0] is table:
+        return hit[1:]
+    made = make(table)
+    for a in made:
+        a.flags.writeable = False
+    try:
+        cache[bi] = (table, *made)
+    except TypeError:
+        pass
+    return made
+
+
+def _image_columns(images: Any) -> tuple[np.ndarray, ...]:
     labels = images["label"].astype(str).to_numpy().astype(str)
     split = (images["split"].astype(str).to_numpy().astype(str) if "split" in images
              else np.full(len(images), ""))
-    ids = images["row_id"].to_numpy(np.int64)
-    for a in (labels, split, ids):
-        a.flags.writeable = False
-    try:
-        _COLUMNS[bi] = (images, labels, split, ids)
-    except TypeError:
-        pass
-    return labels, split, ids
+    uniq, codes = np.unique(labels, return_inverse=True)
+    return labels, split, images["row_id"].to_numpy(np.int64), uniq, codes.ravel()
+
+
+def _columns(bi: Any) -> tuple[np.ndarray, ...]:
+    """(labels, split, row ids, distinct labels, codes) of a store's images."""
+    return _cached(_COLUMNS, bi, bi.images, _image_columns)
 
 
 def image_labels(bi: Any) -> np.ndarray:
@@ -89,24 +104,30 @@ def image_labels(bi: Any) -> np.ndarray:
     return _columns(bi)[0]
 
 
-_DISTINCT: dict[int, tuple[np.ndarray, frozenset[str]]] = {}
+def label_codes(bi: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(the store's distinct labels, sorted; each image's position in them), made once
+    per opened store: a run tests its classes on the few distinct labels, not on every
+    row's string."""
+    cols = _columns(bi)
+    return cols[3], cols[4]
 
 
-def _distinct(labels: np.ndarray) -> frozenset[str]:
-    """The distinct labels of a cached (read-only) label column, made once per column."""
-    hit = _DISTINCT.get(id(labels))
-    if hit is None or hit[0] is not labels:
-        if len(_DISTINCT) > 64:  # stores come and go: keep the cache small
-            _DISTINCT.clear()
-        hit = _DISTINCT[id(labels)] = (labels, frozenset(np.unique(labels).tolist()))
-    return hit[1]
+def _caption_columns(captions: Any) -> tuple[np.ndarray, ...]:
+    return (captions["image_row_id"].to_numpy(np.int64), captions["row_id"].to_numpy(np.int64))
+
+
+def caption_columns(bi: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner image row, caption row id, valid flag) of each stored caption (read-only;
+    cached per opened store)."""
+    owner, ids = _cached(_CAPTIONS, bi, bi.captions, _caption_columns)
+    return owner, ids, np.asarray(bi.caption_valid, bool)
 
 
 def store_classes(bi: Any) -> list[str]:
     """The store's classes: ``dataset.json``'s order, then any other label, sorted."""
     known = [str(c) for c in bi.dataset_info.get("classes") or []]
     seen = set(known)
-    known += sorted(_distinct(image_labels(bi)) - seen)
+    known += sorted(set(label_codes(bi)[0].tolist()) - seen)
     return known
 
 
@@ -146,11 +167,11 @@ def split_rows(bi_list: list[Any], classes: list[str], shots: int | None, seed: 
     """(support row ids, predicted row ids); see the module docstring for ``rows``."""
     if rows not in ROWS:
         raise UserInputError(f"Unknown rows {rows!r}. Known: {', '.join(ROWS)}")
-    labels, split, row_ids = _columns(bi_list[0])
+    labels, split, row_ids, uniq, codes = _columns(bi_list[0])
     valid = np.asarray(bi_list[0].image_valid, bool)
     for b in bi_list[1:]:
         valid = valid & np.asarray(b.image_valid, bool)
-    usable = valid & np.isin(labels, classes)
+    usable = valid & np.isin(uniq, classes)[codes]  # classes tested on distinct labels
     ids = row_ids[usable]
     if shots is not None:
         support = draw_shots(labels[usable], ids, classes, shots, seed)

@@ -45,7 +45,14 @@ from clipindex.classifiers.predictions import (
 )
 from clipindex.classifiers.prompt import PromptClassifier
 from clipindex.classifiers.prototype import PrototypeClassifier
-from clipindex.classifiers.rows import ROWS, image_labels, parse_classes, pick_classes, split_rows
+from clipindex.classifiers.rows import (
+    ROWS,
+    caption_columns,
+    image_labels,
+    parse_classes,
+    pick_classes,
+    split_rows,
+)
 from clipindex.classifiers.templates import DEFAULT_TEMPLATE, check_template, get_templates
 from clipindex.errors import DataError, UserInputError
 from clipindex.metrics import Vector, classification_metrics
@@ -131,8 +138,8 @@ def _align(proba: np.ndarray, have: Vector, want: Sequence[str]) -> np.ndarray:
 
 
 def _support_captions(bi: Any, rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
-    caps = bi.captions
-    if len(caps) == 0:
+    owner, cap_ids, cap_valid = caption_columns(bi)
+    if len(owner) == 0:
         raise DataError(
             f"the store {bi.path.parent} has no captions, so caption methods "
             f"({', '.join(CAPTION_METHODS)}) cannot run; use prompt, image-knn, "
@@ -141,17 +148,16 @@ def _support_captions(bi: Any, rows: np.ndarray, labels: np.ndarray) -> tuple[np
     classes, codes = np.unique(np.asarray(labels), return_inverse=True)
     code_of = np.full(len(bi.image_valid), -1, dtype=np.int64)  # image row -> class code
     code_of[rows] = codes.ravel()
-    owner = caps["image_row_id"].to_numpy(np.int64)
-    keep = (code_of[owner] >= 0) & np.asarray(bi.caption_valid, bool)
-    kept = code_of[owner[keep]]
-    missing = sorted(set(classes[np.setdiff1d(np.arange(len(classes)), kept)].tolist()))
+    cap_code = code_of[owner]
+    keep = (cap_code >= 0) & cap_valid
+    kept = cap_code[keep]
+    missing = classes[np.bincount(kept, minlength=len(classes)) == 0].tolist()
     if missing:
         raise DataError(
-            f"no support image of class(es) {', '.join(missing)} has a caption; caption "
-            "methods need captions for every class (or use another --method)"
+            f"no support image of class(es) {', '.join(sorted(missing))} has a caption; "
+            "caption methods need captions for every class (or use another --method)"
         )
-    cap_rows = caps["row_id"].to_numpy(np.int64)[keep]
-    return bi.caption_vectors[cap_rows], classes[kept], owner[keep]
+    return bi.caption_vectors[cap_ids[keep]], classes[kept], owner[keep]
 
 
 def _prompt(bi: Any, rows: np.ndarray, labels: np.ndarray, classes: list[str],
