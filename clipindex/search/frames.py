@@ -61,11 +61,19 @@ class HitTable:
     def records(self) -> list[dict[str, Any]]:
         """One dict per hit; missing values (None, NaN, pd.NA) are None."""
         names = list(self.columns)
-        return [{n: (None if _missing(v) else v) for n, v in zip(names, row, strict=True)}
-                for row in zip(*self.columns.values(), strict=True)]
+        values = [_cleaned(v) for v in self.columns.values()]
+        return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 _INTS = frozenset({"query_id", "rank", "row_id", "image_row_id"})
+
+
+def _cleaned(values: list[Any]) -> list[Any]:
+    """``values`` with every missing value as None (a column of only strings or only
+    ints, what most columns are, has none: returned as it is)."""
+    if all(type(v) is str for v in values) or all(type(v) is int for v in values):
+        return values
+    return [None if _missing(v) else v for v in values]
 
 
 def _missing(value: Any) -> bool:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from clipindex.serve import answers, media
 from clipindex.serve.errors import ApiError
+from clipindex.serve.plain import plain_search_route, run_search
 from clipindex.serve.state import ServedStore, Snapshot
 
 __all__ = ["add_routes"]
@@ -103,15 +104,8 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
         bounded(k, offset)
         if (q is None) == (like is None):
             raise ApiError(422, "Give exactly one of q (a text) or like (an image row id).")
-        snap = store.current()
-        if like is None:
-            found = answers.search(snap, text=q, k=k, offset=offset, backbones=backbone,
-                                   where=where, target=to)
-        else:  # the row's stored vectors: no file read, no model call
-            media.live_row(snap, like)  # a removed row is no query either
-            found = answers.search(snap, like=like, k=k, offset=offset, backbones=backbone,
-                                   where=where, target=to)
-        return _search_response(*found)
+        # like: the row's stored vectors, no file read, no model call
+        return _search_response(*run_search(store, q, like, k, offset, backbone, where, to))
 
     @app.post("/search")
     async def search_post(image: Image, k: K = 10, offset: Offset = 0,
@@ -175,6 +169,9 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
                         headers={"Cache-Control": "private, max-age=300"})
 
     add_knn_routes(app, store)
+    # Plain GET /search requests skip FastAPI's parameter solving (clipindex.serve.plain);
+    # the route above answers everything else, and documents the API.
+    app.router.routes.insert(0, plain_search_route(store, _search_response))
 
     @app.get("/", include_in_schema=False)
     def page() -> Any:

@@ -63,6 +63,9 @@ class LRU:
     def __len__(self) -> int:
         return len(self._data)
 
+    def __contains__(self, key: Any) -> bool:
+        return key in self._data
+
 
 class ServedIndex:
     """A :class:`BackboneIndex` whose query text vectors come from a bounded LRU.
@@ -84,6 +87,10 @@ class ServedIndex:
     def index(self) -> Any:
         """The wrapped :class:`~clipindex.store.BackboneIndex`."""
         return self._index
+
+    def knows_text(self, text: str) -> bool:
+        """Whether the vector of ``text`` is in memory (no model call, no file read)."""
+        return text in self._texts
 
     def text_vectors(self, texts: Sequence[str]) -> np.ndarray:
         texts = [texts] if isinstance(texts, str) else list(texts)
