@@ -23,7 +23,7 @@ Every classifier is a scikit-learn estimator (:class:`sklearn.base.ClassifierMix
 Example
 -------
 >>> import numpy as np
->>> normalise(np.array([[3.0, 4.0]])).round(2).tolist()
+>>> normalise(np.array([[3.0, 4.0]])).astype(np.float64).round(2).tolist()
 [[0.6, 0.8]]
 """
 

@@ -186,7 +186,7 @@ def load_rgb(path: str | os.PathLike[str], *, target_size: int | None = None) ->
     Examples
     --------
     >>> img = load_rgb("photo.jpg")  # doctest: +SKIP
-    >>> img.mode
+    >>> img.mode  # doctest: +SKIP
     'RGB'
     """
     path = Path(path)

@@ -512,7 +512,7 @@ def load_encoder(
     Examples
     --------
     >>> enc = load_encoder("ViT-B/32", pretrained="none", device="cpu")  # doctest: +SKIP
-    >>> enc.embed_dim, enc.image_size
+    >>> enc.embed_dim, enc.image_size  # doctest: +SKIP
     (512, 224)
     """
     spec = (spec_or_name if isinstance(spec_or_name, BackboneSpec)

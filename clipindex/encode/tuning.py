@@ -116,7 +116,7 @@ def model_gflops(visual: torch.nn.Module, input_size: tuple[int, int],
     Examples
     --------
     >>> round(model_gflops(torch.nn.Conv2d(3, 8, 3), (32, 32)), 4)
-    0.0040
+    0.0004
     """
     cache_key = (key, tuple(input_size)) if key is not None else None
     if cache_key is not None and cache_key in _GFLOPS_CACHE:

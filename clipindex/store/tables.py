@@ -116,8 +116,9 @@ class StoreTable:
     def take(self, column: str, rows: np.ndarray) -> list[Any]:
         """The values of ``column`` at ``rows`` (positions = row ids), as Python values."""
         rows = np.asarray(rows, dtype=np.int64)
-        if self._data is None:
-            return self.series(column).iloc[rows].tolist()
+        if self._data is None:  # missing values as None, as Arrow's to_pylist gives them
+            values = self.series(column).iloc[rows]
+            return values.astype(object).where(values.notna(), None).tolist()
         return self._array(column).take(rows).to_pylist()
 
     def ints(self, column: str) -> np.ndarray:

@@ -25,7 +25,8 @@ Examples
 >>> import open_clip
 >>> from clipindex import tiny
 >>> folder = tiny.checkpoint_dir("tiny-vit")
->>> tiny.check_world_version(folder, "5")  # warns if trained on another world generator
+>>> tiny.check_world_version(folder, "5")  # False (and a warning) for another generator
+True
 >>> model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
 >>> tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
 """
