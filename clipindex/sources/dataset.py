@@ -308,7 +308,7 @@ def assemble(cfg: DatasetConfig, root: Path | str, built: Built) -> Dataset:
                    reader=built.reader)
 
 
-def _coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
+def _coco(cfg: DatasetConfig, root: Path | str, origin: str) -> Built:
     """COCO with the default numpy sampler, or the study's own (``sampler: study``)."""
     return (load_study if cfg.sampler == "study" else load_coco)(cfg, root, origin)
 
@@ -322,6 +322,7 @@ _BUILDERS: dict[str, Callable[[DatasetConfig, Any, str], Built]] = {
 }
 #: Builders of a URL data root (``root: s3://...``).
 _REMOTE_BUILDERS: dict[str, Callable[[DatasetConfig, Any, str], Built]] = {
+    "coco": _coco,
     "folder": load_remote_folder,
     "manifest": load_remote_manifest,
     "webdataset": load_webdataset,
