@@ -490,7 +490,7 @@ def run_bench(
     extra, md = suspects.without_suspects(drop_suspects, audit, res, ddir, folders, out)
     files.update(extra)
     more_md += md
-    leak_files, n_leak = breakdowns.write_leakage(ddir, folders, Path(dataset.root), out)
+    leak_files, n_leak = breakdowns.write_leakage(ddir, folders, dataset.root, out)
     files.update(leak_files)
     if n_leak:
         print(f"Warning: {n_leak} duplicate pair(s) straddle support and test (few-shot "
@@ -502,7 +502,8 @@ def run_bench(
     run = {
         "config": plan.cfg.to_dict(), "dataset_config": str(ds_path),
         "dataset": dataset.name, "dataset_fingerprint": fingerprint,
-        "data_root": str(Path(dataset.root).absolute()), "index_root": str(iroot.absolute()),
+        "data_root": (dataset.root if isinstance(dataset.root, str)  # a URL
+                      else str(Path(dataset.root).absolute())), "index_root": str(iroot.absolute()),
         "dataset_dir": str(ddir.absolute()), "protocol": plan.protocol,
         "backbones": [{**_backbone_facts(ddir, f), "store": state.get(f)} for f in folders],
         "methods": list(plan.cfg.methods), "ensembles": list(plan.cfg.ensembles),

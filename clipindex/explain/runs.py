@@ -222,12 +222,22 @@ def stored_label(index: Any, image: str | Path) -> str | None:
     return hits.iloc[0] if len(hits) else None
 
 
-def _image_path(index: Any, file: str, data_root: str | None = None) -> Path:
-    """A file of the images table as a path (tables hold paths relative to the data root)."""
+def _image_path(index: Any, file: str, data_root: str | None = None) -> Any:
+    """A file of the images table as a path (tables hold paths relative to the data root),
+    or, when the store's images are not local files (object storage, webdataset shards,
+    an image-bytes parquet), the decoded image read through
+    :class:`~clipindex.sources.StoredImages`."""
     path = Path(file)
     if path.is_absolute():
         return path
     info = getattr(index, "dataset_info", None) or {}
+    from clipindex.sources import StoredImages
+
+    stored = StoredImages(info, data_root)
+    if stored.remote:
+        from clipindex.encode.decode import decode_rgb_bytes
+
+        return decode_rgb_bytes(stored.read(file), name=file)
     for base in (data_root, info.get("root"), getattr(index, "root", None)):
         if base and (Path(base) / path).is_file():
             return Path(base) / path

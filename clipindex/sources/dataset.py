@@ -152,8 +152,8 @@ def load_dataset(
     if isinstance(data_root, str):
         builder = _REMOTE_BUILDERS.get(str(cfg.source))
         if builder is None:
-            raise ConfigError(f"source {cfg.source} cannot read a URL root yet ({data_root}): "
-                              "copy its annotation files locally, or use a manifest")
+            raise ConfigError(f"source {cfg.source} cannot read a URL root ({data_root}): "
+                              f"sources that can: {', '.join(sorted(_REMOTE_BUILDERS))}")
     else:
         builder = _BUILDERS[str(cfg.source)]
     built = builder(cfg, data_root, origin)

@@ -1,0 +1,196 @@
+"""Stores whose images are not local files (moto's S3 on loopback, webdataset shards):
+report thumbnails, ``dedup``'s exact hashes, serve's ``/images/ROW`` and ``/thumbs/ROW``
+and Grad-CAM read the stored images through ``StoredImages``, with the endpoint the
+store recorded and credentials from the environment (never from ``dataset.json``)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+from fixtures_remote import write_shards
+from fixtures_store import install_fakes
+from PIL import Image
+
+from clipindex.errors import DataError
+from clipindex.sources import StoredImages, load_dataset
+from clipindex.sources.storage import redact
+from clipindex.store import build_store, open_index
+
+FAST = {"batch_size": 4, "shard_size": 8, "workers": 0, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def s3_store(moto_s3, demo_images, tmp_path_factory):
+    """A store built from a manifest on S3 whose last row is a byte copy of the first
+    (an exact duplicate, under another name), with the fake encoder."""
+    fs = moto_s3.fs()
+    for file in demo_images.files:
+        fs.pipe(f"{moto_s3.bucket}/stored/{file}", (demo_images.root / file).read_bytes())
+    copy = "dog/copy-of-first.jpg"
+    fs.pipe(f"{moto_s3.bucket}/stored/{copy}",
+            (demo_images.root / demo_images.files[0]).read_bytes())
+    rows = list(zip(demo_images.files, demo_images.labels, demo_images.captions, strict=True))
+    rows.append((copy, "dog", "a copy"))
+    buf = io.StringIO()
+    csv.writer(buf).writerows([("path", "label", "caption"), *rows])
+    fs.pipe(f"{moto_s3.bucket}/stored/manifest.csv", buf.getvalue().encode())
+    out = tmp_path_factory.mktemp("s3-store")
+    ds = load_dataset(moto_s3.url("stored/manifest.csv"), support_per_class=1, seed=0,
+                      storage_options={**moto_s3.options,
+                                       "client_kwargs": {"aws_session_token": "tok"}})
+    with pytest.MonkeyPatch.context() as mp:
+        install_fakes(mp)
+        return build_store(ds, ["fake-a"], out=out, **FAST)[0].parent
+
+
+@pytest.fixture
+def s3_env(moto_s3, monkeypatch):
+    """Credentials from the environment only, as on a user's machine."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    return moto_s3
+
+
+def test_dataset_json_keeps_the_endpoint_and_no_credential(s3_store, moto_s3):
+    text = (s3_store / "dataset.json").read_text()
+    recorded = json.loads(text)["config"]["storage_options"]
+    assert recorded == {"endpoint_url": moto_s3.endpoint, "key": "***", "secret": "***",
+                        "client_kwargs": {"aws_session_token": "***"}}
+    assert "tok" not in text.replace("token", "")
+    assert redact({"a": {"b": {"password": 1}}}) == {"a": {"b": {"password": "***"}}}
+
+
+def test_stored_images_read_s3_objects_with_env_credentials(s3_store, s3_env, demo_images,
+                                                            use_fake_encoders):
+    index = open_index(s3_store, "fake-a")
+    stored = StoredImages.of(index)
+    assert stored.remote and stored.root == s3_env.url("stored")
+    assert stored.options == {"endpoint_url": s3_env.endpoint, "client_kwargs": {}}
+    files = index.images["file"].tolist()
+    got = stored.read_many(files)
+    want = [(demo_images.root / f).read_bytes() for f in demo_images.files]
+    assert got == [*want, want[0]]
+    with pytest.raises(DataError, match="nope.jpg does not exist"):
+        stored.read("cat/nope.jpg")
+
+
+def test_dedup_hashes_the_s3_objects(s3_store, s3_env, use_fake_encoders):
+    from click.testing import CliRunner
+
+    from clipindex.cli import main
+    from clipindex.search.dedup import find_duplicates
+
+    index = open_index(s3_store, "fake-a")
+    pairs = find_duplicates(index, threshold=1.0)
+    exact = pairs[pairs["kind"] == "exact"]
+    last = len(index.images) - 1
+    assert [(r.row_id_a, r.row_id_b) for r in exact.itertuples()] == [(0, last)]
+    assert pairs.attrs["unreadable_files"] == 0
+    res = CliRunner().invoke(main, ["dedup", "--index", str(s3_store), "--backbone",
+                                    "fake-a", "--threshold", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [p["kind"] for p in json.loads(res.stdout)] == ["exact"]
+
+
+def test_report_thumbnails_of_an_s3_store(s3_store, s3_env, tmp_path, use_fake_encoders):
+    from clipindex.report._data import ResultsData
+    from clipindex.report._sections import thumbnail
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "run.json").write_text(json.dumps({"dataset_dir": str(s3_store),
+                                                  "data_root": s3_env.url("stored")}))
+    data = ResultsData(results)
+    src = data.image_source("cat/" + Path(data.images["file"].iloc[0]).name)
+    assert isinstance(src, bytes) and src[:2] == b"\xff\xd8"
+    png = thumbnail(src, 64)
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.format == "PNG" and max(im.size) == 64
+    assert data.image_source("cat/nope.jpg") is None
+
+
+def test_serve_images_and_thumbs_of_an_s3_store(s3_store, s3_env, demo_images,
+                                                use_fake_encoders):
+    from fastapi.testclient import TestClient
+
+    from clipindex.serve import ServedStore, ServeOptions, create_app
+
+    opts = ServeOptions(index_dir=str(s3_store), allow_hosts=("testserver",))
+    with TestClient(create_app(store=ServedStore(opts))) as client:
+        res = client.get("/images/0")
+        assert res.status_code == 200 and res.headers["content-type"] == "image/jpeg"
+        assert res.content == (demo_images.root / demo_images.files[0]).read_bytes()
+        thumb = client.get("/thumbs/3")
+        assert thumb.status_code == 200
+        with Image.open(io.BytesIO(thumb.content)) as im:
+            assert im.format == "JPEG" and max(im.size) <= opts.thumb_size
+        assert client.get("/images/999").status_code == 404
+
+
+def test_serve_and_dedup_of_a_shards_store(demo_images, tmp_path, use_fake_encoders):
+    """Shard members are read by their byte range in the listed shard."""
+    from fastapi.testclient import TestClient
+
+    from clipindex.search.dedup import find_duplicates
+    from clipindex.serve import ServedStore, ServeOptions, create_app
+
+    write_shards(demo_images, tmp_path / "shards")
+    ds = load_dataset(str(tmp_path / "shards" / "{00000..00002}.tar"))
+    store = build_store(ds, ["fake-a"], out=tmp_path / "out", **FAST)[0].parent
+    index = open_index(store, "fake-a")
+    stored = StoredImages.of(index)
+    assert stored.remote and stored.local_path(index.images["file"].iloc[0]) is None
+    want = [(demo_images.root / f).read_bytes() for f in demo_images.files]
+    assert stored.read_many(index.images["file"].tolist()) == want
+    pairs = find_duplicates(index, threshold=1.0)
+    assert pairs.attrs["unreadable_files"] == 0 and (pairs["kind"] != "exact").all()
+    opts = ServeOptions(index_dir=str(store), allow_hosts=("testserver",))
+    with TestClient(create_app(store=ServedStore(opts))) as client:
+        res = client.get("/images/7")
+        assert res.status_code == 200 and res.headers["content-type"] == "image/jpeg"
+        assert hashlib.sha256(res.content).digest() == hashlib.sha256(want[7]).digest()
+        assert client.get("/thumbs/7").status_code == 200
+
+
+def test_read_ahead_reads_the_next_batch_while_one_decodes(tmp_path):
+    """The guessed batch is read in the background and handed over; a wrong guess is
+    read again; two reads never overlap (a reader need not be thread-safe)."""
+    import pickle
+    import threading
+    import time
+
+    from clipindex.sources.storage import FileReader, ReadAhead
+
+    class Reader:
+        def __init__(self):
+            self.calls, self.busy, self.overlaps = [], threading.Lock(), 0
+
+        def read_many(self, files):
+            if not self.busy.acquire(blocking=False):
+                self.overlaps += 1
+                self.busy.acquire()
+            try:
+                time.sleep(0.02)
+                self.calls.append(list(files))
+                return [f.encode() for f in files]
+            finally:
+                self.busy.release()
+
+    reader = Reader()
+    ahead = ReadAhead(reader)
+    assert ahead.read_many(["a", "b"], ["c", "d"]) == [b"a", b"b"]
+    assert ahead.read_many(["c", "d"], ["e"]) == [b"c", b"d"]  # handed over
+    assert ahead.read_many(["x"]) == [b"x"]  # a wrong guess: read again
+    assert reader.calls == [["a", "b"], ["c", "d"], ["e"], ["x"]]
+    assert reader.overlaps == 0
+    (tmp_path / "y").write_bytes(b"Y")
+    (tmp_path / "z").write_bytes(b"Z")
+    files = ReadAhead(FileReader(str(tmp_path)))
+    assert files.read_many(["y"], ["z"]) == [b"Y"]  # a read-ahead in flight ...
+    again = pickle.loads(pickle.dumps(files))  # ... is not part of a pickled copy
+    assert again.read_many(["z"]) == [b"Z"] and files.read_many(["z"]) == [b"Z"]
