@@ -400,6 +400,11 @@ def _write_outcome(res: _Outcome, out: Path) -> dict[str, Path]:
     return files
 
 
+def _root_text(root: Path | str) -> str:
+    """The data root as run.json records it: a URL as is, a local path absolute."""
+    return root if isinstance(root, str) else str(Path(root).absolute())
+
+
 def run_bench(
     config: BenchConfig | str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -502,8 +507,7 @@ def run_bench(
     run = {
         "config": plan.cfg.to_dict(), "dataset_config": str(ds_path),
         "dataset": dataset.name, "dataset_fingerprint": fingerprint,
-        "data_root": (dataset.root if isinstance(dataset.root, str)  # a URL
-                      else str(Path(dataset.root).absolute())), "index_root": str(iroot.absolute()),
+        "data_root": _root_text(dataset.root), "index_root": str(iroot.absolute()),
         "dataset_dir": str(ddir.absolute()), "protocol": plan.protocol,
         "backbones": [{**_backbone_facts(ddir, f), "store": state.get(f)} for f in folders],
         "methods": list(plan.cfg.methods), "ensembles": list(plan.cfg.ensembles),

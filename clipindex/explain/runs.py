@@ -235,7 +235,7 @@ def _image_path(index: Any, file: str, data_root: str | None = None) -> Any:
 
     stored = StoredImages(info, data_root)
     if stored.remote:
-        from clipindex.encode.decode import decode_rgb_bytes
+        from clipindex.encode import decode_rgb_bytes
 
         return decode_rgb_bytes(stored.read(file), name=file)
     for base in (data_root, info.get("root"), getattr(index, "root", None)):

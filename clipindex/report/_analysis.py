@@ -194,17 +194,18 @@ def _cam_card(data: ResultsData, index: Any, vectors: Any, kind: str, r: pd.Seri
 
     from clipindex.explain import box_mass, explain_image, overlay
 
-    path = data.image_source(str(r["file"]))
-    if path is None:
+    found = data.image_source(str(r["file"]))
+    if found is None:
         return '<div class="thumb"><div class="noimg">image file not found</div></div>', None
-    if isinstance(path, bytes):  # object storage, a shard member, a parquet cell
-        from clipindex.encode.decode import DecodeError, decode_rgb_bytes
+    picture: Any = found
+    if isinstance(found, bytes):  # object storage, a shard member, a parquet cell
+        from clipindex.encode import DecodeError, decode_rgb_bytes
 
         try:
-            path = decode_rgb_bytes(path, name=str(r["file"]))
+            picture = decode_rgb_bytes(found, name=str(r["file"]))
         except DecodeError:
             return '<div class="thumb"><div class="noimg">image not decodable</div></div>', None
-    e = explain_image(path, index, target=str(r["predicted"]), vectors=vectors,
+    e = explain_image(picture, index, target=str(r["predicted"]), vectors=vectors,
                       true=str(r["true"]))
     size = (200, 200)
     orig, cam = e.image.copy(), overlay(e.image, e.cam)

@@ -66,8 +66,7 @@ def thumbnail(path: Path | bytes | None, size: int = 200) -> bytes | None:
     """A PNG thumbnail of an image file or of image bytes (None when it cannot be read)."""
     if path is None:
         return None
-    from clipindex.encode import DecodeError, load_rgb
-    from clipindex.encode.decode import decode_rgb_bytes
+    from clipindex.encode import DecodeError, decode_rgb_bytes, load_rgb
     from clipindex.report._html import pil_png
 
     try:  # decoded as the encoder decodes it (EXIF rotation, modes, bomb guard)

@@ -115,7 +115,7 @@ class Thumbnails:
 
     def of_row(self, snapshot: Snapshot, row_id: int) -> bytes:
         """The thumbnail of image row ``row_id``, wherever its image is kept."""
-        from clipindex.encode.decode import decode_rgb_bytes
+        from clipindex.encode import decode_rgb_bytes
 
         path = image_file(snapshot, row_id)
         if path is not None:

@@ -69,7 +69,7 @@ def read_json(path: Location, keys: tuple[str, ...],
     return data
 
 
-def _check_entries(path: Path, data: dict[str, Any], key: str, needed: tuple[str, ...]) -> None:
+def _check_entries(path: Location, data: dict[str, Any], key: str, needed: tuple[str, ...]) -> None:
     need = frozenset(needed)
     for i, entry in enumerate(data[key]):
         if not (isinstance(entry, dict) and need <= entry.keys()):
@@ -97,7 +97,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _check_images(path: Path, images: list[dict[str, Any]]) -> set[int]:
+def _check_images(path: Location, images: list[dict[str, Any]]) -> set[int]:
     """Types of each image's ``id``, ``file_name``, ``width`` and ``height``; the ids."""
     for i, img in enumerate(images):
         iid = img["id"]
@@ -123,7 +123,7 @@ def _check_images(path: Path, images: list[dict[str, Any]]) -> set[int]:
     return ids
 
 
-def _annotation_error(path: Path, i: int, ann: dict[str, Any], image_ids: set[int]) -> None:
+def _annotation_error(path: Location, i: int, ann: dict[str, Any], image_ids: set[int]) -> None:
     """Raise the one-line error of the first bad field of annotation entry ``i``."""
     aid = ann["id"]
     if not _whole(aid):
@@ -140,7 +140,7 @@ def _annotation_error(path: Path, i: int, ann: dict[str, Any], image_ids: set[in
                     "[x, y, width, height], four numbers (width and height not negative)")
 
 
-def _check_annotations(path: Path, data: dict[str, Any]) -> None:
+def _check_annotations(path: Location, data: dict[str, Any]) -> None:
     """Types of each image's and annotation's fields and each category's id and name,
     and that every annotation names an image of the file (0.4 s for a file the size of
     COCO train2017: 118k images, 860k annotations); a bad value is a one-line
@@ -186,7 +186,7 @@ def image_record(coco: Any, img_id: int, label: str, image_dir: PurePosixPath,
     if is_url(root):
         file = _url_relative(str(root), file, img_id, allow_outside)
     elif root is not None:
-        file = under_root(root, file, f"COCO image {img_id} ('file_name')",
+        file = under_root(Path(root), file, f"COCO image {img_id} ('file_name')",
                           allow=allow_outside)
     width, height = int(img.get("width") or 0), int(img.get("height") or 0)
     class_id = next(c["id"] for c in coco.dataset["categories"] if c["name"] == label)
