@@ -62,6 +62,9 @@ def test_dataset_json_keeps_the_endpoint_and_no_credential(s3_store, moto_s3):
     assert recorded == {"endpoint_url": moto_s3.endpoint, "key": "***", "secret": "***",
                         "client_kwargs": {"aws_session_token": "***"}}
     assert "tok" not in text.replace("token", "")
+    for path in s3_store.rglob("*"):  # manifests, generations, logs: no credential
+        if path.is_file() and path.suffix in (".json", ".txt", ".log", ".yaml"):
+            assert "testing" not in path.read_text(errors="replace"), path
     assert redact({"a": {"b": {"password": 1}}}) == {"a": {"b": {"password": "***"}}}
 
 
@@ -194,3 +197,21 @@ def test_read_ahead_reads_the_next_batch_while_one_decodes(tmp_path):
     assert files.read_many(["y"], ["z"]) == [b"Y"]  # a read-ahead in flight ...
     again = pickle.loads(pickle.dumps(files))  # ... is not part of a pickled copy
     assert again.read_many(["z"]) == [b"Z"] and files.read_many(["z"]) == [b"Z"]
+
+
+def test_stored_images_of_an_image_bytes_parquet(demo_images, tmp_path, use_fake_encoders):
+    import pandas as pd
+
+    from clipindex.search.dedup import find_duplicates
+
+    want = [(demo_images.root / f).read_bytes() for f in demo_images.files]
+    frame = pd.DataFrame({"image": want, "label": demo_images.labels})
+    frame.to_parquet(tmp_path / "imgs.parquet", row_group_size=5)
+    cfg = tmp_path / "pq.yaml"
+    cfg.write_text(f"name: pq\nparquet: {tmp_path / 'imgs.parquet'}\n")
+    store = build_store(load_dataset(cfg), ["fake-a"], out=tmp_path / "out", **FAST)[0].parent
+    index = open_index(store, "fake-a")
+    stored = StoredImages.of(index)
+    assert stored.remote and index.images["file"].iloc[6] == "imgs.parquet#6"
+    assert stored.read_many(index.images["file"].tolist()[::-1]) == want[::-1]
+    assert find_duplicates(index, threshold=1.0).attrs["unreadable_files"] == 0
