@@ -215,3 +215,49 @@ def test_stored_images_of_an_image_bytes_parquet(demo_images, tmp_path, use_fake
     assert stored.remote and index.images["file"].iloc[6] == "imgs.parquet#6"
     assert stored.read_many(index.images["file"].tolist()[::-1]) == want[::-1]
     assert find_duplicates(index, threshold=1.0).attrs["unreadable_files"] == 0
+
+
+def test_export_to_s3_and_import_from_s3(s3_store, s3_env, tmp_path):
+    """`export --out s3://...` uploads clip-retrieval's layout (image_path: the images'
+    URLs); `import s3://...` reads it back into a store whose images are those URLs."""
+    import numpy as np
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from clipindex.cli import main
+    from clipindex.search.dedup import find_duplicates
+
+    store = build_store(s3_env.url("stored/manifest.csv"), ["tiny-vit"], out=tmp_path / "b",
+                        storage_options={"endpoint_url": s3_env.endpoint}, **FAST)[0].parent
+    opts = [x for k, v in s3_env.options.items() for x in ("--storage-option", f"{k}={v}")]
+    url = s3_env.url("exported")
+    res = CliRunner().invoke(main, ["export", str(store), "--backbone", "tiny-vit",
+                                    "--out", url, "--json", *opts])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["path"] == url
+    fs = s3_env.fs()
+    assert sorted(fs.find(f"{s3_env.bucket}/exported")) == [
+        f"{s3_env.bucket}/exported/{p}" for p in (
+            "img_emb/img_emb_0.npy", "metadata/metadata_0.parquet", "text_emb/text_emb_0.npy")]
+    meta = pd.read_parquet(io.BytesIO(fs.cat(f"{s3_env.bucket}/exported/metadata/"
+                                             "metadata_0.parquet")))
+    original = open_index(store, "tiny-vit")
+    assert meta["image_path"].tolist() == [s3_env.url(f"stored/{f}")
+                                           for f in original.images["file"]]
+    again = CliRunner().invoke(main, ["export", str(store), "--backbone", "tiny-vit",
+                                      "--out", url, *opts])
+    assert again.exit_code == 2 and "already exists" in again.output
+    res = CliRunner().invoke(main, ["import", url, "--backbone", "tiny-vit", "--out",
+                                    str(tmp_path / "idx"), "--json", *opts])
+    assert res.exit_code == 0, res.output
+    imported = open_index(tmp_path / "idx" / "exported", "tiny-vit")
+    assert imported.dataset_info["root"] == s3_env.url("stored")
+    assert imported.manifest["imported"]["folder"] == url
+    assert imported.dataset_info["config"]["storage_options"] == {
+        "endpoint_url": s3_env.endpoint, "key": "***", "secret": "***"}
+    assert imported.images["file"].tolist() == original.images["file"].tolist()
+    np.testing.assert_allclose(imported.image_vectors, original.image_vectors, atol=1e-6)
+    assert not list((tmp_path / "idx").glob(".*"))  # the staging copy is gone
+    pairs = find_duplicates(imported, threshold=1.0)  # hashed from the S3 objects
+    assert [(r.row_id_a, r.row_id_b) for r in pairs[pairs["kind"] == "exact"].itertuples()] \
+        == [(0, len(imported.images) - 1)]
