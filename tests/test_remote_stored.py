@@ -48,6 +48,14 @@ def s3_store(moto_s3, demo_images, tmp_path_factory):
         return build_store(ds, ["fake-a"], out=out, **FAST)[0].parent
 
 
+@pytest.fixture(scope="module")
+def s3_tiny_store(s3_store, moto_s3, tmp_path_factory):
+    """The same S3 manifest built with tiny-rn (a ResNet: Grad-CAM works on it)."""
+    return build_store(moto_s3.url("stored/manifest.csv"), ["tiny-rn"],
+                       out=tmp_path_factory.mktemp("s3-tiny"),
+                       storage_options=moto_s3.options, **FAST)[0].parent
+
+
 @pytest.fixture
 def s3_env(moto_s3, monkeypatch):
     """Credentials from the environment only, as on a user's machine."""
@@ -217,7 +225,17 @@ def test_stored_images_of_an_image_bytes_parquet(demo_images, tmp_path, use_fake
     assert find_duplicates(index, threshold=1.0).attrs["unreadable_files"] == 0
 
 
-def test_export_to_s3_and_import_from_s3(s3_store, s3_env, tmp_path):
+def test_explain_rows_of_an_s3_store(s3_tiny_store, s3_env, demo_images):
+    from clipindex.explain import explain_rows
+
+    index = open_index(s3_tiny_store, "tiny-rn")
+    [e] = explain_rows(index, [2])
+    with Image.open(demo_images.root / demo_images.files[2]) as original:
+        assert e.image.size == original.size
+    assert e.cam.shape == (e.image.height, e.image.width) and e.true == demo_images.labels[2]
+
+
+def test_export_to_s3_and_import_from_s3(s3_tiny_store, s3_env, tmp_path):
     """`export --out s3://...` uploads clip-retrieval's layout (image_path: the images'
     URLs); `import s3://...` reads it back into a store whose images are those URLs."""
     import numpy as np
@@ -227,11 +245,10 @@ def test_export_to_s3_and_import_from_s3(s3_store, s3_env, tmp_path):
     from clipindex.cli import main
     from clipindex.search.dedup import find_duplicates
 
-    store = build_store(s3_env.url("stored/manifest.csv"), ["tiny-vit"], out=tmp_path / "b",
-                        storage_options={"endpoint_url": s3_env.endpoint}, **FAST)[0].parent
+    store = s3_tiny_store
     opts = [x for k, v in s3_env.options.items() for x in ("--storage-option", f"{k}={v}")]
     url = s3_env.url("exported")
-    res = CliRunner().invoke(main, ["export", str(store), "--backbone", "tiny-vit",
+    res = CliRunner().invoke(main, ["export", str(store), "--backbone", "tiny-rn",
                                     "--out", url, "--json", *opts])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["path"] == url
@@ -241,16 +258,16 @@ def test_export_to_s3_and_import_from_s3(s3_store, s3_env, tmp_path):
             "img_emb/img_emb_0.npy", "metadata/metadata_0.parquet", "text_emb/text_emb_0.npy")]
     meta = pd.read_parquet(io.BytesIO(fs.cat(f"{s3_env.bucket}/exported/metadata/"
                                              "metadata_0.parquet")))
-    original = open_index(store, "tiny-vit")
+    original = open_index(store, "tiny-rn")
     assert meta["image_path"].tolist() == [s3_env.url(f"stored/{f}")
                                            for f in original.images["file"]]
-    again = CliRunner().invoke(main, ["export", str(store), "--backbone", "tiny-vit",
+    again = CliRunner().invoke(main, ["export", str(store), "--backbone", "tiny-rn",
                                       "--out", url, *opts])
     assert again.exit_code == 2 and "already exists" in again.output
-    res = CliRunner().invoke(main, ["import", url, "--backbone", "tiny-vit", "--out",
+    res = CliRunner().invoke(main, ["import", url, "--backbone", "tiny-rn", "--out",
                                     str(tmp_path / "idx"), "--json", *opts])
     assert res.exit_code == 0, res.output
-    imported = open_index(tmp_path / "idx" / "exported", "tiny-vit")
+    imported = open_index(tmp_path / "idx" / "exported", "tiny-rn")
     assert imported.dataset_info["root"] == s3_env.url("stored")
     assert imported.manifest["imported"]["folder"] == url
     assert imported.dataset_info["config"]["storage_options"] == {
