@@ -94,3 +94,30 @@ def test_coco_missing_annotation_on_s3_is_one_line(s3_world):
                      storage_options=s3_world.options, **PICK,
                      instances="annotations/instances_nope.json")
     assert "\n" not in str(err.value)
+
+
+def test_cli_build_of_a_coco_yaml_with_an_s3_root(s3_world, local_coco, tmp_path,
+                                                  use_fake_encoders):
+    import json
+
+    from click.testing import CliRunner
+
+    from clipindex.cli import main
+
+    cfg = tmp_path / "coco.yaml"
+    cfg.write_text("name: s3coco\nsource: coco\nsplit: val\n"
+                   "instances: annotations/instances_{split}.json\n"
+                   "captions: annotations/captions_{split}.json\nimages: '{split}'\n"
+                   "classes: [cat, cow, dog]\nexclude: [person]\ndrop_multi_target: true\n"
+                   "per_class: 3\nseed: 42\nsupport_per_class: 1\n")
+    opts = [x for k, v in s3_world.options.items() for x in ("--storage-option", f"{k}={v}")]
+    res = CliRunner().invoke(main, ["build", str(cfg), "--root", s3_world.url("world"),
+                                    "--backbone", "fake-a", "--out", str(tmp_path / "o"),
+                                    "--no-progress", "--workers", "0", "--json", *opts])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["backbones"][0]["n_images"] == len(local_coco[0].images)
+    missing = CliRunner().invoke(main, ["build", str(cfg), "--root", s3_world.url("nowhere"),
+                                        "--backbone", "fake-a", "--out", str(tmp_path / "p"),
+                                        "--no-progress", *opts])
+    assert missing.exit_code == 2 and "instances_val.json does not exist" in missing.output
+    assert "Traceback" not in missing.output
