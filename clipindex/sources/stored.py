@@ -44,14 +44,25 @@ __all__ = ["StoredImages", "usable_options"]
 
 def usable_options(recorded: Mapping[str, Any] | None,
                    given: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Recorded storage options without their redacted secrets, ``given`` on top."""
-    def keep(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: keep(v) for k, v in value.items() if v != REDACTED}
-        return value
+    """Recorded storage options without their redacted secrets, ``given`` merged on top
+    (nested options such as ``client_kwargs`` key by key).
 
-    return {**{k: keep(v) for k, v in (recorded or {}).items() if v != REDACTED},
-            **dict(given or {})}
+    Examples
+    --------
+    >>> usable_options({"endpoint_url": "h", "secret": "***",
+    ...                 "client_kwargs": {"region": "x", "session_token": "***"}},
+    ...                {"secret": "s", "client_kwargs": {"session_token": "t"}})
+    {'endpoint_url': 'h', 'client_kwargs': {'region': 'x', 'session_token': 't'}, 'secret': 's'}
+    """
+    def merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: merge(v, {}) if isinstance(v, Mapping) else v
+               for k, v in base.items() if v != REDACTED}
+        for k, v in top.items():
+            out[k] = merge(out[k], v) if isinstance(v, Mapping) and \
+                isinstance(out.get(k), Mapping) else v
+        return out
+
+    return merge(recorded or {}, given or {})
 
 
 class StoredImages:
