@@ -143,8 +143,12 @@ def test_serve_images_and_thumbs_of_an_s3_store(s3_store, s3_env, demo_images,
         assert client.get("/images/999").status_code == 404
 
 
-def test_serve_and_dedup_of_a_shards_store(demo_images, tmp_path, use_fake_encoders):
-    """Shard members are read by their byte range in the listed shard."""
+def test_serve_and_dedup_of_a_shards_store(demo_images, tmp_path, use_fake_encoders,
+                                           monkeypatch):
+    """Shard members are read by their byte range in the listed shard; each shard is
+    listed once per StoredImages, however many of its members are read."""
+    import clipindex.sources.shards as shards_module
+
     from fastapi.testclient import TestClient
 
     from clipindex.search.dedup import find_duplicates
@@ -157,7 +161,13 @@ def test_serve_and_dedup_of_a_shards_store(demo_images, tmp_path, use_fake_encod
     stored = StoredImages.of(index)
     assert stored.remote and stored.local_path(index.images["file"].iloc[0]) is None
     want = [(demo_images.root / f).read_bytes() for f in demo_images.files]
+    listed = []
+    real = shards_module.list_shard
+    monkeypatch.setattr(shards_module, "list_shard",
+                        lambda loc, opts: listed.append(loc) or real(loc, opts))
+    assert [stored.read(f) for f in index.images["file"]] == want
     assert stored.read_many(index.images["file"].tolist()) == want
+    assert sorted(Path(p).name for p in listed) == ["00000.tar", "00001.tar", "00002.tar"]
     pairs = find_duplicates(index, threshold=1.0)
     assert pairs.attrs["unreadable_files"] == 0 and (pairs["kind"] != "exact").all()
     opts = ServeOptions(index_dir=str(store), allow_hosts=("testserver",))

@@ -248,13 +248,24 @@ class ResultsData:
         ds = (self.run.get("config") or {}).get("dataset")
         return [str(c) for c in ds.get("classes") or []] if isinstance(ds, dict) else []
 
+    @cached_property
+    def _stored_images(self) -> Any:
+        """The store's :class:`~clipindex.sources.StoredImages` (one per report: a shard
+        is listed once, not once per thumbnail); None without a store."""
+        from clipindex.sources import StoredImages
+
+        try:
+            info = self.dataset_info
+        except Missing:
+            return None
+        return StoredImages(info)
+
     def image_source(self, file: str) -> Path | bytes | None:
         """An images-table image: its local path resolved against the data root, or, for
         a store whose images are not local files (object storage, webdataset shards, an
         image-bytes parquet), its bytes read through
         :class:`~clipindex.sources.StoredImages`; None when it cannot be found or read."""
         from clipindex.errors import DataError
-        from clipindex.sources import StoredImages
 
         path = Path(file)
         if path.is_absolute():
@@ -263,7 +274,7 @@ class ResultsData:
             info = self.dataset_info
         except Missing:
             info = {}
-        stored = StoredImages(info) if info else None
+        stored = self._stored_images
         if stored is not None and stored.remote:
             try:
                 return stored.read(file)
