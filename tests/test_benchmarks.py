@@ -383,10 +383,16 @@ def test_remote_script_writes_its_section(bench_env: dict[str, Path]) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     lines = _section(results.read_text(), "bench_remote")
     ratios = _ratios(lines)
-    assert len(ratios) == 1 and RATIO.match(ratios[0]), ratios
-    assert ratios[0].endswith("x build from S3 (moto, loopback) over local disk, images/s")
-    rows = [line for line in lines if line.startswith("| 1 |")]
-    assert [r.split("|")[2].strip() for r in rows] == ["local", "s3"]
+    assert len(ratios) == 2 and all(RATIO.match(r) for r in ratios), ratios
+    for ratio, route in zip(ratios, ("files", "shards"), strict=True):
+        assert ratio.endswith("x build from S3 (moto, loopback) over local disk, images/s, "
+                              f"{route}, tiny-rn"), ratio
+    rows = [line.split("|") for line in lines if line.startswith(("| files |", "| shards |"))]
+    assert [(r[1].strip(), r[3].strip()) for r in rows] == [
+        (route, source) for route in ("files", "shards")
+        for source in ("local", "s3", "s3, no read-ahead")]
+    assert sum("read-ahead: S3 with it over S3 without it" in line for line in lines) == 2
+    assert sum("moto serves" in line for line in lines) == 2
 
 
 def test_classify_script_writes_its_section(tmp_path: Path, small_world: Path) -> None:

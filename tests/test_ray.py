@@ -339,3 +339,30 @@ def test_ray_decode_tasks_read_s3_shards_themselves(ray_address, moto_s3, demo_i
     assert a.images["label"].tolist() == b.images["label"].tolist()
     cos = np.sum(a.image_vectors * b.image_vectors, axis=1)
     assert cos.min() >= 0.9999
+
+
+@pytest.mark.slow
+def test_ray_builds_a_coco_config_from_s3(ray_address, moto_s3, small_world, tmp_path):
+    """A COCO config whose root (annotation files and images) is on S3: the decode tasks
+    read the objects themselves, and the store equals the local build of the same world."""
+    from clipindex.sources import load_dataset
+
+    pick = {"per_class": 2, "support_per_class": 1, "classes": ["cat", "dog"]}
+    local = load_dataset("builtin:demo", root=small_world, **pick)
+    fs = moto_s3.fs()
+    for name in ("instances_val.json", "captions_val.json", "causes_val.json"):
+        fs.pipe(f"{moto_s3.bucket}/ray-coco/annotations/{name}",
+                (small_world / "annotations" / name).read_bytes())
+    for file in local.images["file"]:
+        fs.pipe(f"{moto_s3.bucket}/ray-coco/{file}", (small_world / file).read_bytes())
+    remote = load_dataset("builtin:demo", root=moto_s3.url("ray-coco"),
+                          storage_options=moto_s3.options, **pick)
+    ray_ = build_store(remote, ["tiny-vit"], out=tmp_path / "ray", engine="ray", **FAST)
+    ref = build_store(local, ["tiny-vit"], out=tmp_path / "local", **FAST)
+    a, b = open_index(ray_[0].parent, "tiny-vit"), open_index(ref[0].parent, "tiny-vit")
+    assert a.manifest["engine"] == "ray" and a.manifest["skipped"] == []
+    assert a.images[["file", "label", "split"]].to_dict("records") == \
+        b.images[["file", "label", "split"]].to_dict("records")
+    assert a.captions["text"].tolist() == b.captions["text"].tolist()
+    cos = np.sum(a.image_vectors * b.image_vectors, axis=1)
+    assert cos.min() >= 0.9999

@@ -159,7 +159,7 @@ def check_breakdowns(images_columns: Sequence[str], group_by: str | None,
         check_group_column(pd.DataFrame(columns=list(images_columns)), group_by)
 
 
-def write_leakage(ddir: Path, backbones: Sequence[str] | str, root: Path, out: Path
+def write_leakage(ddir: Path, backbones: Sequence[str] | str, root: Path | str, out: Path
                   ) -> tuple[dict[str, Path], int]:
     """``leakage.csv``: duplicate pairs (:func:`clipindex.search.dedup.find_duplicates`,
     default threshold) with one row in support and one in test, agreed on by the
@@ -181,7 +181,7 @@ def write_leakage(ddir: Path, backbones: Sequence[str] | str, root: Path, out: P
     return {"leakage.csv": write_csv(leaks, out / "leakage.csv")}, int(len(leaks))
 
 
-def _leaks(ddir: Path, backbone: str, root: Path) -> pd.DataFrame:
+def _leaks(ddir: Path, backbone: str, root: Path | str) -> pd.DataFrame:
     from clipindex.search.dedup import find_duplicates
     from clipindex.store import open_index
 

@@ -400,6 +400,11 @@ def _write_outcome(res: _Outcome, out: Path) -> dict[str, Path]:
     return files
 
 
+def _root_text(root: Path | str) -> str:
+    """The data root as run.json records it: a URL as is, a local path absolute."""
+    return root if isinstance(root, str) else str(Path(root).absolute())
+
+
 def run_bench(
     config: BenchConfig | str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -490,7 +495,7 @@ def run_bench(
     extra, md = suspects.without_suspects(drop_suspects, audit, res, ddir, folders, out)
     files.update(extra)
     more_md += md
-    leak_files, n_leak = breakdowns.write_leakage(ddir, folders, Path(dataset.root), out)
+    leak_files, n_leak = breakdowns.write_leakage(ddir, folders, dataset.root, out)
     files.update(leak_files)
     if n_leak:
         print(f"Warning: {n_leak} duplicate pair(s) straddle support and test (few-shot "
@@ -502,7 +507,7 @@ def run_bench(
     run = {
         "config": plan.cfg.to_dict(), "dataset_config": str(ds_path),
         "dataset": dataset.name, "dataset_fingerprint": fingerprint,
-        "data_root": str(Path(dataset.root).absolute()), "index_root": str(iroot.absolute()),
+        "data_root": _root_text(dataset.root), "index_root": str(iroot.absolute()),
         "dataset_dir": str(ddir.absolute()), "protocol": plan.protocol,
         "backbones": [{**_backbone_facts(ddir, f), "store": state.get(f)} for f in folders],
         "methods": list(plan.cfg.methods), "ensembles": list(plan.cfg.ensembles),

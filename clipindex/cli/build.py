@@ -145,6 +145,11 @@ def storage_option_flags(command: F) -> F:
         "--label-field", metavar="FIELD",
         help="webdataset shards: the member (cls, txt, ...) or .json key holding the "
              "label (default cls).")(command)
+    return storage_option_flag(command)
+
+
+def storage_option_flag(command: F) -> F:
+    """--storage-option KEY=VALUE (repeatable): build, add, import, export, serve, dedup."""
     return click.option(
         "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
         callback=_storage_options,

@@ -8,6 +8,7 @@ import click
 
 from clipindex.cli._app import echo_err, main
 from clipindex.cli._choices import DEDUP_THRESHOLD
+from clipindex.cli.build import storage_option_flag
 
 
 @main.command("dedup")
@@ -17,11 +18,13 @@ from clipindex.cli._choices import DEDUP_THRESHOLD
 @click.option("--threshold", type=float, default=DEDUP_THRESHOLD, show_default=True,
               help="Cosine at or above which two images are near-duplicates.")
 @click.option("--root", default=None, type=click.Path(file_okay=False),
-              help="Data root of the image files (default: the one dataset.json records).")
+              help="Data root of the image files (default: the one dataset.json records; "
+                   "a URL for images in object storage).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print only a JSON list of pairs on stdout.")
+@storage_option_flag
 def dedup(index_dir: str, backbone: str, threshold: float, root: str | None,
-          as_json: bool) -> None:
+          as_json: bool, storage_options: dict) -> None:
     """List exact duplicates (same file sha256) and near-duplicate pairs (cosine >=
     --threshold, through the store's index) and flag pairs that straddle support and
     test (few-shot leakage).
@@ -34,7 +37,8 @@ def dedup(index_dir: str, backbone: str, threshold: float, root: str | None,
     from clipindex.search.dedup import find_duplicates, pairs_to_json
     from clipindex.store import open_index
 
-    pairs = find_duplicates(open_index(index_dir, backbone), threshold=threshold, root=root)
+    pairs = find_duplicates(open_index(index_dir, backbone), threshold=threshold, root=root,
+                            storage_options=storage_options or None)
     if as_json:
         click.echo(json.dumps(pairs_to_json(pairs)))
         return

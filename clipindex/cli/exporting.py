@@ -8,15 +8,19 @@ from pathlib import Path
 import click
 
 from clipindex.cli._app import main
+from clipindex.cli.build import storage_option_flag
 
 
 @main.command("export")
 @click.argument("dataset_dir", metavar="DS", type=click.Path(path_type=Path))
 @click.option("--backbone", required=True, help="The backbone whose vectors are written.")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="The folder to write (must not exist, or be empty).")
+@click.option("--out", required=True, type=str,
+              help="The folder to write (must not exist, or be empty; a URL such as "
+                   "s3://bucket/clip-out is written locally first, then uploaded).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def export_command(dataset_dir: Path, backbone: str, out: Path, as_json: bool) -> None:
+@storage_option_flag
+def export_command(dataset_dir: Path, backbone: str, out: str, as_json: bool,
+                   storage_options: dict) -> None:
     """Write store DS's BACKBONE as clip-retrieval's output folder OUT
     (img_emb/img_emb_0.npy, text_emb/text_emb_0.npy: each image's first caption,
     metadata/metadata_0.parquet: image_path, caption and the store's columns), for
@@ -29,7 +33,8 @@ def export_command(dataset_dir: Path, backbone: str, out: Path, as_json: bool) -
     """
     from clipindex.store import export_store
 
-    result = export_store(dataset_dir, backbone, out=out)
+    result = export_store(dataset_dir, backbone, out=out,
+                          storage_options=storage_options or None)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from clipindex.cli._app import echo_err, main
+from clipindex.cli.build import storage_option_flag
 
 
 @main.command("serve")
@@ -44,6 +45,7 @@ from clipindex.cli._app import echo_err, main
                    "requests in parallel.")
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="Allow this origin by CORS (repeatable); default: CORS off.")
+@storage_option_flag
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info",
                                                  "debug"]), default="info", show_default=True)
 @click.pass_context
@@ -51,7 +53,8 @@ def serve_command(ctx: click.Context, index_dir: str, backbones: tuple[str, ...]
                   port: int, workers: int, token: str | None, token_file: Path | None,
                   allow_hosts: tuple[str, ...], data_root: str | None, max_k: int,
                   max_upload_mb: float, max_query_chars: int, reload_interval: float,
-                  threads: int, cors_origins: tuple[str, ...], log_level: str) -> None:
+                  threads: int, cors_origins: tuple[str, ...], storage_options: dict,
+                  log_level: str) -> None:
     """Serve a store over HTTP: search, classify, images, and a web page at /.
 
     \b
@@ -70,7 +73,8 @@ def serve_command(ctx: click.Context, index_dir: str, backbones: tuple[str, ...]
         index_dir=index_dir, backbones=tuple(backbones), data_root=data_root, token=token,
         max_k=max_k, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_query_chars=max_query_chars, reload_interval=reload_interval, threads=threads,
-        cors_origins=tuple(cors_origins), host=host, allow_hosts=tuple(allow_hosts))
+        cors_origins=tuple(cors_origins), host=host, allow_hosts=tuple(allow_hosts),
+        storage_options=tuple((storage_options or {}).items()))
     warning = exposure_warning(host, token)
 
     def ready() -> None:  # the options and the store passed their checks

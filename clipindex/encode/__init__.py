@@ -28,7 +28,14 @@ from clipindex.encode.backbones import (
     registered_backbones,
     resolve_backbone,
 )
-from clipindex.encode.decode import DecodeError, failure_reason, identify, load_rgb, to_rgb
+from clipindex.encode.decode import (
+    DecodeError,
+    decode_rgb_bytes,
+    failure_reason,
+    identify,
+    load_rgb,
+    to_rgb,
+)
 from clipindex.encode.encoder import (
     DEFAULT_BATCH_SIZE,
     Encoder,
@@ -60,6 +67,7 @@ __all__ = [
     "DecodeError",
     "failure_reason",
     "identify",
+    "decode_rgb_bytes",
     "load_rgb",
     "to_rgb",
     "DEFAULT_BATCH_SIZE",

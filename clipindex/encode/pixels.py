@@ -134,6 +134,10 @@ class ImageFiles(torch.utils.data.Dataset):
         self.start = start
         self.pipeline = pipeline
         self.reader = reader
+        if reader is not None:  # remote reads: the next batch is read while one decodes
+            from clipindex.sources.storage import ReadAhead
+
+            self._ahead = ReadAhead(reader)
         # with a reader, a rejected JPEG could not be re-read by path: PIL route only
         self.raw_jpeg = raw_jpeg and pipeline.resize_side is not None and reader is None
         self.draft = bool(draft) and not self.raw_jpeg  # bytes from a reader too
@@ -152,10 +156,18 @@ class ImageFiles(torch.utils.data.Dataset):
             return [self[i] for i in indices]
         try:
             names = [self.path(i) for i in indices]
+            data = self._ahead.read_many(names, [self.path(i) for i in self._next(indices)])
             return [("pixels", *self.pipeline.from_bytes(d, draft=self.draft, name=n))
-                    for d, n in zip(self.reader.read_many(names), names, strict=True)]
+                    for d, n in zip(data, names, strict=True)]
         except ResourceError as exc:  # sent once as the batch; the parent stops the run
             return [("fault", exc.errno, str(exc))]
+
+    def _next(self, indices: list[int]) -> list[int]:
+        """The indices of this process's next batch: a DataLoader worker gets every
+        ``num_workers``-th batch of consecutive indices (in-process: the next one)."""
+        info = torch.utils.data.get_worker_info()
+        stride = len(indices) * (info.num_workers if info is not None else 1)
+        return [i + stride for i in indices if i + stride < len(self)]
 
     def __getitem__(self, i: int) -> tuple[str, Any, str]:
         """``("pixels", crop, reason)``, ``("jpeg", bytes, "")`` or, for a fault of the

@@ -222,12 +222,29 @@ def stored_label(index: Any, image: str | Path) -> str | None:
     return hits.iloc[0] if len(hits) else None
 
 
-def _image_path(index: Any, file: str, data_root: str | None = None) -> Path:
-    """A file of the images table as a path (tables hold paths relative to the data root)."""
+def _stored_images(index: Any, data_root: str | None = None) -> Any:
+    """The store's :class:`~clipindex.sources.StoredImages` (made once per run: a shard
+    is listed once, not once per image)."""
+    from clipindex.sources import StoredImages
+
+    return StoredImages(getattr(index, "dataset_info", None) or {}, data_root)
+
+
+def _image_path(index: Any, file: str, data_root: str | None = None,
+                stored: Any = None) -> Any:
+    """A file of the images table as a path (tables hold paths relative to the data root),
+    or, when the store's images are not local files (object storage, webdataset shards,
+    an image-bytes parquet), the decoded image read through ``stored``
+    (:func:`_stored_images`)."""
     path = Path(file)
     if path.is_absolute():
         return path
     info = getattr(index, "dataset_info", None) or {}
+    stored = stored if stored is not None else _stored_images(index, data_root)
+    if stored.remote:
+        from clipindex.encode import decode_rgb_bytes
+
+        return decode_rgb_bytes(stored.read(file), name=file)
     for base in (data_root, info.get("root"), getattr(index, "root", None)):
         if base and (Path(base) / path).is_file():
             return Path(base) / path
@@ -253,13 +270,14 @@ def explain_rows(
     index = _open(index, backbone)
     vectors = class_vectors(index, method)
     table = index.images.set_index("row_id", drop=False)
+    stored = _stored_images(index)
     out = []
     for i, row in enumerate(rows):
         rec = table.loc[int(row)]
         true = None if rec.get("label") is None or rec["label"] != rec["label"] else rec["label"]
         target = targets[i] if targets is not None else None
-        out.append(explain_image(_image_path(index, str(rec["file"])), index, target=target,
-                                 layer=layer, true=true, vectors=vectors))
+        out.append(explain_image(_image_path(index, str(rec["file"]), stored=stored), index,
+                                 target=target, layer=layer, true=true, vectors=vectors))
     return out
 
 
@@ -377,8 +395,9 @@ def explain_errors(
     written = []
     records = rows.to_dict("records")
     data_root = (_read_run(results) if (results / "run.json").is_file() else {}).get("data_root")
+    stored = _stored_images(index, data_root)
     for i, rec in enumerate(tqdm(records, desc=f"gradcam {backbone}", disable=not progress)):
-        path = _image_path(index, str(rec["file"]), data_root)
+        path = _image_path(index, str(rec["file"]), data_root, stored)
         true, pred = str(rec["true"]), str(rec["predicted"])
         shown = [explain_image(path, index, target=t, layer=layer, true=true, vectors=vectors)
                  for t in (true, pred)]

@@ -116,7 +116,7 @@ def _gallery(data: ResultsData, single: pd.DataFrame, method: str, limit: int) -
                 picked.append(q.iloc[i])
     cards = []
     for r in picked:
-        png = thumbnail(data.image_file(str(r["file"])), 220)
+        png = thumbnail(data.image_source(str(r["file"])), 220)
         pic = img_tag(png, f"error {r['file']}") if png else \
             '<div class="noimg">image file not found</div>'
         cause = r.get("causes")
@@ -194,10 +194,18 @@ def _cam_card(data: ResultsData, index: Any, vectors: Any, kind: str, r: pd.Seri
 
     from clipindex.explain import box_mass, explain_image, overlay
 
-    path = data.image_file(str(r["file"]))
-    if path is None:
+    found = data.image_source(str(r["file"]))
+    if found is None:
         return '<div class="thumb"><div class="noimg">image file not found</div></div>', None
-    e = explain_image(path, index, target=str(r["predicted"]), vectors=vectors,
+    picture: Any = found
+    if isinstance(found, bytes):  # object storage, a shard member, a parquet cell
+        from clipindex.encode import DecodeError, decode_rgb_bytes
+
+        try:
+            picture = decode_rgb_bytes(found, name=str(r["file"]))
+        except DecodeError:
+            return '<div class="thumb"><div class="noimg">image not decodable</div></div>', None
+    e = explain_image(picture, index, target=str(r["predicted"]), vectors=vectors,
                       true=str(r["true"]))
     size = (200, 200)
     orig, cam = e.image.copy(), overlay(e.image, e.cam)

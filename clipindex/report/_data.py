@@ -248,17 +248,39 @@ class ResultsData:
         ds = (self.run.get("config") or {}).get("dataset")
         return [str(c) for c in ds.get("classes") or []] if isinstance(ds, dict) else []
 
-    def image_file(self, file: str) -> Path | None:
-        """An images-table path resolved against the data root (None if not on disk)."""
+    @cached_property
+    def _stored_images(self) -> Any:
+        """The store's :class:`~clipindex.sources.StoredImages` (one per report: a shard
+        is listed once, not once per thumbnail); None without a store."""
+        from clipindex.sources import StoredImages
+
+        try:
+            info = self.dataset_info
+        except Missing:
+            return None
+        return StoredImages(info)
+
+    def image_source(self, file: str) -> Path | bytes | None:
+        """An images-table image: its local path resolved against the data root, or, for
+        a store whose images are not local files (object storage, webdataset shards, an
+        image-bytes parquet), its bytes read through
+        :class:`~clipindex.sources.StoredImages`; None when it cannot be found or read."""
+        from clipindex.errors import DataError
+
         path = Path(file)
         if path.is_absolute():
             return path if path.is_file() else None
-        roots = [self.run.get("data_root")]
         try:
-            roots.append(self.dataset_info.get("root"))
+            info = self.dataset_info
         except Missing:
-            pass
-        for root in roots:
+            info = {}
+        stored = self._stored_images
+        if stored is not None and stored.remote:
+            try:
+                return stored.read(file)
+            except DataError:
+                return None
+        for root in (self.run.get("data_root"), info.get("root")):
             if root and (Path(root) / path).is_file():
                 return Path(root) / path
         return None

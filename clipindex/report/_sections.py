@@ -62,15 +62,15 @@ def params_text(m: Any) -> str:
     return f"{v:.1f}M" if v >= 10 else f"{v:.2f}M" if v >= 0.1 else f"{v:.4f}M"
 
 
-def thumbnail(path: Path | None, size: int = 200) -> bytes | None:
-    """A PNG thumbnail of an image file (None when it cannot be read)."""
+def thumbnail(path: Path | bytes | None, size: int = 200) -> bytes | None:
+    """A PNG thumbnail of an image file or of image bytes (None when it cannot be read)."""
     if path is None:
         return None
-    from clipindex.encode import DecodeError, load_rgb
+    from clipindex.encode import DecodeError, decode_rgb_bytes, load_rgb
     from clipindex.report._html import pil_png
 
     try:  # decoded as the encoder decodes it (EXIF rotation, modes, bomb guard)
-        rgb = load_rgb(path)
+        rgb = decode_rgb_bytes(path) if isinstance(path, bytes) else load_rgb(path)
     except (DecodeError, OSError):
         return None
     rgb.thumbnail((size, size))
@@ -144,7 +144,7 @@ def _sample(data: ResultsData) -> str:
     best = int(per.idxmax())
     rec = images.set_index("row_id").loc[best]
     texts = caps.loc[caps["image_row_id"] == best, "text"].astype(str).tolist()
-    png = thumbnail(data.image_file(str(rec["file"])), 260)
+    png = thumbnail(data.image_source(str(rec["file"])), 260)
     pic = img_tag(png, f"sample image {rec['file']}") if png else notice(
         f"the image file {rec['file']}", "The data root of run.json is not on this machine.")
     items = "".join(f"<li>&ldquo;{esc(t)}&rdquo;</li>" for t in texts)

@@ -102,7 +102,7 @@ def leakage(data: ResultsData, opts: Any) -> str:
     for r in pairs.head(opts.gallery).itertuples():
         thumbs = []
         for f in (r.file_a, r.file_b):
-            png = thumbnail(data.image_file(str(f)), 140)
+            png = thumbnail(data.image_source(str(f)), 140)
             thumbs.append(img_tag(png, str(f)) if png else f"<i>{esc(f)} unreadable</i>")
         cards.append(f'<div class="thumb"><div class="pair">{"".join(thumbs)}</div>'
                      f'<div class="cap">{esc(r.kind)}, cosine {float(r.cosine):.4f}<br>'
@@ -131,7 +131,7 @@ def audit(data: ResultsData, opts: Any) -> str:
     flagged = issues[issues["issue"].astype(bool)] if "issue" in issues else issues
     cards = []
     for r in flagged.head(opts.gallery).itertuples():
-        png = thumbnail(data.image_file(str(r.file)), 160)
+        png = thumbnail(data.image_source(str(r.file)), 160)
         pic = img_tag(png, str(r.file)) if png else f"<i>{esc(r.file)} unreadable</i>"
         cards.append(f'<div class="thumb">{pic}<div class="cap">#{int(r.rank)} label '
                      f'<span class="p">{esc(r.label)}</span> &rarr; suggested <span class="t">'

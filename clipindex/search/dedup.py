@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ DEFAULT_THRESHOLD = 0.9975
 PAIR_COLUMNS: tuple[str, ...] = ("kind", "cosine", "row_id_a", "file_a", "split_a",
                                   "row_id_b", "file_b", "split_b", "leakage")
 _FIRST_K = 16
+#: Stored images read (and hashed) per batch: one batch's remote reads go out together.
+_HASH_BATCH = 64
 log = logging.getLogger(__name__)
 
 
@@ -62,23 +65,39 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str | None:
     return h.hexdigest()
 
 
-def _exact_pairs(images: pd.DataFrame, root: Path) -> tuple[set[tuple[int, int]], list[str]]:
+def _digests(stored: Any, files: list[str]) -> list[str | None]:
+    """sha256 of each stored image (None when unreadable): local files streamed, other
+    images (URLs, shard members, parquet cells) read a batch at a time."""
+    local = [stored.local_path(f) for f in files]
+    if all(p is not None for p in local):
+        return [file_sha256(p) for p in local]
+    out: list[str | None] = []
+    for i in range(0, len(files), _HASH_BATCH):
+        for data in stored.read_many(files[i:i + _HASH_BATCH]):
+            out.append(None if isinstance(data, BaseException)
+                       else hashlib.sha256(data).hexdigest())
+    return out
+
+
+def _exact_pairs(images: pd.DataFrame, stored: Any
+                 ) -> tuple[set[tuple[int, int]], list[str]]:
     """Pairs of rows whose files have the same bytes, and the files that could not be
     read (those take part in no exact pair)."""
     by_hash: dict[str, list[int]] = {}
     unreadable: list[str] = []
-    for rid, file in zip(images["row_id"].tolist(), images["file"].tolist(), strict=True):
-        digest = file_sha256(root / str(file))
+    files = [str(f) for f in images["file"].tolist()]
+    for rid, file, digest in zip(images["row_id"].tolist(), files, _digests(stored, files),
+                                 strict=True):
         if digest is not None:
             by_hash.setdefault(digest, []).append(int(rid))
         else:
-            unreadable.append(str(file))
+            unreadable.append(file)
     pairs = {(a, b) for rows in by_hash.values() for i, a in enumerate(rows)
              for b in rows[i + 1:]}
     return pairs, unreadable
 
 
-def _say_unreadable(unreadable: list[str], n: int, root: Path, require_files: bool) -> None:
+def _say_unreadable(unreadable: list[str], n: int, root: Any, require_files: bool) -> None:
     """No file readable (a wrong root): an error; some unreadable: one warning, since
     their exact copies cannot be found. Neither without ``require_files`` (the caller
     reads the count)."""
@@ -115,7 +134,8 @@ def _near_pairs(index: Any, threshold: float) -> dict[tuple[int, int], float]:
 
 def find_duplicates(index: Any, *, threshold: float = DEFAULT_THRESHOLD,
                     root: str | os.PathLike[str] | None = None,
-                    require_files: bool = True) -> pd.DataFrame:
+                    require_files: bool = True,
+                    storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Exact and near-duplicate pairs of a store's images (:data:`PAIR_COLUMNS`).
 
     ``root`` is the data root the table's ``file`` paths are relative to (default: the
@@ -125,17 +145,24 @@ def find_duplicates(index: Any, *, threshold: float = DEFAULT_THRESHOLD,
     CLI's ``Warning:`` line) says so; when none of them can be read it is a
     :class:`~clipindex.errors.DataError` (a wrong root). With ``require_files=False``
     neither: the caller reads the count and says it (``bench`` warns once).
+    Images are read through :class:`~clipindex.sources.StoredImages`: a store built from
+    object storage (``root`` may be a URL), webdataset shards or an image-bytes parquet
+    is hashed from the same bytes it was encoded from (``storage_options``: fsspec
+    options on top of the non-secret ones ``dataset.json`` records).
     """
     if isinstance(threshold, bool) or not -1.0 <= float(threshold) <= 1.0:
         raise UserInputError(f"the cosine threshold must be in [-1, 1], got {threshold!r}")
+    from clipindex.sources import StoredImages
+
     images = index.images
-    base = Path(root) if root is not None else Path(str(index.dataset_info.get("root", ".")))
-    if not base.is_dir():
+    stored = StoredImages.of(index, root, storage_options)
+    base: Any = stored.root
+    if not stored.remote and not Path(base).is_dir():
         raise UserInputError(f"data root {base} is not a folder: give --root DATA_DIR to "
                              "hash the image files")
     removed = np.asarray(getattr(index, "image_removed", np.zeros(len(images), bool)), bool)
     live = images[~removed] if removed.any() else images  # removed rows are in no pair
-    exact, unreadable = _exact_pairs(live, base)
+    exact, unreadable = _exact_pairs(live, stored)
     _say_unreadable(unreadable, len(live), base, require_files)
     near = _near_pairs(index, float(threshold))
     vectors = np.asarray(index.image_vectors)

@@ -63,7 +63,10 @@ class ServeOptions:
     ----------
     index_dir : the store's dataset folder (``OUT/<dataset>``)
     backbones : the backbones to serve (empty: every finished one at start)
-    data_root : where the tables' ``file`` paths live (default: ``dataset.json``'s root)
+    data_root : where the tables' ``file`` paths live (default: ``dataset.json``'s root;
+        a URL for a store built from object storage)
+    storage_options : fsspec options (``(key, value)`` pairs) for images kept in object
+        storage, on top of the non-secret ones ``dataset.json`` records
     token : with a token, every data route needs ``Authorization: Bearer TOKEN``
     max_k : the largest ``k`` (and ``k + offset``) a search may ask for
     max_upload_bytes : the largest request body (an uploaded image)
@@ -86,6 +89,7 @@ class ServeOptions:
     index_dir: str
     backbones: tuple[str, ...] = ()
     data_root: str | None = None
+    storage_options: tuple[tuple[str, Any], ...] = ()
     token: str | None = None
     max_k: int = 1000
     max_upload_bytes: int = 10 * _MB
@@ -126,4 +130,5 @@ class ServeOptions:
         names = {f.name for f in fields(cls)}
         for key in ("backbones", "cors_origins", "allow_hosts"):
             raw[key] = tuple(raw.get(key) or ())
+        raw["storage_options"] = tuple(tuple(kv) for kv in raw.get("storage_options") or ())
         return cls(**{k: v for k, v in raw.items() if k in names})

@@ -159,12 +159,16 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
 
     @app.get("/images/{row_id}", response_class=FileResponse)
     def image_file(row_id: RowId) -> Any:
-        path = media.image_file(store.current(), row_id)
+        snap = store.current()
+        path = media.image_file(snap, row_id)
+        if path is None:  # object storage, shard member, parquet cell
+            data, _ = media.image_bytes(snap, row_id)
+            return Response(data, media_type=media.sniffed_type(data))
         return FileResponse(path, media_type=media.media_type(path))
 
     @app.get("/thumbs/{row_id}", response_class=Response)
     def thumb(row_id: RowId) -> Any:
-        data = thumbs.get(media.image_file(store.current(), row_id))
+        data = thumbs.of_row(store.current(), row_id)
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=300"})
 

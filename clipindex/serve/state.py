@@ -121,6 +121,8 @@ class Snapshot:
     model_lock: threading.Lock = field(default_factory=threading.Lock)
     #: The memory-mapped files (:func:`~clipindex.store.loading.mapped_files`).
     mapped: list[Any] = field(default_factory=list)
+    #: Reads the stored images (local files, URLs, shard members, parquet cells).
+    images: Any = None
     #: Set once one of them is found truncated: the snapshot never reads them again.
     damage: str | None = None
     classifiers: LRU = field(default_factory=lambda: LRU(32))
@@ -210,9 +212,15 @@ def open_snapshot(options: ServeOptions, generation: int = 1) -> Snapshot:
         bi.encoder()
         bi.text_vectors(["a photo"], save=False)  # the text tower is warm from here on
         served[name] = ServedIndex(bi, options.text_cache, lock)
+    from clipindex.sources import StoredImages
+
+    images = StoredImages(opened[0].dataset_info, options.data_root,
+                          dict(options.storage_options))
     root = options.data_root or opened[0].dataset_info.get("root")
+    local = root and not images.remote
     return Snapshot(generation=generation, names=tuple(names), indexes=served,
-                    data_root=Path(root).expanduser().resolve() if root else None,
+                    data_root=Path(root).expanduser().resolve() if local else None,
+                    images=images,
                     signature=signature, opened_at=time.time(), threads=options.threads,
                     model_lock=lock,
                     mapped=[m for bi in opened for m in mapped_files(bi)])

@@ -13,5 +13,7 @@ above it in the pipeline (encode, store, classifiers, search, bench, ...), nor
 
 from clipindex.sources.dataset import IMAGE_EXTENSIONS, Dataset, load_dataset
 from clipindex.sources.fingerprint import dataset_fingerprint, fingerprint
+from clipindex.sources.stored import StoredImages
 
-__all__ = ["IMAGE_EXTENSIONS", "Dataset", "dataset_fingerprint", "fingerprint", "load_dataset"]
+__all__ = ["IMAGE_EXTENSIONS", "Dataset", "StoredImages", "dataset_fingerprint", "fingerprint",
+           "load_dataset"]

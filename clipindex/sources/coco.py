@@ -14,28 +14,48 @@ import io
 import json
 import logging
 import math
+import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from clipindex.config import DatasetConfig
 from clipindex.errors import DataError
 from clipindex.sources.filters import box_area, class_pools, largest_annotation, select
-from clipindex.sources.records import Built, require_file, under_root
+from clipindex.sources.records import Built, locate_file, under_root
+from clipindex.sources.storage import (
+    FileReader,
+    filesystem,
+    is_url,
+    join,
+    object_identity,
+    read_bytes,
+)
 
 __all__ = ["captions_for", "causes_beside", "image_record", "load_coco", "load_instances",
-           "read_captions", "read_json", "read_tags", "sidecar_tags", "tag_rows",
-           "unknown_categories"]
+           "read_captions", "read_json", "read_tags", "remote_images", "sidecar_tags",
+           "tag_rows", "unknown_categories"]
 
 log = logging.getLogger(__name__)
 
 
-def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A JSON object holding a list under each of ``keys``."""
+#: A local annotation file, or a URL read through fsspec (``storage_options``).
+Location = Path | str
+
+
+def _load(path: Location, options: Mapping[str, Any] | None) -> Any:
+    if is_url(path):
+        return json.loads(read_bytes(str(path), options))
+    with Path(path).open("rb") as fh:
+        return json.load(fh)
+
+
+def read_json(path: Location, keys: tuple[str, ...],
+              options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON object holding a list under each of ``keys`` (a local file or a URL)."""
     try:
-        with path.open("rb") as fh:
-            data = json.load(fh)
+        data = _load(path, options)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         kind = type(exc).__name__
         raise DataError(f"{path} is not valid JSON ({kind}): fix or replace it") from None
@@ -49,7 +69,7 @@ def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     return data
 
 
-def _check_entries(path: Path, data: dict[str, Any], key: str, needed: tuple[str, ...]) -> None:
+def _check_entries(path: Location, data: dict[str, Any], key: str, needed: tuple[str, ...]) -> None:
     need = frozenset(needed)
     for i, entry in enumerate(data[key]):
         if not (isinstance(entry, dict) and need <= entry.keys()):
@@ -77,7 +97,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _check_images(path: Path, images: list[dict[str, Any]]) -> set[int]:
+def _check_images(path: Location, images: list[dict[str, Any]]) -> set[int]:
     """Types of each image's ``id``, ``file_name``, ``width`` and ``height``; the ids."""
     for i, img in enumerate(images):
         iid = img["id"]
@@ -103,7 +123,7 @@ def _check_images(path: Path, images: list[dict[str, Any]]) -> set[int]:
     return ids
 
 
-def _annotation_error(path: Path, i: int, ann: dict[str, Any], image_ids: set[int]) -> None:
+def _annotation_error(path: Location, i: int, ann: dict[str, Any], image_ids: set[int]) -> None:
     """Raise the one-line error of the first bad field of annotation entry ``i``."""
     aid = ann["id"]
     if not _whole(aid):
@@ -120,7 +140,7 @@ def _annotation_error(path: Path, i: int, ann: dict[str, Any], image_ids: set[in
                     "[x, y, width, height], four numbers (width and height not negative)")
 
 
-def _check_annotations(path: Path, data: dict[str, Any]) -> None:
+def _check_annotations(path: Location, data: dict[str, Any]) -> None:
     """Types of each image's and annotation's fields and each category's id and name,
     and that every annotation names an image of the file (0.4 s for a file the size of
     COCO train2017: 118k images, 860k annotations); a bad value is a one-line
@@ -137,11 +157,11 @@ def _check_annotations(path: Path, data: dict[str, Any]) -> None:
                             "needs a whole-number id and a name")
 
 
-def load_instances(path: Path) -> Any:
+def load_instances(path: Location, options: Mapping[str, Any] | None = None) -> Any:
     """pycocotools ``COCO`` index of a validated instances JSON (its prints silenced)."""
     from pycocotools.coco import COCO
 
-    data = read_json(path, ("images", "annotations", "categories"))
+    data = read_json(path, ("images", "annotations", "categories"), options)
     _check_entries(path, data, "images", ("id", "file_name"))
     _check_entries(path, data, "annotations", ("id", "image_id", "category_id", "bbox"))
     _check_entries(path, data, "categories", ("id", "name"))
@@ -154,15 +174,19 @@ def load_instances(path: Path) -> Any:
 
 
 def image_record(coco: Any, img_id: int, label: str, image_dir: PurePosixPath,
-                 root: Path | None = None, allow_outside: bool = False) -> dict[str, Any]:
+                 root: Path | str | None = None, allow_outside: bool = False
+                 ) -> dict[str, Any]:
     """Row fields of one image: file, size, label, COCO id, subject box and its area share.
 
-    With ``root``, a ``file_name`` leading outside it is refused (unless ``allow_outside``).
+    With ``root``, a ``file_name`` leading outside it is refused (unless ``allow_outside``;
+    under a URL root the check is lexical: no ``..`` and no absolute path).
     """
     img = coco.imgs[img_id]
     file = (image_dir / img["file_name"]).as_posix()
-    if root is not None:
-        file = under_root(root, file, f"COCO image {img_id} ('file_name')",
+    if is_url(root):
+        file = _url_relative(str(root), file, img_id, allow_outside)
+    elif root is not None:
+        file = under_root(Path(root), file, f"COCO image {img_id} ('file_name')",
                           allow=allow_outside)
     width, height = int(img.get("width") or 0), int(img.get("height") or 0)
     class_id = next(c["id"] for c in coco.dataset["categories"] if c["name"] == label)
@@ -175,20 +199,31 @@ def image_record(coco: Any, img_id: int, label: str, image_dir: PurePosixPath,
     }  # fmt: skip
 
 
-def captions_for(path: Path, image_ids: Sequence[int]) -> list[tuple[int, str]]:
+def _url_relative(root: str, file: str, img_id: int, allow: bool) -> str:
+    norm = posixpath.normpath(file)
+    if norm == ".." or norm.startswith("../") or posixpath.isabs(norm):
+        if allow:
+            return join(root, norm) if not posixpath.isabs(norm) else norm
+        raise DataError(f"COCO image {img_id} ('file_name'): {file!r} leads outside the data "
+                        f"root {root}; pass --allow-outside-root to accept it")
+    return file
+
+
+def captions_for(path: Location, image_ids: Sequence[int],
+                 options: Mapping[str, Any] | None = None) -> list[tuple[int, str]]:
     """``(position in image_ids, caption)`` pairs from a COCO captions JSON, file order."""
     by_image: dict[Any, list[str]] = {img_id: [] for img_id in image_ids}
-    for ann in read_captions(path)["annotations"]:
+    for ann in read_captions(path, options)["annotations"]:
         texts = by_image.get(ann["image_id"])
         if texts is not None:
             texts.append(ann["caption"].strip())
     return [(r, text) for r, img_id in enumerate(image_ids) for text in by_image[img_id]]
 
 
-def read_captions(path: Path) -> dict[str, Any]:
+def read_captions(path: Location, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A validated COCO captions JSON: each annotation has a whole-number ``image_id``
     and a non-empty text ``caption`` (else a one-line :class:`DataError` naming it)."""
-    data = read_json(path, ("annotations",))
+    data = read_json(path, ("annotations",), options)
     _check_entries(path, data, "annotations", ("image_id", "caption"))
     for i, ann in enumerate(data["annotations"]):
         text = ann["caption"]
@@ -203,13 +238,26 @@ def read_captions(path: Path) -> dict[str, Any]:
     return data
 
 
-def causes_beside(instances: Path) -> Path | None:
+def causes_beside(instances: Location, options: Mapping[str, Any] | None = None
+                  ) -> Location | None:
     """``causes_<x>.json`` beside ``instances_<x>.json`` when it exists."""
-    path = instances.with_name(re.sub(r"^instances", "causes", instances.name))
-    return path if path != instances and path.is_file() else None
+    if is_url(instances):
+        folder, _, name = str(instances).rpartition("/")
+        url = f"{folder}/{re.sub(r'^instances', 'causes', name)}"
+        if url == instances:
+            return None
+        try:
+            fs, inside = filesystem(url, options)
+            return url if fs.isfile(inside) else None
+        except (OSError, ValueError):
+            return None
+    path = Path(instances)
+    path = path.with_name(re.sub(r"^instances", "causes", path.name))
+    return path if path != Path(instances) and path.is_file() else None
 
 
-def read_tags(path: Path) -> dict[int, dict[str, Any]]:
+def read_tags(path: Location, options: Mapping[str, Any] | None = None
+              ) -> dict[int, dict[str, Any]]:
     """The sidecar's tags per image id: ``causes`` (a list) and ``context`` (the
     scene's context, ``field``/``road``/``indoor``/``beach``/``snow``; None when the
     entry has none, as in the plain mapping format).
@@ -218,7 +266,7 @@ def read_tags(path: Path) -> dict[int, dict[str, Any]]:
     {"causes": [...], ...}}}``; a plain ``{"<image id>": [...]}`` mapping is read too.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = _load(path, options)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"{path} is not valid JSON: fix or delete it") from None
     if isinstance(data, dict) and isinstance(data.get("images"), dict):
@@ -254,13 +302,14 @@ def unknown_categories(coco: Any, where: str) -> dict[str, Any] | None:
     return {"annotations": len(bad), "ids": len(ids), "first_ids": ids[:_FIRST_IDS]}
 
 
-def sidecar_tags(cfg: DatasetConfig, root: Path, origin: str, instances: Path
+def sidecar_tags(cfg: DatasetConfig, root: Path | str, origin: str, instances: Location
                  ) -> dict[int, dict[str, Any]] | None:
     """The failure-cause sidecar's tags (``causes`` given, or the one beside the
     instances file), or None when there is none."""
-    path = require_file(root, cfg, "causes", origin) if cfg.causes else None
-    path = path or causes_beside(instances)
-    return read_tags(path) if path is not None else None
+    opts = cfg.storage_options
+    path = locate_file(root, cfg, "causes", origin) if cfg.causes else None
+    path = path or causes_beside(instances, opts)
+    return read_tags(path, opts) if path is not None else None
 
 
 def tag_rows(records: list[dict[str, Any]], ids: Sequence[int],
@@ -278,11 +327,12 @@ def tag_rows(records: list[dict[str, Any]], ids: Sequence[int],
     return ["causes", "context"] if contexts else ["causes"]
 
 
-def load_coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
-    """The images (with subject box, area share, causes) and captions of a COCO config."""
-    inst_path = require_file(root, cfg, "instances", origin)
-    coco = load_instances(inst_path)
-    where = f"{origin} ({inst_path.name})"
+def load_coco(cfg: DatasetConfig, root: Path | str, origin: str) -> Built:
+    """The images (with subject box, area share, causes) and captions of a COCO config;
+    any of its files may be a URL, and a URL root reads its images through fsspec."""
+    inst_path = locate_file(root, cfg, "instances", origin)
+    coco = load_instances(inst_path, cfg.storage_options)
+    where = f"{origin} ({str(inst_path).rsplit('/', 1)[-1]})"
     classes, pools, funnel = class_pools(
         coco, cfg.classes, cfg.exclude, cfg.drop_multi_target, where
     )
@@ -300,8 +350,24 @@ def load_coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
     columns = ["coco_id", "bbox", "area_frac"] + tagged
     captions = []
     if cfg.captions is not None:
-        captions = captions_for(require_file(root, cfg, "captions", origin), order)
+        captions = captions_for(locate_file(root, cfg, "captions", origin), order,
+                                cfg.storage_options)
     split_from = "none" if cfg.support_per_class is None else "drawn"
     unknown = unknown_categories(coco, where)
     extra = {"unknown_category_ids": unknown} if unknown else {}
-    return Built(classes, records, captions, funnel, split_from, columns, extra)
+    built = Built(classes, records, captions, funnel, split_from, columns, extra)
+    return remote_images(built, cfg, root)
+
+
+def remote_images(built: Built, cfg: DatasetConfig, root: Path | str) -> Built:
+    """Under a URL root: each row's ``bytes`` and ``etag`` (one listing per folder) and the
+    reader that fetches the images; a local root: ``built`` as it is."""
+    if not is_url(root):
+        return built
+    tags = object_identity([join(str(root), r["file"]) for r in built.records],
+                           cfg.storage_options)
+    for rec in built.records:
+        rec["bytes"], rec["etag"] = tags.get(join(str(root), rec["file"]), (0, ""))
+    built.columns = [*built.columns, "bytes", "etag"]
+    built.reader = FileReader(str(root), cfg.storage_options)
+    return built

@@ -152,8 +152,8 @@ def load_dataset(
     if isinstance(data_root, str):
         builder = _REMOTE_BUILDERS.get(str(cfg.source))
         if builder is None:
-            raise ConfigError(f"source {cfg.source} cannot read a URL root yet ({data_root}): "
-                              "copy its annotation files locally, or use a manifest")
+            raise ConfigError(f"source {cfg.source} cannot read a URL root ({data_root}): "
+                              f"sources that can: {', '.join(sorted(_REMOTE_BUILDERS))}")
     else:
         builder = _BUILDERS[str(cfg.source)]
     built = builder(cfg, data_root, origin)
@@ -308,7 +308,7 @@ def assemble(cfg: DatasetConfig, root: Path | str, built: Built) -> Dataset:
                    reader=built.reader)
 
 
-def _coco(cfg: DatasetConfig, root: Path, origin: str) -> Built:
+def _coco(cfg: DatasetConfig, root: Path | str, origin: str) -> Built:
     """COCO with the default numpy sampler, or the study's own (``sampler: study``)."""
     return (load_study if cfg.sampler == "study" else load_coco)(cfg, root, origin)
 
@@ -322,6 +322,7 @@ _BUILDERS: dict[str, Callable[[DatasetConfig, Any, str], Built]] = {
 }
 #: Builders of a URL data root (``root: s3://...``).
 _REMOTE_BUILDERS: dict[str, Callable[[DatasetConfig, Any, str], Built]] = {
+    "coco": _coco,
     "folder": load_remote_folder,
     "manifest": load_remote_manifest,
     "webdataset": load_webdataset,

@@ -27,7 +27,7 @@ from clipindex.sources.filters import select
 from clipindex.sources.records import Built, unknown_class
 from clipindex.sources.storage import filesystem, is_url, join, object_identity
 
-__all__ = ["ParquetReader", "load_parquet_images"]
+__all__ = ["ParquetReader", "load_parquet_images", "parquet_reader"]
 
 
 def _open(location: str, options: Mapping[str, Any]) -> Any:
@@ -79,6 +79,15 @@ class ParquetReader:
             except Exception as exc:  # noqa: BLE001 - the row's skip reason
                 out.append(exc)
         return out
+
+
+def parquet_reader(location: str, column: str, options: Mapping[str, Any] | None
+                   ) -> ParquetReader:
+    """A :class:`ParquetReader` of ``column`` of the parquet file at ``location``."""
+    meta = _open(location, dict(options or {})).metadata
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    starts = [0, *np.cumsum(sizes)[:-1].tolist()] if sizes else []
+    return ParquetReader(location, column, options, starts)
 
 
 def _image_bytes(value: Any) -> bytes:

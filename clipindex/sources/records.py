@@ -17,7 +17,8 @@ from typing import Any
 from clipindex.config import DatasetConfig
 from clipindex.errors import DataError
 
-__all__ = ["Built", "header_size", "require_file", "under_root", "unknown_class"]
+__all__ = ["Built", "header_size", "locate_file", "require_file", "under_root",
+           "unknown_class"]
 
 
 @dataclass
@@ -46,6 +47,24 @@ def unknown_class(name: str, field_name: str, origin: str, available: Iterable[s
 def require_file(root: Path, cfg: DatasetConfig, field_name: str, origin: str) -> Path:
     rel = cfg.path(field_name)
     path = root / str(rel)
+    if not path.is_file():
+        raise DataError(f"File {path} (field '{field_name}' of {origin}) does not exist")
+    return path
+
+
+def locate_file(root: Path | str, cfg: DatasetConfig, field_name: str, origin: str
+                ) -> Path | str:
+    """The file a config field names: a URL as given (``file://`` as a local path), under
+    a URL root as a URL (its existence is checked when it is read), else
+    :func:`require_file`'s checked local path."""
+    from clipindex.sources.storage import is_url, join
+
+    rel = str(cfg.path(field_name))
+    if rel.startswith("file://"):
+        rel = rel[len("file://"):]
+    if is_url(rel) or is_url(root):
+        return join(str(root), rel)
+    path = Path(root) / rel
     if not path.is_file():
         raise DataError(f"File {path} (field '{field_name}' of {origin}) does not exist")
     return path

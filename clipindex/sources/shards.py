@@ -46,7 +46,8 @@ from clipindex.sources.storage import (
     object_identity,
 )
 
-__all__ = ["IMAGE_MEMBERS", "RESERVED_COLUMNS", "load_webdataset", "list_shard"]
+__all__ = ["IMAGE_MEMBERS", "RESERVED_COLUMNS", "list_shard", "load_webdataset",
+           "shard_locations"]
 
 #: Member extensions taken as the sample's image, in order of preference.
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
@@ -134,7 +135,7 @@ def _meta(sample: dict[str, Any], where: str) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _shard_names(pattern: str, root: Path | str) -> tuple[list[str], str]:
+def shard_locations(pattern: str, root: Path | str) -> tuple[list[str], str]:
     """Shard locations of ``pattern`` (under ``root`` unless a URL / absolute) and the
     folder their names are relative to."""
     full = join(str(root), os.path.expanduser(pattern))
@@ -185,7 +186,7 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
 
 def load_webdataset(cfg: DatasetConfig, root: Path | str, origin: str) -> Built:
     """Every sample with an image and a label, by shard then member order."""
-    shards, base = _shard_names(str(cfg.webdataset), root)
+    shards, base = shard_locations(str(cfg.webdataset), root)
     rows, spans = _scan(shards, base, cfg)
     missing = next((r["file"] for r in rows if not r["label"]), None)
     if missing is not None:

@@ -31,10 +31,12 @@ from clipindex.errors import DataError, MissingExtraError
 
 __all__ = [
     "MAX_CONCURRENCY",
+    "REDACTED",
     "REMOTE_INSTALL",
     "FileReader",
     "ImageReader",
     "RangeReader",
+    "ReadAhead",
     "expand_braces",
     "filesystem",
     "is_url",
@@ -47,6 +49,8 @@ __all__ = [
 #: Requests in flight at once per ``read_many`` call (one batch of images).
 MAX_CONCURRENCY = 32
 REMOTE_INSTALL = "pip install 'clipindex[remote]'"
+#: What a secret storage option is recorded as in ``dataset.json``.
+REDACTED = "***"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SECRET = re.compile(r"secret|key|token|password|session|credential", re.IGNORECASE)
 
@@ -87,9 +91,20 @@ def join(root: str, rel: str) -> str:
 
 
 def redact(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Storage options as recorded in ``dataset.json``: secrets replaced by ``***``."""
-    return {str(k): ("***" if _SECRET.search(str(k)) else v)
-            for k, v in (options or {}).items()}
+    """Storage options as recorded in ``dataset.json``: secrets replaced by ``***``, at
+    any depth (``client_kwargs: {aws_secret_access_key: ...}`` too).
+
+    Examples
+    --------
+    >>> redact({"endpoint_url": "http://h", "client_kwargs": {"aws_session_token": "t"}})
+    {'endpoint_url': 'http://h', 'client_kwargs': {'aws_session_token': '***'}}
+    """
+    def one(key: Any, value: Any) -> Any:
+        if _SECRET.search(str(key)):
+            return REDACTED
+        return redact(value) if isinstance(value, Mapping) else value
+
+    return {str(k): one(k, v) for k, v in (options or {}).items()}
 
 
 def filesystem(url: str, options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
@@ -189,6 +204,44 @@ def _tag(entry: Mapping[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- readers
+class ReadAhead:
+    """One batch of reads ahead of the decoder: while a batch is decoded, the next one
+    (the caller's guess) is read in a background thread, so a remote read's latency is
+    hidden behind decoding instead of added to it.
+
+    Reads never overlap (a reader need not be thread-safe: a parquet file, a cache): a
+    read waits for the read-ahead in flight; a guess that was wrong costs one batch read
+    for nothing. Picklable (the thread is made on first use, in the process that reads).
+    """
+
+    def __init__(self, reader: ImageReader) -> None:
+        self.reader = reader
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: tuple[list[str], Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"reader": self.reader, "_pool": None, "_pending": None}
+
+    def read_many(self, files: Sequence[str], ahead: Sequence[str] = ()
+                  ) -> list[bytes | BaseException]:
+        """``reader.read_many(files)``, then start reading ``ahead``."""
+        files = list(files)
+        got: list[bytes | BaseException] | None = None
+        if self._pending is not None:
+            names, future = self._pending
+            self._pending = None
+            done = future.result()  # also when unused: reads never overlap
+            got = done if names == files else None
+        if got is None:
+            got = self.reader.read_many(files)
+        if ahead:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="clipindex-read-ahead")
+            self._pending = (list(ahead), self._pool.submit(self.reader.read_many,
+                                                            list(ahead)))
+        return got
+
+
 class FileReader:
     """Images that are whole objects: ``read_many(files)`` reads ``join(root, file)``.
 

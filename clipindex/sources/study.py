@@ -45,10 +45,11 @@ from clipindex.sources.coco import (
     image_record,
     load_instances,
     read_captions,
+    remote_images,
     sidecar_tags,
     tag_rows,
 )
-from clipindex.sources.records import Built, require_file
+from clipindex.sources.records import Built, locate_file
 
 __all__ = ["study_frame", "study_sample", "load_study"]
 
@@ -91,11 +92,11 @@ def study_sample(frame: pd.DataFrame, classes: list[str], n: int, seed: int) -> 
     return pd.concat(parts).reset_index(drop=True)
 
 
-def load_study(cfg: DatasetConfig, root: Path, origin: str) -> Built:
+def load_study(cfg: DatasetConfig, root: Path | str, origin: str) -> Built:
     """A COCO config with ``sampler: study`` (see the module docstring)."""
-    inst_path = require_file(root, cfg, "instances", origin)
-    coco = load_instances(inst_path)
-    captions = read_captions(require_file(root, cfg, "captions", origin))
+    inst_path = locate_file(root, cfg, "instances", origin)
+    coco = load_instances(inst_path, cfg.storage_options)
+    captions = read_captions(locate_file(root, cfg, "captions", origin), cfg.storage_options)
     classes = list(cfg.classes) or sorted(
         c["name"] for c in coco.dataset["categories"] if c["name"] not in cfg.exclude)
     frame = study_frame(coco.dataset, captions, classes, list(cfg.exclude))
@@ -120,5 +121,5 @@ def load_study(cfg: DatasetConfig, root: Path, origin: str) -> Built:
               "distinct_images": {c: int(sample.loc[sample["class"] == c, "image_id"]
                                          .nunique()) for c in classes}}
     split_from = "none" if cfg.support_per_class is None else "drawn"
-    return Built(classes, records, list(enumerate(texts)), funnel, split_from,
-                 ["coco_id", "bbox", "area_frac", *tagged])
+    return remote_images(Built(classes, records, list(enumerate(texts)), funnel, split_from,
+                               ["coco_id", "bbox", "area_frac", *tagged]), cfg, root)

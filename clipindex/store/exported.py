@@ -21,15 +21,19 @@ images table (``label``, ``split``, ...) but ``row_id`` and ``file`` is kept.
 Vectors keep the store's dtype (float16 or float32).
 
 ``DIR`` must not exist or be empty, and must not lie inside a store; everything is
-written in a temporary folder beside it, renamed to ``DIR`` only when complete.
+written in a temporary folder beside it, renamed to ``DIR`` only when complete. ``DIR``
+may be a URL (``s3://bucket/clip-out``, with ``storage_options``): written locally first,
+then uploaded (:mod:`clipindex.store.staging`). A store built from object storage
+exports its images' URLs as ``image_path``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +53,7 @@ _ROWS = 65536  # rows copied at a time
 class ExportResult:
     """What :func:`export_store` wrote."""
 
-    path: Path
+    path: Path | str  # a URL when exported to object storage
     n_images: int
     n_removed: int
     n_skipped: int
@@ -91,10 +95,15 @@ def _first_captions(index: Any, rows: np.ndarray) -> tuple[np.ndarray, list[str]
 
 
 def _metadata(index: Any, rows: np.ndarray, captions: list[str] | None) -> pd.DataFrame:
+    from clipindex.sources.storage import is_url, join
+
     root = index.dataset_info.get("root")
     images = index.images.iloc[rows].reset_index(drop=True)
-    base = Path(str(root)).expanduser().absolute() if root else None
-    paths = [str(base / f) if base is not None else str(f) for f in images["file"]]
+    if is_url(root):  # a store built from object storage: the images' URLs
+        paths = [join(str(root), str(f)) for f in images["file"]]
+    else:
+        base = Path(str(root)).expanduser().absolute() if root else None
+        paths = [str(base / f) if base is not None else str(f) for f in images["file"]]
     meta = pd.DataFrame({PATH_COLUMN: paths})
     if captions is not None:
         meta[CAPTION_COLUMN] = captions
@@ -112,7 +121,8 @@ def _prepare_out(out: Path) -> Path:
 
 
 def export_store(dataset_dir: str | os.PathLike[str], backbone: str, *,
-                 out: str | os.PathLike[str]) -> ExportResult:
+                 out: str | os.PathLike[str],
+                 storage_options: dict[str, Any] | None = None) -> ExportResult:
     """Write ``backbone``'s vectors and the store's tables in clip-retrieval's layout.
 
     ``dataset_dir`` is the store (``OUT/<dataset>``), ``backbone`` one of its backbones
@@ -123,17 +133,27 @@ def export_store(dataset_dir: str | os.PathLike[str], backbone: str, *,
     -------
     >>> export_store("indexes/demo", "tiny-vit", out="demo-clip")  # doctest: +SKIP
     """
+    from clipindex.sources.storage import is_url
+
+    if is_url(os.fspath(out)):
+        from clipindex.store.staging import check_empty_target, upload_folder
+
+        check_empty_target(os.fspath(out), storage_options)
+        with tempfile.TemporaryDirectory(prefix="clipindex-export-") as staged:
+            done = export_store(dataset_dir, backbone, out=Path(staged) / "out")
+            upload_folder(Path(staged) / "out", os.fspath(out), storage_options)
+        return replace(done, path=os.fspath(out))
     from clipindex.store.generations import tombstones
     from clipindex.store.reader import open_index
 
     t0 = time.perf_counter()
-    out = _prepare_out(Path(out))
+    folder = _prepare_out(Path(out))
     index = open_index(dataset_dir, backbone)
     rows = np.flatnonzero(np.asarray(index.image_valid)).astype(np.int64)
     n_removed = len(np.unique(tombstones(index.dataset_info)[0]))
     has_captions = len(index.captions) > 0
     cap_rows, texts = _first_captions(index, rows) if has_captions else (None, None)
-    tmp = out.parent / f".{out.name}.export-{os.getpid()}"
+    tmp = folder.parent / f".{folder.name}.export-{os.getpid()}"
     try:
         for sub in ("img_emb", "metadata") + (("text_emb",) if has_captions else ()):
             (tmp / sub).mkdir(parents=True)
@@ -142,13 +162,13 @@ def export_store(dataset_dir: str | os.PathLike[str], backbone: str, *,
             _copy_rows(index.stored["captions"], cap_rows, tmp / "text_emb" / "text_emb_0.npy")
         _metadata(index, rows, texts).to_parquet(tmp / "metadata" / "metadata_0.parquet",
                                                  index=False)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        if folder.exists():
+            folder.rmdir()
+        os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(path=out, n_images=len(rows), n_removed=n_removed,
+    return ExportResult(path=folder, n_images=len(rows), n_removed=n_removed,
                         n_skipped=len(index.images) - len(rows) - n_removed,
                         captions=has_captions, dim=index.dim,
                         seconds=time.perf_counter() - t0)

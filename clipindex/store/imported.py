@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -180,10 +181,20 @@ def scan_layout(folder: str | os.PathLike[str]) -> tuple[list[Part], int]:
 
 
 # ----------------------------------------------------------------------------- tables
-def _root_and_files(paths: pd.Series, root: Path) -> tuple[Path, pd.Series]:
-    """The data root and the files relative to it: absolute paths become relative to
-    their common folder, relative ones stay relative to ``root``."""
+def _root_and_files(paths: pd.Series, root: Path | str) -> tuple[Path | str, pd.Series]:
+    """The data root and the files relative to it: absolute paths (or URLs: a store of
+    images in object storage) become relative to their common folder, relative ones stay
+    relative to ``root``."""
+    from clipindex.sources.storage import is_url
+
     text = paths.astype(str)
+    urls = text.map(is_url)
+    if len(text) and bool(urls.all()):
+        base = os.path.commonpath([t.replace("://", ":/", 1) for t in text.unique()])
+        base = base.replace(":/", "://", 1)
+        if base in set(text.unique().tolist()):
+            base = base.rsplit("/", 1)[0]
+        return base, text.str.slice(len(base.rstrip("/")) + 1)
     absolute = text.str.startswith("/")
     if len(text) and bool(absolute.all()):
         base = Path(os.path.commonpath(text.unique().tolist()))
@@ -191,12 +202,14 @@ def _root_and_files(paths: pd.Series, root: Path) -> tuple[Path, pd.Series]:
             base = base.parent
         prefix = len(str(base).rstrip("/")) + 1
         return base, text.str.slice(prefix)
-    if bool(absolute.any()):
-        raise DataError("image_path mixes absolute and relative paths; give one kind")
+    if bool(absolute.any()) or bool(urls.any()):
+        raise DataError("image_path mixes absolute paths, URLs and relative paths; give one "
+                        "kind")
     return root, text
 
 
-def _tables(parts: list[Part], root: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+def _tables(parts: list[Part], root: Path | str
+            ) -> tuple[pd.DataFrame, pd.DataFrame, Path | str]:
     meta = pd.concat([pd.read_parquet(p.metadata) for p in parts], ignore_index=True)
     if meta[PATH_COLUMN].isna().any():
         raise DataError(f"metadata: {int(meta[PATH_COLUMN].isna().sum())} row(s) have no "
@@ -293,6 +306,7 @@ def import_store(
     dtype: str = "float32",
     max_index_memory: int | str | None = None,
     target_recall: float = DEFAULT_TARGET_RECALL,
+    storage_options: dict[str, Any] | None = None,
 ) -> ImportResult:
     """Write the store ``OUT/<name>/<backbone>/`` from clip-retrieval's output ``folder``.
 
@@ -302,19 +316,35 @@ def import_store(
     (default: ``folder``'s name); ``root`` is the data root relative image paths are
     under (default ``folder``). ``index_kind``, ``dtype``, ``max_index_memory`` and
     ``target_recall`` are :func:`build_store`'s. ``OUT/<name>`` must not exist; nothing
-    is left behind on failure. See the module docstring for the layout.
+    is left behind on failure. See the module docstring for the layout. ``folder`` may
+    be a URL (``s3://bucket/clip-out``, read with ``storage_options``; copied to a
+    staging folder in ``out`` first, :mod:`clipindex.store.staging`); relative image
+    paths are then under that URL unless ``root`` says otherwise.
 
     Example
     -------
     >>> import_store("clip_out", "ViT-B-32", out="indexes", name="laion-part")
     ... # doctest: +SKIP
     """
+    from clipindex.sources.storage import is_url
+
     t0 = time.perf_counter()
     _check_options(dtype, index_kind)
     auto = AutoSettings(target_recall=float(target_recall),
                         max_memory=parse_memory(max_index_memory))
-    folder = Path(folder).expanduser()
-    target = resolve_targets([backbone], pretrained)[0]
+    job = SimpleNamespace(backbone=backbone, out=out, name=name, pretrained=pretrained,
+                          root=root, index_kind=index_kind, dtype=dtype, auto=auto, t0=t0,
+                          options=dict(storage_options or {}))
+    if is_url(os.fspath(folder)):
+        return _import_url(os.fspath(folder), job, storage_options)
+    return _import_folder(Path(folder).expanduser(), None, job)
+
+
+def _import_folder(folder: Path, origin: str | None, job: SimpleNamespace) -> ImportResult:
+    """:func:`import_store` of a local folder (``origin``: the URL it was fetched from)."""
+    backbone, out, name, root = job.backbone, job.out, job.name, job.root
+    dtype, index_kind, auto = job.dtype, job.index_kind, job.auto
+    target = resolve_targets([backbone], job.pretrained)[0]
     facts = _facts(target)
     parts, dim = scan_layout(folder)
     if dim != facts.embed_dim:
@@ -330,28 +360,68 @@ def import_store(
     tmp = out_dir / f".{dataset}.import-{os.getpid()}"
     try:
         result = _write(tmp, folder, parts, dim, target, facts, dataset,
-                        Path(root) if root is not None else folder, dtype, index_kind, auto)
+                        _chosen_root(root, origin, folder), dtype, index_kind, auto,
+                        (origin, job.options))
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - job.t0
     log.info("%s: imported %d image vectors (%d captions) into %s in %.1f s", dataset,
              result["n_images"], result["n_captions"], final / target.folder, seconds)
     return ImportResult(path=final / target.folder, seconds=seconds, dim=dim, **result)
 
 
+def _chosen_root(root: str | os.PathLike[str] | None, origin: str | None,
+                 folder: Path) -> Path | str:
+    """Where relative image paths live: ``root``, else the folder (its URL if staged)."""
+    from clipindex.sources.storage import is_url
+
+    if root is not None:
+        return os.fspath(root) if is_url(os.fspath(root)) else Path(root)
+    return origin if origin is not None else folder
+
+
+def _import_url(url: str, job: SimpleNamespace, storage_options: Mapping[str, Any] | None
+                ) -> ImportResult:
+    """:func:`import_store` of a clip-retrieval folder at a URL, through a staged copy."""
+    from clipindex.store.staging import fetched_folder
+
+    url = url.rstrip("/")
+    dataset = job.name if job.name is not None else url.rsplit("/", 1)[-1]
+    _dataset_name(Path(dataset), dataset)  # a bad name fails before anything is fetched
+    out_dir = refuse_store_path(Path(job.out).expanduser())
+    if (out_dir / dataset).exists():
+        raise UserInputError(f"{out_dir / dataset} already exists; choose another --name or "
+                             "--out, or remove it first")
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with fetched_folder(url, out_dir, dataset, storage_options) as local:
+            return _import_folder(local, url, SimpleNamespace(**{**vars(job),
+                                                                 "name": dataset}))
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+
+
 def _write(tmp: Path, folder: Path, parts: list[Part], dim: int, target: Target,
-           facts: SimpleNamespace, dataset: str, root: Path, dtype: str, index_kind: str,
-           auto: AutoSettings) -> dict[str, Any]:
+           facts: SimpleNamespace, dataset: str, root: Path | str, dtype: str,
+           index_kind: str, auto: AutoSettings,
+           remote: tuple[str | None, dict[str, Any]] = (None, {})) -> dict[str, Any]:
     """Tables, matrices, indexes and manifest into ``tmp`` (renamed by the caller).
-    long because: the steps of one store write, in the order a build takes them."""
+    long because: the steps of one store write, in the order a build takes them.
+    ``remote``: the URL the folder was fetched from and the storage options (recorded
+    redacted, as a build records them, so the images' endpoint is found again)."""
     from clipindex.sources import fingerprint as table_fingerprint
+    from clipindex.sources.storage import redact
     from clipindex.store.build import write_tables
 
-    images, captions, base = _tables(parts, root.expanduser().absolute())
+    images, captions, base = _tables(parts, root if isinstance(root, str)
+                                     else root.expanduser().absolute())
     bdir = tmp / target.folder
     bdir.mkdir(parents=True)
     t0 = time.perf_counter()
@@ -370,12 +440,14 @@ def _write(tmp: Path, folder: Path, parts: list[Part], dim: int, target: Target,
     fp = table_fingerprint(images, captions)
     classes = sorted(images["label"].dropna().astype(str).unique().tolist()) \
         if images["label"].notna().any() else []
-    source = {"layout": "clip-retrieval", "folder": str(folder.resolve()),
+    origin, options = remote
+    source = {"layout": "clip-retrieval", "folder": origin or str(folder.resolve()),
               "parts": [p.suffix for p in parts], "captions": parts[0].captions is not None,
               "normalised": True}
     info = {"format_version": 1, "name": dataset, "source": "import", "root": str(base),
             "classes": classes, "imported": source,
-            "counts": {"images": len(images), "captions": len(captions)}}
+            "counts": {"images": len(images), "captions": len(captions)},
+            **({"config": {"storage_options": redact(options)}} if options else {})}
     write_tables(SimpleNamespace(name=dataset, images=images, captions=captions, info=info),
                  tmp, fp, rebuild=False)
     skipped = [{"row_id": int(r), "file": str(images["file"].iat[r]),
