@@ -182,18 +182,18 @@ def explain_image(
     >>> e.predicted, round(e.prob, 2)                                     # doctest: +SKIP
     ('cat', 0.91)
     """
-    index = _open(index, backbone)
-    vectors = vectors or class_vectors(index, method)
+    opened = _open(index, backbone)
+    vectors = vectors or class_vectors(opened, method)
     if target is not None:
         vectors.vector(target)  # unknown class: fail before loading the model
-    encoder = index.encoder()
+    encoder = opened.encoder()
     img = load_image(image)
     probs = vectors.probabilities(image_embedding(img, encoder))
     best = int(np.argmax(probs))
     target = target or vectors.classes[best]
     cam = explain(img, encoder, vectors.vector(target), layer=layer)
     if true is None and not isinstance(image, Image.Image):
-        true = stored_label(index, image)
+        true = stored_label(opened, image)
     return Explanation(img, cam, target, vectors.classes[best], float(probs[best]), true)
 
 

@@ -141,7 +141,7 @@ def plain_search_route(store: ServedStore, respond: Any) -> Any:
         return respond(*await run_in_threadpool(run_search, *args))
 
     class PlainSearch(Route):
-        def matches(self, scope: Any) -> tuple[Any, dict[str, Any]]:
+        def matches(self, scope: Any) -> tuple[Any, Any]:
             match, child = super().matches(scope)
             if match is not Match.FULL:
                 return match, child

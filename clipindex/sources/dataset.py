@@ -100,7 +100,8 @@ class Dataset:
 
 
 def load_dataset(
-    source: str | Path | DatasetConfig, *, root: str | Path | None = None, **overrides: Any
+    source: str | os.PathLike[str] | DatasetConfig, *, root: str | Path | None = None,
+    **overrides: Any
 ) -> Dataset:
     """Load a dataset from a YAML config, a class-folder tree or a manifest.
 

@@ -176,8 +176,8 @@ def _table_bytes(dataset_dir: Path, name: str, record: Any) -> bytes:
                    "recorded (truncated or replaced)")
     elif hashlib.sha256(data).hexdigest() != record.get("sha256"):
         problem = "does not match its recorded sha256 (changed or corrupted since the build)"
-    if problem:
-        raise Damage(path, problem).error()
+    if problem or data is None:
+        raise Damage(path, problem or "is unreadable").error()
     return data
 
 
