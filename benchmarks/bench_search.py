@@ -9,7 +9,7 @@ time, index size, p50/p99 latency of one query, 1,000-query throughput, recall@1
 the exact top-10, at 1 and 2 threads.
 
 - ``flat``: exact ``IndexFlatIP`` (what ``--index-kind flat`` stores);
-- ``auto``: ``clipindex.store.tuning.choose_index`` + ``tune_index`` (what
+- ``auto``: ``clipindex.index.tuning.choose_index`` + ``tune_index`` (what
   ``--index-kind auto`` builds), searched as ``BackboneIndex.search`` does (candidates
   rescored exactly from the stored vectors);
 - ``hand-ivf``: IVF-Flat, nlist = sqrt(N), the smallest nprobe of 8/16/32/64/128 that
@@ -25,7 +25,7 @@ the exact top-10, at 1 and 2 threads.
   index with the smallest power-of-two nprobe reaching recall 0.95 on the benchmark's
   queries, so the two are also compared at equal recall;
 - ``device`` (not in the default set): exact search in torch on ``--device`` (matmul +
-  top-k in chunks, :func:`clipindex.store.indexes.torch_search`, what ``search --device
+  top-k in chunks, :func:`clipindex.index.kinds.torch_search`, what ``search --device
   cuda`` runs without faiss-gpu), the vectors moved there once (not timed), against
   ``flat`` on the CPU.
 
@@ -176,7 +176,7 @@ def _index_bytes(index: Any, work: Path) -> int:
 
 
 def _flat(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    from clipindex.store import indexes
+    from clipindex.index import kinds as indexes
 
     with common.cpu_threads(2), common.stopwatch() as t:
         flat = indexes.build_index(x, np.arange(len(x), dtype=np.int64))
@@ -186,7 +186,8 @@ def _flat(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _auto(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
-    from clipindex.store import indexes, tuning
+    from clipindex.index import kinds as indexes
+    from clipindex.index import topk, tuning
 
     args = ctx["args"]
     n, ids = len(x), np.arange(len(x), dtype=np.int64)
@@ -200,7 +201,7 @@ def _auto(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
     rerank = tuned["rerank_factor"]
     ctx["auto_bytes"] = _index_bytes(auto, ctx["work"])
     return {"auto": {
-        "search": lambda q: tuning.rescored_search(auto, x, q, K, rerank=rerank)[1],
+        "search": lambda q: topk.top_k(auto, x, q, K, rerank=rerank)[1],
         "build_s": t["s"], "bytes": ctx["auto_bytes"],
         "knobs": f"{kind} {options.get('nlist')} cells, {tuned['tuned_knob']}="
                  f"{tuned['tuned_value']}, rerank x{rerank}, recorded recall@10 "
@@ -209,7 +210,7 @@ def _auto(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _hand_ivf(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
-    from clipindex.store import indexes
+    from clipindex.index import kinds as indexes
 
     nlist = max(1, int(np.sqrt(len(x))))
     with common.cpu_threads(2), common.stopwatch() as t:
@@ -258,7 +259,7 @@ def _at_recall(index: Any, queries: np.ndarray, truth: np.ndarray, target: float
                ) -> dict[str, Any] | None:
     """An IVF index's smallest power-of-two nprobe reaching ``target`` on the benchmark's
     own queries (optimistic, like hand-ivf); None for kinds without nprobe."""
-    from clipindex.store import indexes
+    from clipindex.index import kinds as indexes
 
     knob = indexes.search_knob(index)
     if knob is None or knob[0] != "nprobe":
@@ -279,7 +280,7 @@ def _at_recall(index: Any, queries: np.ndarray, truth: np.ndarray, target: float
 
 def _hnsw(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """HNSW over the first ``--hnsw-n`` rows, and flat at that size (its own truth)."""
-    from clipindex.store import indexes
+    from clipindex.index import kinds as indexes
 
     args, queries = ctx["args"], ctx["queries"]
     sub = x[:args.hnsw_n]
@@ -297,8 +298,8 @@ def _hnsw(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _device(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
     from clipindex.encode import resolve_device
-    from clipindex.store.indexes import torch_search
-    from clipindex.store.torchsearch import read_only_tensor
+    from clipindex.index.kinds import torch_search
+    from clipindex.index.torchsearch import read_only_tensor
 
     where = str(resolve_device(ctx["args"].device))
     with common.stopwatch() as t:
@@ -470,7 +471,7 @@ def _extrapolated(results: Path, summary: list[str], n: int) -> list[str]:
 
 
 def common_memory(text: str) -> int | None:
-    from clipindex.store.tuning import parse_memory
+    from clipindex.index.tuning import parse_memory
 
     return parse_memory(text)
 
@@ -497,9 +498,9 @@ def overhead_store(workdir: Path, n: int, kind: str) -> Path:
 
 def measure_overhead(ddir: Path, repeats: int) -> dict[str, float]:
     """p50 of search_indexes and of the raw FAISS search (alternating), open time."""
+    from clipindex.index.files import load_index
     from clipindex.search import search_indexes
     from clipindex.store import open_index
-    from clipindex.store.indexes import load_index
 
     open_index(ddir, "synthetic")  # warm-up: page cache, imports
     opens = []

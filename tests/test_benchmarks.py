@@ -86,7 +86,7 @@ def test_ratio_line_form() -> None:
 def test_numpy_top_k_matches_the_reference() -> None:
     import numpy as np
 
-    from clipindex.store.indexes import brute_force
+    from clipindex.index.kinds import brute_force
 
     search = _module("bench_search")
     x = search.unit_vectors(300, 16, seed=0)

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 
 from clipindex.errors import IndexMismatchError, UserInputError
-from clipindex.store.indexes import (
+from clipindex.index.files import load_index, save_index
+from clipindex.index.kinds import (
     INDEX_KINDS,
     brute_force,
     build_index,
     describe_index,
-    load_index,
     measure_recall,
-    save_index,
     search_index,
 )
 
@@ -126,11 +125,11 @@ def test_errors():
 def test_docstring_examples_run():
     import doctest
 
-    import clipindex.store.indexes
+    import clipindex.index.kinds
 
-    result = doctest.testmod(clipindex.store.indexes)
+    result = doctest.testmod(clipindex.index.kinds)
     assert result.attempted >= 8 and result.failed == 0
-    import clipindex.store.torchsearch
+    import clipindex.index.torchsearch
 
-    result = doctest.testmod(clipindex.store.torchsearch)
+    result = doctest.testmod(clipindex.index.torchsearch)
     assert result.attempted >= 2 and result.failed == 0

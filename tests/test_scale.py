@@ -8,16 +8,16 @@ import json
 import numpy as np
 import pytest
 
-from clipindex.store.indexes import brute_force, load_index
-from clipindex.store.outputs import write_outputs
-from clipindex.store.tuning import (
+from clipindex.index.files import load_index
+from clipindex.index.kinds import brute_force
+from clipindex.index.topk import exact_top_k, recall_at_k
+from clipindex.index.topk import top_k as rescored_search
+from clipindex.index.tuning import (
     AutoSettings,
     choose_index,
-    exact_top_k,
     parse_memory,
-    recall_at_k,
-    rescored_search,
 )
+from clipindex.store.outputs import write_outputs
 
 pytestmark = pytest.mark.usefixtures("faiss_single_thread")
 
@@ -130,8 +130,8 @@ def test_exact_top_k_equals_brute_force(world):
 def _approximate_auto(monkeypatch):
     """Let ``auto`` choose an IVF index on a store of a few hundred rows (its flat
     threshold would keep such a store exact)."""
-    import clipindex.store.outputs as outputs_mod
-    from clipindex.store import tuning
+    import clipindex.index.build as outputs_mod
+    from clipindex.index import tuning
 
     monkeypatch.setattr(outputs_mod, "choose_index", lambda n, d, s: tuning.choose_index(
         n, d, AutoSettings(target_recall=s.target_recall, max_memory=s.max_memory,

@@ -25,6 +25,7 @@ from fixtures_store import (
 )
 
 from clipindex.errors import DataError, IncompleteIndexError, IndexMismatchError
+from clipindex.index.kinds import brute_force
 from clipindex.store import (
     BuildInterrupted,
     build_store,
@@ -32,7 +33,6 @@ from clipindex.store import (
     open_index,
     store_info,
 )
-from clipindex.store.indexes import brute_force
 
 pytestmark = pytest.mark.usefixtures("faiss_single_thread")
 
@@ -83,7 +83,8 @@ def test_build_reopen_and_search_equal_brute_force(toy, tmp_path, use_fake_encod
 def _recall_at_10(idx, target: str) -> float:
     """Recall@10 of the stored FAISS index of ``target`` against numpy brute force, on
     the build's own sample (seed 0, up to 200 valid rows, the stored vectors as queries)."""
-    from clipindex.store.indexes import load_index, search_index
+    from clipindex.index.files import load_index
+    from clipindex.index.kinds import search_index
 
     vectors, valid = ((idx.image_vectors, idx.image_valid) if target == "images"
                       else (idx.caption_vectors, idx.caption_valid))

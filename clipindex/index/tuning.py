@@ -20,7 +20,7 @@ querying the image index: the text -> image case; image vectors querying the cap
 index). The knob (``nprobe`` / ``ef_search``) grows in powers of two until every query
 set reaches ``target_recall``, then is bisected down to the smallest value that does.
 Recall is that of the search users get: ``k * rerank_factor`` candidates rescored
-exactly from the stored vectors (:func:`rescored_search`).
+exactly from the stored vectors (:func:`clipindex.index.topk.top_k`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from clipindex.errors import UserInputError
+from clipindex.index.topk import exact_top_k, recall_at_k, top_k
 
 __all__ = [
     "AUTO_FLAT_MAX_CELLS",
@@ -42,10 +43,7 @@ __all__ = [
     "RERANK_FACTOR",
     "AutoSettings",
     "choose_index",
-    "exact_top_k",
     "parse_memory",
-    "recall_at_k",
-    "rescored_search",
     "tune_index",
 ]
 
@@ -128,73 +126,6 @@ def choose_index(n: int, d: int, settings: AutoSettings) -> tuple[str, dict[str,
     return "ivfpq", {**options, "pq_m": fits[0]}
 
 
-def exact_top_k(matrix: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int,
-                exclude: np.ndarray | None = None, chunk: int = 65536) -> np.ndarray:
-    """Exact top-``k`` row ids of each query among rows ``ids`` of ``matrix`` (which may
-    be a memory map), block by block so memory stays ~``chunk x dim``; ``exclude``
-    (one row id per query, or -1) is never returned. Ties keep the lower id."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
-    best_i = np.full((len(q), k), -1, dtype=np.int64)
-    ids = np.asarray(ids, dtype=np.int64)
-    for start in range(0, len(ids), chunk):
-        block_ids = ids[start:start + chunk]
-        s = q @ np.asarray(matrix[block_ids], dtype=np.float32).T
-        if exclude is not None:
-            s[exclude[:, None] == block_ids[None, :]] = -np.inf
-        all_s = np.concatenate([best_s, s], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(block_ids, s.shape)], axis=1)
-        order = np.lexsort((all_i, -all_s), axis=1)[:, :k]
-        best_s = np.take_along_axis(all_s, order, axis=1)
-        best_i = np.take_along_axis(all_i, order, axis=1)
-    return np.where(np.isfinite(best_s), best_i, -1)
-
-
-def rescored_search(index: Any, matrix: np.ndarray, queries: np.ndarray, k: int, *,
-                    rerank: int = 1, rows: np.ndarray | None = None,
-                    exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of ``index`` with ``k * rerank`` candidates rescored exactly from
-    ``matrix`` (the stored vectors, row i = row id i): the scores returned are exact
-    cosines of the returned rows; which rows come back depends on the index.
-    ``exclude`` (one row id per query) drops that row (leave-one-out queries). With
-    ``rerank`` 1 on an index whose own scores are exact cosines (flat, IVF-Flat, HNSW
-    over flat storage) the index's answer is returned as it is: rescoring would change
-    nothing but the time."""
-    from clipindex.store.indexes import scores_are_exact, search_index
-
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    if rerank <= 1 and exclude is None and scores_are_exact(index):
-        return search_index(index, q, k, rows=rows)
-    extra = 0 if exclude is None else 1
-    fetch = max(k * max(1, int(rerank)), k) + extra
-    fetch = min(fetch, max(int(index.ntotal), 1))
-    _, ids = search_index(index, q, fetch, rows=rows)
-    good = ids >= 0
-    if exclude is not None:
-        good &= ids != exclude[:, None]
-    safe = np.where(good, ids, 0)
-    flat = np.asarray(matrix[safe.ravel()], dtype=np.float32).reshape(*safe.shape, -1)
-    scores = np.where(good, np.einsum("qd,qkd->qk", q, flat), -np.inf)
-    order = np.lexsort((np.where(good, ids, np.iinfo(np.int64).max), -scores), axis=1)
-    ids = np.take_along_axis(np.where(good, ids, -1), order, axis=1)[:, :k]
-    scores = np.take_along_axis(scores, order, axis=1)[:, :k].astype(np.float32)
-    if ids.shape[1] < k:
-        pad = k - ids.shape[1]
-        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return scores, ids
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over queries of |found ∩ truth| / |truth| (ids of -1 ignored)."""
-    hits = []
-    for f, t in zip(found, truth, strict=True):
-        want = set(t[t >= 0].tolist())
-        if want:
-            hits.append(len(want & set(f[f >= 0].tolist())) / len(want))
-    return float(np.mean(hits)) if hits else 1.0
-
-
 @dataclass
 class _QuerySet:
     queries: np.ndarray
@@ -218,18 +149,18 @@ def _query_sets(matrix: np.ndarray, ids: np.ndarray, cross: dict[str, np.ndarray
 
 def _recalls(index: Any, matrix: np.ndarray, sets: dict[str, _QuerySet], k: int,
              rerank: int) -> dict[str, float]:
-    return {name: recall_at_k(rescored_search(index, matrix, s.queries, k, rerank=rerank,
-                                              exclude=s.exclude)[1], s.truth)
+    return {name: recall_at_k(top_k(index, matrix, s.queries, k, rerank=rerank,
+                                    exclude=s.exclude, fill=False)[1], s.truth)
             for name, s in sets.items()}
 
 
 def _p50_ms(index: Any, matrix: np.ndarray, queries: np.ndarray, k: int, rerank: int,
             repeats: int = 50) -> float:
-    rescored_search(index, matrix, queries[:1], k, rerank=rerank)  # warm-up
+    top_k(index, matrix, queries[:1], k, rerank=rerank)  # warm-up
     times = []
     for i in range(min(repeats, len(queries))):
         t0 = time.perf_counter()
-        rescored_search(index, matrix, queries[i:i + 1], k, rerank=rerank)
+        top_k(index, matrix, queries[i:i + 1], k, rerank=rerank)
         times.append(time.perf_counter() - t0)
     return round(statistics.median(times) * 1e3, 3)
 
@@ -241,7 +172,7 @@ def tune_index(index: Any, matrix: np.ndarray, ids: np.ndarray, kind: str,
     every query set; return what the manifest records (knob, recall per query set,
     p50 latency, whether the target was reached). ``cross`` maps a query-set name to
     the other matrix (its nonzero rows are the queries)."""
-    from clipindex.store.indexes import index_nlist, search_knob, set_search_knob
+    from clipindex.index.kinds import index_nlist, search_knob, set_search_knob
 
     k, target = settings.k, settings.target_recall
     rerank = RERANK_FACTOR.get(kind, 4)
