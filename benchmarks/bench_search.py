@@ -36,6 +36,10 @@ open store (text vector from the store's cache, ranking, exact rescoring, the hi
 metadata and first captions) minus the p50 of the raw FAISS ``index.search`` of the same
 query vector on the same index file, measured alternately; and ``open_index``'s time.
 
+With ``--set clustered|loose`` it runs ``auto`` against hand-tuned IVF (nprobe sweep)
+and HNSW (efSearch sweep) points on one data set and prints the ratios of issue 34
+(``benchmarks/_sets.py``).
+
 Run: ``python benchmarks/bench_search.py`` (1M: ~2-4 GB RAM) or ``--quick``;
 ``python benchmarks/bench_search.py --overhead`` (stores kept in ``--workdir``).
 """
@@ -186,24 +190,22 @@ def _flat(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _auto(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
-    from clipindex.index import kinds as indexes
     from clipindex.index import topk, tuning
+    from clipindex.index.auto import auto_index
 
     args = ctx["args"]
-    n, ids = len(x), np.arange(len(x), dtype=np.int64)
+    ids = np.arange(len(x), dtype=np.int64)
     settings = tuning.AutoSettings(target_recall=0.95, max_memory=args.budget,
                                    queries=args.tune_queries)
-    kind, options = tuning.choose_index(n, x.shape[1], settings)
     with common.cpu_threads(2), common.stopwatch() as t:
-        auto = indexes.build_index(x, ids, kind=kind, **options)
         cross = {"text_to_image": clustered(args.tune_queries, args.centre_vectors, 99)}
-        tuned = tuning.tune_index(auto, x, ids, kind, cross, "image_to_image", settings)
-    rerank = tuned["rerank_factor"]
+        auto, tuned = auto_index(x, ids, cross, "image_to_image", settings)
+    rerank, kind = tuned["rerank_factor"], tuned["kind"]
     ctx["auto_bytes"] = _index_bytes(auto, ctx["work"])
     return {"auto": {
         "search": lambda q: topk.top_k(auto, x, q, K, rerank=rerank)[1],
         "build_s": t["s"], "bytes": ctx["auto_bytes"],
-        "knobs": f"{kind} {options.get('nlist')} cells, {tuned['tuned_knob']}="
+        "knobs": f"{kind} {tuned.get('nlist')} cells, {tuned['tuned_knob']}="
                  f"{tuned['tuned_value']}, rerank x{rerank}, recorded recall@10 "
                  f"{tuned['recall_at_10']:.3f}"}}
 
@@ -349,6 +351,11 @@ def _parser() -> Any:
                         help="measure search_indexes over raw FAISS instead (issue 33)")
     parser.add_argument("--overhead-sizes", default="10000,100000,1000000")
     parser.add_argument("--overhead-kinds", default="flat,auto")
+    parser.add_argument("--set", choices=("clustered", "loose"), default=None,
+                        help="auto against hand IVF and HNSW sweeps on one data set "
+                             "(benchmarks/_sets.py); writes section bench_search_<set>")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="--set: alternating build rounds (hand IVF, auto)")
     return parser
 
 
@@ -356,6 +363,12 @@ def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.overhead:
         return _overhead_main(args)
+    if args.set:
+        import _sets
+
+        if args.quick:
+            args.n, args.queries, args.repeats, args.tune_queries = 50_000, 200, 50, 200
+        return _sets.run_set(args, unit_vectors, clustered, numpy_top_k)
     chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
     if unknown := sorted(set(chosen) - set(BUILDERS)):
         raise SystemExit(f"unknown contender(s) {unknown}: choose from {tuple(BUILDERS)}")

@@ -1,17 +1,18 @@
 """Building one matrix's FAISS index into a file: a given kind, or ``auto`` (chosen and
-tuned, :mod:`clipindex.index.tuning`); approximate kinds record their recall@10.
+tuned, :mod:`clipindex.index.tuning`); approximate kinds record their recall@10 on
+held-out queries (rows kept out of the index while it is measured, added after).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clipindex.index.tuning import AutoSettings, choose_index, tune_index
+from clipindex.index.auto import add_rows, auto_index
+from clipindex.index.tuning import RERANK_FACTOR, AutoSettings, held_out_sets, measure_sets
 
 __all__ = ["RECALL_K", "build_faiss", "rows_of"]
 
@@ -31,52 +32,39 @@ def build_faiss(vectors: np.ndarray, valid: np.ndarray, kind: str, path: Path, *
                 cross: dict[str, np.ndarray] | None = None, self_name: str = "images",
                 settings: AutoSettings | None = None) -> dict[str, Any]:
     """Index the ``valid`` rows of ``vectors`` (ids = row ids) into ``path``; return the
-    index description (with ``recall_at_10`` for approximate kinds). Too few vectors to
-    train an approximate kind fall back to exact flat, with a warning. ``auto`` chooses
-    the kind and tunes it (``cross``: the other matrices' query vectors by name)."""
-    from clipindex.index import files  # faiss: when a build gets here
-    from clipindex.index import kinds as indexes
+    index description (with ``recall_at_10`` on held-out queries for approximate kinds).
+    Too few vectors to train an approximate kind fall back to exact flat, with a
+    warning. ``auto`` chooses the kind, its structure and knob
+    (:func:`clipindex.index.auto.auto_index`; ``cross``: the other matrices' query
+    vectors by name)."""
+    from clipindex.index import files
+    from clipindex.index import kinds as indexes  # faiss: when a build gets here
 
     ids = np.flatnonzero(valid)
+    settings = settings or AutoSettings()
     if kind == "auto":
-        return _build_auto(vectors, ids, path, cross or {}, self_name,
-                           settings or AutoSettings())
+        index, desc = auto_index(vectors, ids, cross or {}, self_name, settings)
+        files.save_index(index, path)
+        desc["memory_bytes"] = path.stat().st_size
+        return desc
     use = kind if len(ids) else "flat"
+    held = None
+    if use != "flat":
+        held = held_out_sets(vectors, ids, {}, self_name,
+                             AutoSettings(queries=200, k=RECALL_K, flat_max_cells=0))
     try:
-        index = indexes.build_index(rows_of(vectors, ids), ids, kind=use)
+        index = indexes.build_index(rows_of(vectors, held.indexed if held else ids),
+                                    held.indexed if held else ids, kind=use)
     except RuntimeError as exc:  # too few vectors to train an approximate index
         log.warning("%s: %s index failed (%s); using exact flat", path.name, kind, exc)
-        use, index = "flat", indexes.build_index(vectors[ids], ids)
-    desc = indexes.describe_index(index)
-    if use != "flat":
-        rng = np.random.default_rng(0)
-        sample = rng.choice(ids, size=min(200, len(ids)), replace=False)
-        exact = indexes.build_index(vectors[ids], ids)
-        desc[f"recall_at_{RECALL_K}"] = indexes.measure_recall(
-            index, exact, vectors[np.sort(sample)], RECALL_K)
+        use, held, index = "flat", None, indexes.build_index(vectors[ids], ids)
+    desc: dict[str, Any] = {}
+    if held is not None:
+        both = {n: held.tune[n].joined(held.measure[n]) for n in held.tune}
+        recalls = measure_sets(index, vectors, both, RECALL_K, RERANK_FACTOR.get(use, 4))
+        desc[f"recall_at_{RECALL_K}"] = round(min(recalls.values()), 4)
+        desc["held_out_queries"] = int(sum(len(s.queries) for s in both.values()))
+        add_rows(index, vectors, held.rows)
+    desc = {**indexes.describe_index(index), **desc}
     files.save_index(index, path)
-    return desc
-
-
-def _build_auto(vectors: np.ndarray, ids: np.ndarray, path: Path,
-                cross: dict[str, np.ndarray], self_name: str,
-                settings: AutoSettings) -> dict[str, Any]:
-    from clipindex.index import files
-    from clipindex.index import kinds as indexes
-
-    n, d = len(ids), int(vectors.shape[1])
-    kind, options = choose_index(n, d, settings)
-    t0 = time.perf_counter()
-    index = indexes.build_index(rows_of(vectors, ids), ids, kind=kind, seed=settings.seed,
-                                **options)
-    build_s = time.perf_counter() - t0
-    desc = indexes.describe_index(index)
-    desc.update(chosen_by="auto", n_vectors=n, build_seconds=round(build_s, 3))
-    if kind != "flat":
-        desc.update(tune_index(index, vectors, ids, kind, cross, self_name, settings))
-        desc.update(indexes.describe_index(index))  # the tuned knob
-    else:
-        desc.update(rerank_factor=1, reason=f"n*dim {n * d:,} <= {settings.flat_max_cells:,}")
-    files.save_index(index, path)
-    desc["memory_bytes"] = path.stat().st_size
     return desc

@@ -53,4 +53,5 @@ def update_index(old_path: Path, new_path: Path, matrix: np.ndarray, valid: np.n
                           settings=_settings(meta))
         out.update(trained_n=int(len(live)), trained_at_generation=generation)
         return out
-    return updated_index(old_path, new_path, matrix, valid, n_have, desc, generation)
+    return updated_index(old_path, new_path, matrix, valid, n_have, desc, generation,
+                         self_name=self_name)
