@@ -96,9 +96,13 @@ def run_set(args: Any, unit_vectors: Any, clustered: Any, numpy_top_k: Any) -> i
     """Run one set (module docstring); print and write its RESULTS.md section.
 
     Long because it is the whole benchmark: data, builds, sweeps, ratios, section."""
+    import logging
+
     from clipindex.index import kinds
     from clipindex.index.topk import top_k
 
+    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
+    logging.getLogger("clipindex.store").setLevel(logging.INFO)
     centres_n, noise = SETS[args.set]
     n, size = args.n, (f"{args.n / 1e6:g}M" if args.n >= 1_000_000 else f"{args.n / 1e3:g}k")
     centres = unit_vectors(centres_n, 512, args.seed)

@@ -72,8 +72,17 @@ def exact_top_k(matrix: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
         s = q @ np.asarray(matrix[block_ids], dtype=np.float32).T
         if exclude is not None:
             s[exclude[:, None] == block_ids[None, :]] = -np.inf
+        block_i = np.broadcast_to(block_ids, s.shape)
+        if s.shape[1] > 2 * k:  # the block's top k (and its ties) before the exact sort
+            kth = -np.partition(-s, k - 1, axis=1)[:, k - 1:k]
+            keep = s >= kth
+            width = int(keep.sum(axis=1).max())
+            order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+            s = np.where(np.take_along_axis(keep, order, axis=1),
+                         np.take_along_axis(s, order, axis=1), -np.inf)
+            block_i = np.take_along_axis(block_i, order, axis=1)
         all_s = np.concatenate([best_s, s], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(block_ids, s.shape)], axis=1)
+        all_i = np.concatenate([best_i, block_i], axis=1)
         order = np.lexsort((all_i, -all_s), axis=1)[:, :k]
         best_s = np.take_along_axis(all_s, order, axis=1)
         best_i = np.take_along_axis(all_i, order, axis=1)
