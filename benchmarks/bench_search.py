@@ -367,7 +367,8 @@ def _main(argv: list[str] | None = None) -> int:
         import _sets
 
         if args.quick:
-            args.n, args.queries, args.repeats, args.tune_queries = 50_000, 200, 50, 200
+            args.n, args.queries, args.repeats, args.tune_queries = 20_000, 100, 20, 200
+            args.hnsw_n = 5_000
         return _sets.run_set(args, unit_vectors, clustered, numpy_top_k)
     chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
     if unknown := sorted(set(chosen) - set(BUILDERS)):
