@@ -7,7 +7,8 @@ description, recall against exact, faiss-gpu), index files (``files.py``: atomic
 stored vectors, one sort; chunked exact top-k; recall@k), ``--index-kind auto``
 (``tuning.py``: settings, the kind, held-out queries, the knob; ``structure.py``: the IVF
 cell count; ``auto.py``: the whole choice), building one matrix's index file
-(``build.py``) and updating one for ``clipindex add`` (``update.py``). Only modules of this package import ``faiss``, and
-only when a function needs it: importing the package loads no FAISS.
+(``build.py``) and updating one for ``clipindex add`` (``update.py``). Only modules of
+this package import ``faiss``, and only when a function needs it: importing the package
+loads no FAISS.
 May import: ``clipindex.errors``, ``clipindex.checks``. Never the store or anything above.
 """
