@@ -58,13 +58,13 @@ def build_faiss(vectors: np.ndarray, valid: np.ndarray, kind: str, path: Path, *
     except RuntimeError as exc:  # too few vectors to train an approximate index
         log.warning("%s: %s index failed (%s); using exact flat", path.name, kind, exc)
         use, held, index = "flat", None, indexes.build_index(vectors[ids], ids)
-    desc: dict[str, Any] = {}
+    measured: dict[str, Any] = {}
     if held is not None:
         both = {n: held.tune[n].joined(held.measure[n]) for n in held.tune}
         recalls = measure_sets(index, vectors, both, RECALL_K, RERANK_FACTOR.get(use, 4))
-        desc[f"recall_at_{RECALL_K}"] = round(min(recalls.values()), 4)
-        desc["held_out_queries"] = int(sum(len(s.queries) for s in both.values()))
+        measured[f"recall_at_{RECALL_K}"] = round(min(recalls.values()), 4)
+        measured["held_out_queries"] = int(sum(len(s.queries) for s in both.values()))
         add_rows(index, vectors, held.rows)
-    desc = {**indexes.describe_index(index), **desc}
+    desc = {**indexes.describe_index(index), **measured}
     files.save_index(index, path)
     return desc

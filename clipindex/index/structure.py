@@ -85,7 +85,8 @@ def ivf_from_centroids(centroids: np.ndarray, nprobe: int = 1) -> Any:
     d = centroids.shape[1]
     quantizer = faiss.IndexFlatIP(d)
     quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    index = faiss.IndexIVFFlat(quantizer, d, len(centroids), faiss.METRIC_INNER_PRODUCT)
+    index: Any = faiss.IndexIVFFlat(quantizer, d, len(centroids),
+                                    faiss.METRIC_INNER_PRODUCT)
     index.referenced_objects = [quantizer]  # the quantizer lives as long as the index
     index.nprobe = int(nprobe)
     return index

@@ -193,8 +193,9 @@ def held_out_sets(matrix: np.ndarray, ids: np.ndarray, cross: dict[str, np.ndarr
     size = min(settings.queries, len(pool), max(2, len(ids) // 10))
     own = rng.permutation(rng.choice(pool, size=size, replace=False))
     indexed = np.setdiff1d(ids, own, assume_unique=True)
-    vectors = {self_name: (np.asarray(matrix[np.sort(own)], np.float32)[
-        np.argsort(np.argsort(own))], own)}
+    vectors: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
+        self_name: (np.asarray(matrix[np.sort(own)], np.float32)[
+            np.argsort(np.argsort(own))], own)}
     for name, other in cross.items():
         nonzero = np.flatnonzero(np.linalg.norm(np.asarray(other, np.float32), axis=1) > 0)
         pick = rng.permutation(rng.choice(nonzero, size=min(settings.queries, len(nonzero)),
