@@ -63,6 +63,7 @@ def write_store(ddir: Path, n: int, *, kind: str = "flat", dim: int = 64,
     ``reuse``: a backbone folder this function wrote with the same ``n``, ``kind``,
     ``dim``, ``dtype`` and ``seed``, whose matrices and FAISS files are copied (an auto
     index of 1M rows takes minutes to tune)."""
+    from clipindex.index.tuning import AutoSettings
     from clipindex.sources import fingerprint
     from clipindex.store.manifest import (
         FORMAT_VERSION,
@@ -76,7 +77,6 @@ def write_store(ddir: Path, n: int, *, kind: str = "flat", dim: int = 64,
     )
     from clipindex.store.outputs import write_outputs
     from clipindex.store.textcache import TextCache
-    from clipindex.store.tuning import AutoSettings
 
     shutil.rmtree(ddir, ignore_errors=True)
     ddir.mkdir(parents=True)

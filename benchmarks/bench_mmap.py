@@ -42,9 +42,10 @@ K = 10
 _CHILD = """
 import json, sys, numpy as np
 from pathlib import Path
-from clipindex.store.indexes import build_index, load_index, set_search_knob
+from clipindex.index.files import load_index
+from clipindex.index.kinds import build_index, set_search_knob
 from clipindex.store.loading import load_faiss, load_matrix
-from clipindex.store.tuning import rescored_search
+from clipindex.index.topk import top_k as rescored_search
 def rss():
     for line in open('/proc/self/status'):
         if line.startswith('VmRSS'):
@@ -77,7 +78,8 @@ def _configs(size: int, budget: bool) -> dict[str, int | None]:
 
 
 def _make(folder: Path, n: int, seed: int, with_budget: bool) -> dict[str, dict[str, Any]]:
-    from clipindex.store import indexes, tuning
+    from clipindex.index import files, tuning
+    from clipindex.index import kinds as indexes
 
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "images.npy").is_file() or np.load(
@@ -104,7 +106,7 @@ def _make(folder: Path, n: int, seed: int, with_budget: bool) -> dict[str, dict[
             tuned = tuning.tune_index(index, x, ids, kind,
                                       {"text_to_image": np.load(folder / "cross.npy")},
                                       "image_to_image", settings)
-        indexes.save_index(index, folder / f"{name}.faiss")
+        files.save_index(index, folder / f"{name}.faiss")
         metas[name] = {"kind": kind, "options": options, "knob": tuned["tuned_value"],
                        "knob_name": tuned["tuned_knob"], "rerank": tuned["rerank_factor"],
                        "recorded_recall": tuned["recall_at_10"], "build_s": t["s"]}

@@ -9,7 +9,7 @@ time, index size, p50/p99 latency of one query, 1,000-query throughput, recall@1
 the exact top-10, at 1 and 2 threads.
 
 - ``flat``: exact ``IndexFlatIP`` (what ``--index-kind flat`` stores);
-- ``auto``: ``clipindex.store.tuning.choose_index`` + ``tune_index`` (what
+- ``auto``: ``clipindex.index.tuning.choose_index`` + ``tune_index`` (what
   ``--index-kind auto`` builds), searched as ``BackboneIndex.search`` does (candidates
   rescored exactly from the stored vectors);
 - ``hand-ivf``: IVF-Flat, nlist = sqrt(N), the smallest nprobe of 8/16/32/64/128 that
@@ -25,7 +25,7 @@ the exact top-10, at 1 and 2 threads.
   index with the smallest power-of-two nprobe reaching recall 0.95 on the benchmark's
   queries, so the two are also compared at equal recall;
 - ``device`` (not in the default set): exact search in torch on ``--device`` (matmul +
-  top-k in chunks, :func:`clipindex.store.indexes.torch_search`, what ``search --device
+  top-k in chunks, :func:`clipindex.index.kinds.torch_search`, what ``search --device
   cuda`` runs without faiss-gpu), the vectors moved there once (not timed), against
   ``flat`` on the CPU.
 
@@ -35,6 +35,10 @@ With ``--overhead`` it measures instead what clipindex adds to the engine for on
 open store (text vector from the store's cache, ranking, exact rescoring, the hits'
 metadata and first captions) minus the p50 of the raw FAISS ``index.search`` of the same
 query vector on the same index file, measured alternately; and ``open_index``'s time.
+
+With ``--set clustered|loose`` it runs ``auto`` against hand-tuned IVF (nprobe sweep)
+and HNSW (efSearch sweep) points on one data set and prints the ratios of issue 34
+(``benchmarks/_sets.py``).
 
 Run: ``python benchmarks/bench_search.py`` (1M: ~2-4 GB RAM) or ``--quick``;
 ``python benchmarks/bench_search.py --overhead`` (stores kept in ``--workdir``).
@@ -176,7 +180,7 @@ def _index_bytes(index: Any, work: Path) -> int:
 
 
 def _flat(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    from clipindex.store import indexes
+    from clipindex.index import kinds as indexes
 
     with common.cpu_threads(2), common.stopwatch() as t:
         flat = indexes.build_index(x, np.arange(len(x), dtype=np.int64))
@@ -186,30 +190,29 @@ def _flat(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _auto(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
-    from clipindex.store import indexes, tuning
+    from clipindex.index import topk, tuning
+    from clipindex.index.auto import auto_index
 
     args = ctx["args"]
-    n, ids = len(x), np.arange(len(x), dtype=np.int64)
+    ids = np.arange(len(x), dtype=np.int64)
     settings = tuning.AutoSettings(target_recall=0.95, max_memory=args.budget,
                                    queries=args.tune_queries)
-    kind, options = tuning.choose_index(n, x.shape[1], settings)
     with common.cpu_threads(2), common.stopwatch() as t:
-        auto = indexes.build_index(x, ids, kind=kind, **options)
         cross = {"text_to_image": clustered(args.tune_queries, args.centre_vectors, 99)}
-        tuned = tuning.tune_index(auto, x, ids, kind, cross, "image_to_image", settings)
-    rerank = tuned["rerank_factor"]
+        auto, tuned = auto_index(x, ids, cross, "image_to_image", settings)
+    rerank, kind = tuned["rerank_factor"], tuned["kind"]
     ctx["auto_bytes"] = _index_bytes(auto, ctx["work"])
     return {"auto": {
-        "search": lambda q: tuning.rescored_search(auto, x, q, K, rerank=rerank)[1],
+        "search": lambda q: topk.top_k(auto, x, q, K, rerank=rerank)[1],
         "build_s": t["s"], "bytes": ctx["auto_bytes"],
-        "knobs": f"{kind} {options.get('nlist')} cells, {tuned['tuned_knob']}="
+        "knobs": f"{kind} {tuned.get('nlist')} cells, {tuned['tuned_knob']}="
                  f"{tuned['tuned_value']}, rerank x{rerank}, recorded recall@10 "
                  f"{tuned['recall_at_10']:.3f}"}}
 
 
 def _hand_ivf(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
-    from clipindex.store import indexes
+    from clipindex.index import kinds as indexes
 
     nlist = max(1, int(np.sqrt(len(x))))
     with common.cpu_threads(2), common.stopwatch() as t:
@@ -258,7 +261,7 @@ def _at_recall(index: Any, queries: np.ndarray, truth: np.ndarray, target: float
                ) -> dict[str, Any] | None:
     """An IVF index's smallest power-of-two nprobe reaching ``target`` on the benchmark's
     own queries (optimistic, like hand-ivf); None for kinds without nprobe."""
-    from clipindex.store import indexes
+    from clipindex.index import kinds as indexes
 
     knob = indexes.search_knob(index)
     if knob is None or knob[0] != "nprobe":
@@ -279,7 +282,7 @@ def _at_recall(index: Any, queries: np.ndarray, truth: np.ndarray, target: float
 
 def _hnsw(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """HNSW over the first ``--hnsw-n`` rows, and flat at that size (its own truth)."""
-    from clipindex.store import indexes
+    from clipindex.index import kinds as indexes
 
     args, queries = ctx["args"], ctx["queries"]
     sub = x[:args.hnsw_n]
@@ -297,8 +300,8 @@ def _hnsw(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _device(x: np.ndarray, ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
     from clipindex.encode import resolve_device
-    from clipindex.store.indexes import torch_search
-    from clipindex.store.torchsearch import read_only_tensor
+    from clipindex.index.kinds import torch_search
+    from clipindex.index.torchsearch import read_only_tensor
 
     where = str(resolve_device(ctx["args"].device))
     with common.stopwatch() as t:
@@ -348,6 +351,11 @@ def _parser() -> Any:
                         help="measure search_indexes over raw FAISS instead (issue 33)")
     parser.add_argument("--overhead-sizes", default="10000,100000,1000000")
     parser.add_argument("--overhead-kinds", default="flat,auto")
+    parser.add_argument("--set", choices=("clustered", "loose"), default=None,
+                        help="auto against hand IVF and HNSW sweeps on one data set "
+                             "(benchmarks/_sets.py); writes section bench_search_<set>")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="--set: alternating build rounds (hand IVF, auto)")
     return parser
 
 
@@ -355,6 +363,13 @@ def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.overhead:
         return _overhead_main(args)
+    if args.set:
+        import _sets
+
+        if args.quick:
+            args.n, args.queries, args.repeats, args.tune_queries = 20_000, 100, 20, 200
+            args.hnsw_n = 5_000
+        return _sets.run_set(args, unit_vectors, clustered, numpy_top_k)
     chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
     if unknown := sorted(set(chosen) - set(BUILDERS)):
         raise SystemExit(f"unknown contender(s) {unknown}: choose from {tuple(BUILDERS)}")
@@ -470,7 +485,7 @@ def _extrapolated(results: Path, summary: list[str], n: int) -> list[str]:
 
 
 def common_memory(text: str) -> int | None:
-    from clipindex.store.tuning import parse_memory
+    from clipindex.index.tuning import parse_memory
 
     return parse_memory(text)
 
@@ -497,9 +512,9 @@ def overhead_store(workdir: Path, n: int, kind: str) -> Path:
 
 def measure_overhead(ddir: Path, repeats: int) -> dict[str, float]:
     """p50 of search_indexes and of the raw FAISS search (alternating), open time."""
+    from clipindex.index.files import load_index
     from clipindex.search import search_indexes
     from clipindex.store import open_index
-    from clipindex.store.indexes import load_index
 
     open_index(ddir, "synthetic")  # warm-up: page cache, imports
     opens = []

@@ -378,7 +378,7 @@ class ClusterEncoder(FakeEncoder):
 
 
 def _recall(idx: Any, queries: np.ndarray) -> float:
-    from clipindex.store.indexes import brute_force
+    from clipindex.index.kinds import brute_force
 
     live = np.flatnonzero(idx.image_valid)
     _, truth = brute_force(idx.image_vectors[live], queries, 10)

@@ -32,6 +32,7 @@ FLOORS: dict[str, float] = {
     "tiny": 1,  # registry, configs, tokenizer, shipped weights
     "sources": 2,
     "encode": 3,
+    "index": 3.5,  # FAISS and top-k: below the store, which holds the files
     "store": 4,
     "classifiers": 5,
     "search": 5,
@@ -179,12 +180,32 @@ def test_library_never_imports_cli_benchmarks_or_tests() -> None:
     assert not bad, "\n".join(bad)
 
 
-def test_only_the_index_module_imports_faiss() -> None:
+def test_only_the_index_package_imports_faiss() -> None:
     bad = _importers_of(
         lambda mod, target, names: target.split(".")[0] == "faiss"
-        and mod != "clipindex.store.indexes"
+        and not mod.startswith("clipindex.index.")
     )
     assert not bad, "\n".join(bad)
+    importers = {mod for mod, path in _modules().items()
+                 for target, _, _ in _imports(path, mod) if target.split(".")[0] == "faiss"}
+    assert importers and all(m.startswith("clipindex.index.") for m in importers)
+
+
+def test_classifiers_and_search_take_top_k_from_the_index_package() -> None:
+    """Top-k is ``clipindex.index``'s: the store's old FAISS, tuning and rescoring
+    modules are gone, the index package imports nothing of the store (it is the floor
+    below), and search's ranking and the classifiers' k-NN import it."""
+    gone = [m for m in _modules() if m in {"clipindex.store.indexes", "clipindex.store.tuning",
+                                           "clipindex.store.torchsearch"}]
+    assert not gone, gone
+    bad = _importers_of(
+        lambda mod, target, names: (mod.startswith("clipindex.index")
+                                    and target.startswith("clipindex.store"))
+    )
+    assert not bad, "\n".join(bad)
+    users = {mod for mod, path in _modules().items() for target, _, _ in _imports(path, mod)
+             if target.startswith("clipindex.index")}
+    assert "clipindex.search.ranking" in users and "clipindex.classifiers.knn" in users
 
 
 def test_store_never_imports_classifiers_or_search() -> None:

@@ -86,7 +86,7 @@ def test_ratio_line_form() -> None:
 def test_numpy_top_k_matches_the_reference() -> None:
     import numpy as np
 
-    from clipindex.store.indexes import brute_force
+    from clipindex.index.kinds import brute_force
 
     search = _module("bench_search")
     x = search.unit_vectors(300, 16, seed=0)
@@ -407,3 +407,19 @@ def test_classify_script_writes_its_section(tmp_path: Path, small_world: Path) -
     assert [line.rsplit(", ", 2)[1] for line in whole] == ["prompt", "prototype"]
     assert all(re.match(r"^classify: \d+\.\d\d ms whole call, \w+, demo store$", w)
                for w in whole)
+
+
+def test_bench_search_set_writes_its_section_and_two_ratios(bench_env: dict[str, Path]
+                                                            ) -> None:
+    """``--set loose``: auto against the hand IVF and HNSW sweeps, the two issue-34 lines."""
+    search = _module("bench_search")
+    assert search.main([*_args(bench_env), "--set", "loose"]) == 0
+    lines = _section(bench_env["results"].read_text(), "bench_search_loose")
+    ratios = _ratios(lines)
+    assert len(ratios) == 2 and all(RATIO.match(r) for r in ratios), ratios
+    assert "clipindex auto over best hand-tuned point, 1-query p50 at equal recall, " \
+           "20k loose" in ratios[0]
+    assert "clipindex auto build time over hand IVF at equal recall, 20k loose" in ratios[1]
+    assert any(line.startswith("| clipindex auto |") for line in lines)
+    assert any(line.startswith("| hand IVF141 |") for line in lines)
+    assert any("load average" in line for line in lines)

@@ -134,7 +134,9 @@ def test_info_shows_knobs_and_recall_of_an_explicit_index_kind(stores, kind, kno
         line = next(s for s in res.output.splitlines() if f"{target} index: {kind}" in s)
         for knob in knobs:
             assert f"{knob}{manifest[target][knob.rstrip('=')]}" in line, line
-        assert f"recall@10 {manifest[target]['recall_at_10']:.3f}" in line, line
+        held = manifest[target]["held_out_queries"]
+        assert f"recall@10 {manifest[target]['recall_at_10']:.3f} on {held} held-out " \
+            "queries" in line, line
 
 
 def test_info_of_a_flat_index_says_exact(stores):

@@ -98,7 +98,7 @@ def test_batch_size_help_states_the_librarys_rule() -> None:
     assert _choices.CUDA_BATCH_GFLOPS == tuning.CUDA_BATCH_GFLOPS
     assert _choices.CPU_BATCH_RANGE == tuning.CPU_BATCH_RANGE
     assert _choices.CUDA_BATCH_RANGE == tuning.CUDA_BATCH_RANGE
-    from clipindex.store.tuning import DEFAULT_TARGET_RECALL
+    from clipindex.index.tuning import DEFAULT_TARGET_RECALL
 
     assert _choices.TARGET_RECALL == DEFAULT_TARGET_RECALL
     assert _choices.TEXT_BATCH_SIZES == (tuning.DEFAULT_TEXT_BATCH_SIZE["cpu"],

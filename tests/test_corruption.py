@@ -65,11 +65,12 @@ def _replacement(path: Path) -> bytes:
         np.save(buf, np.roll(np.load(path), 1, axis=0))
         return buf.getvalue()
     if name.endswith(".faiss"):
-        from clipindex.store import indexes
+        from clipindex.index import files
+        from clipindex.index import kinds as indexes
 
         vectors = np.load(path.with_suffix(".npy")).astype(np.float32)
         index = indexes.build_index(np.roll(vectors, 1, axis=0), np.arange(len(vectors)))
-        indexes.save_index(index, path.with_suffix(".other"))
+        files.save_index(index, path.with_suffix(".other"))
         data = path.with_suffix(".other").read_bytes()
         path.with_suffix(".other").unlink()
         return data

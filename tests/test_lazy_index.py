@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from clipindex.errors import DamagedStoreError
+from clipindex.index.files import load_index
+from clipindex.index.kinds import search_index
 from clipindex.store import build_store, open_index
 from clipindex.store import loading as loading_mod
-from clipindex.store.indexes import load_index, search_index
 from clipindex.store.loading import mapped_files, shrunk_in_place
 
 pytestmark = pytest.mark.usefixtures("faiss_single_thread")

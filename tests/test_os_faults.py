@@ -256,7 +256,8 @@ def test_a_memory_map_past_the_free_space_is_an_error_not_a_sigbus(
 def test_injected_disk_full_in_a_memory_map_and_in_faiss(
         use_fake_encoders: type[FakeEncoder], images: tuple[Path, Path],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clipindex.store import indexes, open_index
+    from clipindex.index import files as indexes
+    from clipindex.store import open_index
 
     base, grown = images
     ddir = _store(base, tmp_path)

@@ -1,7 +1,7 @@
 """Search: results against a numpy brute force, filters, fusion, the CLI and bad input.
 
 The logic is tested on a small stand-in of ``clipindex.store.BackboneIndex`` (same
-attributes, real FAISS indexes from ``clipindex.store.indexes``); the end-to-end checks on
+attributes, real FAISS indexes from ``clipindex.index.kinds``); the end-to-end checks on
 the demo world with the tiny backbones are in ``test_search_demo_*`` below.
 """
 
@@ -18,6 +18,7 @@ from click.testing import CliRunner
 import clipindex.search.query as search_mod
 from clipindex.cli import main
 from clipindex.errors import DataError, UserInputError
+from clipindex.index.kinds import brute_force, build_index, search_index
 from clipindex.search import (
     RRF_K,
     rrf_fuse,
@@ -28,7 +29,6 @@ from clipindex.search import (
 )
 from clipindex.search.filters import parse_where, where_mask
 from clipindex.search.ranking import is_exact
-from clipindex.store.indexes import brute_force, build_index, search_index
 
 pytestmark = pytest.mark.usefixtures("faiss_single_thread")
 

@@ -20,7 +20,7 @@ from clipindex.encode.encoder import Encoder
 from clipindex.encode.text import can_trim
 from clipindex.encode.tuning import model_gflops
 from clipindex.errors import UserInputError
-from clipindex.store.indexes import brute_force, build_index, search_index, torch_search
+from clipindex.index.kinds import brute_force, build_index, search_index, torch_search
 
 COS = 1 - 1e-5  # "changes no vector by more than 1e-5 in cosine"
 

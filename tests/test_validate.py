@@ -145,9 +145,9 @@ def test_library_build_checks_workers_before_writing(
 def test_the_plan_refuses_an_index_budget_too_small_for_the_rows(no_model: list[Any]) -> None:
     """1M rows x 24 dims need an IVF index whose smallest form does not fit in 1 MB:
     known from the row count and the model's dimension (its skeleton), before encoding."""
+    from clipindex.index.tuning import AutoSettings, parse_memory
     from clipindex.store.manifest import resolve_targets
     from clipindex.store.plan import options, plan_encoding
-    from clipindex.store.tuning import AutoSettings, parse_memory
 
     def opts(budget: str | None) -> Any:
         return options("out", None, None, workers=0, threads=None, text_batch_size=None,

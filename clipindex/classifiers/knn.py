@@ -10,8 +10,8 @@ from clipindex.classifiers.base import (
     _check_positive_int,
 )
 from clipindex.errors import UserInputError
+from clipindex.index.kinds import build_index, search_index
 from clipindex.metrics import Vector
-from clipindex.store.indexes import build_index, search_index
 
 __all__ = ["KNN_WEIGHTS", "CaptionKNNClassifier", "ImageKNNClassifier"]
 

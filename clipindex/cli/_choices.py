@@ -38,5 +38,5 @@ CPU_BATCH_GFLOPS, CPU_BATCH_RANGE = 384, (8, 256)
 CUDA_BATCH_GFLOPS, CUDA_BATCH_RANGE = 131072, (32, 1024)
 #: clipindex.encode.tuning.DEFAULT_TEXT_BATCH_SIZE (cpu, cuda)
 TEXT_BATCH_SIZES = (256, 1024)
-#: clipindex.store.tuning.DEFAULT_TARGET_RECALL (build --target-recall)
+#: clipindex.index.tuning.DEFAULT_TARGET_RECALL (build --target-recall)
 TARGET_RECALL = 0.95

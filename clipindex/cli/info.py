@@ -96,19 +96,23 @@ _KNOBS = ("nlist", "nprobe", "hnsw_m", "ef_search", "pq_m", "pq_nbits", "opq",
 
 def _index_lines(target: str, desc: Any) -> list[str]:
     """One matrix's index: its kind (what ``auto`` chose), knobs and the recall@10
-    measured against exact search at build, for every kind (flat is exact)."""
+    measured against exact search on held-out queries (not in the index) at build and
+    after each add, with their number, for every kind (flat is exact)."""
     if not isinstance(desc, dict) or not desc.get("kind"):
         return []
     knobs = ", ".join(f"{k}={desc[k]}" for k in _KNOBS if k in desc)
     kind = (f"auto -> {desc['kind']}" if desc.get("chosen_by") == "auto" else desc["kind"])
     line = f"    {target} index: {kind}" + (f" ({knobs})" if knobs else "")
     by_query = desc.get("recall_at_10_by_query") or {}
+    held = desc.get("held_out_queries")
+    on = f" on {held} held-out queries" if isinstance(held, int) else ""
     if by_query:
         got = ", ".join(f"{q.replace('_', ' ')} {r:.3f}" for q, r in by_query.items())
-        line += (f"; recall@10 {got} (target {desc.get('target_recall')}"
+        line += (f"; recall@10 {got}{on} (target {desc.get('target_recall')}"
                  + ("" if desc.get("reached", True) else ", NOT reached") + ")")
     elif isinstance(desc.get("recall_at_10"), (int, float)):
-        line += f"; recall@10 {desc['recall_at_10']:.3f} (measured at build vs exact search)"
+        line += (f"; recall@10 {desc['recall_at_10']:.3f}"
+                 + (on or " (measured at build vs exact search)"))
     elif desc["kind"] == "flat":
         line += "; exact"
     if desc.get("p50_ms") is not None:

@@ -1,9 +1,9 @@
 """Exact ranking of a store's rows: candidates from FAISS, scores from the stored vectors.
 
-Scores are exact cosine similarities: the candidates ``index.search`` returns are
-rescored from the stored vectors (and, for an approximate index, over-fetched first), so
-a score never depends on the index kind. Rows a build skipped never appear; ties go to
-the lower row id.
+Scores are exact cosine similarities: the candidates are over-fetched once (the index
+kind's rerank factor), rescored from the stored vectors and sorted once, in
+:mod:`clipindex.index.topk`, so a score never depends on the index kind. Rows a build
+skipped never appear; ties go to the lower row id.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import DataError, UserInputError
+from clipindex.index.topk import rank_candidates
 from clipindex.search.filters import coded_mask
 from clipindex.store.tables import StoreTable
 
@@ -77,12 +78,19 @@ def rank(
     """Exact top-``k`` (scores, ids) of every query among the allowed valid rows.
 
     ``rows`` are the allowed row ids (``None``: all). ``k`` must not exceed their
-    number. Candidates come from ``index.search``; their scores are recomputed
-    from the stored vectors, so they are exact cosines whatever the index kind (an
-    index that rescored them already, ``Hits.rescored``, is not rescored twice).
+    number. A store answers with its own :meth:`~clipindex.store.BackboneIndex.top_k`
+    (one over-fetch by the kind's rerank factor, one rescoring from the stored vectors,
+    one sort: :func:`clipindex.index.topk.top_k`); a stand-in that only has ``search``
+    gives candidates (``k`` plus its invalid rows, more on an approximate kind) which
+    :func:`clipindex.index.topk.rank_candidates` filters, rescores and sorts the same
+    way. Scores are exact cosines whatever the index kind; ties go to the lower row id.
     ``device`` (``cuda``) searches on the GPU (``BackboneIndex.search(device=)``).
     """
-    vectors = stored_vectors(index, target)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    on = {"device": device} if device is not None else {}
+    if callable(getattr(index, "top_k", None)):
+        found = index.top_k(q, k, target=target, rows=rows, **on)  # type: ignore[attr-defined]
+        return np.asarray(found[0], np.float32), np.asarray(found[1], np.int64)
     valid = valid_rows(index, target)
     n_invalid = len(valid) - n_valid(index, target) if rows is None \
         else int((~valid[rows]).sum())
@@ -90,65 +98,16 @@ def rank(
     fetch = k + n_invalid
     if not is_exact(index, target):
         fetch = max(fetch, 4 * k, k + 50)
-    fetch = min(fetch, pool)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    on = {"device": device} if device is not None else {}
-    found = index.search(q, fetch, target=target, rows=rows, **on)
-    ids = np.asarray(found[1], dtype=np.int64)
-    good = ids >= 0
-    good[good] = valid[ids[good]]
-    if rows is not None:
-        allowed = np.zeros(len(valid), dtype=bool)
-        allowed[rows] = True
-        good[good] = allowed[ids[good]]
-    short = good.sum(axis=1) < min(k, n_valid(index, target) if rows is None
-                                   else _n_allowed(valid, rows))
-    if short.any():  # an approximate index found too few rows that pass: exact fallback
-        ids, good = _exhaustive_ids(q, short, ids, good, vectors, valid, rows, fetch)
-    if getattr(found, "rescored", False) and not short.any():
-        # The index rescored these very ids from the stored vectors (hnsw, pq kinds):
-        # the same einsum again would give the same numbers.
-        scores = np.where(good, np.asarray(found[0], dtype=np.float32), -np.inf)
-    else:
-        safe = np.where(good, ids, 0)
-        scores = np.einsum("qd,qkd->qk", q, np.asarray(vectors[safe], dtype=np.float32))
-        scores = np.where(good, scores, -np.inf)
-    # Highest score first; ties by row id so results are deterministic.
-    order = np.lexsort((np.where(good, ids, np.iinfo(np.int64).max), -scores), axis=1)
-    ids = np.take_along_axis(np.where(good, ids, -1), order, axis=1)[:, :k]
-    scores = np.take_along_axis(scores, order, axis=1)[:, :k]
-    return scores.astype(np.float32), ids
+    found = index.search(q, min(fetch, pool), target=target, rows=rows, **on)
+    allowed = n_valid(index, target) if rows is None else _n_allowed(valid, rows)
+    scores, ids = rank_candidates(q, np.asarray(found[1], dtype=np.int64),
+                                  stored_vectors(index, target), k, valid=valid, rows=rows,
+                                  n_allowed=allowed)
+    return scores, ids
 
 
 def _n_allowed(valid: np.ndarray, rows: np.ndarray | None) -> int:
     return int(valid.sum()) if rows is None else int(valid[np.asarray(rows)].sum())
-
-
-def _exhaustive_ids(q: np.ndarray, short: np.ndarray, ids: np.ndarray, good: np.ndarray,
-                    vectors: np.ndarray, valid: np.ndarray, rows: np.ndarray | None,
-                    fetch: int) -> tuple[np.ndarray, np.ndarray]:
-    """For the ``short`` queries (a filter or tombstones left an approximate index's
-    probed cells with fewer than k passing rows), the exact top-``fetch`` over every
-    allowed valid row, scanned in blocks: the store is searched until k rows pass the
-    filter or it is exhausted."""
-    allowed = np.flatnonzero(valid) if rows is None else \
-        np.asarray(rows, dtype=np.int64)[valid[np.asarray(rows, dtype=np.int64)]]
-    qs = q[short]
-    best = np.full((len(qs), fetch), -np.inf, dtype=np.float32)
-    best_ids = np.full((len(qs), fetch), -1, dtype=np.int64)
-    for start in range(0, len(allowed), 65536):
-        block = allowed[start:start + 65536]
-        sims = qs @ np.asarray(vectors[block], dtype=np.float32).T
-        both = np.concatenate([best, sims], axis=1)
-        both_ids = np.concatenate([best_ids, np.broadcast_to(block, sims.shape)], axis=1)
-        top = np.argsort(-both, axis=1, kind="stable")[:, :fetch]
-        best = np.take_along_axis(both, top, axis=1)
-        best_ids = np.take_along_axis(both_ids, top, axis=1)
-    width = max(ids.shape[1], fetch)
-    out = np.full((len(ids), width), -1, dtype=np.int64)
-    out[:, :ids.shape[1]] = np.where(good, ids, -1)
-    out[short] = best_ids
-    return out, out >= 0
 
 
 def table_of(index: SearchableIndex, target: str) -> StoreTable:

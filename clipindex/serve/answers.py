@@ -32,7 +32,7 @@ def pin_threads(n: int) -> None:
     per thread, and a new thread starts with every core: 16 concurrent searches would
     each spin up all of them)."""
     if getattr(_PINNED, "n", None) != n:
-        from clipindex.store.indexes import set_search_threads
+        from clipindex.index.kinds import set_search_threads
 
         set_search_threads(n)
         _PINNED.n = n

@@ -4,18 +4,17 @@ Owns: what the files are and the one manifest reader/writer (``manifest.py``: fo
 version, identity, sha256, JSON/npy/parquet IO), the build lock (``lock.py``),
 resumable shards and the encode loops (``shards.py``), store generations, tombstones
 and their atomic commit (``generations.py``), ``clipindex add`` (``add.py``:
-:func:`add_to_store`; FAISS updates in ``update.py``), ``clipindex compact``
+:func:`add_to_store`; when an index re-trains in ``update.py``), ``clipindex compact``
 (``compact.py``: :func:`compact_store`), the finished matrices and FAISS
 files (``outputs.py``), building (``build.py``: :func:`build_store`), the knobs of a
 build or an add checked against what each backbone will use before anything is written
 (``plan.py``), re-indexing from stored vectors (``reindex.py``), importing clip-retrieval's
 embeddings (``imported.py``: :func:`import_store`) and writing them back out
-(``exported.py``: :func:`export_store`), choosing and tuning ``--index-kind
-auto`` and exact rescoring (``tuning.py``), reading (``reader.py``: :class:`BackboneIndex`,
-:func:`open_index`, :func:`list_backbones`; ``summary.py``: :func:`store_info`) and FAISS
-(``indexes.py``, the only module of the package that imports ``faiss``).
+(``exported.py``: :func:`export_store`), reading (``reader.py``: :class:`BackboneIndex`,
+:func:`open_index`, :func:`list_backbones`; ``summary.py``: :func:`store_info`). FAISS,
+``--index-kind auto`` and top-k are :mod:`clipindex.index`'s, the floor below.
 May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.sources``,
-``clipindex.encode``. Never classifiers, search, bench, report or the CLI.
+``clipindex.encode``, ``clipindex.index``. Never classifiers, search, bench, report or the CLI.
 """
 
 from clipindex.store.add import add_to_store

@@ -24,6 +24,10 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import DataError, UserInputError, os_faults
+from clipindex.index.tuning import (
+    DEFAULT_TARGET_RECALL,
+    choose_index,
+)
 from clipindex.sources import dataset_fingerprint
 from clipindex.store.engines import image_inputs
 from clipindex.store.generations import publish, snapshot_build, store_view, tombstones
@@ -61,10 +65,6 @@ from clipindex.store.reindex import REINDEX_DIR, reindex, reusable
 from clipindex.store.routes import build_route
 from clipindex.store.shards import ShardCounter, Shards
 from clipindex.store.space import check_space, matrix_bytes, naming_needs
-from clipindex.store.tuning import (
-    DEFAULT_TARGET_RECALL,
-    choose_index,
-)
 from clipindex.store.verify import check_backbone
 
 if TYPE_CHECKING:
@@ -385,7 +385,7 @@ def build_store(
     unreadable image a :class:`DataError` instead of a skipped row; ``index_kind`` is
     ``"auto"`` (exact ``flat`` for small stores, else an IVF kind chosen from N, dim and
     ``max_index_memory`` (bytes or ``"4GB"``) and tuned to ``target_recall`` recall@10 on
-    the store's own held-out vectors: :mod:`clipindex.store.tuning`), ``"flat"``,
+    the store's own held-out vectors: :mod:`clipindex.index.tuning`), ``"flat"``,
     ``"ivf"``, ``"hnsw"``, ``"pq"`` or ``"ivfpq"`` (approximate kinds record recall@10);
     ``dtype`` (``"float32"``/``"float16"``) is the stored precision; ``shard_size`` the
     rows per resumable shard (a multiple of ``batch_size``, default ~4096); ``rebuild``

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import UserInputError, os_faults
+from clipindex.index.tuning import AutoSettings
 from clipindex.store.generations import (
     commit,
     current_generation,
@@ -46,7 +47,6 @@ from clipindex.store.manifest import (
 )
 from clipindex.store.outputs import write_outputs
 from clipindex.store.space import check_space, matrix_bytes
-from clipindex.store.tuning import AutoSettings
 from clipindex.store.verify import read_dataset_info, read_tables
 
 __all__ = ["CompactResult", "compact_store"]

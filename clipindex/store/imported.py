@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from clipindex.errors import DataError, UserInputError
+from clipindex.index.tuning import DEFAULT_TARGET_RECALL, AutoSettings, parse_memory
 from clipindex.store.manifest import (
     DTYPES,
     Target,
@@ -56,7 +57,6 @@ from clipindex.store.manifest import (
 )
 from clipindex.store.outputs import write_outputs
 from clipindex.store.owned import refuse_store_path
-from clipindex.store.tuning import DEFAULT_TARGET_RECALL, AutoSettings, parse_memory
 
 __all__ = ["LAYOUT", "ImportResult", "Part", "import_store", "scan_layout"]
 
@@ -262,7 +262,7 @@ def _copy_vectors(parts: list[Part], role: str, path: Path, n: int, dim: int, dt
 
 # ----------------------------------------------------------------------------- entry point
 def _check_options(dtype: str, index_kind: str) -> None:
-    from clipindex.store.indexes import INDEX_KINDS
+    from clipindex.index.kinds import INDEX_KINDS
 
     if dtype not in DTYPES:
         raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -53,7 +53,7 @@ def load_matrix(path: Path) -> np.ndarray:
 def load_faiss(path: Path, mmap: bool, shown: Path | None = None) -> tuple[Any, bool]:
     """The FAISS index (memory-mapped where its kind allows) and whether it is mapped;
     ``shown`` is the path an error names (``path`` may be a ``/proc/self/fd`` link)."""
-    from clipindex.store.indexes import load_index
+    from clipindex.index.files import load_index
 
     try:
         if mmap:

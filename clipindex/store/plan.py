@@ -23,15 +23,15 @@ from typing import Any
 
 from clipindex.checks import choice, non_negative_int, positive_int
 from clipindex.errors import UserInputError
-from clipindex.store.engines import Engine, engine_for
-from clipindex.store.manifest import DTYPES, MANIFEST, Target
-from clipindex.store.ray_engine import RayOptions
-from clipindex.store.tuning import (
+from clipindex.index.tuning import (
     DEFAULT_TARGET_RECALL,
     AutoSettings,
     choose_index,
     parse_memory,
 )
+from clipindex.store.engines import Engine, engine_for
+from clipindex.store.manifest import DTYPES, MANIFEST, Target
+from clipindex.store.ray_engine import RayOptions
 
 __all__ = ["DEFAULT_SHARD_ROWS", "BuildOptions", "EncodePlan", "build_options",
            "chosen_settings", "options", "plan_encoding"]
@@ -65,7 +65,7 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         from clipindex.encode import DECODES
-        from clipindex.store.indexes import INDEX_KINDS
+        from clipindex.index.kinds import INDEX_KINDS
 
         for name in ("batch_size", "shard_size", "threads", "text_batch_size"):
             if getattr(self, name) is not None:

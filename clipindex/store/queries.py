@@ -52,7 +52,7 @@ class Hits(tuple):
     vectors) and ``exhaustive`` (the ids are the exact top-k: a flat index; on an
     approximate index they are its top candidates, recall@10 in the manifest);
     ``rescored``: the scores were computed here from the stored vectors (float32 numpy
-    dot products, :func:`~clipindex.store.tuning.rescored_search`), not by FAISS, so a
+    dot products, :func:`~clipindex.index.topk.top_k`), not by FAISS, so a
     caller that rescores the same ids the same way would get the very same numbers."""
 
     exact: bool

@@ -227,7 +227,7 @@ class BackboneIndex:
         ``device`` ``None``/``"cpu"`` searches the FAISS index as above; ``"cuda"`` (or
         ``"torch"`` to run the same code on CPU) searches the stored vectors exactly on
         that device: faiss-gpu for a flat index when installed, else torch matmul +
-        top-k (:func:`clipindex.store.indexes.torch_search`).
+        top-k (:func:`clipindex.index.kinds.torch_search`).
 
         Example
         -------
@@ -235,38 +235,74 @@ class BackboneIndex:
         ...                          rows=idx.images.index[idx.images.split == "test"])
         ... # doctest: +SKIP
         """
-        from clipindex.store.indexes import scores_are_exact, search_index
-        from clipindex.store.tuning import RERANK_FACTOR, rescored_search
+        from clipindex.index.kinds import scores_are_exact, search_index
+        from clipindex.index.topk import top_k
 
+        q, sel = self._checked(queries, target, rows)
+        if device is not None and str(device) != "cpu":
+            return Hits(*self._device_search(q, k, target, sel, str(device)), exact=True,
+                        exhaustive=True)
+        kind, factor = self._kind_and_factor(target, rerank_factor)
+        index = self.faiss_index(target)
+        if kind == "flat":
+            return Hits(*search_index(index, q, k, rows=sel), exact=True, exhaustive=True)
+        if factor <= 0:
+            return Hits(*search_index(index, q, k, rows=sel),
+                        exact=scores_are_exact(index), exhaustive=False)
+        found = top_k(index, self.stored[target], q, k, rerank=factor, rows=sel, fill=False)
+        # top_k returns FAISS's own answer for IVF-Flat at factor 1
+        return Hits(*found, exact=True, exhaustive=False, rescored=found.rescored)
+
+    def top_k(self, queries: np.ndarray, k: int, *, target: str = "images",
+              rows: Sequence[int] | np.ndarray | None = None,
+              device: str | None = None) -> Hits:
+        """The ranking of a search (:func:`clipindex.search.ranking.rank`): like
+        :meth:`search`, but every score is recomputed from the stored vectors (float32
+        dot products, the same numbers on every kind and device) and a query an
+        approximate index answers with fewer than ``k`` allowed rows (a selective
+        ``rows`` filter) gets the exact top-``k`` of every allowed row. One over-fetch
+        (the kind's rerank factor), one rescoring and one sort:
+        :func:`clipindex.index.topk.top_k`."""
+        from clipindex.index.topk import rank_candidates, top_k
+
+        q, sel = self._checked(queries, target, rows)
+        valid = self.image_valid if target == "images" else self.caption_valid
+        allowed = self.n_valid(target) if sel is None else int(valid[sel].sum())
+        if device is not None and str(device) != "cpu":
+            ids = self._device_search(q, k, target, sel, str(device))[1]
+            found = rank_candidates(q, ids, self.stored[target], k, valid=valid, rows=sel,
+                                    n_allowed=allowed)
+            return Hits(*found, exact=True, exhaustive=True, rescored=True)
+        kind, factor = self._kind_and_factor(target, None)
+        found = top_k(self.faiss_index(target), self.stored[target], q, k,
+                      rerank=max(1, factor), rows=sel, valid=valid, rescore=True,
+                      n_allowed=allowed)
+        return Hits(*found, exact=True, exhaustive=kind == "flat", rescored=True)
+
+    def _checked(self, queries: np.ndarray, target: str,
+                 rows: Sequence[int] | np.ndarray | None) -> tuple[np.ndarray, Any]:
         if target not in _TARGETS:
             raise UserInputError(f"target must be one of {', '.join(_TARGETS)}, got {target!r}")
         q = query_matrix(queries, self.dim, self.name)
         sel = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64).ravel())
-        if device is not None and str(device) != "cpu":
-            return Hits(*self._device_search(q, k, target, sel, str(device)), exact=True,
-                        exhaustive=True)
+        return q, sel
+
+    def _kind_and_factor(self, target: str, rerank_factor: int | None) -> tuple[str, int]:
+        from clipindex.index.tuning import RERANK_FACTOR
+
         desc = self.index_description(target)
         kind = str(desc.get("kind", "flat"))
         if kind == "flat":
-            return Hits(*search_index(self.faiss_index(target), q, k, rows=sel), exact=True,
-                        exhaustive=True)
+            return kind, 1
         factor = desc.get("rerank_factor", RERANK_FACTOR.get(kind, 4)) \
             if rerank_factor is None else int(rerank_factor)
-        if factor <= 0:
-            return Hits(*search_index(self.faiss_index(target), q, k, rows=sel),
-                        exact=scores_are_exact(self.faiss_index(target)), exhaustive=False)
-        index = self.faiss_index(target)
-        scores, ids = rescored_search(index, self.stored[target], q, k,
-                                      rerank=int(factor), rows=sel)
-        # rescored_search returns FAISS's own answer for IVF-Flat at factor 1
-        rescored = int(factor) > 1 or not scores_are_exact(index)
-        return Hits(scores, ids, exact=True, exhaustive=False, rescored=rescored)
+        return kind, int(factor)
 
     def _device_search(self, q: np.ndarray, k: int, target: str, rows: np.ndarray | None,
                        device: str) -> tuple[np.ndarray, np.ndarray]:
         from clipindex.encode import resolve_device
-        from clipindex.store.indexes import search_index, to_faiss_gpu, torch_search
-        from clipindex.store.torchsearch import read_only_tensor
+        from clipindex.index.kinds import search_index, to_faiss_gpu, torch_search
+        from clipindex.index.torchsearch import read_only_tensor
 
         where = "cpu" if device == "torch" else str(resolve_device(device))
         copies = self._device_copies

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from clipindex.errors import UserInputError
+from clipindex.index.tuning import AutoSettings
 from clipindex.store.generations import tombstones
 from clipindex.store.manifest import (
     MANIFEST,
@@ -30,7 +31,6 @@ from clipindex.store.manifest import (
     write_manifest,
 )
 from clipindex.store.outputs import write_outputs
-from clipindex.store.tuning import AutoSettings
 
 __all__ = ["REINDEX_DIR", "reindex", "reusable"]
 

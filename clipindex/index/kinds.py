@@ -12,7 +12,7 @@ is installed (``clipindex[gpu]``, :func:`to_faiss_gpu`), else exactly in torch
 Example
 -------
 >>> import numpy as np
->>> from clipindex.store.indexes import build_index, search_index, brute_force
+>>> from clipindex.index.kinds import build_index, search_index, brute_force
 >>> rng = np.random.default_rng(0)
 >>> x = rng.standard_normal((50, 8)).astype("float32")
 >>> x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -25,22 +25,20 @@ True
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
 from clipindex.checks import positive_int
-from clipindex.errors import IndexMismatchError, UserInputError, os_error_from_text, os_faults
-from clipindex.store.torchsearch import (
+from clipindex.errors import IndexMismatchError, UserInputError
+from clipindex.index.torchsearch import (
     allowed_mask,
     torch_search,  # re-exported: the device search
 )
-from clipindex.store.torchsearch import as_matrix as _as_matrix
+from clipindex.index.torchsearch import as_matrix as _as_matrix
 
 __all__ = [
     "set_search_threads",
@@ -54,9 +52,7 @@ __all__ = [
     "build_index",
     "describe_index",
     "faiss_gpus",
-    "load_index",
     "measure_recall",
-    "save_index",
     "search_index",
     "to_faiss_gpu",
     "torch_search",
@@ -432,66 +428,6 @@ def measure_recall(
         if truth:
             hits.append(len(truth & set(ra[ra >= 0].tolist())) / len(truth))
     return float(np.mean(hits)) if hits else 1.0
-
-
-def save_index(index: faiss.Index, path: str | os.PathLike[str]) -> Path:
-    """Write ``index`` to ``path`` atomically (temp file in the same folder, fsync, rename).
-
-    Example
-    -------
-    >>> import numpy as np, tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.faiss"
-    >>> load_index(save_index(build_index(np.eye(2, dtype="float32")), p)).ntotal
-    2
-    """
-    path = Path(path)
-    # faiss writes the file itself (no copy of a multi-GB index in memory), then the
-    # temp file is synced and renamed over ``path``: a reader sees the old or the new.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with os_faults(path):
-            try:
-                faiss.write_index(index, str(tmp))
-            except RuntimeError as exc:  # an OS fault as FAISS words it: a ResourceError
-                raise (os_error_from_text(exc, path) or exc) from exc
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def load_index(path: str | os.PathLike[str], *, mmap: bool = False) -> faiss.Index:
-    """Read an index written by :func:`save_index`.
-
-    With ``mmap=True`` the index's bulk data is memory-mapped read-only instead of read
-    into memory: FAISS's ``IO_FLAG_MMAP_IFC`` maps the codes of every kind built on flat
-    codes (flat, PQ, HNSW storage) and the inverted lists of IVF kinds, so opening a large
-    index costs almost no resident memory until it is searched. A mapped index cannot
-    be added to.
-
-    Example
-    -------
-    >>> import numpy as np, tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.faiss"
-    >>> load_index(save_index(build_index(np.eye(2, dtype="float32")), p)).d
-    2
-    >>> load_index(p, mmap=True).ntotal
-    2
-    """
-    flags = (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
-    # read_index returns the concrete class (and owns it); wrapping it again with
-    # downcast_index would let the owning proxy free the index.
-    return faiss.read_index(os.fspath(path), flags)
 
 
 # ----------------------------------------------------------------------------- device search

@@ -1,6 +1,6 @@
 """Exact top-k search in torch (matmul + top-k in chunks): the GPU search when faiss-gpu
 is not installed, and the same code on CPU for the tests. No FAISS here: the FAISS side of
-device search (faiss-gpu) stays in :mod:`clipindex.store.indexes`, which re-exports
+device search (faiss-gpu) stays in :mod:`clipindex.index.kinds`, which re-exports
 :func:`torch_search`."""
 
 from __future__ import annotations
