@@ -11,7 +11,8 @@ the base; recall@10 is against their exact top-10. Every point's one-query p50 i
 ``--repeats`` calls at 1 thread. Builds run at 1 thread, hand IVF then auto (``--rounds``
 alternating rounds; the median of each). Hand IVF is swept at nlist = sqrt(N) (the
 build yardstick, FAISS's default training) and at 4 sqrt(N) (k-means on 64 points a
-cell, 10 rounds: FAISS's default 256 a cell would train on every row of 1M, ~30 min here). ``auto`` is ``clipindex.index.auto.auto_index``
+cell, 10 rounds: FAISS's default 256 a cell would train on every row of 1M, ~30 min
+here). ``auto`` is ``clipindex.index.auto.auto_index``
 (what ``--index-kind auto`` builds), searched as ``BackboneIndex.search`` does. The best
 hand-tuned point is the fastest sweep point whose recall is >= auto's (else the most
 accurate one); the build ratio compares auto with hand IVF at the nprobe reaching

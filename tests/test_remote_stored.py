@@ -147,10 +147,9 @@ def test_serve_and_dedup_of_a_shards_store(demo_images, tmp_path, use_fake_encod
                                            monkeypatch):
     """Shard members are read by their byte range in the listed shard; each shard is
     listed once per StoredImages, however many of its members are read."""
-    import clipindex.sources.shards as shards_module
-
     from fastapi.testclient import TestClient
 
+    import clipindex.sources.shards as shards_module
     from clipindex.search.dedup import find_duplicates
     from clipindex.serve import ServedStore, ServeOptions, create_app
 
