@@ -247,3 +247,56 @@ def test_ivf_flat_answer_equals_its_rescored_answer(auto_store, world):
     np.testing.assert_allclose(fast_s, slow_s, atol=1e-5)
     exact = np.einsum("qd,qkd->qk", q, images[fast_i])
     np.testing.assert_allclose(fast_s, exact, atol=1e-5)
+
+
+def test_exact_top_k_keeps_the_lower_id_of_tied_rows_across_blocks():
+    rng = np.random.default_rng(3)
+    x = np.repeat(_unit(rng.standard_normal((5, DIM))), 20, axis=0)  # 20 copies each
+    q = x[[0, 25, 99]] + 0.01
+    got = exact_top_k(x, np.arange(len(x)), q, 10, chunk=16)  # ties span blocks
+    np.testing.assert_array_equal(got, brute_force(x, q, 10)[1])
+
+
+def test_auto_ivfpq_from_a_float16_map_without_caption_queries(tmp_path, monkeypatch, world):
+    """What `import --max-index-memory` of vectors without text_emb runs: the stored
+    float16 matrix stays a memory map (indexes convert it a block at a time), the empty
+    caption query set is skipped, the compressed index is tuned and rescored."""
+    from clipindex.store import indexes
+
+    _approximate_auto(monkeypatch)
+    monkeypatch.setattr(indexes, "_ADD_ROWS", 1000)  # several add blocks
+    images = world.images(12_000, 8).astype(np.float16)
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "captions.npy", np.zeros((0, DIM), np.float16))
+    desc = write_outputs(tmp_path, None, None, np.ones(len(images), bool), "float16", "auto",
+                         AutoSettings(max_memory=parse_memory("1MB"), queries=100),
+                         caption_valid=np.ones(0, bool))
+    img = desc["images"]
+    assert img["kind"] == "ivfpq" and img["ntotal"] == len(images) and img["reached"]
+    assert img["tuning_queries"] == {"image_to_image": 100}
+    assert desc["captions"]["kind"] == "flat" and desc["captions"]["ntotal"] == 0
+    stored = np.load(tmp_path / "images.npy", mmap_mode="r")
+    q = world.images(50, 9)
+    found = rescored_search(load_index(tmp_path / "images.faiss"), stored, q, 10,
+                            rerank=img["rerank_factor"])[1]
+    truth = brute_force(stored.astype(np.float32), q, 10)[1]
+    assert recall_at_k(found, truth) >= 0.9
+
+
+def test_build_index_from_a_float16_map_trains_on_a_sample_and_adds_in_blocks(
+        tmp_path, monkeypatch, world):
+    from clipindex.store import indexes
+
+    monkeypatch.setattr(indexes, "_ADD_ROWS", 700)
+    np.save(tmp_path / "x.npy", world.images(3000, 10).astype(np.float16))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    ids = np.arange(len(x)) * 3
+    ivf = indexes._ivf(DIM, len(x), indexes.IndexSpec(kind="ivf", nlist=4))
+    assert len(indexes._training_rows(ivf, len(x), 0)) == 4 * 256  # FAISS's own sample
+    flat = indexes.build_index(x, ids)
+    index = indexes.build_index(x, ids, kind="ivf", nlist=4, nprobe=4)  # every cell
+    q = world.images(20, 11)
+    want = ids[brute_force(x.astype(np.float32), q, 10)[1]]
+    assert index.ntotal == flat.ntotal == len(x)
+    np.testing.assert_array_equal(indexes.search_index(flat, q, 10)[1], want)
+    np.testing.assert_array_equal(indexes.search_index(index, q, 10)[1], want)

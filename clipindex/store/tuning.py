@@ -6,7 +6,7 @@ The choice (autofaiss's approach, measured here on 2 cores):
 - ``n * dim <= AUTO_FLAT_MAX_CELLS`` (20k rows at 512-d, 156k at 64-d): exact ``flat``,
   whose one-query latency there is ~5 ms on one core (benchmarks/RESULTS.md);
 - else, when the float32 vectors (plus 8-byte ids) fit ``max_memory`` (or no budget is
-  given): ``ivf`` (IVF-Flat) with ``nlist = 4 * sqrt(n)`` cells;
+  given): ``ivf`` (IVF-Flat) with ``nlist = 4 * sqrt(n)`` cells (at most 4,096);
 - else ``ivfpq``: an OPQ rotation, the same cells and 8-bit PQ codes whose size
   (``pq_m`` bytes per vector) is the largest that fits the budget.
 
@@ -52,6 +52,10 @@ __all__ = [
 #: Above this many ``n * dim`` cells exact search costs more than ~5 ms per query.
 AUTO_FLAT_MAX_CELLS = 10_000_000
 DEFAULT_TARGET_RECALL = 0.95
+#: Cells at most: adding n vectors costs n x nlist x dim (assignment), so 4 * sqrt(n)
+#: cells at 10M (12,649) would take ~30 min of one core to add and as long to train;
+#: 4,096 cells take ~9 min (benchmarks/RESULTS.md, bench_10m).
+AUTO_MAX_NLIST = 4096
 #: Candidates fetched per result (k * factor) before exact rescoring, per kind. IVF-Flat
 #: already scores every candidate of its probed cells exactly (it holds the stored
 #: vectors): more candidates would return the same top-k, so it takes 1 and no rescoring.
@@ -112,7 +116,7 @@ def choose_index(n: int, d: int, settings: AutoSettings) -> tuple[str, dict[str,
     """
     if n * d <= settings.flat_max_cells or n < 39 * 4:
         return "flat", {}
-    nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+    nlist = max(1, min(int(4 * math.sqrt(n)), n // 39, AUTO_MAX_NLIST))
     options: dict[str, Any] = {"nlist": nlist, "train_per_cell": TRAIN_PER_CELL}
     budget = settings.max_memory
     if budget is None or n * (4 * d + 8) <= budget:
@@ -142,12 +146,29 @@ def exact_top_k(matrix: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
         s = q @ np.asarray(matrix[block_ids], dtype=np.float32).T
         if exclude is not None:
             s[exclude[:, None] == block_ids[None, :]] = -np.inf
+        s, cand = _block_top(s, block_ids, k)
         all_s = np.concatenate([best_s, s], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(block_ids, s.shape)], axis=1)
+        all_i = np.concatenate([best_i, cand], axis=1)
         order = np.lexsort((all_i, -all_s), axis=1)[:, :k]
         best_s = np.take_along_axis(all_s, order, axis=1)
         best_i = np.take_along_axis(all_i, order, axis=1)
     return np.where(np.isfinite(best_s), best_i, -1)
+
+
+def _block_top(s: np.ndarray, block_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's scores at or above its k-th best (ties included, so the lexsort that
+    follows still keeps the lower id), padded with -inf: lexsorting every score of a
+    65,536-row block costs ~4 s per 500 queries, ~10 min over a 10M store."""
+    if s.shape[1] <= k:
+        return s, np.broadcast_to(block_ids, s.shape)
+    kth = np.partition(s, s.shape[1] - k, axis=1)[:, s.shape[1] - k]
+    r, c = np.nonzero(s >= kth[:, None])
+    counts = np.bincount(r, minlength=len(s))
+    pos = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out_s = np.full((len(s), int(counts.max(initial=0))), -np.inf, dtype=s.dtype)
+    out_i = np.full(out_s.shape, -1, dtype=np.int64)
+    out_s[r, pos], out_i[r, pos] = s[r, c], block_ids[c]
+    return out_s, out_i
 
 
 def rescored_search(index: Any, matrix: np.ndarray, queries: np.ndarray, k: int, *,
@@ -173,7 +194,8 @@ def rescored_search(index: Any, matrix: np.ndarray, queries: np.ndarray, k: int,
     if exclude is not None:
         good &= ids != exclude[:, None]
     safe = np.where(good, ids, 0)
-    flat = np.asarray(matrix[safe.ravel()], dtype=np.float32).reshape(*safe.shape, -1)
+    flat = np.asarray(matrix[safe.ravel()], dtype=np.float32).reshape(
+        *safe.shape, matrix.shape[1])
     scores = np.where(good, np.einsum("qd,qkd->qk", q, flat), -np.inf)
     order = np.lexsort((np.where(good, ids, np.iinfo(np.int64).max), -scores), axis=1)
     ids = np.take_along_axis(np.where(good, ids, -1), order, axis=1)[:, :k]
@@ -208,7 +230,11 @@ def _query_sets(matrix: np.ndarray, ids: np.ndarray, cross: dict[str, np.ndarray
     own = np.sort(rng.choice(ids, size=min(settings.queries, len(ids)), replace=False))
     sets = {self_name: (np.asarray(matrix[own], dtype=np.float32), own)}
     for name, other in cross.items():
-        nonzero = np.flatnonzero(np.linalg.norm(np.asarray(other, np.float32), axis=1) > 0)
+        nonzero = np.flatnonzero(np.concatenate([  # a block at a time: other may be 10M rows
+            np.abs(np.asarray(other[lo:lo + 65536], np.float32)).sum(axis=1) > 0
+            for lo in range(0, len(other), 65536)] or [np.zeros(0, bool)]))
+        if not len(nonzero):  # e.g. an import without text_emb: no caption queries
+            continue
         pick = np.sort(rng.choice(nonzero, size=min(settings.queries, len(nonzero)),
                                   replace=False))
         sets[name] = (np.asarray(other[pick], dtype=np.float32), None)
