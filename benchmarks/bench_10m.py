@@ -133,11 +133,14 @@ def search(args: argparse.Namespace) -> None:
     open_s = time.perf_counter() - t0
     desc = index.index_description("images")
     faiss_index = index.faiss_index("images")
-    tuned = search_knob(faiss_index)
     rows = []
-    for knob in [None, *args.nprobe]:
+    factor = desc.get("rerank_factor")
+    points = [(None, factor), *((p, factor) for p in args.nprobe),
+              *((args.nprobe[-1] if args.nprobe else None, r) for r in args.rerank)]
+    for knob, rerank in points:
         if knob is not None:
             set_search_knob(faiss_index, knob)
+        desc["rerank_factor"] = rerank  # what BackboneIndex.search reads per query
         search_indexes(index, vectors=q[0], k=K)  # warm-up
         times, found = [], []
         for i in range(len(q)):
@@ -146,15 +149,16 @@ def search(args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - t1)
             found.append(np.pad(frame["row_id"].to_numpy(np.int64), (0, K - len(frame)),
                                 constant_values=-1))
-        rows.append({"nprobe": knob if knob is not None else (tuned or [None, None])[1],
-                     "tuned": knob is None, "p50_ms": round(1e3 * np.percentile(times, 50), 2),
+        now = search_knob(faiss_index)
+        rows.append({"nprobe": now[1] if now else None, "tuned": knob is None,
+                     "rerank": rerank, "p50_ms": round(1e3 * np.percentile(times, 50), 2),
                      "p99_ms": round(1e3 * np.percentile(times, 99), 2),
                      "recall_at_10": round(recall(np.array(found), exact), 4), **rss_gb()})
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"store": args.store, "n": args.n, "queries": len(q),
                       "open_s": round(open_s, 2), "kind": desc.get("kind"),
                       "nlist": desc.get("nlist"), "pq_m": desc.get("pq_m"),
-                      "rerank_factor": desc.get("rerank_factor"),
+                      "rerank_factor": factor,
                       "build_seconds": desc.get("build_seconds"),
                       "manifest_recall": desc.get("recall_at_10"), "rows": rows,
                       "load": os.getloadavg()}), flush=True)
@@ -219,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("step", choices=["gen", "truth", "search", "add"])
     p.add_argument("--store", help="search, add: the imported dataset folder")
+    p.add_argument("--rerank", type=int, nargs="*", default=[],
+                   help="search: then these rerank factors (at the last --nprobe)")
     p.add_argument("--work", default="/work/big/add", help="add: where its files go")
     p.add_argument("--backbone", default="ViT-B-32__none")
     p.add_argument("--nprobe", type=int, nargs="*", default=[],
