@@ -300,3 +300,35 @@ def test_build_index_from_a_float16_map_trains_on_a_sample_and_adds_in_blocks(
     assert index.ntotal == flat.ntotal == len(x)
     np.testing.assert_array_equal(indexes.search_index(flat, q, 10)[1], want)
     np.testing.assert_array_equal(indexes.search_index(index, q, 10)[1], want)
+
+
+def test_a_rescoring_index_is_not_over_fetched_again(tmp_path, monkeypatch):
+    """search_indexes on an IVF-PQ store asks the index for k rows (the index fetches
+    k x 16 and rescores them itself), not max(4k, k + 50) x 16; the hits stay exact
+    cosines, and are the index's rescored top-10."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import _bigstore
+
+    from clipindex.search import search_indexes
+    from clipindex.store import open_index
+    from clipindex.store.reader import BackboneIndex
+
+    ddir = _bigstore.write_store(tmp_path / "pq", 4000, kind="ivfpq", dim=64)
+    index = open_index(ddir, "synthetic")
+    asked: list[int] = []
+    real = BackboneIndex.search
+    monkeypatch.setattr(BackboneIndex, "search", lambda self, q, k, **kw: (
+        asked.append(k), real(self, q, k, **kw))[1])
+    x = np.asarray(index.stored["images"], np.float32)
+    q = _unit(np.random.default_rng(4).standard_normal((20, 64)) + x[:20])
+    found = []
+    for v in q:
+        frame = search_indexes(index, vectors=v, k=10).frame
+        found.append(frame["row_id"].to_numpy())
+        np.testing.assert_allclose(frame["score"], x[frame["row_id"]] @ v, atol=1e-5)
+    assert set(asked) == {10}
+    # the answer is the index's own rescored top-10 (k x 16 candidates), unchanged
+    np.testing.assert_array_equal(np.array(found), real(index, q, 10)[1])
