@@ -332,3 +332,18 @@ def test_a_rescoring_index_is_not_over_fetched_again(tmp_path, monkeypatch):
     assert set(asked) == {10}
     # the answer is the index's own rescored top-10 (k x 16 candidates), unchanged
     np.testing.assert_array_equal(np.array(found), real(index, q, 10)[1])
+
+
+def test_stored_rows_of_a_memory_map_equal_its_rows(tmp_path):
+    from clipindex.store.loading import load_matrix
+    from clipindex.store.tuning import stored_rows
+
+    x = np.random.default_rng(5).standard_normal((300, 24)).astype(np.float16)
+    np.save(tmp_path / "m.npy", x)
+    m = load_matrix(tmp_path / "m.npy")
+    ids = np.array([299, 0, 7, 7, 150])
+    got = stored_rows(m, ids)  # pread, not the map
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, x[ids].astype(np.float32))
+    np.testing.assert_array_equal(stored_rows(m[10:], ids[1:4]), x[10:][ids[1:4]])  # a view
+    np.testing.assert_array_equal(stored_rows(x, ids), x[ids].astype(np.float32))
