@@ -347,3 +347,27 @@ def test_stored_rows_of_a_memory_map_equal_its_rows(tmp_path):
     np.testing.assert_array_equal(got, x[ids].astype(np.float32))
     np.testing.assert_array_equal(stored_rows(m[10:], ids[1:4]), x[10:][ids[1:4]])  # a view
     np.testing.assert_array_equal(stored_rows(x, ids), x[ids].astype(np.float32))
+
+
+def test_recall_recorded_after_an_add_is_that_of_the_rescored_search(tmp_path, world):
+    """update_index (what `add` runs) re-measures an IVF-PQ index's recall with its
+    candidates rescored, as users search it, not from the raw PQ codes."""
+    from clipindex.store import indexes
+    from clipindex.store.outputs import build_faiss
+    from clipindex.store.update import update_index
+
+    x = world.images(6000, 12)
+    np.save(tmp_path / "m.npy", x)
+    matrix = np.load(tmp_path / "m.npy", mmap_mode="r")
+    desc = build_faiss(matrix[:5000], np.ones(5000, bool), "ivfpq", tmp_path / "old.faiss")
+    out = update_index(tmp_path / "old.faiss", tmp_path / "new.faiss", matrix,
+                       np.ones(6000, bool), 5000, {"kind": "ivfpq", "images": desc},
+                       "images", lambda: {}, 1)
+    index = load_index(tmp_path / "new.faiss")
+    assert index.ntotal == 6000 and out["recall_measured_at_generation"] == 1
+    rng = np.random.default_rng(0)  # _remeasure's own sample
+    q = np.asarray(matrix[np.sort(rng.choice(6000, size=200, replace=False))], np.float32)
+    truth = brute_force(x, q, 10)[1]
+    rescored = recall_at_k(rescored_search(index, matrix, q, 10, rerank=16)[1], truth)
+    raw = recall_at_k(indexes.search_index(index, q, 10)[1], truth)
+    assert out["recall_at_10"] == pytest.approx(rescored) and rescored > raw

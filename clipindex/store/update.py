@@ -18,7 +18,13 @@ import numpy as np
 
 from clipindex.store.generations import RETRAIN_FACTOR
 from clipindex.store.outputs import RECALL_K, build_faiss
-from clipindex.store.tuning import AutoSettings, exact_top_k, recall_at_k
+from clipindex.store.tuning import (
+    RERANK_FACTOR,
+    AutoSettings,
+    exact_top_k,
+    recall_at_k,
+    rescored_search,
+)
 
 __all__ = ["trained_n", "update_index"]
 
@@ -38,16 +44,16 @@ def _settings(meta: dict[str, Any]) -> AutoSettings:
                         max_memory=meta.get("max_memory"))
 
 
-def _remeasure(index: Any, matrix: np.ndarray, ids: np.ndarray) -> float:
+def _remeasure(index: Any, matrix: np.ndarray, ids: np.ndarray, rerank: int) -> float:
     """recall@10 of ``index`` against exact search (chunked over the memory map) on 200
-    of its own vectors."""
-    from clipindex.store import indexes
-
+    of its own vectors, of the search users get: ``k * rerank`` candidates rescored (a
+    10M IVF-PQ store recorded 0.47 after an add from the raw PQ codes, 0.97 rescored)."""
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(ids, size=min(200, len(ids)), replace=False))
     queries = np.asarray(matrix[sample], dtype=np.float32)
     truth = exact_top_k(matrix, ids, queries, RECALL_K)
-    return recall_at_k(indexes.search_index(index, queries, RECALL_K)[1], truth)
+    return recall_at_k(rescored_search(index, matrix, queries, RECALL_K, rerank=rerank)[1],
+                       truth)
 
 
 def update_index(old_path: Path, new_path: Path, matrix: np.ndarray, valid: np.ndarray,
@@ -94,7 +100,8 @@ def update_index(old_path: Path, new_path: Path, matrix: np.ndarray, valid: np.n
     desc.update(indexes.describe_index(index))
     desc["trained_n"] = base or int(len(live))
     if kind != "flat" and len(live):
-        desc[f"recall_at_{RECALL_K}"] = _remeasure(index, matrix, live)
+        rerank = int(desc.get("rerank_factor", RERANK_FACTOR.get(kind, 4)))
+        desc[f"recall_at_{RECALL_K}"] = _remeasure(index, matrix, live, rerank)
         desc["recall_measured_at_generation"] = generation
     if desc.get("memory_bytes") is not None:
         desc["memory_bytes"] = new_path.stat().st_size
