@@ -14,8 +14,16 @@ Steps (each its own sub-command, so the long ones run in the background and resu
 - ``search``: open the imported store (``open_index``) and time ``search_indexes`` one
   query at a time (1 thread) and the process's resident memory (VmRSS / VmHWM).
 
-Run: ``python benchmarks/bench_10m.py gen --out /work/big/src --n 10000000`` then
-``clipindex import`` (see benchmarks/RESULTS.md, section bench_10m).
+- ``add``: the index half of ``clipindex add`` of ``add.npy`` (1%), then held-out recall.
+
+Run (figures in benchmarks/RESULTS.md, section ``bench_10m``, written by hand)::
+
+    python benchmarks/bench_10m.py gen --out /work/big/src --n 10000000
+    python benchmarks/bench_10m.py truth --out /work/big/src --n 10000000
+    clipindex import /work/big/src --backbone ViT-B-32 --pretrained none \
+        --out /work/big/stores --name s10m --dtype float16 --max-index-memory 2GB
+    python benchmarks/bench_10m.py search --store /work/big/stores/s10m --n 10000000
+    python benchmarks/bench_10m.py add --store /work/big/stores/s10m --n 10000000
 """
 
 from __future__ import annotations
