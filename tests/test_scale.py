@@ -258,3 +258,143 @@ def test_ivf_flat_answer_equals_its_rescored_answer(auto_store, world):
     np.testing.assert_allclose(fast_s, slow_s, atol=1e-5)
     exact = np.einsum("qd,qkd->qk", q, images[fast_i])
     np.testing.assert_allclose(fast_s, exact, atol=1e-5)
+
+
+def test_exact_top_k_keeps_the_lower_id_of_tied_rows_across_blocks():
+    rng = np.random.default_rng(3)
+    x = np.repeat(_unit(rng.standard_normal((5, DIM))), 20, axis=0)  # 20 copies each
+    q = x[[0, 25, 99]] + 0.01
+    got = exact_top_k(x, np.arange(len(x)), q, 10, chunk=16)  # ties span blocks
+    np.testing.assert_array_equal(got, brute_force(x, q, 10)[1])
+
+
+def test_auto_ivfpq_from_a_float16_map_without_caption_queries(tmp_path, monkeypatch, world):
+    """What `import --max-index-memory` of vectors without text_emb runs: the stored
+    float16 matrix stays a memory map (indexes convert it a block at a time), the empty
+    caption query set is skipped, the compressed index is tuned and rescored."""
+    from clipindex.index import kinds as indexes
+
+    _approximate_auto(monkeypatch)
+    monkeypatch.setattr(indexes, "_ADD_ROWS", 1000)  # several add blocks
+    images = world.images(12_000, 8).astype(np.float16)
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "captions.npy", np.zeros((0, DIM), np.float16))
+    desc = write_outputs(tmp_path, None, None, np.ones(len(images), bool), "float16", "auto",
+                         AutoSettings(max_memory=parse_memory("1MB"), queries=100),
+                         caption_valid=np.ones(0, bool))
+    img = desc["images"]
+    assert img["kind"] == "ivfpq" and img["ntotal"] == len(images) and img["reached"]
+    assert img["tuning_queries"] == {"image_to_image": 50}  # the other half measures
+    assert desc["captions"]["kind"] == "flat" and desc["captions"]["ntotal"] == 0
+    stored = np.load(tmp_path / "images.npy", mmap_mode="r")
+    q = world.images(50, 9)
+    found = rescored_search(load_index(tmp_path / "images.faiss"), stored, q, 10,
+                            rerank=img["rerank_factor"])[1]
+    truth = brute_force(stored.astype(np.float32), q, 10)[1]
+    assert recall_at_k(found, truth) >= 0.9
+
+
+def test_build_index_from_a_float16_map_trains_on_a_sample_and_adds_in_blocks(
+        tmp_path, monkeypatch, world):
+    from clipindex.index import kinds as indexes
+
+    monkeypatch.setattr(indexes, "_ADD_ROWS", 700)
+    np.save(tmp_path / "x.npy", world.images(3000, 10).astype(np.float16))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    ids = np.arange(len(x)) * 3
+    ivf = indexes._ivf(DIM, len(x), indexes.IndexSpec(kind="ivf", nlist=4))
+    assert len(indexes._training_rows(ivf, len(x), 0)) == 4 * 256  # FAISS's own sample
+    flat = indexes.build_index(x, ids)
+    index = indexes.build_index(x, ids, kind="ivf", nlist=4, nprobe=4)  # every cell
+    q = world.images(20, 11)
+    want = ids[brute_force(x.astype(np.float32), q, 10)[1]]
+    assert index.ntotal == flat.ntotal == len(x)
+    np.testing.assert_array_equal(indexes.search_index(flat, q, 10)[1], want)
+    np.testing.assert_array_equal(indexes.search_index(index, q, 10)[1], want)
+
+
+def test_a_rescoring_index_is_not_over_fetched_again(tmp_path, monkeypatch):
+    """search_indexes on an IVF-PQ store asks FAISS once for k x 16 candidates (the
+    kind's rerank factor), not max(4k, k + 50) x 16 as the ranking and the index each
+    over-fetched before; the hits stay exact cosines, the index's rescored top-10."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import _bigstore
+
+    from clipindex.index import kinds
+    from clipindex.search import search_indexes
+    from clipindex.store import open_index
+
+    ddir = _bigstore.write_store(tmp_path / "pq", 4000, kind="ivfpq", dim=64)
+    index = open_index(ddir, "synthetic")
+    asked: list[int] = []
+    real = kinds.search_index
+    monkeypatch.setattr(kinds, "search_index", lambda i, q, k, **kw: (
+        asked.append(k), real(i, q, k, **kw))[1])
+    x = np.asarray(index.stored["images"], np.float32)
+    q = _unit(np.random.default_rng(4).standard_normal((20, 64)) + x[:20])
+    found = []
+    for v in q:
+        frame = search_indexes(index, vectors=v, k=10).frame
+        found.append(frame["row_id"].to_numpy())
+        np.testing.assert_allclose(frame["score"], x[frame["row_id"]] @ v, atol=1e-5)
+    assert set(asked) == {10 * 16}
+    # the answer is the index's own rescored top-10 (k x 16 candidates), unchanged
+    np.testing.assert_array_equal(np.array(found), index.search(q, 10)[1])
+
+
+def test_stored_rows_of_a_memory_map_equal_its_rows(tmp_path):
+    from clipindex.index.topk import stored_rows
+    from clipindex.store.loading import load_matrix
+
+    x = np.random.default_rng(5).standard_normal((300, 24)).astype(np.float16)
+    np.save(tmp_path / "m.npy", x)
+    m = load_matrix(tmp_path / "m.npy")
+    ids = np.array([299, 0, 7, 7, 150])
+    got = stored_rows(m, ids)  # pread, not the map
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, x[ids].astype(np.float32))
+    np.testing.assert_array_equal(stored_rows(m[10:], ids[1:4]), x[10:][ids[1:4]])  # a view
+    np.testing.assert_array_equal(stored_rows(x, ids), x[ids].astype(np.float32))
+
+
+def test_recall_recorded_after_an_add_is_that_of_the_rescored_search(tmp_path, world):
+    """update_index (what `add` runs) re-measures an IVF-PQ index's recall with its
+    candidates rescored, as users search it, not from the raw PQ codes (a 10M store
+    recorded 0.47 from the codes after an add, 0.97 rescored)."""
+    from clipindex.index import kinds
+    from clipindex.index.build import build_faiss
+    from clipindex.store.update import update_index
+
+    x = world.images(6000, 12)
+    np.save(tmp_path / "m.npy", x)
+    matrix = np.load(tmp_path / "m.npy", mmap_mode="r")
+    desc = build_faiss(matrix[:5000], np.ones(5000, bool), "ivfpq", tmp_path / "old.faiss")
+    out = update_index(tmp_path / "old.faiss", tmp_path / "new.faiss", matrix,
+                       np.ones(6000, bool), 5000, {"kind": "ivfpq", "images": desc},
+                       "images", lambda: {}, 1)
+    index = load_index(tmp_path / "new.faiss")
+    assert index.ntotal == 6000 and out["recall_measured_at_generation"] == 1
+    q = world.images(200, 13)  # fresh queries, in no index
+    truth = brute_force(x, q, 10)[1]
+    rescored = recall_at_k(rescored_search(index, matrix, q, 10, rerank=16)[1], truth)
+    raw = recall_at_k(kinds.search_index(index, q, 10)[1], truth)
+    assert rescored > raw + 0.1
+    assert abs(out["recall_at_10"] - rescored) < abs(out["recall_at_10"] - raw)
+
+
+def test_cell_counts_are_capped_for_ten_million_rows():
+    """Adding N vectors costs N x cells x dim: at 10M, 4 sqrt(N) = 12,649 cells would take
+    ~3x the CPU of 4,096 to train and fill (bench_10m), so both choices stop at 4,096."""
+    from clipindex.index.structure import MAX_NLIST, ivf_candidates
+    from clipindex.index.tuning import choose_index
+
+    assert MAX_NLIST == 4096
+    assert max(ivf_candidates(10_000_000)) == 4096
+    assert ivf_candidates(1_000_000)[0] == 1000  # below the cap: sqrt(N) first, unchanged
+    kind, options = choose_index(10_000_000, 512, AutoSettings(max_memory=parse_memory("2GB")))
+    assert kind == "ivfpq" and options["nlist"] == 4096
+    assert choose_index(1_000_000, 512, AutoSettings(max_memory=parse_memory("1GB")))[1][
+        "nlist"] == 4000

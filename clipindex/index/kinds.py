@@ -187,7 +187,9 @@ def build_index(
     if kind not in INDEX_KINDS:
         raise UserInputError(f"Unknown index kind {kind!r}. Known: {', '.join(INDEX_KINDS)}")
     spec = IndexSpec(kind=kind, **options)
-    x = _as_matrix(vectors, "vectors")
+    x = np.asarray(vectors)  # a memory map stays one: converted a block at a time
+    if x.ndim != 2:
+        raise UserInputError(f"vectors must be a 2-D array (n, dim), got shape {x.shape}")
     n, d = x.shape
     ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
     if ids.shape != (n,):
@@ -196,11 +198,30 @@ def build_index(
     if not index.is_trained:
         if n == 0:
             raise UserInputError(f"cannot train a {kind!r} index on zero vectors")
-        index.train(x)
-    if n:
-        index.add_with_ids(x, ids)
+        index.train(_as_matrix(x[_training_rows(index, n, spec.seed)], "vectors"))
+    for lo in range(0, n, _ADD_ROWS):  # a float16 10M x 512 matrix is 20 GB as float32
+        index.add_with_ids(_as_matrix(x[lo:lo + _ADD_ROWS], "vectors"), ids[lo:lo + _ADD_ROWS])
     _set_search_defaults(index, spec)
     return index
+
+
+#: Rows converted to float32 and added at a time (256 MB at 512-d).
+_ADD_ROWS = 131072
+#: Training rows of the PQ codebooks and the OPQ rotation (FAISS samples 256 per centroid).
+_PQ_TRAIN = 256 * 256
+
+
+def _training_rows(index: faiss.Index, n: int, seed: int) -> Any:
+    """The rows an untrained index is trained on: all of them, or (IVF, PQ) the seeded
+    sample FAISS would draw itself (``max_points_per_centroid`` per cell, 65,536 for the
+    codebooks), taken before the float32 copy and any OPQ rotation of the whole matrix."""
+    inner = _inner(index)
+    need = _PQ_TRAIN if isinstance(inner, (faiss.IndexPQ, faiss.IndexIVFPQ)) else 0
+    if isinstance(inner, faiss.IndexIVF):
+        need = max(need, int(inner.nlist) * int(inner.cp.max_points_per_centroid))
+    if need == 0 or n <= need:
+        return slice(None)
+    return np.sort(np.random.default_rng(seed).choice(n, size=need, replace=False))
 
 
 def _set_search_defaults(index: faiss.Index, spec: IndexSpec) -> None:

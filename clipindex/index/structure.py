@@ -38,12 +38,16 @@ KMEANS_ITER = 10
 SIZE_SAMPLE = 50_000
 #: Per probed cell, the cost of visiting it, in vector dot products.
 PROBE_COST = 16
+#: Cells at most: adding n vectors costs n x nlist x dim (assignment), so 4 * sqrt(n)
+#: cells at 10M (12,649) would take ~30 min of one core to add and as long to train;
+#: 4,096 cells take ~9 min (benchmarks/RESULTS.md, bench_10m).
+MAX_NLIST = 4096
 
 
 def ivf_candidates(n: int) -> list[int]:
     """Cell counts tried for ``n`` vectors, in the order :func:`choose_cells` may try
     them: ``sqrt(n)``, then 2x and 4x (while cheaper), else ``sqrt(n) / 2``."""
-    top = max(1, n // 39)
+    top = max(1, min(n // 39, MAX_NLIST))
     root = math.sqrt(n)
     out = []
     for c in (1, 2, 4, 0.5):

@@ -9,7 +9,8 @@ The kind (:func:`choose_index`):
   given): ``ivf`` (IVF-Flat), its cell count chosen from candidates trained on a sample
   (:mod:`clipindex.index.structure`); HNSW (M 16 and 32) is a candidate too where its
   build, projected from a timed sample, costs at most ``build_factor`` x the IVF's;
-- else ``ivfpq``: an OPQ rotation, ``4 * sqrt(n)`` cells and 8-bit PQ codes whose size
+- else ``ivfpq``: an OPQ rotation, ``4 * sqrt(n)`` cells (at most
+  :data:`~clipindex.index.structure.MAX_NLIST`) and 8-bit PQ codes whose size
   (``pq_m`` bytes per vector) is the largest that fits the budget (more bytes, more
   recall for the same scan).
 
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from clipindex.errors import UserInputError
+from clipindex.index.structure import MAX_NLIST
 from clipindex.index.topk import exact_top_k, top_k
 
 __all__ = [
@@ -131,7 +133,7 @@ def choose_index(n: int, d: int, settings: AutoSettings) -> tuple[str, dict[str,
     """
     if n * d <= settings.flat_max_cells or n < 39 * 4:
         return "flat", {}
-    nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+    nlist = max(1, min(int(4 * math.sqrt(n)), n // 39, MAX_NLIST))
     options: dict[str, Any] = {"nlist": nlist, "train_per_cell": TRAIN_PER_CELL}
     budget = settings.max_memory
     if budget is None or n * (4 * d + 8) <= budget:
@@ -197,7 +199,11 @@ def held_out_sets(matrix: np.ndarray, ids: np.ndarray, cross: dict[str, np.ndarr
         self_name: (np.asarray(matrix[np.sort(own)], np.float32)[
             np.argsort(np.argsort(own))], own)}
     for name, other in cross.items():
-        nonzero = np.flatnonzero(np.linalg.norm(np.asarray(other, np.float32), axis=1) > 0)
+        nonzero = np.flatnonzero(np.concatenate([  # a block at a time: other may be 10M rows
+            np.abs(np.asarray(other[lo:lo + 65536], np.float32)).sum(axis=1) > 0
+            for lo in range(0, len(other), 65536)] or [np.zeros(0, bool)]))
+        if not len(nonzero):  # e.g. an import without text_emb: no caption queries
+            continue
         pick = rng.permutation(rng.choice(nonzero, size=min(settings.queries, len(nonzero)),
                                           replace=False))
         vectors[name] = (np.asarray(other[np.sort(pick)], np.float32)[

@@ -30,8 +30,9 @@ def write_outputs(folder: Path, images: np.ndarray | None, captions: np.ndarray 
         if matrix is not None:
             write_npy(folder / name, matrix.astype(dtype))
     # Index what a reader will load: the stored (possibly float16) values.
-    stored_i = np.load(folder / "images.npy", mmap_mode="r").astype(np.float32)
-    stored_c = np.load(folder / "captions.npy", mmap_mode="r").astype(np.float32)
+    # Memory-mapped (float16 stays float16 on disk): indexes convert a block at a time.
+    stored_i = np.load(folder / "images.npy", mmap_mode="r")
+    stored_c = np.load(folder / "captions.npy", mmap_mode="r")
     cap_valid = np.ones(len(stored_c), bool) if caption_valid is None else caption_valid
     extra: dict[str, Any] = {}
     if index_kind == "auto":
