@@ -103,3 +103,32 @@ def test_the_plain_route_is_not_in_the_openapi_document(serve_app: Any) -> None:
     params = {p["name"] for p in client.get("/openapi.json").json()["paths"]["/search"]["get"]
               ["parameters"]}
     assert params == {"q", "like", "k", "offset", "backbone", "where", "to"}
+
+
+def test_searches_in_worker_threads_are_bounded_by_the_cores(
+        serve_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(plain, "INLINE_WORK", 10)  # every search goes to a worker thread
+    monkeypatch.setattr(plain.os, "cpu_count", lambda: 2)
+    client = TestClient(serve_app(), raise_server_exceptions=False)
+    running, most, lock = [0], [0], threading.Lock()
+    real = plain.run_search
+
+    def slow(*args: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return real(*args)
+
+    monkeypatch.setattr(plain, "run_search", slow)
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda i: client.get(f"/search?like={i}").status_code,
+                              range(6)))
+    assert codes == [200] * 6
+    assert most[0] == 2  # six at once, two searching: the others waited their turn
