@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 
 from clipindex.serve import answers, media
 from clipindex.serve.options import ServeOptions
-from clipindex.serve.state import ServedStore
+from clipindex.serve.state import ServedStore, Snapshot
 
 __all__ = ["INLINE_WORK", "PlainQuery", "is_cheap", "parse_plain", "plain_search_route",
            "run_search"]
@@ -97,14 +97,14 @@ def parse_plain(query_string: bytes, opts: ServeOptions) -> PlainQuery | None:
     return PlainQuery(q, like, k, offset, tuple(backbone) or None, tuple(where) or None, to)
 
 
-def is_cheap(store: ServedStore, p: PlainQuery) -> bool:
+def is_cheap(snap: Snapshot, p: PlainQuery) -> bool:
     """Whether the search of ``p`` may run on the event loop: no model call (a text whose
     vectors are in memory, or a stored row) and at most :data:`INLINE_WORK` stored vector
     components to score in every searched backbone (a flat search of them takes well
     under a millisecond on one core). Anything bigger or slower runs in a worker thread,
     so that a long FAISS search never holds the other connections up."""
     try:
-        indexes = store.current().pick(p.backbone)
+        indexes = snap.pick(p.backbone)
     except Exception:  # noqa: BLE001 - the search itself reports it, in a worker thread
         return False
     for index in indexes:
@@ -116,10 +116,9 @@ def is_cheap(store: ServedStore, p: PlainQuery) -> bool:
     return True
 
 
-def run_search(store: ServedStore, q: str | None, like: int | None, k: int, offset: int,
+def run_search(snap: Snapshot, q: str | None, like: int | None, k: int, offset: int,
                backbone: Any, where: Any, to: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """What ``GET /search`` answers (both routes run this, in a worker thread)."""
-    snap = store.current()
+    """What ``GET /search`` answers on the snapshot a request took (both routes run this)."""
     if like is None:
         return answers.search(snap, text=q, k=k, offset=offset, backbones=backbone,
                               where=where, target=to)
@@ -144,9 +143,10 @@ def plain_search_route(store: ServedStore, respond: Any) -> Any:
 
     async def endpoint(request: Any) -> Any:
         p: PlainQuery = request.scope[SCOPE_KEY]
-        args = (store, p.q, p.like, p.k, p.offset, list(p.backbone) if p.backbone else None,
+        snap = store.current()  # once a request: it checks the mapped files
+        args = (snap, p.q, p.like, p.k, p.offset, list(p.backbone) if p.backbone else None,
                 list(p.where) if p.where else None, p.to)
-        if is_cheap(store, p):  # well under a millisecond: the thread hop would cost more
+        if is_cheap(snap, p):  # well under a millisecond: the thread hop would cost more
             return respond(*run_search(*args))
         return respond(*await run_in_threadpool(_bounded_search, *args))
 

@@ -105,7 +105,8 @@ def add_routes(app: Any, store: ServedStore, static: dict[str, tuple[bytes, str]
         if (q is None) == (like is None):
             raise ApiError(422, "Give exactly one of q (a text) or like (an image row id).")
         # like: the row's stored vectors, no file read, no model call
-        return _search_response(*run_search(store, q, like, k, offset, backbone, where, to))
+        return _search_response(*run_search(store.current(), q, like, k, offset, backbone,
+                                                 where, to))
 
     @app.post("/search")
     async def search_post(image: Image, k: K = 10, offset: Offset = 0,
