@@ -111,3 +111,19 @@ def test_export_api_and_bad_input(removed_store: Path, tmp_path: Path) -> None:
                                   "--out", tmp_path / "y"))
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     assert not list(tmp_path.glob(".*export*"))
+
+
+@pytest.mark.parametrize("args", [
+    ["export", "/nonexistent/ds", "--backbone", "tiny-vit", "--out", "s3://no-bucket/x"],
+    ["import", "s3://no-bucket/x", "--backbone", "tiny-vit"],
+])
+def test_an_unreachable_object_store_is_one_line(args, tmp_path, monkeypatch) -> None:
+    # No credentials anywhere: botocore raises its own NoCredentialsError (not an OSError).
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_cli(*args), "cannot reach s3://no-bucket/x")

@@ -21,15 +21,17 @@ most :data:`MAX_CONCURRENCY` at a time; no per-file ``stat`` before a read). Thr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
-from clipindex.errors import DataError, MissingExtraError
+from clipindex.errors import ClipindexError, DataError, MissingExtraError
 
 __all__ = [
+    "remote_errors",
     "MAX_CONCURRENCY",
     "REDACTED",
     "REMOTE_INSTALL",
@@ -126,6 +128,19 @@ def filesystem(url: str, options: Mapping[str, Any] | None = None) -> tuple[Any,
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def remote_errors(url: str) -> Iterator[None]:
+    """Any failure of the object store behind ``url`` (no credentials, access denied, an
+    unreachable endpoint: botocore's and gcsfs's own exceptions, not OSErrors) as one
+    ``DataError`` line; clipindex's own errors pass as they are."""
+    try:
+        yield
+    except ClipindexError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a store's SDK raises its own classes
+        raise DataError(f"cannot reach {url}: {_one_line(exc)}") from None
 
 
 def read_bytes(location: str, options: Mapping[str, Any] | None = None) -> bytes:

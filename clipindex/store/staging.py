@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clipindex.errors import DataError, UserInputError
-from clipindex.sources.storage import filesystem
+from clipindex.sources.storage import filesystem, remote_errors
 
 __all__ = ["SUBFOLDERS", "check_empty_target", "fetched_folder", "upload_folder"]
 
@@ -35,15 +35,18 @@ def fetched_folder(url: str, beside: Path, name: str,
     """A local copy of the clip-retrieval folder at ``url`` (removed on exit)."""
     fs, path = filesystem(url, options)
     path = path.rstrip("/")
-    if not fs.isdir(path):
+    with remote_errors(url):
+        is_folder = fs.isdir(path)
+    if not is_folder:
         raise DataError(f"{url} is not a folder (give clip-retrieval's output folder, "
                         "holding img_emb/ and metadata/)")
     local = beside / f".{name}.fetch-{os.getpid()}"
     try:
         local.mkdir(parents=True)
-        for sub in SUBFOLDERS:
-            if fs.isdir(f"{path}/{sub}"):
-                fs.get(f"{path}/{sub}/", str(local / sub) + "/", recursive=True)
+        with remote_errors(url):
+            for sub in SUBFOLDERS:
+                if fs.isdir(f"{path}/{sub}"):
+                    fs.get(f"{path}/{sub}/", str(local / sub) + "/", recursive=True)
         yield local
     finally:
         shutil.rmtree(local, ignore_errors=True)
@@ -52,7 +55,9 @@ def fetched_folder(url: str, beside: Path, name: str,
 def check_empty_target(url: str, options: Mapping[str, Any] | None) -> None:
     """A one-line error unless nothing lies at ``url`` yet."""
     fs, path = filesystem(url, options)
-    if fs.exists(path.rstrip("/")) and (not fs.isdir(path) or fs.ls(path)):
+    with remote_errors(url):
+        taken = fs.exists(path.rstrip("/")) and (not fs.isdir(path) or bool(fs.ls(path)))
+    if taken:
         raise UserInputError(f"{url} already exists and is not an empty folder; choose "
                              "another --out or remove it first")
 
@@ -61,5 +66,6 @@ def upload_folder(local: Path, url: str, options: Mapping[str, Any] | None) -> N
     """Every file under ``local`` to the same relative path under ``url``."""
     fs, path = filesystem(url, options)
     path = path.rstrip("/")
-    for file in sorted(p for p in local.rglob("*") if p.is_file()):
-        fs.put_file(str(file), f"{path}/{file.relative_to(local).as_posix()}")
+    with remote_errors(url):
+        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+            fs.put_file(str(file), f"{path}/{file.relative_to(local).as_posix()}")
