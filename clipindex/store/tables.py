@@ -21,12 +21,13 @@ Example
 
 from __future__ import annotations
 
-import io
 import threading
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from clipindex.sources.remote import arrow_reader
 
 __all__ = ["FirstCaptions", "StoreTable"]
 
@@ -49,12 +50,13 @@ class StoreTable:
         self._codes: dict[str, tuple[np.ndarray, pd.Series]] = {}
         self._series: dict[str, pd.Series] = {}
         self._lock = threading.Lock()
+        self._owned: Any = None  # the bytes in Arrow's memory (:meth:`_reader`)
         if frame is not None:
             self._n, self._columns = len(frame), [str(c) for c in frame.columns]
         else:
             import pyarrow.parquet as pq
 
-            meta = pq.ParquetFile(io.BytesIO(data or b"")).metadata
+            meta = pq.ParquetFile(self._reader()).metadata
             self._n = int(meta.num_rows)
             self._columns = [c for c in meta.schema.to_arrow_schema().names
                              if not c.startswith("__index_level_")]
@@ -84,8 +86,7 @@ class StoreTable:
         if self._frame is None:
             with self._lock:
                 if self._frame is None:
-                    self._frame = pd.read_parquet(io.BytesIO(self._data or b""),
-                                                  use_threads=False)
+                    self._frame = pd.read_parquet(self._reader(), use_threads=False)
         return self._frame
 
     def series(self, column: str) -> pd.Series:
@@ -93,14 +94,25 @@ class StoreTable:
         if self._frame is not None:
             return self._frame[column]
         if column not in self._series:
-            self._series[column] = pd.read_parquet(io.BytesIO(self._data or b""),
-                                                   columns=[column], use_threads=False)[column]
+            self._series[column] = pd.read_parquet(self._reader(), columns=[column],
+                                                   use_threads=False)[column]
         return self._series[column]
 
-    # Every read here is single-threaded (use_threads=False): a column is decoded during a
-    # query, after torch and OpenMP have started their threads, and Arrow's thread pool
-    # started that late aborted the process at exit ("terminate called without an
-    # active exception") in about half the CLI runs.
+    # Every read here is single-threaded (use_threads=False) and from Arrow's own memory
+    # (:meth:`_reader`): a column is decoded during a query, after torch and OpenMP have
+    # started their threads; Arrow's thread pool started that late, or its I/O threads
+    # holding Python buffers, aborted the process at exit ("terminate called without an
+    # active exception", rc -6; see ``clipindex.sources.remote.arrow_reader``).
+    def _reader(self) -> Any:
+        """The parquet bytes as an Arrow reader (the copy in Arrow's memory made once)."""
+        if self._owned is None:
+            with self._lock:
+                if self._owned is None:
+                    self._owned = arrow_reader(self._data or b"").read_buffer()
+        import pyarrow as pa
+
+        return pa.BufferReader(self._owned)
+
     def _array(self, column: str) -> Any:
         """The column as one contiguous Arrow array (``take`` on a chunked array would
         concatenate its chunks on every call)."""
@@ -108,8 +120,7 @@ class StoreTable:
         if found is None:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(io.BytesIO(self._data or b""), columns=[column],
-                                  use_threads=False)
+            table = pq.read_table(self._reader(), columns=[column], use_threads=False)
             found = self._arrow[column] = table.column(column).combine_chunks()
         return found
 
