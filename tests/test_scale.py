@@ -76,6 +76,25 @@ def test_choice_follows_size_and_budget():
     assert parse_memory("2GiB") == 2 * 1024**3 and parse_memory(123) == 123
 
 
+def test_pq_code_size_candidates_and_the_choice_rule():
+    from clipindex.index.pqsize import pick_pq, pq_candidates
+
+    assert pq_candidates(10_000_000, 512, parse_memory("2GB")) == [128, 64, 32]
+    assert pq_candidates(1_000_000, 512, parse_memory("50MB")) == [32, 16, 8]  # 42 B free
+    assert pq_candidates(12_000, 64, parse_memory("1MB")) == [32, 16, 8]  # 2-d sub-vectors
+    assert pq_candidates(1_000_000, 512, parse_memory("5MB")) == []
+
+    def row(m, reached, p50, recall=0.96):
+        return {"pq_m": m, "reached": reached, "p50_ms": p50, "recall": recall}
+
+    # the fastest that reaches the target, not the largest that fits
+    assert pick_pq([row(128, True, 2.0), row(64, True, 1.2), row(32, False, 0.8)]) == 64
+    # a larger code within 5% of the fastest one's time is taken (more recall, ~free)
+    assert pick_pq([row(128, True, 1.04), row(64, True, 1.0), row(32, True, 1.3)]) == 128
+    # none reaches the target: the one of most recall
+    assert pick_pq([row(128, False, 2.0, 0.90), row(64, False, 1.0, 0.93)]) == 64
+
+
 def test_auto_records_what_it_chose_and_reached(auto_store):
     folder, _, _, valid, desc = auto_store
     img = desc["images"]
@@ -273,9 +292,12 @@ def test_auto_ivfpq_from_a_float16_map_without_caption_queries(tmp_path, monkeyp
     float16 matrix stays a memory map (indexes convert it a block at a time), the empty
     caption query set is skipped, the compressed index is tuned and rescored."""
     from clipindex.index import kinds as indexes
+    from clipindex.index import pqsize
+    from clipindex.index.pqsize import pick_pq, pq_candidates
 
     _approximate_auto(monkeypatch)
     monkeypatch.setattr(indexes, "_ADD_ROWS", 1000)  # several add blocks
+    monkeypatch.setattr(pqsize, "SAMPLE_ROWS", 6000)  # candidates on half the rows
     images = world.images(12_000, 8).astype(np.float16)
     np.save(tmp_path / "images.npy", images)
     np.save(tmp_path / "captions.npy", np.zeros((0, DIM), np.float16))
@@ -285,6 +307,14 @@ def test_auto_ivfpq_from_a_float16_map_without_caption_queries(tmp_path, monkeyp
     img = desc["images"]
     assert img["kind"] == "ivfpq" and img["ntotal"] == len(images) and img["reached"]
     assert img["tuning_queries"] == {"image_to_image": 50}  # the other half measures
+    # the code size chosen from candidates trained on a sample of the indexed rows (the
+    # 100 held-out rows are in none of them), each tuned on truth within its sample
+    cands = img["pq_candidates"]
+    assert [c["pq_m"] for c in cands] == pq_candidates(len(images), DIM, parse_memory("1MB"))
+    assert len(cands) == 3 and img["pq_m"] == pick_pq(cands)
+    assert all(c["sample_rows"] == 6000 and c["reached"] for c in cands)
+    full_per_cell = (len(images) - 100) / img["nlist"]
+    assert all(abs(6000 / c["sample_cells"] / full_per_cell - 1) < 0.05 for c in cands)
     assert desc["captions"]["kind"] == "flat" and desc["captions"]["ntotal"] == 0
     stored = np.load(tmp_path / "images.npy", mmap_mode="r")
     q = world.images(50, 9)

@@ -1,6 +1,7 @@
 """``--index-kind auto`` end to end: the kind, its structure and knob chosen from the
-data (:mod:`clipindex.index.tuning`), the index trained on a sample and filled in
-blocks, tuned and measured while the held-out rows are out of it, then completed with
+data (:mod:`clipindex.index.tuning`, :mod:`clipindex.index.structure` for IVF cells,
+:mod:`clipindex.index.pqsize` for PQ code sizes), the index trained on a sample and
+filled in blocks, tuned and measured while the held-out rows are out of it, then completed with
 them.
 
 Example
@@ -58,14 +59,19 @@ def add_rows(index: Any, vectors: np.ndarray, ids: np.ndarray) -> Any:
 def trained_index(kind: str, vectors: np.ndarray, ids: np.ndarray, seed: int,
                   options: dict[str, Any]) -> Any:
     """An index of ``kind`` trained on a seeded sample of rows ``ids`` and filled with all
-    of them in blocks (no float32 copy of the whole matrix)."""
+    of them in blocks (no float32 copy of the whole matrix). ``options``: fields of
+    :class:`~clipindex.index.kinds.IndexSpec`, and ``train_rows`` (the sample's size;
+    default ``train_per_cell`` x cells, at least 65,536)."""
     from clipindex.index import kinds
 
+    options = dict(options)
+    train_rows = options.pop("train_rows", None)  # a cheaper training (PQ candidates)
     spec = kinds.IndexSpec(kind=kind, seed=seed, **options)
     index = kinds.INDEX_KINDS[kind](int(vectors.shape[1]), len(ids), spec)
     if not index.is_trained:
         nlist = options.get("nlist") or 1
-        size = min(len(ids), max(int(options.get("train_per_cell") or 64) * nlist, 65536))
+        size = min(len(ids), int(train_rows) if train_rows else
+                   max(int(options.get("train_per_cell") or 64) * nlist, 65536))
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(ids, size=size, replace=False))
         index.train(np.ascontiguousarray(vectors[pick], dtype=np.float32))
@@ -150,8 +156,16 @@ def auto_index(vectors: np.ndarray, ids: np.ndarray, cross: dict[str, np.ndarray
             tuned["hnsw_candidate"] = {k: other[1][k] for k in ("tuned_value", "p50_ms",
                                                                  "recall_at_10")}
     else:
+        candidates: list[dict[str, Any]] = []
+        if kind == "ivfpq":
+            from clipindex.index.pqsize import choose_pq
+
+            pq_m, candidates = choose_pq(vectors, held, options, n, settings)
+            options = {**options, "pq_m": pq_m}
         index = trained_index(kind, vectors, held.indexed, settings.seed, options)
         tuned = tune_index(index, vectors, held, kind, settings)
+        if candidates:
+            tuned["pq_candidates"] = candidates
     add_rows(index, vectors, held.rows)  # the held-out rows, measured without them
     desc = kinds.describe_index(index)
     desc.update(tuned)

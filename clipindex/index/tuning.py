@@ -11,8 +11,9 @@ The kind (:func:`choose_index`):
   build, projected from a timed sample, costs at most ``build_factor`` x the IVF's;
 - else ``ivfpq``: an OPQ rotation, ``4 * sqrt(n)`` cells (at most
   :data:`~clipindex.index.structure.MAX_NLIST`) and 8-bit PQ codes whose size
-  (``pq_m`` bytes per vector) is the largest that fits the budget (more bytes, more
-  recall for the same scan).
+  (``pq_m`` bytes per vector) fits the budget: :func:`choose_index` gives the largest,
+  and ``auto`` chooses among it and smaller ones from candidates trained on a sample
+  (:mod:`clipindex.index.pqsize`: the fastest at the target recall).
 
 Held-out queries (:func:`held_out_sets`): ``queries`` rows are drawn (seeded) from the
 store and kept *out of the index* while it is tuned and measured (they are added after),
@@ -48,6 +49,8 @@ from clipindex.index.topk import exact_top_k, top_k
 __all__ = [
     "AUTO_FLAT_MAX_CELLS",
     "DEFAULT_TARGET_RECALL",
+    "NEARLY_FREE",
+    "PQ_SIZES",
     "RERANK_FACTOR",
     "AutoSettings",
     "HeldOut",
@@ -76,7 +79,8 @@ MARGIN_SE = 1.5
 _NPROBE_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160,
                 192, 256, 320, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192, 16384)
 _EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048)
-_PQ_M = (128, 64, 48, 32, 24, 16, 12, 8, 4)
+#: PQ code sizes (bytes a vector) ``auto`` may use, largest first.
+PQ_SIZES = (128, 64, 48, 32, 24, 16, 12, 8, 4)
 
 
 @dataclass(frozen=True)
@@ -139,10 +143,10 @@ def choose_index(n: int, d: int, settings: AutoSettings) -> tuple[str, dict[str,
     if budget is None or n * (4 * d + 8) <= budget:
         return "ivf", {}
     per_vector = budget / n - 8  # inverted lists keep an 8-byte id per vector
-    fits = [m for m in _PQ_M if m <= per_vector and d % m == 0]
+    fits = [m for m in PQ_SIZES if m <= per_vector and d % m == 0 and d // m >= 2]
     if not fits:
-        need = n * (8 + min(m for m in _PQ_M if d % m == 0)) if any(
-            d % m == 0 for m in _PQ_M) else None
+        need = n * (8 + min(m for m in PQ_SIZES if d % m == 0)) if any(
+            d % m == 0 for m in PQ_SIZES) else None
         raise UserInputError(
             f"--max-index-memory {budget:,} bytes is too small for {n:,} vectors of dim {d}"
             + (f" (the smallest PQ index needs ~{need:,})" if need else ""))
