@@ -410,7 +410,17 @@ def add_with_options(
     """:func:`add_to_store` with its settings made (and checked) by :func:`add_options`.
 
     One sequence from the checks to the published generation: lock, plan, stage,
-    commit, publish."""
+    commit, publish. A clip-retrieval output folder added to a store made by
+    ``clipindex import`` goes to :func:`~clipindex.store.addimported.add_embeddings`
+    (nothing encoded)."""
+    from clipindex.store.addimported import add_embeddings, is_embeddings_add
+
+    if isinstance(source, (str, os.PathLike)) and is_embeddings_add(source, index):
+        if root is not None or label_field is not None:
+            raise UserInputError("--root and --label-field do not apply to an add of "
+                                 "embeddings: the store keeps the root its import recorded")
+        return add_embeddings(source, index=index, backbones=backbones, pretrained=pretrained,
+                              storage_options=storage_options, _hook=_hook)
     t0 = time.perf_counter()
     ddir = Path(index)
     decode = opts.decode
