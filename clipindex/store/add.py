@@ -416,10 +416,8 @@ def add_with_options(
     from clipindex.store.addimported import add_embeddings, is_embeddings_add
 
     if isinstance(source, (str, os.PathLike)) and is_embeddings_add(source, index):
-        if root is not None or label_field is not None:
-            raise UserInputError("--root and --label-field do not apply to an add of "
-                                 "embeddings: the store keeps the root its import recorded")
         return add_embeddings(source, index=index, backbones=backbones, pretrained=pretrained,
+                              root=root, label_field=label_field,
                               storage_options=storage_options, _hook=_hook)
     t0 = time.perf_counter()
     ddir = Path(index)

@@ -111,12 +111,15 @@ def add_embeddings(
     backbones: Sequence[str] | None = None,
     pretrained: str = "default",
     storage_options: dict[str, Any] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    label_field: str | None = None,
     _hook: Callable[[str], None] | None = None,
 ) -> AddResult:
     """Bring the imported store ``index`` (``OUT/<dataset>``) up to date with the
     clip-retrieval output ``folder``, as a new generation; nothing is encoded (see the
     module docstring). ``backbones`` (default: every imported backbone of the store)
-    are updated; ``folder`` may be a URL (read with ``storage_options``).
+    are updated; ``folder`` may be a URL (read with ``storage_options``). ``root`` and
+    ``label_field`` (an ordinary add's) are refused: the store keeps its recorded root.
 
     Example
     -------
@@ -124,6 +127,9 @@ def add_embeddings(
     'added 20 rows from embeddings (nothing encoded), removed 0'
     """
     t0 = time.perf_counter()
+    if root is not None or label_field is not None:
+        raise UserInputError("--root and --label-field do not apply to an add of "
+                             "embeddings: the store keeps the root its import recorded")
     ddir = Path(index)
     info = read_dataset_info(generation_dir(ddir))
     if not info.get("imported"):
