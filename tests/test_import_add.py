@@ -223,3 +223,21 @@ def test_a_folder_at_a_url_is_fetched_and_added(tmp_path: Path, moto_s3: Any) ->
     np.testing.assert_allclose(index.image_vectors[55:], unit(new), atol=2e-3)
     assert index.dataset_info["imported"]["folder"] == url
     assert not list((tmp_path / "out").glob(".*"))  # the staging copy is gone
+
+
+def test_the_add_of_embeddings_loads_no_model(tmp_path: Path) -> None:
+    """The whole ``clipindex add`` of a new part, in a fresh process: no torch, no
+    open_clip (nothing is encoded, no weights are resolved)."""
+    import subprocess
+    import sys
+
+    folder, ddir, _ = imported(tmp_path)
+    write_part(folder, 2, 6, 55, seed=4)
+    code = ("import sys; from clipindex.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code\n"
+            "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, "add", str(folder), "--index",
+                          str(ddir), "--json"], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    lines = out.stdout.strip().splitlines()
+    assert json.loads(lines[0])["added"] == 6 and lines[-1] == "[]", out.stdout + out.stderr

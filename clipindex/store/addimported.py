@@ -169,8 +169,14 @@ def _chosen(cdir: Path, ddir: Path, backbones: Sequence[str] | None, pretrained:
             ) -> list[tuple[Any, dict[str, Any]]]:
     """The imported backbones the add updates, checked against the folder (dim, caption
     vectors) and the tables (a backbone behind them cannot catch up from embeddings)."""
-    chosen = [(t, m) for t, m in _targets(cdir, ddir, backbones, pretrained)
-              if m.get("imported") or backbones]
+    if backbones:
+        chosen: list[tuple[Any, dict[str, Any]]] = _targets(cdir, ddir, backbones, pretrained)
+    else:  # every imported backbone, by its folder: no model (nor torch) is resolved
+        from clipindex.store.manifest import read_manifest
+        from clipindex.store.reader import list_backbones
+
+        chosen = [(SimpleNamespace(folder=f, name=f), m) for f in list_backbones(ddir)
+                  if (m := read_manifest(cdir / f)).get("imported")]
     if not chosen:
         raise UserInputError(f"{ddir} has no imported backbone to add embeddings to")
     for t, m in chosen:
