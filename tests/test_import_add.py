@@ -137,6 +137,8 @@ def test_a_removed_part_is_tombstoned_and_a_second_add_is_a_no_op(tmp_path: Path
     again = add(folder, ddir)
     assert (again["added"], again["removed"], again["generation"]) == (0, 0, 1)
     assert again["summary"] == "added 0 rows from embeddings (nothing encoded), removed 0"
+    named = add(folder, ddir, "--backbone", BACKBONE)  # the backbone resolved by name
+    assert (named["added"], named["removed"], named["generation"]) == (0, 0, 1)
     assert snapshot(ddir) == before
 
 
