@@ -223,8 +223,12 @@ def add(args: argparse.Namespace) -> None:
 
     src, work, store = Path(args.out), Path(args.work), Path(args.store)
     info = json.loads((store / "dataset.json").read_text())
-    parts = [i for i in info["imported"]["parts"]  # after an add: the imported ones
-             if (src / "img_emb" / f"img_emb_{i}.npy").exists()]
+    parts = list(info["imported"]["parts"])
+    missing = [i for i in parts if not (src / "img_emb" / f"img_emb_{i}.npy").exists()]
+    if missing == [max(parts)] and info.get("generation"):
+        parts.remove(max(parts))  # the part an earlier run of this step added
+    elif missing:  # the store would lose (tombstone) every row of a missing part
+        sys.exit(f"{src}/img_emb lacks the imported parts {missing}; regenerate them (gen)")
     folder = grown_folder(src, parts, args.n, work / "grown")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
