@@ -243,3 +243,33 @@ def test_the_add_of_embeddings_loads_no_model(tmp_path: Path) -> None:
                          cwd=Path(__file__).resolve().parents[1])
     lines = out.stdout.strip().splitlines()
     assert json.loads(lines[0])["added"] == 6 and lines[-1] == "[]", out.stdout + out.stderr
+
+
+def test_bench_10m_add_step_runs_the_cli_on_a_grown_folder(tmp_path: Path) -> None:
+    """``benchmarks/bench_10m.py add`` end to end on a tiny set: gen, truth, import, add."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_10m.py"
+    src = tmp_path / "src"
+    common = ["--n", "3000", "--out", str(src)]
+
+    def step(*args: str) -> list[dict[str, Any]]:
+        out = subprocess.run([sys.executable, str(bench), *args, *common], check=True,
+                             capture_output=True, text=True)
+        return [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+
+    step("gen", "--part", "1000", "--add", "30", "--centres", "50", "--queries", "40")
+    step("truth")
+    res = run_cli("import", src, "--backbone", "ViT-B-32", "--pretrained", "none", "--out",
+                  tmp_path / "stores", "--name", "s3k", "--dtype", "float16")
+    assert res.exit_code == 0, res.output
+    first, after = step("add", "--store", str(tmp_path / "stores" / "s3k"), "--work",
+                        str(tmp_path / "work"), "--queries", "40", "--warm", "5",
+                        "--backbone", "ViT-B-32__none")
+    assert first["summary"] == "added 30 rows from embeddings (nothing encoded), removed 0"
+    assert first["wall_s"] > 0 and first["peak_rss_gb"] > 0
+    assert (after["rows_after"], after["added"], after["generation"]) == (3030, 30, 1)
+    assert after["recall_at_10"] >= 0.9
+    assert sorted(p.name for p in (tmp_path / "work" / "grown" / "img_emb").iterdir()) == [
+        f"img_emb_{i}.npy" for i in range(4)]
