@@ -174,7 +174,7 @@ def test_a_text_less_folder_for_a_store_with_caption_vectors_is_an_error(tmp_pat
     assert snapshot(ddir) == before
 
 
-def test_paths_outside_the_recorded_root_and_encoding_stores_are_refused(
+def test_paths_outside_the_recorded_root_and_a_root_option_are_refused(
         tmp_path: Path) -> None:
     folder, ddir, _ = imported(tmp_path)
     write_part(folder, 2, 5, 55, seed=1)
@@ -187,6 +187,15 @@ def test_paths_outside_the_recorded_root_and_encoding_stores_are_refused(
     assert_one_line_error(run_cli("add", folder, "--index", ddir, "--root", tmp_path),
                           "--root")
     assert snapshot(ddir) == before
+
+
+def test_a_store_built_by_encoding_refuses_an_add_of_embeddings(store_copy: Path,
+                                                                 tmp_path: Path) -> None:
+    make_layout(tmp_path / "clip", FIRST)
+    before = snapshot(store_copy)
+    assert_one_line_error(run_cli("add", tmp_path / "clip", "--index", store_copy),
+                          "not by `clipindex import`")
+    assert snapshot(store_copy) == before
 
 
 def test_a_text_less_store_imported_with_pretrained_none_takes_a_new_part(tmp_path: Path

@@ -157,8 +157,8 @@ def _source(folder: Path, info: dict[str, Any]) -> SimpleNamespace:
     has_text = parts[0].captions is not None
     images, captions = metadata_tables(meta, files, has_text)
     del meta, files
-    stamp = [[p.suffix, p.rows, *(os.stat(f).st_size for f in (p.images, p.metadata))]
-             for p in parts]
+    stamp = [[p.suffix, p.rows, *((os.stat(f).st_size, os.stat(f).st_mtime_ns)
+                                  for f in (p.images, p.metadata))] for p in parts]
     digest = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
     return SimpleNamespace(parts=parts, dim=dim, images=images, captions=captions,
                            has_text=has_text, fingerprint=f"embeddings:{digest}")
