@@ -14,7 +14,9 @@ Steps (each its own sub-command, so the long ones run in the background and resu
 - ``search``: open the imported store (``open_index``) and time ``search_indexes`` one
   query at a time (1 thread) and the process's resident memory (VmRSS / VmHWM).
 
-- ``add``: the index half of ``clipindex add`` of ``add.npy`` (1%), then held-out recall.
+- ``add``: ``clipindex add`` of ``add.npy`` (1%) written as the next clip-retrieval part
+  (the real CLI path: nothing encoded), then held-out recall. It writes a new generation
+  into ``--store``.
 
 Run (figures in benchmarks/RESULTS.md, section ``bench_10m``, written by hand)::
 
@@ -31,6 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -175,60 +179,105 @@ def search(args: argparse.Namespace) -> None:
                       "load": os.getloadavg()}), flush=True)
 
 
-def add(args: argparse.Namespace) -> None:
-    """The index half of ``clipindex add`` of ``add.npy`` (1%) to the store: the matrix
-    extended (``store.add._extend``) and the FAISS index updated (``store.update.
-    update_index``: ``add_with_ids`` into the trained cells, recall re-measured), timed;
-    then held-out recall@10 and p50 of the store's search (``rescored_search`` over
-    the extended memory map, the manifest's rerank factor and knob) against the exact
-    truth over all rows. Written beside the store (``--work``), the store untouched."""
-    from clipindex.index.files import load_index
-    from clipindex.index.kinds import set_search_knob, set_search_threads
-    from clipindex.index.topk import top_k as rescored_search
-    from clipindex.store.add import _extend
-    from clipindex.store.manifest import read_manifest
-    from clipindex.store.update import update_index
+def grown_folder(src: Path, parts: list[int], n: int, out: Path) -> Path:
+    """clip-retrieval's output grown by one part: ``out`` holds symlinks to the
+    imported ``parts`` of ``src`` and part ``max(parts) + 1``, ``add.npy`` (a symlink:
+    it is already an ``img_emb`` part) with metadata of image paths the store lacks
+    (``img/<n + j>.jpg``: the import's numbering goes on)."""
+    import pandas as pd
 
-    set_search_threads(1)
-    src, work = Path(args.out), Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    bdir = next(p.parent for p in Path(args.store).glob("**/manifest.json"))
-    m = read_manifest(bdir)
-    new = np.load(src / "add.npy")
-    n_have = int(m["n_images"])
+    shutil.rmtree(out, ignore_errors=True)
+    for sub, name, ext in (("img_emb", "img_emb", "npy"), ("metadata", "metadata", "parquet"),
+                           ("text_emb", "text_emb", "npy")):
+        if not (src / sub).is_dir():
+            continue
+        (out / sub).mkdir(parents=True)
+        for i in parts:
+            (out / sub / f"{name}_{i}.{ext}").symlink_to((src / sub / f"{name}_{i}.{ext}"
+                                                          ).resolve())
+    nxt = max(parts) + 1
+    (out / "img_emb" / f"img_emb_{nxt}.npy").symlink_to((src / "add.npy").resolve())
+    rows = len(np.load(src / "add.npy", mmap_mode="r"))
+    ids = np.arange(n, n + rows)
+    pd.DataFrame({"image_path": [f"img/{j:08d}.jpg" for j in ids],
+                  "label": np.array(["cat", "dog", "cow", "sheep", "horse"])[ids % 5]}
+                 ).to_parquet(out / "metadata" / f"metadata_{nxt}.parquet", index=False)
+    return out
+
+
+def add(args: argparse.Namespace) -> None:
+    """``clipindex add`` of ``add.npy`` (1% of 10M) to the imported store, through the
+    product: ``add.npy`` written as the next clip-retrieval part of a folder of symlinks
+    to the imported parts (:func:`grown_folder`, in ``--work``), then ``clipindex add
+    FOLDER --index STORE --json`` run as a child process (wall and CPU seconds, peak
+    RSS); then held-out recall@10 and p50 of the store's search (``open_index`` +
+    ``search_indexes``, one thread) against the exact truth over all rows (the old
+    truth merged with the added rows' exact scores), and the recall the add recorded
+    in the manifest. The store gets a new generation (``clipindex compact`` or a new
+    import undoes it)."""
+    import resource
+
+    from clipindex.index.kinds import set_search_threads
+    from clipindex.search import search_indexes
+    from clipindex.store import open_index
+
+    src, work, store = Path(args.out), Path(args.work), Path(args.store)
+    info = json.loads((store / "dataset.json").read_text())
+    parts = list(info["imported"]["parts"])
+    missing = [i for i in parts if not (src / "img_emb" / f"img_emb_{i}.npy").exists()]
+    if missing == [max(parts)] and info.get("generation"):
+        parts.remove(max(parts))  # the part an earlier run of this step added
+    elif missing:  # the store would lose (tombstone) every row of a missing part
+        sys.exit(f"{src}/img_emb lacks the imported parts {missing}; regenerate them (gen)")
+    folder = grown_folder(src, parts, args.n, work / "grown")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    valid = np.ones(n_have + len(new), dtype=bool)
-    matrix = _extend(bdir / "images.npy", work / "images.npy", new, valid, m["dtype"])
-    extend_s = time.perf_counter() - t0
-    desc = update_index(bdir / "images.faiss", work / "images.faiss", matrix, valid, n_have,
-                        m["index"], "images", lambda: {}, 1)
-    add_s = time.perf_counter() - t0
-    print(json.dumps({"extend_s": round(extend_s, 1), "add_s": round(add_s, 1),
-                      "manifest_recall_after": desc.get("recall_at_10")}), flush=True)
+    proc = subprocess.run([sys.executable, "-c", "from clipindex.cli import main; main()",
+                           "add", str(folder), "--index", str(store), "--json",
+                           "--no-progress"], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        sys.exit(f"clipindex add failed: {proc.stderr.strip()}")
+    result = json.loads(proc.stdout)
+    print(json.dumps({"summary": result["summary"], "wall_s": round(wall, 1),
+                      "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime
+                                     - before.ru_stime, 1),
+                      "peak_rss_gb": round(after.ru_maxrss * 1024 / 1e9, 2)}), flush=True)
+    set_search_threads(1)
+    index = open_index(store, args.backbone)
+    desc = index.index_description("images")
+    new = np.load(src / "add.npy", mmap_mode="r")
+    n_have = len(index.images) - len(new)
     q = np.load(src / "queries.npy")[:args.queries]
     exact = np.load(src / f"truth_{args.n}.npy")[:args.queries]
+    matrix = index.image_vectors
     old_s = np.einsum("qd,qkd->qk", q, np.asarray(matrix[exact], np.float32))
-    new_s = q @ new.astype(np.float32).T  # the added rows' exact scores
+    new_s = q @ np.asarray(matrix[n_have:], np.float32).T  # the added rows' exact scores
     all_s = np.concatenate([old_s, new_s], axis=1)
     all_i = np.concatenate([exact, np.broadcast_to(np.arange(n_have, n_have + len(new)),
                                                    new_s.shape)], axis=1)
     truth_after = np.take_along_axis(all_i, np.argsort(-all_s, axis=1, kind="stable")[:, :K],
                                      axis=1)
-    index = load_index(work / "images.faiss", mmap=True)
-    set_search_knob(index, int(desc["nprobe"]))
-    rerank = int(desc.get("rerank_factor") or 16)
+    for i in range(min(args.warm, len(q))):
+        search_indexes(index, vectors=q[-1 - i], k=K)  # warm-up: not timed
     times, found = [], []
     for i in range(len(q)):
         t1 = time.perf_counter()
-        found.append(rescored_search(index, matrix, q[i:i + 1], K, rerank=rerank)[1][0])
+        frame = search_indexes(index, vectors=q[i], k=K).frame
         times.append(time.perf_counter() - t1)
-    print(json.dumps({"rows_after": int(len(valid)), "added": int(len(new)),
-                      "add_seconds": round(add_s, 1),
+        found.append(np.pad(frame["row_id"].to_numpy(np.int64), (0, K - len(frame)),
+                            constant_values=-1))
+    print(json.dumps({"rows_after": int(len(index.images)), "added": result["added"],
+                      "generation": result["generation"], "kind": desc.get("kind"),
                       "new_in_truth": int((truth_after >= n_have).sum()),
                       "recall_at_10": round(recall(np.array(found), truth_after), 4),
                       "p50_ms": round(1e3 * np.percentile(times, 50), 2),
-                      "manifest_recall_after": desc.get("recall_at_10"), **rss_gb(),
-                      "load": os.getloadavg()}), flush=True)
+                      "manifest_recall_after": desc.get("recall_at_10"),
+                      "held_out_queries": desc.get("held_out_queries"),
+                      "recall_measured_at_generation":
+                          desc.get("recall_measured_at_generation"),
+                      **rss_gb(), "load": os.getloadavg()}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

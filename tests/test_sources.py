@@ -542,3 +542,41 @@ def test_yaml_configs_for_folder_and_manifest_sources(fields_roads: Path, tmp_pa
     assert ds.images["file"].tolist() == ["fields/f000.png", "roads/r000.PNG"]
     assert ds.images["width"].tolist() == [8, 5] and len(ds.captions) == 3
     assert ds.info["config"]["root"] == str(fields_roads)
+
+
+def _one_shot_fingerprint(images: pd.DataFrame, captions: pd.DataFrame) -> str:
+    """The fingerprint as first written (every row serialised at once): stores record
+    it, so the chunked one must give the same bytes."""
+    import hashlib
+
+    from clipindex.sources.fingerprint import _json_native
+
+    h = hashlib.sha256(b"clipindex-tables-v1")
+    for name, table in (("images", images), ("captions", captions)):
+        payload = {"table": name, "columns": [str(c) for c in table.columns],
+                   "rows": table.to_dict(orient="split")["data"]}
+        h.update(json.dumps(payload, separators=(",", ":"), default=_json_native,
+                            allow_nan=True).encode("utf-8"))
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 65536])
+def test_the_chunked_fingerprint_equals_the_one_shot_one(chunk: int,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    import importlib
+
+    fp_module = importlib.import_module("clipindex.sources.fingerprint")
+    monkeypatch.setattr(fp_module, "_CHUNK", chunk)
+    images = pd.DataFrame({"row_id": np.arange(5, dtype=np.int64),
+                           "file": pd.Series(["a.jpg", "b/é.jpg", "c.jpg", "d", "e"],
+                                             dtype="str"),
+                           "label": ["cat", None, "dog", "cat", "dog"],
+                           "score": [0.5, np.nan, 1e-9, -2.0, 3.0],
+                           "flag": [True, False, True, True, False],
+                           "n": np.array([1, 2, 3, 4, 5], dtype=np.int32)})
+    captions = pd.DataFrame({"row_id": np.arange(4), "image_row_id": [0, 0, 2, 4],
+                             "text": ["a \"quoted\" cat", "x", "", "ünï"]})
+    for imgs, caps in ((images, captions), (images.iloc[:0], captions.iloc[:0]),
+                       (images.iloc[:1], captions)):
+        assert fingerprint(imgs, caps) == _one_shot_fingerprint(imgs, caps)

@@ -59,24 +59,35 @@ def add_command(source: str, index: Path, backbones: tuple[str, ...], root: str 
     images the store has and SOURCE lost are tombstoned (never returned, never
     renumbered; `clipindex compact` drops them). An image is its path relative to the
     source's root. Each add writes a new store generation atomically; a killed add
-    leaves the previous one whole and rerunning it finishes it.
+    leaves the previous one whole and rerunning it finishes it. For a store made by
+    `clipindex import`, SOURCE is the grown clip-retrieval output folder (or URL):
+    new image_path rows are added from its vectors, nothing is encoded.
 
     \b
       clipindex add photos/ --index indexes/photos
       clipindex add photos/ --index indexes/photos --backbone tiny-vit --json
+      clipindex add clip_out --index indexes/laion-part
     """
     from clipindex.store.add import add_options, add_with_options
+    from clipindex.store.addimported import add_embeddings, is_embeddings_add
 
-    # The library's settings, made (and checked) once; click checked only the types.
-    opts = add_options(index, batch_size=batch_size, shard_size=shard_size, workers=workers,
-                       threads=threads, device=device, decode=decode, progress=progress)
     with _store_notes(verbose):
-        result = add_with_options(source, opts, index=index,
-                                  backbones=list(backbones) or None, root=root,
-                                  pretrained=pretrained,
-                                  allow_outside_root=allow_outside_root,
-                                  storage_options=storage_options or None,
-                                  label_field=label_field)
+        if is_embeddings_add(source, index):  # nothing to encode: no encoder settings
+            result = add_embeddings(source, index=index, backbones=list(backbones) or None,
+                                    pretrained=pretrained, root=root,
+                                    label_field=label_field,
+                                    storage_options=storage_options or None)
+        else:
+            # The library's settings, made (and checked) once; click checked only types.
+            opts = add_options(index, batch_size=batch_size, shard_size=shard_size,
+                               workers=workers, threads=threads, device=device,
+                               decode=decode, progress=progress)
+            result = add_with_options(source, opts, index=index,
+                                      backbones=list(backbones) or None, root=root,
+                                      pretrained=pretrained,
+                                      allow_outside_root=allow_outside_root,
+                                      storage_options=storage_options or None,
+                                      label_field=label_field)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     for folder in result.stale:

@@ -28,6 +28,8 @@ __all__ = ["dataset_fingerprint", "fingerprint"]
 
 log = logging.getLogger(__name__)
 
+_CHUNK = 65536  # rows serialised at a time
+
 
 def fingerprint(images: pd.DataFrame, captions: pd.DataFrame) -> str:
     """sha256 of a canonical serialisation of both tables' content.
@@ -46,13 +48,18 @@ def fingerprint(images: pd.DataFrame, captions: pd.DataFrame) -> str:
                                  f"Dataset's {name} table); got {type(table).__name__}")
     h = hashlib.sha256(b"clipindex-tables-v1")
     for name, table in (("images", images), ("captions", captions)):
-        payload = {
-            "table": name,
-            "columns": [str(c) for c in table.columns],
-            "rows": table.to_dict(orient="split")["data"],
-        }
-        text = json.dumps(payload, separators=(",", ":"), default=_json_native, allow_nan=True)
-        h.update(text.encode("utf-8"))
+        # The bytes of json.dumps({"table", "columns", "rows": every row}), written
+        # _CHUNK rows at a time: the same hash without millions of rows as Python lists
+        # (and their JSON text) in memory at once.
+        head = json.dumps({"table": name, "columns": [str(c) for c in table.columns]},
+                          separators=(",", ":"))
+        h.update((head[:-1] + ',"rows":[').encode("utf-8"))
+        for lo in range(0, len(table), _CHUNK):
+            rows = table.iloc[lo:lo + _CHUNK].to_dict(orient="split")["data"]
+            text = json.dumps(rows, separators=(",", ":"), default=_json_native,
+                              allow_nan=True)
+            h.update((("," if lo else "") + text[1:-1]).encode("utf-8"))
+        h.update(b"]}")
     return h.hexdigest()
 
 

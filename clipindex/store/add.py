@@ -21,19 +21,19 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from clipindex.errors import (
-    DataError,
     IndexMismatchError,
     UserInputError,
     os_fault,
     os_faults,
 )
+from clipindex.store.addplan import RowPlan, plan_rows
 from clipindex.store.build import check_rows, image_inputs, source_overrides
 from clipindex.store.generations import (
     commit,
@@ -44,7 +44,6 @@ from clipindex.store.generations import (
     publish,
     stage,
     store_fingerprint,
-    tombstones,
 )
 from clipindex.store.lock import build_lock
 from clipindex.store.manifest import (
@@ -69,8 +68,8 @@ from clipindex.store.verify import read_dataset_info, read_tables
 if TYPE_CHECKING:
     from clipindex.sources import Dataset
 
-__all__ = ["ADD_SHARDS", "AddResult", "RowPlan", "add_options", "add_to_store",
-           "add_with_options", "plan_rows"]
+__all__ = ["ADD_SHARDS", "AddResult", "NewRows", "RowPlan", "add_options", "add_to_store",
+           "add_with_options", "plan_rows", "write_backbone"]
 
 log = logging.getLogger("clipindex.store")
 
@@ -93,10 +92,14 @@ class AddResult:
     encoded: dict[str, int] = field(default_factory=dict)
     stale: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    from_embeddings: bool = False  # the rows' vectors were read, not encoded
 
     def line(self) -> str:
         """What was encoded (per backbone where they differ: a catch-up add encodes the
         rows a stale backbone lacks, not only the rows added now) and removed."""
+        if self.from_embeddings:
+            return (f"added {self.added} rows from embeddings (nothing encoded), "
+                    f"removed {self.removed}")
         counts = set(self.encoded.values())
         if len(counts) <= 1:
             return f"encoded {counts.pop() if counts else 0} new images, removed {self.removed}"
@@ -104,68 +107,7 @@ class AddResult:
         return f"encoded new images ({each}), removed {self.removed}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class RowPlan:
-    """The store's tables after an add and what changed."""
-
-    images: pd.DataFrame
-    captions: pd.DataFrame
-    dead_images: np.ndarray
-    dead_captions: np.ndarray
-    added: int
-    removed: int
-    added_captions: int
-    removed_captions: int
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.added or self.removed or self.removed_captions)
-
-
-def _identity(table: pd.DataFrame) -> pd.Series:
-    """An image's identity: its ``file``, with its ``etag`` when the source records one."""
-    files = table["file"].astype(str)
-    if "etag" in table.columns:
-        return files + "\0" + table["etag"].fillna("").astype(str)
-    return files
-
-
-def plan_rows(images: pd.DataFrame, captions: pd.DataFrame, info: dict[str, Any],
-              source: Any) -> RowPlan:
-    """Match ``source``'s images to the store's by relative path: new ones appended
-    (row ids after the last), gone ones tombstoned with their captions."""
-    dead_i, dead_c = tombstones(info)
-    files = _identity(images)
-    live = np.ones(len(images), dtype=bool)
-    live[dead_i] = False
-    src = source.images
-    src_files = _identity(src)
-    if src_files.duplicated().any():
-        raise DataError(f"the source lists {src_files[src_files.duplicated()].iloc[0]!r} "
-                        "more than once; an image's identity is its path")
-    gone = np.flatnonzero(live & ~files.isin(set(src_files)).to_numpy())
-    new = src[~src_files.isin(set(files[live])).to_numpy()]
-    n0, nc0 = len(images), len(captions)
-    row_of = dict(zip(new["row_id"].astype(int), range(n0, n0 + len(new)), strict=True))
-    add = new.reindex(columns=images.columns).assign(row_id=np.arange(n0, n0 + len(new)))
-    new_images = pd.concat([images, add], ignore_index=True) if len(add) else images
-    caps = source.captions[source.captions["image_row_id"].isin(row_of)]
-    caps = caps.reindex(columns=captions.columns).assign(
-        row_id=np.arange(nc0, nc0 + len(caps)),
-        image_row_id=caps["image_row_id"].map(row_of).to_numpy())
-    new_captions = pd.concat([captions, caps], ignore_index=True) if len(caps) else captions
-    for frame in (new_images, new_captions):
-        frame["row_id"] = frame["row_id"].astype(np.int64)
-    new_captions["image_row_id"] = new_captions["image_row_id"].astype(np.int64)
-    gone_c = np.flatnonzero(captions["image_row_id"].isin(gone).to_numpy())
-    return RowPlan(new_images, new_captions,
-                   np.union1d(dead_i, gone).astype(np.int64),
-                   np.union1d(dead_c, gone_c).astype(np.int64),
-                   added=len(new), removed=len(gone), added_captions=len(caps),
-                   removed_captions=len(np.setdiff1d(gone_c, dead_c)))
+        return {**asdict(self), "summary": self.line()}
 
 
 def _load_source(source: Any, root: Any, extra: dict[str, Any]) -> Any:
@@ -280,29 +222,54 @@ def _encode_new(target: Target, m: dict[str, Any], plan: RowPlan, source: Any, d
     return new_i, new_c, skipped, n_img
 
 
-def _stage_backbone(ddir: Path, cdir: Path, staged: Path, target: Target,
-                    m: dict[str, Any], plan: RowPlan, fingerprint: str, generation: int,
+def _stage_backbone(staged: Path, target: Target, m: dict[str, Any], *, ddir: Path,
+                    cdir: Path, plan: RowPlan, fingerprint: str, generation: int,
                     source: Any, opts: BuildOptions, encoding: EncodePlan,
                     hook: Hook | None) -> int:
     """Write one backbone's folder of the new generation into ``staged``; returns the
     image rows it encoded in this run."""
-    from clipindex import __version__
-
     t0 = time.perf_counter()
     stamp = {"generation": generation, "dataset_fingerprint": fingerprint,
              **target.identity, "dim": int(m["dim"])}
-    new_i, new_c, skipped_new, n_encoded = _encode_new(target, m, plan, source, ddir, stamp,
-                                                       opts, encoding, hook)
-    old, out = cdir / target.folder, staged / target.folder
+    rows = NewRows(*_encode_new(target, m, plan, source, ddir, stamp, opts, encoding, hook))
+    write_backbone(cdir / target.folder, staged / target.folder, m, plan, fingerprint,
+                   generation, rows, t0)
+    return rows.encoded
+
+
+@dataclass
+class NewRows:
+    """A backbone's vectors of the rows new in a generation: arrays, or functions that
+    fill the new rows of the stored matrix in place (an add of imported embeddings),
+    with the new rows' skipped inputs and invalid captions (store row ids)."""
+
+    images: np.ndarray | Callable[[np.ndarray], None]
+    captions: np.ndarray | Callable[[np.ndarray], None]
+    skipped: list[dict[str, Any]]
+    encoded: int
+    invalid_captions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    note: dict[str, Any] = field(default_factory=dict)  # more of the manifest's last_add
+
+
+def write_backbone(old: Path, out: Path, m: dict[str, Any], plan: RowPlan,
+                   fingerprint: str, generation: int, rows: NewRows, t0: float) -> None:
+    """The backbone folder ``out`` of generation ``generation``: ``old``'s matrices
+    extended by ``rows``, tombstoned and skipped rows zeroed, the FAISS indexes updated
+    (:func:`~clipindex.store.update.update_index`), the text cache kept, the manifest
+    (``m`` updated) written last."""
+    from clipindex import __version__
+
     out.mkdir(parents=True)
-    skipped = sorted([*m.get("skipped", []), *skipped_new], key=lambda s: s["row_id"])
+    skipped = sorted([*m.get("skipped", []), *rows.skipped], key=lambda s: s["row_id"])
     valid = np.ones(len(plan.images), dtype=bool)
     valid[[int(s["row_id"]) for s in skipped]] = False
     valid[plan.dead_images] = False
     cap_valid = np.ones(len(plan.captions), dtype=bool)
     cap_valid[plan.dead_captions] = False
+    cap_valid[rows.invalid_captions] = False
     matrices = {name: _extend(old / f"{name}.npy", out / f"{name}.npy", new, ok, m["dtype"])
-                for name, new, ok in (("images", new_i, valid), ("captions", new_c, cap_valid))}
+                for name, new, ok in (("images", rows.images, valid),
+                                      ("captions", rows.captions, cap_valid))}
     crosses = {"images": lambda: {"text_to_image": matrices["captions"]},
                "captions": lambda: {"image_to_text": matrices["images"][valid]}}
     index = dict(m.get("index") or {})
@@ -318,24 +285,25 @@ def _stage_backbone(ddir: Path, cdir: Path, staged: Path, target: Target,
                 "skipped": skipped, "dataset_fingerprint": fingerprint,
                 "generation": generation, "n_tombstoned": int(len(plan.dead_images)),
                 "index": index, "files": file_records(out),
-                "last_add": {"generation": generation, "images_encoded": n_encoded,
+                "last_add": {"generation": generation, "images_encoded": rows.encoded,
                              "rows_added": len(plan.images) - int(m["n_images"]),
-                             "seconds": round(seconds, 4)}}
+                             "seconds": round(seconds, 4), **rows.note}}
     write_manifest(out, manifest)
-    return n_encoded
 
 
-def _extend(old: Path, path: Path, new: np.ndarray, ok: np.ndarray, dtype: str
-            ) -> np.ndarray:
+def _extend(old: Path, path: Path, new: np.ndarray | Callable[[np.ndarray], None],
+            ok: np.ndarray, dtype: str) -> np.ndarray:
     """Write ``path``: the stored rows of ``old`` (copied block by block from its memory
-    map), then ``new``, with the rows not ``ok`` (tombstoned, skipped) zeroed; returns it
-    memory-mapped read-only."""
+    map), then ``new`` (or what ``new(rows)`` writes into the new rows), with the rows
+    not ``ok`` (tombstoned, skipped) zeroed; returns it memory-mapped read-only."""
     stored = np.load(old, mmap_mode="r")
     out = reserved_memmap(path, dtype, (len(ok), stored.shape[1]))  # never a SIGBUS
     for start in range(0, len(stored), 65536):
         stop = min(start + 65536, len(stored))
         out[start:stop] = stored[start:stop]
-    if len(new):
+    if callable(new):
+        new(out[len(stored):])
+    elif len(new):
         out[len(stored):] = new.astype(dtype)
     out[np.flatnonzero(~ok)] = 0  # tombstoned (and skipped) rows hold zero vectors
     out.flush()
@@ -442,7 +410,15 @@ def add_with_options(
     """:func:`add_to_store` with its settings made (and checked) by :func:`add_options`.
 
     One sequence from the checks to the published generation: lock, plan, stage,
-    commit, publish."""
+    commit, publish. A clip-retrieval output folder added to a store made by
+    ``clipindex import`` goes to :func:`~clipindex.store.addimported.add_embeddings`
+    (nothing encoded)."""
+    from clipindex.store.addimported import add_embeddings, is_embeddings_add
+
+    if isinstance(source, (str, os.PathLike)) and is_embeddings_add(source, index):
+        return add_embeddings(source, index=index, backbones=backbones, pretrained=pretrained,
+                              root=root, label_field=label_field,
+                              storage_options=storage_options, _hook=_hook)
     t0 = time.perf_counter()
     ddir = Path(index)
     decode = opts.decode
@@ -475,8 +451,12 @@ def add_with_options(
             result.seconds = round(time.perf_counter() - t0, 3)
             return result
         new = cur + 1
-        staged = _stage_generation(ddir, cdir, new, chosen, plan, info, source_fp, fp,
-                                   result, dataset, opts, encodings, decoders, _hook)
+        one = partial(_stage_backbone, ddir=ddir, cdir=cdir, plan=plan, fingerprint=fp,
+                      generation=new, source=dataset, hook=_hook)
+        staged = _stage_generation(
+            ddir, cdir, new, chosen, plan, info, source_fp, fp, result,
+            lambda staged, t, m: one(staged, t, m, opts=replace(opts, decode=decoders[t.folder]),
+                                     encoding=encodings[t.folder]), _hook)
         if _hook:
             _hook("staged")
         commit(ddir, new, staged, _hook)
@@ -494,13 +474,12 @@ def add_with_options(
 def _stage_generation(ddir: Path, cdir: Path, new: int,
                       chosen: list[tuple[Target, dict[str, Any]]], plan: RowPlan,
                       info: dict[str, Any], source_fp: str, fp: str, result: AddResult,
-                      source: Any, opts: BuildOptions,
-                      encodings: dict[str, EncodePlan], decoders: dict[str, str | None],
+                      stage_one: Callable[[Path, Target, dict[str, Any]], int],
                       hook: Hook | None) -> Path:
-    """Write generation ``new`` into its staging folder (counting what each backbone
-    encoded in ``result``; each backbone's new images decoded by its ``decoders`` entry,
-    the store's route); a failure removes the staging folder, and a full disk names the
-    space the add needs."""
+    """Write generation ``new`` into its staging folder: the tables, then each chosen
+    backbone's folder by ``stage_one(staged, target, manifest)`` (what it returns, the
+    rows it encoded, counted in ``result``); a failure removes the staging folder, and a
+    full disk names the space the add needs."""
     needs = _needs(chosen, plan)
     check_space(ddir, needs)
     with os_faults(ddir, needs=needs):  # a full disk names what the add needs
@@ -509,9 +488,7 @@ def _stage_generation(ddir: Path, cdir: Path, new: int,
         _stage_tables(cdir, staged, info, plan, source_fp, fp, new,
                       [t.folder for t, _ in chosen])
         for t, m in chosen:
-            result.encoded[t.folder] = _stage_backbone(
-                ddir, cdir, staged, t, m, plan, fp, new, source,
-                replace(opts, decode=decoders[t.folder]), encodings[t.folder], hook)
+            result.encoded[t.folder] = stage_one(staged, t, m)
             if hook:
                 hook(f"staged:{t.folder}")
         link_unchanged(cdir, staged)  # backbones left out (stale), unchanged tables

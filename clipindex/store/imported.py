@@ -208,28 +208,42 @@ def _root_and_files(paths: pd.Series, root: Path | str) -> tuple[Path | str, pd.
     return root, text
 
 
-def _tables(parts: list[Part], root: Path | str
-            ) -> tuple[pd.DataFrame, pd.DataFrame, Path | str]:
+def read_metadata(parts: list[Part]) -> pd.DataFrame:
+    """Every part's metadata in row order, checked: each row has an ``image_path``, and
+    no column is named as the store's own (``row_id``, ``file``)."""
     meta = pd.concat([pd.read_parquet(p.metadata) for p in parts], ignore_index=True)
     if meta[PATH_COLUMN].isna().any():
         raise DataError(f"metadata: {int(meta[PATH_COLUMN].isna().sum())} row(s) have no "
                         f"{PATH_COLUMN}")
-    base, files = _root_and_files(meta[PATH_COLUMN], root)
     if "row_id" in meta or "file" in meta:
         raise DataError("metadata columns row_id and file are the store's own; rename them")
-    images = pd.DataFrame({"row_id": np.arange(len(meta), dtype=np.int64), "file": files})
+    return meta
+
+
+def metadata_tables(meta: pd.DataFrame, files: pd.Series, captions: bool
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The images and captions tables of ``meta`` (row i: metadata row i, its ``file``
+    ``files[i]``); with ``captions``, caption i is image i's ``caption``."""
+    images = pd.DataFrame({"row_id": np.arange(len(meta), dtype=np.int64),
+                           "file": files.to_numpy()})
     images["label"] = meta["label"].astype(str) if "label" in meta else None
     images["split"] = meta["split"].astype(str) if "split" in meta else "test"
     extra = meta.drop(columns=[c for c in (PATH_COLUMN, "label", "split") if c in meta])
     images = pd.concat([images, extra], axis=1)
-    if parts[0].captions is None:
-        captions = pd.DataFrame({"row_id": pd.Series([], dtype="int64"),
-                                 "image_row_id": pd.Series([], dtype="int64"),
-                                 "text": pd.Series([], dtype=str), "label": []})
-    else:
-        captions = pd.DataFrame({"row_id": images["row_id"], "image_row_id": images["row_id"],
+    if not captions:
+        return images, pd.DataFrame({"row_id": pd.Series([], dtype="int64"),
+                                     "image_row_id": pd.Series([], dtype="int64"),
+                                     "text": pd.Series([], dtype=str), "label": []})
+    return images, pd.DataFrame({"row_id": images["row_id"], "image_row_id": images["row_id"],
                                  "text": meta[CAPTION_COLUMN].fillna("").astype(str),
                                  "label": images["label"]})
+
+
+def _tables(parts: list[Part], root: Path | str
+            ) -> tuple[pd.DataFrame, pd.DataFrame, Path | str]:
+    meta = read_metadata(parts)
+    base, files = _root_and_files(meta[PATH_COLUMN], root)
+    images, captions = metadata_tables(meta, files, parts[0].captions is not None)
     return images, captions, base
 
 
