@@ -16,16 +16,22 @@ here). ``auto`` is ``clipindex.index.auto.auto_index``
 (what ``--index-kind auto`` builds), searched as ``BackboneIndex.search`` does. The best
 hand-tuned point is the fastest sweep point whose recall is >= auto's (else the most
 accurate one); the build ratio compares auto with hand IVF at the nprobe reaching
-auto's recall (the build does not depend on nprobe). HNSW is swept over the whole base
-only up to ``--hnsw-n`` rows (its build runs ~1-3k vectors/s per core at 512-d); beyond,
-it is swept over the first ``--hnsw-n`` rows and reported, but not counted as a 1M point.
+auto's recall (the build does not depend on nprobe). HNSW (``--hnsw-m``, default 32; e.g.
+``32,16``) is built at 1 thread over the first ``--hnsw-n`` rows (``0``: all N) and swept
+over efSearch; only a graph over all N rows counts as a hand-tuned point at N (a smaller
+one is reported, not counted). With ``--hnsw-cache DIR`` a graph over all N rows is
+written there (keyed by set, N, M and seed, with its build seconds and the load it was
+built under) and read back by a later run instead of being rebuilt; at most two graphs
+are kept there (the oldest goes first).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import _common as common
@@ -33,7 +39,7 @@ import numpy as np
 
 SETS = {"clustered": (10_000, 0.9), "loose": (100, 0.75)}
 NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 256)
+EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 256, 512)
 K = 10
 
 
@@ -131,14 +137,13 @@ def run_set(args: Any, unit_vectors: Any, clustered: Any, numpy_top_k: Any) -> i
         a = {"recall": _recall(found, truth),
              "p50": _p50(lambda q: top_k(auto, x, q, K, rerank=rerank), queries,
                          args.repeats)}
-        hn = min(n, args.hnsw_n)
-        t0 = time.perf_counter()
-        hnsw = kinds.build_index(x[:hn], np.arange(hn), kind="hnsw", hnsw_m=32)
-        hnsw_s = time.perf_counter() - t0
+        hn = n if args.hnsw_n <= 0 else min(n, args.hnsw_n)
         sub_truth = truth if hn == n else numpy_top_k(x[:hn], queries, K)[1]
-        hpoints = _sweep(hnsw, EF_SEARCH, queries, sub_truth, args.repeats,
-                         f"hand HNSW32{'' if hn == n else f' (first {hn:,} rows)'}")
-        del hnsw
+        hpoints, hbuilds = [], []
+        for m in (int(v) for v in str(args.hnsw_m).split(",") if v.strip()):
+            got, built = _hnsw_sweep(x, hn, m, queries, sub_truth, args)
+            hpoints += got
+            hbuilds.append(built)
     counted = points + (hpoints if hn == n else [])
     at = [p for p in counted if p["recall"] >= a["recall"]]
     best = min(at, key=lambda p: p["p50"]) if at else max(counted, key=lambda p: p["recall"])
@@ -153,7 +158,7 @@ def run_set(args: Any, unit_vectors: Any, clustered: Any, numpy_top_k: Any) -> i
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (2 shared cores)",
         f"- builds, {args.rounds} round(s) alternating: hand IVF{nlist} "
         f"{', '.join(f'{s:.0f}' for s in hand_s)} s; auto {', '.join(f'{s:.0f}' for s in auto_s)}"
-        f" s; hand IVF{big} (once) {big_s:.0f} s; HNSW32 over {hn:,} rows {hnsw_s:.0f} s",
+        f" s; hand IVF{big} (once) {big_s:.0f} s; " + "; ".join(hbuilds),
         f"- auto chose {desc.get('kind')} ({_knobs(desc)}); recorded held-out recall@10 "
         f"{desc.get('recall_at_10')} on {desc.get('held_out_queries')} queries; cell "
         f"candidates {desc.get('cell_candidates')}; HNSW: {desc.get('hnsw_candidate')}",
@@ -162,7 +167,9 @@ def run_set(args: Any, unit_vectors: Any, clustered: Any, numpy_top_k: Any) -> i
         *(f"| {p['contender']} | {p['knob']} | {p['recall']:.3f} | {p['p50']:.3f} |"
           for p in points + hpoints), "",
         f"- best hand-tuned point at recall >= auto's: {best['contender']} {best['knob']} "
-        f"(recall {best['recall']:.3f}, p50 {best['p50']:.3f} ms)"]
+        f"(recall {best['recall']:.3f}, p50 {best['p50']:.3f} ms)"
+        + (f"; its build {best['build']}" if "build" in best else ""),
+        *_best_of_each(counted, a["recall"])]
     ratios = [
         common.ratio_line(a["p50"] / best["p50"], (
             f"clipindex auto over best hand-tuned point, 1-query p50 at equal recall, "
@@ -184,3 +191,67 @@ def run_set(args: Any, unit_vectors: Any, clustered: Any, numpy_top_k: Any) -> i
 def _knobs(desc: dict[str, Any]) -> str:
     keys = ("nlist", "nprobe", "hnsw_m", "ef_search", "pq_m", "rerank_factor")
     return ", ".join(f"{k}={desc[k]}" for k in keys if k in desc)
+
+
+def _hnsw_sweep(x: np.ndarray, hn: int, m: int, queries: np.ndarray, truth: np.ndarray,
+                args: Any) -> tuple[list[dict[str, Any]], str]:
+    """HNSW``m`` over the first ``hn`` rows (built at the caller's 1 thread, or read from
+    ``--hnsw-cache``), swept over efSearch; its points and a line on its build."""
+    from clipindex.index import kinds
+
+    cache = getattr(args, "hnsw_cache", None)
+    path = (Path(cache) / f"{args.set}-n{hn}-M{m}-seed{args.seed}.index"
+            if cache and hn == len(x) else None)
+    if path is not None and path.is_file() and path.with_suffix(".json").is_file():
+        from clipindex.index.files import load_index
+
+        meta = json.loads(path.with_suffix(".json").read_text())
+        index = load_index(path)
+        build = (f"HNSW{m} over {hn:,} rows {meta['build_s']:.0f} s (1 thread, load "
+                 f"{meta['load']}; read from {path.name})")
+    else:
+        common.log(f"set {args.set}: HNSW{m} over {hn:,} rows")
+        load0 = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        index = kinds.build_index(x[:hn], np.arange(hn), kind="hnsw", hnsw_m=m)
+        build_s = time.perf_counter() - t0
+        load = f"{load0:.1f} -> {os.getloadavg()[0]:.1f}"
+        build = f"HNSW{m} over {hn:,} rows {build_s:.0f} s (1 thread, load {load})"
+        common.log(f"set {args.set}: {build}")
+        if path is not None:
+            _cache_graph(index, path, {"build_s": build_s, "load": load})
+    name = f"hand HNSW{m}" + ("" if hn == len(x) else f" (first {hn:,} rows)")
+    points = _sweep(index, EF_SEARCH, queries, truth, args.repeats, name)
+    del index
+    for p in points:
+        p["build"] = build.split(" (")[0].split(" rows ")[-1]
+    return points, build
+
+
+def _cache_graph(index: Any, path: Path, meta: dict[str, Any]) -> None:
+    """Write ``index`` and its build ``meta`` to ``path``, leaving at most two graphs in
+    its folder (the oldest removed first)."""
+    from clipindex.index.files import save_index
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = sorted(path.parent.glob("*.index"), key=lambda f: f.stat().st_mtime)
+    for f in old[:max(0, len(old) - 1)]:
+        f.unlink()
+        f.with_suffix(".json").unlink(missing_ok=True)
+    save_index(index, path)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def _best_of_each(points: list[dict[str, Any]], recall: float) -> list[str]:
+    """The fastest point of each swept contender at recall >= ``recall``."""
+    out = []
+    for name in dict.fromkeys(p["contender"] for p in points):
+        at = [p for p in points if p["contender"] == name and p["recall"] >= recall]
+        if at:
+            b = min(at, key=lambda p: p["p50"])
+            out.append(f"  - {name}: {b['knob']} (recall {b['recall']:.3f}, p50 "
+                       f"{b['p50']:.3f} ms" + (f", build {b['build']})" if "build" in b
+                                               else ")"))
+        else:
+            out.append(f"  - {name}: no point reaches {recall:.3f}")
+    return out

@@ -331,7 +331,12 @@ def _parser() -> Any:
     parser.add_argument("--queries", type=int, default=1000, help="queries in the batch")
     parser.add_argument("--repeats", type=int, default=200, help="single-query repeats")
     parser.add_argument("--tune-queries", type=int, default=500)
-    parser.add_argument("--hnsw-n", type=int, default=100_000)
+    parser.add_argument("--hnsw-n", type=int, default=100_000,
+                        help="HNSW over the first rows only (build cost); --set: 0 = all")
+    parser.add_argument("--hnsw-m", default="32",
+                        help="--set: HNSW degrees swept, comma-separated (e.g. 32,16)")
+    parser.add_argument("--hnsw-cache", default=None,
+                        help="--set: folder keeping built full-N HNSW graphs for re-runs")
     parser.add_argument("--budget", type=common_memory, default=None,
                         help="index memory budget (e.g. 4GB) for auto and autofaiss")
     parser.add_argument("--autofaiss-python", default=str(AUTOFAISS_PY),
@@ -368,7 +373,7 @@ def _main(argv: list[str] | None = None) -> int:
 
         if args.quick:
             args.n, args.queries, args.repeats, args.tune_queries = 20_000, 100, 20, 200
-            args.hnsw_n = 5_000
+            args.hnsw_n = 5_000 if args.hnsw_n else 0  # 0: all rows
         return _sets.run_set(args, unit_vectors, clustered, numpy_top_k)
     chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
     if unknown := sorted(set(chosen) - set(BUILDERS)):

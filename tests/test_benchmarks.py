@@ -423,3 +423,25 @@ def test_bench_search_set_writes_its_section_and_two_ratios(bench_env: dict[str,
     assert any(line.startswith("| clipindex auto |") for line in lines)
     assert any(line.startswith("| hand IVF141 |") for line in lines)
     assert any("load average" in line for line in lines)
+
+
+def test_bench_search_set_sweeps_a_full_hnsw_and_reads_it_back(bench_env: dict[str, Path]
+                                                               ) -> None:
+    """``--set loose --hnsw-n 0``: HNSW over all N rows is a counted hand point (its build
+    seconds beside it); a second run reads the graph from ``--hnsw-cache``."""
+    search = _module("bench_search")
+    cache = bench_env["work"] / "hnsw"
+    argv = [*_args(bench_env), "--set", "loose", "--hnsw-n", "0", "--hnsw-m", "16",
+            "--hnsw-cache", str(cache)]
+    assert search.main(argv) == 0
+    lines = _section(bench_env["results"].read_text(), "bench_search_loose")
+    assert any(line.startswith("| hand HNSW16 | 16 |") for line in lines)  # not "first N"
+    builds = next(line for line in lines if line.startswith("- builds"))
+    assert re.search(r"HNSW16 over 20,000 rows \d+ s \(1 thread, load", builds), builds
+    assert any(line.startswith("  - hand HNSW16: ") for line in lines)
+    assert sorted(f.name for f in cache.iterdir()) == ["loose-n20000-M16-seed0.index",
+                                                       "loose-n20000-M16-seed0.json"]
+    assert search.main(argv) == 0
+    builds = next(line for line in _section(bench_env["results"].read_text(),
+                                            "bench_search_loose") if line.startswith("- builds"))
+    assert "read from loose-n20000-M16-seed0.index" in builds
