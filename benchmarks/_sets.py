@@ -181,7 +181,8 @@ def run_set(args: Any, unit_vectors: Any, clustered: Any, numpy_top_k: Any) -> i
             f"auto {a['recall']:.3f})"))]
     print("\n".join(lines + [""] + ratios))
     if not args.no_write:
-        common.write_section(f"bench_search_{args.set}",
+        # --section (e.g. a 200k run beside the 1M figures), else bench_search_<set>
+        common.write_section(getattr(args, "section", None) or f"bench_search_{args.set}",
                              f"Auto against hand-tuned sweeps ({size} {args.set})",
                              [f"- command: `{common.command_line()}`", *lines], ratios,
                              args.results)

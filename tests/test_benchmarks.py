@@ -415,6 +415,9 @@ def test_bench_search_set_writes_its_section_and_two_ratios(bench_env: dict[str,
     search = _module("bench_search")
     assert search.main([*_args(bench_env), "--set", "loose"]) == 0
     lines = _section(bench_env["results"].read_text(), "bench_search_loose")
+    # --section writes beside it (a 200k run must not replace the 1M figures)
+    assert search.main([*_args(bench_env), "--set", "loose", "--section", "bench_x"]) == 0
+    assert _section(bench_env["results"].read_text(), "bench_x")[0].startswith("## Auto")
     ratios = _ratios(lines)
     assert len(ratios) == 2 and all(RATIO.match(r) for r in ratios), ratios
     assert "clipindex auto over best hand-tuned point, 1-query p50 at equal recall, " \
