@@ -358,7 +358,8 @@ def _parser() -> Any:
     parser.add_argument("--overhead-kinds", default="flat,auto")
     parser.add_argument("--set", choices=("clustered", "loose"), default=None,
                         help="auto against hand IVF and HNSW sweeps on one data set "
-                             "(benchmarks/_sets.py); writes section bench_search_<set>, or --section")
+                             "(benchmarks/_sets.py); writes section bench_search_<set> "
+                             "or --section")
     parser.add_argument("--rounds", type=int, default=1,
                         help="--set: alternating build rounds (hand IVF, auto)")
     return parser
