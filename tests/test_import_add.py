@@ -282,3 +282,25 @@ def test_bench_10m_add_step_runs_the_cli_on_a_grown_folder(tmp_path: Path) -> No
     assert after["recall_at_10"] >= 0.9
     assert sorted(p.name for p in (tmp_path / "work" / "grown" / "img_emb").iterdir()) == [
         f"img_emb_{i}.npy" for i in range(4)]
+
+
+def test_extend_copies_the_stored_rows_file_to_file(tmp_path):
+    """`add` writes the new generation's matrix: the old rows copied by the kernel (no
+    map of either 10 GB matrix in the process), the new rows after them, tombstoned rows
+    zeroed; the same bytes as the old rows and the new ones stacked, float16 or not."""
+    from clipindex.store.add import _extend
+
+    rng = np.random.default_rng(5)
+    for dtype in ("float16", "float32"):
+        old = rng.standard_normal((1000, 24)).astype(dtype)
+        np.save(tmp_path / f"old-{dtype}.npy", old)
+        new = rng.standard_normal((7, 24)).astype(np.float32)
+        ok = np.ones(1007, bool)
+        ok[[3, 1004]] = False
+        got = _extend(tmp_path / f"old-{dtype}.npy", tmp_path / f"new-{dtype}.npy", new, ok,
+                      dtype)
+        want = np.concatenate([old, new.astype(dtype)])
+        want[~ok] = 0
+        assert got.dtype == np.dtype(dtype) and got.shape == (1007, 24)
+        np.testing.assert_array_equal(np.asarray(got), want)
+        np.testing.assert_array_equal(np.load(tmp_path / f"new-{dtype}.npy"), want)

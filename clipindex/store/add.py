@@ -293,14 +293,18 @@ def write_backbone(old: Path, out: Path, m: dict[str, Any], plan: RowPlan,
 
 def _extend(old: Path, path: Path, new: np.ndarray | Callable[[np.ndarray], None],
             ok: np.ndarray, dtype: str) -> np.ndarray:
-    """Write ``path``: the stored rows of ``old`` (copied block by block from its memory
-    map), then ``new`` (or what ``new(rows)`` writes into the new rows), with the rows
-    not ``ok`` (tombstoned, skipped) zeroed; returns it memory-mapped read-only."""
+    """Write ``path``: the stored rows of ``old`` (copied file to file by the kernel,
+    :func:`_copy_rows`), then ``new`` (or what ``new(rows)`` writes into the new rows),
+    with the rows not ``ok`` (tombstoned, skipped) zeroed; returns it memory-mapped
+    read-only."""
     stored = np.load(old, mmap_mode="r")
     out = reserved_memmap(path, dtype, (len(ok), stored.shape[1]))  # never a SIGBUS
-    for start in range(0, len(stored), 65536):
-        stop = min(start + 65536, len(stored))
-        out[start:stop] = stored[start:stop]
+    if stored.dtype == out.dtype:
+        _copy_rows(old, int(stored.offset), path, int(out.offset), stored.nbytes)
+    else:  # another dtype: converted block by block through the maps
+        for start in range(0, len(stored), 65536):
+            stop = min(start + 65536, len(stored))
+            out[start:stop] = stored[start:stop]
     if callable(new):
         new(out[len(stored):])
     elif len(new):
@@ -311,6 +315,27 @@ def _extend(old: Path, path: Path, new: np.ndarray | Callable[[np.ndarray], None
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
     return np.load(path, mmap_mode="r")
+
+
+def _copy_rows(src: Path, src_at: int, dst: Path, dst_at: int, size: int) -> None:
+    """Copy ``size`` bytes of ``src`` from ``src_at`` into ``dst`` at ``dst_at`` with
+    ``os.copy_file_range`` (else reads and writes of 64 MB): no page of either matrix is
+    mapped into this process. Copying through the memory maps made a 1% add to a 10M x
+    512 float16 store hold 21.8 GB resident (both 10 GB matrices' pages) on a 24 GB
+    machine."""
+    with open(src, "rb") as fin, open(dst, "rb+") as fout:
+        done = 0
+        while done < size:
+            step = min(size - done, 64 << 20)
+            try:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), step,
+                                       src_at + done, dst_at + done)
+            except (AttributeError, OSError):  # no such call here, or not across these
+                n = os.pwrite(fout.fileno(), os.pread(fin.fileno(), step, src_at + done),
+                              dst_at + done)
+            if n <= 0:
+                raise OSError(f"copying {src} to {dst} stopped at byte {done} of {size}")
+            done += n
 
 
 def _stage_tables(cdir: Path, staged: Path, info: dict[str, Any], plan: RowPlan,
