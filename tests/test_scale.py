@@ -390,6 +390,30 @@ def test_stored_rows_of_a_memory_map_equal_its_rows(tmp_path):
     np.testing.assert_array_equal(stored_rows(x, ids), x[ids].astype(np.float32))
 
 
+def test_stored_rows_announce_every_read_before_reading(tmp_path, monkeypatch):
+    """Rows not in the page cache are fetched at once: each row's byte range is announced
+    (POSIX_FADV_WILLNEED) before the first read (cold 10M: 7.7 -> 1.8 ms for 160 rows)."""
+    import os
+
+    from clipindex.index import topk
+    from clipindex.store.loading import load_matrix
+
+    x = np.random.default_rng(6).standard_normal((300, 24)).astype(np.float16)
+    np.save(tmp_path / "m.npy", x)
+    m = load_matrix(tmp_path / "m.npy")
+    events = []
+    real_advise, real_read = os.posix_fadvise, os.preadv
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, at, n, how: events.append(
+        ("advise", at, n, how)) or real_advise(fd, at, n, how))
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, at: events.append(("read", at)) or
+                        real_read(fd, bufs, at))
+    ids = np.array([299, 0, 7])
+    np.testing.assert_array_equal(topk.stored_rows(m, ids), x[ids].astype(np.float32))
+    row = 24 * 2
+    assert events == [*(("advise", m.offset + i * row, row, os.POSIX_FADV_WILLNEED)
+                        for i in ids), *(("read", m.offset + i * row) for i in ids)]
+
+
 def test_recall_recorded_after_an_add_is_that_of_the_rescored_search(tmp_path, world):
     """update_index (what `add` runs) re-measures an IVF-PQ index's recall with its
     candidates rescored, as users search it, not from the raw PQ codes (a 10M store

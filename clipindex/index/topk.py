@@ -167,13 +167,21 @@ def rank_candidates(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k
     return TopK(scores, ids, rescored=rescored)
 
 
+#: Reads of stored rows are announced to the kernel first (Linux; not on macOS).
+_ADVISE = hasattr(os, "posix_fadvise")
+
+
 def stored_rows(matrix: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """``matrix[ids]`` as float32. Up to 4,096 rows of a whole-file memory map (what
     ``open_index`` gives) are read with one ``pread`` each instead of through the map: a
     page fault maps the pages around it into the process too (the kernel's fault-around,
     which MADV_RANDOM does not stop), so rescoring 160 random rows a query grew a 10M
     store's resident memory ~19 MB a query (3.4 GB of ``images.npy`` after 200 queries);
-    read this way they stay in the page cache, outside the process."""
+    read this way they stay in the page cache, outside the process. Every row's read is
+    announced first (``POSIX_FADV_WILLNEED``), so rows not in the page cache are fetched
+    from disk at once rather than one wait after another: 160 random rows of a 10M x 512
+    float16 file with a cold cache took 7.7-7.9 ms read one by one, 1.8-2.0 ms announced
+    (0.16 -> 0.23 ms when cached)."""
     base = getattr(matrix, "base", None)
     if not (isinstance(matrix, np.memmap) and isinstance(base, mmap.mmap) and len(ids) <= 4096
             and matrix.flags.c_contiguous and matrix.filename is not None):
@@ -181,8 +189,12 @@ def stored_rows(matrix: np.ndarray, ids: np.ndarray) -> np.ndarray:
     out = np.empty((len(ids), matrix.shape[1]), dtype=matrix.dtype)
     row = out.itemsize * matrix.shape[1]
     fd = os.open(matrix.filename, os.O_RDONLY)
+    at = np.asarray(ids, dtype=np.int64).tolist()
     try:
-        for j, i in enumerate(np.asarray(ids, dtype=np.int64).tolist()):
+        if _ADVISE:
+            for i in at:
+                os.posix_fadvise(fd, matrix.offset + i * row, row, os.POSIX_FADV_WILLNEED)
+        for j, i in enumerate(at):
             if os.preadv(fd, [out[j]], matrix.offset + i * row) != row:
                 raise IndexError(f"row {i} is past the end of {matrix.filename}")
     finally:
