@@ -251,7 +251,7 @@ def add(args: argparse.Namespace) -> None:
     n_have = len(index.images) - len(new)
     q = np.load(src / "queries.npy")[:args.queries]
     exact = np.load(src / f"truth_{args.n}.npy")[:args.queries]
-    matrix = index.image_vectors
+    matrix = index.stored["images"]  # the memory map (image_vectors: a float32 copy)
     old_s = np.einsum("qd,qkd->qk", q, np.asarray(matrix[exact], np.float32))
     new_s = q @ np.asarray(matrix[n_have:], np.float32).T  # the added rows' exact scores
     all_s = np.concatenate([old_s, new_s], axis=1)
