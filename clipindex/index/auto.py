@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from clipindex.index.fill import add_rows, trained_index
+from clipindex.index.pqsize import choose_pq
 from clipindex.index.structure import choose_cells, ivf_from_centroids
 from clipindex.index.tuning import (
     AutoSettings,
@@ -32,52 +34,16 @@ from clipindex.index.tuning import (
     tune_index,
 )
 
-__all__ = ["add_rows", "auto_index", "trained_index"]
+__all__ = ["auto_index"]
 
 log = logging.getLogger("clipindex.store")
 
-#: Rows added to an index per call (memory: a block of float32 rows at a time).
-ADD_BLOCK = 65536
 #: HNSW rows timed to project an HNSW build.
 HNSW_PROBE = 2000
 #: A large graph inserts slower than the timed small one beyond its log(n) depth (cache
 #: misses on random neighbours; measured ~1k/s per core at 1M x 512 against ~8k/s for
 #: the first 2,000): the projection is multiplied by this.
 HNSW_LARGE_GRAPH = 4.0
-
-
-def add_rows(index: Any, vectors: np.ndarray, ids: np.ndarray) -> Any:
-    """Add rows ``ids`` of ``vectors`` (a memory map, float16 or float32) under their ids,
-    a block at a time."""
-    ids = np.asarray(ids, dtype=np.int64)
-    for start in range(0, len(ids), ADD_BLOCK):
-        block = ids[start:start + ADD_BLOCK]
-        index.add_with_ids(np.ascontiguousarray(vectors[block], dtype=np.float32), block)
-    return index
-
-
-def trained_index(kind: str, vectors: np.ndarray, ids: np.ndarray, seed: int,
-                  options: dict[str, Any]) -> Any:
-    """An index of ``kind`` trained on a seeded sample of rows ``ids`` and filled with all
-    of them in blocks (no float32 copy of the whole matrix). ``options``: fields of
-    :class:`~clipindex.index.kinds.IndexSpec`, and ``train_rows`` (the sample's size;
-    default ``train_per_cell`` x cells, at least 65,536)."""
-    from clipindex.index import kinds
-
-    options = dict(options)
-    train_rows = options.pop("train_rows", None)  # a cheaper training (PQ candidates)
-    spec = kinds.IndexSpec(kind=kind, seed=seed, **options)
-    index = kinds.INDEX_KINDS[kind](int(vectors.shape[1]), len(ids), spec)
-    if not index.is_trained:
-        nlist = options.get("nlist") or 1
-        size = min(len(ids), int(train_rows) if train_rows else
-                   max(int(options.get("train_per_cell") or 64) * nlist, 65536))
-        rng = np.random.default_rng(seed)
-        pick = np.sort(rng.choice(ids, size=size, replace=False))
-        index.train(np.ascontiguousarray(vectors[pick], dtype=np.float32))
-    add_rows(index, vectors, ids)
-    kinds._set_search_defaults(index, spec)
-    return index
 
 
 def _ivf(vectors: np.ndarray, held: HeldOut, settings: AutoSettings
@@ -158,8 +124,6 @@ def auto_index(vectors: np.ndarray, ids: np.ndarray, cross: dict[str, np.ndarray
     else:
         candidates: list[dict[str, Any]] = []
         if kind == "ivfpq":
-            from clipindex.index.pqsize import choose_pq
-
             pq_m, candidates = choose_pq(vectors, held, options, n, settings)
             options = {**options, "pq_m": pq_m}
         index = trained_index(kind, vectors, held.indexed, settings.seed, options)

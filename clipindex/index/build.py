@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from clipindex.index.auto import add_rows, auto_index
+from clipindex.index.auto import auto_index
+from clipindex.index.fill import add_rows
 from clipindex.index.tuning import RERANK_FACTOR, AutoSettings, held_out_sets, measure_sets
 
 __all__ = ["RECALL_K", "build_faiss", "rows_of"]

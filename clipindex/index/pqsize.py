@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from clipindex.index.fill import trained_index
 from clipindex.index.tuning import (
     NEARLY_FREE,
     PQ_SIZES,
@@ -108,21 +109,21 @@ def choose_pq(matrix: np.ndarray, held: HeldOut, options: dict[str, Any], n: int
               settings: AutoSettings) -> tuple[int, list[dict[str, Any]]]:
     """(the chosen ``pq_m``, every candidate's row) for an ``ivfpq`` of ``options``
     (its ``nlist``, ``train_per_cell``) over ``n`` rows (module docstring)."""
-    from clipindex.index.auto import trained_index
 
     assert settings.max_memory is not None
     sizes = pq_candidates(n, int(matrix.shape[1]), settings.max_memory)
     if len(sizes) < 2:
         return int(options["pq_m"]), []
     sample = _sample(held, matrix, settings)
-    # as many rows a cell as the full index: a probed cell scans as many codes
-    nlist = max(1, round(int(options["nlist"]) * len(sample.indexed) / n))
-    nlist = min(nlist, len(sample.indexed) // 39)
+    # as many rows a cell as the full index (a probed cell scans as many codes), and at
+    # least 39 rows a cell for k-means
+    nlist = max(1, min(round(int(options["nlist"]) * len(sample.indexed) / n),
+                       len(sample.indexed) // 39))
     rows = []
     for m in sizes:
         t0 = time.perf_counter()
         index = trained_index("ivfpq", matrix, sample.indexed, settings.seed,
-                              {**options, "nlist": max(nlist, 1), "pq_m": m,
+                              {**options, "nlist": nlist, "pq_m": m,
                                "train_rows": TRAIN_ROWS, "opq_iter": OPQ_ITER})
         built = time.perf_counter() - t0
         tuned = tune_index(index, matrix, sample, "ivfpq", settings)
@@ -130,7 +131,7 @@ def choose_pq(matrix: np.ndarray, held: HeldOut, options: dict[str, Any], n: int
                      "recall": tuned[f"recall_at_{settings.k}"],
                      "reached": tuned["reached"], "p50_ms": tuned["p50_ms"],
                      "build_s": round(built, 2), "sample_rows": len(sample.indexed),
-                     "sample_cells": max(nlist, 1)})
+                     "sample_cells": nlist})
         log.info("auto: PQ%d on %d rows: recall %.3f at nprobe %s, p50 %.3f ms",
                  m, len(sample.indexed), rows[-1]["recall"], rows[-1]["nprobe"],
                  rows[-1]["p50_ms"])

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from clipindex.index.auto import add_rows
 from clipindex.index.build import RECALL_K
+from clipindex.index.fill import add_rows
 from clipindex.index.tuning import (
     RERANK_FACTOR,
     AutoSettings,
