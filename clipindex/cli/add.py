@@ -68,26 +68,18 @@ def add_command(source: str, index: Path, backbones: tuple[str, ...], root: str 
       clipindex add photos/ --index indexes/photos --backbone tiny-vit --json
       clipindex add clip_out --index indexes/laion-part
     """
-    from clipindex.store.add import add_options, add_with_options
-    from clipindex.store.addimported import add_embeddings, is_embeddings_add
+    from clipindex.store.adding import add_to_store
 
     with _store_notes(verbose):
-        if is_embeddings_add(source, index):  # nothing to encode: no encoder settings
-            result = add_embeddings(source, index=index, backbones=list(backbones) or None,
-                                    pretrained=pretrained, root=root,
-                                    label_field=label_field,
-                                    storage_options=storage_options or None)
-        else:
-            # The library's settings, made (and checked) once; click checked only types.
-            opts = add_options(index, batch_size=batch_size, shard_size=shard_size,
-                               workers=workers, threads=threads, device=device,
-                               decode=decode, progress=progress)
-            result = add_with_options(source, opts, index=index,
-                                      backbones=list(backbones) or None, root=root,
-                                      pretrained=pretrained,
-                                      allow_outside_root=allow_outside_root,
-                                      storage_options=storage_options or None,
-                                      label_field=label_field)
+        # embeddings for an imported store (no encoder settings made) or images to encode;
+        # the library's settings are made and checked there: click checked only types
+        result = add_to_store(source, index=index, backbones=list(backbones) or None,
+                              root=root, pretrained=pretrained, batch_size=batch_size,
+                              workers=workers, device=device, threads=threads,
+                              shard_size=shard_size, progress=progress,
+                              allow_outside_root=allow_outside_root,
+                              storage_options=storage_options or None,
+                              label_field=label_field, decode=decode)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     for folder in result.stale:

@@ -17,7 +17,7 @@ May import: ``clipindex.errors``, ``clipindex.files``, ``clipindex.sources``,
 ``clipindex.encode``, ``clipindex.index``. Never classifiers, search, bench, report or the CLI.
 """
 
-from clipindex.store.add import add_to_store
+from clipindex.store.adding import add_to_store
 from clipindex.store.build import build_store
 from clipindex.store.compact import compact_store
 from clipindex.store.exported import export_store

@@ -43,7 +43,6 @@ from clipindex.store.generations import (
     link_unchanged,
     publish,
     stage,
-    store_fingerprint,
 )
 from clipindex.store.lock import build_lock
 from clipindex.store.manifest import (
@@ -68,8 +67,8 @@ from clipindex.store.verify import read_dataset_info, read_tables
 if TYPE_CHECKING:
     from clipindex.sources import Dataset
 
-__all__ = ["ADD_SHARDS", "AddResult", "NewRows", "RowPlan", "add_options", "add_to_store",
-           "add_with_options", "plan_rows", "write_backbone"]
+__all__ = ["ADD_SHARDS", "AddResult", "NewRows", "RowPlan", "add_options", "add_with_options",
+           "plan_rows", "write_backbone"]
 
 log = logging.getLogger("clipindex.store")
 
@@ -361,59 +360,13 @@ def _stage_tables(cdir: Path, staged: Path, info: dict[str, Any], plan: RowPlan,
         "history": [*info.get("history", []), entry]})
 
 
-def add_to_store(
-    source: Dataset | str | os.PathLike[str],
-    *,
-    index: str | os.PathLike[str],
-    backbones: Sequence[str] | None = None,
-    root: str | os.PathLike[str] | None = None,
-    pretrained: str = "default",
-    batch_size: int | None = None,
-    workers: int | None = None,
-    device: str | None = None,
-    threads: int | None = None,
-    shard_size: int | None = None,
-    progress: bool = True,
-    allow_outside_root: bool = False,
-    storage_options: dict[str, Any] | None = None,
-    label_field: str | None = None,
-    decode: str | None = None,
-    _hook: Hook | None = None,
-) -> AddResult:
-    """Add a changed source's new images to the store ``index`` (``OUT/<dataset>``) and
-    tombstone the ones it lost, as a new generation; encode only the new rows.
-
-    ``source`` is what :func:`build_store` takes (YAML config, class-folder tree,
-    CSV/parquet manifest, or a :class:`~clipindex.sources.Dataset`); its root may be
-    another folder holding the same relative paths. ``backbones`` (default: every
-    backbone of the store) are updated; the others are left stale (refused by queries
-    until a later add names them). ``batch_size``, ``workers``, ``threads``, ``device``
-    and ``shard_size`` are the build's encoding knobs. New images are decoded by each
-    store's own route (``decode_route``; :mod:`clipindex.store.routes`): ``decode``
-    (``pil``, ``nvjpeg``, ``draft``) may pick the decoder of that route, and one of the
-    other route is a :class:`UserInputError`. Rerunning an interrupted add finishes it;
-    an add with nothing to do writes nothing.
-
-    Example
-    -------
-    >>> add_to_store("photos/", index="indexes/photos").line()  # doctest: +SKIP
-    'encoded 4 new images, removed 1'
-    """
-    opts = add_options(index, batch_size=batch_size, shard_size=shard_size, workers=workers,
-                       threads=threads, device=device, decode=decode, progress=progress)
-    return add_with_options(source, opts, index=index, backbones=backbones, root=root,
-                            pretrained=pretrained, allow_outside_root=allow_outside_root,
-                            storage_options=storage_options, label_field=label_field,
-                            _hook=_hook)
-
-
 def add_options(index: str | os.PathLike[str], *, batch_size: int | None = None,
                 shard_size: int | None = None, workers: int | None = None,
                 threads: int | None = None, device: str | None = None,
                 decode: str | None = None, progress: bool = True) -> BuildOptions:
     """The :class:`~clipindex.store.plan.BuildOptions` of an add to the store ``index``
-    from :func:`add_to_store`'s encoding keywords, checked once: what ``clipindex add``
-    makes and hands to :func:`add_with_options`."""
+    from :func:`~clipindex.store.adding.add_to_store`'s encoding keywords, checked once,
+    for :func:`add_with_options`."""
     return options(Path(index).parent, batch_size, shard_size, workers=workers,
                    threads=threads, text_batch_size=None, decode=decode, device=device,
                    strict=False, index_kind="flat", dtype="float32", progress=progress)
@@ -432,18 +385,12 @@ def add_with_options(
     label_field: str | None = None,
     _hook: Hook | None = None,
 ) -> AddResult:
-    """:func:`add_to_store` with its settings made (and checked) by :func:`add_options`.
+    """An encoding add (:func:`~clipindex.store.adding.add_to_store`) with its settings
+    made (and checked) by :func:`add_options`.
 
     One sequence from the checks to the published generation: lock, plan, stage,
-    commit, publish. A clip-retrieval output folder added to a store made by
-    ``clipindex import`` goes to :func:`~clipindex.store.addimported.add_embeddings`
-    (nothing encoded)."""
-    from clipindex.store.addimported import add_embeddings, is_embeddings_add
-
-    if isinstance(source, (str, os.PathLike)) and is_embeddings_add(source, index):
-        return add_embeddings(source, index=index, backbones=backbones, pretrained=pretrained,
-                              root=root, label_field=label_field,
-                              storage_options=storage_options, _hook=_hook)
+    commit, publish. (A clip-retrieval folder for a store made by ``clipindex import`` is
+    :func:`~clipindex.store.adding.add_to_store`'s to route, before any encoder setting.)"""
     t0 = time.perf_counter()
     ddir = Path(index)
     decode = opts.decode
@@ -460,11 +407,7 @@ def add_with_options(
         encodings = _plans(opts, chosen, dataset, encodings)  # an add came in between
         decoders = {t.folder: add_decoder(m, decode, t.folder) for t, m in chosen}
         plan = plan_rows(images, captions, info, dataset)
-        from clipindex.sources import fingerprint as table_fingerprint
-
-        fp = (store_fingerprint(table_fingerprint(plan.images, plan.captions),
-                                plan.dead_images, plan.dead_captions)
-              if plan.changed else str(info["fingerprint"]))
+        fp = plan.fingerprint(str(info["fingerprint"]))
         result = AddResult(str(ddir), cur, plan.added, plan.removed, plan.added_captions,
                            plan.removed_captions)
         behind = [(t, m) for t, m in chosen if m.get("dataset_fingerprint") != fp]

@@ -48,7 +48,6 @@ from clipindex.store.generations import (
     current_generation,
     generation_dir,
     publish,
-    store_fingerprint,
 )
 from clipindex.store.imported import (
     PATH_COLUMN,
@@ -208,8 +207,6 @@ def _add_folder(folder: Path, given: str, ddir: Path, backbones: Sequence[str] |
     """:func:`add_embeddings` of a local folder (``given``: as the user named it).
     long because: one sequence from the checks to the published generation, as
     :func:`clipindex.store.add.add_with_options` takes it."""
-    from clipindex.sources import fingerprint as table_fingerprint
-
     src = _source(folder, read_dataset_info(generation_dir(ddir)))
     with build_lock(ddir):
         publish(ddir)  # an add killed after its commit: finish it first
@@ -222,9 +219,7 @@ def _add_folder(folder: Path, given: str, ddir: Path, backbones: Sequence[str] |
                                  captions=src.captions if len(captions) else
                                  src.captions.iloc[:0])
         plan = plan_rows(_with_new_columns(images, src.images), captions, info, source)
-        fp = (store_fingerprint(table_fingerprint(plan.images, plan.captions),
-                                plan.dead_images, plan.dead_captions)
-              if plan.changed else str(info["fingerprint"]))
+        fp = plan.fingerprint(str(info["fingerprint"]))
         result = AddResult(str(ddir), cur, plan.added, plan.removed, plan.added_captions,
                            plan.removed_captions, encoded={t.folder: 0 for t, _ in chosen},
                            from_embeddings=True)

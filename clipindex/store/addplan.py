@@ -36,6 +36,17 @@ class RowPlan:
     def changed(self) -> bool:
         return bool(self.added or self.removed or self.removed_captions)
 
+    def fingerprint(self, before: str) -> str:
+        """The store's dataset fingerprint after this plan: ``before`` when nothing
+        changed, else that of the new tables and their tombstones."""
+        if not self.changed:
+            return before
+        from clipindex.sources import fingerprint as table_fingerprint
+        from clipindex.store.generations import store_fingerprint
+
+        return store_fingerprint(table_fingerprint(self.images, self.captions),
+                                 self.dead_images, self.dead_captions)
+
 
 def _identity(table: pd.DataFrame) -> pd.Series:
     """An image's identity: its ``file``, with its ``etag`` when the source records one."""
