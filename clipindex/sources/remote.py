@@ -31,14 +31,15 @@ from clipindex.sources.storage import (
     read_bytes,
 )
 
-__all__ = ["arrow_reader", "load_remote_folder", "load_remote_manifest", "read_remote_table"]
+__all__ = ["arrow_buffer", "arrow_reader", "load_remote_folder", "load_remote_manifest",
+           "read_remote_table"]
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def arrow_reader(data: bytes) -> Any:
-    """A ``pyarrow.BufferReader`` over a copy of ``data`` in Arrow's own memory, for
-    reading parquet from bytes.
+def arrow_buffer(data: bytes) -> Any:
+    """A copy of ``data`` in Arrow's own memory (a ``pyarrow.Buffer``), for reading
+    parquet from bytes.
 
     Not ``io.BytesIO``: Arrow reads a Python file object through its I/O threads (the
     footer too, with ``use_threads=False`` and ``pre_buffer=False``), and the buffers
@@ -50,15 +51,22 @@ def arrow_reader(data: bytes) -> Any:
 
     Example
     -------
-    >>> import pyarrow.parquet as pq
-    >>> pq.read_table(arrow_reader(b"not parquet"))  # doctest: +SKIP
+    >>> arrow_buffer(b"PAR1").to_pybytes()
+    b'PAR1'
     """
     import numpy as np
     import pyarrow as pa
 
     owned = pa.allocate_buffer(len(data))
     np.frombuffer(owned, dtype=np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
-    return pa.BufferReader(owned)
+    return owned
+
+
+def arrow_reader(data: bytes) -> Any:
+    """A ``pyarrow.BufferReader`` over :func:`arrow_buffer` of ``data``."""
+    import pyarrow as pa
+
+    return pa.BufferReader(arrow_buffer(data))
 
 
 def read_remote_table(location: str, options: dict[str, Any]) -> pd.DataFrame:

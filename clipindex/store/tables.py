@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipindex.sources.remote import arrow_reader
+from clipindex.sources.remote import arrow_buffer
 
 __all__ = ["FirstCaptions", "StoreTable"]
 
@@ -43,14 +43,14 @@ class StoreTable:
     """
 
     def __init__(self, *, data: bytes | None = None, frame: pd.DataFrame | None = None) -> None:
-        self._data = data
+        # the parquet bytes in Arrow's memory (see the note at :meth:`_reader`)
+        self._owned = None if data is None else arrow_buffer(data)
         self._frame = frame
         self._arrow: dict[str, Any] = {}
         self._ints: dict[str, np.ndarray] = {}
         self._codes: dict[str, tuple[np.ndarray, pd.Series]] = {}
         self._series: dict[str, pd.Series] = {}
         self._lock = threading.Lock()
-        self._owned: Any = None  # the bytes in Arrow's memory (:meth:`_reader`)
         if frame is not None:
             self._n, self._columns = len(frame), [str(c) for c in frame.columns]
         else:
@@ -104,11 +104,7 @@ class StoreTable:
     # holding Python buffers, aborted the process at exit ("terminate called without an
     # active exception", rc -6; see ``clipindex.sources.remote.arrow_reader``).
     def _reader(self) -> Any:
-        """The parquet bytes as an Arrow reader (the copy in Arrow's memory made once)."""
-        if self._owned is None:
-            with self._lock:
-                if self._owned is None:
-                    self._owned = arrow_reader(self._data or b"").read_buffer()
+        """The parquet bytes as an Arrow reader."""
         import pyarrow as pa
 
         return pa.BufferReader(self._owned)
@@ -127,7 +123,7 @@ class StoreTable:
     def take(self, column: str, rows: np.ndarray) -> list[Any]:
         """The values of ``column`` at ``rows`` (positions = row ids), as Python values."""
         rows = np.asarray(rows, dtype=np.int64)
-        if self._data is None:  # missing values as None, as Arrow's to_pylist gives them
+        if self._owned is None:  # missing values as None, as Arrow's to_pylist gives them
             values = self.series(column).iloc[rows]
             return values.astype(object).where(values.notna(), None).tolist()
         return self._array(column).take(rows).to_pylist()
