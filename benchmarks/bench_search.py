@@ -552,30 +552,37 @@ def measure_overhead(ddir: Path, repeats: int) -> dict[str, float]:
 
 def _beyond_faiss(index: Any, vectors: np.ndarray, repeats: int) -> float:
     """Thread CPU p50 of search_indexes with the FAISS answers replayed (recorded once):
-    clipindex's own work per query, without the scan's effect on the CPU caches."""
+    clipindex's own work per query, without the scan's effect on the CPU caches. The
+    FAISS call replayed is ``clipindex.index.kinds.search_index``, the one every store
+    search makes (through ``clipindex.index.topk.top_k``); ``BackboneIndex.search`` is
+    not on that path since the index package (replaying it replayed nothing)."""
+    from clipindex.index import kinds
     from clipindex.search import search_indexes
 
     n = len(OVERHEAD_TEXTS)
-    fetch = {}
-    real = index.search
+    fetch: dict[int, Any] = {}
+    real = kinds.search_index
 
-    def record(q: np.ndarray, k: int, **kw: Any) -> Any:
-        fetch[len(fetch)] = real(q, k, **kw)
+    def record(*a: Any, **kw: Any) -> Any:
+        fetch[len(fetch)] = real(*a, **kw)
         return fetch[len(fetch) - 1]
 
-    index.search = record
-    for j in range(n):
-        search_indexes(index, texts=[OVERHEAD_TEXTS[j]], k=K)
-    times, state = [], [0]
-    index.search = lambda q, k, **kw: fetch[state[0]]
+    state = [0]
     try:
+        kinds.search_index = record
+        for j in range(n):
+            search_indexes(index, texts=[OVERHEAD_TEXTS[j]], k=K)
+        if len(fetch) != n:
+            raise RuntimeError(f"{len(fetch)} FAISS calls recorded for {n} queries")
+        kinds.search_index = lambda *a, **kw: fetch[state[0]]
+        times = []
         for i in range(repeats):
             state[0] = i % n
             c0 = time.thread_time()
             search_indexes(index, texts=[OVERHEAD_TEXTS[state[0]]], k=K)
             times.append(time.thread_time() - c0)
     finally:
-        del index.search
+        kinds.search_index = real
     return float(np.median(times))
 
 
